@@ -1,0 +1,14 @@
+//! QuorumVM core: the arithmetic every party agrees on.
+//!
+//! This crate knows nothing of I/O, clocks or randomness sources: callers hand in an RNG where
+//! one is needed. It builds for native hosts and for `wasm32` guests and the browser alike.
+
+pub mod circuit;
+pub mod eval;
+pub mod field;
+pub mod fixed;
+pub mod shamir;
+
+pub use circuit::{Circuit, Gate, Manifest, WireId};
+pub use field::Fp;
+pub use fixed::Decimal;
