@@ -56,6 +56,36 @@ impl Gate {
         matches!(self, Gate::Mul(..) | Gate::Dot(_))
     }
 
+    /// The range of the gate's value given its operands' ranges; `None` if a bound overflows
+    /// `i128` (far beyond p/2 anyway). Indices must have been checked.
+    pub fn range(
+        &self,
+        inputs: &[ValueDecl],
+        secrets: &[ValueDecl],
+        wire: impl Fn(WireId) -> Range,
+    ) -> Option<Range> {
+        let product = |a: WireId, b: WireId| {
+            if a == b {
+                wire(a).square()
+            } else {
+                wire(a).mul(wire(b))
+            }
+        };
+        match self {
+            Gate::Input(k) => Some(inputs[*k as usize].range()),
+            Gate::Secret(k) => Some(secrets[*k as usize].range()),
+            Gate::Const(c) => Some(Range::point(*c)),
+            Gate::Add(a, b) => wire(*a).add(wire(*b)),
+            Gate::Sub(a, b) => wire(*a).sub(wire(*b)),
+            Gate::Neg(a) => wire(*a).neg(),
+            Gate::Scale(a, k) => wire(*a).mul(Range::point(*k)),
+            Gate::Mul(a, b) => product(*a, *b),
+            Gate::Dot(terms) => terms
+                .iter()
+                .try_fold(Range::point(0), |acc, &(a, b)| acc.add(product(a, b)?)),
+        }
+    }
+
     /// A short lower-case name of the gate's kind, as `inspect` and the web page show it.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -230,6 +260,22 @@ impl Range {
         })
     }
 
+    /// The range of `x·x` for `x` in this range: never negative, tighter than `mul(self)`.
+    pub fn square(self) -> Option<Range> {
+        let lo = self.min.checked_mul(self.min)?;
+        let hi = self.max.checked_mul(self.max)?;
+        Some(if self.min >= 0 {
+            Range { min: lo, max: hi }
+        } else if self.max <= 0 {
+            Range { min: hi, max: lo }
+        } else {
+            Range {
+                min: 0,
+                max: lo.max(hi),
+            }
+        })
+    }
+
     /// The range of `bound`'s worst endpoint, for error messages.
     fn worst(self) -> i128 {
         if self.max.unsigned_abs() >= self.min.unsigned_abs() {
@@ -293,20 +339,7 @@ impl Circuit {
     pub fn ranges(&self, manifest: &Manifest) -> Result<Vec<Range>, CircuitError> {
         let mut ranges: Vec<Range> = Vec::with_capacity(self.gates.len());
         for (i, gate) in self.gates.iter().enumerate() {
-            let r = |w: &WireId| ranges[*w as usize];
-            let range = match gate {
-                Gate::Input(k) => Some(manifest.inputs[*k as usize].range()),
-                Gate::Secret(k) => Some(manifest.secrets[*k as usize].range()),
-                Gate::Const(c) => Some(Range::point(*c)),
-                Gate::Add(a, b) => r(a).add(r(b)),
-                Gate::Sub(a, b) => r(a).sub(r(b)),
-                Gate::Neg(a) => r(a).neg(),
-                Gate::Scale(a, k) => r(a).mul(Range::point(*k)),
-                Gate::Mul(a, b) => r(a).mul(r(b)),
-                Gate::Dot(terms) => terms
-                    .iter()
-                    .try_fold(Range::point(0), |acc, (a, b)| acc.add(r(a).mul(r(b))?)),
-            };
+            let range = gate.range(&manifest.inputs, &manifest.secrets, |w| ranges[w as usize]);
             match range {
                 Some(range) if range.fits_field() => ranges.push(range),
                 Some(range) => {

@@ -178,10 +178,7 @@ pub fn check_consistent(shares: &[Share], degree: usize) -> Result<(Fp, Vec<u32>
 /// candidate secret is equally consistent with what `K − 1` custodians hold.
 pub fn complete_with_secret(shares: &[Share], candidate: Fp) -> Result<Vec<Fp>, ShamirError> {
     let mut points: Vec<Share> = shares.to_vec();
-    points.push(Share {
-        x: 0,
-        y: candidate,
-    });
+    points.push(Share { x: 0, y: candidate });
     // Interpolate through (0, candidate) and the shares: solve for coefficients by building the
     // Lagrange basis polynomials explicitly (x = 0 is allowed here, as the completion point).
     let xs: Vec<Fp> = points.iter().map(|p| Fp::from(p.x as u64)).collect();
