@@ -66,23 +66,23 @@ impl Gate {
     ) -> Option<Range> {
         let product = |a: WireId, b: WireId| {
             if a == b {
-                wire(a).square()
+                wire(a).checked_square()
             } else {
-                wire(a).mul(wire(b))
+                wire(a).checked_mul(wire(b))
             }
         };
         match self {
             Gate::Input(k) => Some(inputs[*k as usize].range()),
             Gate::Secret(k) => Some(secrets[*k as usize].range()),
             Gate::Const(c) => Some(Range::point(*c)),
-            Gate::Add(a, b) => wire(*a).add(wire(*b)),
-            Gate::Sub(a, b) => wire(*a).sub(wire(*b)),
-            Gate::Neg(a) => wire(*a).neg(),
-            Gate::Scale(a, k) => wire(*a).mul(Range::point(*k)),
+            Gate::Add(a, b) => wire(*a).checked_add(wire(*b)),
+            Gate::Sub(a, b) => wire(*a).checked_sub(wire(*b)),
+            Gate::Neg(a) => wire(*a).checked_neg(),
+            Gate::Scale(a, k) => wire(*a).checked_mul(Range::point(*k)),
             Gate::Mul(a, b) => product(*a, *b),
-            Gate::Dot(terms) => terms
-                .iter()
-                .try_fold(Range::point(0), |acc, &(a, b)| acc.add(product(a, b)?)),
+            Gate::Dot(terms) => terms.iter().try_fold(Range::point(0), |acc, &(a, b)| {
+                acc.checked_add(product(a, b)?)
+            }),
         }
     }
 
@@ -229,25 +229,25 @@ impl Range {
         self.min >= -half && self.max <= half && self.min <= self.max
     }
 
-    pub fn add(self, o: Range) -> Option<Range> {
+    pub fn checked_add(self, o: Range) -> Option<Range> {
         Some(Range {
             min: self.min.checked_add(o.min)?,
             max: self.max.checked_add(o.max)?,
         })
     }
 
-    pub fn neg(self) -> Option<Range> {
+    pub fn checked_neg(self) -> Option<Range> {
         Some(Range {
             min: self.max.checked_neg()?,
             max: self.min.checked_neg()?,
         })
     }
 
-    pub fn sub(self, o: Range) -> Option<Range> {
-        self.add(o.neg()?)
+    pub fn checked_sub(self, o: Range) -> Option<Range> {
+        self.checked_add(o.checked_neg()?)
     }
 
-    pub fn mul(self, o: Range) -> Option<Range> {
+    pub fn checked_mul(self, o: Range) -> Option<Range> {
         let c = [
             self.min.checked_mul(o.min)?,
             self.min.checked_mul(o.max)?,
@@ -260,8 +260,8 @@ impl Range {
         })
     }
 
-    /// The range of `x·x` for `x` in this range: never negative, tighter than `mul(self)`.
-    pub fn square(self) -> Option<Range> {
+    /// The range of `x·x` for `x` in this range: never negative, tighter than `checked_mul(self)`.
+    pub fn checked_square(self) -> Option<Range> {
         let lo = self.min.checked_mul(self.min)?;
         let hi = self.max.checked_mul(self.max)?;
         Some(if self.min >= 0 {

@@ -186,6 +186,8 @@ impl Add for Fp {
 impl Sub for Fp {
     type Output = Fp;
     #[inline]
+    // Adding p back is selected by a mask rather than a branch, hence the `&`.
+    #[allow(clippy::suspicious_arithmetic_impl)]
     fn sub(self, rhs: Fp) -> Fp {
         let (d, borrow) = self.0.overflowing_sub(rhs.0);
         Fp(d.wrapping_add(P & mask(borrow)))

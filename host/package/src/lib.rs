@@ -11,4 +11,6 @@ pub mod keys;
 pub mod signature;
 
 pub use keys::{PublicKey, SecretKey};
-pub use signature::{PackageId, SignatureError, package_id, sign, unsigned_part, verify};
+pub use signature::{
+    PackageId, SignatureError, claimed_signer, package_id, sign, unsigned_part, verify,
+};

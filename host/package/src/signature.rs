@@ -83,6 +83,13 @@ pub fn unsigned_part(signed: &[u8]) -> Result<&[u8], SignatureError> {
     split(signed).map(|(body, _)| body)
 }
 
+/// The public key a signed package names as its signer, without checking the signature (for
+/// display: only [`verify`] says whether the claim is true).
+pub fn claimed_signer(signed: &[u8]) -> Option<[u8; 32]> {
+    let (_, payload) = split(signed).ok()?;
+    payload[1..33].try_into().ok()
+}
+
 fn message(body: &[u8]) -> Vec<u8> {
     [DOMAIN, body].concat()
 }
