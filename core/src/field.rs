@@ -89,6 +89,26 @@ impl Fp {
         Fp::from_canonical(u128::from_le_bytes(bytes))
     }
 
+    /// Elements as flat little-endian `(lo, hi)` u64 pairs: the layout that crosses the
+    /// component boundary as one copy (see `wit/evaluator.wit`).
+    pub fn to_u64_pairs(values: &[Fp]) -> Vec<u64> {
+        values
+            .iter()
+            .flat_map(|v| [v.0 as u64, (v.0 >> 64) as u64])
+            .collect()
+    }
+
+    /// The inverse of [`Fp::to_u64_pairs`]; `None` for an odd length or a non-canonical element.
+    pub fn from_u64_pairs(words: &[u64]) -> Option<Vec<Fp>> {
+        if !words.len().is_multiple_of(2) {
+            return None;
+        }
+        words
+            .chunks_exact(2)
+            .map(|w| Fp::from_canonical(w[0] as u128 | (w[1] as u128) << 64))
+            .collect()
+    }
+
     /// `self^e` by square-and-multiply over the bits of the public exponent `e`.
     pub fn pow(self, mut e: u128) -> Fp {
         let mut base = self;
@@ -202,19 +222,70 @@ impl Neg for Fp {
     }
 }
 
+#[cfg(target_family = "wasm")]
+use wide_mul_32 as wide_mul;
+/// The 256-bit product of two elements as `(hi, lo)` halves.
+///
+/// On 64-bit hosts a `u128` multiply of 64-bit halves is one machine instruction, so the product
+/// is four of them. WebAssembly has no 64×64→128 multiply: each such `u128` product would be a
+/// call to a software routine, which made field multiplication the plugin's bottleneck. There,
+/// the product is schoolbook on 32-bit limbs, sixteen `i64.mul`s with no call and no branch.
+#[cfg(not(target_family = "wasm"))]
+use wide_mul_64 as wide_mul;
+
+#[cfg(any(test, not(target_family = "wasm")))]
+#[inline(always)]
+fn wide_mul_64(a: u128, b: u128) -> (u128, u128) {
+    const LO: u128 = u64::MAX as u128;
+    let (a0, a1) = (a & LO, a >> 64);
+    let (b0, b1) = (b & LO, b >> 64);
+    // a1, b1 < 2^63, so no partial product overflows.
+    let low = a0 * b0;
+    let mid = a0 * b1 + a1 * b0; // < 2^128
+    let high = a1 * b1; // < 2^126
+    let (lo, carry) = low.overflowing_add(mid << 64);
+    (high + (mid >> 64) + carry as u128, lo)
+}
+
+#[cfg(any(test, target_family = "wasm"))]
+#[inline(always)]
+fn wide_mul_32(a: u128, b: u128) -> (u128, u128) {
+    const M: u64 = u32::MAX as u64;
+    let al = [
+        a as u64 & M,
+        (a >> 32) as u64 & M,
+        (a >> 64) as u64 & M,
+        (a >> 96) as u64,
+    ];
+    let bl = [
+        b as u64 & M,
+        (b >> 32) as u64 & M,
+        (b >> 64) as u64 & M,
+        (b >> 96) as u64,
+    ];
+    let mut r = [0u64; 8];
+    for i in 0..4 {
+        let mut carry = 0u64;
+        for j in 0..4 {
+            // (2^32−1)² + 2·(2^32−1) = 2^64 − 1: the sum never overflows.
+            let t = al[i] * bl[j] + r[i + j] + carry;
+            r[i + j] = t & M;
+            carry = t >> 32;
+        }
+        r[i + 4] = carry;
+    }
+    let join = |l: &[u64]| {
+        l[0] as u128 | (l[1] as u128) << 32 | (l[2] as u128) << 64 | (l[3] as u128) << 96
+    };
+    (join(&r[4..]), join(&r[..4]))
+}
+
 impl Mul for Fp {
     type Output = Fp;
     #[inline]
     fn mul(self, rhs: Fp) -> Fp {
-        const LO: u128 = u64::MAX as u128;
-        let (a0, a1) = (self.0 & LO, self.0 >> 64);
-        let (b0, b1) = (rhs.0 & LO, rhs.0 >> 64);
-        // 256-bit product as (hi, lo); a1, b1 < 2^63 so no partial product overflows.
-        let low = a0 * b0;
-        let mid = a0 * b1 + a1 * b0; // < 2^128
-        let high = a1 * b1; // < 2^126
-        let (lo, carry) = low.overflowing_add(mid << 64);
-        let hi = high + (mid >> 64) + carry as u128; // < 2^127
+        // The product is below p² < 2^254, so `hi` < 2^126.
+        let (hi, lo) = wide_mul(self.0, rhs.0);
         // hi·2^128 + lo ≡ 2·hi + lo (mod p), because 2^128 = 2·2^127 ≡ 2.
         let folded = (lo & P) + (lo >> 127) + (hi << 1);
         Fp(reduce(folded))
@@ -294,6 +365,11 @@ mod tests {
         }
 
         #[test]
+        fn both_wide_products_agree(a in any_fp(), b in any_fp()) {
+            prop_assert_eq!(wide_mul_32(a.0, b.0), wide_mul_64(a.0, b.0));
+        }
+
+        #[test]
         fn reduction_of_any_u128_matches_oracle(x in any::<u128>()) {
             prop_assert_eq!(Fp::from_u128(x).to_u128(), back(U256::from_u128(x)));
         }
@@ -325,6 +401,11 @@ mod tests {
         }
 
         #[test]
+        fn u64_pairs_round_trip(v in prop::collection::vec(any_fp(), 0..8)) {
+            prop_assert_eq!(Fp::from_u64_pairs(&Fp::to_u64_pairs(&v)), Some(v));
+        }
+
+        #[test]
         fn bytes_round_trip(a in any_fp()) {
             prop_assert_eq!(Fp::from_le_bytes(a.to_le_bytes()), Some(a));
         }
@@ -344,5 +425,7 @@ mod tests {
         assert_eq!(Fp::from_canonical(u128::MAX), None);
         assert!(Fp::try_from(P).is_err());
         assert_eq!(Fp::ZERO.invert(), None);
+        assert_eq!(Fp::from_u64_pairs(&[1, 2, 3]), None);
+        assert_eq!(Fp::from_u64_pairs(&[u64::MAX, u64::MAX]), None);
     }
 }

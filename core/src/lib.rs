@@ -4,9 +4,12 @@
 //! one is needed. It builds for native hosts and for `wasm32` guests and the browser alike.
 
 pub mod circuit;
+#[cfg(any(test, feature = "test-dealer"))]
+pub mod dealer;
 pub mod eval;
 pub mod field;
 pub mod fixed;
+pub mod session;
 pub mod shamir;
 
 pub use circuit::{Circuit, Gate, Manifest, WireId};

@@ -19,7 +19,7 @@ fn sandbox() -> Result<Sandbox> {
 fn load(path: &Path) -> Result<(Vec<u8>, Manifest, Circuit)> {
     let bytes = read(path)?;
     let (manifest, circuit) = sandbox()?
-        .read_package(&bytes, Default::default())
+        .read_package(&bytes, quorumvm_sandbox::package_limits())
         .map_err(|e| Failure::data(format!("{}: {e}", path.display())))?;
     Ok((bytes, manifest, circuit))
 }

@@ -75,7 +75,7 @@ pub fn run(packages: &Path, work: &Path) -> Result<()> {
         "Read it back in the wasmtime sandbox (fuel and memory limits) and evaluate in plain",
     );
     let (manifest, circuit) = sandbox
-        .read_package(&signed, Default::default())
+        .read_package(&signed, quorumvm_sandbox::package_limits())
         .map_err(Failure::data)?;
     for x in ["3", "10", "0"] {
         let xs = encode_values("input", &manifest.inputs, &pairs(&format!("x={x}")))

@@ -168,7 +168,9 @@ mod tests {
             wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all());
         validator.validate_all(&signed).unwrap();
         let sandbox = quorumvm_sandbox::Sandbox::new().unwrap();
-        let (manifest, _) = sandbox.read_package(&signed, Default::default()).unwrap();
+        let (manifest, _) = sandbox
+            .read_package(&signed, quorumvm_sandbox::package_limits())
+            .unwrap();
         assert_eq!(manifest.name, "square");
     }
 

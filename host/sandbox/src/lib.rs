@@ -4,7 +4,9 @@
 //! memory cap and a fuel budget, so a hostile or buggy component can exhaust only itself.
 
 pub mod engine;
+pub mod evaluator;
 pub mod package;
 
-pub use engine::Sandbox;
-pub use package::{PackageLimits, SandboxError};
+pub use engine::{EngineKind, Limits, Sandbox, SandboxConfig};
+pub use evaluator::{EvaluatorPlugin, PluginError, PluginSession, PluginSlot};
+pub use package::{SandboxError, package_limits};

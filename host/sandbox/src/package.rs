@@ -2,10 +2,10 @@
 //! and check that the circuit it returns is well formed and matches its manifest.
 
 use quorumvm_core::circuit::{Circuit, CircuitError, Gate, Manifest, Policy, ValueDecl};
-use wasmtime::component::{Component, Linker};
-use wasmtime::{Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::StoreLimits;
+use wasmtime::component::Linker;
 
-use crate::engine::Sandbox;
+use crate::engine::{Limits, Sandbox, describe_trap};
 
 wasmtime::component::bindgen!({
     path: "../../wit/program.wit",
@@ -14,21 +14,12 @@ wasmtime::component::bindgen!({
 
 use exports::quorumvm::program::definition as wit;
 
-/// What reading one package may consume.
-#[derive(Debug, Clone, Copy)]
-pub struct PackageLimits {
-    /// Linear memory the package may have, in bytes.
-    pub memory_bytes: usize,
-    /// Fuel for instantiation and both calls.
-    pub fuel: u64,
-}
-
-impl Default for PackageLimits {
-    fn default() -> PackageLimits {
-        PackageLimits {
-            memory_bytes: 64 << 20,
-            fuel: 10_000_000,
-        }
+/// What reading one package may consume: its data is all it has, so the limits are small.
+pub fn package_limits() -> Limits {
+    Limits {
+        memory_bytes: 64 << 20,
+        fuel: 10_000_000,
+        deadline: std::time::Duration::from_secs(1),
     }
 }
 
@@ -52,9 +43,10 @@ impl Sandbox {
     pub fn read_package(
         &self,
         bytes: &[u8],
-        limits: PackageLimits,
+        limits: Limits,
     ) -> Result<(Manifest, Circuit), SandboxError> {
-        let component = Component::new(self.engine(), bytes)
+        let component = self
+            .load_component(bytes)
             .map_err(|e| SandboxError::NotAComponent(format!("{e:#}")))?;
         let ty = component.component_type();
         let imports: Vec<String> = ty
@@ -69,20 +61,10 @@ impl Sandbox {
             .instantiate_pre(&component)
             .and_then(ProgramPackagePre::new)
             .map_err(|e| SandboxError::WrongExports(format!("{e:#}")))?;
-        let mut store = Store::new(
-            self.engine(),
-            StoreLimitsBuilder::new()
-                .memory_size(limits.memory_bytes)
-                .instances(4)
-                .memories(1)
-                .tables(1)
-                .build(),
-        );
-        store.limiter(|s| s);
-        store
-            .set_fuel(limits.fuel)
+        let mut store = self.store(&limits);
+        self.arm(&mut store, &limits)
             .map_err(|e| SandboxError::Trapped(format!("{e:#}")))?;
-        let trapped = |e: wasmtime::Error| SandboxError::Trapped(format!("{e:#}"));
+        let trapped = |e: wasmtime::Error| SandboxError::Trapped(describe_trap(&e, &limits));
         let bindings = pre.instantiate(&mut store).map_err(trapped)?;
         let api = bindings.quorumvm_program_definition();
         let manifest = api.call_get_manifest(&mut store).map_err(trapped)?;

@@ -3,7 +3,7 @@
 
 use quorumvm_compiler::{compile, package::encode};
 use quorumvm_core::circuit::Gate;
-use quorumvm_sandbox::{PackageLimits, Sandbox, SandboxError};
+use quorumvm_sandbox::{Limits, Sandbox, SandboxError, package_limits};
 
 const EXAMPLES: [&str; 6] = [
     include_str!("../../../packages/square.qvm"),
@@ -20,9 +20,7 @@ fn examples_round_trip_through_the_component() {
     for src in EXAMPLES {
         let p = compile(src, "example").unwrap();
         let bytes = encode(&p.manifest, &p.circuit).unwrap();
-        let (manifest, circuit) = sandbox
-            .read_package(&bytes, PackageLimits::default())
-            .unwrap();
+        let (manifest, circuit) = sandbox.read_package(&bytes, package_limits()).unwrap();
         assert_eq!(manifest, p.manifest);
         assert_eq!(circuit, p.circuit);
     }
@@ -43,7 +41,7 @@ fn every_gate_kind_and_extreme_constant_round_trips() {
     let bytes = encode(&p.manifest, &p.circuit).unwrap();
     let (manifest, circuit) = Sandbox::new()
         .unwrap()
-        .read_package(&bytes, PackageLimits::default())
+        .read_package(&bytes, package_limits())
         .unwrap();
     assert_eq!((manifest, circuit), (p.manifest, p.circuit));
 }
@@ -54,7 +52,7 @@ fn refused(src: &str, lie: impl FnOnce(&mut quorumvm_compiler::Program)) -> Sand
     let bytes = encode(&p.manifest, &p.circuit).unwrap();
     Sandbox::new()
         .unwrap()
-        .read_package(&bytes, PackageLimits::default())
+        .read_package(&bytes, package_limits())
         .unwrap_err()
 }
 
@@ -107,9 +105,9 @@ fn a_package_larger_than_the_memory_cap_is_refused() {
     }
     let p = compile(&src, "big").unwrap();
     let bytes = encode(&p.manifest, &p.circuit).unwrap();
-    let tight = PackageLimits {
+    let tight = Limits {
         memory_bytes: 64 << 10,
-        ..PackageLimits::default()
+        ..package_limits()
     };
     let err = Sandbox::new()
         .unwrap()
@@ -119,7 +117,7 @@ fn a_package_larger_than_the_memory_cap_is_refused() {
     // The same package within the default limits reads fine.
     Sandbox::new()
         .unwrap()
-        .read_package(&bytes, PackageLimits::default())
+        .read_package(&bytes, package_limits())
         .unwrap();
 }
 
@@ -127,9 +125,7 @@ fn a_package_larger_than_the_memory_cap_is_refused() {
 fn bytes_that_are_not_a_component_are_refused() {
     let sandbox = Sandbox::new().unwrap();
     for junk in [&b""[..], b"\0asm\x01\0\0\0", b"hello world"] {
-        let err = sandbox
-            .read_package(junk, PackageLimits::default())
-            .unwrap_err();
+        let err = sandbox.read_package(junk, package_limits()).unwrap_err();
         assert!(matches!(err, SandboxError::NotAComponent(_)), "{err}");
     }
 }

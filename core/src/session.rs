@@ -1,0 +1,674 @@
+//! One custodian's side of a threshold evaluation: the logic the evaluator plugin runs.
+//!
+//! Semi-honest, honest-majority Shamir sharing with Beaver triples. Every wire holds this
+//! custodian's share of a degree-(k−1) sharing (a public constant is its own share). Linear
+//! gates are local. A multiplication `x·y` consumes a triple `(a, b, c = a·b)`: the quorum opens
+//! `ε = x − a` and `δ = y − b` (uniformly random, so they reveal nothing), and each member sets
+//! `z = c + ε·b + δ·a + ε·δ`. A dot product `Σ x_j·y_j` opens its `ε_j, δ_j` and uses one `c`.
+//! All multiplications of one depth layer open together: one message per peer per layer.
+//!
+//! Openings use every share received: with more than `k` members, each value is interpolated
+//! from `k` of them and checked against the rest, and a mismatch names the custodian(s) whose
+//! share is inconsistent (when a majority identifies them).
+
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+use crate::circuit::{Circuit, Gate, WireId};
+use crate::field::Fp;
+use crate::shamir::{Share, check_consistent, check_points, lagrange_coefficients};
+
+/// This custodian's shares of one Beaver triple (vectors for a dot product).
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct Triple {
+    pub a: Vec<Fp>,
+    pub b: Vec<Fp>,
+    pub c: Fp,
+}
+
+impl Triple {
+    /// Concatenates triples as `a_1..a_n, b_1..b_n, c` each (the plugin's wire layout).
+    pub fn flatten(triples: &[Triple]) -> Vec<Fp> {
+        let mut out = Vec::with_capacity(triples.iter().map(|t| 2 * t.a.len() + 1).sum());
+        for t in triples {
+            out.extend_from_slice(&t.a);
+            out.extend_from_slice(&t.b);
+            out.push(t.c);
+        }
+        out
+    }
+
+    /// Splits a flat list back into one triple per multiplication gate of `circuit`, each
+    /// shaped by its gate (one term for `mul`, one per term for `dot`).
+    pub fn unflatten(circuit: &Circuit, flat: &[Fp]) -> Result<Vec<Triple>, SessionError> {
+        let mut triples = Vec::new();
+        let mut rest = flat;
+        for gate in &circuit.gates {
+            let n = match gate {
+                Gate::Mul(..) => 1,
+                Gate::Dot(terms) => terms.len(),
+                _ => continue,
+            };
+            if rest.len() < 2 * n + 1 {
+                return Err(setup_error(format!(
+                    "the triples run out at multiplication gate {}",
+                    triples.len()
+                )));
+            }
+            let (t, tail) = rest.split_at(2 * n + 1);
+            triples.push(Triple {
+                a: t[..n].to_vec(),
+                b: t[n..2 * n].to_vec(),
+                c: t[2 * n],
+            });
+            rest = tail;
+        }
+        if !rest.is_empty() {
+            return Err(setup_error(format!(
+                "{} field elements of triples are left over",
+                rest.len()
+            )));
+        }
+        Ok(triples)
+    }
+}
+
+/// Everything a session starts from.
+pub struct Setup {
+    pub circuit: Circuit,
+    pub me: u32,
+    pub quorum: Vec<u32>,
+    pub threshold: usize,
+    pub secrets: Vec<Fp>,
+    pub inputs: Vec<Fp>,
+    /// One per multiplication gate, in gate order.
+    pub triples: Vec<Triple>,
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        self.secrets.zeroize();
+        self.inputs.zeroize();
+    }
+}
+
+/// What the host must do next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Send these values to every other quorum member and come back with theirs.
+    Send(Vec<Fp>),
+    /// This custodian's output shares.
+    Done(Vec<Fp>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    #[error("invalid setup: {0}")]
+    Setup(String),
+    #[error("the session is finished or was never started")]
+    NotRunning,
+    #[error("expected one message from each of {expected:?}, got them from {got:?}")]
+    WrongSenders { expected: Vec<u32>, got: Vec<u32> },
+    #[error("custodian {sender} sent {got} values; this layer opens {expected}")]
+    WrongLength {
+        sender: u32,
+        expected: usize,
+        got: usize,
+    },
+    #[error(
+        "inconsistent shares in layer {layer}: custodian(s) {culprits:?} disagree with the rest"
+    )]
+    Inconsistent { layer: u32, culprits: Vec<u32> },
+    #[error(
+        "inconsistent shares in layer {layer}: the {members} quorum members do not agree and too few remain to tell who is wrong"
+    )]
+    Unattributable { layer: u32, members: usize },
+}
+
+/// A running session.
+pub struct Session {
+    circuit: Circuit,
+    wires: Vec<Fp>,
+    /// Multiplication gates of each layer (index = depth − 1), and the other gates of each
+    /// depth (index = depth), both in gate order.
+    layers: Vec<Vec<WireId>>,
+    locals: Vec<Vec<WireId>>,
+    /// Index into `triples` of each multiplication gate.
+    triple_of: Vec<u32>,
+    triples: Vec<Triple>,
+    inputs: Vec<Fp>,
+    secrets: Vec<Fp>,
+    me: u32,
+    /// Quorum x-coordinates, sorted; `k` of them interpolate, the rest check.
+    quorum: Vec<u32>,
+    k: usize,
+    /// λ at 0 for the first `k` members, and, for each checking member, λ at its x.
+    at_zero: Vec<Fp>,
+    at_checkers: Vec<Vec<Fp>>,
+    /// The layer whose messages are awaited (1-based); `None` when finished.
+    layer: Option<u32>,
+    /// This member's own opened shares for the awaited layer.
+    mine: Vec<Fp>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.wires.zeroize();
+        self.inputs.zeroize();
+        self.secrets.zeroize();
+        self.mine.zeroize();
+    }
+}
+
+fn setup_error(msg: impl Into<String>) -> SessionError {
+    SessionError::Setup(msg.into())
+}
+
+impl Session {
+    /// Checks the setup, evaluates everything before the first layer, and says what to send.
+    pub fn begin(mut setup: Setup) -> Result<(Session, Step), SessionError> {
+        let circuit = std::mem::replace(
+            &mut setup.circuit,
+            Circuit {
+                gates: vec![],
+                outputs: vec![],
+            },
+        );
+        let mut quorum = setup.quorum.clone();
+        quorum.sort_unstable();
+        check_points(&quorum).map_err(|e| setup_error(e.to_string()))?;
+        let k = setup.threshold;
+        if k == 0 || quorum.len() < k {
+            return Err(setup_error(format!(
+                "a quorum of {} cannot reach threshold {k}",
+                quorum.len()
+            )));
+        }
+        if !quorum.contains(&setup.me) {
+            return Err(setup_error(format!(
+                "custodian {} is not in the quorum {quorum:?}",
+                setup.me
+            )));
+        }
+        // Structure: topological order, leaf indices, triple shapes.
+        let mut triple_of = vec![u32::MAX; circuit.gates.len()];
+        let mut next_triple = 0usize;
+        for (i, gate) in circuit.gates.iter().enumerate() {
+            if let Some(&w) = gate.operands().iter().find(|&&w| w as usize >= i) {
+                return Err(setup_error(format!(
+                    "gate {i} reads wire {w}, not an earlier gate"
+                )));
+            }
+            match gate {
+                Gate::Input(j) if *j as usize >= setup.inputs.len() => {
+                    return Err(setup_error(format!(
+                        "gate {i} reads input #{j}; {} given",
+                        setup.inputs.len()
+                    )));
+                }
+                Gate::Secret(j) if *j as usize >= setup.secrets.len() => {
+                    return Err(setup_error(format!(
+                        "gate {i} reads secret #{j}; {} given",
+                        setup.secrets.len()
+                    )));
+                }
+                Gate::Mul(..) | Gate::Dot(_) => {
+                    let terms = match gate {
+                        Gate::Dot(t) if t.is_empty() => {
+                            return Err(setup_error(format!("gate {i} is an empty dot product")));
+                        }
+                        Gate::Dot(t) => t.len(),
+                        _ => 1,
+                    };
+                    let t = setup.triples.get(next_triple).ok_or_else(|| {
+                        setup_error(format!("no triple for multiplication gate {i}"))
+                    })?;
+                    if t.a.len() != terms || t.b.len() != terms {
+                        return Err(setup_error(format!(
+                            "the triple for gate {i} has {}/{} elements; it needs {terms}",
+                            t.a.len(),
+                            t.b.len()
+                        )));
+                    }
+                    triple_of[i] = next_triple as u32;
+                    next_triple += 1;
+                }
+                _ => {}
+            }
+        }
+        if next_triple != setup.triples.len() {
+            return Err(setup_error(format!(
+                "{} triples given for {next_triple} multiplication gates",
+                setup.triples.len()
+            )));
+        }
+        if let Some(&o) = circuit
+            .outputs
+            .iter()
+            .find(|&&o| o as usize >= circuit.gates.len())
+        {
+            return Err(setup_error(format!("output wire {o} does not exist")));
+        }
+
+        let depths = circuit.depths();
+        let depth = depths.iter().copied().max().unwrap_or(0) as usize;
+        let mut layers = vec![Vec::new(); depth];
+        let mut locals = vec![Vec::new(); depth + 1];
+        for (i, (gate, &d)) in circuit.gates.iter().zip(&depths).enumerate() {
+            if gate.is_multiplication() {
+                layers[d as usize - 1].push(i as WireId);
+            } else {
+                locals[d as usize].push(i as WireId);
+            }
+        }
+        let at_zero = lagrange_coefficients(&quorum[..k], Fp::ZERO)
+            .map_err(|e| setup_error(e.to_string()))?;
+        let at_checkers = quorum[k..]
+            .iter()
+            .map(|&x| lagrange_coefficients(&quorum[..k], Fp::from(x as u64)))
+            .collect::<Result<_, _>>()
+            .map_err(|e| setup_error(e.to_string()))?;
+        let mut session = Session {
+            wires: vec![Fp::ZERO; circuit.gates.len()],
+            circuit,
+            layers,
+            locals,
+            triple_of,
+            triples: std::mem::take(&mut setup.triples),
+            inputs: std::mem::take(&mut setup.inputs),
+            secrets: std::mem::take(&mut setup.secrets),
+            me: setup.me,
+            quorum,
+            k,
+            at_zero,
+            at_checkers,
+            layer: None,
+            mine: Vec::new(),
+        };
+        session.run_locals(0);
+        let step = session.open_layer(1);
+        Ok((session, step))
+    }
+
+    /// The multiplicative depth: how many `Send` steps a session takes.
+    pub fn depth(&self) -> usize {
+        self.layers.len()
+    }
+
+    fn run_locals(&mut self, depth: usize) {
+        for &g in &self.locals[depth] {
+            let w = &self.wires;
+            let v = match &self.circuit.gates[g as usize] {
+                Gate::Input(j) => self.inputs[*j as usize],
+                Gate::Secret(j) => self.secrets[*j as usize],
+                Gate::Const(c) => Fp::from_i128(*c),
+                Gate::Add(a, b) => w[*a as usize] + w[*b as usize],
+                Gate::Sub(a, b) => w[*a as usize] - w[*b as usize],
+                Gate::Neg(a) => -w[*a as usize],
+                Gate::Scale(a, k) => w[*a as usize] * Fp::from_i128(*k),
+                Gate::Mul(..) | Gate::Dot(_) => unreachable!("multiplications are in layers"),
+            };
+            self.wires[g as usize] = v;
+        }
+    }
+
+    /// Masks the operands of every multiplication of `layer` (1-based), or finishes.
+    fn open_layer(&mut self, layer: u32) -> Step {
+        if layer as usize > self.layers.len() {
+            self.layer = None;
+            return Step::Done(
+                self.circuit
+                    .outputs
+                    .iter()
+                    .map(|&o| self.wires[o as usize])
+                    .collect(),
+            );
+        }
+        let mut out = Vec::new();
+        for &g in &self.layers[layer as usize - 1] {
+            let t = &self.triples[self.triple_of[g as usize] as usize];
+            match &self.circuit.gates[g as usize] {
+                Gate::Mul(x, y) => {
+                    out.push(self.wires[*x as usize] - t.a[0]);
+                    out.push(self.wires[*y as usize] - t.b[0]);
+                }
+                Gate::Dot(terms) => {
+                    for (j, (x, y)) in terms.iter().enumerate() {
+                        out.push(self.wires[*x as usize] - t.a[j]);
+                        out.push(self.wires[*y as usize] - t.b[j]);
+                    }
+                }
+                _ => unreachable!("only multiplications are in layers"),
+            }
+        }
+        self.layer = Some(layer);
+        self.mine = out.clone();
+        Step::Send(out)
+    }
+
+    /// Completes the awaited layer with one message from every other quorum member.
+    pub fn advance(&mut self, messages: &[(u32, Vec<Fp>)]) -> Result<Step, SessionError> {
+        let layer = self.layer.ok_or(SessionError::NotRunning)?;
+        let n = self.mine.len();
+        // Gather the shares in quorum order.
+        let mut by_member: Vec<&[Fp]> = Vec::with_capacity(self.quorum.len());
+        let mut senders: Vec<u32> = messages.iter().map(|(s, _)| *s).collect();
+        senders.sort_unstable();
+        let expected: Vec<u32> = self
+            .quorum
+            .iter()
+            .copied()
+            .filter(|&x| x != self.me)
+            .collect();
+        if senders != expected {
+            return Err(SessionError::WrongSenders {
+                expected,
+                got: senders,
+            });
+        }
+        for &x in &self.quorum {
+            if x == self.me {
+                by_member.push(&self.mine);
+                continue;
+            }
+            let (_, values) = messages
+                .iter()
+                .find(|(s, _)| *s == x)
+                .expect("checked above");
+            if values.len() != n {
+                return Err(SessionError::WrongLength {
+                    sender: x,
+                    expected: n,
+                    got: values.len(),
+                });
+            }
+            by_member.push(values);
+        }
+        // Open every value: interpolate from the first k members, check the others.
+        let mut opened = Vec::with_capacity(n);
+        for v in 0..n {
+            let base = &by_member[..self.k];
+            let value: Fp = base.iter().zip(&self.at_zero).map(|(s, &l)| s[v] * l).sum();
+            for (c, lambdas) in self.at_checkers.iter().enumerate() {
+                let predicted: Fp = base.iter().zip(lambdas).map(|(s, &l)| s[v] * l).sum();
+                if predicted != by_member[self.k + c][v] {
+                    return Err(self.blame(layer, &by_member, v));
+                }
+            }
+            opened.push(value);
+        }
+        // z = c + ε·b + δ·a + ε·δ for each multiplication of the layer.
+        let mut cursor = 0;
+        for &g in &self.layers[layer as usize - 1] {
+            let t = &self.triples[self.triple_of[g as usize] as usize];
+            let mut z = t.c;
+            for j in 0..t.a.len() {
+                let (eps, delta) = (opened[cursor], opened[cursor + 1]);
+                z += eps * t.b[j] + delta * t.a[j] + eps * delta;
+                cursor += 2;
+            }
+            self.wires[g as usize] = z;
+        }
+        self.run_locals(layer as usize);
+        Ok(self.open_layer(layer + 1))
+    }
+
+    /// Names the members whose share of opened value `v` is off the majority's polynomial.
+    fn blame(&self, layer: u32, by_member: &[&[Fp]], v: usize) -> SessionError {
+        let shares: Vec<Share> = self
+            .quorum
+            .iter()
+            .zip(by_member)
+            .map(|(&x, s)| Share { x, y: s[v] })
+            .collect();
+        let members = self.quorum.len();
+        match check_consistent(&shares, self.k - 1) {
+            // A majority agreeing needs at least k + 2 members (k + 1 leaves a tie).
+            Ok((_, culprits)) if !culprits.is_empty() && members >= self.k + 2 => {
+                SessionError::Inconsistent { layer, culprits }
+            }
+            _ => SessionError::Unattributable { layer, members },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dealer::{deal_triples, share_values};
+    use crate::eval::eval_plain;
+    use crate::shamir::{Threshold, reconstruct};
+    use proptest::prelude::*;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    /// Runs all members of `quorum` to completion, passing messages between them; returns each
+    /// member's final step result.
+    pub(crate) fn run(
+        circuit: &Circuit,
+        t: Threshold,
+        quorum: &[u32],
+        inputs: &[Fp],
+        secrets: &[Fp],
+        seed: u64,
+        tamper: Option<(u32, usize)>,
+    ) -> Result<Vec<Vec<Fp>>, SessionError> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let triples = deal_triples(circuit, t, &mut rng);
+        let xs = share_values(inputs, t, &mut rng);
+        let ss = share_values(secrets, t, &mut rng);
+        let mut sessions = Vec::new();
+        let mut sends = Vec::new();
+        for &me in quorum {
+            let p = me as usize - 1;
+            let (s, step) = Session::begin(Setup {
+                circuit: circuit.clone(),
+                me,
+                quorum: quorum.to_vec(),
+                threshold: t.k(),
+                secrets: ss[p].clone(),
+                inputs: xs[p].clone(),
+                triples: triples[p].clone(),
+            })?;
+            sessions.push(s);
+            sends.push(step);
+        }
+        let mut round = 0;
+        loop {
+            if let Step::Done(_) = &sends[0] {
+                return Ok(sends
+                    .into_iter()
+                    .map(|s| match s {
+                        Step::Done(v) => v,
+                        Step::Send(_) => panic!("members disagree on the depth"),
+                    })
+                    .collect());
+            }
+            let mut outbox: Vec<(u32, Vec<Fp>)> = quorum
+                .iter()
+                .zip(&sends)
+                .map(|(&x, s)| match s {
+                    Step::Send(v) => (x, v.clone()),
+                    Step::Done(_) => panic!("members disagree on the depth"),
+                })
+                .collect();
+            if let Some((who, r)) = tamper
+                && r == round
+                && let Some(m) = outbox.iter_mut().find(|(x, _)| *x == who)
+            {
+                m.1[0] += Fp::ONE;
+            }
+            round += 1;
+            sends = sessions
+                .iter_mut()
+                .zip(quorum)
+                .map(|(s, &me)| {
+                    let msgs: Vec<_> = outbox.iter().filter(|(x, _)| *x != me).cloned().collect();
+                    s.advance(&msgs)
+                })
+                .collect::<Result<_, _>>()?;
+        }
+    }
+
+    fn random_circuit() -> impl Strategy<Value = (Circuit, usize, usize)> {
+        (
+            1usize..4,
+            0usize..3,
+            prop::collection::vec((0u8..8, any::<u32>(), any::<u32>(), -5i128..5), 1..30),
+        )
+            .prop_map(|(n_in, n_sec, ops)| {
+                let mut gates: Vec<Gate> = (0..n_in as u32).map(Gate::Input).collect();
+                gates.extend((0..n_sec as u32).map(Gate::Secret));
+                for (kind, a, b, k) in ops {
+                    let n = gates.len() as u32;
+                    let (a, b) = (a % n, b % n);
+                    gates.push(match kind {
+                        0 => Gate::Add(a, b),
+                        1 => Gate::Sub(a, b),
+                        2 => Gate::Neg(a),
+                        3 => Gate::Scale(a, k),
+                        4 => Gate::Const(k),
+                        5 | 6 => Gate::Mul(a, b),
+                        _ => Gate::Dot(vec![(a, b), (b, a), (a, a)]),
+                    });
+                }
+                let last = gates.len() as u32 - 1;
+                (
+                    Circuit {
+                        gates,
+                        outputs: vec![last, last / 2],
+                    },
+                    n_in,
+                    n_sec,
+                )
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn shares_reconstruct_to_the_plain_result(
+            (circuit, n_in, n_sec) in random_circuit(),
+            (k, n) in prop_oneof![Just((2usize, 3usize)), Just((3, 5)), Just((2, 5))],
+            seed in any::<u64>(),
+            values in prop::collection::vec(any::<i64>(), 5),
+        ) {
+            let t = Threshold::new(k, n).unwrap();
+            let inputs: Vec<Fp> = values[..n_in].iter().map(|&v| Fp::from_i128(v as i128)).collect();
+            let secrets: Vec<Fp> = values[n_in..n_in + n_sec].iter().map(|&v| Fp::from_i128(v as i128)).collect();
+            let want = eval_plain(&circuit, &inputs, &secrets);
+            // Every member of the full set, and a bare quorum of k.
+            for quorum in [(1..=n as u32).collect::<Vec<_>>(), (1..=k as u32).rev().collect()] {
+                let outs = run(&circuit, t, &quorum, &inputs, &secrets, seed, None).unwrap();
+                for (o, &w) in want.iter().enumerate() {
+                    let shares: Vec<Share> = quorum.iter().zip(&outs).map(|(&x, v)| Share { x, y: v[o] }).collect();
+                    prop_assert_eq!(reconstruct(&shares, t).unwrap(), w);
+                }
+            }
+        }
+    }
+
+    fn square() -> Circuit {
+        Circuit {
+            gates: vec![
+                Gate::Input(0),
+                Gate::Const(7),
+                Gate::Add(0, 1),
+                Gate::Mul(2, 2),
+            ],
+            outputs: vec![3],
+        }
+    }
+
+    #[test]
+    fn an_inconsistent_share_is_named() {
+        let t = Threshold::new(2, 5).unwrap();
+        let err = run(
+            &square(),
+            t,
+            &[1, 2, 3, 4, 5],
+            &[Fp::from(3)],
+            &[],
+            9,
+            Some((4, 0)),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            SessionError::Inconsistent {
+                layer: 1,
+                culprits: vec![4]
+            }
+        );
+        // With k + 1 members a mismatch is seen but cannot be pinned on anyone.
+        let t = Threshold::new(2, 3).unwrap();
+        let err = run(
+            &square(),
+            t,
+            &[1, 2, 3],
+            &[Fp::from(3)],
+            &[],
+            9,
+            Some((2, 0)),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            SessionError::Unattributable {
+                layer: 1,
+                members: 3
+            }
+        );
+    }
+
+    #[test]
+    fn triples_flatten_and_unflatten_by_the_circuit() {
+        let c = Circuit {
+            gates: vec![
+                Gate::Input(0),
+                Gate::Mul(0, 0),
+                Gate::Dot(vec![(0, 1), (1, 1)]),
+            ],
+            outputs: vec![2],
+        };
+        let t = Threshold::new(2, 3).unwrap();
+        let triples = deal_triples(&c, t, &mut StdRng::seed_from_u64(2));
+        let flat = Triple::flatten(&triples[0]);
+        assert_eq!(flat.len(), 3 + 5);
+        let back = Triple::unflatten(&c, &flat).unwrap();
+        assert_eq!(Triple::flatten(&back), flat);
+        assert!(Triple::unflatten(&c, &flat[..7]).is_err());
+        assert!(Triple::unflatten(&c, &[flat.clone(), vec![Fp::ONE]].concat()).is_err());
+    }
+
+    #[test]
+    fn bad_setups_and_messages_are_refused() {
+        let t = Threshold::new(2, 3).unwrap();
+        let mut rng = StdRng::seed_from_u64(1);
+        let triples = deal_triples(&square(), t, &mut rng);
+        let setup = |me, quorum: Vec<u32>, triples: Vec<Triple>| Setup {
+            circuit: square(),
+            me,
+            quorum,
+            threshold: 2,
+            secrets: vec![],
+            inputs: vec![Fp::from(3)],
+            triples,
+        };
+        let refused = |s| Session::begin(s).err().unwrap().to_string();
+        assert!(refused(setup(4, vec![1, 2], triples[0].clone())).contains("not in the quorum"));
+        assert!(refused(setup(1, vec![1], triples[0].clone())).contains("cannot reach threshold"));
+        assert!(refused(setup(1, vec![1, 1], triples[0].clone())).contains("repeated"));
+        assert!(refused(setup(1, vec![1, 2], vec![])).contains("no triple"));
+        let (mut s, _) = Session::begin(setup(1, vec![1, 2, 3], triples[0].clone())).unwrap();
+        let e = s.advance(&[(2, vec![Fp::ONE, Fp::ONE])]).unwrap_err();
+        assert!(matches!(e, SessionError::WrongSenders { .. }), "{e}");
+        let e = s
+            .advance(&[(2, vec![Fp::ONE]), (3, vec![Fp::ONE])])
+            .unwrap_err();
+        assert!(
+            matches!(e, SessionError::WrongLength { sender: 2, .. }),
+            "{e}"
+        );
+    }
+}
