@@ -156,6 +156,42 @@ impl Sandbox {
     }
 }
 
+/// Why a component could not be prepared for instantiation.
+pub(crate) enum Unloadable {
+    NotAComponent(String),
+    HasImports(Vec<String>),
+    WrongExports(String),
+}
+
+impl Sandbox {
+    /// Loads a component that must import nothing and prepares it for instantiation through the
+    /// bindings' `Pre::new` (which checks the exports against the WIT). Both kinds of component
+    /// this host runs (program packages and evaluator plugins) come through here.
+    pub(crate) fn prepare<P>(
+        &self,
+        bytes: &[u8],
+        bindings: impl FnOnce(
+            wasmtime::component::InstancePre<wasmtime::StoreLimits>,
+        ) -> wasmtime::Result<P>,
+    ) -> Result<P, Unloadable> {
+        let component = self
+            .load_component(bytes)
+            .map_err(|e| Unloadable::NotAComponent(format!("{e:#}")))?;
+        let imports: Vec<String> = component
+            .component_type()
+            .imports(&self.engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
+        if !imports.is_empty() {
+            return Err(Unloadable::HasImports(imports));
+        }
+        wasmtime::component::Linker::new(&self.engine)
+            .instantiate_pre(&component)
+            .and_then(bindings)
+            .map_err(|e| Unloadable::WrongExports(format!("{e:#}")))
+    }
+}
+
 /// Advances the engine's epoch until the engine is dropped.
 fn spawn_ticker(engine: &Engine) {
     let weak = engine.weak();

@@ -12,9 +12,8 @@ use quorumvm_core::field::Fp;
 use quorumvm_core::session::{Setup, Step, Triple};
 use sha2::{Digest, Sha256};
 use wasmtime::StoreLimits;
-use wasmtime::component::Linker;
 
-use crate::engine::{Limits, Sandbox, describe_trap};
+use crate::engine::{Limits, Sandbox, Unloadable, describe_trap};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -60,22 +59,13 @@ impl EvaluatorPlugin {
         bytes: &[u8],
         limits: Limits,
     ) -> Result<EvaluatorPlugin, PluginError> {
-        let component = sandbox
-            .load_component(bytes)
-            .map_err(|e| PluginError::NotAComponent(format!("{e:#}")))?;
-        let imports: Vec<String> = component
-            .component_type()
-            .imports(sandbox.engine())
-            .map(|(name, _)| name.to_string())
-            .collect();
-        if !imports.is_empty() {
-            return Err(PluginError::HasImports(imports));
-        }
-        let linker: Linker<StoreLimits> = Linker::new(sandbox.engine());
-        let pre = linker
-            .instantiate_pre(&component)
-            .and_then(bindings::EvaluatorPluginPre::new)
-            .map_err(|e| PluginError::WrongExports(format!("{e:#}")))?;
+        let pre = sandbox
+            .prepare(bytes, bindings::EvaluatorPluginPre::new)
+            .map_err(|e| match e {
+                Unloadable::NotAComponent(m) => PluginError::NotAComponent(m),
+                Unloadable::HasImports(i) => PluginError::HasImports(i),
+                Unloadable::WrongExports(m) => PluginError::WrongExports(m),
+            })?;
         Ok(EvaluatorPlugin {
             sandbox: sandbox.clone(),
             pre,

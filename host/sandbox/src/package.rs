@@ -1,11 +1,8 @@
 //! Reading a program package: instantiate it in a fresh, limited store, call its two exports,
 //! and check that the circuit it returns is well formed and matches its manifest.
 
+use crate::engine::{Limits, Sandbox, Unloadable, describe_trap};
 use quorumvm_core::circuit::{Circuit, CircuitError, Gate, Manifest, Policy, ValueDecl};
-use wasmtime::StoreLimits;
-use wasmtime::component::Linker;
-
-use crate::engine::{Limits, Sandbox, describe_trap};
 
 wasmtime::component::bindgen!({
     path: "../../wit/program.wit",
@@ -45,22 +42,13 @@ impl Sandbox {
         bytes: &[u8],
         limits: Limits,
     ) -> Result<(Manifest, Circuit), SandboxError> {
-        let component = self
-            .load_component(bytes)
-            .map_err(|e| SandboxError::NotAComponent(format!("{e:#}")))?;
-        let ty = component.component_type();
-        let imports: Vec<String> = ty
-            .imports(self.engine())
-            .map(|(name, _)| name.to_string())
-            .collect();
-        if !imports.is_empty() {
-            return Err(SandboxError::HasImports(imports));
-        }
-        let linker: Linker<StoreLimits> = Linker::new(self.engine());
-        let pre = linker
-            .instantiate_pre(&component)
-            .and_then(ProgramPackagePre::new)
-            .map_err(|e| SandboxError::WrongExports(format!("{e:#}")))?;
+        let pre = self
+            .prepare(bytes, ProgramPackagePre::new)
+            .map_err(|e| match e {
+                Unloadable::NotAComponent(m) => SandboxError::NotAComponent(m),
+                Unloadable::HasImports(i) => SandboxError::HasImports(i),
+                Unloadable::WrongExports(m) => SandboxError::WrongExports(m),
+            })?;
         let mut store = self.store(&limits);
         self.arm(&mut store, &limits)
             .map_err(|e| SandboxError::Trapped(format!("{e:#}")))?;
