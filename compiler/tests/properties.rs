@@ -13,16 +13,19 @@ struct Exact {
     scale: u32,
 }
 
+/// The oracle's arithmetic is checked: a value beyond `i128` is beyond p/2 too, so the compiler
+/// must refuse any program where the oracle overflows (`None`).
 impl Exact {
-    fn at(self, scale: u32) -> i128 {
-        self.raw * 10i128.pow(scale - self.scale)
+    fn at(self, scale: u32) -> Option<i128> {
+        self.raw
+            .checked_mul(10i128.checked_pow(scale - self.scale)?)
     }
-    fn add(self, o: Exact) -> Exact {
+    fn add(self, o: Exact) -> Option<Exact> {
         let s = self.scale.max(o.scale);
-        Exact {
-            raw: self.at(s) + o.at(s),
+        Some(Exact {
+            raw: self.at(s)?.checked_add(o.at(s)?)?,
             scale: s,
-        }
+        })
     }
     fn neg(self) -> Exact {
         Exact {
@@ -30,15 +33,19 @@ impl Exact {
             scale: self.scale,
         }
     }
-    fn mul(self, o: Exact) -> Exact {
-        Exact {
-            raw: self.raw * o.raw,
+    fn mul(self, o: Exact) -> Option<Exact> {
+        Some(Exact {
+            raw: self.raw.checked_mul(o.raw)?,
             scale: self.scale + o.scale,
-        }
+        })
     }
     fn same_value(self, d: Decimal) -> bool {
         let s = self.scale.max(d.scale as u32);
-        self.at(s) == d.raw * 10i128.pow(s - d.scale as u32)
+        let theirs = Exact {
+            raw: d.raw,
+            scale: d.scale as u32,
+        };
+        self.at(s).is_some() && self.at(s) == theirs.at(s)
     }
 }
 
@@ -91,7 +98,7 @@ proptest! {
     fn compiled_circuits_agree_with_the_source((decls, ops) in program()) {
         let mut src = String::from("input sel in 0..1\n");
         let mut names = vec!["sel".to_string()];
-        let mut vals = vec![Exact { raw: 1, scale: 0 }];
+        let mut vals = vec![Some(Exact { raw: 1, scale: 0 })];
         let (mut inputs, mut secrets) = (vec![("sel".to_string(), "1".to_string())], vec![]);
         for (i, &(v, s, secret)) in decls.iter().enumerate() {
             let name = format!("v{i}");
@@ -102,39 +109,52 @@ proptest! {
             if secret { secrets.push((name.clone(), text)) } else { inputs.push((name.clone(), text)) }
             // Values are given at the declared scale (the bound's digits).
             names.push(name);
-            vals.push(Exact { raw: v as i128, scale: s });
+            vals.push(Some(Exact { raw: v as i128, scale: s }));
         }
         let pick = |k: usize, n: &Vec<String>| k % n.len();
+        let pair = |vals: &Vec<Option<Exact>>, a: usize, b: usize| vals[a].zip(vals[b]);
         for (j, op) in ops.iter().enumerate() {
             let name = format!("t{j}");
             let (line, val) = match op {
                 Op::Add(a, b) => { let (a, b) = (pick(*a, &names), pick(*b, &names));
-                    (format!("add {name} = {} {}", names[a], names[b]), vals[a].add(vals[b])) }
+                    (format!("add {name} = {} {}", names[a], names[b]), pair(&vals, a, b).and_then(|(x, y)| x.add(y))) }
                 Op::Sub(a, b) => { let (a, b) = (pick(*a, &names), pick(*b, &names));
-                    (format!("sub {name} = {} {}", names[a], names[b]), vals[a].add(vals[b].neg())) }
+                    (format!("sub {name} = {} {}", names[a], names[b]), pair(&vals, a, b).and_then(|(x, y)| x.add(y.neg()))) }
                 Op::Mul(a, b) => { let (a, b) = (pick(*a, &names), pick(*b, &names));
-                    (format!("mul {name} = {} {}", names[a], names[b]), vals[a].mul(vals[b])) }
+                    (format!("mul {name} = {} {}", names[a], names[b]), pair(&vals, a, b).and_then(|(x, y)| x.mul(y))) }
                 Op::Neg(a) => { let a = pick(*a, &names);
-                    (format!("neg {name} = {}", names[a]), vals[a].neg()) }
+                    (format!("neg {name} = {}", names[a]), vals[a].map(Exact::neg)) }
                 Op::Mux(a, b) => { let (a, b) = (pick(*a, &names), pick(*b, &names));
                     // sel is 1: the result is `a`, at the scale of the aligned pair.
-                    let s = vals[a].scale.max(vals[b].scale);
-                    (format!("mux {name} = sel {} {}", names[a], names[b]), Exact { raw: vals[a].at(s), scale: s }) }
+                    let v = pair(&vals, a, b).and_then(|(x, y)| {
+                        let s = x.scale.max(y.scale);
+                        Some(Exact { raw: x.at(s)?, scale: s })
+                    });
+                    (format!("mux {name} = sel {} {}", names[a], names[b]), v) }
                 Op::Dot(terms) => {
                     let ts: Vec<(usize, usize)> = terms.iter().map(|&(a, b)| (pick(a, &names), pick(b, &names))).collect();
                     let l: Vec<&str> = ts.iter().map(|t| names[t.0].as_str()).collect();
                     let r: Vec<&str> = ts.iter().map(|t| names[t.1].as_str()).collect();
-                    let v = ts.iter().map(|&(a, b)| vals[a].mul(vals[b])).reduce(Exact::add).unwrap();
+                    let v = ts.iter().try_fold(None::<Exact>, |acc, &(a, b)| {
+                        let p = pair(&vals, a, b).and_then(|(x, y)| x.mul(y))?;
+                        Some(Some(match acc { None => p, Some(acc) => acc.add(p)? }))
+                    }).flatten();
                     (format!("dot {name} = [{}] [{}]", l.join(" "), r.join(" ")), v) }
                 Op::Poly(x, cs) => {
                     let x = pick(*x, &names);
                     let cs: Vec<usize> = cs.iter().map(|&c| pick(c, &names)).collect();
-                    let mut v = vals[cs[0]];
-                    let mut power = Exact { raw: 1, scale: 0 };
-                    for &c in &cs[1..] { power = power.mul(vals[x]); v = v.add(vals[c].mul(power)); }
+                    let v = (|| {
+                        let (xv, mut v) = (vals[x]?, vals[cs[0]]?);
+                        let mut power = Exact { raw: 1, scale: 0 };
+                        for &c in &cs[1..] {
+                            power = power.mul(xv)?;
+                            v = v.add(vals[c]?.mul(power)?)?;
+                        }
+                        Some(v)
+                    })();
                     let list: Vec<&str> = cs.iter().map(|&c| names[c].as_str()).collect();
                     (format!("polyeval {name} = {} [{}]", names[x], list.join(" ")), v) }
-                Op::Lit(v, s) => (format!("const {name} = {}", render(*v, *s)), Exact { raw: *v as i128, scale: *s }),
+                Op::Lit(v, s) => (format!("const {name} = {}", render(*v, *s)), Some(Exact { raw: *v as i128, scale: *s })),
             };
             src += &line;
             src.push('\n');
@@ -151,6 +171,9 @@ proptest! {
                 return Ok(());
             }
         };
+        // A value beyond 128 bits is beyond p/2: the compiler must not have accepted it.
+        prop_assert!(vals.iter().all(Option::is_some), "accepted a program whose values overflow:\n{src}");
+        let vals: Vec<Exact> = vals.into_iter().map(Option::unwrap).collect();
         let xs = quorumvm_core::eval::encode_values("input", &program.manifest.inputs, &inputs).unwrap();
         let ss = quorumvm_core::eval::encode_values("secret", &program.manifest.secrets, &secrets).unwrap();
         let out = decode_outputs(&program.manifest, &eval_plain(&program.circuit, &xs, &ss));
