@@ -88,7 +88,7 @@ fn decls_json(decls: &[ValueDecl]) -> serde_json::Value {
 pub fn inspect(path: &Path, as_json: bool) -> Result<()> {
     let (bytes, m, circuit) = load(path)?;
     let id = quorumvm_package::package_id(&bytes);
-    let signer = quorumvm_package::claimed_signer(&bytes).map(hex_key);
+    let signer = quorumvm_package::claimed_signer(&bytes).map(hex::encode);
     let counts = quorumvm_compiler::gate_counts(&circuit);
     if as_json {
         let gates: serde_json::Map<String, serde_json::Value> = counts
@@ -161,10 +161,6 @@ pub fn inspect(path: &Path, as_json: bool) -> Result<()> {
         m.depth
     );
     Ok(())
-}
-
-fn hex_key(bytes: [u8; 32]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Splits `NAME=VALUE` arguments.
