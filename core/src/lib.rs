@@ -9,6 +9,7 @@ pub mod dealer;
 pub mod eval;
 pub mod field;
 pub mod fixed;
+pub mod preprocess;
 pub mod session;
 pub mod shamir;
 
