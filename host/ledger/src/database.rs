@@ -12,9 +12,10 @@ use crate::{LedgerError, Schema};
 /// are short, so this is only ever reached when something is stuck.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// One connection to a server's database. It is `Send` but not `Sync`: an async server keeps it
-/// behind a mutex (or on a dedicated thread) and calls it from `spawn_blocking`, since every
-/// commit waits for an fsync.
+/// One connection to a server's database. It is `Send` but not `Sync`, and every commit waits for
+/// an fsync: an async server hands the connection it writes with to a [`crate::Writer`], which
+/// commits many writes with one fsync, and reads through another `Ledger` of its own (in WAL mode
+/// readers never wait for the writer).
 pub struct Ledger {
     conn: Connection,
 }
@@ -67,6 +68,11 @@ impl Ledger {
     /// The connection, for reads outside a transaction.
     pub fn connection(&self) -> &Connection {
         &self.conn
+    }
+
+    /// For the [`crate::Writer`], which manages its batch transactions itself.
+    pub(crate) fn connection_mut(&mut self) -> &mut Connection {
+        &mut self.conn
     }
 
     /// Appends one audit entry in a transaction of its own. To record an entry together with the

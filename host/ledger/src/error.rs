@@ -14,4 +14,17 @@ pub enum LedgerError {
     },
     #[error("audit details must be a JSON object")]
     DetailsNotObject,
+    /// The batch a [`crate::Writer`] job ran in did not commit, so neither did the job (see
+    /// [`crate::Writer`] for the one exception, a job that commits by itself). The reason is text
+    /// because one failure is reported to every job of the batch, and `rusqlite::Error` cannot
+    /// be cloned.
+    #[error("the write was not committed: {0}")]
+    CommitFailed(String),
+    /// A [`crate::Writer`] job panicked; what it wrote was rolled back.
+    #[error("the write panicked and was rolled back: {0}")]
+    JobPanicked(String),
+    /// The [`crate::Writer`]'s thread is gone, which only a panic outside any job can cause:
+    /// whether this write committed is unknown.
+    #[error("the ledger's writer thread has stopped; the write may or may not have committed")]
+    WriterStopped,
 }

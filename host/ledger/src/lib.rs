@@ -6,6 +6,9 @@
 //! crates add their own tables through a [`Schema`] of their own, and change state through
 //! [`Ledger::transaction`] so that a change and its audit entry commit together or not at all.
 //!
+//! A server does its writes through a [`Writer`]: a thread that owns the connection and commits
+//! the writes queued meanwhile in one transaction, so that one fsync serves many requests.
+//!
 //! The audit log ([`audit`]) is append-only and hash-chained: each entry commits to the one
 //! before it, so [`Ledger::verify_chain`] finds the first entry that was changed, removed or
 //! moved.
@@ -14,6 +17,7 @@ pub mod audit;
 mod database;
 mod error;
 mod schema;
+mod writer;
 
 pub use audit::{
     AuditEntry, BreakReason, BrokenLink, ChainReport, ChainVerifier, NewEntry, VerifyError,
@@ -24,3 +28,4 @@ pub use error::LedgerError;
 /// very same version.
 pub use rusqlite;
 pub use schema::Schema;
+pub use writer::{MAX_BATCH, Writer, WriterStats};

@@ -38,18 +38,26 @@ pub struct Admitted {
 /// be able to fill the audit log faster than the rate limit allows.
 ///
 /// The entry names identity, program and request id, never inputs or outputs. Each call waits
-/// for one fsync; call it from a blocking thread.
+/// for one fsync of its own; a server calls [`admit_in`] through a [`quorumvm_ledger::Writer`]
+/// instead, which shares one fsync among the requests that arrive together.
 pub fn admit_eval(ledger: &mut Ledger, req: &EvalRequest<'_>) -> Result<Admitted, PolicyError> {
-    let limit = RateLimit::new(req.policy.rate_limit, req.policy.rate_window_secs)?;
-    ledger.transaction(|tx| decide(tx, req, &limit))?
+    ledger.transaction(|tx| admit_in(tx, req))?
 }
 
-/// The decision is the inner result: the transaction commits either way.
-fn decide(
+/// [`admit_eval`]'s decision, made inside the caller's transaction, so that a server can run it
+/// as a [`quorumvm_ledger::Writer`] job.
+///
+/// The inner result is the decision, to be committed whichever it is: `Ok` (charged, audited as
+/// `eval.accepted`) or a refusal ([`PolicyError::RateLimited`], [`PolicyError::BudgetExhausted`],
+/// audited as `eval.denied`). The outer `Err` means that nothing this call wrote may be
+/// committed: a storage failure (the charge may be written without its audit entry), or a policy
+/// whose rate limit is invalid ([`PolicyError::InvalidRateLimit`], found before anything is
+/// written). A job returns it as its own `Err`, so that its savepoint is rolled back.
+pub fn admit_in(
     tx: &Transaction<'_>,
     req: &EvalRequest<'_>,
-    limit: &RateLimit,
 ) -> Result<Result<Admitted, PolicyError>, PolicyError> {
+    let limit = RateLimit::new(req.policy.rate_limit, req.policy.rate_window_secs)?;
     let key = params![req.identity, req.program];
     let mut bucket = tx
         .query_row(
@@ -67,22 +75,16 @@ fn decide(
             },
         )
         .optional()?
-        .unwrap_or_else(|| TokenBucket::full(limit, req.now_ms));
-    let spent = tx
-        .query_row(
-            "SELECT spent FROM budget_spent WHERE identity = ?1 AND program = ?2",
-            key,
-            |row| row.get(0),
-        )
-        .optional()?
-        .unwrap_or(0);
-    let mut budget = Budget {
-        limit: req.policy.budget_per_identity,
-        spent,
-    };
+        .unwrap_or_else(|| TokenBucket::full(&limit, req.now_ms));
+    let mut budget = Budget::load(
+        tx,
+        req.identity,
+        req.program,
+        req.policy.budget_per_identity,
+    )?;
 
     let decision = bucket
-        .take(limit, req.now_ms)
+        .take(&limit, req.now_ms)
         .and_then(|()| budget.charge(req.policy.cost_per_eval));
 
     tx.execute(
@@ -96,11 +98,7 @@ fn decide(
             bucket.updated_ms
         ],
     )?;
-    tx.execute(
-        "INSERT INTO budget_spent (identity, program, spent) VALUES (?1, ?2, ?3)
-         ON CONFLICT (identity, program) DO UPDATE SET spent = excluded.spent",
-        params![req.identity, req.program, budget.spent],
-    )?;
+    budget.save(tx, req.identity, req.program)?;
 
     let mut details = json!({
         "identity": req.identity,
@@ -294,6 +292,60 @@ mod tests {
                 .remaining_budget,
             8
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn concurrent_admissions_through_a_writer_spend_the_budget_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let writer = quorumvm_ledger::Writer::spawn(open(&path), "admissions");
+        let p = policy(1, 10, 1000, 1);
+        let tasks: Vec<_> = (0..30)
+            .map(|i| {
+                let writer = writer.clone();
+                let p = p.clone();
+                tokio::spawn(async move {
+                    writer
+                        .run(move |tx| {
+                            let request_id = format!("req-{i}");
+                            admit_in(
+                                tx,
+                                &EvalRequest {
+                                    request_id: &request_id,
+                                    ..request("alice", &p, 0)
+                                },
+                            )
+                        })
+                        .await
+                })
+            })
+            .collect();
+        let mut remaining = Vec::new();
+        for task in tasks {
+            match task.await.unwrap().unwrap() {
+                Ok(admitted) => remaining.push(admitted.remaining_budget),
+                Err(PolicyError::BudgetExhausted {
+                    remaining: 0,
+                    cost: 1,
+                }) => {}
+                Err(other) => panic!("unexpected refusal: {other}"),
+            }
+        }
+        remaining.sort_unstable();
+        assert_eq!(remaining, (0..10).collect::<Vec<_>>());
+        drop(writer);
+
+        let ledger = open(&path);
+        assert_eq!(ledger.verify_chain().unwrap().entries, 30);
+        let entries = ledger.audit_entries(0, 100).unwrap();
+        let accepted = entries.iter().filter(|e| e.kind == "eval.accepted").count();
+        let denied = entries.iter().filter(|e| e.kind == "eval.denied").count();
+        assert_eq!((accepted, denied), (10, 20));
+        let spent: u64 = ledger
+            .connection()
+            .query_row("SELECT spent FROM budget_spent", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(spent, 10);
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Budget units spent per (identity, program version).
 
+use quorumvm_ledger::rusqlite::{self, OptionalExtension, Transaction, params};
+
 use crate::PolicyError;
 
 /// What one identity may still spend on one program version. `limit` comes from the version's
@@ -22,6 +24,39 @@ impl Budget {
             return Err(PolicyError::BudgetExhausted { remaining, cost });
         }
         self.spent += cost;
+        Ok(())
+    }
+
+    /// The stored counter of (`identity`, `program`), against `limit`. (Plain SQL errors: a
+    /// custodian's and the coordinator's transactions both call it.)
+    pub fn load(
+        tx: &Transaction<'_>,
+        identity: &str,
+        program: &str,
+        limit: u64,
+    ) -> Result<Budget, rusqlite::Error> {
+        let spent = tx
+            .query_row(
+                "SELECT spent FROM budget_spent WHERE identity = ?1 AND program = ?2",
+                params![identity, program],
+                |row| row.get(0),
+            )
+            .optional()?
+            .unwrap_or(0);
+        Ok(Budget { limit, spent })
+    }
+
+    pub fn save(
+        &self,
+        tx: &Transaction<'_>,
+        identity: &str,
+        program: &str,
+    ) -> Result<(), rusqlite::Error> {
+        tx.execute(
+            "INSERT INTO budget_spent (identity, program, spent) VALUES (?1, ?2, ?3)
+             ON CONFLICT (identity, program) DO UPDATE SET spent = excluded.spent",
+            params![identity, program, self.spent],
+        )?;
         Ok(())
     }
 }

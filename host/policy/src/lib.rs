@@ -5,7 +5,9 @@
 //! - [`budget`]: units spent per (identity, program version) against the policy's budget.
 //! - [`rate`]: a token bucket per (identity, program version), with an exact `Retry-After`.
 //! - [`admission`]: [`admit_eval`] applies both and appends the audit entry in one transaction,
-//!   so a crash can never leave a charge without its entry, or an entry without its charge.
+//!   so a crash can never leave a charge without its entry, or an entry without its charge;
+//!   [`admit_in`] does the same inside a caller's transaction, e.g. a batched
+//!   [`quorumvm_ledger::Writer`] job.
 //!
 //! The budget and bucket arithmetic is pure (time is passed in as milliseconds), so it is tested
 //! exhaustively without a clock; only [`admission`] and [`identity`] touch the ledger.
@@ -16,7 +18,7 @@ mod error;
 pub mod identity;
 pub mod rate;
 
-pub use admission::{Admitted, EvalRequest, admit_eval};
+pub use admission::{Admitted, EvalRequest, admit_eval, admit_in};
 pub use budget::Budget;
 pub use error::PolicyError;
 pub use identity::{IdentityKey, KeyHash, add_identity, authenticate};
