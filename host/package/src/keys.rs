@@ -58,7 +58,50 @@ impl SecretKey {
     }
 }
 
+impl SecretKey {
+    /// Signs `domain || message`. Every kind of statement this key signs (approvals, tickets,
+    /// orders) has its own domain, and none can be replayed as another or as a package
+    /// signature, whose domain is private to [`crate::signature`].
+    pub fn sign_statement(&self, domain: Domain, message: &[u8]) -> [u8; 64] {
+        use ed25519_dalek::Signer;
+        self.0.sign(&domain.prefixed(message)).to_bytes()
+    }
+}
+
+/// The statement kinds a QuorumVM key signs besides packages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Domain {
+    /// A custodian operator approves a package version.
+    Approval,
+    /// The coordinator orders a custodian (a session ticket, an activation, a batch of
+    /// preprocessing, an abort).
+    Order,
+}
+
+impl Domain {
+    fn prefixed(self, message: &[u8]) -> Vec<u8> {
+        let tag: &[u8] = match self {
+            Domain::Approval => b"quorumvm approval v1\0",
+            Domain::Order => b"quorumvm coordinator order v1\0",
+        };
+        let mut out = Vec::with_capacity(tag.len() + message.len());
+        out.extend_from_slice(tag);
+        out.extend_from_slice(message);
+        out
+    }
+}
+
 impl PublicKey {
+    /// Checks a [`SecretKey::sign_statement`] signature (strictly: no malleable encodings).
+    pub fn verify_statement(&self, domain: Domain, message: &[u8], signature: &[u8; 64]) -> bool {
+        self.0
+            .verify_strict(
+                &domain.prefixed(message),
+                &ed25519_dalek::Signature::from_bytes(signature),
+            )
+            .is_ok()
+    }
+
     pub fn to_bytes(self) -> [u8; 32] {
         self.0.to_bytes()
     }
@@ -91,6 +134,30 @@ impl PublicKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn statements_verify_only_in_their_domain_and_unchanged() {
+        let sk = SecretKey::generate();
+        let sig = sk.sign_statement(Domain::Approval, b"package 1");
+        assert!(
+            sk.public()
+                .verify_statement(Domain::Approval, b"package 1", &sig)
+        );
+        assert!(
+            !sk.public()
+                .verify_statement(Domain::Order, b"package 1", &sig)
+        );
+        assert!(
+            !sk.public()
+                .verify_statement(Domain::Approval, b"package 2", &sig)
+        );
+        let other = SecretKey::generate();
+        assert!(
+            !other
+                .public()
+                .verify_statement(Domain::Approval, b"package 1", &sig)
+        );
+    }
 
     #[test]
     fn key_files_round_trip_and_do_not_mix() {

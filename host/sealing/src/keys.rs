@@ -70,6 +70,32 @@ impl CustodianSecretKey {
     }
 }
 
+impl CustodianSecretKey {
+    /// A key shared with one peer custodian and no one else: SHA-256 over a tag, the X25519
+    /// shared secret and both public keys in a fixed order, so both ends derive the same key.
+    /// Custodians authenticate their round messages with it (an HMAC costs a microsecond where
+    /// an ed25519 signature and its verification cost about 60).
+    pub fn pairwise_key(&self, peer: CustodianPublicKey) -> Zeroizing<[u8; 32]> {
+        use sha2::{Digest, Sha256};
+        let mut secret = Zeroizing::new([0u8; 32]);
+        self.0.write_exact(&mut secret[..]);
+        let shared = x25519_dalek::StaticSecret::from(*secret)
+            .diffie_hellman(&x25519_dalek::PublicKey::from(peer.0));
+        let mine = self.public().0;
+        let (lo, hi) = if mine <= peer.0 {
+            (mine, peer.0)
+        } else {
+            (peer.0, mine)
+        };
+        let mut hasher = Sha256::new();
+        hasher.update(b"quorumvm pairwise key v1\0");
+        hasher.update(shared.as_bytes());
+        hasher.update(lo);
+        hasher.update(hi);
+        Zeroizing::new(hasher.finalize().into())
+    }
+}
+
 impl std::fmt::Debug for CustodianSecretKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The secret never reaches a log line through Debug: show whose key it is instead.
@@ -112,6 +138,18 @@ impl CustodianPublicKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pairwise_keys_agree_and_differ_per_pair() {
+        let (a, b, c) = (
+            CustodianSecretKey::generate(),
+            CustodianSecretKey::generate(),
+            CustodianSecretKey::generate(),
+        );
+        assert_eq!(*a.pairwise_key(b.public()), *b.pairwise_key(a.public()));
+        assert_ne!(*a.pairwise_key(b.public()), *a.pairwise_key(c.public()));
+        assert_ne!(*a.pairwise_key(b.public()), *c.pairwise_key(b.public()));
+    }
 
     #[test]
     fn key_files_round_trip_and_do_not_mix() {

@@ -1,0 +1,202 @@
+//! The JSON bodies of the HTTP API.
+//!
+//! Coordinator (public): `GET /v1/health`, `GET /v1/cluster`, `POST /v1/packages`,
+//! `GET /v1/packages`, `GET /v1/packages/{id}`, `GET /v1/packages/{id}/wasm`,
+//! `GET /v1/packages/{id}/shares/{custodian}`, `POST /v1/packages/{id}/approvals`,
+//! `POST /v1/eval`, `GET /metrics`.
+//!
+//! Custodian (coordinator and peers only): `GET /v1/health`, `POST /v1/orders` (a
+//! [`SignedOrder`]: activate, preprocess, abort), `POST /v1/sessions` ([`SessionRequest`]),
+//! `POST /v1/rounds/{session}/{layer}` (binary, see [`crate::peer`]), `GET /metrics`.
+//!
+//! Every error is [`ErrorBody`] with a fitting status.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use quorumvm_core::circuit::Manifest;
+use serde::{Deserialize, Serialize};
+
+use crate::order::SignedOrder;
+
+/// `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Stable and machine-readable: `unknown_program`, `pending`, `budget_exhausted`, ...
+    pub code: String,
+    pub message: String,
+}
+
+impl ErrorBody {
+    pub fn new(code: &str, message: impl Into<String>) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                code: code.into(),
+                message: message.into(),
+            },
+        }
+    }
+}
+
+/// Bytes in JSON (packages): standard base64.
+pub fn encode_bytes(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+pub fn decode_bytes(text: &str) -> Result<Vec<u8>, String> {
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|e| format!("not base64: {e}"))
+}
+
+/// One custodian's sealed shares of a version's secrets: secret name → sealed share (hex).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedShares {
+    pub custodian: u32,
+    pub sealed: BTreeMap<String, String>,
+}
+
+/// `POST /v1/packages`: a signed package and, for every custodian, its sealed shares.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InstallRequest {
+    /// The signed package (base64).
+    pub package: String,
+    pub shares: Vec<SealedShares>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VersionState {
+    /// Installed, waiting for approvals.
+    Pending,
+    /// Approved by k custodians: it can be evaluated (by package id, and by name if it is the
+    /// highest active version of its name).
+    Active,
+}
+
+/// What the coordinator knows of one installed version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionInfo {
+    pub package_id: String,
+    pub name: String,
+    pub version: u32,
+    pub state: VersionState,
+    /// Custodians whose valid approval was counted.
+    pub approvals: Vec<u32>,
+    pub threshold: usize,
+    /// Whether the program's name currently points to this version.
+    pub current: bool,
+    /// The publisher's ed25519 key (hex).
+    pub publisher: String,
+    pub manifest: Manifest,
+}
+
+/// `POST /v1/packages/{id}/approvals`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApproveRequest {
+    pub custodian: u32,
+    /// ed25519 signature (hex) over [`crate::approval::statement`].
+    pub signature: String,
+}
+
+/// An input value: a decimal string (`"1200.50"`, exact) or a JSON number.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum InputValue {
+    Text(String),
+    Number(serde_json::Number),
+}
+
+impl InputValue {
+    pub fn as_decimal_text(&self) -> String {
+        match self {
+            InputValue::Text(t) => t.clone(),
+            InputValue::Number(n) => n.to_string(),
+        }
+    }
+}
+
+/// `POST /v1/eval` with `Authorization: Bearer <key>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalRequest {
+    /// A program name (its current version) or a package id.
+    pub program: String,
+    pub inputs: BTreeMap<String, InputValue>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvalResponse {
+    pub request_id: String,
+    pub program: String,
+    pub version: u32,
+    pub package_id: String,
+    /// Output name → decimal value.
+    pub outputs: BTreeMap<String, String>,
+    /// Communication rounds among the custodians (= the circuit's multiplicative depth).
+    pub rounds: u32,
+    /// The custodians that computed it.
+    pub custodians: Vec<u32>,
+    /// Custodians whose output share disagreed with the others (empty when all agree).
+    pub inconsistent: Vec<u32>,
+    pub remaining_budget: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustodianInfo {
+    pub index: u32,
+    pub url: String,
+    pub signing_key: String,
+    pub sealing_key: String,
+    pub live: bool,
+}
+
+/// `GET /v1/cluster`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    pub threshold: usize,
+    pub custodians: Vec<CustodianInfo>,
+}
+
+/// `POST /v1/sessions` on a custodian: the ticket and this custodian's shares of the inputs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRequest {
+    pub ticket: SignedOrder,
+    /// Field elements (hex, see [`crate::elements`]), in the manifest's input order.
+    pub inputs: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionResponse {
+    /// This custodian's output shares (hex field elements), in the manifest's output order.
+    pub outputs: String,
+    pub rounds: u32,
+}
+
+/// A custodian's `GET /v1/health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustodianHealth {
+    pub index: u32,
+    /// Active versions and how many unused kits this custodian holds for each.
+    pub versions: Vec<VersionKits>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionKits {
+    pub package_id: String,
+    pub kits: u64,
+}
+
+/// A custodian's answer to an order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderResponse {
+    /// Activate: "active"; preprocess: "stored"; abort: "aborted".
+    pub status: String,
+    /// Preprocess: how many kits were stored.
+    #[serde(default)]
+    pub kits: u64,
+}

@@ -1,0 +1,26 @@
+//! What QuorumVM's servers and CLI say to each other.
+//!
+//! - [`config`]: the coordinator's and custodians' configuration files (TOML) and the cluster
+//!   they describe (threshold, every custodian's index, URL and public keys), validated once.
+//! - [`api`]: the JSON bodies of the HTTP API, and its error body.
+//! - [`order`]: what the coordinator asks of a custodian (a session ticket, an activation, a
+//!   preprocessing batch, an abort), signed with the coordinator's ed25519 key and short-lived.
+//! - [`approval`]: the statement a custodian operator signs to approve a package version, and
+//!   the count of distinct valid approvals.
+//! - [`peer`]: round messages between custodians, authenticated with a pairwise key.
+//! - [`elements`]: field elements on the wire (hex in JSON, 16 bytes each in binary bodies).
+
+pub mod api;
+pub mod approval;
+pub mod config;
+pub mod elements;
+pub mod order;
+pub mod peer;
+
+/// Milliseconds since the Unix epoch: the one clock every signed expiry is measured on.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
