@@ -1,0 +1,293 @@
+//! `Activate`: a version reached its approvals at the coordinator; this custodian fetches it,
+//! checks everything itself, opens its shares and serves it.
+//!
+//! The coordinator's word activates nothing. What the custodian checks (and checks again, from
+//! its ledger, at every start):
+//!
+//! - the package bytes hash to the package id the approvals sign;
+//! - the package reads in the sandbox, and its circuit matches its manifest;
+//! - at least `k` distinct custodians of this cluster signed an approval of exactly this
+//!   package id and manifest, and no approval offered is forged or duplicated;
+//! - every secret the manifest declares has a share sealed to this custodian for this package
+//!   and this secret name (the binding is part of the sealing), and nothing else is offered.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use quorumvm_core::circuit::{Circuit, Manifest};
+use quorumvm_core::field::Fp;
+use quorumvm_package::{PackageId, package_id};
+use quorumvm_sandbox::{Sandbox, SandboxError, package_limits};
+use quorumvm_sealing::{CustodianSecretKey, SealedShare, ShareBinding, open_share};
+use quorumvm_wire::api::{OrderResponse, SealedShares};
+use quorumvm_wire::approval::{self, ApprovalError};
+use quorumvm_wire::config::Cluster;
+use quorumvm_wire::now_ms;
+use quorumvm_wire::order::ApprovalSignature;
+use zeroize::Zeroizing;
+
+use crate::error::ApiError;
+use crate::state::Custodian;
+use crate::store::{self, NewVersion};
+use crate::versions::{Version, parse_package_id};
+
+/// Fetching from the coordinator: a package may be large, and activation is rare.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest package this custodian downloads.
+const MAX_PACKAGE_BYTES: usize = 64 << 20;
+/// Sealed shares are a few hundred bytes per secret.
+const MAX_SHARES_BYTES: usize = 4 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum VersionError {
+    #[error("the package bytes hash to {got}, not to the package id {expected}")]
+    WrongId { expected: String, got: String },
+    #[error("the package does not read in the sandbox: {0}")]
+    Unreadable(#[from] SandboxError),
+    #[error("an approval is refused: {0}")]
+    Approval(#[from] ApprovalError),
+    #[error("{got} valid approval(s) (custodians {approvers:?}); activation needs {need}")]
+    TooFewApprovals {
+        got: usize,
+        approvers: Vec<u32>,
+        need: usize,
+    },
+    #[error("no sealed share of secret `{0}` for this custodian")]
+    MissingShare(String),
+    #[error("a share of `{0}` is offered, but the manifest declares no such secret")]
+    UnknownShare(String),
+    #[error("the sealed share of `{secret}` is refused: {reason}")]
+    BadShare { secret: String, reason: String },
+}
+
+impl From<VersionError> for ApiError {
+    fn from(err: VersionError) -> ApiError {
+        let (status, code) = match &err {
+            VersionError::WrongId { .. } => (StatusCode::BAD_GATEWAY, "package_mismatch"),
+            VersionError::Unreadable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "bad_package"),
+            VersionError::Approval(_) => (StatusCode::FORBIDDEN, "bad_approval"),
+            VersionError::TooFewApprovals { .. } => (StatusCode::FORBIDDEN, "not_enough_approvals"),
+            VersionError::MissingShare(_)
+            | VersionError::UnknownShare(_)
+            | VersionError::BadShare { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "bad_shares"),
+        };
+        ApiError::new(status, code, err.to_string())
+    }
+}
+
+/// A version that passed every check, with this custodian's shares opened.
+pub(crate) struct CheckedVersion {
+    pub manifest: Manifest,
+    pub circuit: Circuit,
+    /// In the manifest's order.
+    pub secrets: Zeroizing<Vec<Fp>>,
+    pub approvers: Vec<u32>,
+}
+
+/// What a custodian needs to check a version: its sandbox, cluster and key.
+pub(crate) struct Checker<'a> {
+    pub sandbox: &'a Sandbox,
+    pub cluster: &'a Cluster,
+    pub me: u32,
+    pub key: &'a CustodianSecretKey,
+}
+
+impl Checker<'_> {
+    /// Every check of the module documentation. Blocking: the sandbox compiles the package.
+    pub fn check(
+        &self,
+        id: &PackageId,
+        package: &[u8],
+        approvals: &[ApprovalSignature],
+        sealed: &BTreeMap<String, Vec<u8>>,
+    ) -> Result<CheckedVersion, VersionError> {
+        let got = package_id(package);
+        if got != *id {
+            return Err(VersionError::WrongId {
+                expected: id.to_string(),
+                got: got.to_string(),
+            });
+        }
+        let (manifest, circuit) = self.sandbox.read_package(package, package_limits())?;
+        let approvers = approval::check_all(self.cluster, id, &manifest, approvals)?;
+        let need = self.cluster.threshold();
+        if approvers.len() < need {
+            return Err(VersionError::TooFewApprovals {
+                got: approvers.len(),
+                approvers,
+                need,
+            });
+        }
+        if let Some(name) = sealed
+            .keys()
+            .find(|name| !manifest.secrets.iter().any(|d| &d.name == *name))
+        {
+            return Err(VersionError::UnknownShare(name.clone()));
+        }
+        let mut secrets = Zeroizing::new(Vec::with_capacity(manifest.secrets.len()));
+        for decl in &manifest.secrets {
+            let bytes = sealed
+                .get(&decl.name)
+                .ok_or_else(|| VersionError::MissingShare(decl.name.clone()))?;
+            let refused = |reason: String| VersionError::BadShare {
+                secret: decl.name.clone(),
+                reason,
+            };
+            let sealed = SealedShare::from_bytes(bytes).map_err(|e| refused(e.to_string()))?;
+            let binding = ShareBinding {
+                package: *id,
+                custodian: self.me,
+                secret: &decl.name,
+            };
+            let share =
+                open_share(self.key, &binding, &sealed).map_err(|e| refused(e.to_string()))?;
+            if share.x != self.me {
+                return Err(refused(format!(
+                    "it is custodian {}'s share, not this custodian's",
+                    share.x
+                )));
+            }
+            secrets.push(share.y);
+        }
+        Ok(CheckedVersion {
+            manifest,
+            circuit,
+            secrets,
+            approvers,
+        })
+    }
+}
+
+/// Handles an `Activate` order; idempotent.
+pub(crate) async fn activate(
+    c: &Arc<Custodian>,
+    package_id: &str,
+    approvals: Vec<ApprovalSignature>,
+) -> Result<OrderResponse, ApiError> {
+    let active = || OrderResponse {
+        status: "active".into(),
+        kits: 0,
+    };
+    let id = parse_package_id(package_id).ok_or_else(|| {
+        ApiError::bad_request("bad_package_id", "a package id is 64 hexadecimal digits")
+    })?;
+    if c.versions.get(&id).is_some() {
+        return Ok(active());
+    }
+    // One activation at a time: they are rare, and two of the same version must not race.
+    let _one = c.activation.lock().await;
+    if c.versions.get(&id).is_some() {
+        return Ok(active());
+    }
+    let id_hex = id.to_string();
+    let base = format!("{}/v1/packages/{id_hex}", c.coordinator_url);
+    let package = fetch(&c.http, &format!("{base}/wasm"), MAX_PACKAGE_BYTES).await?;
+    let shares = fetch(
+        &c.http,
+        &format!("{base}/shares/{}", c.me),
+        MAX_SHARES_BYTES,
+    )
+    .await?;
+    let shares: SealedShares = serde_json::from_slice(&shares).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "bad_shares",
+            format!("the coordinator's sealed shares are unreadable: {e}"),
+        )
+    })?;
+    if shares.custodian != c.me {
+        return Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "bad_shares",
+            format!(
+                "the coordinator sent custodian {}'s sealed shares to custodian {}",
+                shares.custodian, c.me
+            ),
+        ));
+    }
+    let mut sealed = BTreeMap::new();
+    for (secret, text) in shares.sealed {
+        let bytes = hex::decode(&text).map_err(|_| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "bad_shares",
+                format!("the sealed share of `{secret}` is not hex"),
+            )
+        })?;
+        sealed.insert(secret, bytes);
+    }
+
+    let checking = Arc::clone(c);
+    let (checked, package, sealed, approvals) = tokio::task::spawn_blocking(move || {
+        let checked = checking.checker().check(&id, &package, &approvals, &sealed);
+        (checked, package, sealed, approvals)
+    })
+    .await
+    .map_err(|e| ApiError::task_failed("checking the version", e))?;
+    let checked = checked?;
+
+    let manifest_json = serde_json::to_string(&checked.manifest)
+        .map_err(|e| ApiError::internal(format!("the manifest does not serialize: {e}")))?;
+    let record = NewVersion {
+        package_id: id_hex.clone(),
+        name: checked.manifest.name.clone(),
+        version: checked.manifest.version,
+        package,
+        manifest_json,
+        approvals,
+        sealed,
+        now_ms: now_ms(),
+    };
+    c.writer
+        .run(move |tx| store::insert_version(tx, &record))
+        .await?;
+    tracing::info!(
+        package_id = %id_hex,
+        name = %checked.manifest.name,
+        version = checked.manifest.version,
+        approvals = ?checked.approvers,
+        "version activated"
+    );
+    c.versions.insert(Version::new(
+        id,
+        checked.manifest,
+        checked.circuit,
+        checked.secrets,
+        0,
+    ));
+    Ok(active())
+}
+
+/// GETs `url` from the coordinator, refusing bodies over `limit` bytes.
+async fn fetch(http: &reqwest::Client, url: &str, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let unavailable = |message: String| {
+        ApiError::new(StatusCode::BAD_GATEWAY, "coordinator_unavailable", message)
+    };
+    let mut response = http
+        .get(url)
+        .timeout(FETCH_TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| unavailable(format!("GET {url}: {e}")))?;
+    if !response.status().is_success() {
+        return Err(unavailable(format!("GET {url}: {}", response.status())));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| unavailable(format!("GET {url}: {e}")))?
+    {
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "too_large",
+                format!("GET {url}: more than {limit} bytes"),
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}

@@ -1,0 +1,69 @@
+//! A QuorumVM custodian: one of the n servers that each hold one Shamir share of every secret
+//! of every active program version, and evaluate on shares with the others (docs/cluster.md).
+//!
+//! It obeys only orders signed by its cluster's coordinator ([`quorumvm_wire::order`]), and
+//! even then it activates a version only once it has checked `k` custodian approvals itself.
+//! Its shares are stored sealed (as the publisher sealed them) and opened into memory only; the
+//! preprocessing it generates with the other custodians never leaves it in the clear.
+//!
+//! - `keys`: the custodian's two key files ([`init_keys`]).
+//! - `store`: its tables in the ledger, and every write (each in one group commit).
+//! - `versions`: the active versions in memory, with their opened shares and kit counts.
+//! - `mailbox`: round messages from peers, buffered until the session that waits for them.
+//! - `peers`: sending round messages, and encrypting the secret ones (preprocessing);
+//!   `elements`: secret field elements to and from bytes without stray copies.
+//! - `activation`, `preprocess`: the coordinator's orders; `session`: an evaluation on its
+//!   ticket.
+//! - `routes`: the HTTP API; `error`: its error bodies; `metrics`: `GET /metrics`.
+//! - `state`: everything a running custodian holds, and how it starts.
+
+mod activation;
+mod elements;
+mod error;
+mod keys;
+mod mailbox;
+mod metrics;
+mod peers;
+mod preprocess;
+mod routes;
+mod session;
+mod state;
+mod store;
+mod versions;
+
+use std::sync::Arc;
+
+use quorumvm_wire::config::CustodianConfig;
+
+pub use keys::{CustodianPublicKeys, init_keys};
+
+/// Runs a custodian on `listener` until the process ends (or this future is dropped, which
+/// stops it as a crash would, minus the requests already being answered).
+///
+/// Refuses to start if the configuration is not a valid cluster, or if the keys in
+/// `config.data_dir` (see [`init_keys`]) are not the ones the configuration lists for this
+/// custodian's index. At start it loads every active version from its ledger (reopening the
+/// sealed shares), so a custodian killed at any point serves exactly as before when restarted.
+pub async fn serve(
+    config: CustodianConfig,
+    listener: tokio::net::TcpListener,
+) -> anyhow::Result<()> {
+    let custodian = Arc::new(state::Custodian::start(config).await?);
+    let address = listener.local_addr()?;
+    tracing::info!(
+        index = custodian.me,
+        %address,
+        versions = custodian.versions.len(),
+        "custodian serving"
+    );
+    // Dropping this future drops `_running`, which ends the graceful-shutdown signal: the
+    // listener closes and idle keep-alive connections (peers pool them) are closed too, so a
+    // stopped custodian stops answering instead of lingering on connections already open.
+    let (_running, stopped) = tokio::sync::oneshot::channel::<()>();
+    axum::serve(listener, routes::router(custodian))
+        .with_graceful_shutdown(async move {
+            let _ = stopped.await;
+        })
+        .await?;
+    Ok(())
+}

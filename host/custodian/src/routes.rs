@@ -1,0 +1,236 @@
+//! The custodian's HTTP API (see [`quorumvm_wire::api`]). Its callers are the coordinator
+//! (orders, sessions, health, metrics) and the other custodians (round messages). Every error
+//! is an [`quorumvm_wire::api::ErrorBody`]; a refused request changes nothing.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use quorumvm_wire::api::{
+    CustodianHealth, OrderResponse, SessionRequest, SessionResponse, VersionKits,
+};
+use quorumvm_wire::now_ms;
+use quorumvm_wire::order::{Order, SignedOrder};
+use quorumvm_wire::peer::{MAC_HEADER, SENDER_HEADER};
+use serde::de::DeserializeOwned;
+
+use crate::activation;
+use crate::error::ApiError;
+use crate::mailbox::DeliverError;
+use crate::metrics::Metrics;
+use crate::peers::valid_session_id;
+use crate::preprocess::{self, Batch};
+use crate::session;
+use crate::state::Custodian;
+
+/// The largest round message: a preprocessing layer carries `2 · count · terms` elements to
+/// each peer, and the coordinator sizes its batches under this.
+pub(crate) const ROUND_BODY_LIMIT: usize = 64 << 20;
+/// A session request: the ticket and one input share per declared input.
+const SESSION_BODY_LIMIT: usize = 16 << 20;
+/// An order: a few ids, or k approvals.
+const ORDER_BODY_LIMIT: usize = 1 << 20;
+
+pub(crate) fn router(custodian: Arc<Custodian>) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/metrics", get(metrics))
+        .route(
+            "/v1/orders",
+            post(orders).layer(DefaultBodyLimit::max(ORDER_BODY_LIMIT)),
+        )
+        .route(
+            "/v1/sessions",
+            post(sessions).layer(DefaultBodyLimit::max(SESSION_BODY_LIMIT)),
+        )
+        .route(
+            "/v1/rounds/{session}/{layer}",
+            post(rounds).layer(DefaultBodyLimit::max(ROUND_BODY_LIMIT)),
+        )
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(custodian)
+}
+
+async fn health(State(c): State<Arc<Custodian>>) -> Json<CustodianHealth> {
+    Json(CustodianHealth {
+        index: c.me,
+        versions: c
+            .versions
+            .kit_counts()
+            .into_iter()
+            .map(|(package_id, kits)| VersionKits { package_id, kits })
+            .collect(),
+    })
+}
+
+async fn metrics(State(c): State<Arc<Custodian>>) -> impl IntoResponse {
+    let text = c
+        .metrics
+        .render(c.me, c.writer.stats(), &c.versions.kit_counts());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+}
+
+async fn orders(
+    State(c): State<Arc<Custodian>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<OrderResponse>, ApiError> {
+    let signed: SignedOrder = json(body)?;
+    match signed.open(&c.coordinator_key, now_ms())? {
+        Order::Activate {
+            package_id,
+            approvals,
+        } => detached(async move { activation::activate(&c, &package_id, approvals).await }).await,
+        Order::Preprocess {
+            session,
+            package_id,
+            first_kit,
+            count,
+        } => {
+            let batch = Batch {
+                session,
+                package_id,
+                first_kit,
+                count,
+            };
+            detached(async move { preprocess::preprocess(&c, batch).await }).await
+        }
+        Order::Abort { session } => {
+            if !valid_session_id(&session) {
+                return Err(ApiError::bad_request(
+                    "bad_session_id",
+                    "the session id is invalid",
+                ));
+            }
+            c.mailbox.abort(&session);
+            tracing::debug!(%session, "session aborted");
+            Ok(OrderResponse {
+                status: "aborted".into(),
+                kits: 0,
+            })
+        }
+        Order::Session(_) => Err(ApiError::bad_request(
+            "wrong_order",
+            "session tickets go to /v1/sessions",
+        )),
+    }
+    .map(Json)
+}
+
+async fn sessions(
+    State(c): State<Arc<Custodian>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<SessionResponse>, ApiError> {
+    let request: SessionRequest = json(body)?;
+    detached(async move { session::evaluate(&c, request).await })
+        .await
+        .map(Json)
+}
+
+/// A peer's round message: authenticated, then buffered for its session. Answered at once.
+async fn rounds(
+    State(c): State<Arc<Custodian>>,
+    path: Result<Path<(String, u32)>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<StatusCode, ApiError> {
+    let unauthorized =
+        |code, message: &str| ApiError::new(StatusCode::UNAUTHORIZED, code, message.to_string());
+    let sender = headers
+        .get(SENDER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|&s| s != c.me && c.cluster.member(s).is_some())
+        .ok_or_else(|| {
+            unauthorized(
+                "bad_sender",
+                "the sender header does not name another member of this cluster",
+            )
+        })?;
+    let Path((session, layer)) =
+        path.map_err(|e| ApiError::bad_request("bad_path", e.body_text()))?;
+    if !valid_session_id(&session) || layer == 0 {
+        return Err(ApiError::bad_request(
+            "bad_path",
+            "a round message names a valid session id and a layer from 1",
+        ));
+    }
+    let body = body.map_err(body_error)?;
+    let tag = headers
+        .get(MAC_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !c.peers.check(sender, &session, layer, &body, tag) {
+        return Err(unauthorized(
+            "bad_mac",
+            "the message's MAC does not verify for this sender, session and layer",
+        ));
+    }
+    c.mailbox
+        .deliver(&session, layer, sender, body.to_vec())
+        .map_err(|e| {
+            let (status, code) = match e {
+                DeliverError::Duplicate => (StatusCode::CONFLICT, "duplicate_message"),
+                DeliverError::Closed => (StatusCode::CONFLICT, "session_closed"),
+                DeliverError::Full => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+            };
+            ApiError::new(status, code, e.to_string())
+        })?;
+    Metrics::add(&c.metrics.rounds_received, 1);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no route for {uri}"),
+    )
+}
+
+async fn method_not_allowed(uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{uri} does not take this method"),
+    )
+}
+
+/// Runs a request's work in a task of its own. A caller that hangs up drops the handler, and
+/// with it anything the handler awaits: the work must not stop between a ledger commit and the
+/// in-memory update that follows it (kit counts), so it does not run in the handler itself.
+async fn detached<T: Send + 'static>(
+    work: impl Future<Output = Result<T, ApiError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::spawn(work)
+        .await
+        .map_err(|e| ApiError::task_failed("the request", e))?
+}
+
+fn json<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let bytes = body.map_err(body_error)?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request("bad_json", e.to_string()))
+}
+
+fn body_error(rejection: BytesRejection) -> ApiError {
+    let status = rejection.status();
+    let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        "too_large"
+    } else {
+        "bad_body"
+    };
+    ApiError::new(status, code, rejection.body_text())
+}

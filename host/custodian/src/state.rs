@@ -1,0 +1,219 @@
+//! Everything a running custodian holds, and how it starts.
+
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use quorumvm_ledger::{Ledger, Writer};
+use quorumvm_package::PublicKey;
+use quorumvm_sandbox::{EngineKind, EvaluatorPlugin, Limits, PluginSlot, Sandbox, SandboxConfig};
+use quorumvm_sealing::CustodianSecretKey;
+use quorumvm_wire::config::{Cluster, CustodianConfig, Engine};
+use tokio::sync::{Mutex, Semaphore};
+
+use crate::activation::Checker;
+use crate::error::ApiError;
+use crate::keys::load_keys;
+use crate::mailbox::{self, Inbox, Mailbox};
+use crate::metrics::Metrics;
+use crate::peers::Peers;
+use crate::store;
+use crate::versions::{Version, Versions, parse_package_id};
+
+/// What one call into the evaluator plugin may use. A layer of a large circuit is a few ms;
+/// the deadline only stops a plugin that has gone wrong (under Winch, fuel does).
+const PLUGIN_LIMITS: Limits = Limits {
+    memory_bytes: 64 << 20,
+    fuel: 1_000_000_000,
+    deadline: Duration::from_secs(2),
+};
+/// Instance slots of the sandbox's pooling allocator.
+const SANDBOX_INSTANCES: u32 = 128;
+/// Sessions that may hold a plugin instance at once: the slots, less a few kept for reading
+/// packages at activation, so a burst of sessions cannot block an activation.
+const SESSION_SLOTS: usize = 120;
+/// Peers are on a local network: a connect that takes longer means the peer is down.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
+/// Every request has a timeout: by default the round timeout plus this margin, unless it sets
+/// its own (preprocessing layers and activation fetches may take longer).
+const REQUEST_MARGIN: Duration = Duration::from_secs(1);
+
+pub(crate) struct Custodian {
+    /// This custodian's index (Shamir x-coordinate).
+    pub me: u32,
+    pub cluster: Cluster,
+    pub coordinator_url: String,
+    /// Every order (and ticket) must verify under this key.
+    pub coordinator_key: PublicKey,
+    /// How long a session waits for a layer's messages.
+    pub round_timeout: Duration,
+    pub sealing_key: CustodianSecretKey,
+    pub peers: Peers,
+    /// For the coordinator (activation fetches); [`Peers`] holds a clone (one pool).
+    pub http: reqwest::Client,
+    pub writer: Writer,
+    pub sandbox: Sandbox,
+    pub plugin: PluginSlot,
+    pub session_slots: Semaphore,
+    pub versions: Versions,
+    pub mailbox: Mailbox,
+    pub metrics: Metrics,
+    /// Held for the whole of an activation: they are rare and must not race each other.
+    pub activation: Mutex<()>,
+}
+
+impl Custodian {
+    /// Checks the configuration and keys, opens the ledger and the sandbox, and loads every
+    /// active version. All of it blocks (fsyncs, compiling components), so it runs on a
+    /// blocking thread.
+    pub async fn start(config: CustodianConfig) -> anyhow::Result<Custodian> {
+        tokio::task::spawn_blocking(move || Custodian::start_blocking(config))
+            .await
+            .context("starting the custodian")?
+    }
+
+    fn start_blocking(config: CustodianConfig) -> anyhow::Result<Custodian> {
+        let cluster = config.cluster()?;
+        let me = config.index;
+        let member = cluster
+            .member(me)
+            .ok_or_else(|| anyhow!("index {me} is not among the configured custodians"))?;
+        let coordinator_key = config.coordinator_public_key()?;
+        let data_dir = &config.data_dir;
+        let keys = load_keys(data_dir)?;
+        if keys.signing != member.signing_key || keys.sealing.public() != member.sealing_key {
+            bail!(
+                "the keys in {} are not custodian {me}'s keys in the configuration \
+                 (signing {} / sealing {} here, signing {} / sealing {} configured): \
+                 wrong data directory or wrong index",
+                data_dir.display(),
+                keys.signing.to_hex(),
+                keys.sealing.public().to_hex(),
+                member.signing_key.to_hex(),
+                member.sealing_key.to_hex(),
+            );
+        }
+        if config.round_timeout_ms == 0 {
+            bail!("round_timeout_ms must be positive");
+        }
+        let round_timeout = Duration::from_millis(config.round_timeout_ms);
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(round_timeout + REQUEST_MARGIN)
+            .tcp_nodelay(true)
+            .build()
+            .context("building the HTTP client")?;
+
+        let db = data_dir.join("custodian.db");
+        let mut ledger = Ledger::open(&db).with_context(|| format!("opening {}", db.display()))?;
+        ledger.apply_schema(&store::SCHEMA)?;
+        ledger.apply_schema(&quorumvm_policy::SCHEMA)?;
+
+        let sandbox = Sandbox::with_config(SandboxConfig {
+            engine: engine_kind(config.engine),
+            cache_dir: Some(data_dir.join("cache")),
+            max_instances: SANDBOX_INSTANCES,
+            max_memory_bytes: PLUGIN_LIMITS.memory_bytes,
+        })
+        .map_err(|e| anyhow!("starting the sandbox: {e:#}"))?;
+        let plugin = EvaluatorPlugin::load(&sandbox, quorumvm_guests::EVALUATOR, PLUGIN_LIMITS)
+            .context("loading the evaluator plugin")?;
+
+        let versions = Versions::default();
+        let checker = Checker {
+            sandbox: &sandbox,
+            cluster: &cluster,
+            me,
+            key: &keys.sealing,
+        };
+        for stored in store::load_versions(&ledger)? {
+            let loading = || format!("version {} in {}", stored.package_id, db.display());
+            let id = parse_package_id(&stored.package_id)
+                .ok_or_else(|| anyhow!("the package id is not 64 hex digits"))
+                .with_context(loading)?;
+            let checked = checker
+                .check(&id, &stored.package, &stored.approvals, &stored.sealed)
+                .with_context(loading)?;
+            versions.insert(Version::new(
+                id,
+                checked.manifest,
+                checked.circuit,
+                checked.secrets,
+                stored.kits,
+            ));
+        }
+
+        Ok(Custodian {
+            me,
+            coordinator_url: config.coordinator_url.trim_end_matches('/').to_string(),
+            coordinator_key,
+            round_timeout,
+            peers: Peers::new(me, &keys.sealing, &cluster, http.clone()),
+            sealing_key: keys.sealing,
+            http,
+            writer: Writer::spawn(ledger, &format!("custodian-{me}-ledger")),
+            plugin: PluginSlot::new(plugin),
+            sandbox,
+            session_slots: Semaphore::new(SESSION_SLOTS),
+            versions,
+            mailbox: Mailbox::new(mailbox::LIMITS),
+            metrics: Metrics::default(),
+            activation: Mutex::new(()),
+            cluster,
+        })
+    }
+
+    pub fn checker(&self) -> Checker<'_> {
+        Checker {
+            sandbox: &self.sandbox,
+            cluster: &self.cluster,
+            me: self.me,
+            key: &self.sealing_key,
+        }
+    }
+
+    /// The other members of `members`, in order: who a layer's messages go to and come from.
+    pub fn others(&self, members: &[u32]) -> Vec<u32> {
+        members.iter().copied().filter(|&x| x != self.me).collect()
+    }
+
+    /// One layer of a protocol: sends each peer its message, then waits for the layer's
+    /// message from each of `from`; each of the two within `timeout`.
+    pub async fn exchange(
+        &self,
+        inbox: &Inbox<'_>,
+        session: &str,
+        layer: u32,
+        messages: Vec<(u32, Vec<u8>)>,
+        from: &[u32],
+        timeout: Duration,
+    ) -> Result<Vec<(u32, Vec<u8>)>, ApiError> {
+        let sent = messages.len() as u64;
+        self.peers.send(session, layer, messages, timeout).await?;
+        Metrics::add(&self.metrics.rounds_sent, sent);
+        Ok(inbox.wait(layer, from, timeout).await?)
+    }
+}
+
+/// Runs CPU-bound work (a plugin call, a preprocessing step) on tokio's blocking pool.
+///
+/// `spawn_blocking` rather than `block_in_place`: a large circuit's layer or a batch of kits
+/// takes milliseconds to seconds, during which an async worker must keep answering round
+/// messages and health checks (the peers' sessions wait on them), and `block_in_place` would
+/// also tie the server to a multi-threaded runtime. The work and its state (a plugin session
+/// is `Send`) move to the blocking thread and come back with the result.
+pub(crate) async fn off_thread<T: Send + 'static>(
+    what: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError::task_failed(what, e))
+}
+
+fn engine_kind(engine: Engine) -> EngineKind {
+    match engine {
+        Engine::Cranelift => EngineKind::Cranelift,
+        Engine::Winch => EngineKind::Winch,
+        Engine::Pulley => EngineKind::Pulley,
+    }
+}

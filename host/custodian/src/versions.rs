@@ -1,0 +1,107 @@
+//! The versions this custodian serves, in memory: what a session needs without touching the
+//! disk (circuit, manifest, opened shares), and how many unused kits it holds for each.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use quorumvm_core::circuit::{Circuit, Manifest};
+use quorumvm_core::field::Fp;
+use quorumvm_package::PackageId;
+use zeroize::Zeroizing;
+
+/// One active version.
+pub(crate) struct Version {
+    pub id: PackageId,
+    /// `id` in lowercase hex, as orders, tickets and the ledger name it.
+    pub id_hex: String,
+    pub manifest: Manifest,
+    pub circuit: Circuit,
+    /// This custodian's shares of the secrets, in the manifest's order; wiped on drop.
+    secrets: Zeroizing<Vec<Fp>>,
+    /// Unused kits in the ledger: set at load, then moved by every committed store and use.
+    kits: AtomicU64,
+}
+
+impl Version {
+    pub fn new(
+        id: PackageId,
+        manifest: Manifest,
+        circuit: Circuit,
+        secrets: Zeroizing<Vec<Fp>>,
+        kits: u64,
+    ) -> Version {
+        Version {
+            id_hex: id.to_string(),
+            id,
+            manifest,
+            circuit,
+            secrets,
+            kits: AtomicU64::new(kits),
+        }
+    }
+
+    /// A copy of the shares for one session's setup (which wipes it when dropped).
+    pub fn secrets(&self) -> Vec<Fp> {
+        self.secrets.to_vec()
+    }
+
+    pub fn kits(&self) -> u64 {
+        self.kits.load(Ordering::Relaxed)
+    }
+
+    pub fn kits_stored(&self, count: u64) {
+        self.kits.fetch_add(count, Ordering::Relaxed);
+    }
+
+    pub fn kit_used(&self) {
+        // Saturating: a count that drifted (it cannot, but) must not wrap to 2^64.
+        let _ = self
+            .kits
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |k| {
+                Some(k.saturating_sub(1))
+            });
+    }
+}
+
+/// The active versions by package id.
+#[derive(Default)]
+pub(crate) struct Versions {
+    by_id: RwLock<BTreeMap<PackageId, Arc<Version>>>,
+}
+
+impl Versions {
+    pub fn get(&self, id: &PackageId) -> Option<Arc<Version>> {
+        self.read().get(id).cloned()
+    }
+
+    /// Adds a version; an already active one is kept (it holds the same package and shares).
+    pub fn insert(&self, version: Version) {
+        let mut map = self.by_id.write().unwrap_or_else(|p| p.into_inner());
+        map.entry(version.id).or_insert_with(|| Arc::new(version));
+    }
+
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    /// Every version with its unused kit count, by package id.
+    pub fn kit_counts(&self) -> Vec<(String, u64)> {
+        self.read()
+            .values()
+            .map(|v| (v.id_hex.clone(), v.kits()))
+            .collect()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<PackageId, Arc<Version>>> {
+        // The map is only ever inserted into: a panic elsewhere cannot leave it half-changed.
+        self.by_id.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Parses a package id as orders and tickets carry it (64 hex digits).
+pub(crate) fn parse_package_id(text: &str) -> Option<PackageId> {
+    let mut id = [0u8; 32];
+    hex::decode_to_slice(text, &mut id).ok()?;
+    Some(PackageId(id))
+}

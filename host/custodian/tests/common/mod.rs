@@ -1,0 +1,536 @@
+//! A cluster of three real custodians on loopback ports, and the test itself as their
+//! coordinator: it holds the coordinator key, signs orders and tickets, Shamir-shares inputs,
+//! reconstructs outputs, and serves packages and sealed shares from a small router of its own
+//! (the two GETs a custodian makes at activation).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path as UrlPath, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use quorumvm_core::circuit::{Circuit, Manifest};
+use quorumvm_core::eval::{encode_values, eval_plain};
+use quorumvm_core::field::Fp;
+use quorumvm_core::shamir::{Share, Threshold, reconstruct, share};
+use quorumvm_custodian::{init_keys, serve};
+use quorumvm_package::{PackageId, SecretKey, package_id};
+use quorumvm_sealing::{CustodianPublicKey, ShareBinding, seal_share};
+use quorumvm_wire::api::{CustodianHealth, SealedShares, SessionRequest};
+use quorumvm_wire::approval;
+use quorumvm_wire::config::{CustodianConfig, CustodianEntry, Engine};
+use quorumvm_wire::elements::{from_hex, to_hex};
+use quorumvm_wire::now_ms;
+use quorumvm_wire::order::{ApprovalSignature, Order, SignedOrder, Ticket};
+use serde_json::Value;
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub const K: usize = 2;
+pub const N: usize = 3;
+
+/// `q = (x·w + 7)²`: two multiplication layers, a secret and an input.
+pub const PROGRAM: &str = "program affine_square
+input x in 0..100
+secret w in -10..10 scale 2
+mul y = x w
+add z = y 7
+mul q = z z
+output q
+";
+
+/// A version as the publisher made it, with what the test needs to check results.
+pub struct Program {
+    pub id: PackageId,
+    pub id_hex: String,
+    pub manifest: Manifest,
+    pub circuit: Circuit,
+    pub secrets: Vec<Fp>,
+}
+
+pub struct Node {
+    pub addr: SocketAddr,
+    pub config: CustodianConfig,
+    /// The operator's approval key (read from the custodian's own `signing.key`).
+    pub signing: SecretKey,
+    pub sealing: CustodianPublicKey,
+    server: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Node {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// What the fake coordinator serves: package bytes and, per custodian, sealed shares.
+type Packages = Arc<Mutex<HashMap<String, (Vec<u8>, BTreeMap<u32, SealedShares>)>>>;
+
+pub struct Cluster {
+    /// Every custodian's data directory; removed when the cluster is dropped.
+    _dir: TempDir,
+    pub coordinator: SecretKey,
+    pub nodes: Vec<Node>,
+    packages: Packages,
+    pub http: reqwest::Client,
+    next_session: std::sync::atomic::AtomicU64,
+}
+
+/// One custodian's answer.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub custodian: u32,
+    pub status: StatusCode,
+    pub body: Value,
+}
+
+impl Answer {
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+}
+
+impl Cluster {
+    /// Three custodians (k = 2) with the given engines, each on its own loopback port.
+    pub async fn start(engines: [Engine; N], round_timeout_ms: u64) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let coordinator = SecretKey::generate();
+        let packages: Packages = Arc::default();
+        let fake = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let coordinator_url = format!("http://{}", fake.local_addr().unwrap());
+        tokio::spawn(fake_coordinator(fake, Arc::clone(&packages)));
+
+        let mut listeners = Vec::new();
+        let mut entries = Vec::new();
+        for index in 1..=N as u32 {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let data_dir = dir.path().join(format!("custodian-{index}"));
+            let keys = init_keys(&data_dir).unwrap();
+            entries.push(CustodianEntry {
+                index,
+                url: format!("http://{}", listener.local_addr().unwrap()),
+                signing_key: keys.signing_key,
+                sealing_key: keys.sealing_key,
+            });
+            listeners.push(listener);
+        }
+        let mut nodes = Vec::new();
+        for ((listener, entry), engine) in listeners.into_iter().zip(&entries).zip(engines) {
+            let data_dir = dir.path().join(format!("custodian-{}", entry.index));
+            let config = CustodianConfig {
+                index: entry.index,
+                listen: listener.local_addr().unwrap(),
+                data_dir: data_dir.clone(),
+                coordinator_url: coordinator_url.clone(),
+                coordinator_key: coordinator.public().to_hex(),
+                threshold: K,
+                engine,
+                round_timeout_ms,
+                custodians: entries.clone(),
+            };
+            let signing = read_signing_key(&data_dir);
+            let sealing = CustodianPublicKey::from_file_text(&entry.sealing_key).unwrap();
+            let addr = listener.local_addr().unwrap();
+            let server = tokio::spawn(serve(config.clone(), listener));
+            nodes.push(Node {
+                addr,
+                config,
+                signing,
+                sealing,
+                server: Some(server),
+            });
+        }
+        let cluster = Cluster {
+            _dir: dir,
+            coordinator,
+            nodes,
+            packages,
+            http: reqwest::Client::new(),
+            next_session: Default::default(),
+        };
+        for index in 1..=N as u32 {
+            cluster.wait_until_up(index).await;
+        }
+        cluster
+    }
+
+    pub fn node(&self, index: u32) -> &Node {
+        &self.nodes[index as usize - 1]
+    }
+
+    async fn wait_until_up(&self, index: u32) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(server) = &self.node(index).server {
+                assert!(
+                    !server.is_finished(),
+                    "custodian {index} stopped while starting"
+                );
+            }
+            let up = self
+                .http
+                .get(format!("{}/v1/health", self.node(index).url()))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if up {
+                return;
+            }
+            assert!(Instant::now() < deadline, "custodian {index} did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops a custodian as a crash would (its server future is dropped mid-flight).
+    pub async fn stop(&mut self, index: u32) {
+        if let Some(server) = self.nodes[index as usize - 1].server.take() {
+            server.abort();
+            let _ = server.await;
+        }
+    }
+
+    /// Starts a stopped custodian again, on its port and data directory.
+    pub async fn restart(&mut self, index: u32) {
+        self.stop(index).await;
+        let node = &mut self.nodes[index as usize - 1];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let listener = loop {
+            match TcpListener::bind(node.addr).await {
+                Ok(listener) => break listener,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("rebinding {}: {e}", node.addr);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("cannot rebind {}: {e}", node.addr),
+            }
+        };
+        node.server = Some(tokio::spawn(serve(node.config.clone(), listener)));
+        self.wait_until_up(index).await;
+    }
+
+    /// Compiles `src`, signs it as a publisher would, Shamir-shares its secrets (decimal
+    /// values) and seals share i to custodian i, and offers it all at the fake coordinator.
+    pub fn publish(&self, src: &str, secrets: &[(&str, &str)]) -> Program {
+        let (program, unsigned) = quorumvm_compiler::compile_to_package(src, "program").unwrap();
+        let publisher = SecretKey::generate();
+        let signed = quorumvm_package::sign(&unsigned, &publisher).unwrap();
+        let id = package_id(&signed);
+        let given: Vec<(String, String)> = secrets
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+        let values = encode_values("secret", &program.manifest.secrets, &given).unwrap();
+        let t = Threshold::new(K, N).unwrap();
+        let mut sealed: BTreeMap<u32, SealedShares> = (1..=N as u32)
+            .map(|i| {
+                (
+                    i,
+                    SealedShares {
+                        custodian: i,
+                        sealed: BTreeMap::new(),
+                    },
+                )
+            })
+            .collect();
+        for (decl, &value) in program.manifest.secrets.iter().zip(&values) {
+            for s in share(value, t, &mut rand::rngs::OsRng) {
+                let binding = ShareBinding {
+                    package: id,
+                    custodian: s.x,
+                    secret: &decl.name,
+                };
+                let bytes = seal_share(self.node(s.x).sealing, &binding, &s)
+                    .unwrap()
+                    .to_bytes();
+                let entry = sealed.get_mut(&s.x).unwrap();
+                entry.sealed.insert(decl.name.clone(), hex::encode(bytes));
+            }
+        }
+        self.packages
+            .lock()
+            .unwrap()
+            .insert(id.to_string(), (signed, sealed));
+        Program {
+            id,
+            id_hex: id.to_string(),
+            manifest: program.manifest,
+            circuit: program.circuit,
+            secrets: values,
+        }
+    }
+
+    /// The sealed shares (secret → hex) the fake coordinator serves custodian `index`.
+    pub fn shares_of(&self, program: &Program, index: u32) -> BTreeMap<String, String> {
+        let packages = self.packages.lock().unwrap();
+        packages[&program.id_hex].1[&index].sealed.clone()
+    }
+
+    /// Replaces what the fake coordinator serves as custodian `index`'s sealed shares.
+    pub fn tamper_shares(&self, program: &Program, index: u32, shares: SealedShares) {
+        let mut packages = self.packages.lock().unwrap();
+        let entry = packages.get_mut(&program.id_hex).unwrap();
+        entry.1.insert(index, shares);
+    }
+
+    pub fn approvals(&self, program: &Program, approvers: &[u32]) -> Vec<ApprovalSignature> {
+        approvers
+            .iter()
+            .map(|&i| ApprovalSignature {
+                custodian: i,
+                signature: hex::encode(approval::sign(
+                    &self.node(i).signing,
+                    &program.id,
+                    &program.manifest,
+                )),
+            })
+            .collect()
+    }
+
+    pub fn sign(&self, order: Order) -> SignedOrder {
+        SignedOrder::sign(order, now_ms(), &self.coordinator)
+    }
+
+    pub async fn post(&self, index: u32, path: &str, body: &impl serde::Serialize) -> Answer {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.node(index).url()))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        answer(index, response).await
+    }
+
+    pub async fn order(&self, index: u32, order: Order) -> Answer {
+        self.post(index, "/v1/orders", &self.sign(order)).await
+    }
+
+    /// Sends one order to several custodians at once.
+    pub async fn order_all(&self, to: &[u32], order: Order) -> Vec<Answer> {
+        let signed = self.sign(order);
+        let calls: Vec<_> = to
+            .iter()
+            .map(|&i| {
+                let (http, url, signed) = (
+                    self.http.clone(),
+                    format!("{}/v1/orders", self.node(i).url()),
+                    signed.clone(),
+                );
+                tokio::spawn(async move {
+                    answer(i, http.post(url).json(&signed).send().await.unwrap()).await
+                })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for call in calls {
+            answers.push(call.await.unwrap());
+        }
+        answers
+    }
+
+    pub async fn activate(&self, program: &Program, approvers: &[u32]) -> Vec<Answer> {
+        let order = Order::Activate {
+            package_id: program.id_hex.clone(),
+            approvals: self.approvals(program, approvers),
+        };
+        self.order_all(&[1, 2, 3], order).await
+    }
+
+    pub async fn preprocess(&self, program: &Program, first_kit: u64, count: u64) -> Vec<Answer> {
+        let order = Order::Preprocess {
+            session: self.session_id("prep"),
+            package_id: program.id_hex.clone(),
+            first_kit,
+            count,
+        };
+        self.order_all(&[1, 2, 3], order).await
+    }
+
+    pub fn session_id(&self, prefix: &str) -> String {
+        let n = self
+            .next_session
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{prefix}-{n}")
+    }
+
+    pub fn ticket(
+        &self,
+        program: &Program,
+        session: &str,
+        quorum: &[u32],
+        kit: u64,
+        identity: &str,
+    ) -> SignedOrder {
+        self.sign(Order::Session(Ticket {
+            session: session.to_string(),
+            request_id: format!("req-{session}"),
+            package_id: program.id_hex.clone(),
+            identity: identity.to_string(),
+            quorum: quorum.to_vec(),
+            kit,
+        }))
+    }
+
+    /// Encodes the named inputs, Shamir-shares each among all n custodians.
+    pub fn share_inputs(
+        &self,
+        program: &Program,
+        inputs: &[(&str, &str)],
+    ) -> (Vec<Fp>, Vec<Vec<Fp>>) {
+        let given: Vec<(String, String)> = inputs
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+        let values = encode_values("input", &program.manifest.inputs, &given).unwrap();
+        let t = Threshold::new(K, N).unwrap();
+        let mut per_custodian = vec![Vec::new(); N];
+        for &v in &values {
+            for s in share(v, t, &mut rand::rngs::OsRng) {
+                per_custodian[s.x as usize - 1].push(s.y);
+            }
+        }
+        (values, per_custodian)
+    }
+
+    /// Sends `ticket` with its input shares to each of `to`, all at once.
+    pub async fn send_sessions(
+        &self,
+        ticket: &SignedOrder,
+        to: &[u32],
+        shares: &[Vec<Fp>],
+    ) -> Vec<Answer> {
+        let calls: Vec<_> = to
+            .iter()
+            .map(|&i| {
+                let request = SessionRequest {
+                    ticket: ticket.clone(),
+                    inputs: to_hex(&shares[i as usize - 1]),
+                };
+                let (http, url) = (
+                    self.http.clone(),
+                    format!("{}/v1/sessions", self.node(i).url()),
+                );
+                tokio::spawn(async move {
+                    answer(i, http.post(url).json(&request).send().await.unwrap()).await
+                })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for call in calls {
+            answers.push(call.await.unwrap());
+        }
+        answers
+    }
+
+    /// One evaluation on `quorum` with kit `kit`: the outputs reconstructed from every
+    /// answer and the rounds, or the answers if any custodian refused.
+    pub async fn evaluate(
+        &self,
+        program: &Program,
+        quorum: &[u32],
+        inputs: &[(&str, &str)],
+        kit: u64,
+        identity: &str,
+    ) -> Result<(Vec<Fp>, u32), Vec<Answer>> {
+        let (_, shares) = self.share_inputs(program, inputs);
+        let session = self.session_id("eval");
+        let ticket = self.ticket(program, &session, quorum, kit, identity);
+        let answers = self.send_sessions(&ticket, quorum, &shares).await;
+        if answers.iter().any(|a| a.status != StatusCode::OK) {
+            return Err(answers);
+        }
+        let rounds = answers[0].body["rounds"].as_u64().unwrap() as u32;
+        assert!(answers.iter().all(|a| a.body["rounds"] == rounds));
+        let outputs: Vec<Vec<Fp>> = answers
+            .iter()
+            .map(|a| from_hex(a.body["outputs"].as_str().unwrap()).unwrap())
+            .collect();
+        let t = Threshold::new(K, N).unwrap();
+        let values = (0..program.manifest.outputs.len())
+            .map(|o| {
+                let points: Vec<Share> = quorum
+                    .iter()
+                    .zip(&outputs)
+                    .map(|(&x, v)| Share { x, y: v[o] })
+                    .collect();
+                reconstruct(&points, t).unwrap()
+            })
+            .collect();
+        Ok((values, rounds))
+    }
+
+    /// What the program computes in the clear.
+    pub fn expected(&self, program: &Program, inputs: &[(&str, &str)]) -> Vec<Fp> {
+        let (values, _) = self.share_inputs(program, inputs);
+        eval_plain(&program.circuit, &values, &program.secrets)
+    }
+
+    pub async fn health(&self, index: u32) -> CustodianHealth {
+        self.http
+            .get(format!("{}/v1/health", self.node(index).url()))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Unused kits custodian `index` reports for `program` (`None`: not active there).
+    pub async fn kits(&self, index: u32, program: &Program) -> Option<u64> {
+        self.health(index)
+            .await
+            .versions
+            .into_iter()
+            .find(|v| v.package_id == program.id_hex)
+            .map(|v| v.kits)
+    }
+}
+
+async fn answer(custodian: u32, response: reqwest::Response) -> Answer {
+    let status = response.status();
+    let body = response.json::<Value>().await.unwrap_or(Value::Null);
+    Answer {
+        custodian,
+        status,
+        body,
+    }
+}
+
+fn read_signing_key(data_dir: &Path) -> SecretKey {
+    let text = std::fs::read_to_string(data_dir.join("signing.key")).unwrap();
+    SecretKey::from_file_text(&text).unwrap()
+}
+
+async fn fake_coordinator(listener: TcpListener, packages: Packages) {
+    async fn wasm(
+        State(p): State<Packages>,
+        UrlPath(id): UrlPath<String>,
+    ) -> Result<Vec<u8>, StatusCode> {
+        let packages = p.lock().unwrap();
+        packages
+            .get(&id)
+            .map(|(bytes, _)| bytes.clone())
+            .ok_or(StatusCode::NOT_FOUND)
+    }
+    async fn shares(
+        State(p): State<Packages>,
+        UrlPath((id, custodian)): UrlPath<(String, u32)>,
+    ) -> Result<axum::Json<SealedShares>, StatusCode> {
+        let packages = p.lock().unwrap();
+        packages
+            .get(&id)
+            .and_then(|(_, s)| s.get(&custodian).cloned())
+            .map(axum::Json)
+            .ok_or(StatusCode::NOT_FOUND)
+    }
+    let app = axum::Router::new()
+        .route("/v1/packages/{id}/wasm", get(wasm))
+        .route("/v1/packages/{id}/shares/{custodian}", get(shares))
+        .with_state(packages);
+    axum::serve(listener, app).await.unwrap();
+}
