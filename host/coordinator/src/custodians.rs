@@ -1,0 +1,205 @@
+//! The custodians as the coordinator sees them: who is live, which versions each serves, and
+//! the calls the coordinator makes to them (signed orders, session tickets, health checks).
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use quorumvm_package::SecretKey;
+use quorumvm_wire::api::{
+    CustodianHealth, ErrorBody, OrderResponse, SessionRequest, SessionResponse,
+};
+use quorumvm_wire::config::{Cluster, Member};
+use quorumvm_wire::now_ms;
+use quorumvm_wire::order::{Order, SignedOrder};
+
+/// How often every custodian is checked.
+pub const HEALTH_INTERVAL: Duration = Duration::from_millis(250);
+const HEALTH_TIMEOUT: Duration = Duration::from_millis(500);
+/// Loopback peers answer a connect at once; a dead one refuses at once. Anything slower is a
+/// custodian in trouble.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// A session waits for its slowest peer (the custodians' round timeout is 2 s).
+const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+/// A preprocessing batch of thousands of kits takes a few hundred ms; allow for a slow disk.
+const PREPROCESS_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub struct Custodian {
+    pub member: Member,
+    live: AtomicBool,
+    /// Versions (package ids) this custodian reported or acknowledged serving.
+    serving: Mutex<HashSet<String>>,
+    /// Activations being pushed right now (so the health loop does not repeat them).
+    pub activating: Mutex<HashSet<String>>,
+}
+
+impl Custodian {
+    pub fn index(&self) -> u32 {
+        self.member.index
+    }
+    pub fn is_live(&self) -> bool {
+        self.live.load(Ordering::Acquire)
+    }
+    pub fn serves(&self, package_id: &str) -> bool {
+        self.is_live()
+            && self
+                .serving
+                .lock()
+                .expect("serving lock")
+                .contains(package_id)
+    }
+    pub fn mark_serving(&self, package_id: &str) {
+        self.serving
+            .lock()
+            .expect("serving lock")
+            .insert(package_id.to_string());
+    }
+    /// Marks the custodian dead; returns whether it was live.
+    pub fn mark_dead(&self) -> bool {
+        self.live.swap(false, Ordering::AcqRel)
+    }
+}
+
+/// Why a call to a custodian failed.
+#[derive(Debug)]
+pub enum CallError {
+    /// No answer: refused, reset, timed out. The custodian is treated as dead.
+    Unreachable(String),
+    /// It answered with an error.
+    Refused { status: u16, body: ErrorBody },
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Unreachable(m) => write!(f, "unreachable: {m}"),
+            CallError::Refused { status, body } => {
+                write!(f, "{status} {}: {}", body.error.code, body.error.message)
+            }
+        }
+    }
+}
+
+pub struct Custodians {
+    pub cluster: Cluster,
+    pub all: Vec<Custodian>,
+    client: reqwest::Client,
+    key: SecretKey,
+}
+
+impl Custodians {
+    pub fn new(cluster: Cluster, key: SecretKey) -> anyhow::Result<Custodians> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .pool_max_idle_per_host(64)
+            .tcp_nodelay(true)
+            .build()?;
+        let all = cluster
+            .members()
+            .iter()
+            .map(|m| Custodian {
+                member: m.clone(),
+                live: AtomicBool::new(false),
+                serving: Mutex::new(HashSet::new()),
+                activating: Mutex::new(HashSet::new()),
+            })
+            .collect();
+        Ok(Custodians {
+            cluster,
+            all,
+            client,
+            key,
+        })
+    }
+
+    pub fn get(&self, index: u32) -> Option<&Custodian> {
+        self.all.iter().find(|c| c.index() == index)
+    }
+
+    /// Checks one custodian; on success records it live with the versions it serves.
+    pub async fn check_health(&self, c: &Custodian) -> Option<CustodianHealth> {
+        let result = self
+            .client
+            .get(format!("{}/v1/health", c.member.url))
+            .timeout(HEALTH_TIMEOUT)
+            .send()
+            .await;
+        let health = match result {
+            Ok(r) if r.status().is_success() => r.json::<CustodianHealth>().await.ok(),
+            _ => None,
+        };
+        match &health {
+            Some(h) if h.index == c.index() => {
+                *c.serving.lock().expect("serving lock") =
+                    h.versions.iter().map(|v| v.package_id.clone()).collect();
+                if !c.live.swap(true, Ordering::AcqRel) {
+                    tracing::info!(custodian = c.index(), "custodian is live");
+                }
+            }
+            _ => {
+                if c.mark_dead() {
+                    tracing::warn!(custodian = c.index(), "custodian is not answering");
+                }
+            }
+        }
+        health
+    }
+
+    pub fn sign(&self, order: Order) -> SignedOrder {
+        SignedOrder::sign(order, now_ms(), &self.key)
+    }
+
+    pub async fn order(&self, c: &Custodian, order: Order) -> Result<OrderResponse, CallError> {
+        let timeout = match order {
+            Order::Preprocess { .. } | Order::Activate { .. } => PREPROCESS_TIMEOUT,
+            _ => HEALTH_TIMEOUT,
+        };
+        let signed = self.sign(order);
+        self.post(c, "/v1/orders", &signed, timeout).await
+    }
+
+    pub async fn session(
+        &self,
+        c: &Custodian,
+        request: &SessionRequest,
+    ) -> Result<SessionResponse, CallError> {
+        self.post(c, "/v1/sessions", request, SESSION_TIMEOUT).await
+    }
+
+    async fn post<B: serde::Serialize, R: serde::de::DeserializeOwned>(
+        &self,
+        c: &Custodian,
+        path: &str,
+        body: &B,
+        timeout: Duration,
+    ) -> Result<R, CallError> {
+        let response = self
+            .client
+            .post(format!("{}{path}", c.member.url))
+            .timeout(timeout)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| CallError::Unreachable(e.to_string()))?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| CallError::Unreachable(e.to_string()))?;
+        if status.is_success() {
+            serde_json::from_slice(&bytes).map_err(|e| CallError::Refused {
+                status: 502,
+                body: ErrorBody::new("bad_answer", format!("unreadable answer: {e}")),
+            })
+        } else {
+            let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                ErrorBody::new("error", String::from_utf8_lossy(&bytes).into_owned())
+            });
+            Err(CallError::Refused {
+                status: status.as_u16(),
+                body,
+            })
+        }
+    }
+}

@@ -1,0 +1,434 @@
+//! `POST /v1/eval`: authenticate, admit, share the inputs, run the session on the quorum,
+//! reconstruct from every output share, answer.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use axum::Json;
+use axum::extract::State as AxumState;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use quorumvm_core::eval::{decode_outputs, encode_values};
+use quorumvm_core::field::Fp;
+use quorumvm_core::shamir::{self, Share, Threshold};
+use quorumvm_policy::EvalRequest as Admission;
+use quorumvm_wire::api::{EvalRequest, EvalResponse, SessionRequest, SessionResponse};
+use quorumvm_wire::elements;
+use quorumvm_wire::now_ms;
+use quorumvm_wire::order::{Order, Ticket};
+use rand::RngCore;
+use tokio::task::JoinSet;
+
+use crate::State;
+use crate::custodians::CallError;
+use crate::error::ApiError;
+use crate::registry::Version;
+use crate::routes::Body;
+use crate::store;
+
+/// A failed attempt is retried this many times on the custodians still standing.
+const RETRIES: usize = 2;
+
+pub const ROUNDS_HEADER: &str = "x-quorumvm-rounds";
+
+pub async fn handle(
+    AxumState(state): AxumState<Arc<State>>,
+    headers: HeaderMap,
+    Body(request): Body<EvalRequest>,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let identity = state.identities.authenticate(&headers).await?;
+    let version = state.registry.resolve(&request.program)?;
+    let given: Vec<(String, String)> = request
+        .inputs
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_decimal_text()))
+        .collect();
+    let inputs = encode_values("input", &version.manifest.inputs, &given)
+        .map_err(|e| ApiError::bad_request("bad_input", e.to_string()))?;
+    // Refuse before charging anything when a quorum is out of reach anyway.
+    quorum(&state, &version).map_err(|e| match e {
+        Attempt::Fatal(e) | Attempt::Retry(e) => e,
+    })?;
+    let request_id = random_id();
+    let (kit, remaining) = match admit(&state, &version, &identity, &request_id).await {
+        Ok(admitted) => admitted,
+        Err(e) => {
+            if e.status == StatusCode::TOO_MANY_REQUESTS {
+                state.metrics.evals_denied.fetch_add(1, Relaxed);
+            }
+            return Err(e);
+        }
+    };
+    let result = run(&state, &version, &identity, &request_id, kit, &inputs).await;
+    let (outputs, quorum, inconsistent, rounds) = match result {
+        Ok(done) => done,
+        Err(e) => {
+            state.metrics.evals_failed.fetch_add(1, Relaxed);
+            return Err(e);
+        }
+    };
+    let decoded: BTreeMap<String, String> = decode_outputs(&version.manifest, &outputs)
+        .into_iter()
+        .map(|(name, value)| (name, value.to_string()))
+        .collect();
+    let m = &state.metrics;
+    m.evals_ok.fetch_add(1, Relaxed);
+    m.eval_rounds.fetch_add(rounds as u64, Relaxed);
+    m.eval_micros
+        .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
+    let mut response = Json(EvalResponse {
+        request_id,
+        program: version.manifest.name.clone(),
+        version: version.manifest.version,
+        package_id: version.package_id.clone(),
+        outputs: decoded,
+        rounds,
+        custodians: quorum,
+        inconsistent,
+        remaining_budget: remaining,
+    })
+    .into_response();
+    response.headers_mut().insert(
+        ROUNDS_HEADER,
+        HeaderValue::from_str(&rounds.to_string()).expect("digits"),
+    );
+    Ok(response)
+}
+
+fn random_id() -> String {
+    let mut bytes = [0u8; 12];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+/// Rate limit, budget, audit entry and the first kit, in one savepoint of a group commit: the
+/// evaluation is on record before any custodian hears of it.
+async fn admit(
+    state: &Arc<State>,
+    version: &Arc<Version>,
+    identity: &str,
+    request_id: &str,
+) -> Result<(u64, u64), ApiError> {
+    let (v, identity, request_id) = (
+        Arc::clone(version),
+        identity.to_string(),
+        request_id.to_string(),
+    );
+    state
+        .writer
+        .run(move |tx| {
+            let admitted = quorumvm_policy::admit_in(
+                tx,
+                &Admission {
+                    identity: &identity,
+                    program: &v.package_id,
+                    request_id: &request_id,
+                    policy: &v.manifest.policy,
+                    now_ms: now_ms(),
+                },
+            )??;
+            // Only now take a kit: a refused request must not burn one. If none is ready, the
+            // job fails and its savepoint takes the charge and the entry back.
+            let kit = take_kit(tx, &v)?;
+            Ok::<_, ApiError>((kit, admitted.remaining_budget))
+        })
+        .await
+}
+
+/// The next kit id of `v`, persisting the reservation watermark first when it moves.
+fn take_kit(tx: &quorumvm_ledger::rusqlite::Transaction<'_>, v: &Version) -> Result<u64, ApiError> {
+    let taken = v.kits.lock().expect("kits lock").take();
+    let (kit, reserve) = taken.ok_or_else(|| {
+        ApiError::unavailable(
+            "no_preprocessing",
+            format!(
+                "no preprocessed kits of {} are ready; the custodians refill the pool while all of them are up",
+                v.manifest.name
+            ),
+        )
+        .with_retry_after(1)
+    })?;
+    if let Some(up_to) = reserve {
+        store::reserve_kits(tx, &v.package_id, up_to)?;
+    }
+    Ok(kit)
+}
+
+type Outcome = (Vec<Fp>, Vec<u32>, Vec<u32>, u32);
+
+/// Runs the evaluation, retrying on the remaining custodians when one fails.
+async fn run(
+    state: &Arc<State>,
+    version: &Arc<Version>,
+    identity: &str,
+    request_id: &str,
+    first_kit: u64,
+    inputs: &[Fp],
+) -> Result<Outcome, ApiError> {
+    let mut kit = first_kit;
+    let mut attempt = 0;
+    loop {
+        match attempt_once(state, version, identity, request_id, attempt, kit, inputs).await {
+            Ok(outcome) => return Ok(outcome),
+            Err(Attempt::Fatal(e)) => return Err(e),
+            Err(Attempt::Retry(e)) if attempt >= RETRIES => return Err(e),
+            Err(Attempt::Retry(e)) => {
+                tracing::info!(
+                    request = request_id,
+                    "retrying on the custodians still up: {}",
+                    e.message
+                );
+                state.metrics.eval_retries.fetch_add(1, Relaxed);
+                attempt += 1;
+                // A fresh kit: the failed attempt may have opened masks of the old one.
+                let v = Arc::clone(version);
+                kit = state.writer.run(move |tx| take_kit(tx, &v)).await?;
+            }
+        }
+    }
+}
+
+enum Attempt {
+    /// A custodian failed: it is marked dead, and another quorum may succeed.
+    Retry(ApiError),
+    Fatal(ApiError),
+}
+
+async fn attempt_once(
+    state: &Arc<State>,
+    version: &Arc<Version>,
+    identity: &str,
+    request_id: &str,
+    attempt: usize,
+    kit: u64,
+    inputs: &[Fp],
+) -> Result<Outcome, Attempt> {
+    let custodians = &state.custodians;
+    let k = custodians.cluster.threshold();
+    let quorum = quorum(state, version)?;
+    let session = format!("{request_id}-{attempt}");
+    let ticket = custodians.sign(Order::Session(Ticket {
+        session: session.clone(),
+        request_id: request_id.to_string(),
+        package_id: version.package_id.clone(),
+        identity: identity.to_string(),
+        quorum: quorum.clone(),
+        kit,
+    }));
+    // Shamir-share every input k-of-n; custodian i gets point i of each.
+    let threshold = Threshold::new(k, custodians.cluster.n()).expect("validated cluster");
+    let mut rng = rand::rngs::OsRng;
+    let sharings: Vec<Vec<Share>> = inputs
+        .iter()
+        .map(|&x| shamir::share(x, threshold, &mut rng))
+        .collect();
+    let mut calls = JoinSet::new();
+    for &index in &quorum {
+        let mine: Vec<Fp> = sharings
+            .iter()
+            .map(|s| {
+                s.iter()
+                    .find(|p| p.x == index)
+                    .expect("a point per custodian")
+                    .y
+            })
+            .collect();
+        let request = SessionRequest {
+            ticket: ticket.clone(),
+            inputs: elements::to_hex(&mine),
+        };
+        let state = Arc::clone(state);
+        calls.spawn(async move {
+            let c = state.custodians.get(index).expect("a quorum member");
+            (index, state.custodians.session(c, &request).await)
+        });
+    }
+    let mut answers: Vec<(u32, SessionResponse)> = Vec::with_capacity(quorum.len());
+    let mut failure: Option<Attempt> = None;
+    while let Some(joined) = calls.join_next().await {
+        let (index, result) = match joined {
+            Ok(r) => r,
+            Err(e) => {
+                failure.get_or_insert(Attempt::Fatal(ApiError::internal(e.to_string())));
+                continue;
+            }
+        };
+        match result {
+            Ok(answer) => answers.push((index, answer)),
+            Err(e) => {
+                if failure.is_none() {
+                    // Stop the others now rather than at their round timeout.
+                    abort(state, &session, &quorum, index);
+                }
+                let reason = format!("custodian {index}: {e}");
+                let next = match e {
+                    CallError::Unreachable(_) => {
+                        if state.custodians.get(index).is_some_and(|c| c.mark_dead()) {
+                            tracing::warn!(
+                                custodian = index,
+                                "custodian failed during a session: marked dead"
+                            );
+                        }
+                        Attempt::Retry(ApiError::unavailable("custodian_failed", reason))
+                    }
+                    CallError::Refused { status: 429, .. } => Attempt::Fatal(ApiError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "custodian_budget_exhausted",
+                        reason,
+                    )),
+                    // A member could not reach a peer, timed out waiting for one, was
+                    // aborted, or lacks the kit: another attempt (with a fresh kit, on the
+                    // custodians still up) can succeed.
+                    CallError::Refused {
+                        status: 409 | 502 | 504,
+                        ..
+                    } => Attempt::Retry(ApiError::unavailable("custodian_failed", reason)),
+                    CallError::Refused { .. } => Attempt::Fatal(ApiError::new(
+                        StatusCode::BAD_GATEWAY,
+                        "custodian_refused",
+                        reason,
+                    )),
+                };
+                // Keep the most telling failure: a dead custodian over its aborted peers.
+                if !matches!(failure, Some(Attempt::Retry(_)) | Some(Attempt::Fatal(_)))
+                    || matches!(next, Attempt::Fatal(_))
+                {
+                    failure = Some(next);
+                }
+            }
+        }
+    }
+    if let Some(f) = failure {
+        return Err(f);
+    }
+    reconstruct(state, version, request_id, &quorum, answers).map_err(Attempt::Fatal)
+}
+
+/// Every live custodian serving `version` (all of them take part, so that every opening and
+/// output is checked against the extra shares), or 503 when fewer than k are.
+fn quorum(state: &State, version: &Version) -> Result<Vec<u32>, Attempt> {
+    let custodians = &state.custodians;
+    let k = custodians.cluster.threshold();
+    let quorum: Vec<u32> = custodians
+        .all
+        .iter()
+        .filter(|c| c.serves(&version.package_id))
+        .map(|c| c.index())
+        .collect();
+    if quorum.len() < k {
+        return Err(Attempt::Fatal(
+            ApiError::unavailable(
+                "too_few_custodians",
+                format!(
+                    "{} of the {} custodians serving {} are reachable; {k} are needed",
+                    quorum.len(),
+                    custodians.cluster.n(),
+                    version.manifest.name
+                ),
+            )
+            .with_retry_after(1),
+        ));
+    }
+    Ok(quorum)
+}
+
+fn abort(state: &Arc<State>, session: &str, quorum: &[u32], failed: u32) {
+    for &index in quorum.iter().filter(|&&i| i != failed) {
+        let state = Arc::clone(state);
+        let session = session.to_string();
+        tokio::spawn(async move {
+            if let Some(c) = state.custodians.get(index) {
+                let _ = state.custodians.order(c, Order::Abort { session }).await;
+            }
+        });
+    }
+}
+
+/// Every output from all the shares received: k of them interpolate, the others must agree;
+/// a custodian whose share disagrees with the majority is named.
+fn reconstruct(
+    state: &Arc<State>,
+    version: &Version,
+    request_id: &str,
+    quorum: &[u32],
+    answers: Vec<(u32, SessionResponse)>,
+) -> Result<Outcome, ApiError> {
+    let k = state.custodians.cluster.threshold();
+    let outputs = version.manifest.outputs.len();
+    let mut per_custodian = Vec::with_capacity(answers.len());
+    let mut rounds = 0;
+    for (index, answer) in &answers {
+        let values = elements::from_hex(&answer.outputs).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "bad_share",
+                format!("custodian {index}: {e}"),
+            )
+        })?;
+        if values.len() != outputs {
+            return Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "bad_share",
+                format!(
+                    "custodian {index} sent {} output shares for {outputs} outputs",
+                    values.len()
+                ),
+            ));
+        }
+        rounds = rounds.max(answer.rounds);
+        per_custodian.push((*index, values));
+    }
+    let mut results = Vec::with_capacity(outputs);
+    let mut inconsistent: Vec<u32> = Vec::new();
+    for o in 0..outputs {
+        let shares: Vec<Share> = per_custodian
+            .iter()
+            .map(|(x, values)| Share {
+                x: *x,
+                y: values[o],
+            })
+            .collect();
+        let (value, culprits) = shamir::check_consistent(&shares, k - 1).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "inconsistent_shares",
+                format!("the output shares of {quorum:?} do not agree and the culprit cannot be told: {e}"),
+            )
+        })?;
+        for c in culprits {
+            if !inconsistent.contains(&c) {
+                inconsistent.push(c);
+            }
+        }
+        results.push(value);
+    }
+    if !inconsistent.is_empty() {
+        state
+            .metrics
+            .inconsistent_shares
+            .fetch_add(inconsistent.len() as u64, Relaxed);
+        tracing::warn!(request = request_id, custodians = ?inconsistent, "inconsistent output shares");
+        let (writer, request_id, bad) = (
+            state.writer.clone(),
+            request_id.to_string(),
+            inconsistent.clone(),
+        );
+        tokio::spawn(async move {
+            let _ = writer
+                .run(move |tx| {
+                    store::audit(
+                        tx,
+                        now_ms(),
+                        "coordinator",
+                        "eval.inconsistent",
+                        serde_json::json!({ "request_id": request_id, "custodians": bad }),
+                    )
+                })
+                .await;
+        });
+    }
+    Ok((results, quorum.to_vec(), inconsistent, rounds))
+}

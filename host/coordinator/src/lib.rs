@@ -1,0 +1,155 @@
+//! The QuorumVM coordinator (see docs/cluster.md): accepts signed packages, counts approvals
+//! and activates versions, authenticates callers, enforces budgets and rate limits, signs
+//! tickets and drives evaluations among the custodians, and keeps its own audit log.
+//!
+//! What it never holds: secret coefficients (it stores and forwards sealed shares only), Beaver
+//! material (kits are generated and consumed by the custodians; it knows their ids), and the
+//! custodians' round messages (they go from custodian to custodian).
+
+mod background;
+mod custodians;
+mod error;
+mod eval;
+mod identities;
+mod metrics;
+mod registry;
+mod routes;
+mod store;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context as _;
+use quorumvm_ledger::{Ledger, Writer};
+use quorumvm_package::{PublicKey, SecretKey};
+use quorumvm_sandbox::Sandbox;
+use quorumvm_wire::config::{CoordinatorConfig, PoolConfig};
+
+use crate::custodians::Custodians;
+use crate::identities::Identities;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+
+pub use quorumvm_policy::IdentityKey;
+
+const KEY_FILE: &str = "coordinator.key";
+const DB_FILE: &str = "coordinator.db";
+
+/// Everything a request handler shares.
+pub(crate) struct State {
+    pub custodians: Custodians,
+    pub registry: Registry,
+    pub identities: Identities,
+    pub writer: Writer,
+    /// A second connection for reads (WAL: never blocked by the writer).
+    pub reader: Arc<Mutex<Ledger>>,
+    pub sandbox: Sandbox,
+    pub publishers: Vec<PublicKey>,
+    pub pool: PoolConfig,
+    pub metrics: Metrics,
+}
+
+/// Loads the coordinator's signing key from `data_dir`, creating it (0600) on first use;
+/// returns its public half (hex), which every custodian's config names.
+pub fn init_key(data_dir: &Path) -> anyhow::Result<String> {
+    Ok(load_or_create_key(data_dir)?.public().to_hex())
+}
+
+fn load_or_create_key(data_dir: &Path) -> anyhow::Result<SecretKey> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let path = data_dir.join(KEY_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => SecretKey::from_file_text(&text)
+            .with_context(|| format!("{} is not a coordinator key", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = SecretKey::generate();
+            write_private(&path, key.to_file_text().as_bytes())?;
+            Ok(key)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Writes a secret file atomically with owner-only permissions: a crash leaves the old file or
+/// the new one, never a torn key.
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+fn open_ledger(data_dir: &Path) -> anyhow::Result<Ledger> {
+    let path = data_dir.join(DB_FILE);
+    let mut ledger =
+        Ledger::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+    ledger.apply_schema(&quorumvm_policy::SCHEMA)?;
+    ledger.apply_schema(&store::SCHEMA)?;
+    Ok(ledger)
+}
+
+/// `quorumvm identity add NAME`: creates an identity in the coordinator's database (the
+/// coordinator may be running) and returns its API key, which is stored nowhere else.
+pub fn add_identity(config: &CoordinatorConfig, name: &str) -> anyhow::Result<IdentityKey> {
+    let mut ledger = open_ledger(&config.data_dir)?;
+    Ok(quorumvm_policy::add_identity(
+        &mut ledger,
+        "operator",
+        name,
+        quorumvm_wire::now_ms(),
+    )?)
+}
+
+/// Runs the coordinator on `listener` until the process ends.
+pub async fn serve(
+    config: CoordinatorConfig,
+    listener: tokio::net::TcpListener,
+) -> anyhow::Result<()> {
+    let key = load_or_create_key(&config.data_dir)?;
+    let cluster = config.cluster()?;
+    let mut ledger = open_ledger(&config.data_dir)?;
+    let failed = ledger.transaction(|tx| {
+        store::fail_unfinished_batches(tx).map_err(|e| anyhow::anyhow!(e.message))
+    })?;
+    if failed > 0 {
+        tracing::info!(
+            failed,
+            "preprocessing batches interrupted by the last stop are abandoned"
+        );
+    }
+    let reader = open_ledger(&config.data_dir)?;
+    let registry = Registry::load(
+        store::load_versions(reader.connection()).map_err(|e| anyhow::anyhow!(e.message))?,
+        store::aliases(reader.connection()).map_err(|e| anyhow::anyhow!(e.message))?,
+    );
+    let reader = Arc::new(Mutex::new(reader));
+    let state = Arc::new(State {
+        custodians: Custodians::new(cluster, key)?,
+        registry,
+        identities: Identities::new(Arc::clone(&reader)),
+        writer: Writer::spawn(ledger, "coordinator-ledger"),
+        reader,
+        sandbox: Sandbox::new().map_err(|e| anyhow::anyhow!("{e:#}"))?,
+        publishers: config.publisher_keys()?,
+        pool: config.pool,
+        metrics: Metrics::default(),
+    });
+    background::start(Arc::clone(&state));
+    tracing::info!(addr = %listener.local_addr()?, "coordinator listening");
+    axum::serve(listener, routes::router(state)).await?;
+    Ok(())
+}

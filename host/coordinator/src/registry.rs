@@ -1,0 +1,252 @@
+//! The installed versions in memory: state, approvals, the name → current version aliases and
+//! each version's pool of preprocessed kits. The database is the truth; this is loaded from it
+//! at startup and changed only after the change committed.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+
+use quorumvm_core::circuit::Manifest;
+use quorumvm_wire::api::{VersionInfo, VersionState};
+
+use crate::error::ApiError;
+use crate::store::StoredVersion;
+
+/// Kit ids are reserved this many at a time, so handing one out rarely costs a write.
+pub const RESERVE_STEP: u64 = 4096;
+
+pub struct Version {
+    pub package_id: String,
+    pub manifest: Manifest,
+    pub publisher: String,
+    pub state: Mutex<VersionState>,
+    pub approvals: Mutex<Vec<(u32, String)>>,
+    pub kits: Mutex<KitPool>,
+}
+
+impl Version {
+    pub fn is_active(&self) -> bool {
+        *self.state.lock().expect("state lock") == VersionState::Active
+    }
+}
+
+/// The kits of one version that all custodians stored and nobody used yet.
+///
+/// Kits are handed out in increasing order. `reserved` is persisted before any kit at or above
+/// it is handed out; after a restart the pool resumes at `reserved`, so a kit whose hand-out was
+/// not recorded is skipped rather than risked twice (a Beaver triple used twice leaks).
+#[derive(Debug, Default)]
+pub struct KitPool {
+    next: u64,
+    reserved: u64,
+    pub next_batch: u64,
+    /// Stored batches `[start, end)` not yet used up, in order.
+    ranges: VecDeque<(u64, u64)>,
+    /// A batch is being generated (at most one per version at a time).
+    pub generating: bool,
+}
+
+impl KitPool {
+    pub fn resume(reserved: u64, next_batch: u64, batches: &[(u64, u64)]) -> KitPool {
+        KitPool {
+            next: reserved,
+            reserved,
+            next_batch,
+            ranges: batches.iter().map(|&(s, c)| (s, s + c)).collect(),
+            generating: false,
+        }
+    }
+
+    pub fn available(&self) -> u64 {
+        self.ranges
+            .iter()
+            .map(|&(s, e)| e.saturating_sub(s.max(self.next)))
+            .sum()
+    }
+
+    /// The next kit id, and the new reservation watermark to persist first if it moved.
+    pub fn take(&mut self) -> Option<(u64, Option<u64>)> {
+        while let Some(&(start, end)) = self.ranges.front() {
+            let kit = start.max(self.next);
+            if kit >= end {
+                self.ranges.pop_front();
+                continue;
+            }
+            self.next = kit + 1;
+            let reserve = (self.next > self.reserved).then(|| {
+                self.reserved = kit + RESERVE_STEP;
+                self.reserved
+            });
+            return Some((kit, reserve));
+        }
+        None
+    }
+
+    pub fn add_batch(&mut self, first: u64, count: u64) {
+        self.ranges.push_back((first, first + count));
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    versions: HashMap<String, Arc<Version>>,
+    aliases: HashMap<String, String>,
+}
+
+#[derive(Default)]
+pub struct Registry {
+    inner: RwLock<Inner>,
+}
+
+impl Registry {
+    pub fn load(versions: Vec<StoredVersion>, aliases: Vec<(String, String)>) -> Registry {
+        let registry = Registry::default();
+        {
+            let mut inner = registry.inner.write().expect("registry lock");
+            for v in versions {
+                let version = Version {
+                    kits: Mutex::new(KitPool::resume(v.kits_reserved, v.next_batch, &v.batches)),
+                    package_id: v.package_id.clone(),
+                    manifest: v.manifest,
+                    publisher: v.publisher,
+                    state: Mutex::new(v.state),
+                    approvals: Mutex::new(v.approvals),
+                };
+                inner.versions.insert(v.package_id, Arc::new(version));
+            }
+            inner.aliases = aliases.into_iter().collect();
+        }
+        registry
+    }
+
+    pub fn insert(&self, version: Version) -> Arc<Version> {
+        let version = Arc::new(version);
+        self.inner
+            .write()
+            .expect("registry lock")
+            .versions
+            .insert(version.package_id.clone(), Arc::clone(&version));
+        version
+    }
+
+    pub fn get(&self, package_id: &str) -> Option<Arc<Version>> {
+        self.inner
+            .read()
+            .expect("registry lock")
+            .versions
+            .get(package_id)
+            .cloned()
+    }
+
+    pub fn set_alias(&self, name: &str, package_id: &str) {
+        self.inner
+            .write()
+            .expect("registry lock")
+            .aliases
+            .insert(name.to_string(), package_id.to_string());
+    }
+
+    /// The version a request names: a package id, or a program name's current version.
+    /// 404 for neither; 409 for a version (or a name with only versions) still pending.
+    pub fn resolve(&self, program: &str) -> Result<Arc<Version>, ApiError> {
+        let inner = self.inner.read().expect("registry lock");
+        let version = match inner.versions.get(program) {
+            Some(v) => Arc::clone(v),
+            None => match inner.aliases.get(program) {
+                Some(id) => Arc::clone(&inner.versions[id]),
+                None if inner.versions.values().any(|v| v.manifest.name == program) => {
+                    return Err(ApiError::conflict(
+                        "pending",
+                        format!(
+                            "program `{program}` has no approved version yet: it is waiting for custodian approvals"
+                        ),
+                    ));
+                }
+                None => {
+                    return Err(ApiError::not_found(
+                        "unknown_program",
+                        format!("no program or package `{program}` is installed"),
+                    ));
+                }
+            },
+        };
+        if !version.is_active() {
+            let approvals = version.approvals.lock().expect("approvals lock").len();
+            return Err(ApiError::conflict(
+                "pending",
+                format!(
+                    "package {} ({} version {}) is pending: {approvals} approval(s) so far",
+                    version.package_id, version.manifest.name, version.manifest.version
+                ),
+            ));
+        }
+        Ok(version)
+    }
+
+    pub fn all(&self) -> Vec<Arc<Version>> {
+        let mut all: Vec<_> = self
+            .inner
+            .read()
+            .expect("registry lock")
+            .versions
+            .values()
+            .cloned()
+            .collect();
+        all.sort_by(|a, b| {
+            (&a.manifest.name, a.manifest.version).cmp(&(&b.manifest.name, b.manifest.version))
+        });
+        all
+    }
+
+    pub fn info(&self, v: &Version, threshold: usize) -> VersionInfo {
+        let current = self
+            .inner
+            .read()
+            .expect("registry lock")
+            .aliases
+            .get(&v.manifest.name)
+            .is_some_and(|id| id == &v.package_id);
+        VersionInfo {
+            package_id: v.package_id.clone(),
+            name: v.manifest.name.clone(),
+            version: v.manifest.version,
+            state: *v.state.lock().expect("state lock"),
+            approvals: v
+                .approvals
+                .lock()
+                .expect("approvals lock")
+                .iter()
+                .map(|(c, _)| *c)
+                .collect(),
+            threshold,
+            current,
+            publisher: v.publisher.clone(),
+            manifest: v.manifest.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kits_are_handed_out_once_in_order_skipping_gaps() {
+        let mut pool = KitPool::resume(0, 0, &[(0, 3), (10, 2)]);
+        assert_eq!(pool.available(), 5);
+        assert_eq!(pool.take(), Some((0, Some(RESERVE_STEP))));
+        assert_eq!(pool.take(), Some((1, None)));
+        assert_eq!(pool.take(), Some((2, None)));
+        assert_eq!(pool.take(), Some((10, None)));
+        assert_eq!(pool.take(), Some((11, None)));
+        assert_eq!(pool.take(), None);
+        assert_eq!(pool.available(), 0);
+    }
+
+    #[test]
+    fn a_restart_resumes_above_the_reservation() {
+        // Kits 0..4096 may have been handed out before the crash: none is handed out again.
+        let mut pool = KitPool::resume(RESERVE_STEP, 0, &[(0, 5000)]);
+        assert_eq!(pool.available(), 5000 - RESERVE_STEP);
+        assert_eq!(pool.take(), Some((RESERVE_STEP, Some(2 * RESERVE_STEP))));
+    }
+}
