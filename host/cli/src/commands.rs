@@ -164,7 +164,7 @@ pub fn inspect(path: &Path, as_json: bool) -> Result<()> {
 }
 
 /// Splits `NAME=VALUE` arguments.
-fn pairs(kind: &str, args: &[String]) -> Result<Vec<(String, String)>> {
+pub fn pairs(kind: &str, args: &[String]) -> Result<Vec<(String, String)>> {
     args.iter()
         .map(|a| {
             a.split_once('=')

@@ -1,14 +1,19 @@
-//! `quorumvm demo`: a guided tour of what works today, for a newcomer. It compiles the example
-//! packages, makes a publisher key, signs and verifies, shows that tampering is caught, and
-//! evaluates in plain, printing each step.
+//! `quorumvm demo`: the reference demo, end to end on a real local cluster (a coordinator and
+//! three custodians, k = 2, separate processes on 127.0.0.1 with their own SQLite databases),
+//! printed so that a newcomer can follow each step. Every result is checked: a wrong value
+//! stops the demo with an error.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::time::{Duration, Instant};
 
-use quorumvm_core::eval::{decode_outputs, encode_values, eval_plain};
-use quorumvm_package::SecretKey;
-use quorumvm_sandbox::Sandbox;
+use quorumvm_package::{PackageId, package_id};
+use quorumvm_wire::api::{ApproveRequest, EvalResponse, VersionState};
+use quorumvm_wire::config::PoolConfig;
 
-use crate::exit::{Code, Failure, Result, read_text, write};
+use crate::client::{CallError, Client};
+use crate::cluster::{Layout, Running};
+use crate::exit::{Code, Failure, Result, read_text};
+use crate::publish;
 
 fn step(n: usize, text: &str) {
     println!("\n[{n}] {text}");
@@ -21,98 +26,305 @@ fn pairs(text: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-pub fn run(packages: &Path, work: &Path) -> Result<()> {
-    std::fs::create_dir_all(work).map_err(|e| {
-        Failure::new(
-            Code::IoErr,
-            format!("cannot create {}: {e}", work.display()),
-        )
-    })?;
-    let sandbox = Sandbox::new().map_err(|e| Failure::new(Code::IoErr, format!("{e:#}")))?;
+fn check(ok: bool, what: impl Into<String>) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Failure::new(
+            Code::Rejected,
+            format!("demo check failed: {}", what.into()),
+        ))
+    }
+}
 
+fn expect_refusal<T>(result: std::result::Result<T, CallError>, code: &str) -> Result<CallError> {
+    match result {
+        Ok(_) => Err(Failure::new(
+            Code::Rejected,
+            format!("demo check failed: expected a `{code}` refusal, got success"),
+        )),
+        Err(e) if e.code() == code => Ok(e),
+        Err(e) => Err(Failure::new(
+            Code::Rejected,
+            format!("demo check failed: expected `{code}`, got {e}"),
+        )),
+    }
+}
+
+pub fn run(packages: &Path, work: &Path) -> Result<()> {
+    let dir = work.join("cluster");
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| {
+            Failure::new(Code::IoErr, format!("cannot clear {}: {e}", dir.display()))
+        })?;
+    }
+    let pool = PoolConfig {
+        low_water: 2_000,
+        batch: 1_000,
+        target: 4_000,
+    };
+    let layout = Layout::init(&dir, 0, pool)?;
+    crate::servers::runtime()?.block_on(tour(packages, &layout))
+}
+
+/// Compiles, signs and installs a program; returns its id.
+async fn publish_program(
+    client: &Client,
+    layout: &Layout,
+    source: &str,
+    name: &str,
+    secrets: &[(String, String)],
+) -> Result<(PackageId, quorumvm_core::circuit::Manifest)> {
+    let (program, unsigned) =
+        quorumvm_compiler::compile_to_package(source, name).map_err(Failure::data)?;
+    let signed = quorumvm_package::sign(&unsigned, &layout.publisher()?).map_err(Failure::data)?;
+    // The publisher pins the custodians' keys from the cluster's configuration, so a
+    // coordinator cannot substitute keys of its own.
+    let pinned = publish::pinned_cluster(&layout.coordinator)?;
+    let info = publish::install(client, &signed, secrets, Some(&pinned)).await?;
+    check(
+        info.state == VersionState::Pending,
+        "a new version starts pending",
+    )?;
+    Ok((package_id(&signed), program.manifest))
+}
+
+async fn approve(
+    layout: &Layout,
+    client: &Client,
+    id: &PackageId,
+    index: u32,
+) -> Result<VersionState> {
+    let config = layout.custodian_config(index)?;
+    let (_, info) = publish::approve(&config, client, &id.to_string()).await?;
+    Ok(info.state)
+}
+
+/// Evaluates, waiting (a few seconds at most) while the first preprocessing batch is made.
+async fn eval(client: &Client, key: &str, program: &str, inputs: &str) -> Result<EvalResponse> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match client.eval(key, program, &pairs(inputs)).await {
+            // Right after activation: the first kits are being generated.
+            Err(e) if e.code() == "no_preprocessing" && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
+async fn tour(packages: &Path, layout: &Layout) -> Result<()> {
     step(
         1,
-        "Compile f(x) = (x + 7)^2 from packages/square.qvm into a package component",
+        "Start a local cluster: a coordinator and 3 custodians (k = 2), each a process with its own SQLite database",
     );
-    let src = read_text(&packages.join("square.qvm"))?;
-    let (program, unsigned) =
-        quorumvm_compiler::compile_to_package(&src, "square").map_err(Failure::data)?;
-    println!(
-        "    {} gates, {} multiplication(s), depth {} = communication rounds; {} bytes",
-        program.stats.gates,
-        program.stats.multiplications,
-        program.stats.depth,
-        unsigned.len()
-    );
-
-    step(
-        2,
-        "Make a publisher key and sign the package (ed25519, in a custom section)",
-    );
-    let key = SecretKey::generate();
-    let signed = quorumvm_package::sign(&unsigned, &key).map_err(Failure::data)?;
-    let path: PathBuf = work.join("square.wasm");
-    write(&path, &signed, false)?;
-    println!("    publisher {}", key.public().to_hex());
-    println!("    wrote {} ({} bytes)", path.display(), signed.len());
-
-    step(
-        3,
-        "Verify it: the package id is the SHA-256 of the signed bytes",
-    );
-    let id = quorumvm_package::verify(&signed, &key.public()).map_err(Failure::data)?;
-    println!("    valid; package id {id}");
-    let mut tampered = signed.clone();
-    tampered[signed.len() / 2] ^= 1;
-    let refused = quorumvm_package::verify(&tampered, &key.public())
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_else(|| "NOT DETECTED".into());
-    println!("    one flipped byte in the middle: {refused}");
-
-    step(
-        4,
-        "Read it back in the wasmtime sandbox (fuel and memory limits) and evaluate in plain",
-    );
-    let (manifest, circuit) = sandbox
-        .read_package(&signed, quorumvm_sandbox::package_limits())
-        .map_err(Failure::data)?;
-    for x in ["3", "10", "0"] {
-        let xs = encode_values("input", &manifest.inputs, &pairs(&format!("x={x}")))
-            .map_err(Failure::data)?;
-        let out = decode_outputs(&manifest, &eval_plain(&circuit, &xs, &[]));
-        println!("    f({x}) = {}", out[0].1);
+    let _running = Running::start(layout).await?;
+    let client = Client::new(&layout.coordinator_url);
+    let cluster = client.cluster().await?;
+    println!("    coordinator {}", layout.coordinator_url);
+    for c in &cluster.custodians {
+        let engine = layout.custodian_config(c.index)?.engine;
+        println!(
+            "    custodian {} at {} (evaluator plugin under wasmtime {engine:?})",
+            c.index, c.url
+        );
     }
 
     step(
-        5,
-        "A credit score with secret decimal weights (supplied at evaluation, never in the package)",
+        2,
+        "Compile f(x) = (x + 7)^2, sign it as the publisher and install it",
     );
-    let src = read_text(&packages.join("credit_score.qvm"))?;
-    let example = src
+    let square = read_text(&packages.join("square.qvm"))?;
+    let (sq, sq_manifest) = publish_program(&client, layout, &square, "square", &[]).await?;
+    println!("    package {sq}: {}", publish::describe(&sq_manifest));
+    println!("    state: pending — nothing runs before k = 2 custodians approve");
+
+    step(
+        3,
+        "An identity for the caller (its API key is stored only as a hash)",
+    );
+    let key = quorumvm_coordinator::add_identity(&layout.coordinator_config()?, "alice")
+        .map_err(|e| Failure::new(Code::IoErr, format!("{e:#}")))?;
+    let key = key.as_str().to_string();
+    let pending = expect_refusal(client.eval(&key, "square", &pairs("x=3")).await, "pending")?;
+    println!("    evaluating now is refused: {pending}");
+
+    step(
+        4,
+        "Custodian operators review and approve (ed25519 over package id + manifest + policy)",
+    );
+    check(
+        approve(layout, &client, &sq, 1).await? == VersionState::Pending,
+        "one approval keeps it pending",
+    )?;
+    println!("    custodian 1 approved: 1 of 2, still pending");
+    let again = approve(layout, &client, &sq, 1).await;
+    let dup = match again {
+        Err(f) if f.message.contains("duplicate_approval") => f.message,
+        other => {
+            return Err(Failure::new(
+                Code::Rejected,
+                format!(
+                    "demo check failed: a second approval by custodian 1 was not refused: {:?}",
+                    other.map(|_| ())
+                ),
+            ));
+        }
+    };
+    println!(
+        "    custodian 1 again: refused ({})",
+        dup.trim_start_matches("quorumvm: ")
+    );
+    let forged = publish::approval_signature(
+        &layout.dir.join("custodian-1/signing.key"),
+        &sq,
+        &sq_manifest,
+    )?;
+    let e = expect_refusal(
+        client
+            .approve(
+                &sq.to_string(),
+                &ApproveRequest {
+                    custodian: 2,
+                    signature: forged,
+                },
+            )
+            .await,
+        "bad_approval",
+    )?;
+    println!("    custodian 1's key posing as custodian 2: refused ({e})");
+    check(
+        approve(layout, &client, &sq, 2).await? == VersionState::Active,
+        "two approvals activate",
+    )?;
+    println!("    custodian 2 approved: 2 of 2 → ACTIVE; `square` now names this version");
+
+    step(
+        5,
+        "Evaluate on shares: inputs Shamir-shared, custodians exchange one message per peer per round",
+    );
+    let started = Instant::now();
+    for (x, want) in [("3", "100"), ("10", "289"), ("0", "49")] {
+        let answer = eval(&client, &key, "square", &format!("x={x}")).await?;
+        let y = &answer.outputs["y"];
+        check(y == want, format!("f({x}) = {y}, expected {want}"))?;
+        check(answer.rounds == sq_manifest.depth, "rounds = depth")?;
+        println!(
+            "    f({x}) = {y}   ({} round, custodians {:?}, request {})",
+            answer.rounds, answer.custodians, answer.request_id
+        );
+    }
+    println!(
+        "    (the first call waited for the custodians to generate Beaver triples among themselves: {} ms in all)",
+        started.elapsed().as_millis()
+    );
+
+    step(
+        6,
+        "A credit score whose 11 decimal weights are secret: shared and sealed on the publisher's machine",
+    );
+    let credit = read_text(&packages.join("credit_score.qvm"))?;
+    let example = credit
         .lines()
         .find_map(|l| l.strip_prefix("# example: "))
         .ok_or_else(|| Failure::data("credit_score.qvm has no example line"))?;
     let (args, expected) = example.split_once(" => ").unwrap_or((example, ""));
     let (inputs, secrets) = args.split_once(" --secret ").unwrap_or((args, ""));
-    let (program, _) =
-        quorumvm_compiler::compile_to_package(&src, "credit_score").map_err(Failure::data)?;
-    let m = &program.manifest;
-    let xs = encode_values("input", &m.inputs, &pairs(inputs)).map_err(Failure::data)?;
-    let ss = encode_values("secret", &m.secrets, &pairs(secrets)).map_err(Failure::data)?;
-    let out = decode_outputs(m, &eval_plain(&program.circuit, &xs, &ss));
+    let (cs, cs_manifest) =
+        publish_program(&client, layout, &credit, "credit_score", &pairs(secrets)).await?;
+    println!("    package {cs}: each custodian received only its HPKE-sealed share of each weight");
+    approve(layout, &client, &cs, 2).await?;
+    check(
+        approve(layout, &client, &cs, 3).await? == VersionState::Active,
+        "credit score active",
+    )?;
+    println!("    approved by custodians 2 and 3 → ACTIVE");
+    let answer = eval(&client, &key, "credit_score", inputs).await?;
+    let want = expected.trim_start_matches("score=");
+    check(
+        answer.outputs["score"] == want,
+        format!("score {} expected {want}", answer.outputs["score"]),
+    )?;
     println!(
-        "    {} features, {} secret weights, depth {}: score = {} (expected {})",
-        m.inputs.len(),
-        m.secrets.len(),
-        m.depth,
-        out[0].1,
-        expected.trim_start_matches("score=")
+        "    score = {} for the example applicant ({} round: all 10 products in one layer; budget left {})",
+        answer.outputs["score"], answer.rounds, answer.remaining_budget
     );
+    check(
+        cs_manifest.depth == answer.rounds,
+        "credit score rounds = depth",
+    )?;
 
+    step(
+        7,
+        "Governance: a budget of 3 evaluations, then a rate limit of 2 per minute",
+    );
+    let metered = "program metered\nversion 1\npolicy budget 3\npolicy rate 100 per second\ninput x in 0..100\nmul y = x x\noutput y\n";
+    let (m, _) = publish_program(&client, layout, metered, "metered", &[]).await?;
+    approve(layout, &client, &m, 1).await?;
+    approve(layout, &client, &m, 3).await?;
+    for i in 1..=3 {
+        let a = eval(&client, &key, "metered", "x=4").await?;
+        println!(
+            "    call {i}: y = {}, budget left {}",
+            a.outputs["y"], a.remaining_budget
+        );
+    }
+    let e = expect_refusal(
+        client.eval(&key, "metered", &pairs("x=4")).await,
+        "budget_exhausted",
+    )?;
+    println!("    call 4: {e}");
+    let throttled = "program throttled\nversion 1\npolicy rate 2 per minute\ninput x in 0..100\nmul y = x x\noutput y\n";
+    let (t, _) = publish_program(&client, layout, throttled, "throttled", &[]).await?;
+    approve(layout, &client, &t, 2).await?;
+    approve(layout, &client, &t, 3).await?;
+    for i in 1..=2 {
+        eval(&client, &key, "throttled", "x=5").await?;
+        println!("    call {i}: accepted");
+    }
+    let e = expect_refusal(
+        client.eval(&key, "throttled", &pairs("x=5")).await,
+        "rate_limited",
+    )?;
+    let retry = match &e {
+        CallError::Api { retry_after, .. } => retry_after.clone().unwrap_or_default(),
+        _ => String::new(),
+    };
+    check(
+        !retry.is_empty(),
+        "a rate-limited answer says when to retry",
+    )?;
+    println!("    call 3: {e} (Retry-After: {retry} s)");
+
+    step(
+        8,
+        "Audit: every server's hash chain verifies (entries name identities and request ids, never values)",
+    );
+    let coordinator_db = layout.dir.join("coordinator/coordinator.db");
+    let mut dbs = vec![("coordinator".to_string(), coordinator_db)];
+    for i in 1..=crate::cluster::N {
+        dbs.push((
+            format!("custodian {i}"),
+            layout.dir.join(format!("custodian-{i}/custodian.db")),
+        ));
+    }
+    for (who, db) in dbs {
+        let ledger = quorumvm_ledger::Ledger::open(&db)
+            .map_err(|e| Failure::new(Code::IoErr, format!("{}: {e}", db.display())))?;
+        let report = ledger
+            .verify_chain()
+            .map_err(|e| Failure::new(Code::Rejected, format!("{who}: {e}")))?;
+        println!(
+            "    {who:<12} {:>4} entries, head {}…",
+            report.entries,
+            &hex::encode(report.head)[..16]
+        );
+    }
     println!(
-        "\nNot yet here: the threshold cluster (custodians holding Shamir shares, K-of-N approval,\n\
-         budgets, audit). Until it lands, evaluation is plain and local; see README.md."
+        "\nDone. The cluster's files are in {}; `quorumvm dev --dir {}` runs it again.",
+        layout.dir.display(),
+        layout.dir.display()
     );
     Ok(())
 }

@@ -11,6 +11,8 @@ pub enum Code {
     Rejected = 1,
     /// Invalid data: source, package or values.
     DataErr = 65,
+    /// A server cannot be reached, or answered that it cannot serve now (503).
+    Unavailable = 69,
     /// An input file cannot be read.
     NoInput = 66,
     /// An output cannot be written, or a server cannot start.

@@ -5,9 +5,14 @@
 //! package, a refused input value); 66 an input file that cannot be read; 74 an output that
 //! cannot be written.
 
+mod bench;
+mod client;
+mod cluster;
 mod commands;
 mod demo;
 mod exit;
+mod publish;
+mod servers;
 mod web;
 
 use std::path::PathBuf;
@@ -79,7 +84,99 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// A guided tour: compile, sign, verify and evaluate the example packages.
+    /// Run a coordinator (its config names the custodians and the trusted publishers).
+    Coordinator {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run a custodian (creates its keys in its data directory on first start).
+    Custodian {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// A whole local cluster: a coordinator and 3 custodians (k = 2) on 127.0.0.1.
+    Dev {
+        /// Keys, configs, databases and logs (reused when it already holds a cluster).
+        #[arg(long, default_value = "target/dev-cluster")]
+        dir: PathBuf,
+        /// The coordinator's port; custodians take the next three. 0: any free ports.
+        #[arg(long, default_value_t = 7100)]
+        port: u16,
+        /// Only write the keys and configs.
+        #[arg(long)]
+        init_only: bool,
+        /// Address the servers as docker-compose.yml's services (with --init-only).
+        #[arg(long, requires = "init_only")]
+        compose: bool,
+    },
+    /// Manage the identities that may evaluate (on the coordinator's machine).
+    Identity {
+        #[command(subcommand)]
+        command: IdentityCommand,
+    },
+    /// Upload a signed package; secrets are Shamir-shared and sealed to the custodians here.
+    Install {
+        package: PathBuf,
+        #[arg(long, default_value = "http://127.0.0.1:7100")]
+        coordinator: String,
+        /// Secret coefficients as NAME=VALUE (repeatable); they never leave this machine.
+        #[arg(long = "secret", value_name = "NAME=VALUE")]
+        secrets: Vec<String>,
+        /// A cluster config (coordinator's or custodian's) whose custodian keys must match the
+        /// coordinator's: without it the publisher trusts the coordinator's list of keys.
+        #[arg(long)]
+        cluster_config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a package version as a custodian operator (signs with the custodian's key).
+    Approve {
+        /// The package id (hex).
+        package: String,
+        /// The custodian's config (its index, data directory and coordinator URL).
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Evaluate a program on the cluster: `quorumvm eval square x=3`.
+    Eval {
+        /// A program name or package id.
+        program: String,
+        /// Inputs as NAME=VALUE.
+        inputs: Vec<String>,
+        #[arg(long, default_value = "http://127.0.0.1:7100")]
+        coordinator: String,
+        /// The API key (or the QUORUMVM_API_KEY environment variable).
+        #[arg(long, env = "QUORUMVM_API_KEY", hide_env_values = true)]
+        key: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Audit-log tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Measure a local cluster: latency and throughput against the floor of bare round trips.
+    Bench {
+        /// Where the benchmark's cluster lives (wiped first unless --running).
+        #[arg(long, default_value = "target/bench-cluster")]
+        dir: PathBuf,
+        /// Use the cluster `quorumvm dev --dir DIR` is running instead of starting one.
+        #[arg(long)]
+        running: bool,
+        /// Sequential calls per measurement.
+        #[arg(long, default_value_t = 1000)]
+        requests: usize,
+        /// Seconds per concurrent measurement.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+    },
+    /// The reference demo on a fresh local cluster, step by step.
     Demo {
         /// Where the example sources are.
         #[arg(long, default_value = "packages")]
@@ -94,6 +191,30 @@ enum Command {
         addr: std::net::SocketAddr,
         #[arg(long, default_value = "web/dist")]
         dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum IdentityCommand {
+    /// Create an identity; prints its API key once.
+    Add {
+        name: String,
+        /// The coordinator's config (for its data directory).
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify a server's hash-chained audit log; reports the first broken link.
+    Verify {
+        /// The server's database (`coordinator.db` or `custodian.db` in its data directory).
+        db: PathBuf,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -123,6 +244,58 @@ fn main() -> ExitCode {
             pubkey,
             json,
         } => commands::verify(&package, &pubkey, json),
+        Command::Coordinator { config } => servers::coordinator(&config),
+        Command::Custodian { config } => servers::custodian(&config),
+        Command::Dev {
+            dir,
+            port,
+            init_only,
+            compose,
+        } => servers::dev(&dir, port, init_only, compose),
+        Command::Identity {
+            command: IdentityCommand::Add { name, config, json },
+        } => servers::identity_add(&config, &name, json),
+        Command::Install {
+            package,
+            coordinator,
+            secrets,
+            cluster_config,
+            json,
+        } => servers::install(
+            &package,
+            &coordinator,
+            &secrets,
+            cluster_config.as_deref(),
+            json,
+        ),
+        Command::Approve {
+            package,
+            config,
+            json,
+        } => servers::approve(&package, &config, json),
+        Command::Eval {
+            program,
+            inputs,
+            coordinator,
+            key,
+            json,
+        } => servers::eval(&program, &inputs, &coordinator, &key, json),
+        Command::Audit {
+            command: AuditCommand::Verify { db, json },
+        } => servers::audit_verify(&db, json),
+        Command::Bench {
+            dir,
+            running,
+            requests,
+            seconds,
+            clients,
+        } => bench::run(bench::Options {
+            dir,
+            running,
+            requests,
+            seconds,
+            clients,
+        }),
         Command::Demo { packages, work } => demo::run(&packages, &work),
         Command::Web { addr, dir } => web::serve(addr, dir),
     };

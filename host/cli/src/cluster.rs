@@ -1,0 +1,261 @@
+//! A local cluster for `quorumvm dev`, `demo` and `bench`: one coordinator and three custodians
+//! (k = 2) as separate processes on 127.0.0.1, each with its own SQLite database under one
+//! directory. The directory keeps the keys and configs, so starting again resumes the same
+//! cluster with its state.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use quorumvm_package::SecretKey;
+use quorumvm_wire::config::{
+    CoordinatorConfig, CustodianConfig, CustodianEntry, Engine, PoolConfig,
+};
+
+use crate::client::Client;
+use crate::exit::{Code, Failure, Result, read_text, write};
+
+pub const N: u32 = 3;
+pub const K: usize = 2;
+
+/// The files of a local cluster.
+pub struct Layout {
+    pub dir: PathBuf,
+    pub coordinator: PathBuf,
+    pub custodians: Vec<PathBuf>,
+    pub publisher_key: PathBuf,
+    pub coordinator_url: String,
+}
+
+fn io(what: &str, e: impl std::fmt::Display) -> Failure {
+    Failure::new(Code::IoErr, format!("{what}: {e}"))
+}
+
+/// Ports for the four servers: `base..base+4`, or four free ones picked by the OS when `base`
+/// is 0 (bound, read and released; the servers bind them a moment later).
+fn ports(base: u16) -> Result<Vec<u16>> {
+    if base != 0 {
+        return Ok((0..=N as u16).map(|i| base + i).collect());
+    }
+    let listeners: Vec<TcpListener> = (0..=N)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<_>>()
+        .map_err(|e| io("cannot pick free ports", e))?;
+    listeners
+        .iter()
+        .map(|l| {
+            Ok(l.local_addr()
+                .map_err(|e| io("cannot pick free ports", e))?
+                .port())
+        })
+        .collect()
+}
+
+impl Layout {
+    /// Reuses the cluster in `dir`, or creates one: keys for every server and a publisher,
+    /// and the four config files.
+    pub fn init(dir: &Path, base_port: u16, pool: PoolConfig) -> Result<Layout> {
+        Layout::init_for(dir, base_port, pool, Hosts::Loopback)
+    }
+
+    /// As [`Layout::init`], with the servers' addresses chosen for `hosts`.
+    pub fn init_for(dir: &Path, base_port: u16, pool: PoolConfig, hosts: Hosts) -> Result<Layout> {
+        let coordinator = dir.join("coordinator.toml");
+        let custodians: Vec<PathBuf> = (1..=N)
+            .map(|i| dir.join(format!("custodian-{i}.toml")))
+            .collect();
+        let publisher_key = dir.join("publisher.key");
+        if coordinator.exists() {
+            let config = CoordinatorConfig::load(&coordinator).map_err(Failure::data)?;
+            return Ok(Layout {
+                dir: dir.to_path_buf(),
+                coordinator,
+                custodians,
+                publisher_key,
+                coordinator_url: format!("http://{}", config.listen),
+            });
+        }
+        std::fs::create_dir_all(dir)
+            .map_err(|e| io(&format!("cannot create {}", dir.display()), e))?;
+        let ports = ports(base_port)?;
+        let port_of = |p: u16| ports.iter().position(|&q| q == p).expect("one of ours");
+        let url = |p: u16| match hosts {
+            Hosts::Loopback => format!("http://127.0.0.1:{p}"),
+            Hosts::Compose => match port_of(p) {
+                0 => format!("http://coordinator:{p}"),
+                i => format!("http://custodian-{i}:{p}"),
+            },
+        };
+        let listen = |p: u16| -> std::net::SocketAddr {
+            match hosts {
+                Hosts::Loopback => ([127, 0, 0, 1], p).into(),
+                Hosts::Compose => ([0, 0, 0, 0], p).into(),
+            }
+        };
+        let mut entries = Vec::new();
+        for i in 1..=N {
+            let keys = quorumvm_custodian::init_keys(&dir.join(format!("custodian-{i}")))
+                .map_err(|e| io("cannot create custodian keys", format!("{e:#}")))?;
+            entries.push(CustodianEntry {
+                index: i,
+                url: url(ports[i as usize]),
+                signing_key: keys.signing_key,
+                sealing_key: keys.sealing_key,
+            });
+        }
+        let coordinator_key = quorumvm_coordinator::init_key(&dir.join("coordinator"))
+            .map_err(|e| io("cannot create the coordinator key", format!("{e:#}")))?;
+        let publisher = SecretKey::generate();
+        write(&publisher_key, publisher.to_file_text().as_bytes(), true)?;
+        write(
+            &dir.join("publisher.pub"),
+            publisher.public().to_file_text().as_bytes(),
+            false,
+        )?;
+        let config = CoordinatorConfig {
+            listen: listen(ports[0]),
+            data_dir: "coordinator".into(),
+            threshold: K,
+            publishers: vec![publisher.public().to_hex()],
+            pool,
+            custodians: entries.clone(),
+        };
+        write(&coordinator, config.to_toml().as_bytes(), false)?;
+        // A mixed quorum: each custodian runs the plugin under another wasmtime engine, and
+        // their shares must still agree.
+        let engines = [Engine::Cranelift, Engine::Winch, Engine::Cranelift];
+        for (i, path) in custodians.iter().enumerate() {
+            let c = CustodianConfig {
+                index: i as u32 + 1,
+                listen: listen(ports[i + 1]),
+                data_dir: format!("custodian-{}", i + 1).into(),
+                coordinator_url: url(ports[0]),
+                coordinator_key: coordinator_key.clone(),
+                threshold: K,
+                engine: engines[i],
+                round_timeout_ms: 2_000,
+                custodians: entries.clone(),
+            };
+            write(path, c.to_toml().as_bytes(), false)?;
+        }
+        Ok(Layout {
+            dir: dir.to_path_buf(),
+            coordinator,
+            custodians,
+            publisher_key,
+            coordinator_url: url(ports[0]),
+        })
+    }
+
+    pub fn publisher(&self) -> Result<SecretKey> {
+        SecretKey::from_file_text(&read_text(&self.publisher_key)?).map_err(Failure::data)
+    }
+
+    pub fn custodian_config(&self, index: u32) -> Result<CustodianConfig> {
+        CustodianConfig::load(&self.custodians[index as usize - 1]).map_err(Failure::data)
+    }
+
+    pub fn coordinator_config(&self) -> Result<CoordinatorConfig> {
+        CoordinatorConfig::load(&self.coordinator).map_err(Failure::data)
+    }
+}
+
+/// Where the servers run: all on this machine, or as the services of docker-compose.yml
+/// (each reaches the others by service name and listens on every interface of its container).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hosts {
+    Loopback,
+    Compose,
+}
+
+/// The four server processes; dropping this stops them.
+pub struct Running {
+    children: Vec<(String, Child)>,
+}
+
+impl Running {
+    /// Starts the servers of `layout` with this same executable, logs in `dir/logs/`, and
+    /// waits until each answers its health check.
+    pub async fn start(layout: &Layout) -> Result<Running> {
+        let exe = std::env::current_exe().map_err(|e| io("cannot find this executable", e))?;
+        let logs = layout.dir.join("logs");
+        std::fs::create_dir_all(&logs).map_err(|e| io("cannot create the log directory", e))?;
+        let mut running = Running { children: vec![] };
+        let mut urls = vec![layout.coordinator_url.clone()];
+        running.spawn(&exe, &logs, "coordinator", &layout.coordinator)?;
+        for (i, path) in layout.custodians.iter().enumerate() {
+            running.spawn(&exe, &logs, &format!("custodian-{}", i + 1), path)?;
+            urls.push(format!(
+                "http://{}",
+                layout.custodian_config(i as u32 + 1)?.listen
+            ));
+        }
+        for (url, (name, _)) in urls.iter().zip(&running.children) {
+            wait_healthy(url, name, &logs).await?;
+        }
+        Ok(running)
+    }
+
+    fn spawn(&mut self, exe: &Path, logs: &Path, role: &str, config: &Path) -> Result<()> {
+        let log = std::fs::File::create(logs.join(format!("{role}.log")))
+            .map_err(|e| io("cannot create a log file", e))?;
+        let command = if role == "coordinator" {
+            "coordinator"
+        } else {
+            "custodian"
+        };
+        let child = Command::new(exe)
+            .arg(command)
+            .arg("--config")
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| io("log file", e))?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| io(&format!("cannot start the {role}"), e))?;
+        self.children.push((role.to_string(), child));
+        Ok(())
+    }
+
+    /// Waits for any server to exit (a crash, or a signal to it): its name.
+    pub fn wait_any(&mut self) -> String {
+        loop {
+            for (name, child) in &mut self.children {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return format!("{name} exited ({status})");
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = child.kill();
+        }
+        for (_, child) in &mut self.children {
+            let _ = child.wait();
+        }
+    }
+}
+
+async fn wait_healthy(url: &str, name: &str, logs: &Path) -> Result<()> {
+    let client = Client::new(url);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if client.ping().await.is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(logs.join(format!("{name}.log"))).unwrap_or_default();
+            return Err(Failure::new(
+                Code::Unavailable,
+                format!("the {name} did not come up at {url}; its log:\n{log}"),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

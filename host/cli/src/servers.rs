@@ -1,0 +1,231 @@
+//! The cluster commands: the two servers, `dev`, and the operator and caller commands
+//! (`identity add`, `install`, `approve`, `eval`, `audit verify`).
+
+use std::path::Path;
+
+use quorumvm_ledger::Ledger;
+use quorumvm_wire::config::{CoordinatorConfig, CustodianConfig, PoolConfig};
+use serde_json::json;
+
+use crate::client::Client;
+use crate::cluster::{Hosts, Layout, Running};
+use crate::exit::{Code, Failure, Result, read};
+use crate::publish;
+
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(Code::IoErr, format!("cannot start the async runtime: {e}")))
+}
+
+fn tracing_init() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Failure::new(Code::IoErr, format!("cannot listen on {addr}: {e}")))
+}
+
+pub fn coordinator(config: &Path) -> Result<()> {
+    tracing_init();
+    let config = CoordinatorConfig::load(config).map_err(Failure::data)?;
+    runtime()?.block_on(async {
+        let listener = bind(config.listen).await?;
+        quorumvm_coordinator::serve(config, listener)
+            .await
+            .map_err(|e| Failure::new(Code::IoErr, format!("{e:#}")))
+    })
+}
+
+pub fn custodian(config: &Path) -> Result<()> {
+    tracing_init();
+    let config = CustodianConfig::load(config).map_err(Failure::data)?;
+    // First start: make the keys (the cluster's configs must then list their public halves;
+    // `serve` refuses to run with keys the configuration does not name).
+    let keys = quorumvm_custodian::init_keys(&config.data_dir)
+        .map_err(|e| Failure::new(Code::IoErr, format!("{e:#}")))?;
+    tracing::info!(signing_key = %keys.signing_key, sealing_key = %keys.sealing_key, "custodian keys");
+    runtime()?.block_on(async {
+        let listener = bind(config.listen).await?;
+        quorumvm_custodian::serve(config, listener)
+            .await
+            .map_err(|e| Failure::new(Code::IoErr, format!("{e:#}")))
+    })
+}
+
+/// `quorumvm dev`: creates (or resumes) the cluster in `dir` and runs it until interrupted or
+/// until one server stops.
+pub fn dev(dir: &Path, port: u16, init_only: bool, compose: bool) -> Result<()> {
+    let hosts = if compose {
+        Hosts::Compose
+    } else {
+        Hosts::Loopback
+    };
+    let layout = Layout::init_for(dir, port, PoolConfig::default(), hosts)?;
+    println!("cluster directory: {}", layout.dir.display());
+    println!("coordinator:       {}", layout.coordinator_url);
+    for i in 1..=crate::cluster::N {
+        let c = layout.custodian_config(i)?;
+        println!("custodian {i}:       http://{} ({:?})", c.listen, c.engine);
+    }
+    println!("publisher key:     {}", layout.publisher_key.display());
+    if init_only {
+        return Ok(());
+    }
+    let rt = runtime()?;
+    let mut running = rt.block_on(Running::start(&layout))?;
+    println!(
+        "running; logs in {}/logs (Ctrl-C stops the cluster)",
+        layout.dir.display()
+    );
+    let why = running.wait_any();
+    Err(Failure::new(
+        Code::Unavailable,
+        format!("the cluster stopped: {why}"),
+    ))
+}
+
+pub fn identity_add(config: &Path, name: &str, as_json: bool) -> Result<()> {
+    let config = CoordinatorConfig::load(config).map_err(Failure::data)?;
+    let key = quorumvm_coordinator::add_identity(&config, name).map_err(|e| {
+        let message = format!("{e:#}");
+        let code = if message.contains("already exists") || message.contains("identity name") {
+            Code::DataErr
+        } else {
+            Code::IoErr
+        };
+        Failure::new(code, message)
+    })?;
+    if as_json {
+        println!("{}", json!({ "identity": name, "api_key": key.as_str() }));
+    } else {
+        println!("identity {name} created; its API key (shown once, stored only as a hash):");
+        println!("{}", key.as_str());
+    }
+    Ok(())
+}
+
+pub fn install(
+    package: &Path,
+    coordinator: &str,
+    secrets: &[String],
+    cluster_config: Option<&Path>,
+    as_json: bool,
+) -> Result<()> {
+    let signed = read(package)?;
+    let secrets = crate::commands::pairs("secret", secrets)?;
+    let pinned = cluster_config.map(publish::pinned_cluster).transpose()?;
+    let client = Client::new(coordinator);
+    let info = runtime()?.block_on(publish::install(
+        &client,
+        &signed,
+        &secrets,
+        pinned.as_ref(),
+    ))?;
+    if as_json {
+        println!("{}", serde_json::to_string(&info).expect("json"));
+    } else {
+        println!(
+            "installed {} version {} as package {}: {:?}, {} of {} approvals",
+            info.name,
+            info.version,
+            info.package_id,
+            info.state,
+            info.approvals.len(),
+            info.threshold
+        );
+    }
+    Ok(())
+}
+
+pub fn approve(package: &str, config: &Path, as_json: bool) -> Result<()> {
+    let config = CustodianConfig::load(config).map_err(Failure::data)?;
+    let client = Client::new(&config.coordinator_url);
+    let (manifest, info) = runtime()?.block_on(publish::approve(&config, &client, package))?;
+    if as_json {
+        println!("{}", serde_json::to_string(&info).expect("json"));
+    } else {
+        println!("reviewed {}", publish::describe(&manifest));
+        println!(
+            "custodian {} approved package {}: {:?} with approvals from {:?} (threshold {})",
+            config.index, info.package_id, info.state, info.approvals, info.threshold
+        );
+    }
+    Ok(())
+}
+
+pub fn eval(
+    program: &str,
+    inputs: &[String],
+    coordinator: &str,
+    api_key: &str,
+    as_json: bool,
+) -> Result<()> {
+    let inputs = crate::commands::pairs("input", inputs)?;
+    let client = Client::new(coordinator);
+    let answer = runtime()?.block_on(client.eval(api_key, program, &inputs))?;
+    if as_json {
+        println!("{}", serde_json::to_string(&answer).expect("json"));
+    } else {
+        for (name, value) in &answer.outputs {
+            println!("{name} = {value}");
+        }
+        eprintln!(
+            "({} version {}, {} round(s) among custodians {:?}, request {})",
+            answer.program, answer.version, answer.rounds, answer.custodians, answer.request_id
+        );
+    }
+    Ok(())
+}
+
+/// `quorumvm audit verify`: recomputes every hash of a server's audit chain.
+pub fn audit_verify(db: &Path, as_json: bool) -> Result<()> {
+    if !db.is_file() {
+        return Err(Failure::new(
+            Code::NoInput,
+            format!("no database at {}", db.display()),
+        ));
+    }
+    let ledger = Ledger::open(db)
+        .map_err(|e| Failure::new(Code::IoErr, format!("{}: {e}", db.display())))?;
+    match ledger.verify_chain() {
+        Ok(report) => {
+            if as_json {
+                println!(
+                    "{}",
+                    json!({ "ok": true, "entries": report.entries, "head": hex::encode(report.head) })
+                );
+            } else {
+                println!(
+                    "{}: the audit chain verifies: {} entries, head {}",
+                    db.display(),
+                    report.entries,
+                    hex::encode(report.head)
+                );
+            }
+            Ok(())
+        }
+        Err(quorumvm_ledger::VerifyError::Broken(link)) => {
+            if as_json {
+                println!(
+                    "{}",
+                    json!({ "ok": false, "broken_at": link.seq, "reason": link.reason.to_string() })
+                );
+            }
+            Err(Failure::new(
+                Code::Rejected,
+                format!("{}: {link}", db.display()),
+            ))
+        }
+        Err(e) => Err(Failure::new(Code::IoErr, format!("{}: {e}", db.display()))),
+    }
+}

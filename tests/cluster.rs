@@ -1,0 +1,934 @@
+//! End-to-end tests of a real cluster: a coordinator and three custodians (k = 2) as separate
+//! `quorumvm` processes on 127.0.0.1 (ports chosen by the OS), each with its own SQLite
+//! database, driven through the CLI and the HTTP API as a user would.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use quorumvm_core::eval::{decode_outputs, encode_values, eval_plain};
+use quorumvm_wire::api::{EvalResponse, VersionInfo};
+use quorumvm_wire::config::{CoordinatorConfig, CustodianConfig};
+
+const BIN: &str = env!("CARGO_BIN_EXE_quorumvm");
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn quorumvm(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("quorumvm runs")
+}
+
+fn ok(output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "quorumvm failed ({}):\n{}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("utf-8")
+}
+
+/// A local cluster whose four processes the test starts, kills and restarts one by one.
+struct Cluster {
+    dir: tempfile::TempDir,
+    coordinator_url: String,
+    children: Mutex<BTreeMap<String, Child>>,
+    http: reqwest::Client,
+}
+
+/// A kit pool small enough to fill in a moment, large enough for every test's load.
+fn small_pool(toml: &str) -> String {
+    toml.replace("low_water = 20000", "low_water = 1500")
+        .replace("batch = 2000", "batch = 1000")
+        .replace("target = 40000", "target = 3000")
+}
+
+impl Cluster {
+    /// Keys and configs (`quorumvm dev --init-only`), with `edit` applied to the coordinator's
+    /// config text.
+    fn init(edit: impl FnOnce(&Path, String) -> String) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path().to_str().expect("utf-8 path");
+        ok(quorumvm(&["dev", "--init-only", "--port", "0", "--dir", d]));
+        let path = dir.path().join("coordinator.toml");
+        let text = std::fs::read_to_string(&path).expect("coordinator config");
+        std::fs::write(&path, edit(dir.path(), small_pool(&text))).expect("write config");
+        let coordinator_url = format!(
+            "http://{}",
+            CoordinatorConfig::load(&path).expect("config").listen
+        );
+        Cluster {
+            dir,
+            coordinator_url,
+            children: Mutex::default(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn start() -> Cluster {
+        let c = Cluster::init(|_, t| t);
+        c.start_all();
+        c
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn custodian_config(&self, i: u32) -> CustodianConfig {
+        CustodianConfig::load(&self.path(&format!("custodian-{i}.toml"))).expect("config")
+    }
+
+    fn start_all(&self) {
+        self.start_server("coordinator");
+        for i in 1..=3 {
+            self.start_server(&format!("custodian-{i}"));
+        }
+    }
+
+    /// Starts `coordinator` or `custodian-i` and waits for its health check.
+    fn start_server(&self, name: &str) {
+        let role = if name == "coordinator" {
+            "coordinator"
+        } else {
+            "custodian"
+        };
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path(&format!("{name}.log")))
+            .expect("log");
+        let child = Command::new(BIN)
+            .args([role, "--config"])
+            .arg(self.path(&format!("{name}.toml")))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn server");
+        self.children
+            .lock()
+            .unwrap()
+            .insert(name.to_string(), child);
+        let url = if name == "coordinator" {
+            self.coordinator_url.clone()
+        } else {
+            let i: u32 = name
+                .trim_start_matches("custodian-")
+                .parse()
+                .expect("index");
+            format!("http://{}", self.custodian_config(i).listen)
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let up = std::net::TcpStream::connect_timeout(
+                &url.trim_start_matches("http://")
+                    .parse::<SocketAddr>()
+                    .expect("addr"),
+                Duration::from_millis(200),
+            )
+            .is_ok();
+            if up {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} did not start:\n{}",
+                self.log(name)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path(&format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// SIGKILL: no chance to flush or say goodbye.
+    fn kill(&self, name: &str) {
+        let mut child = self.children.lock().unwrap().remove(name).expect("running");
+        child.kill().expect("kill -9");
+        child.wait().expect("reaped");
+    }
+
+    fn identity(&self, name: &str) -> String {
+        let out = ok(quorumvm(&[
+            "identity",
+            "add",
+            name,
+            "--json",
+            "--config",
+            self.path("coordinator.toml").to_str().unwrap(),
+        ]));
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        v["api_key"].as_str().expect("key").to_string()
+    }
+
+    /// Compiles, signs (as the cluster's publisher) and installs `source`; returns its id.
+    fn publish(&self, name: &str, source: &str, secrets: &[&str]) -> VersionInfo {
+        let src = self.path(&format!("{name}.qvm"));
+        std::fs::write(&src, source).expect("source");
+        let wasm = self.path(&format!("{name}.wasm"));
+        let (s, w) = (src.to_str().unwrap(), wasm.to_str().unwrap());
+        ok(quorumvm(&["compile", s, "-o", w]));
+        ok(quorumvm(&[
+            "sign",
+            w,
+            "--key",
+            self.path("publisher.key").to_str().unwrap(),
+        ]));
+        let pin = self.path("custodian-1.toml");
+        let mut args = vec![
+            "install",
+            w,
+            "--json",
+            "--coordinator",
+            &self.coordinator_url,
+            "--cluster-config",
+            pin.to_str().unwrap(),
+        ];
+        for s in secrets {
+            args.extend(["--secret", s]);
+        }
+        serde_json::from_str(&ok(quorumvm(&args))).expect("version info")
+    }
+
+    fn approve(&self, package: &str, custodian: u32) -> Output {
+        let config = self.path(&format!("custodian-{custodian}.toml"));
+        quorumvm(&[
+            "approve",
+            package,
+            "--json",
+            "--config",
+            config.to_str().unwrap(),
+        ])
+    }
+
+    async fn eval(
+        &self,
+        key: &str,
+        program: &str,
+        inputs: &[(&str, String)],
+    ) -> (u16, serde_json::Value) {
+        let body = serde_json::json!({
+            "program": program,
+            "inputs": inputs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<BTreeMap<_, _>>(),
+        });
+        let r = self
+            .http
+            .post(format!("{}/v1/eval", self.coordinator_url))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .expect("the coordinator answers");
+        let status = r.status().as_u16();
+        (status, r.json().await.expect("a JSON body"))
+    }
+
+    /// Evaluates, waiting while the first kits are generated.
+    async fn eval_ready(
+        &self,
+        key: &str,
+        program: &str,
+        inputs: &[(&str, String)],
+    ) -> EvalResponse {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (status, body) = self.eval(key, program, inputs).await;
+            if status == 200 {
+                return serde_json::from_value(body).expect("an eval response");
+            }
+            assert!(
+                status == 503 && Instant::now() < deadline,
+                "eval failed: {status} {body}\n{}",
+                self.log("coordinator")
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn audit_verifies(&self, db: &str) -> u64 {
+        let out = ok(quorumvm(&[
+            "audit",
+            "verify",
+            "--json",
+            self.path(db).to_str().unwrap(),
+        ]));
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        assert_eq!(v["ok"], true);
+        v["entries"].as_u64().expect("entries")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in self.children.lock().unwrap().values_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+const SQUARE: &str = "program square\nversion 1\npolicy budget 100000\npolicy rate 100000 per second\ninput x in -1000..1000\nadd t = x 7\nmul y = t t\noutput y\n";
+
+/// Ten shared features against ten secret weights (one `dot` layer), then a secret gain (a
+/// second layer): depth 2.
+const MODEL: &str = "program model\nversion 1\npolicy budget 100000\npolicy rate 100000 per second\n\
+input f1 in 0..1000\ninput f2 in 0..1000\ninput f3 in 0..1000\ninput f4 in 0..1000\ninput f5 in 0..1000\n\
+input f6 in 0..1000\ninput f7 in 0..1000\ninput f8 in 0..1000\ninput f9 in 0..1000\ninput f10 in -1000..1000\n\
+secret w1 in -10..10 scale 4\nsecret w2 in -10..10 scale 4\nsecret w3 in -10..10 scale 4\nsecret w4 in -10..10 scale 4\n\
+secret w5 in -10..10 scale 4\nsecret w6 in -10..10 scale 4\nsecret w7 in -10..10 scale 4\nsecret w8 in -10..10 scale 4\n\
+secret w9 in -10..10 scale 4\nsecret w10 in -10..10 scale 4\nsecret gain in -10..10 scale 4\n\
+dot s = [w1 w2 w3 w4 w5 w6 w7 w8 w9 w10] [f1 f2 f3 f4 f5 f6 f7 f8 f9 f10]\nmul y = s gain\noutput y\n";
+
+/// Distinctive weights: any of these texts in a capture would be a leak.
+const WEIGHTS: [&str; 11] = [
+    "w1=3.1416",
+    "w2=-2.7183",
+    "w3=1.4142",
+    "w4=-1.7321",
+    "w5=0.5772",
+    "w6=2.2361",
+    "w7=-0.6931",
+    "w8=1.6180",
+    "w9=-4.6692",
+    "w10=2.5029",
+    "gain=0.0137",
+];
+
+fn model_inputs(seed: u64) -> Vec<(&'static str, String)> {
+    const NAMES: [&str; 10] = ["f1", "f2", "f3", "f4", "f5", "f6", "f7", "f8", "f9", "f10"];
+    NAMES
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let v = (seed.wrapping_mul(2654435761).wrapping_add(i as u64 * 97)) % 1000;
+            let v = if i == 9 { v as i64 - 500 } else { v as i64 };
+            (*n, v.to_string())
+        })
+        .collect()
+}
+
+/// The model's value computed directly, in plain, from the same source and weights.
+fn model_expected(inputs: &[(&str, String)]) -> String {
+    let program = quorumvm_compiler::compile(MODEL, "model").expect("compiles");
+    let m = &program.manifest;
+    let given: Vec<(String, String)> = inputs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    let secrets: Vec<(String, String)> = WEIGHTS
+        .iter()
+        .map(|kv| kv.split_once('=').unwrap())
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let xs = encode_values("input", &m.inputs, &given).unwrap();
+    let ss = encode_values("secret", &m.secrets, &secrets).unwrap();
+    decode_outputs(m, &eval_plain(&program.circuit, &xs, &ss))[0]
+        .1
+        .to_string()
+}
+
+fn install_model(c: &Cluster) -> String {
+    let info = c.publish("model", MODEL, &WEIGHTS);
+    for i in [1, 3] {
+        ok(c.approve(&info.package_id, i));
+    }
+    info.package_id
+}
+
+#[test]
+fn the_demo_runs_end_to_end() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(BIN)
+        .current_dir(repo())
+        .args(["demo", "--work"])
+        .arg(work.path())
+        .output()
+        .expect("demo runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "f(3) = 100",
+        "f(10) = 289",
+        "f(0) = 49",
+        "score = 453.276850",
+        "budget_exhausted",
+        "rate_limited",
+        "ACTIVE",
+    ] {
+        assert!(
+            stdout.contains(line),
+            "the demo does not show `{line}`:\n{stdout}"
+        );
+    }
+}
+
+#[test]
+fn approvals_activate_at_k_and_versions_move_forward_only() {
+    let c = Cluster::start();
+    let key = c.identity("alice");
+    let rt = runtime();
+    let v1 = c.publish("square", SQUARE, &[]);
+    assert_eq!(v1.state, quorumvm_wire::api::VersionState::Pending);
+
+    // Fewer than k approvals: pending, and evaluation says so (409).
+    ok(c.approve(&v1.package_id, 1));
+    let (status, body) = rt.block_on(c.eval(&key, "square", &[("x", "3".into())]));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("pending")),
+        "{body}"
+    );
+
+    // The same custodian again: refused, still pending.
+    let dup = c.approve(&v1.package_id, 1);
+    assert!(!dup.status.success());
+    assert!(String::from_utf8_lossy(&dup.stderr).contains("duplicate_approval"));
+
+    // A forged approval (custodian 1's key in custodian 2's name) and an approval signed for
+    // another package are refused with clear errors.
+    let http = post_approval(
+        &c,
+        &v1.package_id,
+        2,
+        &sign_with(&c, 1, &v1.package_id, &v1.manifest),
+    );
+    assert_eq!(http.0, 400, "{}", http.1);
+    assert!(
+        http.1["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("forged")
+    );
+    let other = quorumvm_package::PackageId([7; 32]);
+    let wrong = sign_with_id(&c, 2, other, &v1.manifest);
+    let http = post_approval(&c, &v1.package_id, 2, &wrong);
+    assert_eq!(http.0, 400, "{}", http.1);
+    let (status, _) = rt.block_on(c.eval(&key, "square", &[("x", "3".into())]));
+    assert_eq!(status, 409, "refused approvals must not count");
+
+    // The second distinct approval activates it.
+    let info: VersionInfo = serde_json::from_str(&ok(c.approve(&v1.package_id, 2))).unwrap();
+    assert_eq!(info.state, quorumvm_wire::api::VersionState::Active);
+    let answer = rt.block_on(c.eval_ready(&key, "square", &[("x", "3".into())]));
+    assert_eq!(
+        (answer.outputs["y"].as_str(), answer.rounds, answer.version),
+        ("100", 1, 1)
+    );
+    assert_eq!(answer.custodians, vec![1, 2, 3]);
+    assert!(answer.inconsistent.is_empty());
+
+    // Version 3 (a different function) takes the name once active ...
+    let v3 = c.publish(
+        "square3",
+        &SQUARE
+            .replace("version 1", "version 3")
+            .replace("add t = x 7", "add t = x 8"),
+        &[],
+    );
+    // ... and the same name and version with other bytes is refused.
+    let clash = SQUARE.replace("add t = x 7", "add t = x 9");
+    let src = c.path("clash.qvm");
+    std::fs::write(&src, clash).unwrap();
+    let w = c.path("clash.wasm");
+    ok(quorumvm(&[
+        "compile",
+        src.to_str().unwrap(),
+        "-o",
+        w.to_str().unwrap(),
+    ]));
+    ok(quorumvm(&[
+        "sign",
+        w.to_str().unwrap(),
+        "--key",
+        c.path("publisher.key").to_str().unwrap(),
+    ]));
+    let refused = quorumvm(&[
+        "install",
+        w.to_str().unwrap(),
+        "--coordinator",
+        &c.coordinator_url,
+    ]);
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("version_conflict"),
+        "{refused:?}"
+    );
+    ok(c.approve(&v3.package_id, 2));
+    // Until v3 is active, the name still serves v1.
+    let a = rt.block_on(c.eval_ready(&key, "square", &[("x", "3".into())]));
+    assert_eq!((a.outputs["y"].as_str(), a.version), ("100", 1));
+    ok(c.approve(&v3.package_id, 3));
+    let a = rt.block_on(c.eval_ready(&key, "square", &[("x", "3".into())]));
+    assert_eq!((a.outputs["y"].as_str(), a.version), ("121", 3));
+    // Version 2, activated later, does not replace version 3; it serves by its package id.
+    let v2 = c.publish("square2", &SQUARE.replace("version 1", "version 2"), &[]);
+    ok(c.approve(&v2.package_id, 1));
+    ok(c.approve(&v2.package_id, 3));
+    let a = rt.block_on(c.eval_ready(&key, "square", &[("x", "3".into())]));
+    assert_eq!(a.version, 3);
+    let a = rt.block_on(c.eval_ready(&key, &v2.package_id, &[("x", "3".into())]));
+    assert_eq!(a.version, 2);
+    // The old version still serves by id.
+    let a = rt.block_on(c.eval_ready(&key, &v1.package_id, &[("x", "10".into())]));
+    assert_eq!(a.outputs["y"], "289");
+
+    // Errors are JSON with the right status.
+    let (s, b) = rt.block_on(c.eval(&key, "nothing", &[("x", "1".into())]));
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (404, Some("unknown_program"))
+    );
+    let (s, b) = rt.block_on(c.eval(&key, "square", &[]));
+    assert_eq!((s, b["error"]["code"].as_str()), (400, Some("bad_input")));
+    let (s, b) = rt.block_on(c.eval(&key, "square", &[("x", "5000".into())]));
+    assert_eq!((s, b["error"]["code"].as_str()), (400, Some("bad_input")));
+    let (s, b) = rt.block_on(c.eval("qvm_not_a_key", "square", &[("x", "1".into())]));
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (401, Some("unauthenticated"))
+    );
+
+    assert!(c.audit_verifies("coordinator/coordinator.db") > 10);
+    for i in 1..=3 {
+        c.audit_verifies(&format!("custodian-{i}/custodian.db"));
+    }
+}
+
+/// Signs an approval of `package` with custodian `i`'s key.
+fn sign_with(
+    c: &Cluster,
+    i: u32,
+    package: &str,
+    manifest: &quorumvm_core::circuit::Manifest,
+) -> String {
+    let id = quorumvm_package::PackageId(hex::decode(package).unwrap().try_into().unwrap());
+    sign_with_id(c, i, id, manifest)
+}
+
+fn sign_with_id(
+    c: &Cluster,
+    i: u32,
+    id: quorumvm_package::PackageId,
+    manifest: &quorumvm_core::circuit::Manifest,
+) -> String {
+    let text = std::fs::read_to_string(c.path(&format!("custodian-{i}/signing.key"))).unwrap();
+    let key = quorumvm_package::SecretKey::from_file_text(&text).unwrap();
+    hex::encode(quorumvm_wire::approval::sign(&key, &id, manifest))
+}
+
+/// Posts an approval as `custodian` with `signature` (no CLI: a forger would not use it).
+fn post_approval(
+    c: &Cluster,
+    package: &str,
+    custodian: u32,
+    signature: &str,
+) -> (u16, serde_json::Value) {
+    runtime().block_on(async {
+        let r = c
+            .http
+            .post(format!(
+                "{}/v1/packages/{package}/approvals",
+                c.coordinator_url
+            ))
+            .json(&serde_json::json!({ "custodian": custodian, "signature": signature }))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
+    })
+}
+
+#[test]
+fn sixteen_clients_times_fifty_evaluations_are_all_correct() {
+    let c = Cluster::start();
+    let key = c.identity("load");
+    let model = install_model(&c);
+    let rt = runtime();
+    let first = rt.block_on(c.eval_ready(&key, &model, &model_inputs(0)));
+    assert_eq!(first.rounds, 2, "a dot, then a multiplication: depth 2");
+    let c = Arc::new(c);
+    let wrong = rt.block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        for client in 0..16u64 {
+            let (c, key, model) = (Arc::clone(&c), key.clone(), model.clone());
+            tasks.spawn(async move {
+                let mut wrong = Vec::new();
+                for i in 0..50u64 {
+                    let inputs = model_inputs(client * 1000 + i + 1);
+                    let (status, body) = c.eval(&key, &model, &inputs).await;
+                    let want = model_expected(&inputs);
+                    if status != 200 || body["outputs"]["y"] != want.as_str() {
+                        wrong.push(format!(
+                            "client {client} call {i}: {status} {body} (want {want})"
+                        ));
+                    }
+                }
+                wrong
+            });
+        }
+        let mut wrong = Vec::new();
+        while let Some(r) = tasks.join_next().await {
+            wrong.extend(r.unwrap());
+        }
+        wrong
+    });
+    assert!(
+        wrong.is_empty(),
+        "{} of 800 answers wrong or failed:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+}
+
+/// A TCP proxy that records every byte flowing *towards* the coordinator.
+fn recording_proxy(
+    rt: &tokio::runtime::Runtime,
+    upstream: SocketAddr,
+    towards_upstream: bool,
+    log: Arc<Mutex<Vec<u8>>>,
+) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    rt.spawn(async move {
+        loop {
+            let Ok((inbound, _)) = listener.accept().await else {
+                return;
+            };
+            let log = Arc::clone(&log);
+            tokio::spawn(async move {
+                let Ok(outbound) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let (mut ir, mut iw) = inbound.into_split();
+                let (mut or, mut ow) = outbound.into_split();
+                let (log_up, log_down) = (Arc::clone(&log), log);
+                let up = async move {
+                    let mut buf = vec![0u8; 65536];
+                    while let Ok(n) = ir.read(&mut buf).await {
+                        if n == 0 || ow.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                        if towards_upstream {
+                            log_up.lock().unwrap().extend_from_slice(&buf[..n]);
+                        }
+                    }
+                    let _ = ow.shutdown().await;
+                };
+                let down = async move {
+                    let mut buf = vec![0u8; 65536];
+                    while let Ok(n) = or.read(&mut buf).await {
+                        if n == 0 || iw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                        if !towards_upstream {
+                            log_down.lock().unwrap().extend_from_slice(&buf[..n]);
+                        }
+                    }
+                    let _ = iw.shutdown().await;
+                };
+                tokio::join!(up, down);
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn the_coordinator_receives_no_secret_and_no_triple_material() {
+    let rt = runtime();
+    let captured = Arc::new(Mutex::new(Vec::new()));
+    // Everything sent to the coordinator (by callers, the publisher and the custodians) and
+    // everything the custodians answer it goes through recording proxies.
+    let proxies: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let mut c = Cluster::init(|dir, text| {
+        let mut config: CoordinatorConfig = toml_edit(&text);
+        let real = config.listen;
+        let front = recording_proxy(&rt, real, true, Arc::clone(&captured));
+        for entry in &mut config.custodians {
+            let addr: SocketAddr = entry.url.trim_start_matches("http://").parse().unwrap();
+            let p = recording_proxy(&rt, addr, false, Arc::clone(&captured));
+            entry.url = format!("http://{p}");
+        }
+        // Custodians reach the coordinator through the front proxy too.
+        for i in 1..=3 {
+            let path = dir.join(format!("custodian-{i}.toml"));
+            let t = std::fs::read_to_string(&path).unwrap();
+            let t = t.replace(
+                &format!("coordinator_url = \"http://{real}\""),
+                &format!("coordinator_url = \"http://{front}\""),
+            );
+            std::fs::write(&path, t).unwrap();
+        }
+        proxies
+            .lock()
+            .unwrap()
+            .push((real.to_string(), front.to_string()));
+        toml_string(&config)
+    });
+    let (_, front) = proxies.lock().unwrap()[0].clone();
+    c.start_all();
+    c.coordinator_url = format!("http://{front}");
+    let key = c.identity("observer");
+    let model = install_model(&c);
+    // Wait for the custodians to hold kits, snapshot every kit and every secret share they
+    // hold, then evaluate.
+    let first = rt.block_on(c.eval_ready(&key, &model, &model_inputs(1)));
+    assert_eq!(first.outputs["y"], model_expected(&model_inputs(1)));
+    let mut material: Vec<[u8; 16]> = Vec::new();
+    for i in 1..=3 {
+        let db =
+            quorumvm_ledger::Ledger::open(c.path(&format!("custodian-{i}/custodian.db"))).unwrap();
+        let mut stmt = db
+            .connection()
+            .prepare("SELECT material FROM kits")
+            .unwrap();
+        let kits: Vec<Vec<u8>> = stmt
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(!kits.is_empty(), "custodian {i} holds kits");
+        for kit in kits.iter().take(50) {
+            material.extend(
+                kit.chunks_exact(16)
+                    .map(|c| <[u8; 16]>::try_from(c).unwrap()),
+            );
+        }
+        material.extend(secret_shares(&c, i, &model));
+    }
+    for n in 0..40 {
+        let inputs = model_inputs(n + 100);
+        let a = rt.block_on(c.eval_ready(&key, &model, &inputs));
+        assert_eq!(a.outputs["y"], model_expected(&inputs));
+    }
+    let captured = captured.lock().unwrap().clone();
+    assert!(
+        captured.len() > 50_000,
+        "the proxies saw the traffic ({} bytes)",
+        captured.len()
+    );
+    let text = String::from_utf8_lossy(&captured).to_lowercase();
+    // The traffic is really there: input shares are not, but output shares and tickets are.
+    assert!(text.contains("/v1/eval") && text.contains("\"outputs\""));
+    for w in WEIGHTS {
+        let (_, value) = w.split_once('=').unwrap();
+        assert!(
+            !text.contains(value),
+            "the weight {value} reached the coordinator"
+        );
+    }
+    let mut checked = 0;
+    for m in &material {
+        let hex = hex::encode(m);
+        assert!(
+            !text.contains(&hex),
+            "secret-share or triple material {hex} reached the coordinator"
+        );
+        assert!(
+            !captured.windows(16).any(|w| w == m),
+            "raw material reached the coordinator"
+        );
+        let decimal = u128::from_le_bytes(*m).to_string();
+        assert!(decimal.len() < 20 || !text.contains(&decimal));
+        checked += 1;
+    }
+    assert!(checked > 1000, "checked {checked} values");
+}
+
+/// Custodian `i`'s plaintext shares of the model's secrets, opened here with its key.
+fn secret_shares(c: &Cluster, i: u32, package: &str) -> Vec<[u8; 16]> {
+    let key_text = std::fs::read_to_string(c.path(&format!("custodian-{i}/sealing.key"))).unwrap();
+    let key = quorumvm_sealing::CustodianSecretKey::from_file_text(&key_text).unwrap();
+    let db = quorumvm_ledger::Ledger::open(c.path(&format!("custodian-{i}/custodian.db"))).unwrap();
+    let mut stmt = db
+        .connection()
+        .prepare("SELECT secret, sealed FROM sealed_shares WHERE package_id = ?1")
+        .unwrap();
+    let rows: Vec<(String, Vec<u8>)> = stmt
+        .query_map([package], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(rows.len(), WEIGHTS.len());
+    let id = quorumvm_package::PackageId(hex::decode(package).unwrap().try_into().unwrap());
+    rows.iter()
+        .map(|(secret, sealed)| {
+            let binding = quorumvm_sealing::ShareBinding {
+                package: id,
+                custodian: i,
+                secret,
+            };
+            let share = quorumvm_sealing::open_share(
+                &key,
+                &binding,
+                &quorumvm_sealing::SealedShare::from_bytes(sealed).unwrap(),
+            )
+            .unwrap();
+            share.y.to_le_bytes()
+        })
+        .collect()
+}
+
+fn toml_edit(text: &str) -> CoordinatorConfig {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("c.toml");
+    std::fs::write(&p, text).unwrap();
+    let mut c = CoordinatorConfig::load(&p).unwrap();
+    c.data_dir = "coordinator".into();
+    c
+}
+
+fn toml_string(c: &CoordinatorConfig) -> String {
+    c.to_toml()
+}
+
+/// `clients` callers × `calls` evaluations of the model, checked against the plain value;
+/// request ids of correct answers and descriptions of the rest.
+async fn load(
+    c: Arc<Cluster>,
+    key: String,
+    model: String,
+    clients: u64,
+    calls: u64,
+    seed: u64,
+) -> (Vec<String>, Vec<String>) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for client in 0..clients {
+        let (c, key, model) = (Arc::clone(&c), key.clone(), model.clone());
+        tasks.spawn(async move {
+            let (mut good, mut bad) = (Vec::new(), Vec::new());
+            for i in 0..calls {
+                let inputs = model_inputs(seed + client * 1000 + i);
+                let (status, body) = c.eval(&key, &model, &inputs).await;
+                if status == 200 && body["outputs"]["y"] == model_expected(&inputs).as_str() {
+                    good.push(body["request_id"].as_str().unwrap().to_string());
+                } else {
+                    bad.push(format!("{status} {body}"));
+                }
+            }
+            (good, bad)
+        });
+    }
+    let (mut good, mut bad) = (Vec::new(), Vec::new());
+    while let Some(r) = tasks.join_next().await {
+        let (g, b) = r.unwrap();
+        good.extend(g);
+        bad.extend(b);
+    }
+    (good, bad)
+}
+
+#[test]
+fn custodians_die_and_everything_restarts_intact() {
+    let c = Arc::new(Cluster::start());
+    let key = c.identity("survivor");
+    let model = install_model(&c);
+    let rt = runtime();
+    rt.block_on(c.eval_ready(&key, &model, &model_inputs(0)));
+
+    // SIGKILL custodian 3 while 4 clients are evaluating: every evaluation still succeeds
+    // (the ones it was in are retried on the two left).
+    let (mut good, bad) = rt.block_on(async {
+        let running = tokio::spawn(load(
+            Arc::clone(&c),
+            key.clone(),
+            model.clone(),
+            4,
+            60,
+            10_000,
+        ));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        c.kill("custodian-3");
+        running.await.unwrap()
+    });
+    assert!(bad.is_empty(), "while custodian 3 died: {bad:?}");
+    let t = Instant::now();
+    let (more, bad) = rt.block_on(load(
+        Arc::clone(&c),
+        key.clone(),
+        model.clone(),
+        4,
+        40,
+        20_000,
+    ));
+    assert!(bad.is_empty(), "with k = 2 custodians left: {bad:?}");
+    eprintln!(
+        "160 evaluations with custodian 3 dead took {:?}",
+        t.elapsed()
+    );
+    good.extend(more);
+    assert_eq!(good.len(), 400);
+
+    // Two dead: a clear 503, at once, and nothing charged.
+    c.kill("custodian-2");
+    std::thread::sleep(Duration::from_millis(600));
+    let t = Instant::now();
+    let (status, body) = rt.block_on(c.eval(&key, &model, &model_inputs(5)));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("too_few_custodians")),
+        "{body}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "a dead quorum is reported quickly"
+    );
+
+    // kill -9 the coordinator too, then restart all three: the state is all there.
+    c.kill("coordinator");
+    c.start_server("coordinator");
+    c.start_server("custodian-2");
+    c.start_server("custodian-3");
+    let after = rt.block_on(c.eval_ready(&key, &model, &model_inputs(6)));
+    assert_eq!(after.outputs["y"], model_expected(&model_inputs(6)));
+    // The budget counts every accepted evaluation: the first, the 400 under load, this one.
+    assert_eq!(after.remaining_budget, 100_000 - (1 + 400 + 1));
+    assert!(c.audit_verifies("coordinator/coordinator.db") > 400);
+    for i in 1..=3 {
+        assert!(c.audit_verifies(&format!("custodian-{i}/custodian.db")) > 0);
+    }
+    // Every evaluation that returned 200 is in the coordinator's audit log.
+    let db = quorumvm_ledger::Ledger::open(c.path("coordinator/coordinator.db")).unwrap();
+    let mut logged = std::collections::HashSet::new();
+    let mut after_seq = 0;
+    loop {
+        let batch = db.audit_entries(after_seq, 1000).unwrap();
+        let Some(last) = batch.last() else { break };
+        after_seq = last.seq;
+        for e in batch.iter().filter(|e| e.kind == "eval.accepted") {
+            let d: serde_json::Value = serde_json::from_str(&e.details).unwrap();
+            logged.insert(d["request"].as_str().unwrap().to_string());
+        }
+    }
+    for id in &good {
+        assert!(
+            logged.contains(id),
+            "request {id} returned 200 but is not in the audit log"
+        );
+    }
+}
