@@ -102,7 +102,8 @@ pub fn check_points(xs: &[u32]) -> Result<(), ShamirError> {
 pub fn lagrange_coefficients(xs: &[u32], at: Fp) -> Result<Vec<Fp>, ShamirError> {
     check_points(xs)?;
     let xs: Vec<Fp> = xs.iter().map(|&x| Fp::from(x as u64)).collect();
-    let mut out = Vec::with_capacity(xs.len());
+    let mut nums = Vec::with_capacity(xs.len());
+    let mut dens = Vec::with_capacity(xs.len());
     for (j, &xj) in xs.iter().enumerate() {
         let mut num = Fp::ONE;
         let mut den = Fp::ONE;
@@ -112,8 +113,23 @@ pub fn lagrange_coefficients(xs: &[u32], at: Fp) -> Result<Vec<Fp>, ShamirError>
                 den *= xj - xm;
             }
         }
-        // Distinct x-coordinates make every denominator non-zero.
-        out.push(num * den.invert().expect("distinct points"));
+        nums.push(num);
+        dens.push(den);
+    }
+    // One inversion for all denominators (Montgomery's trick): an inversion is a 127-bit
+    // exponentiation, and every session and every reconstruction computes these.
+    let mut prefix = Vec::with_capacity(dens.len());
+    let mut product = Fp::ONE;
+    for &d in &dens {
+        prefix.push(product);
+        product *= d;
+    }
+    // Distinct x-coordinates make every denominator, so their product, non-zero.
+    let mut inverse = product.invert().expect("distinct points");
+    let mut out = vec![Fp::ZERO; xs.len()];
+    for j in (0..xs.len()).rev() {
+        out[j] = nums[j] * inverse * prefix[j];
+        inverse *= dens[j];
     }
     Ok(out)
 }
