@@ -241,10 +241,10 @@ pub fn activate(
 }
 
 pub fn reserve_kits(tx: &Transaction<'_>, package_id: &str, up_to: u64) -> Result<(), ApiError> {
-    tx.execute(
+    tx.prepare_cached(
         "UPDATE versions SET kits_reserved = max(kits_reserved, ?2) WHERE package_id = ?1",
-        params![package_id, up_to as i64],
-    )?;
+    )?
+    .execute(params![package_id, up_to as i64])?;
     Ok(())
 }
 

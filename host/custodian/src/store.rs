@@ -273,11 +273,8 @@ pub(crate) fn admit(tx: &Transaction<'_>, a: &Admission) -> Result<Admitted, Sto
     }
     budget.save(tx, &a.identity, &a.package_id)?;
     let material: Option<Vec<u8>> = tx
-        .query_row(
-            "DELETE FROM kits WHERE package_id = ?1 AND kit = ?2 RETURNING material",
-            params![a.package_id, a.kit],
-            |row| row.get(0),
-        )
+        .prepare_cached("DELETE FROM kits WHERE package_id = ?1 AND kit = ?2 RETURNING material")?
+        .query_row(params![a.package_id, a.kit], |row| row.get(0))
         .optional()?;
     let material = material
         .map(Zeroizing::new)

@@ -139,12 +139,11 @@ pub fn append(tx: &Transaction<'_>, entry: &NewEntry<'_>) -> Result<AuditEntry, 
         return Err(LedgerError::DetailsNotObject);
     }
     let details = entry.details.to_string();
+    // Cached statements: appends are on every request's path, and parsing SQL anew each time
+    // cost more than running it.
     let tip: Option<(u64, [u8; 32])> = tx
-        .query_row(
-            "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
-            [],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )
+        .prepare_cached("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")?
+        .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
         .optional()?;
     let (seq, prev_hash) = match tip {
         None => (1, GENESIS),
@@ -158,19 +157,19 @@ pub fn append(tx: &Transaction<'_>, entry: &NewEntry<'_>) -> Result<AuditEntry, 
         &details,
         &prev_hash,
     );
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO audit_log (seq, timestamp_ms, actor, kind, details, prev_hash, hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![
-            seq,
-            entry.timestamp_ms,
-            entry.actor,
-            entry.kind,
-            details,
-            prev_hash,
-            hash
-        ],
-    )?;
+    )?
+    .execute(params![
+        seq,
+        entry.timestamp_ms,
+        entry.actor,
+        entry.kind,
+        details,
+        prev_hash,
+        hash
+    ])?;
     Ok(AuditEntry {
         seq,
         timestamp_ms: entry.timestamp_ms,

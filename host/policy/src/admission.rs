@@ -60,20 +60,19 @@ pub fn admit_in(
     let limit = RateLimit::new(req.policy.rate_limit, req.policy.rate_window_secs)?;
     let key = params![req.identity, req.program];
     let mut bucket = tx
-        .query_row(
+        .prepare_cached(
             "SELECT level, updated_ms FROM rate_buckets WHERE identity = ?1 AND program = ?2",
-            key,
-            |row| {
-                let level: String = row.get(0)?;
-                let level = level.parse::<u128>().map_err(|e| {
-                    rusqlite::Error::FromSqlConversionFailure(0, Type::Text, Box::new(e))
-                })?;
-                Ok(TokenBucket {
-                    level,
-                    updated_ms: row.get(1)?,
-                })
-            },
-        )
+        )?
+        .query_row(key, |row| {
+            let level: String = row.get(0)?;
+            let level = level.parse::<u128>().map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(0, Type::Text, Box::new(e))
+            })?;
+            Ok(TokenBucket {
+                level,
+                updated_ms: row.get(1)?,
+            })
+        })
         .optional()?
         .unwrap_or_else(|| TokenBucket::full(&limit, req.now_ms));
     let mut budget = Budget::load(
@@ -87,17 +86,17 @@ pub fn admit_in(
         .take(&limit, req.now_ms)
         .and_then(|()| budget.charge(req.policy.cost_per_eval));
 
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO rate_buckets (identity, program, level, updated_ms) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (identity, program)
          DO UPDATE SET level = excluded.level, updated_ms = excluded.updated_ms",
-        params![
-            req.identity,
-            req.program,
-            bucket.level.to_string(),
-            bucket.updated_ms
-        ],
-    )?;
+    )?
+    .execute(params![
+        req.identity,
+        req.program,
+        bucket.level.to_string(),
+        bucket.updated_ms
+    ])?;
     budget.save(tx, req.identity, req.program)?;
 
     let mut details = json!({

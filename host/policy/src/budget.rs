@@ -36,11 +36,8 @@ impl Budget {
         limit: u64,
     ) -> Result<Budget, rusqlite::Error> {
         let spent = tx
-            .query_row(
-                "SELECT spent FROM budget_spent WHERE identity = ?1 AND program = ?2",
-                params![identity, program],
-                |row| row.get(0),
-            )
+            .prepare_cached("SELECT spent FROM budget_spent WHERE identity = ?1 AND program = ?2")?
+            .query_row(params![identity, program], |row| row.get(0))
             .optional()?
             .unwrap_or(0);
         Ok(Budget { limit, spent })
@@ -52,11 +49,11 @@ impl Budget {
         identity: &str,
         program: &str,
     ) -> Result<(), rusqlite::Error> {
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO budget_spent (identity, program, spent) VALUES (?1, ?2, ?3)
              ON CONFLICT (identity, program) DO UPDATE SET spent = excluded.spent",
-            params![identity, program, self.spent],
-        )?;
+        )?
+        .execute(params![identity, program, self.spent])?;
         Ok(())
     }
 }
