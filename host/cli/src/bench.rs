@@ -206,11 +206,15 @@ async fn bench(layout: &Layout, o: &Options) -> Result<()> {
         .collect();
     let square = publish_and_approve(&client, layout, SQUARE, &[]).await?;
     let linear = publish_and_approve(&client, layout, LINEAR, &weights).await?;
-    let needed = (o.requests + o.clients * o.seconds as usize * 2_500).min(60_000) as f64;
-    println!("Waiting for the custodians to preprocess kits (dealer-free Beaver triples)...");
+    // A full pool, so that no preprocessing runs while latencies are measured (a run takes
+    // fewer kits than lie between the pool's target and its low-water mark).
+    let needed = layout.coordinator_config()?.pool.target;
+    println!(
+        "Waiting for the custodians to preprocess {needed} kits per program (dealer-free Beaver triples)..."
+    );
     let t = Instant::now();
-    wait_for_kits(&client, &square, needed.min(40_000.0)).await?;
-    wait_for_kits(&client, &linear, needed.min(40_000.0)).await?;
+    wait_for_kits(&client, &square, needed as f64).await?;
+    wait_for_kits(&client, &linear, needed as f64).await?;
     println!("  ready after {:.1} s", t.elapsed().as_secs_f64());
 
     // The floor: bare round trips through the same client.

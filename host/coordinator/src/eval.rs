@@ -53,7 +53,8 @@ pub async fn handle(
         Attempt::Fatal(e) | Attempt::Retry(e) => e,
     })?;
     let request_id = random_id();
-    let (kit, remaining) = match admit(&state, &version, &identity, &request_id).await {
+    let ((kit, remaining), committed) = match admit(&state, &version, &identity, &request_id).await
+    {
         Ok(admitted) => admitted,
         Err(e) => {
             if e.status == StatusCode::TOO_MANY_REQUESTS {
@@ -63,6 +64,18 @@ pub async fn handle(
         }
     };
     let result = run(&state, &version, &identity, &request_id, kit, &inputs).await;
+    // Nothing is answered before the admission (charge and audit entry) is durable.
+    match committed.await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            let message = format!(
+                "the evaluation's admission could not be stored, so its result is withheld: {}",
+                e.message
+            );
+            return Err(e.with_message(message));
+        }
+        Err(e) => return Err(ApiError::internal(e.to_string())),
+    }
     let (outputs, quorum, inconsistent, rounds) = match result {
         Ok(done) => done,
         Err(e) => {
@@ -105,38 +118,61 @@ fn random_id() -> String {
 }
 
 /// Rate limit, budget, audit entry and the first kit, in one savepoint of a group commit: the
-/// evaluation is on record before any custodian hears of it.
+/// evaluation is on record before it is answered.
+///
+/// Returns as soon as the writer has decided, with the commit still running: the caller starts
+/// the evaluation at once and awaits the commit before answering, so the fsync overlaps the
+/// custodians' work instead of preceding it. Should the commit fail, the result is withheld
+/// (and nothing was charged); a crash before it leaves no answer behind either.
 async fn admit(
     state: &Arc<State>,
     version: &Arc<Version>,
     identity: &str,
     request_id: &str,
-) -> Result<(u64, u64), ApiError> {
+) -> Result<((u64, u64), Committing), ApiError> {
     let (v, identity, request_id) = (
         Arc::clone(version),
         identity.to_string(),
         request_id.to_string(),
     );
-    state
-        .writer
-        .run(move |tx| {
-            let admitted = quorumvm_policy::admit_in(
-                tx,
-                &Admission {
-                    identity: &identity,
-                    program: &v.package_id,
-                    request_id: &request_id,
-                    policy: &v.manifest.policy,
-                    now_ms: now_ms(),
-                },
-            )??;
-            // Only now take a kit: a refused request must not burn one. If none is ready, the
-            // job fails and its savepoint takes the charge and the entry back.
-            let kit = take_kit(tx, &v)?;
-            Ok::<_, ApiError>((kit, admitted.remaining_budget))
-        })
-        .await
+    let (decided, decision) = tokio::sync::oneshot::channel();
+    let writer = state.writer.clone();
+    let committing = tokio::spawn(async move {
+        writer
+            .run(move |tx| {
+                let admitted = quorumvm_policy::admit_in(
+                    tx,
+                    &Admission {
+                        identity: &identity,
+                        program: &v.package_id,
+                        request_id: &request_id,
+                        policy: &v.manifest.policy,
+                        now_ms: now_ms(),
+                    },
+                )??;
+                // Only now take a kit: a refused request must not burn one. If none is ready,
+                // the job fails and its savepoint takes the charge and the entry back.
+                let kit = take_kit(tx, &v)?;
+                let outcome = (kit, admitted.remaining_budget);
+                let _ = decided.send(outcome);
+                Ok::<_, ApiError>(outcome)
+            })
+            .await
+    });
+    match decision.await {
+        Ok(outcome) => Ok((outcome, committing)),
+        // The job decided nothing: it failed, and the commit task says why.
+        Err(_) => match committing.await {
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(_)) => Err(ApiError::internal(
+                "an admission succeeded without a decision",
+            )),
+            Err(e) => Err(ApiError::internal(e.to_string())),
+        },
+    }
 }
+
+type Committing = tokio::task::JoinHandle<Result<(u64, u64), ApiError>>;
 
 /// The next kit id of `v`, persisting the reservation watermark first when it moves.
 fn take_kit(tx: &quorumvm_ledger::rusqlite::Transaction<'_>, v: &Version) -> Result<u64, ApiError> {

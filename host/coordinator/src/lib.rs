@@ -20,6 +20,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
+use axum::serve::ListenerExt as _;
 use quorumvm_ledger::{Ledger, Writer};
 use quorumvm_package::{PublicKey, SecretKey};
 use quorumvm_sandbox::Sandbox;
@@ -150,6 +151,13 @@ pub async fn serve(
     });
     background::start(Arc::clone(&state));
     tracing::info!(addr = %listener.local_addr()?, "coordinator listening");
-    axum::serve(listener, routes::router(state)).await?;
+    axum::serve(listener.tap_io(no_delay), routes::router(state)).await?;
     Ok(())
+}
+
+/// Round messages and answers are small and latency-bound: never hold them back for Nagle.
+fn no_delay(stream: &mut tokio::net::TcpStream) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!("cannot set TCP_NODELAY: {e}");
+    }
 }

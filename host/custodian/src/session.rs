@@ -24,7 +24,7 @@ use crate::error::ApiError;
 use crate::mailbox::Inbox;
 use crate::metrics::Metrics;
 use crate::peers::valid_session_id;
-use crate::state::{Custodian, off_thread};
+use crate::state::{Custodian, INLINE_GATES, compute};
 use crate::store::{self, Admission, Admitted};
 use crate::versions::{Version, parse_package_id};
 
@@ -179,7 +179,8 @@ async fn run(
         triples,
     };
     let plugin = c.plugin.current();
-    let (mut session, mut step) = off_thread("the plugin", move || {
+    let inline = version.circuit.gates.len() <= INLINE_GATES;
+    let (mut session, mut step) = compute(inline, "the plugin", move || {
         let mut session = plugin.session()?;
         // `setup` (shares, inputs, triples) is wiped when this closure drops it.
         let step = session.begin(&setup)?;
@@ -225,7 +226,7 @@ async fn run(
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        (session, step) = off_thread("the plugin", move || {
+        (session, step) = compute(inline, "the plugin", move || {
             let step = session.advance(&received);
             (session, step)
         })

@@ -194,6 +194,25 @@ impl Custodian {
     }
 }
 
+/// Circuits up to this many gates run their plugin calls on the async worker itself: such a
+/// call takes tens of microseconds, less than handing it to a blocking thread and back (two
+/// thread wake-ups per call, measured as the larger cost under load). Larger circuits go to
+/// [`off_thread`].
+pub(crate) const INLINE_GATES: usize = 1024;
+
+/// Runs `work` here when `inline`, else on the blocking pool (see [`off_thread`]).
+pub(crate) async fn compute<T: Send + 'static>(
+    inline: bool,
+    what: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    if inline {
+        Ok(work())
+    } else {
+        off_thread(what, work).await
+    }
+}
+
 /// Runs CPU-bound work (a plugin call, a preprocessing step) on tokio's blocking pool.
 ///
 /// `spawn_blocking` rather than `block_in_place`: a large circuit's layer or a batch of kits
