@@ -104,7 +104,7 @@ impl Layout {
                 sealing_key: keys.sealing_key,
             });
         }
-        let coordinator_key = quorumvm_coordinator::init_key(&dir.join("coordinator"))
+        let coordinator_keys = quorumvm_coordinator::init_key(&dir.join("coordinator"))
             .map_err(|e| io("cannot create the coordinator key", format!("{e:#}")))?;
         let publisher = SecretKey::generate();
         write(&publisher_key, publisher.to_file_text().as_bytes(), true)?;
@@ -131,7 +131,8 @@ impl Layout {
                 listen: listen(ports[i + 1]),
                 data_dir: format!("custodian-{}", i + 1).into(),
                 coordinator_url: url(ports[0]),
-                coordinator_key: coordinator_key.clone(),
+                coordinator_key: coordinator_keys.signing_key.clone(),
+                coordinator_exchange_key: coordinator_keys.exchange_key.clone(),
                 threshold: K,
                 engine: engines[i],
                 round_timeout_ms: 2_000,

@@ -7,12 +7,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use quorumvm_package::SecretKey;
+use quorumvm_sealing::CustodianSecretKey;
 use quorumvm_wire::api::{
     CustodianHealth, ErrorBody, OrderResponse, SessionRequest, SessionResponse,
 };
 use quorumvm_wire::config::{Cluster, Member};
 use quorumvm_wire::now_ms;
-use quorumvm_wire::order::{Order, SignedOrder};
+use quorumvm_wire::order::{Order, SignedOrder, TicketKey};
 
 /// How often every custodian is checked.
 pub const HEALTH_INTERVAL: Duration = Duration::from_millis(250);
@@ -27,6 +28,8 @@ const PREPROCESS_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub struct Custodian {
     pub member: Member,
+    /// Authenticates this custodian's session tickets (shared with it alone).
+    pub tickets: TicketKey,
     live: AtomicBool,
     /// Versions (package ids) this custodian reported or acknowledged serving.
     serving: Mutex<HashSet<String>>,
@@ -89,7 +92,11 @@ pub struct Custodians {
 }
 
 impl Custodians {
-    pub fn new(cluster: Cluster, key: SecretKey) -> anyhow::Result<Custodians> {
+    pub fn new(
+        cluster: Cluster,
+        key: SecretKey,
+        exchange: &CustodianSecretKey,
+    ) -> anyhow::Result<Custodians> {
         let client = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .pool_max_idle_per_host(64)
@@ -100,6 +107,7 @@ impl Custodians {
             .iter()
             .map(|m| Custodian {
                 member: m.clone(),
+                tickets: TicketKey::new(exchange, m.sealing_key),
                 live: AtomicBool::new(false),
                 serving: Mutex::new(HashSet::new()),
                 activating: Mutex::new(HashSet::new()),

@@ -14,7 +14,7 @@ use quorumvm_core::eval::{decode_outputs, encode_values};
 use quorumvm_core::field::Fp;
 use quorumvm_core::shamir::{self, Share, Threshold};
 use quorumvm_policy::EvalRequest as Admission;
-use quorumvm_wire::api::{EvalRequest, EvalResponse, SessionRequest, SessionResponse};
+use quorumvm_wire::api::{EvalRequest, EvalResponse, SessionResponse};
 use quorumvm_wire::elements;
 use quorumvm_wire::now_ms;
 use quorumvm_wire::order::{Order, Ticket};
@@ -246,23 +246,25 @@ async fn attempt_once(
     let k = custodians.cluster.threshold();
     let quorum = quorum(state, version)?;
     let session = format!("{request_id}-{attempt}");
-    let ticket = custodians.sign(Order::Session(Ticket {
+    let ticket = Ticket {
         session: session.clone(),
         request_id: request_id.to_string(),
         package_id: version.package_id.clone(),
         identity: identity.to_string(),
         quorum: quorum.clone(),
         kit,
-    }));
-    // Shamir-share every input k-of-n; custodian i gets point i of each.
+    };
+    // Shamir-share every input k-of-n; custodian i gets point i of each, under its own tag.
     let threshold = Threshold::new(k, custodians.cluster.n()).expect("validated cluster");
     let mut rng = rand::rngs::OsRng;
     let sharings: Vec<Vec<Share>> = inputs
         .iter()
         .map(|&x| shamir::share(x, threshold, &mut rng))
         .collect();
+    let now = now_ms();
     let mut calls = JoinSet::new();
     for &index in &quorum {
+        let c = custodians.get(index).expect("a quorum member");
         let mine: Vec<Fp> = sharings
             .iter()
             .map(|s| {
@@ -272,10 +274,7 @@ async fn attempt_once(
                     .y
             })
             .collect();
-        let request = SessionRequest {
-            ticket: ticket.clone(),
-            inputs: elements::to_hex(&mine),
-        };
+        let request = c.tickets.seal(ticket.clone(), elements::to_hex(&mine), now);
         let state = Arc::clone(state);
         calls.spawn(async move {
             let c = state.custodians.get(index).expect("a quorum member");

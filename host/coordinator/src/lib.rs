@@ -24,6 +24,7 @@ use axum::serve::ListenerExt as _;
 use quorumvm_ledger::{Ledger, Writer};
 use quorumvm_package::{PublicKey, SecretKey};
 use quorumvm_sandbox::Sandbox;
+use quorumvm_sealing::CustodianSecretKey;
 use quorumvm_wire::config::{CoordinatorConfig, PoolConfig};
 
 use crate::custodians::Custodians;
@@ -34,6 +35,7 @@ use crate::registry::Registry;
 pub use quorumvm_policy::IdentityKey;
 
 const KEY_FILE: &str = "coordinator.key";
+const EXCHANGE_KEY_FILE: &str = "coordinator.x25519";
 const DB_FILE: &str = "coordinator.db";
 
 /// Everything a request handler shares.
@@ -50,23 +52,52 @@ pub(crate) struct State {
     pub metrics: Metrics,
 }
 
-/// Loads the coordinator's signing key from `data_dir`, creating it (0600) on first use;
-/// returns its public half (hex), which every custodian's config names.
-pub fn init_key(data_dir: &Path) -> anyhow::Result<String> {
-    Ok(load_or_create_key(data_dir)?.public().to_hex())
+/// The public halves of the coordinator's keys, which every custodian's config names.
+pub struct CoordinatorPublicKeys {
+    /// ed25519 (hex): orders.
+    pub signing_key: String,
+    /// X25519 (hex): session tickets (see `quorumvm_wire::order::TicketKey`).
+    pub exchange_key: String,
 }
 
-fn load_or_create_key(data_dir: &Path) -> anyhow::Result<SecretKey> {
+/// Loads the coordinator's keys from `data_dir`, creating them (0600) on first use.
+pub fn init_key(data_dir: &Path) -> anyhow::Result<CoordinatorPublicKeys> {
+    let (signing, exchange) = load_or_create_keys(data_dir)?;
+    Ok(CoordinatorPublicKeys {
+        signing_key: signing.public().to_hex(),
+        exchange_key: exchange.public().to_hex(),
+    })
+}
+
+fn load_or_create_keys(data_dir: &Path) -> anyhow::Result<(SecretKey, CustodianSecretKey)> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
-    let path = data_dir.join(KEY_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => SecretKey::from_file_text(&text)
-            .with_context(|| format!("{} is not a coordinator key", path.display())),
+    let signing = load_or_create(
+        &data_dir.join(KEY_FILE),
+        |t| SecretKey::from_file_text(t).map_err(anyhow::Error::from),
+        || SecretKey::generate().to_file_text(),
+    )?;
+    let exchange = load_or_create(
+        &data_dir.join(EXCHANGE_KEY_FILE),
+        |t| CustodianSecretKey::from_file_text(t).map_err(anyhow::Error::from),
+        || CustodianSecretKey::generate().to_file_text(),
+    )?;
+    Ok((signing, exchange))
+}
+
+fn load_or_create<K>(
+    path: &Path,
+    parse: impl Fn(&str) -> anyhow::Result<K>,
+    generate: impl FnOnce() -> zeroize::Zeroizing<String>,
+) -> anyhow::Result<K> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            parse(&text).with_context(|| format!("{} is not a coordinator key", path.display()))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key = SecretKey::generate();
-            write_private(&path, key.to_file_text().as_bytes())?;
-            Ok(key)
+            let text = generate();
+            write_private(path, text.as_bytes())?;
+            parse(&text)
         }
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
@@ -120,7 +151,7 @@ pub async fn serve(
     config: CoordinatorConfig,
     listener: tokio::net::TcpListener,
 ) -> anyhow::Result<()> {
-    let key = load_or_create_key(&config.data_dir)?;
+    let (key, exchange) = load_or_create_keys(&config.data_dir)?;
     let cluster = config.cluster()?;
     let mut ledger = open_ledger(&config.data_dir)?;
     let failed = ledger.transaction(|tx| {
@@ -139,7 +170,7 @@ pub async fn serve(
     );
     let reader = Arc::new(Mutex::new(reader));
     let state = Arc::new(State {
-        custodians: Custodians::new(cluster, key)?,
+        custodians: Custodians::new(cluster, key, &exchange)?,
         registry,
         identities: Identities::new(Arc::clone(&reader)),
         writer: Writer::spawn(ledger, "coordinator-ledger"),

@@ -11,6 +11,7 @@
 //! [`Peers::seal`] (ChaCha20-Poly1305) before they are tagged.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chacha20poly1305::aead::AeadInOut;
@@ -19,11 +20,18 @@ use hkdf::Hkdf;
 use quorumvm_sealing::CustodianSecretKey;
 use quorumvm_wire::api::ErrorBody;
 use quorumvm_wire::config::Cluster;
-use quorumvm_wire::peer::{MAC_HEADER, PeerKeys, SENDER_HEADER};
+use quorumvm_wire::peer::{Frame, FrameResult, PeerKeys, SENDER_HEADER, encode_frames};
 use rand::RngCore;
 use sha2::Sha256;
-use tokio::task::JoinSet;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use zeroize::Zeroizing;
+
+/// Messages to one peer that share a request at most (see [`quorumvm_wire::peer`]).
+const MAX_BATCH: usize = 256;
+/// Requests in flight to one peer at once: while they are, new messages queue for the next.
+/// More than one, so that a large preprocessing message does not hold up evaluations' small
+/// ones behind it.
+const MAX_IN_FLIGHT: usize = 4;
 
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
@@ -32,7 +40,7 @@ pub(crate) const SEAL_OVERHEAD: usize = NONCE_LEN + TAG_LEN;
 /// HKDF salt: separates these keys from every other use of the pairwise key (the HMAC).
 const SEAL_SALT: &[u8] = b"quorumvm sealed round message v1";
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub(crate) enum SendError {
     #[error("custodian {peer} is not a member of this cluster")]
     Stranger { peer: u32 },
@@ -81,6 +89,15 @@ pub(crate) struct Peers {
     pairwise: BTreeMap<u32, Zeroizing<[u8; 32]>>,
     urls: BTreeMap<u32, String>,
     http: reqwest::Client,
+    /// Each peer's queue, drained by a task of its own (started on first use).
+    queues: Mutex<BTreeMap<u32, mpsc::UnboundedSender<Queued>>>,
+}
+
+/// A message waiting for its peer's next request, and who to tell how it went.
+struct Queued {
+    frame: Frame,
+    timeout: Duration,
+    done: oneshot::Sender<Result<(), SendError>>,
 }
 
 impl Peers {
@@ -99,6 +116,7 @@ impl Peers {
                 .collect(),
             urls: others().map(|m| (m.index, m.url.clone())).collect(),
             http,
+            queues: Mutex::default(),
         }
     }
 
@@ -107,9 +125,8 @@ impl Peers {
         self.macs.check(sender, session, layer, body, tag)
     }
 
-    /// Posts each `(peer, body)` to its peer, all at once, each within `timeout`; returns when
-    /// every peer has taken its message, or at the first that did not (the others are then
-    /// abandoned: the session fails anyway).
+    /// Sends each `(peer, body)` to its peer, all at once, each within `timeout`; returns when
+    /// every peer has taken its message, or with the first failure (the session fails anyway).
     pub async fn send(
         &self,
         session: &str,
@@ -117,46 +134,52 @@ impl Peers {
         messages: Vec<(u32, Vec<u8>)>,
         timeout: Duration,
     ) -> Result<(), SendError> {
-        let mut sends = JoinSet::new();
+        let mut pending = Vec::with_capacity(messages.len());
         for (peer, body) in messages {
-            let (Some(url), Some(tag)) = (
-                self.urls.get(&peer),
-                self.macs.tag(peer, session, layer, &body),
-            ) else {
-                return Err(SendError::Stranger { peer });
-            };
-            let request = self
-                .http
-                .post(format!("{url}/v1/rounds/{session}/{layer}"))
-                .header(SENDER_HEADER, self.me.to_string())
-                .header(MAC_HEADER, tag)
-                .timeout(timeout)
-                .body(body)
-                .send();
-            sends.spawn(async move { (peer, request.await) });
-        }
-        while let Some(joined) = sends.join_next().await {
-            let (peer, sent) = joined.map_err(|e| SendError::Task(e.to_string()))?;
-            let response = sent.map_err(|e| SendError::Unreachable {
-                peer,
-                reason: describe(&e),
-            })?;
-            let status = response.status();
-            if !status.is_success() {
-                let (code, message) = match response.json::<ErrorBody>().await {
-                    Ok(body) => (body.error.code, body.error.message),
-                    Err(_) => ("unknown".to_string(), "no error body".to_string()),
-                };
-                return Err(SendError::Refused {
-                    peer,
+            let tag = self
+                .macs
+                .tag(peer, session, layer, &body)
+                .ok_or(SendError::Stranger { peer })?;
+            let (done, outcome) = oneshot::channel();
+            let queued = Queued {
+                frame: Frame {
+                    session: session.to_string(),
                     layer,
-                    status: status.as_u16(),
-                    code,
-                    message,
-                });
-            }
+                    tag,
+                    body,
+                },
+                timeout,
+                done,
+            };
+            self.queue(peer)?
+                .send(queued)
+                .map_err(|_| SendError::Task(format!("the queue to custodian {peer} is closed")))?;
+            pending.push((peer, outcome));
+        }
+        for (peer, outcome) in pending {
+            outcome.await.map_err(|_| {
+                SendError::Task(format!("the sender to custodian {peer} stopped"))
+            })??;
         }
         Ok(())
+    }
+
+    fn queue(&self, peer: u32) -> Result<mpsc::UnboundedSender<Queued>, SendError> {
+        let mut queues = self.queues.lock().expect("queues lock");
+        if let Some(q) = queues.get(&peer).filter(|q| !q.is_closed()) {
+            return Ok(q.clone());
+        }
+        let url = self.urls.get(&peer).ok_or(SendError::Stranger { peer })?;
+        let (queue, waiting) = mpsc::unbounded_channel();
+        tokio::spawn(drain(
+            self.http.clone(),
+            format!("{url}/v1/rounds"),
+            self.me,
+            peer,
+            waiting,
+        ));
+        queues.insert(peer, queue.clone());
+        Ok(queue)
     }
 
     /// Encrypts `plaintext` for `recipient` as this session's `layer` message: a fresh random
@@ -252,6 +275,109 @@ fn describe(err: &reqwest::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// Sends what queues for `peer`: whatever waits when a request slot frees goes in one request.
+async fn drain(
+    http: reqwest::Client,
+    url: String,
+    me: u32,
+    peer: u32,
+    mut waiting: mpsc::UnboundedReceiver<Queued>,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    loop {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let Some(first) = waiting.recv().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match waiting.try_recv() {
+                Ok(q) => batch.push(q),
+                Err(_) => break,
+            }
+        }
+        let (http, url) = (http.clone(), url.clone());
+        tokio::spawn(async move {
+            post_batch(&http, &url, me, peer, batch).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn post_batch(http: &reqwest::Client, url: &str, me: u32, peer: u32, batch: Vec<Queued>) {
+    let timeout = batch.iter().map(|q| q.timeout).max().unwrap_or_default();
+    let mut frames = Vec::with_capacity(batch.len());
+    let mut waiting = Vec::with_capacity(batch.len());
+    for q in batch {
+        frames.push(q.frame);
+        waiting.push(q.done);
+    }
+    let layers: Vec<u32> = frames.iter().map(|f| f.layer).collect();
+    let outcome = async {
+        let response = http
+            .post(url)
+            .header(SENDER_HEADER, me.to_string())
+            .timeout(timeout)
+            .body(encode_frames(&frames))
+            .send()
+            .await
+            .map_err(|e| SendError::Unreachable {
+                peer,
+                reason: describe(&e),
+            })?;
+        let status = response.status();
+        if !status.is_success() {
+            let (code, message) = match response.json::<ErrorBody>().await {
+                Ok(body) => (body.error.code, body.error.message),
+                Err(_) => ("unknown".to_string(), "no error body".to_string()),
+            };
+            return Err(SendError::Refused {
+                peer,
+                layer: layers.first().copied().unwrap_or_default(),
+                status: status.as_u16(),
+                code,
+                message,
+            });
+        }
+        let results: Vec<FrameResult> =
+            response.json().await.map_err(|e| SendError::Unreachable {
+                peer,
+                reason: format!("unreadable answer: {e}"),
+            })?;
+        if results.len() != layers.len() {
+            return Err(SendError::Unreachable {
+                peer,
+                reason: format!("{} answers for {} messages", results.len(), layers.len()),
+            });
+        }
+        Ok(results)
+    }
+    .await;
+    match outcome {
+        Ok(results) => {
+            for ((done, result), layer) in waiting.into_iter().zip(results).zip(layers) {
+                let _ = done.send(match result {
+                    None => Ok(()),
+                    Some(r) => Err(SendError::Refused {
+                        peer,
+                        layer,
+                        status: r.status,
+                        code: r.code,
+                        message: r.message,
+                    }),
+                });
+            }
+        }
+        Err(e) => {
+            for done in waiting {
+                let _ = done.send(Err(e.clone()));
+            }
+        }
+    }
 }
 
 #[cfg(test)]

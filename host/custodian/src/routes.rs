@@ -8,8 +8,8 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -18,7 +18,7 @@ use quorumvm_wire::api::{
 };
 use quorumvm_wire::now_ms;
 use quorumvm_wire::order::{Order, SignedOrder};
-use quorumvm_wire::peer::{MAC_HEADER, SENDER_HEADER};
+use quorumvm_wire::peer::{Frame, FrameRefusal, FrameResult, SENDER_HEADER, decode_frames};
 use serde::de::DeserializeOwned;
 
 use crate::activation;
@@ -51,7 +51,7 @@ pub(crate) fn router(custodian: Arc<Custodian>) -> Router {
             post(sessions).layer(DefaultBodyLimit::max(SESSION_BODY_LIMIT)),
         )
         .route(
-            "/v1/rounds/{session}/{layer}",
+            "/v1/rounds",
             post(rounds).layer(DefaultBodyLimit::max(ROUND_BODY_LIMIT)),
         )
         .fallback(not_found)
@@ -122,10 +122,6 @@ async fn orders(
                 kits: 0,
             })
         }
-        Order::Session(_) => Err(ApiError::bad_request(
-            "wrong_order",
-            "session tickets go to /v1/sessions",
-        )),
     }
     .map(Json)
 }
@@ -143,54 +139,68 @@ async fn sessions(
 /// A peer's round message: authenticated, then buffered for its session. Answered at once.
 async fn rounds(
     State(c): State<Arc<Custodian>>,
-    path: Result<Path<(String, u32)>, PathRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<StatusCode, ApiError> {
-    let unauthorized =
-        |code, message: &str| ApiError::new(StatusCode::UNAUTHORIZED, code, message.to_string());
+) -> Result<Json<Vec<FrameResult>>, ApiError> {
     let sender = headers
         .get(SENDER_HEADER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u32>().ok())
         .filter(|&s| s != c.me && c.cluster.member(s).is_some())
         .ok_or_else(|| {
-            unauthorized(
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
                 "bad_sender",
-                "the sender header does not name another member of this cluster",
+                "the sender header does not name another member of this cluster".to_string(),
             )
         })?;
-    let Path((session, layer)) =
-        path.map_err(|e| ApiError::bad_request("bad_path", e.body_text()))?;
-    if !valid_session_id(&session) || layer == 0 {
-        return Err(ApiError::bad_request(
-            "bad_path",
-            "a round message names a valid session id and a layer from 1",
+    let body = body.map_err(body_error)?;
+    let frames =
+        decode_frames(&body).map_err(|e| ApiError::bad_request("bad_frames", e.to_string()))?;
+    // Each message stands or falls alone: one session's bad message must not cost another
+    // session, batched into the same request, its own.
+    let results = frames
+        .into_iter()
+        .map(|frame| deliver(&c, sender, frame).err())
+        .collect();
+    Ok(Json(results))
+}
+
+fn deliver(c: &Custodian, sender: u32, frame: Frame) -> Result<(), FrameRefusal> {
+    let refuse = |status: StatusCode, code: &str, message: String| FrameRefusal {
+        status: status.as_u16(),
+        code: code.to_string(),
+        message,
+    };
+    if !valid_session_id(&frame.session) || frame.layer == 0 {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "bad_frame",
+            "a round message names a valid session id and a layer from 1".to_string(),
         ));
     }
-    let body = body.map_err(body_error)?;
-    let tag = headers
-        .get(MAC_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    if !c.peers.check(sender, &session, layer, &body, tag) {
-        return Err(unauthorized(
+    if !c
+        .peers
+        .check(sender, &frame.session, frame.layer, &frame.body, &frame.tag)
+    {
+        return Err(refuse(
+            StatusCode::UNAUTHORIZED,
             "bad_mac",
-            "the message's MAC does not verify for this sender, session and layer",
+            "the message's MAC does not verify for this sender, session and layer".to_string(),
         ));
     }
     c.mailbox
-        .deliver(&session, layer, sender, body.to_vec())
+        .deliver(&frame.session, frame.layer, sender, frame.body)
         .map_err(|e| {
             let (status, code) = match e {
                 DeliverError::Duplicate => (StatusCode::CONFLICT, "duplicate_message"),
                 DeliverError::Closed => (StatusCode::CONFLICT, "session_closed"),
                 DeliverError::Full => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             };
-            ApiError::new(status, code, e.to_string())
+            refuse(status, code, e.to_string())
         })?;
     Metrics::add(&c.metrics.rounds_received, 1);
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }
 
 async fn not_found(uri: Uri) -> ApiError {

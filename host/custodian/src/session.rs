@@ -16,7 +16,7 @@ use quorumvm_sandbox::{PluginError, PluginSession};
 use quorumvm_wire::api::{SessionRequest, SessionResponse};
 use quorumvm_wire::elements::{from_bytes, to_bytes, to_hex};
 use quorumvm_wire::now_ms;
-use quorumvm_wire::order::{Order, Ticket};
+use quorumvm_wire::order::Ticket;
 use zeroize::Zeroizing;
 
 use crate::elements;
@@ -32,15 +32,7 @@ pub(crate) async fn evaluate(
     c: &Arc<Custodian>,
     request: SessionRequest,
 ) -> Result<SessionResponse, ApiError> {
-    let ticket = match request.ticket.open(&c.coordinator_key, now_ms())? {
-        Order::Session(ticket) => ticket,
-        _ => {
-            return Err(ApiError::bad_request(
-                "wrong_order",
-                "/v1/sessions takes a session ticket; other orders go to /v1/orders",
-            ));
-        }
-    };
+    let ticket = c.tickets.open(&request, now_ms())?;
     if !valid_session_id(&ticket.session) {
         return Err(ApiError::bad_request(
             "bad_session_id",

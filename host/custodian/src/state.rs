@@ -8,6 +8,7 @@ use quorumvm_package::PublicKey;
 use quorumvm_sandbox::{EngineKind, EvaluatorPlugin, Limits, PluginSlot, Sandbox, SandboxConfig};
 use quorumvm_sealing::CustodianSecretKey;
 use quorumvm_wire::config::{Cluster, CustodianConfig, Engine};
+use quorumvm_wire::order::TicketKey;
 use tokio::sync::{Mutex, Semaphore};
 
 use crate::activation::Checker;
@@ -42,8 +43,10 @@ pub(crate) struct Custodian {
     pub me: u32,
     pub cluster: Cluster,
     pub coordinator_url: String,
-    /// Every order (and ticket) must verify under this key.
+    /// Every order must verify under this key.
     pub coordinator_key: PublicKey,
+    /// Every session ticket must carry this key's tag.
+    pub tickets: TicketKey,
     /// How long a session waits for a layer's messages.
     pub round_timeout: Duration,
     pub sealing_key: CustodianSecretKey,
@@ -146,6 +149,7 @@ impl Custodian {
             me,
             coordinator_url: config.coordinator_url.trim_end_matches('/').to_string(),
             coordinator_key,
+            tickets: TicketKey::new(&keys.sealing, config.coordinator_exchange_key()?),
             round_timeout,
             peers: Peers::new(me, &keys.sealing, &cluster, http.clone()),
             sealing_key: keys.sealing,

@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 use common::{Answer, Cluster, PROGRAM};
 use quorumvm_package::SecretKey;
-use quorumvm_wire::api::{SealedShares, SessionRequest};
+use quorumvm_sealing::CustodianSecretKey;
+use quorumvm_wire::api::SealedShares;
 use quorumvm_wire::config::Engine;
 use quorumvm_wire::elements::to_hex;
-use quorumvm_wire::order::{Order, SignedOrder};
-use quorumvm_wire::peer::{MAC_HEADER, SENDER_HEADER};
+use quorumvm_wire::order::{Order, SignedOrder, TicketKey};
+use quorumvm_wire::peer::{Frame, FrameResult, SENDER_HEADER, encode_frames};
 
 const ENGINES: [Engine; 3] = [Engine::Cranelift, Engine::Cranelift, Engine::Cranelift];
 const SECRET: [(&str, &str); 1] = [("w", "0.35")];
@@ -144,7 +145,8 @@ async fn forged_replayed_and_malformed_requests_are_refused_and_change_nothing()
     let answers = cluster.send_sessions(&ticket, &[1], &shares).await;
     assert_eq!(statuses(&answers), [(1, 409, "duplicate_session".into())]);
 
-    // Signed by someone else, or altered.
+    // Orders signed by someone else; tickets tagged with another key, altered, or carrying
+    // other input shares than those tagged.
     let impostor = SecretKey::generate();
     let forged = SignedOrder::sign(
         Order::Abort {
@@ -153,43 +155,47 @@ async fn forged_replayed_and_malformed_requests_are_refused_and_change_nothing()
         quorumvm_wire::now_ms(),
         &impostor,
     );
-    let session = |ticket: SignedOrder| SessionRequest {
-        ticket,
-        inputs: to_hex(&shares[0]),
-    };
     let a = cluster.post(1, "/v1/orders", &forged).await;
     assert_eq!(
         (a.status, a.code()),
         (StatusCode::UNAUTHORIZED, "bad_order")
     );
-    // A well-formed ticket, signed by another key.
     let genuine = cluster.ticket(&program, "forged", &[1, 2], 1, "alice");
-    let now = quorumvm_wire::now_ms();
-    let order = genuine.open(&cluster.coordinator.public(), now).unwrap();
-    let forged_ticket = SignedOrder::sign(order, now, &impostor);
-    let a = cluster
-        .post(1, "/v1/sessions", &session(forged_ticket))
-        .await;
+    let stranger = TicketKey::new(&CustodianSecretKey::generate(), cluster.node(1).sealing);
+    let forged_ticket = stranger.seal(genuine.clone(), to_hex(&shares[0]), quorumvm_wire::now_ms());
+    let a = cluster.post(1, "/v1/sessions", &forged_ticket).await;
     assert_eq!(
         (a.status, a.code()),
         (StatusCode::UNAUTHORIZED, "bad_order")
     );
-    let mut altered = cluster.ticket(&program, "altered", &[1, 2], 1, "alice");
-    altered.body = altered.body.replace("\"kit\":1", "\"kit\":2");
-    let a = cluster.post(1, "/v1/sessions", &session(altered)).await;
+    // Custodian 2's ticket presented to custodian 1.
+    let misdirected = cluster.request(2, &genuine, &shares[0]);
+    let a = cluster.post(1, "/v1/sessions", &misdirected).await;
     assert_eq!(
         (a.status, a.code()),
         (StatusCode::UNAUTHORIZED, "bad_order")
     );
-    let order_as_ticket = cluster.sign(Order::Abort {
-        session: "y".into(),
-    });
-    let a = cluster
-        .post(1, "/v1/sessions", &session(order_as_ticket))
-        .await;
+    let mut altered = cluster.request(
+        1,
+        &cluster.ticket(&program, "altered", &[1, 2], 1, "alice"),
+        &shares[0],
+    );
+    altered.ticket = altered.ticket.replace("\"kit\":1", "\"kit\":2");
+    let a = cluster.post(1, "/v1/sessions", &altered).await;
     assert_eq!(
         (a.status, a.code()),
-        (StatusCode::BAD_REQUEST, "wrong_order")
+        (StatusCode::UNAUTHORIZED, "bad_order")
+    );
+    let mut swapped = cluster.request(
+        1,
+        &cluster.ticket(&program, "swapped", &[1, 2], 1, "alice"),
+        &shares[0],
+    );
+    swapped.inputs = to_hex(&shares[1]);
+    let a = cluster.post(1, "/v1/sessions", &swapped).await;
+    assert_eq!(
+        (a.status, a.code()),
+        (StatusCode::UNAUTHORIZED, "bad_order")
     );
 
     // Bad quorums and inputs.
@@ -200,7 +206,9 @@ async fn forged_replayed_and_malformed_requests_are_refused_and_change_nothing()
         (vec![1, 4], "stranger"),
     ] {
         let t = cluster.ticket(&program, &cluster.session_id("q"), &quorum, 1, "alice");
-        let a = cluster.post(1, "/v1/sessions", &session(t)).await;
+        let a = cluster
+            .post(1, "/v1/sessions", &cluster.request(1, &t, &shares[0]))
+            .await;
         assert_eq!(
             (a.status, a.code()),
             (StatusCode::BAD_REQUEST, "bad_quorum"),
@@ -208,10 +216,7 @@ async fn forged_replayed_and_malformed_requests_are_refused_and_change_nothing()
         );
     }
     let t = cluster.ticket(&program, "two-inputs", &[1, 2], 1, "alice");
-    let request = SessionRequest {
-        ticket: t,
-        inputs: to_hex(&[shares[0][0], shares[0][0]]),
-    };
+    let request = cluster.request(1, &t, &[shares[0][0], shares[0][0]]);
     let a = cluster.post(1, "/v1/sessions", &request).await;
     assert_eq!(
         (a.status, a.code()),
@@ -219,7 +224,9 @@ async fn forged_replayed_and_malformed_requests_are_refused_and_change_nothing()
     );
     let other = cluster.publish(&PROGRAM.replace("affine_square", "other"), &SECRET);
     let t = cluster.ticket(&other, "unknown", &[1, 2], 1, "alice");
-    let a = cluster.post(1, "/v1/sessions", &session(t)).await;
+    let a = cluster
+        .post(1, "/v1/sessions", &cluster.request(1, &t, &shares[0]))
+        .await;
     assert_eq!(
         (a.status, a.code()),
         (StatusCode::NOT_FOUND, "unknown_version")
@@ -229,30 +236,42 @@ async fn forged_replayed_and_malformed_requests_are_refused_and_change_nothing()
         .await;
     assert_eq!((a.status, a.code()), (StatusCode::BAD_REQUEST, "bad_json"));
 
-    // Round messages: a bad MAC, a stranger, itself.
-    let round = |sender: &str, mac: &str| {
+    // Round messages: a stranger and itself are refused whole; a bad MAC refuses its frame.
+    let round = |sender: &str| {
+        let frames = encode_frames(&[Frame {
+            session: "s1".into(),
+            layer: 1,
+            tag: "00".repeat(32),
+            body: vec![0u8; 32],
+        }]);
         cluster
             .http
-            .post(format!("{}/v1/rounds/s1/1", cluster.node(1).url()))
+            .post(format!("{}/v1/rounds", cluster.node(1).url()))
             .header(SENDER_HEADER, sender)
-            .header(MAC_HEADER, mac)
-            .body(vec![0u8; 32])
+            .body(frames)
             .send()
     };
-    let code = |r: reqwest::Response| async move {
-        let status = r.status();
+    for sender in ["7", "1"] {
+        let r = round(sender).await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "sender {sender}");
         let body: serde_json::Value = r.json().await.unwrap();
-        (status, body["error"]["code"].as_str().unwrap().to_string())
-    };
-    let mac = "00".repeat(32);
-    for (sender, want) in [("2", "bad_mac"), ("7", "bad_sender"), ("1", "bad_sender")] {
-        let got = code(round(sender, &mac).await.unwrap()).await;
-        assert_eq!(
-            got,
-            (StatusCode::UNAUTHORIZED, want.to_string()),
-            "sender {sender}"
-        );
+        assert_eq!(body["error"]["code"], "bad_sender");
     }
+    let r = round("2").await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let results: Vec<FrameResult> = r.json().await.unwrap();
+    assert_eq!(results.len(), 1);
+    let refusal = results[0].as_ref().expect("a bad MAC is refused");
+    assert_eq!((refusal.status, refusal.code.as_str()), (401, "bad_mac"));
+    let cut = cluster
+        .http
+        .post(format!("{}/v1/rounds", cluster.node(1).url()))
+        .header(SENDER_HEADER, "2")
+        .body(vec![0u8, 9, b's'])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cut.status(), StatusCode::BAD_REQUEST);
 
     // Only one approval: not activated anywhere.
     let answers = cluster.activate(&other, &[3]).await;

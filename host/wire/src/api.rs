@@ -17,8 +17,6 @@ use base64::Engine as _;
 use quorumvm_core::circuit::Manifest;
 use serde::{Deserialize, Serialize};
 
-use crate::order::SignedOrder;
-
 /// `{"error": {"code": "...", "message": "..."}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
@@ -162,12 +160,16 @@ pub struct ClusterInfo {
     pub custodians: Vec<CustodianInfo>,
 }
 
-/// `POST /v1/sessions` on a custodian: the ticket and this custodian's shares of the inputs.
+/// `POST /v1/sessions` on a custodian: its ticket and its shares of the inputs, under one tag
+/// (see [`crate::order::TicketKey`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionRequest {
-    pub ticket: SignedOrder,
+    /// The ticket's JSON, exactly as tagged.
+    pub ticket: String,
     /// Field elements (hex, see [`crate::elements`]), in the manifest's input order.
     pub inputs: String,
+    /// HMAC-SHA256 (hex) over ticket and inputs.
+    pub tag: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

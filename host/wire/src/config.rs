@@ -97,6 +97,9 @@ pub struct CustodianConfig {
     /// key (hex) every order it obeys must be signed with.
     pub coordinator_url: String,
     pub coordinator_key: String,
+    /// The coordinator's X25519 key (hex): with this custodian's sealing key it gives the key
+    /// that authenticates this custodian's session tickets.
+    pub coordinator_exchange_key: String,
     pub threshold: usize,
     #[serde(default)]
     pub engine: Engine,
@@ -235,6 +238,7 @@ impl CustodianConfig {
             )));
         }
         config.coordinator_public_key()?;
+        config.coordinator_exchange_key()?;
         Ok(config)
     }
 
@@ -245,6 +249,11 @@ impl CustodianConfig {
     pub fn coordinator_public_key(&self) -> Result<PublicKey, ConfigError> {
         PublicKey::from_file_text(&self.coordinator_key)
             .map_err(|e| ConfigError::Cluster(format!("coordinator_key: {e}")))
+    }
+
+    pub fn coordinator_exchange_key(&self) -> Result<CustodianPublicKey, ConfigError> {
+        CustodianPublicKey::from_file_text(&self.coordinator_exchange_key)
+            .map_err(|e| ConfigError::Cluster(format!("coordinator_exchange_key: {e}")))
     }
 
     pub fn to_toml(&self) -> String {
@@ -327,6 +336,7 @@ mod tests {
             data_dir: "custodian-2".into(),
             coordinator_url: "http://127.0.0.1:7100".into(),
             coordinator_key: SecretKey::generate().public().to_hex(),
+            coordinator_exchange_key: CustodianSecretKey::generate().public().to_hex(),
             threshold: 2,
             engine: Engine::Winch,
             round_timeout_ms: 1500,

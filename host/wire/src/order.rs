@@ -1,13 +1,26 @@
-//! Orders: what the coordinator asks of a custodian, signed with the coordinator's ed25519 key.
+//! Orders: what the coordinator asks of a custodian.
 //!
-//! A custodian acts only on an order that verifies under the coordinator key in its own
+//! Activations, preprocessing batches and aborts are [`SignedOrder`]s: signed with the
+//! coordinator's ed25519 key. Session tickets, one per custodian per evaluation, are
+//! authenticated with an HMAC under a [`TicketKey`] that the coordinator shares with that
+//! custodian alone: an ed25519 verification per custodian per evaluation was the largest single
+//! cost of an evaluation, an HMAC costs a microsecond, and the tag also covers the custodian's
+//! input shares, which a signature over a ticket shared by the quorum could not.
+//!
+//! A custodian acts only on an order or ticket that verifies under the keys in its own
 //! configuration and has not expired; anything else is refused before it is parsed further.
-//! The signature covers the exact bytes of `body` (JSON), so nothing is re-serialized before
-//! checking. Orders are short-lived: an intercepted ticket is useless after a few seconds, and a
-//! ticket's kit is consumed on first use, so it cannot be replayed either.
+//! Signature and tag cover the exact bytes of the JSON body, so nothing is re-serialized before
+//! checking. Orders are short-lived, and a ticket's kit is consumed on first use, so an
+//! intercepted ticket cannot be replayed either.
 
+use hmac::{Hmac, Mac};
 use quorumvm_package::{Domain, PublicKey, SecretKey};
+use quorumvm_sealing::{CustodianPublicKey, CustodianSecretKey};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use crate::api::SessionRequest;
 
 /// How long an order stays valid after it is issued.
 pub const ORDER_LIFETIME_MS: u64 = 30_000;
@@ -38,8 +51,6 @@ pub struct ApprovalSignature {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Order {
-    /// Take part in one evaluation session.
-    Session(Ticket),
     /// A version reached its approvals: fetch it if needed and serve it. The custodian checks
     /// the approvals itself; the coordinator's word alone does not activate anything.
     Activate {
@@ -108,9 +119,112 @@ impl SignedOrder {
     }
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TicketEnvelope {
+    ticket: Ticket,
+    expires_ms: u64,
+}
+
+/// The key the coordinator shares with one custodian for its session tickets: derived from
+/// the X25519 agreement between the coordinator's exchange key and the custodian's sealing key
+/// (either side computes it from its secret and the other's public key), under a label of its
+/// own, so it is never the key custodians use between themselves.
+pub struct TicketKey(Zeroizing<[u8; 32]>);
+
+impl TicketKey {
+    pub fn new(mine: &CustodianSecretKey, theirs: CustodianPublicKey) -> TicketKey {
+        let pairwise = mine.pairwise_key(theirs);
+        let mut hasher = Sha256::new();
+        hasher.update(b"quorumvm session ticket key v1\0");
+        hasher.update(&pairwise[..]);
+        TicketKey(Zeroizing::new(hasher.finalize().into()))
+    }
+
+    fn mac(&self, body: &str, inputs: &str) -> Hmac<Sha256> {
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&self.0[..]).expect("HMAC takes any key length");
+        mac.update(&(body.len() as u64).to_be_bytes());
+        mac.update(body.as_bytes());
+        mac.update(inputs.as_bytes());
+        mac
+    }
+
+    /// The coordinator's side: a session request carrying `ticket` and this custodian's input
+    /// shares (`inputs`, hex), both under the tag.
+    pub fn seal(&self, ticket: Ticket, inputs: String, now_ms: u64) -> SessionRequest {
+        let ticket = serde_json::to_string(&TicketEnvelope {
+            ticket,
+            expires_ms: now_ms + ORDER_LIFETIME_MS,
+        })
+        .expect("tickets serialize");
+        let tag = hex::encode(self.mac(&ticket, &inputs).finalize().into_bytes());
+        SessionRequest {
+            ticket,
+            inputs,
+            tag,
+        }
+    }
+
+    /// The custodian's side: checks the tag (in constant time), then the expiry, and only
+    /// then parses the ticket.
+    pub fn open(&self, request: &SessionRequest, now_ms: u64) -> Result<Ticket, OrderError> {
+        let tag = hex::decode(&request.tag).map_err(|_| OrderError::BadSignature)?;
+        self.mac(&request.ticket, &request.inputs)
+            .verify_slice(&tag)
+            .map_err(|_| OrderError::BadSignature)?;
+        let envelope: TicketEnvelope = serde_json::from_str(&request.ticket)
+            .map_err(|e| OrderError::Malformed(e.to_string()))?;
+        if now_ms > envelope.expires_ms {
+            return Err(OrderError::Expired(now_ms - envelope.expires_ms));
+        }
+        Ok(envelope.ticket)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tickets_open_only_for_their_custodian_unchanged_and_fresh() {
+        let coordinator = CustodianSecretKey::generate();
+        let (one, two) = (
+            CustodianSecretKey::generate(),
+            CustodianSecretKey::generate(),
+        );
+        let sending = TicketKey::new(&coordinator, one.public());
+        let receiving = TicketKey::new(&one, coordinator.public());
+        let ticket = Ticket {
+            session: "s-0".into(),
+            request_id: "s".into(),
+            package_id: "p".into(),
+            identity: "alice".into(),
+            quorum: vec![1, 2, 3],
+            kit: 7,
+        };
+        let request = sending.seal(ticket.clone(), "00ff".into(), 1_000);
+        assert_eq!(receiving.open(&request, 2_000), Ok(ticket));
+        assert!(matches!(
+            receiving.open(&request, 1_000 + ORDER_LIFETIME_MS + 1),
+            Err(OrderError::Expired(1))
+        ));
+        // Another custodian's key, other input shares, another kit: refused.
+        let other = TicketKey::new(&two, coordinator.public());
+        assert_eq!(other.open(&request, 2_000), Err(OrderError::BadSignature));
+        let mut swapped = request.clone();
+        swapped.inputs = "00fe".into();
+        assert_eq!(
+            receiving.open(&swapped, 2_000),
+            Err(OrderError::BadSignature)
+        );
+        let mut altered = request.clone();
+        altered.ticket = altered.ticket.replace("\"kit\":7", "\"kit\":8");
+        assert_ne!(altered.ticket, request.ticket);
+        assert_eq!(
+            receiving.open(&altered, 2_000),
+            Err(OrderError::BadSignature)
+        );
+    }
 
     #[test]
     fn orders_open_only_signed_unchanged_and_fresh() {

@@ -18,13 +18,13 @@ use quorumvm_core::field::Fp;
 use quorumvm_core::shamir::{Share, Threshold, reconstruct, share};
 use quorumvm_custodian::{init_keys, serve};
 use quorumvm_package::{PackageId, SecretKey, package_id};
-use quorumvm_sealing::{CustodianPublicKey, ShareBinding, seal_share};
+use quorumvm_sealing::{CustodianPublicKey, CustodianSecretKey, ShareBinding, seal_share};
 use quorumvm_wire::api::{CustodianHealth, SealedShares, SessionRequest};
 use quorumvm_wire::approval;
 use quorumvm_wire::config::{CustodianConfig, CustodianEntry, Engine};
 use quorumvm_wire::elements::{from_hex, to_hex};
 use quorumvm_wire::now_ms;
-use quorumvm_wire::order::{ApprovalSignature, Order, SignedOrder, Ticket};
+use quorumvm_wire::order::{ApprovalSignature, Order, SignedOrder, Ticket, TicketKey};
 use serde_json::Value;
 use tempfile::TempDir;
 use tokio::net::TcpListener;
@@ -74,6 +74,8 @@ pub struct Cluster {
     /// Every custodian's data directory; removed when the cluster is dropped.
     _dir: TempDir,
     pub coordinator: SecretKey,
+    /// The coordinator's X25519 key: session tickets are tagged under keys derived from it.
+    pub exchange: CustodianSecretKey,
     pub nodes: Vec<Node>,
     packages: Packages,
     pub http: reqwest::Client,
@@ -99,6 +101,7 @@ impl Cluster {
     pub async fn start(engines: [Engine; N], round_timeout_ms: u64) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let coordinator = SecretKey::generate();
+        let exchange = CustodianSecretKey::generate();
         let packages: Packages = Arc::default();
         let fake = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let coordinator_url = format!("http://{}", fake.local_addr().unwrap());
@@ -127,6 +130,7 @@ impl Cluster {
                 data_dir: data_dir.clone(),
                 coordinator_url: coordinator_url.clone(),
                 coordinator_key: coordinator.public().to_hex(),
+                coordinator_exchange_key: exchange.public().to_hex(),
                 threshold: K,
                 engine,
                 round_timeout_ms,
@@ -147,6 +151,7 @@ impl Cluster {
         let cluster = Cluster {
             _dir: dir,
             coordinator,
+            exchange,
             nodes,
             packages,
             http: reqwest::Client::new(),
@@ -364,15 +369,24 @@ impl Cluster {
         quorum: &[u32],
         kit: u64,
         identity: &str,
-    ) -> SignedOrder {
-        self.sign(Order::Session(Ticket {
+    ) -> Ticket {
+        Ticket {
             session: session.to_string(),
             request_id: format!("req-{session}"),
             package_id: program.id_hex.clone(),
             identity: identity.to_string(),
             quorum: quorum.to_vec(),
             kit,
-        }))
+        }
+    }
+
+    /// `ticket` with custodian `index`'s input shares, tagged for it as the coordinator does.
+    pub fn request(&self, index: u32, ticket: &Ticket, inputs: &[Fp]) -> SessionRequest {
+        TicketKey::new(&self.exchange, self.node(index).sealing).seal(
+            ticket.clone(),
+            to_hex(inputs),
+            now_ms(),
+        )
     }
 
     /// Encodes the named inputs, Shamir-shares each among all n custodians.
@@ -399,17 +413,14 @@ impl Cluster {
     /// Sends `ticket` with its input shares to each of `to`, all at once.
     pub async fn send_sessions(
         &self,
-        ticket: &SignedOrder,
+        ticket: &Ticket,
         to: &[u32],
         shares: &[Vec<Fp>],
     ) -> Vec<Answer> {
         let calls: Vec<_> = to
             .iter()
             .map(|&i| {
-                let request = SessionRequest {
-                    ticket: ticket.clone(),
-                    inputs: to_hex(&shares[i as usize - 1]),
-                };
+                let request = self.request(i, ticket, &shares[i as usize - 1]);
                 let (http, url) = (
                     self.http.clone(),
                     format!("{}/v1/sessions", self.node(i).url()),
