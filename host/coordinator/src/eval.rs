@@ -49,9 +49,7 @@ pub async fn handle(
     let inputs = encode_values("input", &version.manifest.inputs, &given)
         .map_err(|e| ApiError::bad_request("bad_input", e.to_string()))?;
     // Refuse before charging anything when a quorum is out of reach anyway.
-    quorum(&state, &version).map_err(|e| match e {
-        Attempt::Fatal(e) | Attempt::Retry(e) => e,
-    })?;
+    quorum(&state, &version)?;
     let request_id = random_id();
     let ((kit, remaining), committed) = match admit(&state, &version, &identity, &request_id).await
     {
@@ -244,7 +242,7 @@ async fn attempt_once(
 ) -> Result<Outcome, Attempt> {
     let custodians = &state.custodians;
     let k = custodians.cluster.threshold();
-    let quorum = quorum(state, version)?;
+    let quorum = quorum(state, version).map_err(Attempt::Fatal)?;
     let session = format!("{request_id}-{attempt}");
     let ticket = Ticket {
         session: session.clone(),
@@ -327,10 +325,8 @@ async fn attempt_once(
                         reason,
                     )),
                 };
-                // Keep the most telling failure: a dead custodian over its aborted peers.
-                if !matches!(failure, Some(Attempt::Retry(_)) | Some(Attempt::Fatal(_)))
-                    || matches!(next, Attempt::Fatal(_))
-                {
+                // Keep the first failure, unless a later one rules out a retry.
+                if failure.is_none() || matches!(next, Attempt::Fatal(_)) {
                     failure = Some(next);
                 }
             }
@@ -344,7 +340,7 @@ async fn attempt_once(
 
 /// Every live custodian serving `version` (all of them take part, so that every opening and
 /// output is checked against the extra shares), or 503 when fewer than k are.
-fn quorum(state: &State, version: &Version) -> Result<Vec<u32>, Attempt> {
+fn quorum(state: &State, version: &Version) -> Result<Vec<u32>, ApiError> {
     let custodians = &state.custodians;
     let k = custodians.cluster.threshold();
     let quorum: Vec<u32> = custodians
@@ -354,18 +350,16 @@ fn quorum(state: &State, version: &Version) -> Result<Vec<u32>, Attempt> {
         .map(|c| c.index())
         .collect();
     if quorum.len() < k {
-        return Err(Attempt::Fatal(
-            ApiError::unavailable(
-                "too_few_custodians",
-                format!(
-                    "{} of the {} custodians serving {} are reachable; {k} are needed",
-                    quorum.len(),
-                    custodians.cluster.n(),
-                    version.manifest.name
-                ),
-            )
-            .with_retry_after(1),
-        ));
+        return Err(ApiError::unavailable(
+            "too_few_custodians",
+            format!(
+                "{} of the {} custodians serving {} are reachable; {k} are needed",
+                quorum.len(),
+                custodians.cluster.n(),
+                version.manifest.name
+            ),
+        )
+        .with_retry_after(1));
     }
     Ok(quorum)
 }
