@@ -313,10 +313,10 @@ async fn attempt_once(
                         reason,
                     )),
                     // A member could not reach a peer, timed out waiting for one, was
-                    // aborted, or lacks the kit: another attempt (with a fresh kit, on the
-                    // custodians still up) can succeed.
+                    // aborted, lacks the kit or had no free plugin slot: another attempt (with
+                    // a fresh kit, on the custodians still up) can succeed.
                     CallError::Refused {
-                        status: 409 | 502 | 504,
+                        status: 409 | 502 | 503 | 504,
                         ..
                     } => Attempt::Retry(ApiError::unavailable("custodian_failed", reason)),
                     CallError::Refused { .. } => Attempt::Fatal(ApiError::new(
