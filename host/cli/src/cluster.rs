@@ -170,6 +170,14 @@ pub enum Hosts {
     Compose,
 }
 
+/// Why [`Running::wait`] returned.
+pub enum Stopped {
+    /// This process received the signal named.
+    Asked(&'static str),
+    /// A server stopped on its own (or was killed): which, and how.
+    Exited(String),
+}
+
 /// The four server processes; dropping this stops them.
 pub struct Running {
     children: Vec<(String, Child)>,
@@ -219,15 +227,28 @@ impl Running {
         Ok(())
     }
 
-    /// Waits for any server to exit (a crash, or a signal to it): its name.
-    pub fn wait_any(&mut self) -> String {
+    /// Waits until a server exits (a crash, or a signal to it; its name and status) or this
+    /// process is told to stop (SIGINT, SIGTERM). Either way the caller then drops `self`,
+    /// which stops the rest: no server outlives `quorumvm dev`.
+    pub async fn wait(&mut self) -> Stopped {
+        let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            return Stopped::Exited("cannot watch for SIGTERM".into());
+        };
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {
-            for (name, child) in &mut self.children {
-                if let Ok(Some(status)) = child.try_wait() {
-                    return format!("{name} exited ({status})");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return Stopped::Asked("SIGINT"),
+                _ = term.recv() => return Stopped::Asked("SIGTERM"),
+                _ = tick.tick() => {
+                    for (name, child) in &mut self.children {
+                        if let Ok(Some(status)) = child.try_wait() {
+                            return Stopped::Exited(format!("{name} exited ({status})"));
+                        }
+                    }
                 }
             }
-            std::thread::sleep(Duration::from_millis(200));
         }
     }
 }

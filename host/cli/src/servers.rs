@@ -8,7 +8,7 @@ use quorumvm_wire::config::{CoordinatorConfig, CustodianConfig, PoolConfig};
 use serde_json::json;
 
 use crate::client::Client;
-use crate::cluster::{Hosts, Layout, Running};
+use crate::cluster::{Hosts, Layout, Running, Stopped};
 use crate::exit::{Code, Failure, Result, read};
 use crate::publish;
 
@@ -81,17 +81,25 @@ pub fn dev(dir: &Path, port: u16, init_only: bool, compose: bool) -> Result<()> 
     if init_only {
         return Ok(());
     }
-    let rt = runtime()?;
-    let mut running = rt.block_on(Running::start(&layout))?;
-    println!(
-        "running; logs in {}/logs (Ctrl-C stops the cluster)",
-        layout.dir.display()
-    );
-    let why = running.wait_any();
-    Err(Failure::new(
-        Code::Unavailable,
-        format!("the cluster stopped: {why}"),
-    ))
+    runtime()?.block_on(async {
+        let mut running = Running::start(&layout).await?;
+        println!(
+            "running; logs in {}/logs (Ctrl-C stops the cluster)",
+            layout.dir.display()
+        );
+        let stopped = running.wait().await;
+        drop(running);
+        match stopped {
+            Stopped::Asked(signal) => {
+                println!("cluster stopped ({signal})");
+                Ok(())
+            }
+            Stopped::Exited(why) => Err(Failure::new(
+                Code::Unavailable,
+                format!("the cluster stopped: {why}"),
+            )),
+        }
+    })
 }
 
 pub fn identity_add(config: &Path, name: &str, as_json: bool) -> Result<()> {
