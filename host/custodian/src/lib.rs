@@ -10,15 +10,13 @@
 //! - `store`: its tables in the ledger, and every write (each in one group commit).
 //! - `versions`: the active versions in memory, with their opened shares and kit counts.
 //! - `mailbox`: round messages from peers, buffered until the session that waits for them.
-//! - `peers`: sending round messages, and encrypting the secret ones (preprocessing);
-//!   `elements`: secret field elements to and from bytes without stray copies.
+//! - `peers`: sending round messages, and encrypting the secret ones (preprocessing).
 //! - `activation`, `preprocess`: the coordinator's orders; `session`: an evaluation on its
 //!   ticket.
 //! - `routes`: the HTTP API; `error`: its error bodies; `metrics`: `GET /metrics`.
 //! - `state`: everything a running custodian holds, and how it starts.
 
 mod activation;
-mod elements;
 mod error;
 mod keys;
 mod mailbox;

@@ -17,10 +17,10 @@ use axum::http::StatusCode;
 use quorumvm_core::field::Fp;
 use quorumvm_core::preprocess::{Generation, KitShape, Outgoing, PreprocessError};
 use quorumvm_wire::api::OrderResponse;
+use quorumvm_wire::elements;
 use quorumvm_wire::now_ms;
-use zeroize::Zeroize;
+use zeroize::{Zeroize, Zeroizing};
 
-use crate::elements;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::peers::{Peers, SEAL_OVERHEAD, valid_session_id};
@@ -113,7 +113,7 @@ pub(crate) async fn preprocess(
         Ok::<_, ApiError>(
             kits.into_iter()
                 .map(|mut kit| {
-                    let bytes = elements::to_bytes(&kit);
+                    let bytes = Zeroizing::new(elements::to_bytes(&kit));
                     kit.zeroize();
                     bytes
                 })
@@ -179,7 +179,7 @@ fn seal_all(
     out.messages()
         .iter()
         .map(|(to, values)| {
-            let plain = elements::to_bytes(values);
+            let plain = Zeroizing::new(elements::to_bytes(values));
             peers
                 .seal(*to, session, layer, &plain)
                 .map(|sealed| (*to, sealed))

@@ -456,7 +456,7 @@ impl Cluster {
         }
         let rounds = answers[0].body["rounds"].as_u64().unwrap() as u32;
         assert!(answers.iter().all(|a| a.body["rounds"] == rounds));
-        let outputs: Vec<Vec<Fp>> = answers
+        let outputs: Vec<_> = answers
             .iter()
             .map(|a| from_hex(a.body["outputs"].as_str().unwrap()).unwrap())
             .collect();
