@@ -96,33 +96,12 @@ fn load_or_create<K>(
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let text = generate();
-            write_private(path, text.as_bytes())?;
+            quorumvm_package::write_secret_file(path, &text)
+                .with_context(|| format!("cannot write {}", path.display()))?;
             parse(&text)
         }
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
-}
-
-/// Writes a secret file atomically with owner-only permissions: a crash leaves the old file or
-/// the new one, never a torn key.
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 fn open_ledger(data_dir: &Path) -> anyhow::Result<Ledger> {

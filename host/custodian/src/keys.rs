@@ -12,11 +12,10 @@
 //! replace.
 
 use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, bail};
-use quorumvm_package::{PublicKey, SecretKey};
+use quorumvm_package::{PublicKey, SecretKey, write_secret_file};
 use quorumvm_sealing::CustodianSecretKey;
 use serde::Serialize;
 use zeroize::Zeroizing;
@@ -114,35 +113,8 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", dir.display()))
 }
 
-/// Writes `text` to `path` atomically with owner-only permissions.
 fn write_secret(path: &Path, text: &str) -> anyhow::Result<()> {
-    let dir = path
-        .parent()
-        .context("a key file needs a parent directory")?;
-    let tmp: PathBuf = path.with_extension("key.tmp");
-    // A temporary file left by a crash is incomplete by definition.
-    match fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("removing {}", tmp.display())),
-    }
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    file.write_all(text.as_bytes())
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    drop(file);
-    fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-    // The rename is durable only once the directory entry is.
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing {}", dir.display()))?;
-    Ok(())
+    write_secret_file(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]
@@ -169,7 +141,7 @@ mod tests {
             let mode = fs::metadata(&data).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o700);
         }
-        assert!(!data.join("signing.key.tmp").exists());
+        assert!(!data.join(".signing.key.tmp").exists());
     }
 
     #[test]

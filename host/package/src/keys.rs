@@ -1,6 +1,10 @@
 //! Publisher keys and their files: one line of hex each, with a type prefix so that a public
 //! key is never mistaken for a secret one.
 
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use rand_core::OsRng;
 
@@ -129,6 +133,37 @@ impl PublicKey {
         let body = text.strip_prefix(PUBLIC_PREFIX).unwrap_or(text);
         PublicKey::from_bytes(&decode32(body)?)
     }
+}
+
+/// Writes a secret key file atomically with owner-only permissions: a temporary file beside it
+/// (created new, mode 0600), fsynced, renamed over `path`, and the directory fsynced, since the
+/// rename is durable only once the directory entry is. A crash while writing leaves either no
+/// key or the whole key, never a truncated one that a restart would refuse or, worse, replace.
+pub fn write_secret_file(path: &Path, text: &str) -> std::io::Result<()> {
+    let invalid =
+        |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, what.to_string());
+    let dir = path
+        .parent()
+        .ok_or_else(|| invalid("a key file needs a parent directory"))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| invalid("a key file needs a name"))?;
+    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
+    // A temporary file left by a crash is incomplete by definition.
+    match fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&tmp)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(&tmp, path)?;
+    fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]

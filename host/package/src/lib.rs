@@ -10,7 +10,7 @@
 pub mod keys;
 pub mod signature;
 
-pub use keys::{Domain, PublicKey, SecretKey};
+pub use keys::{Domain, PublicKey, SecretKey, write_secret_file};
 pub use signature::{
     PackageId, SignatureError, claimed_signer, package_id, sign, unsigned_part, verify,
 };
