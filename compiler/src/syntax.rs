@@ -12,11 +12,16 @@
 //! add s = a b        sub d = a b       mul p = a b       neg n = a
 //! mux y = c a b                 # c ? a : b, c must be 0 or 1
 //! dot s = [a b c] [x y z]       # a·x + b·y + c·z: one multiplication layer
+//! dot s = a x b y c z           # the same, flat: pairs interleaved
 //! polyeval y = x [c0 c1 c2]     # c0 + c1·x + c2·x²
+//! polyeval y = x c0 c1 c2       # the same, flat
 //! output y                      # any number of outputs
 //! ```
 //!
 //! Operands are names or number literals. Everything after `#` is a comment.
+//!
+//! The flat `dot` and `polyeval` are how the original (Python) QuorumVM DSL writes them, so its
+//! programs compile unchanged; a `[` where the list would start picks the bracketed form.
 
 use quorumvm_core::Decimal;
 
@@ -231,6 +236,12 @@ impl<'a> Line<'a> {
         self.tokens.get(self.pos)
     }
 
+    /// Whether the token `ahead` places past the cursor opens a list: how `dot` and `polyeval`
+    /// tell their bracketed form from the flat one.
+    fn list_at(&self, ahead: usize) -> bool {
+        matches!(self.tokens.get(self.pos + ahead), Some(t) if t.kind == TokenKind::LBracket)
+    }
+
     fn next(&mut self, expected: &str) -> Result<Token, CompileError> {
         match self.tokens.get(self.pos) {
             Some(t) => {
@@ -318,16 +329,29 @@ impl<'a> Line<'a> {
                     if items.is_empty() {
                         return Err(self.err(open.span, "a list needs at least one element"));
                     }
-                    let whole = Span {
-                        line: open.span.line,
-                        col: open.span.col,
-                        len: close.col + 1 - open.span.col,
-                    };
-                    return Ok((items, whole));
+                    return Ok((items, cover(open.span, close)));
                 }
                 None => return Err(self.err(self.end_span(), "expected `]` to close the list")),
                 _ => items.push(self.operand()?),
             }
+        }
+    }
+
+    /// Operands up to the end of the line, for the flat forms, whose arity is the count.
+    fn rest(&mut self) -> Result<Vec<Operand>, CompileError> {
+        let mut items = Vec::new();
+        while self.peek().is_some() {
+            items.push(self.operand()?);
+        }
+        Ok(items)
+    }
+
+    /// Where a run of operands is, for an error about all of them; where they were expected
+    /// when there are none.
+    fn operands_span(&self, ops: &[Operand]) -> Span {
+        match (ops.first(), ops.last()) {
+            (Some(first), Some(last)) => cover(first.span(), last.span()),
+            _ => self.end_span(),
         }
     }
 
@@ -419,40 +443,8 @@ fn parse_stmt(l: &mut Line) -> Result<Stmt, CompileError> {
             let b = l.operand()?;
             Stmt::Mux { name, cond, a, b }
         }
-        "dot" => {
-            let name = l.name("a name")?;
-            l.equals()?;
-            let (a, sa) = l.list()?;
-            let (b, sb) = l.list()?;
-            let span = Span {
-                line: sa.line,
-                col: sa.col,
-                len: sb.col + sb.len - sa.col,
-            };
-            if a.len() != b.len() {
-                return Err(l.err(
-                    span,
-                    format!(
-                        "wrong arity: `dot` needs two lists of the same length, got {} and {}",
-                        a.len(),
-                        b.len()
-                    ),
-                ));
-            }
-            Stmt::Dot { name, a, b, span }
-        }
-        "polyeval" => {
-            let name = l.name("a name")?;
-            l.equals()?;
-            let x = l.operand()?;
-            let (coeffs, span) = l.list()?;
-            Stmt::Polyeval {
-                name,
-                x,
-                coeffs,
-                span,
-            }
-        }
+        "dot" => parse_dot(l)?,
+        "polyeval" => parse_polyeval(l)?,
         "output" => Stmt::Output(match l.operand()? {
             Operand::Name(n) => n,
             Operand::Number(_, span) => {
@@ -471,6 +463,107 @@ fn parse_stmt(l: &mut Line) -> Result<Stmt, CompileError> {
     })
 }
 
+/// From the start of `first` to the end of `last`, both on one line.
+fn cover(first: Span, last: Span) -> Span {
+    Span {
+        line: first.line,
+        col: first.col,
+        len: last.col + last.len - first.col,
+    }
+}
+
+/// The terms of a dot product: left factors, right factors, and where they are.
+type Terms = (Vec<Operand>, Vec<Operand>, Span);
+
+/// `NAME = [a1 … aN] [b1 … bN]` or, flat, `NAME = a1 b1 … aN bN`.
+fn parse_dot(l: &mut Line) -> Result<Stmt, CompileError> {
+    let name = l.name("a name")?;
+    l.equals()?;
+    let (a, b, span) = if l.list_at(0) {
+        dot_lists(l)?
+    } else {
+        dot_pairs(l)?
+    };
+    Ok(Stmt::Dot { name, a, b, span })
+}
+
+/// Two lists, which must be as long as each other.
+fn dot_lists(l: &mut Line) -> Result<Terms, CompileError> {
+    let (a, sa) = l.list()?;
+    let (b, sb) = l.list()?;
+    let span = cover(sa, sb);
+    if a.len() != b.len() {
+        return Err(l.err(
+            span,
+            format!(
+                "wrong arity: `dot` needs two lists of the same length, got {} and {}",
+                a.len(),
+                b.len()
+            ),
+        ));
+    }
+    Ok((a, b, span))
+}
+
+/// The pairs interleaved, `a1 b1 a2 b2 …`: an odd count leaves a factor without its partner.
+fn dot_pairs(l: &mut Line) -> Result<Terms, CompileError> {
+    let ops = l.rest()?;
+    let span = l.operands_span(&ops);
+    if ops.is_empty() || ops.len() % 2 == 1 {
+        let got = match ops.len() {
+            0 => "none".to_string(),
+            n => format!("{n}, an odd number"),
+        };
+        return Err(l.err(
+            span,
+            format!("wrong arity: `dot` needs operands in pairs, `a1 b1 a2 b2 …`; got {got}"),
+        ));
+    }
+    let (a, b) = ops
+        .chunks_exact(2)
+        .map(|pair| (pair[0].clone(), pair[1].clone()))
+        .unzip();
+    Ok((a, b, span))
+}
+
+/// `NAME = X [c0 … cN]` or, flat, `NAME = X c0 … cN`.
+fn parse_polyeval(l: &mut Line) -> Result<Stmt, CompileError> {
+    let name = l.name("a name")?;
+    l.equals()?;
+    let (x, coeffs, span) = if l.list_at(1) {
+        let x = l.operand()?;
+        let (coeffs, span) = l.list()?;
+        (x, coeffs, span)
+    } else {
+        poly_flat(l)?
+    };
+    Ok(Stmt::Polyeval {
+        name,
+        x,
+        coeffs,
+        span,
+    })
+}
+
+/// `x` then the coefficients, whose span stands for the polynomial as the list's does; without
+/// a coefficient there is no polynomial.
+fn poly_flat(l: &mut Line) -> Result<(Operand, Vec<Operand>, Span), CompileError> {
+    let mut ops = l.rest()?;
+    if ops.len() < 2 {
+        let got = if ops.is_empty() { "none" } else { "only x" };
+        return Err(l.err(
+            l.operands_span(&ops),
+            format!(
+                "wrong arity: `polyeval` needs x and at least one coefficient, `x c0 c1 …`; \
+                 got {got}"
+            ),
+        ));
+    }
+    let coeffs = ops.split_off(1);
+    let span = l.operands_span(&coeffs);
+    Ok((ops.remove(0), coeffs, span))
+}
+
 /// `NAME [in LO..HI] [scale S]`
 fn parse_declared(l: &mut Line) -> Result<Declared, CompileError> {
     let name = l.name("a name")?;
@@ -486,12 +579,7 @@ fn parse_declared(l: &mut Line) -> Result<Declared, CompileError> {
                     return Err(l.err(dots.span, "expected `..` between the bounds"));
                 }
                 let (hi, hi_span) = l.number("the upper bound of the range")?;
-                let span = Span {
-                    line: lo_span.line,
-                    col: lo_span.col,
-                    len: hi_span.col + hi_span.len - lo_span.col,
-                };
-                range = Some((lo, hi, span));
+                range = Some((lo, hi, cover(lo_span, hi_span)));
             }
             TokenKind::Ident(w) if w == "scale" && scale.is_none() => {
                 l.pos += 1;
@@ -584,6 +672,9 @@ mod tests {
             ("input 3x", 1, 7, "run into a name"),
             ("input input", 1, 7, "keyword"),
             ("dot d = [a b] [c]", 1, 9, "wrong arity"),
+            ("dot d = a [b]", 1, 11, "expected an operand"),
+            ("dot d = [a b] c d", 1, 15, "expected `[`"),
+            ("polyeval p = [c0 c1]", 1, 14, "expected an operand"),
             ("add y = x 1 2", 1, 13, "unexpected text"),
             ("policy rate 0 per minute", 1, 13, "positive"),
         ];
@@ -591,6 +682,68 @@ mod tests {
             let e = parse(src).unwrap_err();
             assert_eq!((e.span.line, e.span.col), (line, col), "{src}: {e}");
             assert!(e.message.contains(needle), "{src}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn flat_dot_interleaves_its_pairs() {
+        let stmts = parse("dot s = a1 b1 a2 2.5").unwrap();
+        let Stmt::Dot { a, b, span, .. } = &stmts[0] else {
+            panic!()
+        };
+        let text = |ops: &[Operand]| -> Vec<String> {
+            ops.iter()
+                .map(|o| match o {
+                    Operand::Name(n) => n.text.clone(),
+                    Operand::Number(d, _) => d.to_string(),
+                })
+                .collect()
+        };
+        assert_eq!(text(a), ["a1", "a2"]);
+        assert_eq!(text(b), ["b1", "2.5"]);
+        assert_eq!((span.col, span.len), (9, 12));
+    }
+
+    /// The flat form is only another spelling: circuit and manifest, so the package, are the same.
+    #[test]
+    fn flat_and_bracketed_forms_compile_to_the_same_circuit() {
+        let decls = "input x in -10..10\nsecret a in -5..5 scale 1\nsecret b in -5..5\n";
+        let cases = [
+            ("dot s = [a b] [x x]", "dot s = a x b x"),
+            ("dot s = [a] [x]", "dot s = a x"),
+            ("dot s = [a 2 -0.5] [x b 3]", "dot s = a x 2 b -0.5 3"),
+            ("polyeval s = x [a b 3]", "polyeval s = x a b 3"),
+            ("polyeval s = x [a]", "polyeval s = x a"),
+            ("polyeval s = 2 [a -1.5 b]", "polyeval s = 2 a -1.5 b"),
+        ];
+        for (bracketed, flat) in cases {
+            let build = |stmt: &str| {
+                let src = format!("{decls}{stmt}\noutput s\n");
+                crate::compile::compile(&src, "same").unwrap_or_else(|e| panic!("{stmt}: {e}"))
+            };
+            let (want, got) = (build(bracketed), build(flat));
+            assert_eq!(want.circuit, got.circuit, "{flat}");
+            assert_eq!(want.manifest, got.manifest, "{flat}");
+        }
+    }
+
+    #[test]
+    fn flat_forms_with_the_wrong_arity_point_at_their_operands() {
+        // (source, line, column, carets, what the message says it got)
+        let cases = [
+            ("input a\ndot d = a", 2, 9, 1, "got 1, an odd number"),
+            ("input a\ndot d = a a 2", 2, 9, 5, "got 3, an odd number"),
+            ("dot d =", 1, 8, 1, "got none"),
+            ("dot d =   # the pairs come later", 1, 8, 1, "got none"),
+            ("input x\n\npolyeval p = x", 3, 14, 1, "got only x"),
+            ("polyeval p =", 1, 13, 1, "got none"),
+        ];
+        for (src, line, col, len, got) in cases {
+            let e = parse(src).unwrap_err();
+            let span = (e.span.line, e.span.col, e.span.len);
+            assert_eq!(span, (line, col, len), "{src}: {e}");
+            assert!(e.message.starts_with("wrong arity"), "{src}: {}", e.message);
+            assert!(e.message.ends_with(got), "{src}: {}", e.message);
         }
     }
 }

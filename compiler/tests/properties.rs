@@ -115,6 +115,8 @@ proptest! {
         let pair = |vals: &Vec<Option<Exact>>, a: usize, b: usize| vals[a].zip(vals[b]);
         for (j, op) in ops.iter().enumerate() {
             let name = format!("t{j}");
+            // Every other `dot` and `polyeval` is written flat, as the reference DSL writes them.
+            let flat = j % 2 == 1;
             let (line, val) = match op {
                 Op::Add(a, b) => { let (a, b) = (pick(*a, &names), pick(*b, &names));
                     (format!("add {name} = {} {}", names[a], names[b]), pair(&vals, a, b).and_then(|(x, y)| x.add(y))) }
@@ -135,11 +137,14 @@ proptest! {
                     let ts: Vec<(usize, usize)> = terms.iter().map(|&(a, b)| (pick(a, &names), pick(b, &names))).collect();
                     let l: Vec<&str> = ts.iter().map(|t| names[t.0].as_str()).collect();
                     let r: Vec<&str> = ts.iter().map(|t| names[t.1].as_str()).collect();
+                    let pairs: Vec<&str> = ts.iter().flat_map(|t| [names[t.0].as_str(), names[t.1].as_str()]).collect();
                     let v = ts.iter().try_fold(None::<Exact>, |acc, &(a, b)| {
                         let p = pair(&vals, a, b).and_then(|(x, y)| x.mul(y))?;
                         Some(Some(match acc { None => p, Some(acc) => acc.add(p)? }))
                     }).flatten();
-                    (format!("dot {name} = [{}] [{}]", l.join(" "), r.join(" ")), v) }
+                    let line = if flat { format!("dot {name} = {}", pairs.join(" ")) }
+                        else { format!("dot {name} = [{}] [{}]", l.join(" "), r.join(" ")) };
+                    (line, v) }
                 Op::Poly(x, cs) => {
                     let x = pick(*x, &names);
                     let cs: Vec<usize> = cs.iter().map(|&c| pick(c, &names)).collect();
@@ -153,7 +158,9 @@ proptest! {
                         Some(v)
                     })();
                     let list: Vec<&str> = cs.iter().map(|&c| names[c].as_str()).collect();
-                    (format!("polyeval {name} = {} [{}]", names[x], list.join(" ")), v) }
+                    let line = if flat { format!("polyeval {name} = {} {}", names[x], list.join(" ")) }
+                        else { format!("polyeval {name} = {} [{}]", names[x], list.join(" ")) };
+                    (line, v) }
                 Op::Lit(v, s) => (format!("const {name} = {}", render(*v, *s)), Some(Exact { raw: *v as i128, scale: *s })),
             };
             src += &line;
@@ -190,7 +197,7 @@ proptest! {
 
     #[test]
     fn mutated_examples_never_panic(
-        which in 0usize..5,
+        which in 0usize..6,
         edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..3), 1..8)
     ) {
         let examples = [
@@ -199,6 +206,9 @@ proptest! {
             include_str!("../../packages/pricing.qvm"),
             include_str!("../../packages/risk.qvm"),
             include_str!("../../packages/fees.qvm"),
+            // The flat forms of `dot` and `polyeval`.
+            "input x in -10..10\nsecret a in -5..5\nsecret b in -5..5\ndot s = a x b x\n\
+             polyeval y = x a b 3\nadd z = s y\noutput z\n",
         ];
         let mut bytes = examples[which].as_bytes().to_vec();
         for (at, byte, kind) in edits {
