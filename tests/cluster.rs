@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use quorumvm_core::eval::{decode_outputs, encode_values, eval_plain};
 use quorumvm_wire::api::{EvalResponse, VersionInfo};
 use quorumvm_wire::config::{CoordinatorConfig, CustodianConfig};
+use quorumvm_wire::request::{CallerRequest, Decimal};
+use quorumvm_wire::signed::Signed;
 
 const BIN: &str = env!("CARGO_BIN_EXE_quorumvm");
 
@@ -160,17 +162,68 @@ impl Cluster {
         child.wait().expect("reaped");
     }
 
-    fn identity(&self, name: &str) -> String {
+    /// A caller as a user makes one: `keygen` on the caller's machine, `identity add` with its
+    /// public key on the coordinator's, `identity approve` by the operators of custodians 1
+    /// and 2.
+    fn identity(&self, name: &str) -> Caller {
+        let prefix = self.path(name);
+        ok(quorumvm(&["keygen", "-o", prefix.to_str().unwrap()]));
+        let public = prefix.with_extension("pub");
         let out = ok(quorumvm(&[
             "identity",
             "add",
             name,
             "--json",
+            "--pubkey",
+            public.to_str().unwrap(),
             "--config",
             self.path("coordinator.toml").to_str().unwrap(),
         ]));
         let v: serde_json::Value = serde_json::from_str(&out).expect("json");
-        v["api_key"].as_str().expect("key").to_string()
+        for i in [1, 2] {
+            ok(quorumvm(&[
+                "identity",
+                "approve",
+                name,
+                "--json",
+                "--config",
+                self.path(&format!("custodian-{i}.toml")).to_str().unwrap(),
+            ]));
+        }
+        let key = std::fs::read_to_string(prefix.with_extension("key")).expect("caller key");
+        Caller {
+            name: name.to_string(),
+            api_key: v["api_key"].as_str().expect("key").to_string(),
+            key: Arc::new(quorumvm_package::SecretKey::from_file_text(&key).expect("caller key")),
+        }
+    }
+
+    /// The package a request for `program` names: the id itself, or the name's current (else
+    /// highest) version; an unknown name gets an id no package has.
+    async fn target(&self, program: &str) -> (String, String) {
+        let versions: Vec<VersionInfo> = self
+            .http
+            .get(format!("{}/v1/packages", self.coordinator_url))
+            .send()
+            .await
+            .expect("the coordinator answers")
+            .json()
+            .await
+            .expect("versions");
+        let chosen = versions
+            .iter()
+            .find(|v| v.package_id == program)
+            .or_else(|| versions.iter().find(|v| v.name == program && v.current))
+            .or_else(|| {
+                versions
+                    .iter()
+                    .filter(|v| v.name == program)
+                    .max_by_key(|v| v.version)
+            });
+        match chosen {
+            Some(v) => (v.name.clone(), v.package_id.clone()),
+            None => (program.to_string(), "0".repeat(64)),
+        }
     }
 
     /// Compiles, signs (as the cluster's publisher) and installs `source`; returns its id.
@@ -187,9 +240,12 @@ impl Cluster {
             self.path("publisher.key").to_str().unwrap(),
         ]));
         let pin = self.path("custodian-1.toml");
+        let key = self.path("publisher.key");
         let mut args = vec![
             "install",
             w,
+            "--key",
+            key.to_str().unwrap(),
             "--json",
             "--coordinator",
             &self.coordinator_url,
@@ -213,21 +269,24 @@ impl Cluster {
         ])
     }
 
+    /// A fresh request for `program`, signed by `caller`, sent with its API key.
     async fn eval(
         &self,
-        key: &str,
+        caller: &Caller,
         program: &str,
         inputs: &[(&str, String)],
     ) -> (u16, serde_json::Value) {
-        let body = serde_json::json!({
-            "program": program,
-            "inputs": inputs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<BTreeMap<_, _>>(),
-        });
+        let (program, package_id) = self.target(program).await;
+        let request = caller.sign(&program, &package_id, inputs);
+        self.send(&caller.api_key, &request).await
+    }
+
+    async fn send(&self, api_key: &str, request: &Signed) -> (u16, serde_json::Value) {
         let r = self
             .http
             .post(format!("{}/v1/eval", self.coordinator_url))
-            .bearer_auth(key)
-            .json(&body)
+            .bearer_auth(api_key)
+            .json(request)
             .send()
             .await
             .expect("the coordinator answers");
@@ -238,7 +297,7 @@ impl Cluster {
     /// Evaluates, waiting while the first kits are generated.
     async fn eval_ready(
         &self,
-        key: &str,
+        key: &Caller,
         program: &str,
         inputs: &[(&str, String)],
     ) -> EvalResponse {
@@ -267,6 +326,31 @@ impl Cluster {
         let v: serde_json::Value = serde_json::from_str(&out).expect("json");
         assert_eq!(v["ok"], true);
         v["entries"].as_u64().expect("entries")
+    }
+}
+
+/// A caller's credentials: its API key and its ed25519 key.
+#[derive(Clone)]
+struct Caller {
+    name: String,
+    api_key: String,
+    key: Arc<quorumvm_package::SecretKey>,
+}
+
+impl Caller {
+    fn sign(&self, program: &str, package_id: &str, inputs: &[(&str, String)]) -> Signed {
+        let request = CallerRequest {
+            request_id: format!("{:032x}", rand::random::<u128>()),
+            identity: self.name.clone(),
+            program: program.to_string(),
+            package_id: package_id.to_string(),
+            inputs: inputs
+                .iter()
+                .map(|(k, v)| (k.to_string(), Decimal(v.clone())))
+                .collect::<BTreeMap<_, _>>(),
+            time_ms: quorumvm_wire::now_ms(),
+        };
+        Signed::sign(&request, quorumvm_package::Domain::Request, &self.key)
     }
 }
 
@@ -423,7 +507,7 @@ fn approvals_activate_at_k_and_versions_move_forward_only() {
             .contains("forged")
     );
     let other = quorumvm_package::PackageId([7; 32]);
-    let wrong = sign_with_id(&c, 2, other, &v1.manifest);
+    let wrong = sign_with_id(&c, 2, &v1.package_id, other, &v1.manifest);
     let http = post_approval(&c, &v1.package_id, 2, &wrong);
     assert_eq!(http.0, 400, "{}", http.1);
     let (status, _) = rt.block_on(c.eval(&key, "square", &[("x", "3".into())]));
@@ -468,6 +552,8 @@ fn approvals_activate_at_k_and_versions_move_forward_only() {
     let refused = quorumvm(&[
         "install",
         w.to_str().unwrap(),
+        "--key",
+        c.path("publisher.key").to_str().unwrap(),
         "--coordinator",
         &c.coordinator_url,
     ]);
@@ -482,17 +568,26 @@ fn approvals_activate_at_k_and_versions_move_forward_only() {
     ok(c.approve(&v3.package_id, 3));
     let a = rt.block_on(c.eval_ready(&key, "square", &[("x", "3".into())]));
     assert_eq!((a.outputs["y"].as_str(), a.version), ("121", 3));
-    // Version 2, activated later, does not replace version 3; it serves by its package id.
+    // Version 3 retired version 1: it serves no more, not even by its package id.
+    let (s, b) = rt.block_on(c.eval(&key, &v1.package_id, &[("x", "10".into())]));
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (410, Some("retired")),
+        "{b}"
+    );
+    // Version 2, approved later, never replaces version 3: it is retired at once.
     let v2 = c.publish("square2", &SQUARE.replace("version 1", "version 2"), &[]);
     ok(c.approve(&v2.package_id, 1));
-    ok(c.approve(&v2.package_id, 3));
+    let info: VersionInfo = serde_json::from_str(&ok(c.approve(&v2.package_id, 3))).unwrap();
+    assert_eq!(info.state, quorumvm_wire::api::VersionState::Retired);
     let a = rt.block_on(c.eval_ready(&key, "square", &[("x", "3".into())]));
     assert_eq!(a.version, 3);
-    let a = rt.block_on(c.eval_ready(&key, &v2.package_id, &[("x", "3".into())]));
-    assert_eq!(a.version, 2);
-    // The old version still serves by id.
-    let a = rt.block_on(c.eval_ready(&key, &v1.package_id, &[("x", "10".into())]));
-    assert_eq!(a.outputs["y"], "289");
+    let (s, b) = rt.block_on(c.eval(&key, &v2.package_id, &[("x", "3".into())]));
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (410, Some("retired")),
+        "{b}"
+    );
 
     // Errors are JSON with the right status.
     let (s, b) = rt.block_on(c.eval(&key, "nothing", &[("x", "1".into())]));
@@ -504,11 +599,62 @@ fn approvals_activate_at_k_and_versions_move_forward_only() {
     assert_eq!((s, b["error"]["code"].as_str()), (400, Some("bad_input")));
     let (s, b) = rt.block_on(c.eval(&key, "square", &[("x", "5000".into())]));
     assert_eq!((s, b["error"]["code"].as_str()), (400, Some("bad_input")));
-    let (s, b) = rt.block_on(c.eval("qvm_not_a_key", "square", &[("x", "1".into())]));
+    let (program, package) = rt.block_on(c.target("square"));
+    let (s, b) = rt.block_on(c.send(
+        "qvm_not_a_key",
+        &key.sign(&program, &package, &[("x", "1".into())]),
+    ));
     assert_eq!(
         (s, b["error"]["code"].as_str()),
         (401, Some("unauthenticated"))
     );
+    // `bearer` in any case is the Bearer scheme.
+    let r = rt
+        .block_on(
+            c.http
+                .post(format!("{}/v1/eval", c.coordinator_url))
+                .header("authorization", format!("bEaReR {}", key.api_key))
+                .json(&key.sign(&program, &package, &[("x", "1".into())]))
+                .send(),
+        )
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    // A JSON number with more digits than the input's scale is refused, never rounded.
+    let body = key
+        .sign(&program, &package, &[("x", "1".into())])
+        .body
+        .replace("\"x\":\"1\"", "\"x\":999.99999999999999999");
+    assert!(body.contains("999.99999999999999999"), "{body}");
+    let resigned = Signed {
+        signature: hex::encode(
+            key.key
+                .sign_statement(quorumvm_package::Domain::Request, body.as_bytes()),
+        ),
+        body,
+    };
+    let (s, b) = rt.block_on(c.send(&key.api_key, &resigned));
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (400, Some("bad_input")),
+        "{b}"
+    );
+    // Errors of every route are JSON, 404 and 405 too.
+    for (method, path, status) in [
+        (reqwest::Method::GET, "/v1/nothing", 404),
+        (reqwest::Method::GET, "/v1/eval", 405),
+        (reqwest::Method::GET, "/v1/packages/not-an-id", 404),
+    ] {
+        let r = rt
+            .block_on(
+                c.http
+                    .request(method, format!("{}{path}", c.coordinator_url))
+                    .send(),
+            )
+            .unwrap();
+        assert_eq!(r.status().as_u16(), status, "{path}");
+        let body: serde_json::Value = rt.block_on(r.json()).expect("a JSON error body");
+        assert!(body["error"]["code"].is_string(), "{path}: {body}");
+    }
 
     assert!(c.audit_verifies("coordinator/coordinator.db") > 10);
     for i in 1..=3 {
@@ -524,18 +670,37 @@ fn sign_with(
     manifest: &quorumvm_core::circuit::Manifest,
 ) -> String {
     let id = quorumvm_package::PackageId(hex::decode(package).unwrap().try_into().unwrap());
-    sign_with_id(c, i, id, manifest)
+    sign_with_id(c, i, package, id, manifest)
 }
 
+/// Custodian `i`'s approval of package `id` with `manifest` and the deal of `package`.
 fn sign_with_id(
     c: &Cluster,
     i: u32,
+    package: &str,
     id: quorumvm_package::PackageId,
     manifest: &quorumvm_core::circuit::Manifest,
 ) -> String {
     let text = std::fs::read_to_string(c.path(&format!("custodian-{i}/signing.key"))).unwrap();
     let key = quorumvm_package::SecretKey::from_file_text(&text).unwrap();
-    hex::encode(quorumvm_wire::approval::sign(&key, &id, manifest))
+    let deal: Signed = runtime().block_on(async {
+        c.http
+            .get(format!("{}/v1/packages/{package}/deal", c.coordinator_url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    });
+    hex::encode(quorumvm_wire::approval::sign(
+        &key,
+        &quorumvm_wire::approval::Subject::Version {
+            package: &id,
+            manifest,
+            deal: &deal.digest(),
+        },
+    ))
 }
 
 /// Posts an approval as `custodian` with `signature` (no CLI: a forger would not use it).
@@ -811,7 +976,7 @@ fn secret_shares(c: &Cluster, i: u32, package: &str) -> Vec<[u8; 16]> {
 /// request ids of correct answers and descriptions of the rest.
 async fn load(
     c: Arc<Cluster>,
-    key: String,
+    key: Caller,
     model: String,
     clients: u64,
     calls: u64,
@@ -911,6 +1076,25 @@ fn custodians_die_and_everything_restarts_intact() {
     assert!(c.audit_verifies("coordinator/coordinator.db") > 400);
     for i in 1..=3 {
         assert!(c.audit_verifies(&format!("custodian-{i}/custodian.db")) > 0);
+    }
+    // Each custodian charged its own counter once per request, retries or not: custodian 1,
+    // in every quorum, exactly as the coordinator did; the others no more.
+    let spent = |db: &str| -> i64 {
+        quorumvm_ledger::Ledger::open(c.path(db))
+            .unwrap()
+            .connection()
+            .query_row(
+                "SELECT spent FROM budget_spent WHERE identity = 'survivor' AND program = 'model'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    let coordinator_spent = spent("coordinator/coordinator.db");
+    assert_eq!(coordinator_spent, 1 + 400 + 1);
+    assert_eq!(spent("custodian-1/custodian.db"), coordinator_spent);
+    for i in [2, 3] {
+        assert!(spent(&format!("custodian-{i}/custodian.db")) <= coordinator_spent);
     }
     // Every evaluation that returned 200 is in the coordinator's audit log.
     let db = quorumvm_ledger::Ledger::open(c.path("coordinator/coordinator.db")).unwrap();

@@ -96,7 +96,14 @@ async fn publish_and_approve(
         quorumvm_compiler::compile_to_package(source, "bench").map_err(Failure::data)?;
     let signed = quorumvm_package::sign(&unsigned, &layout.publisher()?).map_err(Failure::data)?;
     let pinned = publish::pinned_cluster(&layout.coordinator)?;
-    let info = publish::install(client, &signed, secrets, Some(&pinned)).await?;
+    let info = publish::install(
+        client,
+        &signed,
+        &layout.publisher()?,
+        secrets,
+        Some(&pinned),
+    )
+    .await?;
     // On a cluster that already has it (a second run with --running), it may be active.
     let mut approvals = info.approvals.len();
     for i in 1..=crate::cluster::N {
@@ -198,9 +205,7 @@ async fn bench(layout: &Layout, o: &Options) -> Result<()> {
     };
     let client = Client::new(&layout.coordinator_url);
     let name = format!("bench-{}", quorumvm_wire::now_ms());
-    let key = quorumvm_coordinator::add_identity(&layout.coordinator_config()?, &name)
-        .map_err(|e| Failure::new(Code::IoErr, format!("{e:#}")))?;
-    let key = key.as_str().to_string();
+    let caller = std::sync::Arc::new(layout.enrol(&client, &name).await?);
     let weights: Vec<(String, String)> = (1..=10)
         .map(|i| (format!("w{i}"), format!("{}.{:02}", i % 7, (i * 13) % 100)))
         .collect();
@@ -239,7 +244,8 @@ async fn bench(layout: &Layout, o: &Options) -> Result<()> {
         ),
         ("10-feature linear model", linear.clone(), linear_inputs),
     ] {
-        let probe = client.eval(&key, &program, &inputs).await.map_err(fail)?;
+        let target = client.target(&program).await.map_err(fail)?;
+        let probe = client.eval(&caller, &target, &inputs).await.map_err(fail)?;
         let rounds = probe.rounds as usize;
         let hops = 2 + rounds;
         let floor_call = {
@@ -255,14 +261,22 @@ async fn bench(layout: &Layout, o: &Options) -> Result<()> {
             }
         };
         let eval_call = {
-            let (client, key, program, inputs) =
-                (client.clone(), key.clone(), program.clone(), inputs.clone());
+            let (client, caller, target, inputs) = (
+                client.clone(),
+                caller.clone(),
+                target.clone(),
+                inputs.clone(),
+            );
             move || {
-                let (client, key, program, inputs) =
-                    (client.clone(), key.clone(), program.clone(), inputs.clone());
+                let (client, caller, target, inputs) = (
+                    client.clone(),
+                    caller.clone(),
+                    target.clone(),
+                    inputs.clone(),
+                );
                 async move {
                     client
-                        .eval(&key, &program, &inputs)
+                        .eval(&caller, &target, &inputs)
                         .await
                         .map(|_| ())
                         .map_err(fail)

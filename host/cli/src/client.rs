@@ -3,14 +3,53 @@
 
 use std::time::Duration;
 
+use quorumvm_package::{Domain, SecretKey};
 use quorumvm_wire::api::{
-    ApproveRequest, ClusterInfo, ErrorBody, EvalRequest, EvalResponse, InputValue, InstallRequest,
-    VersionInfo,
+    ApproveRequest, ClusterInfo, ErrorBody, EvalResponse, IdentityInfo, InstallRequest, VersionInfo,
 };
+use quorumvm_wire::now_ms;
+use quorumvm_wire::request::{CallerRequest, Decimal};
+use quorumvm_wire::signed::Signed;
+use rand::RngCore;
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 
 use crate::exit::{Code, Failure};
+
+/// A caller's two credentials: the API key the coordinator admits it by, and the ed25519 key
+/// (approved by k custodian operators) whose signature every custodian checks.
+pub struct Caller {
+    pub identity: String,
+    pub api_key: String,
+    pub key: SecretKey,
+}
+
+/// The exact version a request asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub program: String,
+    pub package_id: String,
+}
+
+impl Caller {
+    /// A fresh request (random id, now), signed.
+    pub fn sign(&self, target: &Target, inputs: &[(String, String)]) -> Signed {
+        let mut id = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut id);
+        let request = CallerRequest {
+            request_id: hex::encode(id),
+            identity: self.identity.clone(),
+            program: target.program.clone(),
+            package_id: target.package_id.clone(),
+            inputs: inputs
+                .iter()
+                .map(|(k, v)| (k.clone(), Decimal(v.clone())))
+                .collect(),
+            time_ms: now_ms(),
+        };
+        Signed::sign(&request, Domain::Request, &self.key)
+    }
+}
 
 #[derive(Clone)]
 pub struct Client {
@@ -191,24 +230,68 @@ impl Client {
         .0)
     }
 
+    pub async fn approve_identity(
+        &self,
+        name: &str,
+        request: &ApproveRequest,
+    ) -> Result<IdentityInfo, CallError> {
+        Ok(Self::answer(
+            self.http
+                .post(format!("{}/v1/identities/{name}/approvals", self.base))
+                .json(request)
+                .send()
+                .await,
+        )
+        .await?
+        .0)
+    }
+
+    /// The version `program` (a name, or a package id) stands for now, which a caller then
+    /// signs for.
+    pub async fn target(&self, program: &str) -> Result<Target, CallError> {
+        let versions: Vec<VersionInfo> = self.get("/v1/packages").await?;
+        // A name's current version; else its highest (pending, so the coordinator says so).
+        let named = |v: &&VersionInfo| v.name == program;
+        let chosen = versions
+            .iter()
+            .find(|v| v.package_id == program)
+            .or_else(|| versions.iter().filter(named).find(|v| v.current))
+            .or_else(|| versions.iter().filter(named).max_by_key(|v| v.version));
+        chosen
+            .map(|v| Target {
+                program: v.name.clone(),
+                package_id: v.package_id.clone(),
+            })
+            .ok_or_else(|| CallError::Api {
+                status: StatusCode::NOT_FOUND,
+                code: "unknown_program".into(),
+                message: format!("no active program or package `{program}` is installed"),
+                retry_after: None,
+            })
+    }
+
+    /// Signs a fresh request for `target` and sends it.
     pub async fn eval(
         &self,
-        api_key: &str,
-        program: &str,
+        caller: &Caller,
+        target: &Target,
         inputs: &[(String, String)],
     ) -> Result<EvalResponse, CallError> {
-        let request = EvalRequest {
-            program: program.to_string(),
-            inputs: inputs
-                .iter()
-                .map(|(k, v)| (k.clone(), InputValue::Text(v.clone())))
-                .collect(),
-        };
+        self.eval_signed(&caller.api_key, &caller.sign(target, inputs))
+            .await
+    }
+
+    /// Sends a signed request as it is (a test may replay or alter one).
+    pub async fn eval_signed(
+        &self,
+        api_key: &str,
+        request: &Signed,
+    ) -> Result<EvalResponse, CallError> {
         Ok(Self::answer(
             self.http
                 .post(format!("{}/v1/eval", self.base))
                 .bearer_auth(api_key)
-                .json(&request)
+                .json(request)
                 .send()
                 .await,
         )

@@ -13,8 +13,9 @@ use quorumvm_wire::config::{
     CoordinatorConfig, CustodianConfig, CustodianEntry, Engine, PoolConfig,
 };
 
-use crate::client::Client;
+use crate::client::{Caller, Client};
 use crate::exit::{Code, Failure, Result, read_text, write};
+use crate::publish;
 
 pub const N: u32 = 3;
 pub const K: usize = 2;
@@ -159,6 +160,51 @@ impl Layout {
 
     pub fn coordinator_config(&self) -> Result<CoordinatorConfig> {
         CoordinatorConfig::load(&self.coordinator).map_err(Failure::data)
+    }
+
+    /// Proposes caller `name` with a fresh key (as `quorumvm keygen` makes one on the caller's
+    /// machine) at the coordinator, without approving it yet.
+    pub fn propose(&self, name: &str) -> Result<Caller> {
+        let key = SecretKey::generate();
+        let api_key =
+            quorumvm_coordinator::add_identity(&self.coordinator_config()?, name, &key.public())
+                .map_err(|e| Failure::new(Code::IoErr, format!("{e:#}")))?;
+        Ok(Caller {
+            identity: name.to_string(),
+            api_key: api_key.as_str().to_string(),
+            key,
+        })
+    }
+
+    /// Has custodian operators `approvers` approve identity `name`; returns whether it is
+    /// active.
+    pub async fn approve_identity(
+        &self,
+        client: &Client,
+        name: &str,
+        approvers: &[u32],
+    ) -> Result<bool> {
+        let mut active = false;
+        for &i in approvers {
+            active = publish::approve_identity(&self.custodian_config(i)?, client, name)
+                .await?
+                .active;
+        }
+        Ok(active)
+    }
+
+    /// A caller approved by custodians 1..=k, ready to evaluate.
+    pub async fn enrol(&self, client: &Client, name: &str) -> Result<Caller> {
+        let caller = self.propose(name)?;
+        let k = self.coordinator_config()?.threshold as u32;
+        let approvers: Vec<u32> = (1..=k).collect();
+        if !self.approve_identity(client, name, &approvers).await? {
+            return Err(Failure::new(
+                Code::Rejected,
+                format!("identity {name} is not active after {k} approvals"),
+            ));
+        }
+        Ok(caller)
     }
 }
 

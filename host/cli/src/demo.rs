@@ -10,7 +10,7 @@ use quorumvm_package::{PackageId, package_id};
 use quorumvm_wire::api::{ApproveRequest, EvalResponse, VersionState};
 use quorumvm_wire::config::PoolConfig;
 
-use crate::client::{CallError, Client};
+use crate::client::{CallError, Caller, Client, Target};
 use crate::cluster::{Layout, Running};
 use crate::exit::{Code, Failure, Result, read_text};
 use crate::publish;
@@ -81,7 +81,14 @@ async fn publish_program(
     // The publisher pins the custodians' keys from the cluster's configuration, so a
     // coordinator cannot substitute keys of its own.
     let pinned = publish::pinned_cluster(&layout.coordinator)?;
-    let info = publish::install(client, &signed, secrets, Some(&pinned)).await?;
+    let info = publish::install(
+        client,
+        &signed,
+        &layout.publisher()?,
+        secrets,
+        Some(&pinned),
+    )
+    .await?;
     check(
         info.state == VersionState::Pending,
         "a new version starts pending",
@@ -100,11 +107,27 @@ async fn approve(
     Ok(info.state)
 }
 
+/// Signs a request for `program`'s current version and sends it.
+async fn call(
+    client: &Client,
+    caller: &Caller,
+    program: &str,
+    inputs: &str,
+) -> std::result::Result<EvalResponse, CallError> {
+    let target = client.target(program).await?;
+    client.eval(caller, &target, &pairs(inputs)).await
+}
+
 /// Evaluates, waiting (a few seconds at most) while the first preprocessing batch is made.
-async fn eval(client: &Client, key: &str, program: &str, inputs: &str) -> Result<EvalResponse> {
+async fn eval(
+    client: &Client,
+    caller: &Caller,
+    program: &str,
+    inputs: &str,
+) -> Result<EvalResponse> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        match client.eval(key, program, &pairs(inputs)).await {
+        match call(client, caller, program, inputs).await {
             // Right after activation: the first kits are being generated.
             Err(e) if e.code() == "no_preprocessing" && Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -142,17 +165,43 @@ async fn tour(packages: &Path, layout: &Layout) -> Result<()> {
 
     step(
         3,
-        "An identity for the caller (its API key is stored only as a hash)",
+        "A caller identity: its own ed25519 key, proposed at the coordinator, approved by k = 2 custodian operators",
     );
-    let key = quorumvm_coordinator::add_identity(&layout.coordinator_config()?, "alice")
-        .map_err(|e| Failure::new(Code::IoErr, format!("{e:#}")))?;
-    let key = key.as_str().to_string();
-    let pending = expect_refusal(client.eval(&key, "square", &pairs("x=3")).await, "pending")?;
-    println!("    evaluating now is refused: {pending}");
+    let key = layout.propose("alice")?;
+    println!(
+        "    alice's key {} (the coordinator never sees the secret half; her API key is stored only as a hash)",
+        key.key.public().to_hex()
+    );
+    let unapproved = Target {
+        program: "square".into(),
+        package_id: sq.to_string(),
+    };
+    let e = expect_refusal(
+        client.eval(&key, &unapproved, &pairs("x=3")).await,
+        "identity_pending",
+    )?;
+    println!("    before any approval: {e}");
+    check(
+        !layout.approve_identity(&client, "alice", &[1]).await?,
+        "one approval keeps an identity pending",
+    )?;
+    println!("    custodian 1's operator approved: 1 of 2, still pending");
+    check(
+        layout.approve_identity(&client, "alice", &[3]).await?,
+        "two approvals activate an identity",
+    )?;
+    println!(
+        "    custodian 3's operator approved: ACTIVE — every custodian checked the two approvals itself"
+    );
+    let pending = expect_refusal(
+        client.eval(&key, &unapproved, &pairs("x=3")).await,
+        "pending",
+    )?;
+    println!("    evaluating the unapproved program is refused: {pending}");
 
     step(
         4,
-        "Custodian operators review and approve (ed25519 over package id + manifest + policy)",
+        "Custodian operators review and approve (ed25519 over package id + manifest + policy + the publisher's deal of the shares)",
     );
     check(
         approve(layout, &client, &sq, 1).await? == VersionState::Pending,
@@ -176,10 +225,12 @@ async fn tour(packages: &Path, layout: &Layout) -> Result<()> {
         "    custodian 1 again: refused ({})",
         dup.trim_start_matches("quorumvm: ")
     );
+    let deal = client.get(&format!("/v1/packages/{sq}/deal")).await?;
     let forged = publish::approval_signature(
         &layout.dir.join("custodian-1/signing.key"),
         &sq,
         &sq_manifest,
+        &deal,
     )?;
     let e = expect_refusal(
         client
@@ -202,7 +253,7 @@ async fn tour(packages: &Path, layout: &Layout) -> Result<()> {
 
     step(
         5,
-        "Evaluate on shares: inputs Shamir-shared, custodians exchange one message per peer per round",
+        "Evaluate on shares: alice signs each request; every custodian verifies it and checks x's range itself; custodians exchange one message per peer per round",
     );
     let started = Instant::now();
     for (x, want) in [("3", "100"), ("10", "289"), ("0", "49")] {
@@ -219,6 +270,30 @@ async fn tour(packages: &Path, layout: &Layout) -> Result<()> {
         "    (the first call waited for the custodians to generate Beaver triples among themselves: {} ms in all)",
         started.elapsed().as_millis()
     );
+    let target = client.target("square").await?;
+    let request = key.sign(&target, &pairs("x=3"));
+    let first = client.eval_signed(&key.api_key, &request).await?;
+    check(first.outputs["y"] == "100", "a signed request answers")?;
+    let e = expect_refusal(
+        client.eval_signed(&key.api_key, &request).await,
+        "replayed_request",
+    )?;
+    println!("    the same signed request sent again: {e}");
+    let mallory = Caller {
+        identity: "alice".into(),
+        api_key: key.api_key.clone(),
+        key: quorumvm_package::SecretKey::generate(),
+    };
+    let e = expect_refusal(
+        client.eval(&mallory, &target, &pairs("x=3")).await,
+        "bad_request_signature",
+    )?;
+    println!("    a request with alice's API key but not signed with her key: {e}");
+    let e = expect_refusal(
+        client.eval(&key, &target, &pairs("x=3.5")).await,
+        "bad_input",
+    )?;
+    println!("    x = 3.5 for an integer input: {e}");
 
     step(
         6,
@@ -271,7 +346,7 @@ async fn tour(packages: &Path, layout: &Layout) -> Result<()> {
         );
     }
     let e = expect_refusal(
-        client.eval(&key, "metered", &pairs("x=4")).await,
+        call(&client, &key, "metered", "x=4").await,
         "budget_exhausted",
     )?;
     println!("    call 4: {e}");
@@ -284,7 +359,7 @@ async fn tour(packages: &Path, layout: &Layout) -> Result<()> {
         println!("    call {i}: accepted");
     }
     let e = expect_refusal(
-        client.eval(&key, "throttled", &pairs("x=5")).await,
+        call(&client, &key, "throttled", "x=5").await,
         "rate_limited",
     )?;
     let retry = match &e {

@@ -119,9 +119,13 @@ enum Command {
         #[command(subcommand)]
         command: IdentityCommand,
     },
-    /// Upload a signed package; secrets are Shamir-shared and sealed to the custodians here.
+    /// Upload a signed package; secrets are Shamir-shared and sealed to the custodians here,
+    /// and the deal of the sealed shares is signed with the publisher's key.
     Install {
         package: PathBuf,
+        /// The publisher's key: the one that signed the package.
+        #[arg(long)]
+        key: PathBuf,
         #[arg(long, default_value = "http://127.0.0.1:7100")]
         coordinator: String,
         /// Secret coefficients as NAME=VALUE (repeatable); they never leave this machine.
@@ -144,7 +148,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Evaluate a program on the cluster: `quorumvm eval square x=3`.
+    /// Evaluate a program on the cluster: `quorumvm eval square x=3`. The request is signed
+    /// with the caller's key; every custodian verifies it.
     Eval {
         /// A program name or package id.
         program: String,
@@ -155,6 +160,12 @@ enum Command {
         /// The API key (or the QUORUMVM_API_KEY environment variable).
         #[arg(long, env = "QUORUMVM_API_KEY", hide_env_values = true)]
         key: String,
+        /// The caller identity's name.
+        #[arg(long, env = "QUORUMVM_IDENTITY")]
+        identity: String,
+        /// The caller's ed25519 key file (`quorumvm keygen`), approved with the identity.
+        #[arg(long, env = "QUORUMVM_CALLER_KEY")]
+        caller_key: PathBuf,
         #[arg(long)]
         json: bool,
     },
@@ -201,10 +212,24 @@ enum Command {
 
 #[derive(Subcommand)]
 enum IdentityCommand {
-    /// Create an identity; prints its API key once.
+    /// Propose an identity with the caller's public key; prints its API key once. It serves
+    /// once k custodian operators approved it (`identity approve`).
     Add {
         name: String,
+        /// The caller's public key file (`quorumvm keygen -o NAME` makes NAME.key and NAME.pub
+        /// on the caller's machine; only the .pub comes here).
+        #[arg(long)]
+        pubkey: PathBuf,
         /// The coordinator's config (for its data directory).
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a proposed identity as a custodian operator (signs its name and key).
+    Approve {
+        name: String,
+        /// The custodian's config (its index, data directory and coordinator URL).
         #[arg(long)]
         config: PathBuf,
         #[arg(long)]
@@ -222,6 +247,8 @@ enum AuditCommand {
         json: bool,
     },
 }
+
+use servers::Credentials;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -258,16 +285,27 @@ fn main() -> ExitCode {
             compose,
         } => servers::dev(&dir, port, init_only, compose),
         Command::Identity {
-            command: IdentityCommand::Add { name, config, json },
-        } => servers::identity_add(&config, &name, json),
+            command:
+                IdentityCommand::Add {
+                    name,
+                    pubkey,
+                    config,
+                    json,
+                },
+        } => servers::identity_add(&config, &name, &pubkey, json),
+        Command::Identity {
+            command: IdentityCommand::Approve { name, config, json },
+        } => servers::identity_approve(&name, &config, json),
         Command::Install {
             package,
+            key,
             coordinator,
             secrets,
             cluster_config,
             json,
         } => servers::install(
             &package,
+            &key,
             &coordinator,
             &secrets,
             cluster_config.as_deref(),
@@ -283,8 +321,20 @@ fn main() -> ExitCode {
             inputs,
             coordinator,
             key,
+            identity,
+            caller_key,
             json,
-        } => servers::eval(&program, &inputs, &coordinator, &key, json),
+        } => servers::eval(
+            &program,
+            &inputs,
+            &coordinator,
+            Credentials {
+                api_key: key,
+                identity,
+                key_file: caller_key,
+            },
+            json,
+        ),
         Command::Audit {
             command: AuditCommand::Verify { db, json },
         } => servers::audit_verify(&db, json),

@@ -1,16 +1,22 @@
 //! The publisher's and the custodian operator's side of a cluster: `install` (share and seal
-//! the secrets on this machine, upload ciphertexts) and `approve` (review and sign a version).
+//! the secrets on this machine, sign the deal of the ciphertexts, upload) and `approve` (review
+//! and sign a version, or a caller identity).
 
 use std::path::Path;
 
 use quorumvm_core::circuit::Manifest;
 use quorumvm_core::eval::encode_values;
 use quorumvm_core::shamir::{self, Threshold};
-use quorumvm_package::{PackageId, SecretKey, package_id};
+use quorumvm_package::{Domain, PackageId, PublicKey, SecretKey, claimed_signer, package_id};
 use quorumvm_sandbox::Sandbox;
 use quorumvm_sealing::{CustodianPublicKey, ShareBinding, seal_share};
-use quorumvm_wire::api::{ApproveRequest, InstallRequest, SealedShares, VersionInfo, encode_bytes};
+use quorumvm_wire::api::{
+    ApproveRequest, IdentityInfo, InstallRequest, SealedShares, VersionInfo, encode_bytes,
+};
+use quorumvm_wire::approval::Subject;
 use quorumvm_wire::config::{Cluster, CoordinatorConfig, CustodianConfig};
+use quorumvm_wire::deal::{Deal, Dealt, share_digest};
+use quorumvm_wire::signed::Signed;
 
 use crate::client::Client;
 use crate::exit::{Code, Failure, Result, read_text};
@@ -24,7 +30,8 @@ pub fn read_manifest(bytes: &[u8]) -> Result<Manifest> {
 }
 
 /// Shares every secret k-of-n here, seals share `i` to custodian `i`'s X25519 key (bound to
-/// the package id, `i` and the secret's name) and uploads the package with the ciphertexts.
+/// the package id, `i` and the secret's name), signs the deal of those ciphertexts with the
+/// publisher's key (the one that signed the package) and uploads package, ciphertexts and deal.
 /// The plaintext values and shares never leave this process.
 ///
 /// The custodians' keys come from the coordinator unless `pinned` gives them: with `pinned`,
@@ -32,9 +39,16 @@ pub fn read_manifest(bytes: &[u8]) -> Result<Manifest> {
 pub async fn install(
     client: &Client,
     signed: &[u8],
+    publisher: &SecretKey,
     secrets: &[(String, String)],
     pinned: Option<&Cluster>,
 ) -> Result<VersionInfo> {
+    if claimed_signer(signed) != Some(publisher.public().to_bytes()) {
+        return Err(Failure::data(
+            "the package is not signed with this publisher key: the deal of its shares must be \
+             signed by the package's own publisher",
+        ));
+    }
     let manifest = read_manifest(signed)?;
     let values = encode_values("secret", &manifest.secrets, secrets).map_err(Failure::data)?;
     let id = package_id(signed);
@@ -84,9 +98,33 @@ pub async fn install(
                 .insert(decl.name.clone(), hex::encode(sealed.to_bytes()));
         }
     }
+    let deal = Deal {
+        package_id: id.to_string(),
+        threshold: cluster.threshold,
+        custodians: cluster
+            .custodians
+            .iter()
+            .zip(&shares)
+            .map(|(c, s)| Dealt {
+                custodian: c.index,
+                sealing_key: c.sealing_key.clone(),
+                shares: s
+                    .sealed
+                    .iter()
+                    .map(|(name, hex_text)| {
+                        (
+                            name.clone(),
+                            share_digest(&hex::decode(hex_text).expect("hex just written")),
+                        )
+                    })
+                    .collect(),
+            })
+            .collect(),
+    };
     let request = InstallRequest {
         package: encode_bytes(signed),
         shares,
+        deal: Signed::sign(&deal, Domain::Deal, publisher),
     };
     Ok(client.install(&request).await?)
 }
@@ -110,8 +148,7 @@ pub async fn approve(
     client: &Client,
     package: &str,
 ) -> Result<(Manifest, VersionInfo)> {
-    let key_path = config.data_dir.join("signing.key");
-    let key = SecretKey::from_file_text(&read_text(&key_path)?).map_err(Failure::data)?;
+    let key = operator_key(config)?;
     let bytes = client
         .get_bytes(&format!("/v1/packages/{package}/wasm"))
         .await?;
@@ -123,7 +160,16 @@ pub async fn approve(
         ));
     }
     let manifest = read_manifest(&bytes)?;
-    let signature = quorumvm_wire::approval::sign(&key, &id, &manifest);
+    let deal: Signed = client.get(&format!("/v1/packages/{package}/deal")).await?;
+    check_deal(config, &bytes, &deal)?;
+    let signature = quorumvm_wire::approval::sign(
+        &key,
+        &Subject::Version {
+            package: &id,
+            manifest: &manifest,
+            deal: &deal.digest(),
+        },
+    );
     let info = client
         .approve(
             package,
@@ -136,11 +182,99 @@ pub async fn approve(
     Ok((manifest, info))
 }
 
+/// What an operator can check of a deal without seeing anyone's shares: the package's own
+/// publisher signed it, for this threshold, dealing once to every custodian of the operator's
+/// own configuration under the sealing key it lists there. (Each custodian checks the digests
+/// of its own ciphertexts before opening them.)
+fn check_deal(config: &CustodianConfig, package: &[u8], deal: &Signed) -> Result<()> {
+    let refuse = |m: String| Failure::new(Code::Rejected, format!("{m}: not approving"));
+    let publisher = claimed_signer(package)
+        .and_then(|k| PublicKey::from_bytes(&k).ok())
+        .ok_or_else(|| refuse("the package names no publisher".into()))?;
+    let deal: Deal = deal
+        .open(Domain::Deal, &publisher)
+        .map_err(|e| refuse(format!("the deal of the shares: {e}")))?;
+    let cluster = config.cluster().map_err(Failure::data)?;
+    if deal.threshold != cluster.threshold() || deal.custodians.len() != cluster.n() {
+        return Err(refuse(format!(
+            "the deal is for {} custodians at threshold {}, this cluster has {} at {}",
+            deal.custodians.len(),
+            deal.threshold,
+            cluster.n(),
+            cluster.threshold()
+        )));
+    }
+    for member in cluster.members() {
+        let dealt = deal
+            .custodians
+            .iter()
+            .filter(|d| d.custodian == member.index)
+            .collect::<Vec<_>>();
+        if dealt.len() != 1
+            || !dealt[0]
+                .sealing_key
+                .eq_ignore_ascii_case(&member.sealing_key.to_hex())
+        {
+            return Err(refuse(format!(
+                "the deal does not seal custodian {}'s shares to its configured key",
+                member.index
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A custodian operator's approval of a caller identity: fetch the proposal, sign its name and
+/// key, submit.
+pub async fn approve_identity(
+    config: &CustodianConfig,
+    client: &Client,
+    name: &str,
+) -> Result<IdentityInfo> {
+    let key = operator_key(config)?;
+    let proposal: IdentityInfo = client.get(&format!("/v1/identities/{name}")).await?;
+    if proposal.name != name {
+        return Err(Failure::new(
+            Code::Rejected,
+            format!(
+                "the coordinator described identity `{}`, not `{name}`",
+                proposal.name
+            ),
+        ));
+    }
+    let caller = PublicKey::from_file_text(&proposal.public_key).map_err(Failure::data)?;
+    let signature = quorumvm_wire::approval::sign(&key, &Subject::Identity { name, key: &caller });
+    Ok(client
+        .approve_identity(
+            name,
+            &ApproveRequest {
+                custodian: config.index,
+                signature: hex::encode(signature),
+            },
+        )
+        .await?)
+}
+
+fn operator_key(config: &CustodianConfig) -> Result<SecretKey> {
+    SecretKey::from_file_text(&read_text(&config.data_dir.join("signing.key"))?)
+        .map_err(Failure::data)
+}
+
 /// Signs an approval without submitting it (the demo uses it to show a forged one refused).
-pub fn approval_signature(key_file: &Path, id: &PackageId, manifest: &Manifest) -> Result<String> {
+pub fn approval_signature(
+    key_file: &Path,
+    id: &PackageId,
+    manifest: &Manifest,
+    deal: &Signed,
+) -> Result<String> {
     let key = SecretKey::from_file_text(&read_text(key_file)?).map_err(Failure::data)?;
     Ok(hex::encode(quorumvm_wire::approval::sign(
-        &key, id, manifest,
+        &key,
+        &Subject::Version {
+            package: id,
+            manifest,
+            deal: &deal.digest(),
+        },
     )))
 }
 

@@ -7,9 +7,11 @@ use quorumvm_ledger::Ledger;
 use quorumvm_wire::config::{CoordinatorConfig, CustodianConfig, PoolConfig};
 use serde_json::json;
 
-use crate::client::Client;
+use quorumvm_package::{PublicKey, SecretKey};
+
+use crate::client::{Caller, Client};
 use crate::cluster::{Hosts, Layout, Running, Stopped};
-use crate::exit::{Code, Failure, Result, read};
+use crate::exit::{Code, Failure, Result, read, read_text};
 use crate::publish;
 
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -102,9 +104,10 @@ pub fn dev(dir: &Path, port: u16, init_only: bool, compose: bool) -> Result<()> 
     })
 }
 
-pub fn identity_add(config: &Path, name: &str, as_json: bool) -> Result<()> {
+pub fn identity_add(config: &Path, name: &str, pubkey: &Path, as_json: bool) -> Result<()> {
     let config = CoordinatorConfig::load(config).map_err(Failure::data)?;
-    let key = quorumvm_coordinator::add_identity(&config, name).map_err(|e| {
+    let caller = PublicKey::from_file_text(&read_text(pubkey)?).map_err(Failure::data)?;
+    let key = quorumvm_coordinator::add_identity(&config, name, &caller).map_err(|e| {
         let message = format!("{e:#}");
         let code = if message.contains("already exists") || message.contains("identity name") {
             Code::DataErr
@@ -116,26 +119,53 @@ pub fn identity_add(config: &Path, name: &str, as_json: bool) -> Result<()> {
     if as_json {
         println!("{}", json!({ "identity": name, "api_key": key.as_str() }));
     } else {
-        println!("identity {name} created; its API key (shown once, stored only as a hash):");
+        println!(
+            "identity {name} proposed; it serves once {} custodian operators approve it \
+             (`quorumvm identity approve {name} --config custodian.toml`). Its API key (shown \
+             once, stored only as a hash):",
+            config.threshold
+        );
         println!("{}", key.as_str());
+    }
+    Ok(())
+}
+
+pub fn identity_approve(name: &str, config: &Path, as_json: bool) -> Result<()> {
+    let config = CustodianConfig::load(config).map_err(Failure::data)?;
+    let client = Client::new(&config.coordinator_url);
+    let info = runtime()?.block_on(publish::approve_identity(&config, &client, name))?;
+    if as_json {
+        println!("{}", serde_json::to_string(&info).expect("json"));
+    } else {
+        println!(
+            "custodian {} approved identity {} (key {}): approvals from {:?}, {}",
+            config.index,
+            info.name,
+            info.public_key,
+            info.approvals,
+            if info.active { "active" } else { "pending" }
+        );
     }
     Ok(())
 }
 
 pub fn install(
     package: &Path,
+    key: &Path,
     coordinator: &str,
     secrets: &[String],
     cluster_config: Option<&Path>,
     as_json: bool,
 ) -> Result<()> {
     let signed = read(package)?;
+    let publisher = SecretKey::from_file_text(&read_text(key)?).map_err(Failure::data)?;
     let secrets = crate::commands::pairs("secret", secrets)?;
     let pinned = cluster_config.map(publish::pinned_cluster).transpose()?;
     let client = Client::new(coordinator);
     let info = runtime()?.block_on(publish::install(
         &client,
         &signed,
+        &publisher,
         &secrets,
         pinned.as_ref(),
     ))?;
@@ -171,16 +201,32 @@ pub fn approve(package: &str, config: &Path, as_json: bool) -> Result<()> {
     Ok(())
 }
 
+/// What `quorumvm eval` signs and authenticates with.
+pub struct Credentials {
+    pub api_key: String,
+    pub identity: String,
+    pub key_file: std::path::PathBuf,
+}
+
 pub fn eval(
     program: &str,
     inputs: &[String],
     coordinator: &str,
-    api_key: &str,
+    credentials: Credentials,
     as_json: bool,
 ) -> Result<()> {
     let inputs = crate::commands::pairs("input", inputs)?;
+    let caller = Caller {
+        identity: credentials.identity,
+        api_key: credentials.api_key,
+        key: SecretKey::from_file_text(&read_text(&credentials.key_file)?)
+            .map_err(Failure::data)?,
+    };
     let client = Client::new(coordinator);
-    let answer = runtime()?.block_on(client.eval(api_key, program, &inputs))?;
+    let answer = runtime()?.block_on(async {
+        let target = client.target(program).await?;
+        client.eval(&caller, &target, &inputs).await
+    })?;
     if as_json {
         println!("{}", serde_json::to_string(&answer).expect("json"));
     } else {

@@ -10,6 +10,7 @@ use tokio::task::JoinSet;
 
 use crate::State;
 use crate::custodians::{CallError, Custodian, HEALTH_INTERVAL};
+use crate::identities::Caller;
 use crate::registry::Version;
 use crate::store;
 
@@ -30,10 +31,24 @@ async fn health_loop(state: Arc<State>) {
             let state = Arc::clone(&state);
             checks.spawn(async move {
                 let c = &state.custodians.all[i];
-                if state.custodians.check_health(c).await.is_some() {
+                if let Some(health) = state.custodians.check_health(c).await {
                     for v in state.registry.all() {
                         if v.is_active() && !c.serves(&v.package_id) {
                             activate_on(Arc::clone(&state), i, Arc::clone(&v));
+                        }
+                    }
+                    let k = state.custodians.cluster.threshold();
+                    let active: Vec<_> = state
+                        .identities
+                        .all()
+                        .into_iter()
+                        .filter(|caller| caller.is_active(k))
+                        .collect();
+                    // Fewer registered there than active here: it missed some while down.
+                    // Registration is idempotent, so all of them go again.
+                    if (health.identities as usize) < active.len() {
+                        for caller in active {
+                            register_on(&state, i, &caller).await;
                         }
                     }
                 }
@@ -52,6 +67,32 @@ pub async fn push_activation(state: Arc<State>, version: Arc<Version>) {
         .collect();
     for p in pushes {
         let _ = p.await;
+    }
+}
+
+/// Tells every custodian that `caller` reached its approvals (those down now get it when seen
+/// again), so that the approval that activates returns once the custodians accept it.
+pub async fn push_identity(state: Arc<State>, caller: Arc<Caller>) {
+    let pushes: Vec<_> = (0..state.custodians.all.len())
+        .map(|i| {
+            let (state, caller) = (Arc::clone(&state), Arc::clone(&caller));
+            tokio::spawn(async move { register_on(&state, i, &caller).await })
+        })
+        .collect();
+    for p in pushes {
+        let _ = p.await;
+    }
+}
+
+async fn register_on(state: &State, i: usize, caller: &Caller) {
+    let c = &state.custodians.all[i];
+    let order = Order::RegisterIdentity {
+        name: caller.name.clone(),
+        public_key: caller.key.to_hex(),
+        approvals: caller.approvals(),
+    };
+    if let Err(e) = state.custodians.order(c, order).await {
+        tracing::warn!(custodian = c.index(), identity = %caller.name, "registration not taken: {e}");
     }
 }
 

@@ -1,4 +1,4 @@
-//! `POST /v1/eval`: authenticate, admit, share the inputs, run the session on the quorum,
+//! `POST /v1/eval`: authenticate, admit, relay the caller's signed request to the quorum,
 //! reconstruct from every output share, answer.
 
 use std::collections::BTreeMap;
@@ -7,18 +7,20 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use axum::Json;
-use axum::extract::State as AxumState;
+use axum::extract::{FromRequest, Request, State as AxumState};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use quorumvm_core::eval::{decode_outputs, encode_values};
 use quorumvm_core::field::Fp;
-use quorumvm_core::shamir::{self, Share, Threshold};
+use quorumvm_core::shamir::{self, Share};
+use quorumvm_package::Domain;
 use quorumvm_policy::EvalRequest as Admission;
-use quorumvm_wire::api::{EvalRequest, EvalResponse, SessionResponse};
+use quorumvm_wire::api::{EvalResponse, SessionResponse};
 use quorumvm_wire::elements;
 use quorumvm_wire::now_ms;
 use quorumvm_wire::order::{Order, Ticket};
-use rand::RngCore;
+use quorumvm_wire::request::{CallerRequest, REQUEST_WINDOW_MS, Terms, valid_request_id};
+use quorumvm_wire::signed::Signed;
 use tokio::task::JoinSet;
 
 use crate::State;
@@ -29,28 +31,34 @@ use crate::routes::Body;
 use crate::store;
 
 /// A failed attempt is retried this many times on the custodians still standing.
-const RETRIES: usize = 2;
+const RETRIES: u32 = 2;
 
 pub const ROUNDS_HEADER: &str = "x-quorumvm-rounds";
 
+/// An evaluation request: a signed caller request of a few inputs. Larger bodies are refused
+/// unread.
+pub const MAX_EVAL_BODY: usize = 64 << 10;
+
+/// Authenticates (API key before the body is read, then the caller's signature), admits,
+/// relays the signed request to the quorum, reconstructs, answers.
 pub async fn handle(
     AxumState(state): AxumState<Arc<State>>,
     headers: HeaderMap,
-    Body(request): Body<EvalRequest>,
+    request: Request,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let identity = state.identities.authenticate(&headers).await?;
-    let version = state.registry.resolve(&request.program)?;
-    let given: Vec<(String, String)> = request
-        .inputs
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_decimal_text()))
-        .collect();
-    let inputs = encode_values("input", &version.manifest.inputs, &given)
+    let Body(signed) = Body::<Signed>::from_request(request, &()).await?;
+    let caller = check_request(&state, &identity, &signed).await?;
+    let version = state
+        .registry
+        .serving(&caller.package_id, &caller.program)?;
+    // Refused here early; every custodian checks the same again itself.
+    encode_values("input", &version.manifest.inputs, &caller.input_texts())
         .map_err(|e| ApiError::bad_request("bad_input", e.to_string()))?;
     // Refuse before charging anything when a quorum is out of reach anyway.
     quorum(&state, &version)?;
-    let request_id = random_id();
+    let request_id = caller.request_id.clone();
     let ((kit, remaining), committed) = match admit(&state, &version, &identity, &request_id).await
     {
         Ok(admitted) => admitted,
@@ -61,7 +69,7 @@ pub async fn handle(
             return Err(e);
         }
     };
-    let result = run(&state, &version, &identity, &request_id, kit, &inputs).await;
+    let result = run(&state, &version, &signed, &request_id, kit).await;
     // Nothing is answered before the admission (charge and audit entry) is durable.
     match committed.await {
         Ok(Ok(_)) => {}
@@ -109,10 +117,58 @@ pub async fn handle(
     Ok(response)
 }
 
-fn random_id() -> String {
-    let mut bytes = [0u8; 12];
-    rand::thread_rng().fill_bytes(&mut bytes);
-    hex::encode(bytes)
+/// The caller's signed request, checked as every custodian will check it: signed by the
+/// API key's identity with the key its approvals name, that identity active (k approvals),
+/// fresh, and with a well-formed request id.
+async fn check_request(
+    state: &State,
+    identity: &str,
+    signed: &Signed,
+) -> Result<CallerRequest, ApiError> {
+    let unauthorized =
+        |code: &'static str, m: String| ApiError::new(StatusCode::UNAUTHORIZED, code, m);
+    let claimed: CallerRequest = signed
+        .parse_unverified()
+        .map_err(|e| ApiError::bad_request("bad_request", e.to_string()))?;
+    if claimed.identity != identity {
+        return Err(unauthorized(
+            "identity_mismatch",
+            format!(
+                "the API key is `{identity}`'s, the request is signed as `{}`",
+                claimed.identity
+            ),
+        ));
+    }
+    let caller = state.identities.caller(identity).await?;
+    if !caller.is_active(state.custodians.cluster.threshold()) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "identity_pending",
+            format!("identity `{identity}` is waiting for custodian operators' approvals"),
+        ));
+    }
+    let request: CallerRequest = signed.open(Domain::Request, &caller.key).map_err(|_| {
+        unauthorized(
+            "bad_request_signature",
+            format!("the request is not signed by `{identity}`'s approved key"),
+        )
+    })?;
+    if !valid_request_id(&request.request_id) {
+        return Err(ApiError::bad_request(
+            "bad_request_id",
+            "a request id is 16 to 64 characters of letters, digits, `_` and `-`",
+        ));
+    }
+    let skew = request.time_ms.abs_diff(now_ms());
+    if skew > REQUEST_WINDOW_MS {
+        return Err(unauthorized(
+            "stale_request",
+            format!(
+                "the request was signed {skew} ms from now; at most {REQUEST_WINDOW_MS} ms is accepted"
+            ),
+        ));
+    }
+    Ok(request)
 }
 
 /// Rate limit, budget, audit entry and the first kit, in one savepoint of a group commit: the
@@ -138,14 +194,22 @@ async fn admit(
     let committing = tokio::spawn(async move {
         writer
             .run(move |tx| {
+                let now = now_ms();
+                if !store::record_request(tx, &identity, &request_id, now)? {
+                    return Err(ApiError::conflict(
+                        "replayed_request",
+                        format!("request {request_id} of `{identity}` was served before: a request is served once"),
+                    ));
+                }
                 let admitted = quorumvm_policy::admit_in(
                     tx,
                     &Admission {
                         identity: &identity,
-                        program: &v.package_id,
+                        program: &v.manifest.name,
                         request_id: &request_id,
+                        context: &serde_json::json!({ "package_id": v.package_id }),
                         policy: &v.manifest.policy,
-                        now_ms: now_ms(),
+                        now_ms: now,
                     },
                 )??;
                 // Only now take a kit: a refused request must not burn one. If none is ready,
@@ -197,15 +261,14 @@ type Outcome = (Vec<Fp>, Vec<u32>, Vec<u32>, u32);
 async fn run(
     state: &Arc<State>,
     version: &Arc<Version>,
-    identity: &str,
+    signed: &Signed,
     request_id: &str,
     first_kit: u64,
-    inputs: &[Fp],
 ) -> Result<Outcome, ApiError> {
     let mut kit = first_kit;
     let mut attempt = 0;
     loop {
-        match attempt_once(state, version, identity, request_id, attempt, kit, inputs).await {
+        match attempt_once(state, version, signed, request_id, attempt, kit).await {
             Ok(outcome) => return Ok(outcome),
             Err(Attempt::Fatal(e)) => return Err(e),
             Err(Attempt::Retry(e)) if attempt >= RETRIES => return Err(e),
@@ -234,45 +297,35 @@ enum Attempt {
 async fn attempt_once(
     state: &Arc<State>,
     version: &Arc<Version>,
-    identity: &str,
+    signed: &Signed,
     request_id: &str,
-    attempt: usize,
+    attempt: u32,
     kit: u64,
-    inputs: &[Fp],
 ) -> Result<Outcome, Attempt> {
     let custodians = &state.custodians;
     let k = custodians.cluster.threshold();
     let quorum = quorum(state, version).map_err(Attempt::Fatal)?;
-    let session = format!("{request_id}-{attempt}");
+    let session = Terms {
+        request: signed.digest(),
+        package_id: &version.package_id,
+        kit,
+        quorum: &quorum,
+        attempt,
+    }
+    .session_id();
     let ticket = Ticket {
         session: session.clone(),
-        request_id: request_id.to_string(),
         package_id: version.package_id.clone(),
-        identity: identity.to_string(),
         quorum: quorum.clone(),
         kit,
+        attempt,
     };
-    // Shamir-share every input k-of-n; custodian i gets point i of each, under its own tag.
-    let threshold = Threshold::new(k, custodians.cluster.n()).expect("validated cluster");
-    let mut rng = rand::rngs::OsRng;
-    let sharings: Vec<Vec<Share>> = inputs
-        .iter()
-        .map(|&x| shamir::share(x, threshold, &mut rng))
-        .collect();
+    // Every member gets the caller's signed request as it is, under its own ticket tag.
     let now = now_ms();
     let mut calls = JoinSet::new();
     for &index in &quorum {
         let c = custodians.get(index).expect("a quorum member");
-        let mine: Vec<Fp> = sharings
-            .iter()
-            .map(|s| {
-                s.iter()
-                    .find(|p| p.x == index)
-                    .expect("a point per custodian")
-                    .y
-            })
-            .collect();
-        let request = c.tickets.seal(ticket.clone(), elements::to_hex(&mine), now);
+        let request = c.tickets.seal(ticket.clone(), signed.clone(), now);
         let state = Arc::clone(state);
         calls.spawn(async move {
             let c = state.custodians.get(index).expect("a quorum member");
@@ -312,6 +365,26 @@ async fn attempt_once(
                         "custodian_budget_exhausted",
                         reason,
                     )),
+                    // The custodian refuses the caller's request itself (replayed, unknown or
+                    // forged identity, input out of range): no other quorum will differ.
+                    CallError::Refused { status, ref body }
+                        if matches!(
+                            body.error.code.as_str(),
+                            "replayed_request"
+                                | "unknown_identity"
+                                | "bad_request_signature"
+                                | "stale_request"
+                                | "bad_input"
+                                | "bad_terms"
+                                | "retired"
+                        ) =>
+                    {
+                        Attempt::Fatal(ApiError::new(
+                            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+                            "custodian_refused",
+                            reason,
+                        ))
+                    }
                     // A member could not reach a peer, timed out waiting for one, was
                     // aborted, lacks the kit or had no free plugin slot: another attempt (with
                     // a fresh kit, on the custodians still up) can succeed.
@@ -332,10 +405,15 @@ async fn attempt_once(
             }
         }
     }
-    if let Some(f) = failure {
-        return Err(f);
+    // k answers reconstruct: a member that failed after its last round message (it died
+    // before answering) costs nothing. Fewer, and the attempt failed.
+    match failure {
+        Some(f) if answers.len() < k => return Err(f),
+        _ => {}
     }
-    reconstruct(state, version, request_id, &quorum, answers).map_err(Attempt::Fatal)
+    answers.sort_by_key(|(i, _)| *i);
+    let answered: Vec<u32> = answers.iter().map(|(i, _)| *i).collect();
+    reconstruct(state, version, request_id, &answered, answers).map_err(Attempt::Fatal)
 }
 
 /// Every live custodian serving `version` (all of them take part, so that every opening and

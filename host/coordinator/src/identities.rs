@@ -1,19 +1,83 @@
-//! Who is calling: API keys (`Authorization: Bearer qvm_...`), checked against the identities
-//! table. Keys are added by `quorumvm identity add` on the coordinator's machine, which writes
-//! the database directly; a key this process has not seen yet is looked up there on first use.
+//! Who is calling.
+//!
+//! Two credentials, for two parties. The API key (`Authorization: Bearer qvm_...`, stored only
+//! as a hash) is the coordinator's own admission: checked before a request's body is read. The
+//! caller's ed25519 key signs every request, and every custodian verifies that signature under
+//! the key k custodian operators approved: the coordinator checks it too (refusing a forgery
+//! early), but cannot make one. Identities are proposed by `quorumvm identity add` on the
+//! coordinator's machine, which writes the database directly, and approved by custodian
+//! operators through the API; an identity unknown to this process is looked up there on first
+//! use.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use axum::http::{HeaderMap, header};
 use quorumvm_ledger::Ledger;
+use quorumvm_package::PublicKey;
 use quorumvm_policy::{KeyHash, PolicyError};
+use quorumvm_wire::api::IdentityInfo;
+use quorumvm_wire::order::ApprovalSignature;
 
 use crate::error::ApiError;
+use crate::store::{self, StoredIdentity};
+
+/// One caller identity: its key and the approvals counted so far.
+pub struct Caller {
+    pub name: String,
+    pub key: PublicKey,
+    pub approvals: Mutex<Vec<(u32, String)>>,
+}
+
+impl Caller {
+    fn from_stored(stored: StoredIdentity) -> Result<Caller, ApiError> {
+        let key = PublicKey::from_file_text(&stored.public_key).map_err(|e| {
+            ApiError::internal(format!("stored key of identity {}: {e}", stored.name))
+        })?;
+        Ok(Caller {
+            name: stored.name,
+            key,
+            approvals: Mutex::new(stored.approvals),
+        })
+    }
+
+    pub fn approvals(&self) -> Vec<ApprovalSignature> {
+        self.approvals
+            .lock()
+            .expect("approvals lock")
+            .iter()
+            .map(|(custodian, signature)| ApprovalSignature {
+                custodian: *custodian,
+                signature: signature.clone(),
+            })
+            .collect()
+    }
+
+    pub fn is_active(&self, threshold: usize) -> bool {
+        self.approvals.lock().expect("approvals lock").len() >= threshold
+    }
+
+    pub fn info(&self, threshold: usize) -> IdentityInfo {
+        let approvals: Vec<u32> = self
+            .approvals
+            .lock()
+            .expect("approvals lock")
+            .iter()
+            .map(|(c, _)| *c)
+            .collect();
+        IdentityInfo {
+            name: self.name.clone(),
+            public_key: self.key.to_hex(),
+            active: approvals.len() >= threshold,
+            approvals,
+        }
+    }
+}
 
 pub struct Identities {
-    /// SHA-256 of a key → identity name. Only hashes: a key is never held.
+    /// SHA-256 of an API key → identity name. Only hashes: a key is never held.
     known: RwLock<HashMap<[u8; 32], String>>,
+    callers: RwLock<HashMap<String, Arc<Caller>>>,
     reader: Arc<Mutex<Ledger>>,
 }
 
@@ -21,16 +85,21 @@ impl Identities {
     pub fn new(reader: Arc<Mutex<Ledger>>) -> Identities {
         Identities {
             known: RwLock::new(HashMap::new()),
+            callers: RwLock::new(HashMap::new()),
             reader,
         }
     }
 
-    /// The caller's identity, or 401.
+    /// The API key's identity, or 401. `Bearer` is matched without regard to case (RFC 9110
+    /// §11.1: the scheme is case-insensitive).
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<String, ApiError> {
         let token = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|v| {
+                let (scheme, token) = v.trim().split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then_some(token)
+            })
             .ok_or_else(|| {
                 ApiError::from(PolicyError::Unauthenticated).with_message(
                     "an API key is required: `Authorization: Bearer qvm_...` (create one with `quorumvm identity add NAME`)",
@@ -55,5 +124,51 @@ impl Identities {
             .expect("identities lock")
             .insert(hash, name.clone());
         Ok(name)
+    }
+
+    /// Identity `name`, or 404.
+    pub async fn caller(&self, name: &str) -> Result<Arc<Caller>, ApiError> {
+        if let Some(c) = self.callers.read().expect("callers lock").get(name) {
+            return Ok(Arc::clone(c));
+        }
+        let reader = Arc::clone(&self.reader);
+        let stored = tokio::task::spawn_blocking(move || {
+            store::load_identities(reader.lock().expect("reader lock").connection())
+        })
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
+        let mut callers = self.callers.write().expect("callers lock");
+        for s in stored {
+            if !callers.contains_key(&s.name) {
+                let caller = Caller::from_stored(s)?;
+                callers.insert(caller.name.clone(), Arc::new(caller));
+            }
+        }
+        callers.get(name).cloned().ok_or_else(|| {
+            ApiError::not_found(
+                "unknown_identity",
+                format!("no identity `{name}` is proposed: `quorumvm identity add` first"),
+            )
+        })
+    }
+
+    /// Every identity this process has seen (at start: every stored one).
+    pub fn all(&self) -> Vec<Arc<Caller>> {
+        self.callers
+            .read()
+            .expect("callers lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Loads every stored identity (at startup).
+    pub fn load(&self, stored: Vec<StoredIdentity>) -> Result<(), ApiError> {
+        let mut callers = self.callers.write().expect("callers lock");
+        for s in stored {
+            let caller = Caller::from_stored(s)?;
+            callers.insert(caller.name.clone(), Arc::new(caller));
+        }
+        Ok(())
     }
 }

@@ -8,6 +8,7 @@
 
 mod background;
 mod custodians;
+mod enrol;
 mod error;
 mod eval;
 mod identities;
@@ -113,16 +114,24 @@ fn open_ledger(data_dir: &Path) -> anyhow::Result<Ledger> {
     Ok(ledger)
 }
 
-/// `quorumvm identity add NAME`: creates an identity in the coordinator's database (the
-/// coordinator may be running) and returns its API key, which is stored nowhere else.
-pub fn add_identity(config: &CoordinatorConfig, name: &str) -> anyhow::Result<IdentityKey> {
+/// `quorumvm identity add NAME --pubkey FILE`: proposes an identity in the coordinator's
+/// database (the coordinator may be running) with the caller's ed25519 key, and returns its
+/// API key, which is stored nowhere else. The identity serves once k custodian operators
+/// approved it.
+pub fn add_identity(
+    config: &CoordinatorConfig,
+    name: &str,
+    caller_key: &PublicKey,
+) -> anyhow::Result<IdentityKey> {
     let mut ledger = open_ledger(&config.data_dir)?;
-    Ok(quorumvm_policy::add_identity(
-        &mut ledger,
-        "operator",
-        name,
-        quorumvm_wire::now_ms(),
-    )?)
+    let now = quorumvm_wire::now_ms();
+    let (key, hash) = IdentityKey::generate();
+    ledger.transaction(|tx| {
+        quorumvm_policy::identity::insert(tx, "operator", name, &hash, now)?;
+        store::propose_identity(tx, name, &caller_key.to_hex(), now)
+            .map_err(|e| anyhow::anyhow!(e.message))
+    })?;
+    Ok(key)
 }
 
 /// Runs the coordinator on `listener` until the process ends.
@@ -147,11 +156,17 @@ pub async fn serve(
         store::load_versions(reader.connection()).map_err(|e| anyhow::anyhow!(e.message))?,
         store::aliases(reader.connection()).map_err(|e| anyhow::anyhow!(e.message))?,
     );
+    let stored_identities =
+        store::load_identities(reader.connection()).map_err(|e| anyhow::anyhow!(e.message))?;
     let reader = Arc::new(Mutex::new(reader));
+    let identities = Identities::new(Arc::clone(&reader));
+    identities
+        .load(stored_identities)
+        .map_err(|e| anyhow::anyhow!(e.message))?;
     let state = Arc::new(State {
         custodians: Custodians::new(cluster, key, &exchange)?,
         registry,
-        identities: Identities::new(Arc::clone(&reader)),
+        identities,
         writer: Writer::spawn(ledger, "coordinator-ledger"),
         reader,
         sandbox: Sandbox::new().map_err(|e| anyhow::anyhow!("{e:#}"))?,

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use quorumvm_core::circuit::Manifest;
 use quorumvm_wire::api::{VersionInfo, VersionState};
+use quorumvm_wire::signed::Signed;
 
 use crate::error::ApiError;
 use crate::store::StoredVersion;
@@ -18,6 +19,8 @@ pub struct Version {
     pub package_id: String,
     pub manifest: Manifest,
     pub publisher: String,
+    /// The publisher's signed deal of the sealed shares; approvals sign its digest.
+    pub deal: Signed,
     pub state: Mutex<VersionState>,
     pub approvals: Mutex<Vec<(u32, String)>>,
     pub kits: Mutex<KitPool>,
@@ -108,6 +111,7 @@ impl Registry {
                     package_id: v.package_id.clone(),
                     manifest: v.manifest,
                     publisher: v.publisher,
+                    deal: v.deal,
                     state: Mutex::new(v.state),
                     approvals: Mutex::new(v.approvals),
                 };
@@ -145,41 +149,42 @@ impl Registry {
             .insert(name.to_string(), package_id.to_string());
     }
 
-    /// The version a request names: a package id, or a program name's current version.
-    /// 404 for neither; 409 for a version (or a name with only versions) still pending.
-    pub fn resolve(&self, program: &str) -> Result<Arc<Version>, ApiError> {
-        let inner = self.inner.read().expect("registry lock");
-        let version = match inner.versions.get(program) {
-            Some(v) => Arc::clone(v),
-            None => match inner.aliases.get(program) {
-                Some(id) => Arc::clone(&inner.versions[id]),
-                None if inner.versions.values().any(|v| v.manifest.name == program) => {
-                    return Err(ApiError::conflict(
-                        "pending",
-                        format!(
-                            "program `{program}` has no approved version yet: it is waiting for custodian approvals"
-                        ),
-                    ));
-                }
-                None => {
-                    return Err(ApiError::not_found(
-                        "unknown_program",
-                        format!("no program or package `{program}` is installed"),
-                    ));
-                }
-            },
-        };
-        if !version.is_active() {
-            let approvals = version.approvals.lock().expect("approvals lock").len();
-            return Err(ApiError::conflict(
-                "pending",
+    /// The version a caller's request names (its package id and the program's name), if it
+    /// serves: 404 for an unknown package or another program's, 409 while pending, 410 once
+    /// retired.
+    pub fn serving(&self, package_id: &str, name: &str) -> Result<Arc<Version>, ApiError> {
+        let version = self
+            .get(package_id)
+            .filter(|v| v.manifest.name == name)
+            .ok_or_else(|| {
+                ApiError::not_found(
+                    "unknown_program",
+                    format!("no package {package_id} of program `{name}` is installed"),
+                )
+            })?;
+        match *version.state.lock().expect("state lock") {
+            VersionState::Active => Ok(Arc::clone(&version)),
+            VersionState::Retired => Err(ApiError::new(
+                axum::http::StatusCode::GONE,
+                "retired",
                 format!(
-                    "package {} ({} version {}) is pending: {approvals} approval(s) so far",
-                    version.package_id, version.manifest.name, version.manifest.version
+                    "package {package_id} ({name} version {}) is retired: a higher version \
+                     superseded it",
+                    version.manifest.version
                 ),
-            ));
+            )),
+            VersionState::Pending => {
+                let approvals = version.approvals.lock().expect("approvals lock").len();
+                Err(ApiError::conflict(
+                    "pending",
+                    format!(
+                        "package {package_id} ({name} version {}) is pending: {approvals} \
+                         approval(s) so far",
+                        version.manifest.version
+                    ),
+                ))
+            }
         }
-        Ok(version)
     }
 
     pub fn all(&self) -> Vec<Arc<Version>> {

@@ -3,23 +3,26 @@
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State as AxumState};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use quorumvm_package::{PackageId, claimed_signer};
+use quorumvm_package::{Domain, PackageId, claimed_signer};
 use quorumvm_sealing::SealedShare;
 use quorumvm_wire::api::{
-    ApproveRequest, ClusterInfo, CustodianInfo, InstallRequest, VersionInfo, VersionState,
-    decode_bytes,
+    ApproveRequest, ClusterInfo, CustodianInfo, DealtShares, FETCH_AUTH_HEADER, InstallRequest,
+    VersionInfo, VersionState, decode_bytes,
 };
+use quorumvm_wire::approval::Subject;
+use quorumvm_wire::deal::Deal;
 use quorumvm_wire::now_ms;
 use quorumvm_wire::order::ApprovalSignature;
+use quorumvm_wire::signed::Signed;
 
 use crate::State;
 use crate::error::ApiError;
 use crate::registry::{KitPool, Version};
-use crate::{background, eval, store};
+use crate::{background, enrol, eval, store};
 
 type Shared = AxumState<Arc<State>>;
 
@@ -33,11 +36,24 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/v1/packages", post(install).get(list))
         .route("/v1/packages/{id}", get(show))
         .route("/v1/packages/{id}/wasm", get(wasm))
+        .route("/v1/packages/{id}/deal", get(deal))
         .route("/v1/packages/{id}/shares/{custodian}", get(shares))
         .route("/v1/packages/{id}/approvals", post(approve))
-        .route("/v1/eval", post(eval::handle))
+        .route("/v1/identities/{name}", get(enrol::show))
+        .route("/v1/identities/{name}/approvals", post(enrol::approve))
+        .route(
+            "/v1/eval",
+            post(eval::handle).layer(DefaultBodyLimit::max(eval::MAX_EVAL_BODY)),
+        )
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::not_found("no_route", "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take this method",
+            )
+        })
         .layer(DefaultBodyLimit::max(MAX_PACKAGE_BODY))
         .with_state(state)
 }
@@ -118,19 +134,35 @@ async fn wasm(AxumState(state): Shared, Path(id): Path<String>) -> Result<Respon
     Ok(([(header::CONTENT_TYPE, "application/wasm")], bytes).into_response())
 }
 
+async fn deal(AxumState(state): Shared, Path(id): Path<String>) -> Result<Json<Signed>, ApiError> {
+    Ok(Json(known(&state, &id)?.deal.clone()))
+}
+
+/// Custodian `custodian`'s sealed shares and the deal, to that custodian only: the request
+/// carries a tag under the key the coordinator shares with it alone.
 async fn shares(
     AxumState(state): Shared,
     Path((id, custodian)): Path<(String, u32)>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    known(&state, &id)?;
-    if state.custodians.get(custodian).is_none() {
-        return Err(ApiError::not_found(
-            "unknown_custodian",
-            format!("no custodian {custodian}"),
+    let version = known(&state, &id)?;
+    let c = state.custodians.get(custodian).ok_or_else(|| {
+        ApiError::not_found("unknown_custodian", format!("no custodian {custodian}"))
+    })?;
+    let path = format!("/v1/packages/{id}/shares/{custodian}");
+    let authentic = headers
+        .get(FETCH_AUTH_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|tag| c.tickets.check_fetch_tag(&path, tag, now_ms()));
+    if !authentic {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "not_the_custodian",
+            format!("sealed shares are served to custodian {custodian} only"),
         ));
     }
     let reader = Arc::clone(&state.reader);
-    let sealed = tokio::task::spawn_blocking(move || {
+    let shares = tokio::task::spawn_blocking(move || {
         store::sealed_shares(
             reader.lock().expect("reader lock").connection(),
             &id,
@@ -141,7 +173,11 @@ async fn shares(
     .map_err(|e| ApiError::internal(e.to_string()))??;
     // Ciphertexts only: the coordinator cannot open them, and neither can anyone but
     // custodian `custodian`.
-    Ok(Json(sealed).into_response())
+    Ok(Json(DealtShares {
+        shares,
+        deal: version.deal.clone(),
+    })
+    .into_response())
 }
 
 async fn metrics(AxumState(state): Shared) -> Response {
@@ -240,11 +276,13 @@ async fn install(
     .map_err(|e| ApiError::internal(e.to_string()))?
     .map_err(|e| ApiError::bad_request("bad_package", e.to_string()))?;
     check_shares(&state, &id, &manifest, &request.shares)?;
+    check_deal(&state, &id, publisher, &manifest, &request)?;
 
     let publisher_hex = publisher.to_hex();
     let (job_id, job_publisher, job_manifest) =
         (package_id.clone(), publisher_hex.clone(), manifest.clone());
-    let shares = request.shares;
+    let (shares, deal) = (request.shares, request.deal);
+    let job_deal = deal.clone();
     let outcome = state
         .writer
         .run(move |tx| {
@@ -256,6 +294,7 @@ async fn install(
                     package: &bytes,
                     manifest: &job_manifest,
                     shares: &shares,
+                    deal: &job_deal,
                     now_ms: now_ms(),
                 },
             )
@@ -268,6 +307,7 @@ async fn install(
                 package_id: package_id.clone(),
                 manifest,
                 publisher: publisher_hex,
+                deal,
                 state: std::sync::Mutex::new(VersionState::Pending),
                 approvals: std::sync::Mutex::new(vec![]),
                 kits: std::sync::Mutex::new(KitPool::default()),
@@ -346,6 +386,50 @@ fn check_shares(
     Ok(())
 }
 
+/// The deal is signed by the package's publisher and lists, for every custodian under its
+/// configured key, exactly the sealed shares uploaded (each custodian checks the same for
+/// itself before opening; this refuses a broken upload early).
+fn check_deal(
+    state: &State,
+    id: &PackageId,
+    publisher: &quorumvm_package::PublicKey,
+    manifest: &quorumvm_core::circuit::Manifest,
+    request: &InstallRequest,
+) -> Result<(), ApiError> {
+    let bad = |m: String| ApiError::bad_request("bad_deal", m);
+    let deal: Deal = request
+        .deal
+        .open(Domain::Deal, publisher)
+        .map_err(|e| bad(format!("the deal of the shares: {e}")))?;
+    let names: Vec<&str> = manifest.secrets.iter().map(|d| d.name.as_str()).collect();
+    for s in &request.shares {
+        let member = state
+            .custodians
+            .get(s.custodian)
+            .expect("check_shares checked the custodians");
+        let sealed = s
+            .sealed
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    hex::decode(v).expect("check_shares checked the hex"),
+                )
+            })
+            .collect();
+        deal.check_mine(
+            id,
+            state.custodians.cluster.threshold(),
+            s.custodian,
+            &member.member.sealing_key.to_hex(),
+            &names,
+            &sealed,
+        )
+        .map_err(|e| bad(e.to_string()))?;
+    }
+    Ok(())
+}
+
 async fn approve(
     AxumState(state): Shared,
     Path(id): Path<String>,
@@ -362,12 +446,12 @@ async fn approve(
         custodian: request.custodian,
         signature: request.signature.clone(),
     };
-    if let Err(e) = quorumvm_wire::approval::check(
-        &state.custodians.cluster,
-        &package,
-        &version.manifest,
-        &approval,
-    ) {
+    let subject = Subject::Version {
+        package: &package,
+        manifest: &version.manifest,
+        deal: &version.deal.digest(),
+    };
+    if let Err(e) = quorumvm_wire::approval::check(&state.custodians.cluster, &subject, &approval) {
         let reason = e.to_string();
         let (job_id, custodian) = (id.clone(), request.custodian);
         let logged = reason.clone();
@@ -389,18 +473,18 @@ async fn approve(
     let job_version = Arc::clone(&version);
     let (job_id, signature) = (id.clone(), request.signature.clone());
     let custodian = request.custodian;
-    let (count, activated, moved) = state
+    let (count, activated) = state
         .writer
         .run(move |tx| {
             let now = now_ms();
             let count = store::approve(tx, &job_id, custodian, &signature, now)?;
-            let activate = count >= k && !job_version.is_active();
-            let moved = if activate {
-                store::activate(tx, &job_id, &job_version.manifest, now)?
+            let pending = *job_version.state.lock().expect("state lock") == VersionState::Pending;
+            let activated = if count >= k && pending {
+                Some(store::activate(tx, &job_id, &job_version.manifest, now)?)
             } else {
-                false
+                None
             };
-            Ok::<_, ApiError>((count, activate, moved))
+            Ok::<_, ApiError>((count, activated))
         })
         .await?;
     version
@@ -409,13 +493,21 @@ async fn approve(
         .expect("approvals lock")
         .push((request.custodian, request.signature));
     tracing::info!(package = %id, custodian = request.custodian, count, "approval accepted");
-    if activated {
-        *version.state.lock().expect("state lock") = VersionState::Active;
-        if moved {
-            state.registry.set_alias(&version.manifest.name, &id);
+    match activated {
+        None => {}
+        Some(store::Activated::Superseded) => {
+            *version.state.lock().expect("state lock") = VersionState::Retired;
+            tracing::info!(package = %id, name = %version.manifest.name, version = version.manifest.version, "approved, but a higher version is active: retired");
         }
-        tracing::info!(package = %id, name = %version.manifest.name, version = version.manifest.version, moved, "version active");
-        background::push_activation(Arc::clone(&state), Arc::clone(&version)).await;
+        Some(store::Activated::Current { retired }) => {
+            for old in retired.iter().filter_map(|r| state.registry.get(r)) {
+                *old.state.lock().expect("state lock") = VersionState::Retired;
+            }
+            *version.state.lock().expect("state lock") = VersionState::Active;
+            state.registry.set_alias(&version.manifest.name, &id);
+            tracing::info!(package = %id, name = %version.manifest.name, version = version.manifest.version, ?retired, "version active");
+            background::push_activation(Arc::clone(&state), Arc::clone(&version)).await;
+        }
     }
     Ok(Json(info(&state, &version)))
 }

@@ -5,12 +5,14 @@ use quorumvm_core::circuit::Manifest;
 use quorumvm_ledger::rusqlite::{self, OptionalExtension, Transaction, params};
 use quorumvm_ledger::{NewEntry, Schema, audit};
 use quorumvm_wire::api::{SealedShares, VersionState};
+use quorumvm_wire::signed::Signed;
 
 use crate::error::ApiError;
 
 pub const SCHEMA: Schema = Schema {
     component: "coordinator",
-    migrations: &["
+    migrations: &[
+        "
         -- One row per installed package version. `kits_reserved`: every kit id below it may
         -- have been handed out (a restart resumes above it, so no kit is ever used twice);
         -- `next_batch`: the first kit id of the next preprocessing batch.
@@ -54,13 +56,42 @@ pub const SCHEMA: Schema = Schema {
             state TEXT NOT NULL CHECK (state IN ('ordered', 'stored', 'failed')),
             PRIMARY KEY (package_id, first_kit)
         ) STRICT;
-    "],
+    ",
+        "
+        -- The publisher's signed deal of the sealed shares (JSON of a wire `Signed`).
+        ALTER TABLE versions ADD COLUMN deal TEXT NOT NULL DEFAULT '';
+        -- Set when a higher active version of the name superseded it: it serves no more.
+        ALTER TABLE versions ADD COLUMN retired_ms INTEGER;
+        -- Caller identities: their ed25519 keys (the API key hash is the policy crate's
+        -- `identities` table) and the custodian operators' approvals of them.
+        CREATE TABLE caller_keys (
+            name TEXT PRIMARY KEY,
+            public_key TEXT NOT NULL,
+            created_ms INTEGER NOT NULL
+        ) STRICT;
+        CREATE TABLE identity_approvals (
+            name TEXT NOT NULL REFERENCES caller_keys (name),
+            custodian INTEGER NOT NULL,
+            signature TEXT NOT NULL,
+            approved_ms INTEGER NOT NULL,
+            PRIMARY KEY (name, custodian)
+        ) STRICT;
+        -- Every caller request id admitted: each is served once.
+        CREATE TABLE requests (
+            identity TEXT NOT NULL,
+            request_id TEXT NOT NULL,
+            admitted_ms INTEGER NOT NULL,
+            PRIMARY KEY (identity, request_id)
+        ) STRICT, WITHOUT ROWID;
+    ",
+    ],
 };
 
 /// A version as stored.
 pub struct StoredVersion {
     pub package_id: String,
     pub publisher: String,
+    pub deal: Signed,
     pub manifest: Manifest,
     pub state: VersionState,
     pub approvals: Vec<(u32, String)>,
@@ -101,6 +132,7 @@ pub struct NewVersion<'a> {
     pub package: &'a [u8],
     pub manifest: &'a Manifest,
     pub shares: &'a [SealedShares],
+    pub deal: &'a Signed,
     pub now_ms: u64,
 }
 
@@ -126,8 +158,9 @@ pub fn install(tx: &Transaction<'_>, v: &NewVersion<'_>) -> Result<Installed, Ap
         None => {}
     }
     tx.execute(
-        "INSERT INTO versions (package_id, name, version, publisher, package, manifest, state, installed_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7)",
+        "INSERT INTO versions (package_id, name, version, publisher, package, manifest, state,
+                               installed_ms, deal)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?8)",
         params![
             v.package_id,
             v.manifest.name,
@@ -135,7 +168,8 @@ pub fn install(tx: &Transaction<'_>, v: &NewVersion<'_>) -> Result<Installed, Ap
             v.publisher,
             v.package,
             serde_json::to_string(v.manifest).expect("manifests serialize"),
-            v.now_ms
+            v.now_ms,
+            serde_json::to_string(v.deal).expect("deals serialize"),
         ],
     )?;
     let mut insert = tx.prepare_cached(
@@ -196,14 +230,22 @@ pub fn approve(
     Ok(count as usize)
 }
 
-/// Marks a version active and moves its name to it if it is the highest active version.
-/// Returns whether the name moved.
+/// What an activation did to the name's versions.
+pub enum Activated {
+    /// The name moved to this version; these lower versions are retired.
+    Current { retired: Vec<String> },
+    /// A higher version of the name is active: this one is retired at once, never serving.
+    Superseded,
+}
+
+/// Marks a version active. If it is the highest active version of its name, the name moves to
+/// it and the lower active versions are retired; otherwise it is retired itself.
 pub fn activate(
     tx: &Transaction<'_>,
     package_id: &str,
     manifest: &Manifest,
     now_ms: u64,
-) -> Result<bool, ApiError> {
+) -> Result<Activated, ApiError> {
     tx.execute(
         "UPDATE versions SET state = 'active' WHERE package_id = ?1",
         [package_id],
@@ -223,7 +265,18 @@ pub fn activate(
         )
         .optional()?;
     if current.is_some_and(|c| c >= manifest.version) {
-        return Ok(false);
+        retire(tx, package_id, now_ms)?;
+        return Ok(Activated::Superseded);
+    }
+    let retired: Vec<String> = tx
+        .prepare(
+            "SELECT package_id FROM versions
+             WHERE name = ?1 AND state = 'active' AND retired_ms IS NULL AND package_id != ?2",
+        )?
+        .query_map(params![manifest.name, package_id], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for old in &retired {
+        retire(tx, old, now_ms)?;
     }
     tx.execute(
         "INSERT INTO aliases (name, package_id) VALUES (?1, ?2)
@@ -237,7 +290,122 @@ pub fn activate(
         "alias.moved",
         serde_json::json!({ "name": manifest.name, "package_id": package_id, "version": manifest.version }),
     )?;
-    Ok(true)
+    Ok(Activated::Current { retired })
+}
+
+fn retire(tx: &Transaction<'_>, package_id: &str, now_ms: u64) -> Result<(), ApiError> {
+    tx.execute(
+        "UPDATE versions SET retired_ms = ?2 WHERE package_id = ?1",
+        params![package_id, now_ms],
+    )?;
+    audit(
+        tx,
+        now_ms,
+        "coordinator",
+        "version.retired",
+        serde_json::json!({ "package_id": package_id }),
+    )
+}
+
+/// Records a proposed caller identity's key (its API key hash is stored beside it by
+/// `quorumvm_policy::add_identity`, in the same transaction).
+pub fn propose_identity(
+    tx: &Transaction<'_>,
+    name: &str,
+    public_key: &str,
+    now_ms: u64,
+) -> Result<(), ApiError> {
+    tx.execute(
+        "INSERT INTO caller_keys (name, public_key, created_ms) VALUES (?1, ?2, ?3)",
+        params![name, public_key, now_ms],
+    )?;
+    audit(
+        tx,
+        now_ms,
+        "operator",
+        "identity.proposed",
+        serde_json::json!({ "identity": name, "public_key": public_key }),
+    )
+}
+
+/// Records one valid identity approval; returns how many distinct custodians approved it.
+pub fn approve_identity(
+    tx: &Transaction<'_>,
+    name: &str,
+    custodian: u32,
+    signature: &str,
+    now_ms: u64,
+) -> Result<usize, ApiError> {
+    let inserted = tx.execute(
+        "INSERT INTO identity_approvals (name, custodian, signature, approved_ms)
+         VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+        params![name, custodian, signature, now_ms],
+    )?;
+    if inserted == 0 {
+        return Err(ApiError::conflict(
+            "duplicate_approval",
+            format!("custodian {custodian} has already approved identity {name}"),
+        ));
+    }
+    audit(
+        tx,
+        now_ms,
+        &format!("custodian-{custodian}"),
+        "identity.approved",
+        serde_json::json!({ "identity": name, "custodian": custodian }),
+    )?;
+    let count: i64 = tx.query_row(
+        "SELECT COUNT(*) FROM identity_approvals WHERE name = ?1",
+        [name],
+        |r| r.get(0),
+    )?;
+    Ok(count as usize)
+}
+
+/// A caller identity as stored: its key and approvals.
+pub struct StoredIdentity {
+    pub name: String,
+    pub public_key: String,
+    pub approvals: Vec<(u32, String)>,
+}
+
+pub fn load_identities(conn: &rusqlite::Connection) -> Result<Vec<StoredIdentity>, ApiError> {
+    let keys: Vec<(String, String)> = conn
+        .prepare("SELECT name, public_key FROM caller_keys ORDER BY name")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut out = Vec::with_capacity(keys.len());
+    for (name, public_key) in keys {
+        let approvals = conn
+            .prepare_cached(
+                "SELECT custodian, signature FROM identity_approvals WHERE name = ?1
+                 ORDER BY custodian",
+            )?
+            .query_map([&name], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        out.push(StoredIdentity {
+            name,
+            public_key,
+            approvals,
+        });
+    }
+    Ok(out)
+}
+
+/// Records a caller's request id; `false` if it was admitted before (a replay).
+pub fn record_request(
+    tx: &Transaction<'_>,
+    identity: &str,
+    request_id: &str,
+    now_ms: u64,
+) -> Result<bool, ApiError> {
+    Ok(tx
+        .prepare_cached(
+            "INSERT INTO requests (identity, request_id, admitted_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![identity, request_id, now_ms])?
+        == 1)
 }
 
 pub fn reserve_kits(tx: &Transaction<'_>, package_id: &str, up_to: u64) -> Result<(), ApiError> {
@@ -315,28 +483,38 @@ pub fn sealed_shares(
 /// Every version, for the registry at startup.
 pub fn load_versions(conn: &rusqlite::Connection) -> Result<Vec<StoredVersion>, ApiError> {
     let mut stmt = conn.prepare(
-        "SELECT package_id, publisher, manifest, state, kits_reserved, next_batch
+        "SELECT package_id, publisher, manifest, state, kits_reserved, next_batch, deal,
+                retired_ms IS NOT NULL
          FROM versions ORDER BY installed_ms",
     )?;
     let rows = stmt.query_map([], |r| {
         Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, String>(3)?,
-            r.get::<_, i64>(4)?,
-            r.get::<_, i64>(5)?,
+            (
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+            ),
+            (
+                r.get::<_, i64>(4)?,
+                r.get::<_, i64>(5)?,
+                r.get::<_, String>(6)?,
+                r.get::<_, bool>(7)?,
+            ),
         ))
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (package_id, publisher, manifest, state, reserved, next_batch) = row?;
+        let ((package_id, publisher, manifest, state), (reserved, next_batch, deal, retired)) =
+            row?;
         let manifest: Manifest = serde_json::from_str(&manifest)
             .map_err(|e| ApiError::internal(format!("stored manifest of {package_id}: {e}")))?;
-        let state = if state == "active" {
-            VersionState::Active
-        } else {
-            VersionState::Pending
+        let deal: Signed = serde_json::from_str(&deal)
+            .map_err(|e| ApiError::internal(format!("stored deal of {package_id}: {e}")))?;
+        let state = match (state.as_str(), retired) {
+            (_, true) => VersionState::Retired,
+            ("active", false) => VersionState::Active,
+            _ => VersionState::Pending,
         };
         let approvals = conn
             .prepare_cached(
@@ -357,6 +535,7 @@ pub fn load_versions(conn: &rusqlite::Connection) -> Result<Vec<StoredVersion>, 
         out.push(StoredVersion {
             package_id,
             publisher,
+            deal,
             manifest,
             state,
             approvals,

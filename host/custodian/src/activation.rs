@@ -6,10 +6,15 @@
 //!
 //! - the package bytes hash to the package id the approvals sign;
 //! - the package reads in the sandbox, and its circuit matches its manifest;
+//! - the deal ([`quorumvm_wire::deal`]) is signed by the key that signed the package, and lists
+//!   for this custodian, under its own sealing key, exactly the sealed shares offered: a share
+//!   substituted by the coordinator (anyone can seal to a public key) is refused here;
 //! - at least `k` distinct custodians of this cluster signed an approval of exactly this
-//!   package id and manifest, and no approval offered is forged or duplicated;
+//!   package id, manifest and deal, and no approval offered is forged or duplicated;
 //! - every secret the manifest declares has a share sealed to this custodian for this package
-//!   and this secret name (the binding is part of the sealing), and nothing else is offered.
+//!   and this secret name (the binding is part of the sealing), and nothing else is offered;
+//! - no version of the same name at least as high is active here: activating a version retires
+//!   the lower ones of its name, and a retired version never activates again.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,14 +23,16 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use quorumvm_core::circuit::{Circuit, Manifest};
 use quorumvm_core::field::Fp;
-use quorumvm_package::{PackageId, package_id};
+use quorumvm_package::{Domain, PackageId, PublicKey, claimed_signer, package_id};
 use quorumvm_sandbox::{Sandbox, SandboxError, package_limits};
 use quorumvm_sealing::{CustodianSecretKey, SealedShare, ShareBinding, open_share};
-use quorumvm_wire::api::{OrderResponse, SealedShares};
-use quorumvm_wire::approval::{self, ApprovalError};
+use quorumvm_wire::api::{DealtShares, FETCH_AUTH_HEADER, OrderResponse};
+use quorumvm_wire::approval::{self, ApprovalError, Subject};
 use quorumvm_wire::config::Cluster;
+use quorumvm_wire::deal::{Deal, DealError};
 use quorumvm_wire::now_ms;
 use quorumvm_wire::order::ApprovalSignature;
+use quorumvm_wire::signed::Signed;
 use zeroize::Zeroizing;
 
 use crate::error::ApiError;
@@ -60,6 +67,10 @@ pub(crate) enum VersionError {
     UnknownShare(String),
     #[error("the sealed share of `{secret}` is refused: {reason}")]
     BadShare { secret: String, reason: String },
+    #[error("the deal of the shares is not signed by the package's publisher")]
+    UnsignedDeal,
+    #[error("the deal of the shares is refused: {0}")]
+    Deal(#[from] DealError),
 }
 
 impl From<VersionError> for ApiError {
@@ -72,6 +83,9 @@ impl From<VersionError> for ApiError {
             VersionError::MissingShare(_)
             | VersionError::UnknownShare(_)
             | VersionError::BadShare { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "bad_shares"),
+            VersionError::UnsignedDeal | VersionError::Deal(_) => {
+                (StatusCode::FORBIDDEN, "bad_deal")
+            }
         };
         ApiError::new(status, code, err.to_string())
     }
@@ -101,6 +115,7 @@ impl Checker<'_> {
         id: &PackageId,
         package: &[u8],
         approvals: &[ApprovalSignature],
+        deal: &Signed,
         sealed: &BTreeMap<String, Vec<u8>>,
     ) -> Result<CheckedVersion, VersionError> {
         let got = package_id(package);
@@ -111,7 +126,30 @@ impl Checker<'_> {
             });
         }
         let (manifest, circuit) = self.sandbox.read_package(package, package_limits())?;
-        let approvers = approval::check_all(self.cluster, id, &manifest, approvals)?;
+        // The package's own signer (its signature is part of the id, which the approvals
+        // sign) must have signed the deal.
+        let publisher = claimed_signer(package)
+            .and_then(|k| PublicKey::from_bytes(&k).ok())
+            .ok_or(VersionError::UnsignedDeal)?;
+        let dealt: Deal = deal
+            .open(Domain::Deal, &publisher)
+            .map_err(|_| VersionError::UnsignedDeal)?;
+        let member = self.cluster.member(self.me).expect("a configured member");
+        let names: Vec<&str> = manifest.secrets.iter().map(|d| d.name.as_str()).collect();
+        dealt.check_mine(
+            id,
+            self.cluster.threshold(),
+            self.me,
+            &member.sealing_key.to_hex(),
+            &names,
+            sealed,
+        )?;
+        let subject = Subject::Version {
+            package: id,
+            manifest: &manifest,
+            deal: &deal.digest(),
+        };
+        let approvers = approval::check_all(self.cluster, &subject, approvals)?;
         let need = self.cluster.threshold();
         if approvers.len() < need {
             return Err(VersionError::TooFewApprovals {
@@ -160,7 +198,8 @@ impl Checker<'_> {
     }
 }
 
-/// Handles an `Activate` order; idempotent.
+/// Handles an `Activate` order; idempotent for an active version, refused for a retired one
+/// or one that a higher active version of its name supersedes.
 pub(crate) async fn activate(
     c: &Arc<Custodian>,
     package_id: &str,
@@ -181,16 +220,14 @@ pub(crate) async fn activate(
     if c.versions.get(&id).is_some() {
         return Ok(active());
     }
+    if c.versions.is_retired(&id) {
+        return Err(retired(&id));
+    }
     let id_hex = id.to_string();
-    let base = format!("{}/v1/packages/{id_hex}", c.coordinator_url);
-    let package = fetch(&c.http, &format!("{base}/wasm"), MAX_PACKAGE_BYTES).await?;
-    let shares = fetch(
-        &c.http,
-        &format!("{base}/shares/{}", c.me),
-        MAX_SHARES_BYTES,
-    )
-    .await?;
-    let shares: SealedShares = serde_json::from_slice(&shares).map_err(|e| {
+    let base = format!("/v1/packages/{id_hex}");
+    let package = fetch(c, &format!("{base}/wasm"), MAX_PACKAGE_BYTES).await?;
+    let shares = fetch(c, &format!("{base}/shares/{}", c.me), MAX_SHARES_BYTES).await?;
+    let DealtShares { shares, deal } = serde_json::from_slice(&shares).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_GATEWAY,
             "bad_shares",
@@ -220,13 +257,32 @@ pub(crate) async fn activate(
     }
 
     let checking = Arc::clone(c);
-    let (checked, package, sealed, approvals) = tokio::task::spawn_blocking(move || {
-        let checked = checking.checker().check(&id, &package, &approvals, &sealed);
-        (checked, package, sealed, approvals)
+    let (checked, package, sealed, approvals, deal) = tokio::task::spawn_blocking(move || {
+        let checked = checking
+            .checker()
+            .check(&id, &package, &approvals, &deal, &sealed);
+        (checked, package, sealed, approvals, deal)
     })
     .await
     .map_err(|e| ApiError::task_failed("checking the version", e))?;
     let checked = checked?;
+    let same_name = c.versions.named(&checked.manifest.name);
+    if let Some(higher) = same_name
+        .iter()
+        .find(|v| v.manifest.version >= checked.manifest.version)
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "superseded",
+            format!(
+                "version {} of `{}` is active here ({}): version {} would never serve",
+                higher.manifest.version,
+                higher.manifest.name,
+                higher.id_hex,
+                checked.manifest.version
+            ),
+        ));
+    }
 
     let manifest_json = serde_json::to_string(&checked.manifest)
         .map_err(|e| ApiError::internal(format!("the manifest does not serialize: {e}")))?;
@@ -237,12 +293,18 @@ pub(crate) async fn activate(
         package,
         manifest_json,
         approvals,
+        deal,
         sealed,
+        retires: same_name.iter().map(|v| v.id_hex.clone()).collect(),
         now_ms: now_ms(),
     };
     c.writer
         .run(move |tx| store::insert_version(tx, &record))
         .await?;
+    for old in &same_name {
+        c.versions.retire(old.id);
+        tracing::info!(package_id = %old.id_hex, by = %id_hex, "version retired");
+    }
     tracing::info!(
         package_id = %id_hex,
         name = %checked.manifest.name,
@@ -260,13 +322,25 @@ pub(crate) async fn activate(
     Ok(active())
 }
 
-/// GETs `url` from the coordinator, refusing bodies over `limit` bytes.
-async fn fetch(http: &reqwest::Client, url: &str, limit: usize) -> Result<Vec<u8>, ApiError> {
+pub(crate) fn retired(id: &PackageId) -> ApiError {
+    ApiError::new(
+        StatusCode::GONE,
+        "retired",
+        format!("version {id} is retired on this custodian: a higher version superseded it"),
+    )
+}
+
+/// GETs `path` from the coordinator, proving who asks (sealed shares are served only to their
+/// custodian), refusing bodies over `limit` bytes.
+async fn fetch(c: &Custodian, path: &str, limit: usize) -> Result<Vec<u8>, ApiError> {
     let unavailable = |message: String| {
         ApiError::new(StatusCode::BAD_GATEWAY, "coordinator_unavailable", message)
     };
-    let mut response = http
-        .get(url)
+    let url = format!("{}{path}", c.coordinator_url);
+    let mut response = c
+        .http
+        .get(&url)
+        .header(FETCH_AUTH_HEADER, c.tickets.fetch_tag(path, now_ms()))
         .timeout(FETCH_TIMEOUT)
         .send()
         .await

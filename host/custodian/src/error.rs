@@ -99,6 +99,7 @@ impl From<StoreError> for ApiError {
         let (status, code) = match &err {
             StoreError::KitUnavailable { .. } => (StatusCode::CONFLICT, "kit_unavailable"),
             StoreError::KitExists { .. } => (StatusCode::CONFLICT, "kit_exists"),
+            StoreError::SessionUsed(_) => (StatusCode::CONFLICT, "duplicate_session"),
             StoreError::Ledger(_) | StoreError::Corrupt(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "storage")
             }

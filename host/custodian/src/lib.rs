@@ -11,18 +11,21 @@
 //! - `versions`: the active versions in memory, with their opened shares and kit counts.
 //! - `mailbox`: round messages from peers, buffered until the session that waits for them.
 //! - `peers`: sending round messages, and encrypting the secret ones (preprocessing).
-//! - `activation`, `preprocess`: the coordinator's orders; `session`: an evaluation on its
-//!   ticket.
+//! - `callers`: the caller identities it accepts signed requests from.
+//! - `activation`, `register`, `preprocess`: the coordinator's orders; `session`: an
+//!   evaluation of a caller's signed request, on the coordinator's ticket.
 //! - `routes`: the HTTP API; `error`: its error bodies; `metrics`: `GET /metrics`.
 //! - `state`: everything a running custodian holds, and how it starts.
 
 mod activation;
+mod callers;
 mod error;
 mod keys;
 mod mailbox;
 mod metrics;
 mod peers;
 mod preprocess;
+mod register;
 mod routes;
 mod session;
 mod state;

@@ -21,7 +21,6 @@ use quorumvm_wire::order::{Order, SignedOrder};
 use quorumvm_wire::peer::{Frame, FrameRefusal, FrameResult, SENDER_HEADER, decode_frames};
 use serde::de::DeserializeOwned;
 
-use crate::activation;
 use crate::error::ApiError;
 use crate::mailbox::DeliverError;
 use crate::metrics::Metrics;
@@ -29,6 +28,7 @@ use crate::peers::valid_session_id;
 use crate::preprocess::{self, Batch};
 use crate::session;
 use crate::state::Custodian;
+use crate::{activation, register};
 
 /// The largest round message: a preprocessing layer carries `2 · count · terms` elements to
 /// each peer, and the coordinator sizes its batches under this.
@@ -68,6 +68,7 @@ async fn health(State(c): State<Arc<Custodian>>) -> Json<CustodianHealth> {
             .into_iter()
             .map(|(package_id, kits)| VersionKits { package_id, kits })
             .collect(),
+        identities: c.callers.len() as u64,
     })
 }
 
@@ -107,6 +108,13 @@ async fn orders(
                 count,
             };
             detached(async move { preprocess::preprocess(&c, batch).await }).await
+        }
+        Order::RegisterIdentity {
+            name,
+            public_key,
+            approvals,
+        } => {
+            detached(async move { register::register(&c, name, public_key, approvals).await }).await
         }
         Order::Abort { session } => {
             if !valid_session_id(&session) {

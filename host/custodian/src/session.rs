@@ -1,28 +1,42 @@
-//! `POST /v1/sessions`: one evaluation, on a coordinator's ticket, with the other members of
-//! its quorum.
+//! `POST /v1/sessions`: one attempt at a caller's signed request, on a coordinator's ticket,
+//! with the other members of its quorum.
 //!
-//! Nothing is spent until the ticket, the version, the quorum and the inputs have been checked,
-//! a plugin slot and the session id have been claimed. Then one ledger job charges this
-//! custodian's own budget counter for (identity, version), takes the ticket's kit and records
-//! the evaluation: a replayed ticket finds its kit gone. Only after that job has committed does
-//! the plugin see the kit, so a kit is never used twice, even across a crash.
+//! What this custodian checks itself before anything is spent, whatever the coordinator says:
+//! the ticket's tag; that the version serves here (not retired); the quorum; that the caller's
+//! request is signed by the key k operators approved for its identity, is fresh, and asks for
+//! this program and version; that the ticket's session id is the digest of the session's terms
+//! (request, version, kit, quorum, attempt), so members given different terms never meet; and
+//! that every visible input lies in its declared range at its declared scale. A visible input is
+//! a public value: the constant polynomial is a valid degree-0 sharing of it, so each custodian
+//! uses the value itself as its share and the coordinator chooses nothing.
+//!
+//! Then one ledger job records the session, charges this custodian's own budget and rate
+//! limit for (identity, program name) on the request's first attempt only, refuses a request
+//! that completed here before, takes the ticket's kit and records the evaluation: a replayed
+//! ticket finds its kit gone. Only after that job has committed does the plugin see the kit, so
+//! a kit is never used twice, even across a crash.
 
 use std::sync::Arc;
 
 use axum::http::StatusCode;
+use quorumvm_core::eval::encode_values;
 use quorumvm_core::field::Fp;
 use quorumvm_core::session::{Setup, Step, Triple};
+use quorumvm_package::Domain;
+use quorumvm_policy::PolicyError;
 use quorumvm_sandbox::{PluginError, PluginSession};
 use quorumvm_wire::api::{SessionRequest, SessionResponse};
 use quorumvm_wire::elements::{self, from_bytes, to_bytes, to_hex};
 use quorumvm_wire::now_ms;
 use quorumvm_wire::order::Ticket;
+use quorumvm_wire::request::{CallerRequest, REQUEST_WINDOW_MS, Terms, valid_request_id};
+use quorumvm_wire::signed::Signed;
 use zeroize::Zeroizing;
 
+use crate::activation::retired;
 use crate::error::ApiError;
 use crate::mailbox::Inbox;
 use crate::metrics::Metrics;
-use crate::peers::valid_session_id;
 use crate::state::{Custodian, INLINE_GATES, compute};
 use crate::store::{self, Admission, Admitted};
 use crate::versions::{Version, parse_package_id};
@@ -32,29 +46,34 @@ pub(crate) async fn evaluate(
     request: SessionRequest,
 ) -> Result<SessionResponse, ApiError> {
     let ticket = c.tickets.open(&request, now_ms())?;
-    if !valid_session_id(&ticket.session) {
-        return Err(ApiError::bad_request(
-            "bad_session_id",
-            "the ticket's session id is invalid",
-        ));
-    }
-    let version = parse_package_id(&ticket.package_id)
-        .and_then(|id| c.versions.get(&id))
-        .ok_or_else(|| ApiError::unknown_version(&ticket.package_id))?;
+    let id = parse_package_id(&ticket.package_id).ok_or_else(|| {
+        ApiError::bad_request("bad_package_id", "a package id is 64 hexadecimal digits")
+    })?;
+    let version = match c.versions.get(&id) {
+        Some(v) => v,
+        None if c.versions.is_retired(&id) => return Err(retired(&id)),
+        None => return Err(ApiError::unknown_version(&ticket.package_id)),
+    };
     check_quorum(c, &ticket.quorum)?;
-    let inputs = elements::from_hex(&request.inputs)
-        .map_err(|e| ApiError::bad_request("bad_inputs", format!("input shares: {e}")))?;
-    if inputs.len() != version.manifest.inputs.len() {
+    let caller = check_request(c, &request.request, &version)?;
+    let terms = Terms {
+        request: request.request.digest(),
+        package_id: &ticket.package_id,
+        kit: ticket.kit,
+        quorum: &ticket.quorum,
+        attempt: ticket.attempt,
+    };
+    if terms.session_id() != ticket.session {
         return Err(ApiError::bad_request(
-            "bad_inputs",
-            format!(
-                "{} input shares given; {} declares {} inputs",
-                inputs.len(),
-                version.id_hex,
-                version.manifest.inputs.len()
-            ),
+            "bad_terms",
+            "the ticket's session id is not the digest of its terms (request, version, kit, \
+             quorum, attempt)",
         ));
     }
+    // Refused here, by this custodian, whatever the coordinator checked.
+    let inputs = encode_values("input", &version.manifest.inputs, &caller.input_texts())
+        .map_err(|e| ApiError::bad_request("bad_input", e.to_string()))?;
+    let inputs = Zeroizing::new(inputs);
     // Claimed before the kit is spent: a session refused for lack of room costs nothing.
     let _slot = c.session_slots.try_acquire().map_err(|_| {
         ApiError::new(
@@ -67,8 +86,9 @@ pub(crate) async fn evaluate(
 
     let admission = Admission {
         session: ticket.session.clone(),
-        request_id: ticket.request_id.clone(),
-        identity: ticket.identity.clone(),
+        request_id: caller.request_id.clone(),
+        identity: caller.identity.clone(),
+        program: version.manifest.name.clone(),
         package_id: version.id_hex.clone(),
         kit: ticket.kit,
         policy: version.manifest.policy.clone(),
@@ -76,13 +96,23 @@ pub(crate) async fn evaluate(
     };
     let kit = match c.writer.run(move |tx| store::admit(tx, &admission)).await? {
         Admitted::Kit(material) => material,
-        Admitted::BudgetExhausted { remaining, cost } => {
+        Admitted::Refused(refusal) => return Err(refused(&caller, &version, refusal)),
+        Admitted::Replayed {
+            attempts,
+            completed,
+        } => {
             return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "budget_exhausted",
+                StatusCode::CONFLICT,
+                "replayed_request",
                 format!(
-                    "`{}` has {remaining} budget units left for {} at this custodian; an evaluation costs {cost}",
-                    ticket.identity, version.id_hex
+                    "request {} of `{}` was {} here: a request is served once",
+                    caller.request_id,
+                    caller.identity,
+                    if completed {
+                        "completed".to_string()
+                    } else {
+                        format!("attempted {attempts} times")
+                    }
                 ),
             ));
         }
@@ -102,6 +132,19 @@ pub(crate) async fn evaluate(
         Ok(response) => {
             Metrics::add(&c.metrics.sessions_completed, 1);
             tracing::debug!(session = %ticket.session, rounds = response.rounds, "session done");
+            // Not awaited: it commits with the next group. Should this custodian crash before,
+            // the request may be attempted again here (at most MAX_ATTEMPTS in all), never
+            // charged again.
+            let (identity, request_id) = (caller.identity, caller.request_id);
+            let writer = c.writer.clone();
+            tokio::spawn(async move {
+                if let Err(e) = writer
+                    .run(move |tx| store::complete(tx, &identity, &request_id))
+                    .await
+                {
+                    tracing::warn!("recording a completed request: {e}");
+                }
+            });
         }
         Err(e) => {
             Metrics::add(&c.metrics.sessions_failed, 1);
@@ -109,6 +152,81 @@ pub(crate) async fn evaluate(
         }
     }
     result
+}
+
+/// The caller's request, once this custodian has verified it: signed by the key k operators
+/// approved for its identity, fresh, well formed, and for exactly this program and version.
+fn check_request(
+    c: &Custodian,
+    signed: &Signed,
+    version: &Version,
+) -> Result<CallerRequest, ApiError> {
+    let unauthorized =
+        |code: &'static str, m: String| ApiError::new(StatusCode::UNAUTHORIZED, code, m);
+    let claimed: CallerRequest = signed
+        .parse_unverified()
+        .map_err(|e| ApiError::bad_request("bad_request", e.to_string()))?;
+    let key = c.callers.key(&claimed.identity).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "unknown_identity",
+            format!(
+                "identity `{}` is not registered at custodian {}: k custodian operators must \
+                 approve it first",
+                claimed.identity, c.me
+            ),
+        )
+    })?;
+    let request: CallerRequest = signed.open(Domain::Request, &key).map_err(|_| {
+        unauthorized(
+            "bad_request_signature",
+            format!(
+                "the request is not signed by identity `{}`'s approved key",
+                claimed.identity
+            ),
+        )
+    })?;
+    if !valid_request_id(&request.request_id) {
+        return Err(ApiError::bad_request(
+            "bad_request_id",
+            "a request id is 16 to 64 characters of letters, digits, `_` and `-`",
+        ));
+    }
+    let skew = request.time_ms.abs_diff(now_ms());
+    if skew > REQUEST_WINDOW_MS {
+        return Err(unauthorized(
+            "stale_request",
+            format!(
+                "the request was signed {skew} ms away from this custodian's clock; at most \
+                 {REQUEST_WINDOW_MS} ms is accepted"
+            ),
+        ));
+    }
+    if request.package_id != version.id_hex || request.program != version.manifest.name {
+        return Err(ApiError::bad_request(
+            "bad_terms",
+            format!(
+                "the caller asked for `{}` ({}), the ticket names `{}` ({})",
+                request.program, request.package_id, version.manifest.name, version.id_hex
+            ),
+        ));
+    }
+    Ok(request)
+}
+
+fn refused(caller: &CallerRequest, version: &Version, refusal: PolicyError) -> ApiError {
+    let code = match refusal {
+        PolicyError::RateLimited { .. } => "rate_limited",
+        _ => "budget_exhausted",
+    };
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        code,
+        format!(
+            "`{}` on `{}` at this custodian: {refusal}",
+            caller.identity, version.manifest.name
+        ),
+    )
 }
 
 /// The ticket's quorum: sorted, distinct members of the cluster, this custodian among them,

@@ -12,13 +12,14 @@ use quorumvm_wire::order::TicketKey;
 use tokio::sync::{Mutex, Semaphore};
 
 use crate::activation::Checker;
+use crate::callers::Callers;
 use crate::error::ApiError;
 use crate::keys::load_keys;
 use crate::mailbox::{self, Inbox, Mailbox};
 use crate::metrics::Metrics;
 use crate::peers::Peers;
-use crate::store;
 use crate::versions::{Version, Versions, parse_package_id};
+use crate::{register, store};
 
 /// What one call into the evaluator plugin may use. A layer of a large circuit is a few ms;
 /// the deadline only stops a plugin that has gone wrong (under Winch, fuel does).
@@ -58,9 +59,12 @@ pub(crate) struct Custodian {
     pub plugin: PluginSlot,
     pub session_slots: Semaphore,
     pub versions: Versions,
+    /// The caller identities k operators approved.
+    pub callers: Callers,
     pub mailbox: Mailbox,
     pub metrics: Metrics,
-    /// Held for the whole of an activation: they are rare and must not race each other.
+    /// Held for the whole of an activation or registration: they are rare and must not race
+    /// each other.
     pub activation: Mutex<()>,
 }
 
@@ -133,8 +137,18 @@ impl Custodian {
             let id = parse_package_id(&stored.package_id)
                 .ok_or_else(|| anyhow!("the package id is not 64 hex digits"))
                 .with_context(loading)?;
+            if stored.retired {
+                versions.retire(id);
+                continue;
+            }
             let checked = checker
-                .check(&id, &stored.package, &stored.approvals, &stored.sealed)
+                .check(
+                    &id,
+                    &stored.package,
+                    &stored.approvals,
+                    &stored.deal,
+                    &stored.sealed,
+                )
                 .with_context(loading)?;
             versions.insert(Version::new(
                 id,
@@ -145,8 +159,21 @@ impl Custodian {
             ));
         }
 
+        let callers = Callers::default();
+        for stored in store::load_callers(&ledger)? {
+            let key = register::check(
+                &cluster,
+                &stored.name,
+                &stored.public_key,
+                &stored.approvals,
+            )
+            .with_context(|| format!("identity {} in {}", stored.name, db.display()))?;
+            callers.insert(stored.name, key);
+        }
+
         Ok(Custodian {
             me,
+            callers,
             coordinator_url: config.coordinator_url.trim_end_matches('/').to_string(),
             coordinator_key,
             tickets: TicketKey::new(&keys.sealing, config.coordinator_exchange_key()?),

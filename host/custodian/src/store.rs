@@ -11,21 +11,31 @@
 //!   the audit entry of the evaluation that uses it, so it is used at most once, even across a
 //!   crash.
 //!
-//! The per-(identity, version) budget counters are the policy crate's `budget_spent` table.
+//! - `callers`: the caller identities k operators approved, with their keys and the approvals
+//!   (checked again at every start).
+//! - `requests`: every caller request id this custodian took part in, with its attempts and
+//!   whether one completed here: a request is charged once, on its first attempt, and a request
+//!   that completed is never served again.
+//! - `sessions`: every session id this custodian started, so that no restart reopens one.
+//!
+//! The per-(identity, program name) budget counters and rate buckets are the policy crate's
+//! `budget_spent` and `rate_buckets` tables.
 
 use std::collections::BTreeMap;
 
 use quorumvm_core::circuit::Policy;
 use quorumvm_ledger::rusqlite::{self, ErrorCode, OptionalExtension, Transaction, params};
 use quorumvm_ledger::{Ledger, LedgerError, NewEntry, Schema, audit};
-use quorumvm_policy::Budget;
+use quorumvm_policy::PolicyError;
 use quorumvm_wire::order::ApprovalSignature;
+use quorumvm_wire::signed::Signed;
 use serde_json::json;
 use zeroize::Zeroizing;
 
 pub(crate) const SCHEMA: Schema = Schema {
     component: "custodian",
-    migrations: &["
+    migrations: &[
+        "
         CREATE TABLE versions (
             package_id TEXT PRIMARY KEY,
             package BLOB NOT NULL,
@@ -45,8 +55,40 @@ pub(crate) const SCHEMA: Schema = Schema {
             material BLOB NOT NULL,
             PRIMARY KEY (package_id, kit)
         ) STRICT, WITHOUT ROWID;
-    "],
+    ",
+        "
+        ALTER TABLE versions ADD COLUMN deal TEXT NOT NULL DEFAULT '';
+        ALTER TABLE versions ADD COLUMN name TEXT NOT NULL DEFAULT '';
+        ALTER TABLE versions ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE versions ADD COLUMN retired_ms INTEGER;
+        CREATE TABLE callers (
+            name TEXT PRIMARY KEY,
+            public_key TEXT NOT NULL,
+            approvals TEXT NOT NULL,
+            registered_ms INTEGER NOT NULL
+        ) STRICT;
+        CREATE TABLE requests (
+            identity TEXT NOT NULL,
+            request_id TEXT NOT NULL,
+            attempts INTEGER NOT NULL CHECK (attempts >= 1),
+            completed INTEGER NOT NULL DEFAULT 0 CHECK (completed IN (0, 1)),
+            first_ms INTEGER NOT NULL,
+            PRIMARY KEY (identity, request_id)
+        ) STRICT, WITHOUT ROWID;
+        CREATE TABLE sessions (
+            session TEXT PRIMARY KEY,
+            identity TEXT NOT NULL,
+            request_id TEXT NOT NULL,
+            kit INTEGER NOT NULL,
+            started_ms INTEGER NOT NULL
+        ) STRICT, WITHOUT ROWID;
+    ",
+    ],
 };
+
+/// How many attempts (the coordinator's retries on other quorums) one request may have here.
+/// The first is charged; none after a completed one.
+pub(crate) const MAX_ATTEMPTS: u64 = 3;
 
 /// Who the audit entries of coordinator orders name as their actor.
 const COORDINATOR: &str = "coordinator";
@@ -63,6 +105,8 @@ pub(crate) enum StoreError {
     KitExists { package_id: String, kit: u64 },
     #[error("the ledger holds a version it cannot read back: {0}")]
     Corrupt(String),
+    #[error("session {0} was started here before: a session id is used once")]
+    SessionUsed(String),
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -76,6 +120,8 @@ pub(crate) struct StoredVersion {
     pub package_id: String,
     pub package: Vec<u8>,
     pub approvals: Vec<ApprovalSignature>,
+    pub deal: Signed,
+    pub retired: bool,
     /// Secret name → sealed share bytes.
     pub sealed: BTreeMap<String, Vec<u8>>,
     pub kits: u64,
@@ -86,19 +132,24 @@ pub(crate) fn load_versions(ledger: &Ledger) -> Result<Vec<StoredVersion>, Store
     let conn = ledger.connection();
     let mut versions = Vec::new();
     let mut rows = conn.prepare(
-        "SELECT package_id, package, approvals FROM versions ORDER BY activated_ms, package_id",
+        "SELECT package_id, package, approvals, deal, retired_ms IS NOT NULL FROM versions
+         ORDER BY activated_ms, package_id",
     )?;
     let listed = rows.query_map([], |row| {
         Ok((
             row.get::<_, String>(0)?,
             row.get::<_, Vec<u8>>(1)?,
             row.get::<_, String>(2)?,
+            row.get::<_, String>(3)?,
+            row.get::<_, bool>(4)?,
         ))
     })?;
     for row in listed {
-        let (package_id, package, approvals) = row?;
+        let (package_id, package, approvals, deal, retired) = row?;
         let approvals: Vec<ApprovalSignature> = serde_json::from_str(&approvals)
             .map_err(|e| StoreError::Corrupt(format!("approvals of {package_id}: {e}")))?;
+        let deal: Signed = serde_json::from_str(&deal)
+            .map_err(|e| StoreError::Corrupt(format!("deal of {package_id}: {e}")))?;
         let mut shares =
             conn.prepare_cached("SELECT secret, sealed FROM sealed_shares WHERE package_id = ?1")?;
         let sealed = shares
@@ -113,6 +164,8 @@ pub(crate) fn load_versions(ledger: &Ledger) -> Result<Vec<StoredVersion>, Store
             package_id,
             package,
             approvals,
+            deal,
+            retired,
             sealed,
             kits,
         });
@@ -128,11 +181,15 @@ pub(crate) struct NewVersion {
     pub package: Vec<u8>,
     pub manifest_json: String,
     pub approvals: Vec<ApprovalSignature>,
+    pub deal: Signed,
     pub sealed: BTreeMap<String, Vec<u8>>,
+    /// Lower versions of the same name that this activation supersedes.
+    pub retires: Vec<String>,
     pub now_ms: u64,
 }
 
-/// Records an activated version, its sealed shares and `version.activated`. Returns `false`
+/// Records an activated version, its sealed shares and `version.activated`, and retires the
+/// versions it supersedes (`version.retired`). Returns `false`
 /// (writing nothing) if the version is already stored: activation is idempotent.
 pub(crate) fn insert_version(tx: &Transaction<'_>, v: &NewVersion) -> Result<bool, StoreError> {
     let known = tx
@@ -147,15 +204,21 @@ pub(crate) fn insert_version(tx: &Transaction<'_>, v: &NewVersion) -> Result<boo
     }
     let approvals = serde_json::to_string(&v.approvals)
         .map_err(|e| StoreError::Corrupt(format!("approvals do not serialize: {e}")))?;
+    let deal = serde_json::to_string(&v.deal)
+        .map_err(|e| StoreError::Corrupt(format!("the deal does not serialize: {e}")))?;
     tx.execute(
-        "INSERT INTO versions (package_id, package, manifest, approvals, activated_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO versions (package_id, package, manifest, approvals, activated_ms, deal,
+                               name, version)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         params![
             v.package_id,
             v.package,
             v.manifest_json,
             approvals,
-            v.now_ms
+            v.now_ms,
+            deal,
+            v.name,
+            v.version
         ],
     )?;
     let mut insert = tx.prepare_cached(
@@ -179,7 +242,104 @@ pub(crate) fn insert_version(tx: &Transaction<'_>, v: &NewVersion) -> Result<boo
             }),
         },
     )?;
+    for old in &v.retires {
+        retire(tx, old, &v.package_id, v.now_ms)?;
+    }
     Ok(true)
+}
+
+/// Marks `package_id` retired (superseded by `by`), with its `version.retired` entry, and drops
+/// its unused kits: a retired version never serves again.
+pub(crate) fn retire(
+    tx: &Transaction<'_>,
+    package_id: &str,
+    by: &str,
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    let changed = tx.execute(
+        "UPDATE versions SET retired_ms = ?2 WHERE package_id = ?1 AND retired_ms IS NULL",
+        params![package_id, now_ms],
+    )?;
+    if changed == 0 {
+        return Ok(());
+    }
+    tx.execute("DELETE FROM kits WHERE package_id = ?1", [package_id])?;
+    audit::append(
+        tx,
+        &NewEntry {
+            timestamp_ms: now_ms,
+            actor: COORDINATOR,
+            kind: "version.retired",
+            details: &json!({ "package_id": package_id, "superseded_by": by }),
+        },
+    )?;
+    Ok(())
+}
+
+/// A caller identity as stored.
+pub(crate) struct StoredCaller {
+    pub name: String,
+    pub public_key: String,
+    pub approvals: Vec<ApprovalSignature>,
+}
+
+/// Records a caller identity that passed its approvals (`identity.registered`); `false` if it
+/// was registered already (with the same key: a different key for a known name is refused by
+/// the caller of this function before it gets here).
+pub(crate) fn insert_caller(
+    tx: &Transaction<'_>,
+    caller: &StoredCaller,
+    now_ms: u64,
+) -> Result<bool, StoreError> {
+    let approvals = serde_json::to_string(&caller.approvals)
+        .map_err(|e| StoreError::Corrupt(format!("approvals do not serialize: {e}")))?;
+    let added = tx.execute(
+        "INSERT INTO callers (name, public_key, approvals, registered_ms) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (name) DO NOTHING",
+        params![caller.name, caller.public_key, approvals, now_ms],
+    )?;
+    if added == 0 {
+        return Ok(false);
+    }
+    let approvers: Vec<u32> = caller.approvals.iter().map(|a| a.custodian).collect();
+    audit::append(
+        tx,
+        &NewEntry {
+            timestamp_ms: now_ms,
+            actor: COORDINATOR,
+            kind: "identity.registered",
+            details: &json!({
+                "identity": caller.name,
+                "public_key": caller.public_key,
+                "approvals": approvers,
+            }),
+        },
+    )?;
+    Ok(true)
+}
+
+pub(crate) fn load_callers(ledger: &Ledger) -> Result<Vec<StoredCaller>, StoreError> {
+    let conn = ledger.connection();
+    let mut rows = conn.prepare("SELECT name, public_key, approvals FROM callers")?;
+    let listed = rows.query_map([], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, String>(1)?,
+            row.get::<_, String>(2)?,
+        ))
+    })?;
+    let mut callers = Vec::new();
+    for row in listed {
+        let (name, public_key, approvals) = row?;
+        let approvals = serde_json::from_str(&approvals)
+            .map_err(|e| StoreError::Corrupt(format!("approvals of identity {name}: {e}")))?;
+        callers.push(StoredCaller {
+            name,
+            public_key,
+            approvals,
+        });
+    }
+    Ok(callers)
 }
 
 /// Stores a batch of kits `first_kit ..` with its `kits.stored` entry. A kit id that exists
@@ -226,11 +386,13 @@ pub(crate) fn insert_kits(
     Ok(())
 }
 
-/// One evaluation as the ticket describes it.
+/// One attempt at a caller's request, as ticket and signed request describe it (both checked).
 pub(crate) struct Admission {
     pub session: String,
     pub request_id: String,
     pub identity: String,
+    /// The program's name: budgets and rate limits are kept per (identity, name).
+    pub program: String,
     pub package_id: String,
     pub kit: u64,
     pub policy: Policy,
@@ -241,37 +403,98 @@ pub(crate) struct Admission {
 pub(crate) enum Admitted {
     /// The kit's material (this custodian's shares of its triples), now deleted from the ledger.
     Kit(Zeroizing<Vec<u8>>),
-    BudgetExhausted {
-        remaining: u64,
-        cost: u64,
-    },
+    /// The rate limit or the budget said no ([`PolicyError::RateLimited`],
+    /// [`PolicyError::BudgetExhausted`]).
+    Refused(PolicyError),
+    /// The request completed here before, or used up its attempts.
+    Replayed { attempts: u64, completed: bool },
 }
 
-/// Charges this custodian's own budget counter for (identity, version), takes the kit and
-/// appends `eval.accepted`, all in the caller's transaction; or appends `eval.denied` and
-/// changes nothing else when the budget is spent. A missing kit (a replayed ticket, or an id
-/// this custodian never stored) is an error, so the job rolls back and nothing is charged.
+/// Admits one attempt, all in the caller's transaction: the session id is recorded (a reused
+/// one is an error); the request's first attempt passes this custodian's own rate limit and
+/// budget for (identity, program name) and is charged (`eval.accepted`, or `eval.denied`
+/// committed with nothing else); a later attempt of a request that has not completed here is
+/// not charged again (`eval.retried`); a completed or exhausted request is refused
+/// (`eval.replayed`). Then the kit is taken: a missing kit (a replayed ticket, or an id this
+/// custodian never stored) is an error, so the job rolls back and nothing is charged.
 ///
-/// The entries name session, request, identity, version and kit: never inputs, outputs or
-/// shares.
+/// The entries name session, request, identity, program, version and kit: never inputs,
+/// outputs or shares.
 pub(crate) fn admit(tx: &Transaction<'_>, a: &Admission) -> Result<Admitted, StoreError> {
-    let mut budget = Budget::load(tx, &a.identity, &a.package_id, a.policy.budget_per_identity)?;
-    let mut details = json!({
+    let started = tx
+        .prepare_cached(
+            "INSERT INTO sessions (session, identity, request_id, kit, started_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (session) DO NOTHING",
+        )?
+        .execute(params![
+            a.session,
+            a.identity,
+            a.request_id,
+            a.kit,
+            a.now_ms
+        ])?;
+    if started == 0 {
+        return Err(StoreError::SessionUsed(a.session.clone()));
+    }
+    let details = json!({
         "session": a.session,
         "request_id": a.request_id,
         "identity": a.identity,
+        "program": a.program,
         "package_id": a.package_id,
         "kit": a.kit,
     });
-    let cost = a.policy.cost_per_eval;
-    if budget.charge(cost).is_err() {
-        let remaining = budget.remaining();
-        details["reason"] = json!("budget");
-        details["remaining_budget"] = json!(remaining);
-        append(tx, a, "eval.denied", &details)?;
-        return Ok(Admitted::BudgetExhausted { remaining, cost });
+    let seen: Option<(u64, bool)> = tx
+        .prepare_cached(
+            "SELECT attempts, completed FROM requests WHERE identity = ?1 AND request_id = ?2",
+        )?
+        .query_row(params![a.identity, a.request_id], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })
+        .optional()?;
+    match seen {
+        Some((attempts, completed)) if completed || attempts >= MAX_ATTEMPTS => {
+            let mut details = details;
+            details["attempts"] = json!(attempts);
+            details["completed"] = json!(completed);
+            append(tx, a, "eval.replayed", &details)?;
+            return Ok(Admitted::Replayed {
+                attempts,
+                completed,
+            });
+        }
+        Some((attempts, _)) => {
+            tx.prepare_cached(
+                "UPDATE requests SET attempts = ?3 WHERE identity = ?1 AND request_id = ?2",
+            )?
+            .execute(params![a.identity, a.request_id, attempts + 1])?;
+            let mut details = details;
+            details["attempt"] = json!(attempts + 1);
+            append(tx, a, "eval.retried", &details)?;
+        }
+        None => {
+            let admitted = quorumvm_policy::admit_in(
+                tx,
+                &quorumvm_policy::EvalRequest {
+                    identity: &a.identity,
+                    program: &a.program,
+                    request_id: &a.request_id,
+                    context: &details,
+                    policy: &a.policy,
+                    now_ms: a.now_ms,
+                },
+            )
+            .map_err(policy_failure)?;
+            if let Err(refusal) = admitted {
+                return Ok(Admitted::Refused(refusal));
+            }
+            tx.prepare_cached(
+                "INSERT INTO requests (identity, request_id, attempts, first_ms)
+                 VALUES (?1, ?2, 1, ?3)",
+            )?
+            .execute(params![a.identity, a.request_id, a.now_ms])?;
+        }
     }
-    budget.save(tx, &a.identity, &a.package_id)?;
     let material: Option<Vec<u8>> = tx
         .prepare_cached("DELETE FROM kits WHERE package_id = ?1 AND kit = ?2 RETURNING material")?
         .query_row(params![a.package_id, a.kit], |row| row.get(0))
@@ -282,9 +505,26 @@ pub(crate) fn admit(tx: &Transaction<'_>, a: &Admission) -> Result<Admitted, Sto
             package_id: a.package_id.clone(),
             kit: a.kit,
         })?;
-    details["remaining_budget"] = json!(budget.remaining());
-    append(tx, a, "eval.accepted", &details)?;
     Ok(Admitted::Kit(material))
+}
+
+/// Records that `request_id` completed here: it is never served again.
+pub(crate) fn complete(
+    tx: &Transaction<'_>,
+    identity: &str,
+    request_id: &str,
+) -> Result<(), StoreError> {
+    tx.prepare_cached("UPDATE requests SET completed = 1 WHERE identity = ?1 AND request_id = ?2")?
+        .execute(params![identity, request_id])?;
+    Ok(())
+}
+
+/// The policy crate's storage failures are this module's; its refusals never reach here.
+fn policy_failure(err: PolicyError) -> StoreError {
+    match err {
+        PolicyError::Ledger(e) => StoreError::Ledger(e),
+        other => StoreError::Corrupt(format!("the version's policy is unusable: {other}")),
+    }
 }
 
 fn append(
@@ -316,27 +556,33 @@ mod tests {
         ledger
     }
 
-    fn version(id: &str) -> NewVersion {
+    fn version(id: &str, version: u32, retires: Vec<String>) -> NewVersion {
         NewVersion {
             package_id: id.into(),
             name: "square".into(),
-            version: 1,
+            version,
             package: vec![1, 2, 3],
             manifest_json: "{}".into(),
             approvals: vec![ApprovalSignature {
                 custodian: 2,
                 signature: "00".into(),
             }],
+            deal: Signed {
+                body: "{}".into(),
+                signature: "00".into(),
+            },
             sealed: BTreeMap::from([("w".to_string(), vec![9; 4])]),
+            retires,
             now_ms: 5,
         }
     }
 
-    fn admission(kit: u64, budget: u64) -> Admission {
+    fn admission(session: &str, request: &str, kit: u64, budget: u64) -> Admission {
         Admission {
-            session: "s".into(),
-            request_id: "r".into(),
+            session: session.into(),
+            request_id: request.into(),
             identity: "alice".into(),
+            program: "square".into(),
             package_id: "p".into(),
             kit,
             policy: Policy {
@@ -348,16 +594,26 @@ mod tests {
         }
     }
 
+    fn spent(db: &Ledger) -> u64 {
+        db.connection()
+            .query_row(
+                "SELECT spent FROM budget_spent WHERE identity = 'alice' AND program = 'square'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    }
+
     #[test]
     fn versions_kits_and_budgets_round_trip_and_refusals_change_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let mut db = ledger(dir.path());
         assert!(
-            db.transaction(|tx| insert_version(tx, &version("p")))
+            db.transaction(|tx| insert_version(tx, &version("p", 1, vec![])))
                 .unwrap()
         );
         assert!(
-            !db.transaction(|tx| insert_version(tx, &version("p")))
+            !db.transaction(|tx| insert_version(tx, &version("p", 1, vec![])))
                 .unwrap()
         );
         let kits: Vec<_> = (0..3u8).map(|i| Zeroizing::new(vec![i; 16])).collect();
@@ -375,37 +631,77 @@ mod tests {
         let stored = load_versions(&db).unwrap();
         assert_eq!(stored.len(), 1);
         assert_eq!(
-            (stored[0].kits, stored[0].package.clone()),
-            (3, vec![1, 2, 3])
+            (stored[0].kits, stored[0].package.clone(), stored[0].retired),
+            (3, vec![1, 2, 3], false)
         );
         assert_eq!(stored[0].sealed["w"], vec![9; 4]);
 
-        match db.transaction(|tx| admit(tx, &admission(11, 4))).unwrap() {
+        match db
+            .transaction(|tx| admit(tx, &admission("s1", "r1", 11, 4)))
+            .unwrap()
+        {
             Admitted::Kit(m) => assert_eq!(*m, vec![1; 16]),
-            Admitted::BudgetExhausted { .. } => panic!("budget left"),
+            _ => panic!("admitted"),
         }
-        // Replayed: no kit, and the charge rolls back with the job.
+        assert_eq!(spent(&db), 2);
+        // The same session again: refused, nothing recorded.
+        let reused = db
+            .transaction(|tx| admit(tx, &admission("s1", "r1", 12, 4)))
+            .err()
+            .unwrap();
+        assert!(matches!(reused, StoreError::SessionUsed(_)), "{reused}");
+        // A ticket replayed in a new session: no kit, and everything rolls back.
         let replay = db
-            .transaction(|tx| admit(tx, &admission(11, 4)))
+            .transaction(|tx| admit(tx, &admission("s2", "r2", 11, 4)))
             .err()
             .unwrap();
         assert!(matches!(replay, StoreError::KitUnavailable { kit: 11, .. }));
+        assert_eq!(spent(&db), 2);
+        // A retry of request r1 (another session, another kit) is not charged again...
         assert!(matches!(
-            db.transaction(|tx| admit(tx, &admission(12, 4))).unwrap(),
+            db.transaction(|tx| admit(tx, &admission("s3", "r1", 12, 4)))
+                .unwrap(),
             Admitted::Kit(_)
         ));
+        assert_eq!(spent(&db), 2);
+        // ...and once r1 completed, it is never served again.
+        db.transaction(|tx| complete(tx, "alice", "r1")).unwrap();
         assert!(matches!(
-            db.transaction(|tx| admit(tx, &admission(10, 4))).unwrap(),
-            Admitted::BudgetExhausted {
+            db.transaction(|tx| admit(tx, &admission("s4", "r1", 10, 4)))
+                .unwrap(),
+            Admitted::Replayed {
+                attempts: 2,
+                completed: true
+            }
+        ));
+        assert!(matches!(
+            db.transaction(|tx| admit(tx, &admission("s5", "r3", 10, 4)))
+                .unwrap(),
+            Admitted::Kit(_)
+        ));
+        // Budget 4 at cost 2: a third request is denied, and its denial commits.
+        kits_again(&mut db);
+        assert!(matches!(
+            db.transaction(|tx| admit(tx, &admission("s6", "r4", 20, 4)))
+                .unwrap(),
+            Admitted::Refused(PolicyError::BudgetExhausted {
                 remaining: 0,
                 cost: 2
-            }
+            })
         ));
         assert_eq!(
             load_versions(&db).unwrap()[0].kits,
             1,
-            "kit 10 is still there"
+            "kit 20 is still there"
         );
+        // Version 2 retires version 1 and drops its kits.
+        assert!(
+            db.transaction(|tx| insert_version(tx, &version("p2", 2, vec!["p".into()])))
+                .unwrap()
+        );
+        let stored = load_versions(&db).unwrap();
+        assert_eq!((stored[0].retired, stored[0].kits), (true, 0));
+        assert!(!stored[1].retired);
         let kinds: Vec<String> = db
             .audit_entries(0, 100)
             .unwrap()
@@ -418,10 +714,21 @@ mod tests {
                 "version.activated",
                 "kits.stored",
                 "eval.accepted",
+                "eval.retried",
+                "eval.replayed",
                 "eval.accepted",
-                "eval.denied"
+                "kits.stored",
+                "eval.denied",
+                "version.activated",
+                "version.retired",
             ]
         );
         db.verify_chain().unwrap();
+    }
+
+    fn kits_again(db: &mut Ledger) {
+        let kits = vec![Zeroizing::new(vec![7u8; 16])];
+        db.transaction(|tx| insert_kits(tx, "b3", "p", 20, &kits, 6))
+            .unwrap();
     }
 }

@@ -1,7 +1,11 @@
 //! The versions this custodian serves, in memory: what a session needs without touching the
-//! disk (circuit, manifest, opened shares), and how many unused kits it holds for each.
+//! disk (circuit, manifest, opened shares), and how many unused kits it holds for each; and the
+//! ids of the versions it retired, which never serve again.
+//!
+//! Only the highest activated version of a name serves: activating a higher one retires the
+//! others (in the same ledger transaction), and a lower one is refused.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -64,10 +68,11 @@ impl Version {
     }
 }
 
-/// The active versions by package id.
+/// The active versions by package id, and the retired ones.
 #[derive(Default)]
 pub(crate) struct Versions {
     by_id: RwLock<BTreeMap<PackageId, Arc<Version>>>,
+    retired: RwLock<BTreeSet<PackageId>>,
 }
 
 impl Versions {
@@ -79,6 +84,34 @@ impl Versions {
     pub fn insert(&self, version: Version) {
         let mut map = self.by_id.write().unwrap_or_else(|p| p.into_inner());
         map.entry(version.id).or_insert_with(|| Arc::new(version));
+    }
+
+    /// The serving versions named `name`.
+    pub fn named(&self, name: &str) -> Vec<Arc<Version>> {
+        self.read()
+            .values()
+            .filter(|v| v.manifest.name == name)
+            .cloned()
+            .collect()
+    }
+
+    /// Stops serving `id`, for good (its retirement is already committed).
+    pub fn retire(&self, id: PackageId) {
+        self.by_id
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        self.retired
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id);
+    }
+
+    pub fn is_retired(&self, id: &PackageId) -> bool {
+        self.retired
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id)
     }
 
     pub fn len(&self) -> usize {
@@ -94,7 +127,7 @@ impl Versions {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<PackageId, Arc<Version>>> {
-        // The map is only ever inserted into: a panic elsewhere cannot leave it half-changed.
+        // Each change is one insert or remove: a panic elsewhere cannot leave it half-changed.
         self.by_id.read().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -9,9 +9,7 @@ use axum::http::StatusCode;
 use common::{Answer, Cluster, PROGRAM};
 use quorumvm_package::SecretKey;
 use quorumvm_sealing::CustodianSecretKey;
-use quorumvm_wire::api::SealedShares;
 use quorumvm_wire::config::Engine;
-use quorumvm_wire::elements::to_hex;
 use quorumvm_wire::order::{Order, SignedOrder, TicketKey};
 use quorumvm_wire::peer::{Frame, FrameResult, SENDER_HEADER, encode_frames};
 
@@ -57,6 +55,7 @@ async fn three_custodians_evaluate_on_dealer_free_kits() {
         assert_eq!(cluster.kits(i, &program).await, Some(50));
     }
 
+    let alice = cluster.register("alice").await;
     let cases: [(&[u32], &str, u64); 4] = [
         (&[1, 2, 3], "3", 0),
         (&[1, 2], "99", 1),
@@ -66,7 +65,7 @@ async fn three_custodians_evaluate_on_dealer_free_kits() {
     for (quorum, x, kit) in cases {
         let inputs = [("x", x)];
         let (outputs, rounds) = cluster
-            .evaluate(&program, quorum, &inputs, kit, "alice")
+            .evaluate(&program, quorum, &inputs, kit, &alice)
             .await
             .unwrap_or_else(|a| panic!("quorum {quorum:?}: {:?}", statuses(&a)));
         assert_eq!(
@@ -121,19 +120,26 @@ async fn forged_replayed_and_malformed_requests_are_refused_and_change_nothing()
     let program = cluster.publish(PROGRAM, &SECRET);
     all_ok(&cluster.activate(&program, &[1, 2]).await, "active");
     all_ok(&cluster.preprocess(&program, 0, 4).await, "stored");
+    let alice = cluster.register("alice").await;
     let inputs = [("x", "5")];
-    let (_, shares) = cluster.share_inputs(&program, &inputs);
 
-    // A ticket, used once, then replayed: its kit is gone.
-    let ticket = cluster.ticket(&program, "once", &[1, 2], 0, "alice");
-    let first = cluster.send_sessions(&ticket, &[1, 2], &shares).await;
+    // A request served once; the same ticket again: its session id is spent.
+    let request = alice.request(&program, &inputs);
+    let ticket = cluster.ticket(&program, &request, &[1, 2], 0, 0);
+    let first = cluster.send_sessions(&ticket, &[1, 2], &request).await;
     assert!(
         first.iter().all(|a| a.status == StatusCode::OK),
         "{:?}",
         statuses(&first)
     );
-    let replay = cluster.ticket(&program, "replayed", &[1, 2], 0, "alice");
-    let answers = cluster.send_sessions(&replay, &[1, 2], &shares).await;
+    let answers = cluster.send_sessions(&ticket, &[1], &request).await;
+    assert_eq!(statuses(&answers), [(1, 409, "duplicate_session".into())]);
+    // Another request naming the spent kit: the kit is gone.
+    let other_request = alice.request(&program, &inputs);
+    let replay = cluster.ticket(&program, &other_request, &[1, 2], 0, 0);
+    let answers = cluster
+        .send_sessions(&replay, &[1, 2], &other_request)
+        .await;
     assert_eq!(
         statuses(&answers),
         [
@@ -141,12 +147,9 @@ async fn forged_replayed_and_malformed_requests_are_refused_and_change_nothing()
             (2, 409, "kit_unavailable".into())
         ]
     );
-    // The same ticket again: its session id is spent.
-    let answers = cluster.send_sessions(&ticket, &[1], &shares).await;
-    assert_eq!(statuses(&answers), [(1, 409, "duplicate_session".into())]);
 
     // Orders signed by someone else; tickets tagged with another key, altered, or carrying
-    // other input shares than those tagged.
+    // another caller request than the one tagged.
     let impostor = SecretKey::generate();
     let forged = SignedOrder::sign(
         Order::Abort {
@@ -160,54 +163,47 @@ async fn forged_replayed_and_malformed_requests_are_refused_and_change_nothing()
         (a.status, a.code()),
         (StatusCode::UNAUTHORIZED, "bad_order")
     );
-    let genuine = cluster.ticket(&program, "forged", &[1, 2], 1, "alice");
+    let fresh = alice.request(&program, &inputs);
+    let genuine = cluster.ticket(&program, &fresh, &[1, 2], 1, 0);
     let stranger = TicketKey::new(&CustodianSecretKey::generate(), cluster.node(1).sealing);
-    let forged_ticket = stranger.seal(genuine.clone(), to_hex(&shares[0]), quorumvm_wire::now_ms());
+    let forged_ticket = stranger.seal(genuine.clone(), fresh.clone(), quorumvm_wire::now_ms());
     let a = cluster.post(1, "/v1/sessions", &forged_ticket).await;
     assert_eq!(
         (a.status, a.code()),
         (StatusCode::UNAUTHORIZED, "bad_order")
     );
     // Custodian 2's ticket presented to custodian 1.
-    let misdirected = cluster.request(2, &genuine, &shares[0]);
+    let misdirected = cluster.request(2, &genuine, &fresh);
     let a = cluster.post(1, "/v1/sessions", &misdirected).await;
     assert_eq!(
         (a.status, a.code()),
         (StatusCode::UNAUTHORIZED, "bad_order")
     );
-    let mut altered = cluster.request(
-        1,
-        &cluster.ticket(&program, "altered", &[1, 2], 1, "alice"),
-        &shares[0],
-    );
+    let mut altered = cluster.request(1, &genuine, &fresh);
     altered.ticket = altered.ticket.replace("\"kit\":1", "\"kit\":2");
     let a = cluster.post(1, "/v1/sessions", &altered).await;
     assert_eq!(
         (a.status, a.code()),
         (StatusCode::UNAUTHORIZED, "bad_order")
     );
-    let mut swapped = cluster.request(
-        1,
-        &cluster.ticket(&program, "swapped", &[1, 2], 1, "alice"),
-        &shares[0],
-    );
-    swapped.inputs = to_hex(&shares[1]);
+    let mut swapped = cluster.request(1, &genuine, &fresh);
+    swapped.request = alice.request(&program, &[("x", "6")]);
     let a = cluster.post(1, "/v1/sessions", &swapped).await;
     assert_eq!(
         (a.status, a.code()),
         (StatusCode::UNAUTHORIZED, "bad_order")
     );
 
-    // Bad quorums and inputs.
+    // Bad quorums.
     for (quorum, why) in [
         (vec![2, 1], "unsorted"),
         (vec![1], "below threshold"),
         (vec![2, 3], "without me"),
         (vec![1, 4], "stranger"),
     ] {
-        let t = cluster.ticket(&program, &cluster.session_id("q"), &quorum, 1, "alice");
+        let t = cluster.ticket(&program, &fresh, &quorum, 1, 0);
         let a = cluster
-            .post(1, "/v1/sessions", &cluster.request(1, &t, &shares[0]))
+            .post(1, "/v1/sessions", &cluster.request(1, &t, &fresh))
             .await;
         assert_eq!(
             (a.status, a.code()),
@@ -215,17 +211,10 @@ async fn forged_replayed_and_malformed_requests_are_refused_and_change_nothing()
             "{why}"
         );
     }
-    let t = cluster.ticket(&program, "two-inputs", &[1, 2], 1, "alice");
-    let request = cluster.request(1, &t, &[shares[0][0], shares[0][0]]);
-    let a = cluster.post(1, "/v1/sessions", &request).await;
-    assert_eq!(
-        (a.status, a.code()),
-        (StatusCode::BAD_REQUEST, "bad_inputs")
-    );
     let other = cluster.publish(&PROGRAM.replace("affine_square", "other"), &SECRET);
-    let t = cluster.ticket(&other, "unknown", &[1, 2], 1, "alice");
+    let t = cluster.ticket(&other, &fresh, &[1, 2], 1, 0);
     let a = cluster
-        .post(1, "/v1/sessions", &cluster.request(1, &t, &shares[0]))
+        .post(1, "/v1/sessions", &cluster.request(1, &t, &fresh))
         .await;
     assert_eq!(
         (a.status, a.code()),
@@ -282,25 +271,6 @@ async fn forged_replayed_and_malformed_requests_are_refused_and_change_nothing()
         "{:?}",
         statuses(&answers)
     );
-    // Shares sealed for another custodian do not open.
-    let stolen = SealedShares {
-        custodian: 2,
-        sealed: cluster.shares_of(&other, 1),
-    };
-    cluster.tamper_shares(&other, 2, stolen);
-    let a = cluster
-        .order(
-            2,
-            Order::Activate {
-                package_id: other.id_hex.clone(),
-                approvals: cluster.approvals(&other, &[1, 2]),
-            },
-        )
-        .await;
-    assert_eq!(
-        (a.status, a.code()),
-        (StatusCode::UNPROCESSABLE_ENTITY, "bad_shares")
-    );
     for i in 1..=3 {
         assert_eq!(cluster.kits(i, &other).await, None, "custodian {i}");
     }
@@ -317,14 +287,18 @@ async fn each_custodian_enforces_the_budget_itself() {
     assert_eq!(program.manifest.policy.budget_per_identity, 2);
     all_ok(&cluster.activate(&program, &[1, 2]).await, "active");
     all_ok(&cluster.preprocess(&program, 100, 5).await, "stored");
+    let (bob, carol) = (
+        cluster.register("bob").await,
+        cluster.register("carol").await,
+    );
     for kit in [100, 101] {
         cluster
-            .evaluate(&program, &[1, 2, 3], &[("x", "1")], kit, "bob")
+            .evaluate(&program, &[1, 2, 3], &[("x", "1")], kit, &bob)
             .await
             .unwrap_or_else(|a| panic!("{:?}", statuses(&a)));
     }
     let refused = cluster
-        .evaluate(&program, &[1, 2, 3], &[("x", "1")], 102, "bob")
+        .evaluate(&program, &[1, 2, 3], &[("x", "1")], 102, &bob)
         .await
         .unwrap_err();
     assert!(
@@ -337,7 +311,7 @@ async fn each_custodian_enforces_the_budget_itself() {
     // The refusal kept the kit, and another identity has a budget of its own.
     assert_eq!(cluster.kits(1, &program).await, Some(3));
     cluster
-        .evaluate(&program, &[1, 2, 3], &[("x", "1")], 102, "carol")
+        .evaluate(&program, &[1, 2, 3], &[("x", "1")], 102, &carol)
         .await
         .unwrap_or_else(|a| panic!("{:?}", statuses(&a)));
 }
@@ -348,16 +322,19 @@ async fn aborts_and_silent_peers_end_a_session() {
     let program = cluster.publish(PROGRAM, &SECRET);
     all_ok(&cluster.activate(&program, &[1, 2]).await, "active");
     all_ok(&cluster.preprocess(&program, 0, 4).await, "stored");
-    let (_, shares) = cluster.share_inputs(&program, &[("x", "5")]);
+    let alice = cluster.register("alice").await;
+    let inputs = [("x", "5")];
 
     // Custodian 2 never gets its ticket: custodian 1 waits, then gives up.
-    let ticket = cluster.ticket(&program, "silent", &[1, 2], 0, "alice");
-    let answers = cluster.send_sessions(&ticket, &[1], &shares).await;
+    let request = alice.request(&program, &inputs);
+    let ticket = cluster.ticket(&program, &request, &[1, 2], 0, 0);
+    let answers = cluster.send_sessions(&ticket, &[1], &request).await;
     assert_eq!(statuses(&answers), [(1, 504, "peer_timeout".into())]);
 
     // The coordinator aborts while custodian 1 waits (once it has taken the kit).
-    let ticket = cluster.ticket(&program, "doomed", &[1, 2], 1, "alice");
-    let (answers, abort) = tokio::join!(cluster.send_sessions(&ticket, &[1], &shares), async {
+    let request = alice.request(&program, &inputs);
+    let ticket = cluster.ticket(&program, &request, &[1, 2], 1, 0);
+    let (answers, abort) = tokio::join!(cluster.send_sessions(&ticket, &[1], &request), async {
         let deadline = Instant::now() + Duration::from_secs(30);
         while cluster.kits(1, &program).await != Some(2) {
             assert!(Instant::now() < deadline, "the session never started");
@@ -367,7 +344,7 @@ async fn aborts_and_silent_peers_end_a_session() {
             .order(
                 1,
                 Order::Abort {
-                    session: "doomed".into(),
+                    session: ticket.session.clone(),
                 },
             )
             .await
@@ -375,16 +352,17 @@ async fn aborts_and_silent_peers_end_a_session() {
     assert_eq!(abort.body["status"], "aborted");
     assert_eq!(statuses(&answers), [(1, 409, "aborted".into())]);
     // An abort that comes first ends the session before it spends a kit.
+    let request = alice.request(&program, &inputs);
+    let ticket = cluster.ticket(&program, &request, &[1, 2], 2, 0);
     cluster
         .order(
             1,
             Order::Abort {
-                session: "early".into(),
+                session: ticket.session.clone(),
             },
         )
         .await;
-    let ticket = cluster.ticket(&program, "early", &[1, 2], 2, "alice");
-    let answers = cluster.send_sessions(&ticket, &[1], &shares).await;
+    let answers = cluster.send_sessions(&ticket, &[1], &request).await;
     assert_eq!(statuses(&answers), [(1, 409, "aborted".into())]);
     assert_eq!(cluster.kits(1, &program).await, Some(2));
 }
@@ -395,10 +373,11 @@ async fn a_restarted_custodian_serves_from_its_ledger() {
     let program = cluster.publish(PROGRAM, &SECRET);
     all_ok(&cluster.activate(&program, &[2, 3]).await, "active");
     all_ok(&cluster.preprocess(&program, 0, 10).await, "stored");
+    let alice = cluster.register("alice").await;
     let inputs = [("x", "17")];
     let want = cluster.expected(&program, &inputs);
     let (got, _) = cluster
-        .evaluate(&program, &[1, 2, 3], &inputs, 0, "alice")
+        .evaluate(&program, &[1, 2, 3], &inputs, 0, &alice)
         .await
         .unwrap_or_else(|a| panic!("{:?}", statuses(&a)));
     assert_eq!(got, want);
@@ -406,21 +385,23 @@ async fn a_restarted_custodian_serves_from_its_ledger() {
     // While custodian 2 is down, the others still evaluate.
     cluster.stop(2).await;
     let (got, _) = cluster
-        .evaluate(&program, &[1, 3], &inputs, 1, "alice")
+        .evaluate(&program, &[1, 3], &inputs, 1, &alice)
         .await
         .unwrap_or_else(|a| panic!("{:?}", statuses(&a)));
     assert_eq!(got, want);
     // A quorum naming it fails fast at the others.
-    let (_, shares) = cluster.share_inputs(&program, &inputs);
-    let ticket = cluster.ticket(&program, "down", &[1, 2], 2, "alice");
-    let answers = cluster.send_sessions(&ticket, &[1], &shares).await;
+    let request = alice.request(&program, &inputs);
+    let ticket = cluster.ticket(&program, &request, &[1, 2], 2, 0);
+    let answers = cluster.send_sessions(&ticket, &[1], &request).await;
     assert_eq!(statuses(&answers), [(1, 502, "peer_unreachable".into())]);
 
     cluster.restart(2).await;
     assert_eq!(cluster.kits(2, &program).await, Some(9));
+    // Its identities came back from its ledger too.
+    assert_eq!(cluster.health(2).await.identities, 1);
     for (quorum, kit) in [(&[1u32, 2, 3][..], 3), (&[2, 3][..], 4)] {
         let (got, _) = cluster
-            .evaluate(&program, quorum, &inputs, kit, "alice")
+            .evaluate(&program, quorum, &inputs, kit, &alice)
             .await
             .unwrap_or_else(|a| panic!("{:?}", statuses(&a)));
         assert_eq!(got, want, "quorum {quorum:?}");

@@ -80,6 +80,12 @@ pub enum Domain {
     /// The coordinator orders a custodian (a session ticket, an activation, a batch of
     /// preprocessing, an abort).
     Order,
+    /// A publisher states which sealed shares it dealt to which custodian.
+    Deal,
+    /// A custodian operator approves a caller identity and its key.
+    Identity,
+    /// A caller asks for one evaluation.
+    Request,
 }
 
 impl Domain {
@@ -87,6 +93,9 @@ impl Domain {
         let tag: &[u8] = match self {
             Domain::Approval => b"quorumvm approval v1\0",
             Domain::Order => b"quorumvm coordinator order v1\0",
+            Domain::Deal => b"quorumvm share deal v1\0",
+            Domain::Identity => b"quorumvm identity approval v1\0",
+            Domain::Request => b"quorumvm caller request v1\0",
         };
         let mut out = Vec::with_capacity(tag.len() + message.len());
         out.extend_from_slice(tag);

@@ -11,11 +11,15 @@ use crate::{Budget, PolicyError, RateLimit, TokenBucket};
 #[derive(Debug, Clone, Copy)]
 pub struct EvalRequest<'a> {
     pub identity: &'a str,
-    /// The program version that budgets and buckets are kept for (its package id, in hex):
-    /// a new version starts with fresh counters, as its policy may differ.
+    /// The program that budgets and buckets are kept for: its name, so that a new version
+    /// does not reset what an identity has spent (the serving version's policy sets the
+    /// limits).
     pub program: &'a str,
     /// Echoed in the audit entry, so an answer can be matched to its entry.
     pub request_id: &'a str,
+    /// Further fields for the audit entry's details (an object, or `Null` for none), e.g. a
+    /// custodian's session and kit.
+    pub context: &'a serde_json::Value,
     pub policy: &'a Policy,
     pub now_ms: u64,
 }
@@ -106,6 +110,11 @@ pub fn admit_in(
         "cost": req.policy.cost_per_eval,
         "remaining_budget": budget.remaining(),
     });
+    if let serde_json::Value::Object(extra) = req.context {
+        for (k, v) in extra {
+            details[k] = v.clone();
+        }
+    }
     let kind = match &decision {
         Ok(()) => "eval.accepted",
         Err(refusal) => {
@@ -157,6 +166,7 @@ mod tests {
             identity,
             program: "ab12",
             request_id: "req-1",
+            context: &serde_json::Value::Null,
             policy,
             now_ms,
         }

@@ -3,7 +3,7 @@ use quorumvm_ledger::LedgerError;
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     #[error(
-        "an identity name is 1 to 64 characters of letters, digits, `.`, `_` and `-`, not {0:?}"
+        "an identity name is 1 to 64 characters of letters, digits, `.`, `_` and `-`, and none of the servers' own names (coordinator, operator, publisher, custodian-N), not {0:?}"
     )]
     BadName(String),
     #[error("the identity `{0}` already exists")]

@@ -68,8 +68,19 @@ impl ConstantTimeEq for KeyHash {
     }
 }
 
-fn check_name(name: &str) -> Result<(), PolicyError> {
-    let ok = (1..=NAME_MAX).contains(&name.len())
+/// Names the servers' own audit entries use as their actor: no caller may take one, so an
+/// entry's actor always says whether a caller or a server acted.
+const RESERVED: [&str; 4] = ["coordinator", "operator", "publisher", "custodian"];
+
+/// Whether `name` may name a caller identity: 1 to 64 of `[A-Za-z0-9._-]`, and none of the
+/// servers' actor names (`coordinator`, `operator`, `publisher`, `custodian`, `custodian-N`).
+pub fn check_name(name: &str) -> Result<(), PolicyError> {
+    let lower = name.to_ascii_lowercase();
+    let reserved = RESERVED
+        .iter()
+        .any(|r| lower == *r || (lower.starts_with(r) && lower[r.len()..].starts_with('-')));
+    let ok = !reserved
+        && (1..=NAME_MAX).contains(&name.len())
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
@@ -94,13 +105,16 @@ pub fn add_identity(
     Ok(key)
 }
 
-fn insert(
+/// Creates identity `name` with the key whose hash is `hash`, audited, in the caller's
+/// transaction.
+pub fn insert(
     tx: &Transaction<'_>,
     actor: &str,
     name: &str,
     hash: &KeyHash,
     now_ms: u64,
 ) -> Result<(), PolicyError> {
+    check_name(name)?;
     let exists: bool = tx.query_row(
         "SELECT EXISTS (SELECT 1 FROM identities WHERE name = ?1)",
         [name],
@@ -211,7 +225,16 @@ mod tests {
             Err(PolicyError::IdentityExists(name)) if name == "alice"
         ));
         let long = "a".repeat(NAME_MAX + 1);
-        for bad in ["", "has space", "semi;colon", "ünï", long.as_str()] {
+        for bad in [
+            "",
+            "has space",
+            "semi;colon",
+            "ünï",
+            long.as_str(),
+            "coordinator",
+            "Operator",
+            "custodian-2",
+        ] {
             assert!(
                 matches!(
                     add_identity(&mut ledger, "operator", bad, 3),

@@ -21,7 +21,7 @@ pub mod rate;
 pub use admission::{Admitted, EvalRequest, admit_eval, admit_in};
 pub use budget::Budget;
 pub use error::PolicyError;
-pub use identity::{IdentityKey, KeyHash, add_identity, authenticate};
+pub use identity::{IdentityKey, KeyHash, add_identity, authenticate, check_name};
 pub use rate::{RateLimit, TokenBucket};
 
 /// The tables this crate keeps: apply with `ledger.apply_schema(&quorumvm_policy::SCHEMA)`.

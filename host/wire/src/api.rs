@@ -2,8 +2,11 @@
 //!
 //! Coordinator (public): `GET /v1/health`, `GET /v1/cluster`, `POST /v1/packages`,
 //! `GET /v1/packages`, `GET /v1/packages/{id}`, `GET /v1/packages/{id}/wasm`,
-//! `GET /v1/packages/{id}/shares/{custodian}`, `POST /v1/packages/{id}/approvals`,
-//! `POST /v1/eval`, `GET /metrics`.
+//! `GET /v1/packages/{id}/deal`, `POST /v1/packages/{id}/approvals`,
+//! `GET /v1/identities/{name}`, `POST /v1/identities/{name}/approvals`, `POST /v1/eval` (a
+//! [`crate::signed::Signed`] [`crate::request::CallerRequest`] with
+//! `Authorization: Bearer <api key>`), `GET /metrics`. Custodian `i` only (with a
+//! [`FETCH_AUTH_HEADER`]): `GET /v1/packages/{id}/shares/{i}`.
 //!
 //! Custodian (coordinator and peers only): `GET /v1/health`, `POST /v1/orders` (a
 //! [`SignedOrder`]: activate, preprocess, abort), `POST /v1/sessions` ([`SessionRequest`]),
@@ -16,6 +19,8 @@ use std::collections::BTreeMap;
 use base64::Engine as _;
 use quorumvm_core::circuit::Manifest;
 use serde::{Deserialize, Serialize};
+
+use crate::signed::Signed;
 
 /// `{"error": {"code": "...", "message": "..."}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,22 +64,37 @@ pub struct SealedShares {
     pub sealed: BTreeMap<String, String>,
 }
 
-/// `POST /v1/packages`: a signed package and, for every custodian, its sealed shares.
+/// `POST /v1/packages`: a signed package, for every custodian its sealed shares, and the
+/// publisher's signed [`crate::deal::Deal`] of them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InstallRequest {
     /// The signed package (base64).
     pub package: String,
     pub shares: Vec<SealedShares>,
+    pub deal: Signed,
 }
+
+/// `GET /v1/packages/{id}/shares/{i}`: custodian i's sealed shares and the deal they are
+/// checked against.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DealtShares {
+    pub shares: SealedShares,
+    pub deal: Signed,
+}
+
+/// The header a custodian proves itself with when it fetches its sealed shares
+/// ([`crate::order::TicketKey::fetch_tag`]).
+pub const FETCH_AUTH_HEADER: &str = "x-quorumvm-custodian-auth";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum VersionState {
     /// Installed, waiting for approvals.
     Pending,
-    /// Approved by k custodians: it can be evaluated (by package id, and by name if it is the
-    /// highest active version of its name).
+    /// Approved by k custodians and its name's highest active version: it serves.
     Active,
+    /// Superseded by a higher active version of its name: it serves no more, anywhere.
+    Retired,
 }
 
 /// What the coordinator knows of one installed version.
@@ -102,29 +122,16 @@ pub struct ApproveRequest {
     pub signature: String,
 }
 
-/// An input value: a decimal string (`"1200.50"`, exact) or a JSON number.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum InputValue {
-    Text(String),
-    Number(serde_json::Number),
-}
-
-impl InputValue {
-    pub fn as_decimal_text(&self) -> String {
-        match self {
-            InputValue::Text(t) => t.clone(),
-            InputValue::Number(n) => n.to_string(),
-        }
-    }
-}
-
-/// `POST /v1/eval` with `Authorization: Bearer <key>`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EvalRequest {
-    /// A program name (its current version) or a package id.
-    pub program: String,
-    pub inputs: BTreeMap<String, InputValue>,
+/// What the coordinator knows of one caller identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityInfo {
+    pub name: String,
+    /// The caller's ed25519 key (hex), which signs its requests.
+    pub public_key: String,
+    /// Custodians whose valid approval was counted.
+    pub approvals: Vec<u32>,
+    /// Whether k custodians approved it.
+    pub active: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,15 +167,15 @@ pub struct ClusterInfo {
     pub custodians: Vec<CustodianInfo>,
 }
 
-/// `POST /v1/sessions` on a custodian: its ticket and its shares of the inputs, under one tag
-/// (see [`crate::order::TicketKey`]).
+/// `POST /v1/sessions` on a custodian: its ticket and the caller's signed request, under one
+/// tag (see [`crate::order::TicketKey`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionRequest {
     /// The ticket's JSON, exactly as tagged.
     pub ticket: String,
-    /// Field elements (hex, see [`crate::elements`]), in the manifest's input order.
-    pub inputs: String,
-    /// HMAC-SHA256 (hex) over ticket and inputs.
+    /// The caller's signed [`crate::request::CallerRequest`], exactly as the caller sent it.
+    pub request: Signed,
+    /// HMAC-SHA256 (hex) over ticket and request.
     pub tag: String,
 }
 
@@ -185,6 +192,8 @@ pub struct CustodianHealth {
     pub index: u32,
     /// Active versions and how many unused kits this custodian holds for each.
     pub versions: Vec<VersionKits>,
+    /// How many caller identities it has registered.
+    pub identities: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

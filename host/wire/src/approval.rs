@@ -1,28 +1,73 @@
-//! Approvals: a custodian operator's ed25519 signature over a package version.
+//! Approvals: a custodian operator's ed25519 signature over a package version, or over a
+//! caller identity.
 //!
-//! The statement binds the package id (the SHA-256 of the signed package, so the code, the
-//! circuit and the publisher's signature) and, explicitly, the digest of the manifest the
-//! operator was shown (name, version, declared inputs and ranges, secrets, outputs and policy):
-//! an approval for one package can never count for another, and what was reviewed is on record.
+//! A version's statement binds the package id (the SHA-256 of the signed package, so the code,
+//! the circuit and the publisher's signature), the digest of the manifest the operator was shown
+//! (name, version, declared inputs and ranges, secrets, outputs and policy) and the digest of
+//! the publisher's signed deal of the shares ([`crate::deal`]): an approval for one package can
+//! never count for another, nor for other shares, and what was reviewed is on record.
+//!
+//! An identity's statement binds its name and its ed25519 key: a caller exists for a custodian
+//! only once k operators signed exactly that pair, so the coordinator cannot create one.
 
 use quorumvm_core::circuit::Manifest;
-use quorumvm_package::{Domain, PackageId, SecretKey};
+use quorumvm_package::{Domain, PackageId, PublicKey, SecretKey};
 use sha2::{Digest, Sha256};
 
 use crate::config::Cluster;
 use crate::order::ApprovalSignature;
 
-/// The bytes an approval signs: the package id, then the SHA-256 of the manifest's JSON.
-pub fn statement(package: &PackageId, manifest: &Manifest) -> Vec<u8> {
-    let manifest_json = serde_json::to_vec(manifest).expect("manifests serialize");
-    let mut out = Vec::with_capacity(64);
-    out.extend_from_slice(&package.0);
-    out.extend_from_slice(&Sha256::digest(&manifest_json));
-    out
+/// What an approval is of: one version (with its deal), or one identity and its key.
+#[derive(Debug, Clone, Copy)]
+pub enum Subject<'a> {
+    Version {
+        package: &'a PackageId,
+        manifest: &'a Manifest,
+        /// [`crate::signed::Signed::digest`] of the publisher's deal.
+        deal: &'a [u8; 32],
+    },
+    Identity {
+        name: &'a str,
+        key: &'a PublicKey,
+    },
 }
 
-pub fn sign(key: &SecretKey, package: &PackageId, manifest: &Manifest) -> [u8; 64] {
-    key.sign_statement(Domain::Approval, &statement(package, manifest))
+impl Subject<'_> {
+    fn domain(&self) -> Domain {
+        match self {
+            Subject::Version { .. } => Domain::Approval,
+            Subject::Identity { .. } => Domain::Identity,
+        }
+    }
+
+    /// The bytes an approval signs. A version: package id, SHA-256 of the manifest's JSON,
+    /// deal digest. An identity: its key, then its name.
+    pub fn statement(&self) -> Vec<u8> {
+        match self {
+            Subject::Version {
+                package,
+                manifest,
+                deal,
+            } => {
+                let manifest_json = serde_json::to_vec(manifest).expect("manifests serialize");
+                let mut out = Vec::with_capacity(96);
+                out.extend_from_slice(&package.0);
+                out.extend_from_slice(&Sha256::digest(&manifest_json));
+                out.extend_from_slice(&deal[..]);
+                out
+            }
+            Subject::Identity { name, key } => {
+                let mut out = Vec::with_capacity(32 + name.len());
+                out.extend_from_slice(&key.to_bytes());
+                out.extend_from_slice(name.as_bytes());
+                out
+            }
+        }
+    }
+}
+
+pub fn sign(key: &SecretKey, subject: &Subject<'_>) -> [u8; 64] {
+    key.sign_statement(subject.domain(), &subject.statement())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -30,18 +75,17 @@ pub enum ApprovalError {
     #[error("custodian {0} is not a member of this cluster")]
     UnknownCustodian(u32),
     #[error(
-        "custodian {0}'s signature does not verify for this package: forged, or made for another package"
+        "custodian {0}'s signature does not verify: forged, or made for another package, deal or identity"
     )]
     BadSignature(u32),
-    #[error("custodian {0} has already approved this package")]
+    #[error("custodian {0} has already approved this")]
     Duplicate(u32),
 }
 
 /// Checks one approval against the cluster's keys.
 pub fn check(
     cluster: &Cluster,
-    package: &PackageId,
-    manifest: &Manifest,
+    subject: &Subject<'_>,
     approval: &ApprovalSignature,
 ) -> Result<(), ApprovalError> {
     let member = cluster
@@ -52,7 +96,7 @@ pub fn check(
         .map_err(|_| ApprovalError::BadSignature(approval.custodian))?;
     if member
         .signing_key
-        .verify_statement(Domain::Approval, &statement(package, manifest), &sig)
+        .verify_statement(subject.domain(), &subject.statement(), &sig)
     {
         Ok(())
     } else {
@@ -64,8 +108,7 @@ pub fn check(
 /// twice. Returns the approving custodians; the caller compares their number with k.
 pub fn check_all(
     cluster: &Cluster,
-    package: &PackageId,
-    manifest: &Manifest,
+    subject: &Subject<'_>,
     approvals: &[ApprovalSignature],
 ) -> Result<Vec<u32>, ApprovalError> {
     let mut seen = Vec::with_capacity(approvals.len());
@@ -73,7 +116,7 @@ pub fn check_all(
         if seen.contains(&a.custodian) {
             return Err(ApprovalError::Duplicate(a.custodian));
         }
-        check(cluster, package, manifest, a)?;
+        check(cluster, subject, a)?;
         seen.push(a.custodian);
     }
     Ok(seen)
@@ -113,41 +156,75 @@ mod tests {
             .collect();
         let cluster = Cluster::new(2, &entries).unwrap();
         let (pkg, other) = (PackageId([1; 32]), PackageId([2; 32]));
-        let m = manifest(1);
-        let approve = |i: usize, p: &PackageId, m: &Manifest| ApprovalSignature {
-            custodian: i as u32 + 1,
-            signature: hex::encode(sign(&keys[i], p, m)),
+        let (m, m2) = (manifest(1), manifest(2));
+        let (deal, other_deal) = ([5u8; 32], [6u8; 32]);
+        let version = |package, manifest, deal| Subject::Version {
+            package,
+            manifest,
+            deal,
         };
-        let good = [approve(0, &pkg, &m), approve(2, &pkg, &m)];
-        assert_eq!(check_all(&cluster, &pkg, &m, &good), Ok(vec![1, 3]));
+        let s = version(&pkg, &m, &deal);
+        let approve = |i: usize, subject: &Subject<'_>| ApprovalSignature {
+            custodian: i as u32 + 1,
+            signature: hex::encode(sign(&keys[i], subject)),
+        };
+        let good = [approve(0, &s), approve(2, &s)];
+        assert_eq!(check_all(&cluster, &s, &good), Ok(vec![1, 3]));
         // Duplicate custodian.
-        let dup = [approve(0, &pkg, &m), approve(0, &pkg, &m)];
+        let dup = [approve(0, &s), approve(0, &s)];
         assert_eq!(
-            check_all(&cluster, &pkg, &m, &dup),
+            check_all(&cluster, &s, &dup),
             Err(ApprovalError::Duplicate(1))
         );
-        // Made for another package, or another manifest.
-        let wrong = approve(1, &other, &m);
-        assert_eq!(
-            check(&cluster, &pkg, &m, &wrong),
-            Err(ApprovalError::BadSignature(2))
-        );
-        let wrong_manifest = approve(1, &pkg, &manifest(2));
-        assert_eq!(
-            check(&cluster, &pkg, &m, &wrong_manifest),
-            Err(ApprovalError::BadSignature(2))
-        );
+        // Made for another package, manifest or deal.
+        for wrong in [
+            version(&other, &m, &deal),
+            version(&pkg, &m2, &deal),
+            version(&pkg, &m, &other_deal),
+        ] {
+            assert_eq!(
+                check(&cluster, &s, &approve(1, &wrong)),
+                Err(ApprovalError::BadSignature(2))
+            );
+        }
         // Custodian 2's slot signed by custodian 1's key: forged.
-        let mut forged = approve(0, &pkg, &m);
+        let mut forged = approve(0, &s);
         forged.custodian = 2;
         assert_eq!(
-            check(&cluster, &pkg, &m, &forged),
+            check(&cluster, &s, &forged),
             Err(ApprovalError::BadSignature(2))
         );
         forged.custodian = 7;
         assert_eq!(
-            check(&cluster, &pkg, &m, &forged),
+            check(&cluster, &s, &forged),
             Err(ApprovalError::UnknownCustodian(7))
         );
+        // An identity approval counts for that name and key only, never as a version's.
+        let (alice, mallory) = (
+            SecretKey::generate().public(),
+            SecretKey::generate().public(),
+        );
+        let id = Subject::Identity {
+            name: "alice",
+            key: &alice,
+        };
+        let approved = approve(0, &id);
+        assert_eq!(check(&cluster, &id, &approved), Ok(()));
+        for wrong in [
+            Subject::Identity {
+                name: "alice",
+                key: &mallory,
+            },
+            Subject::Identity {
+                name: "alicf",
+                key: &alice,
+            },
+            s,
+        ] {
+            assert_eq!(
+                check(&cluster, &wrong, &approved),
+                Err(ApprovalError::BadSignature(1))
+            );
+        }
     }
 }

@@ -8,14 +8,19 @@
 //! - [`approval`]: the statement a custodian operator signs to approve a package version, and
 //!   the count of distinct valid approvals.
 //! - [`peer`]: round messages between custodians, authenticated with a pairwise key.
+//! - [`signed`]: a signed JSON statement; [`deal`]: the publisher's signed deal of the sealed
+//!   shares; [`request`]: a caller's signed request and the terms of the session serving it.
 //! - [`elements`]: field elements on the wire (hex in JSON, 16 bytes each in binary bodies).
 
 pub mod api;
 pub mod approval;
 pub mod config;
+pub mod deal;
 pub mod elements;
 pub mod order;
 pub mod peer;
+pub mod request;
+pub mod signed;
 
 /// Milliseconds since the Unix epoch: the one clock every signed expiry is measured on.
 pub fn now_ms() -> u64 {

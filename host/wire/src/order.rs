@@ -21,23 +21,24 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::api::SessionRequest;
+use crate::signed::Signed;
 
 /// How long an order stays valid after it is issued.
 pub const ORDER_LIFETIME_MS: u64 = 30_000;
 
-/// A session ticket: one evaluation of one active program version by one identity, on the
-/// custodians of `quorum`, consuming preprocessed kit `kit` of that version.
+/// A session ticket: one attempt at the caller's signed request (which travels beside it), on
+/// the custodians of `quorum`, consuming preprocessed kit `kit` of the version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ticket {
-    /// Unique per attempt; names the session in round messages and audit entries.
+    /// The [`crate::request::Terms`] digest of request, package, kit, quorum and attempt:
+    /// every member recomputes it, and names the session in round messages and audit entries.
     pub session: String,
-    /// The coordinator's request id (the same across retries of one request).
-    pub request_id: String,
     pub package_id: String,
-    pub identity: String,
     /// Shamir indices of the custodians taking part, sorted.
     pub quorum: Vec<u32>,
     pub kit: u64,
+    /// 0, then one more for each retry of the same request.
+    pub attempt: u32,
 }
 
 /// One of K approval signatures, as the coordinator forwards them at activation.
@@ -66,6 +67,13 @@ pub enum Order {
     },
     /// Give up a session (a member died); its waits end at once.
     Abort { session: String },
+    /// A caller identity reached its approvals: the custodian checks them itself, then accepts
+    /// requests signed with `public_key` (hex) as `name`'s.
+    RegisterIdentity {
+        name: String,
+        public_key: String,
+        approvals: Vec<ApprovalSignature>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -140,27 +148,37 @@ impl TicketKey {
         TicketKey(Zeroizing::new(hasher.finalize().into()))
     }
 
-    fn mac(&self, body: &str, inputs: &str) -> Hmac<Sha256> {
+    fn mac(&self, parts: &[&[u8]]) -> Hmac<Sha256> {
         let mut mac =
             Hmac::<Sha256>::new_from_slice(&self.0[..]).expect("HMAC takes any key length");
-        mac.update(&(body.len() as u64).to_be_bytes());
-        mac.update(body.as_bytes());
-        mac.update(inputs.as_bytes());
+        for part in parts {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
         mac
     }
 
-    /// The coordinator's side: a session request carrying `ticket` and this custodian's input
-    /// shares (`inputs`, hex), both under the tag.
-    pub fn seal(&self, ticket: Ticket, inputs: String, now_ms: u64) -> SessionRequest {
+    /// The coordinator's side: a session request carrying `ticket` and the caller's signed
+    /// request, both under the tag.
+    pub fn seal(&self, ticket: Ticket, request: Signed, now_ms: u64) -> SessionRequest {
         let ticket = serde_json::to_string(&TicketEnvelope {
             ticket,
             expires_ms: now_ms + ORDER_LIFETIME_MS,
         })
         .expect("tickets serialize");
-        let tag = hex::encode(self.mac(&ticket, &inputs).finalize().into_bytes());
+        let tag = hex::encode(
+            self.mac(&[
+                b"ticket",
+                ticket.as_bytes(),
+                request.body.as_bytes(),
+                request.signature.as_bytes(),
+            ])
+            .finalize()
+            .into_bytes(),
+        );
         SessionRequest {
             ticket,
-            inputs,
+            request,
             tag,
         }
     }
@@ -169,15 +187,43 @@ impl TicketKey {
     /// then parses the ticket.
     pub fn open(&self, request: &SessionRequest, now_ms: u64) -> Result<Ticket, OrderError> {
         let tag = hex::decode(&request.tag).map_err(|_| OrderError::BadSignature)?;
-        self.mac(&request.ticket, &request.inputs)
-            .verify_slice(&tag)
-            .map_err(|_| OrderError::BadSignature)?;
+        self.mac(&[
+            b"ticket",
+            request.ticket.as_bytes(),
+            request.request.body.as_bytes(),
+            request.request.signature.as_bytes(),
+        ])
+        .verify_slice(&tag)
+        .map_err(|_| OrderError::BadSignature)?;
         let envelope: TicketEnvelope = serde_json::from_str(&request.ticket)
             .map_err(|e| OrderError::Malformed(e.to_string()))?;
         if now_ms > envelope.expires_ms {
             return Err(OrderError::Expired(now_ms - envelope.expires_ms));
         }
         Ok(envelope.ticket)
+    }
+
+    /// A custodian proving to the coordinator that it is asking for `path` (its own sealed
+    /// shares), at `now_ms`: a tag only the two of them can make.
+    pub fn fetch_tag(&self, path: &str, now_ms: u64) -> String {
+        let mac = self.mac(&[b"fetch", path.as_bytes(), &now_ms.to_be_bytes()]);
+        format!("{now_ms}.{}", hex::encode(mac.finalize().into_bytes()))
+    }
+
+    /// The coordinator's check of [`TicketKey::fetch_tag`]: the right path, made within
+    /// [`ORDER_LIFETIME_MS`] of `now_ms`.
+    pub fn check_fetch_tag(&self, path: &str, tag: &str, now_ms: u64) -> bool {
+        let Some((time, mac)) = tag.split_once('.') else {
+            return false;
+        };
+        let (Ok(time), Ok(mac)) = (time.parse::<u64>(), hex::decode(mac)) else {
+            return false;
+        };
+        time.abs_diff(now_ms) <= ORDER_LIFETIME_MS
+            && self
+                .mac(&[b"fetch", path.as_bytes(), &time.to_be_bytes()])
+                .verify_slice(&mac)
+                .is_ok()
     }
 }
 
@@ -196,23 +242,26 @@ mod tests {
         let receiving = TicketKey::new(&one, coordinator.public());
         let ticket = Ticket {
             session: "s-0".into(),
-            request_id: "s".into(),
             package_id: "p".into(),
-            identity: "alice".into(),
             quorum: vec![1, 2, 3],
             kit: 7,
+            attempt: 0,
         };
-        let request = sending.seal(ticket.clone(), "00ff".into(), 1_000);
+        let caller = Signed {
+            body: "{}".into(),
+            signature: "00ff".into(),
+        };
+        let request = sending.seal(ticket.clone(), caller, 1_000);
         assert_eq!(receiving.open(&request, 2_000), Ok(ticket));
         assert!(matches!(
             receiving.open(&request, 1_000 + ORDER_LIFETIME_MS + 1),
             Err(OrderError::Expired(1))
         ));
-        // Another custodian's key, other input shares, another kit: refused.
+        // Another custodian's key, another caller request, another kit: refused.
         let other = TicketKey::new(&two, coordinator.public());
         assert_eq!(other.open(&request, 2_000), Err(OrderError::BadSignature));
         let mut swapped = request.clone();
-        swapped.inputs = "00fe".into();
+        swapped.request.body = "{ }".into();
         assert_eq!(
             receiving.open(&swapped, 2_000),
             Err(OrderError::BadSignature)
@@ -224,6 +273,17 @@ mod tests {
             receiving.open(&altered, 2_000),
             Err(OrderError::BadSignature)
         );
+        // Fetch tags: this path, this pair of keys, fresh.
+        let tag = receiving.fetch_tag("/v1/packages/p/shares/1", 5_000);
+        assert!(sending.check_fetch_tag("/v1/packages/p/shares/1", &tag, 6_000));
+        assert!(!sending.check_fetch_tag("/v1/packages/p/shares/2", &tag, 6_000));
+        assert!(!sending.check_fetch_tag(
+            "/v1/packages/p/shares/1",
+            &tag,
+            5_000 + ORDER_LIFETIME_MS + 1
+        ));
+        let stranger = TicketKey::new(&coordinator, two.public());
+        assert!(!stranger.check_fetch_tag("/v1/packages/p/shares/1", &tag, 6_000));
     }
 
     #[test]

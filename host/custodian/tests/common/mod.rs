@@ -1,7 +1,12 @@
 //! A cluster of three real custodians on loopback ports, and the test itself as their
-//! coordinator: it holds the coordinator key, signs orders and tickets, Shamir-shares inputs,
-//! reconstructs outputs, and serves packages and sealed shares from a small router of its own
-//! (the two GETs a custodian makes at activation).
+//! coordinator: it holds the coordinator's keys (so it can play a compromised coordinator), signs
+//! orders and tickets, relays callers' signed requests, reconstructs outputs, and serves
+//! packages, deals and sealed shares from a small router of its own (the two GETs a custodian
+//! makes at activation). It also plays the publisher, the custodian operators and the callers,
+//! each with keys of their own.
+
+// Each test binary that includes this module uses a part of it.
+#![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -17,14 +22,17 @@ use quorumvm_core::eval::{encode_values, eval_plain};
 use quorumvm_core::field::Fp;
 use quorumvm_core::shamir::{Share, Threshold, reconstruct, share};
 use quorumvm_custodian::{init_keys, serve};
-use quorumvm_package::{PackageId, SecretKey, package_id};
+use quorumvm_package::{Domain, PackageId, SecretKey, package_id};
 use quorumvm_sealing::{CustodianPublicKey, CustodianSecretKey, ShareBinding, seal_share};
-use quorumvm_wire::api::{CustodianHealth, SealedShares, SessionRequest};
-use quorumvm_wire::approval;
+use quorumvm_wire::api::{CustodianHealth, DealtShares, SealedShares, SessionRequest};
+use quorumvm_wire::approval::{self, Subject};
 use quorumvm_wire::config::{CustodianConfig, CustodianEntry, Engine};
-use quorumvm_wire::elements::{from_hex, to_hex};
+use quorumvm_wire::deal::{Deal, Dealt, share_digest};
+use quorumvm_wire::elements::from_hex;
 use quorumvm_wire::now_ms;
 use quorumvm_wire::order::{ApprovalSignature, Order, SignedOrder, Ticket, TicketKey};
+use quorumvm_wire::request::{CallerRequest, Decimal, Terms};
+use quorumvm_wire::signed::Signed;
 use serde_json::Value;
 use tempfile::TempDir;
 use tokio::net::TcpListener;
@@ -50,6 +58,32 @@ pub struct Program {
     pub manifest: Manifest,
     pub circuit: Circuit,
     pub secrets: Vec<Fp>,
+    /// The publisher's signed deal of the sealed shares.
+    pub deal: Signed,
+}
+
+/// A caller: its identity's name and the ed25519 key its requests are signed with.
+pub struct Caller {
+    pub name: String,
+    pub key: SecretKey,
+}
+
+impl Caller {
+    /// A fresh signed request (random id, now) for `program` with `inputs` (decimal texts).
+    pub fn request(&self, program: &Program, inputs: &[(&str, &str)]) -> Signed {
+        let request = CallerRequest {
+            request_id: format!("{:032x}", rand::random::<u128>()),
+            identity: self.name.clone(),
+            program: program.manifest.name.clone(),
+            package_id: program.id_hex.clone(),
+            inputs: inputs
+                .iter()
+                .map(|(k, v)| (k.to_string(), Decimal(v.to_string())))
+                .collect(),
+            time_ms: now_ms(),
+        };
+        Signed::sign(&request, Domain::Request, &self.key)
+    }
 }
 
 pub struct Node {
@@ -67,8 +101,8 @@ impl Node {
     }
 }
 
-/// What the fake coordinator serves: package bytes and, per custodian, sealed shares.
-type Packages = Arc<Mutex<HashMap<String, (Vec<u8>, BTreeMap<u32, SealedShares>)>>>;
+/// What the fake coordinator serves: package bytes, the deal and, per custodian, sealed shares.
+type Packages = Arc<Mutex<HashMap<String, (Vec<u8>, Signed, BTreeMap<u32, SealedShares>)>>>;
 
 pub struct Cluster {
     /// Every custodian's data directory; removed when the cluster is dropped.
@@ -222,7 +256,18 @@ impl Cluster {
     pub fn publish(&self, src: &str, secrets: &[(&str, &str)]) -> Program {
         let (program, unsigned) = quorumvm_compiler::compile_to_package(src, "program").unwrap();
         let publisher = SecretKey::generate();
-        let signed = quorumvm_package::sign(&unsigned, &publisher).unwrap();
+        self.publish_compiled(program, &unsigned, &publisher, secrets)
+    }
+
+    /// [`Cluster::publish`] of a compiled program, signed by `publisher`.
+    pub fn publish_compiled(
+        &self,
+        program: quorumvm_compiler::Program,
+        unsigned: &[u8],
+        publisher: &SecretKey,
+        secrets: &[(&str, &str)],
+    ) -> Program {
+        let signed = quorumvm_package::sign(unsigned, publisher).unwrap();
         let id = package_id(&signed);
         let given: Vec<(String, String)> = secrets
             .iter()
@@ -255,44 +300,126 @@ impl Cluster {
                 entry.sealed.insert(decl.name.clone(), hex::encode(bytes));
             }
         }
+        let deal = Deal {
+            package_id: id.to_string(),
+            threshold: K,
+            custodians: sealed
+                .values()
+                .map(|s| Dealt {
+                    custodian: s.custodian,
+                    sealing_key: self.node(s.custodian).sealing.to_hex(),
+                    shares: s
+                        .sealed
+                        .iter()
+                        .map(|(n, h)| (n.clone(), share_digest(&hex::decode(h).unwrap())))
+                        .collect(),
+                })
+                .collect(),
+        };
+        let deal = Signed::sign(&deal, Domain::Deal, publisher);
         self.packages
             .lock()
             .unwrap()
-            .insert(id.to_string(), (signed, sealed));
+            .insert(id.to_string(), (signed, deal.clone(), sealed));
         Program {
             id,
             id_hex: id.to_string(),
             manifest: program.manifest,
             circuit: program.circuit,
             secrets: values,
+            deal,
         }
+    }
+
+    /// Registers caller `name` with a fresh key at every custodian, with the approvals of
+    /// operators `approvers`; returns the caller and the custodians' answers.
+    pub async fn register_with(&self, name: &str, approvers: &[u32]) -> (Caller, Vec<Answer>) {
+        let key = SecretKey::generate();
+        let public = key.public();
+        let approvals = approvers
+            .iter()
+            .map(|&i| ApprovalSignature {
+                custodian: i,
+                signature: hex::encode(approval::sign(
+                    &self.node(i).signing,
+                    &Subject::Identity { name, key: &public },
+                )),
+            })
+            .collect();
+        let order = Order::RegisterIdentity {
+            name: name.to_string(),
+            public_key: public.to_hex(),
+            approvals,
+        };
+        let answers = self.order_all(&[1, 2, 3], order).await;
+        (
+            Caller {
+                name: name.to_string(),
+                key,
+            },
+            answers,
+        )
+    }
+
+    /// A caller that k operators approved, registered at every custodian.
+    pub async fn register(&self, name: &str) -> Caller {
+        let (caller, answers) = self.register_with(name, &[1, 2]).await;
+        for a in &answers {
+            assert_eq!(
+                a.status,
+                StatusCode::OK,
+                "custodian {}: {}",
+                a.custodian,
+                a.body
+            );
+        }
+        caller
     }
 
     /// The sealed shares (secret → hex) the fake coordinator serves custodian `index`.
     pub fn shares_of(&self, program: &Program, index: u32) -> BTreeMap<String, String> {
         let packages = self.packages.lock().unwrap();
-        packages[&program.id_hex].1[&index].sealed.clone()
+        packages[&program.id_hex].2[&index].sealed.clone()
     }
 
     /// Replaces what the fake coordinator serves as custodian `index`'s sealed shares.
     pub fn tamper_shares(&self, program: &Program, index: u32, shares: SealedShares) {
         let mut packages = self.packages.lock().unwrap();
         let entry = packages.get_mut(&program.id_hex).unwrap();
-        entry.1.insert(index, shares);
+        entry.2.insert(index, shares);
     }
 
-    pub fn approvals(&self, program: &Program, approvers: &[u32]) -> Vec<ApprovalSignature> {
+    /// Replaces the deal the fake coordinator serves with a program.
+    pub fn tamper_deal(&self, program: &Program, deal: Signed) {
+        let mut packages = self.packages.lock().unwrap();
+        packages.get_mut(&program.id_hex).unwrap().1 = deal;
+    }
+
+    /// Operators `approvers`' approvals of `program` with `deal`.
+    pub fn approvals_of(
+        &self,
+        program: &Program,
+        deal: &Signed,
+        approvers: &[u32],
+    ) -> Vec<ApprovalSignature> {
         approvers
             .iter()
             .map(|&i| ApprovalSignature {
                 custodian: i,
                 signature: hex::encode(approval::sign(
                     &self.node(i).signing,
-                    &program.id,
-                    &program.manifest,
+                    &Subject::Version {
+                        package: &program.id,
+                        manifest: &program.manifest,
+                        deal: &deal.digest(),
+                    },
                 )),
             })
             .collect()
+    }
+
+    pub fn approvals(&self, program: &Program, approvers: &[u32]) -> Vec<ApprovalSignature> {
+        self.approvals_of(program, &program.deal, approvers)
     }
 
     pub fn sign(&self, order: Order) -> SignedOrder {
@@ -362,65 +489,60 @@ impl Cluster {
         format!("{prefix}-{n}")
     }
 
+    /// The ticket of attempt `attempt` at `request` on `quorum` with kit `kit`: its session id
+    /// is the digest of those terms, as every member recomputes it.
     pub fn ticket(
         &self,
         program: &Program,
-        session: &str,
+        request: &Signed,
         quorum: &[u32],
         kit: u64,
-        identity: &str,
+        attempt: u32,
     ) -> Ticket {
+        let terms = Terms {
+            request: request.digest(),
+            package_id: &program.id_hex,
+            kit,
+            quorum,
+            attempt,
+        };
         Ticket {
-            session: session.to_string(),
-            request_id: format!("req-{session}"),
+            session: terms.session_id(),
             package_id: program.id_hex.clone(),
-            identity: identity.to_string(),
             quorum: quorum.to_vec(),
             kit,
+            attempt,
         }
     }
 
-    /// `ticket` with custodian `index`'s input shares, tagged for it as the coordinator does.
-    pub fn request(&self, index: u32, ticket: &Ticket, inputs: &[Fp]) -> SessionRequest {
+    /// `ticket` with the caller's request, tagged for custodian `index` as the coordinator does.
+    pub fn request(&self, index: u32, ticket: &Ticket, request: &Signed) -> SessionRequest {
         TicketKey::new(&self.exchange, self.node(index).sealing).seal(
             ticket.clone(),
-            to_hex(inputs),
+            request.clone(),
             now_ms(),
         )
     }
 
-    /// Encodes the named inputs, Shamir-shares each among all n custodians.
-    pub fn share_inputs(
-        &self,
-        program: &Program,
-        inputs: &[(&str, &str)],
-    ) -> (Vec<Fp>, Vec<Vec<Fp>>) {
-        let given: Vec<(String, String)> = inputs
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
-            .collect();
-        let values = encode_values("input", &program.manifest.inputs, &given).unwrap();
-        let t = Threshold::new(K, N).unwrap();
-        let mut per_custodian = vec![Vec::new(); N];
-        for &v in &values {
-            for s in share(v, t, &mut rand::rngs::OsRng) {
-                per_custodian[s.x as usize - 1].push(s.y);
-            }
-        }
-        (values, per_custodian)
-    }
-
-    /// Sends `ticket` with its input shares to each of `to`, all at once.
+    /// Sends `ticket` with the caller's request to each of `to`, all at once.
     pub async fn send_sessions(
         &self,
         ticket: &Ticket,
         to: &[u32],
-        shares: &[Vec<Fp>],
+        request: &Signed,
     ) -> Vec<Answer> {
-        let calls: Vec<_> = to
+        let requests: Vec<_> = to
             .iter()
-            .map(|&i| {
-                let request = self.request(i, ticket, &shares[i as usize - 1]);
+            .map(|&i| (i, self.request(i, ticket, request)))
+            .collect();
+        self.send_requests(requests).await
+    }
+
+    /// Sends each custodian its own session request, all at once.
+    pub async fn send_requests(&self, requests: Vec<(u32, SessionRequest)>) -> Vec<Answer> {
+        let calls: Vec<_> = requests
+            .into_iter()
+            .map(|(i, request)| {
                 let (http, url) = (
                     self.http.clone(),
                     format!("{}/v1/sessions", self.node(i).url()),
@@ -445,12 +567,11 @@ impl Cluster {
         quorum: &[u32],
         inputs: &[(&str, &str)],
         kit: u64,
-        identity: &str,
+        caller: &Caller,
     ) -> Result<(Vec<Fp>, u32), Vec<Answer>> {
-        let (_, shares) = self.share_inputs(program, inputs);
-        let session = self.session_id("eval");
-        let ticket = self.ticket(program, &session, quorum, kit, identity);
-        let answers = self.send_sessions(&ticket, quorum, &shares).await;
+        let request = caller.request(program, inputs);
+        let ticket = self.ticket(program, &request, quorum, kit, 0);
+        let answers = self.send_sessions(&ticket, quorum, &request).await;
         if answers.iter().any(|a| a.status != StatusCode::OK) {
             return Err(answers);
         }
@@ -476,7 +597,11 @@ impl Cluster {
 
     /// What the program computes in the clear.
     pub fn expected(&self, program: &Program, inputs: &[(&str, &str)]) -> Vec<Fp> {
-        let (values, _) = self.share_inputs(program, inputs);
+        let given: Vec<(String, String)> = inputs
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+        let values = encode_values("input", &program.manifest.inputs, &given).unwrap();
         eval_plain(&program.circuit, &values, &program.secrets)
     }
 
@@ -525,17 +650,22 @@ async fn fake_coordinator(listener: TcpListener, packages: Packages) {
         let packages = p.lock().unwrap();
         packages
             .get(&id)
-            .map(|(bytes, _)| bytes.clone())
+            .map(|(bytes, _, _)| bytes.clone())
             .ok_or(StatusCode::NOT_FOUND)
     }
     async fn shares(
         State(p): State<Packages>,
         UrlPath((id, custodian)): UrlPath<(String, u32)>,
-    ) -> Result<axum::Json<SealedShares>, StatusCode> {
+    ) -> Result<axum::Json<DealtShares>, StatusCode> {
         let packages = p.lock().unwrap();
         packages
             .get(&id)
-            .and_then(|(_, s)| s.get(&custodian).cloned())
+            .and_then(|(_, deal, s)| {
+                s.get(&custodian).cloned().map(|shares| DealtShares {
+                    shares,
+                    deal: deal.clone(),
+                })
+            })
             .map(axum::Json)
             .ok_or(StatusCode::NOT_FOUND)
     }

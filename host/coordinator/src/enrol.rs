@@ -1,0 +1,77 @@
+//! Caller identities through their approvals: `GET /v1/identities/{name}` shows a proposed
+//! identity and its key to a custodian operator, `POST /v1/identities/{name}/approvals` takes the
+//! operator's signature over (name, key). At k the identity is active here, and every custodian
+//! is sent `RegisterIdentity` with the k approvals, which it checks itself: the coordinator
+//! counts approvals but cannot make one.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State as AxumState};
+use quorumvm_wire::api::{ApproveRequest, IdentityInfo};
+use quorumvm_wire::approval::Subject;
+use quorumvm_wire::now_ms;
+use quorumvm_wire::order::ApprovalSignature;
+
+use crate::error::ApiError;
+use crate::routes::Body;
+use crate::{State, background, store};
+
+pub async fn show(
+    AxumState(state): AxumState<Arc<State>>,
+    Path(name): Path<String>,
+) -> Result<Json<IdentityInfo>, ApiError> {
+    let caller = state.identities.caller(&name).await?;
+    Ok(Json(caller.info(state.custodians.cluster.threshold())))
+}
+
+pub async fn approve(
+    AxumState(state): AxumState<Arc<State>>,
+    Path(name): Path<String>,
+    Body(request): Body<ApproveRequest>,
+) -> Result<Json<IdentityInfo>, ApiError> {
+    let caller = state.identities.caller(&name).await?;
+    let approval = ApprovalSignature {
+        custodian: request.custodian,
+        signature: request.signature.clone(),
+    };
+    let subject = Subject::Identity {
+        name: &caller.name,
+        key: &caller.key,
+    };
+    if let Err(e) = quorumvm_wire::approval::check(&state.custodians.cluster, &subject, &approval) {
+        let (reason, job_name, custodian) = (e.to_string(), name.clone(), request.custodian);
+        let logged = reason.clone();
+        state
+            .writer
+            .run(move |tx| {
+                store::audit(
+                    tx,
+                    now_ms(),
+                    "coordinator",
+                    "identity.approval_rejected",
+                    serde_json::json!({ "identity": job_name, "custodian": custodian, "reason": logged }),
+                )
+            })
+            .await?;
+        return Err(ApiError::bad_request("bad_approval", reason));
+    }
+    let k = state.custodians.cluster.threshold();
+    let (job_name, custodian, signature) =
+        (name.clone(), request.custodian, request.signature.clone());
+    let count = state
+        .writer
+        .run(move |tx| store::approve_identity(tx, &job_name, custodian, &signature, now_ms()))
+        .await?;
+    caller
+        .approvals
+        .lock()
+        .expect("approvals lock")
+        .push((request.custodian, request.signature));
+    tracing::info!(identity = %name, custodian = request.custodian, count, "identity approval accepted");
+    if count == k {
+        tracing::info!(identity = %name, "identity active");
+        background::push_identity(Arc::clone(&state), Arc::clone(&caller)).await;
+    }
+    Ok(Json(caller.info(k)))
+}

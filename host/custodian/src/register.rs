@@ -1,0 +1,109 @@
+//! `RegisterIdentity`: a caller identity reached its approvals at the coordinator; this
+//! custodian checks the k approvals itself before it accepts a single request signed as it.
+//!
+//! The coordinator's word creates no caller: without k valid signatures of distinct operators
+//! over exactly this name and key, the order is refused and nothing is stored. A name already
+//! registered with another key is refused too (a caller is never silently re-keyed).
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use quorumvm_package::PublicKey;
+use quorumvm_wire::api::OrderResponse;
+use quorumvm_wire::approval::{self, ApprovalError, Subject};
+use quorumvm_wire::config::Cluster;
+use quorumvm_wire::now_ms;
+use quorumvm_wire::order::ApprovalSignature;
+
+use crate::error::ApiError;
+use crate::state::Custodian;
+use crate::store::{self, StoredCaller};
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RegisterError {
+    #[error("{0}")]
+    BadName(#[from] quorumvm_policy::PolicyError),
+    #[error("the identity's key is not an ed25519 public key: {0}")]
+    BadKey(String),
+    #[error("an approval is refused: {0}")]
+    Approval(#[from] ApprovalError),
+    #[error("{got} valid approval(s) (custodians {approvers:?}); an identity needs {need}")]
+    TooFewApprovals {
+        got: usize,
+        approvers: Vec<u32>,
+        need: usize,
+    },
+    #[error("identity `{0}` is registered here with another key")]
+    OtherKey(String),
+}
+
+impl From<RegisterError> for ApiError {
+    fn from(err: RegisterError) -> ApiError {
+        let (status, code) = match &err {
+            RegisterError::BadName(_) | RegisterError::BadKey(_) => {
+                (StatusCode::BAD_REQUEST, "bad_identity")
+            }
+            RegisterError::Approval(_) => (StatusCode::FORBIDDEN, "bad_approval"),
+            RegisterError::TooFewApprovals { .. } => {
+                (StatusCode::FORBIDDEN, "not_enough_approvals")
+            }
+            RegisterError::OtherKey(_) => (StatusCode::CONFLICT, "identity_conflict"),
+        };
+        ApiError::new(status, code, err.to_string())
+    }
+}
+
+/// The identity's key, if `approvals` hold k valid, distinct approvals of `name` with it.
+pub(crate) fn check(
+    cluster: &Cluster,
+    name: &str,
+    public_key: &str,
+    approvals: &[ApprovalSignature],
+) -> Result<PublicKey, RegisterError> {
+    quorumvm_policy::check_name(name)?;
+    let key =
+        PublicKey::from_file_text(public_key).map_err(|e| RegisterError::BadKey(e.to_string()))?;
+    let approvers =
+        approval::check_all(cluster, &Subject::Identity { name, key: &key }, approvals)?;
+    let need = cluster.threshold();
+    if approvers.len() < need {
+        return Err(RegisterError::TooFewApprovals {
+            got: approvers.len(),
+            approvers,
+            need,
+        });
+    }
+    Ok(key)
+}
+
+/// Handles a `RegisterIdentity` order; idempotent.
+pub(crate) async fn register(
+    c: &Arc<Custodian>,
+    name: String,
+    public_key: String,
+    approvals: Vec<ApprovalSignature>,
+) -> Result<OrderResponse, ApiError> {
+    let key = check(&c.cluster, &name, &public_key, &approvals)?;
+    // Registrations are rare; one at a time, so two keys for one name cannot race.
+    let _one = c.activation.lock().await;
+    let registered = || OrderResponse {
+        status: "registered".into(),
+        kits: 0,
+    };
+    match c.callers.key(&name) {
+        Some(known) if known == key => return Ok(registered()),
+        Some(_) => return Err(RegisterError::OtherKey(name).into()),
+        None => {}
+    }
+    let caller = StoredCaller {
+        name: name.clone(),
+        public_key: key.to_hex(),
+        approvals,
+    };
+    c.writer
+        .run(move |tx| store::insert_caller(tx, &caller, now_ms()))
+        .await?;
+    tracing::info!(identity = %name, "caller identity registered");
+    c.callers.insert(name, key);
+    Ok(registered())
+}

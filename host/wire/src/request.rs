@@ -1,0 +1,176 @@
+//! A caller's request for one evaluation, signed with the caller's own ed25519 key (in
+//! [`quorumvm_package::Domain::Request`]), and the terms of the session that serves it.
+//!
+//! The coordinator relays the signed request to every custodian of the quorum unchanged. Each
+//! custodian verifies it under the key k custodian operators approved for the identity, refuses
+//! a request id it has already served (recorded durably with the charge), refuses a request
+//! whose time is outside [`REQUEST_WINDOW_MS`] of its own clock, and reads the visible inputs
+//! from it, checking each against its declared range and scale. So the coordinator cannot
+//! invent a caller, replay a request, or choose an input.
+//!
+//! The session's [`Terms`] (request digest, package, kit, quorum, attempt) hash to its session
+//! id. Round messages are authenticated over the session id, so members given different terms
+//! for "one" session are in different sessions: no message of one is ever taken by the other,
+//! and neither completes.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use sha2::{Digest, Sha256};
+
+/// How far a request's time may be from a custodian's clock, either way. Request ids are kept
+/// for good, so the window only bounds how long a signed request can be held back and used.
+pub const REQUEST_WINDOW_MS: u64 = 120_000;
+
+/// One evaluation, as the caller asks for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallerRequest {
+    /// Chosen by the caller (random, 16 to 64 characters of `[0-9a-zA-Z_-]`); used once.
+    pub request_id: String,
+    pub identity: String,
+    /// The program's name.
+    pub program: String,
+    /// The exact version asked for (the name's current one when the caller signed).
+    pub package_id: String,
+    /// Input name → its decimal value, exactly as written.
+    pub inputs: BTreeMap<String, Decimal>,
+    pub time_ms: u64,
+}
+
+/// A decimal value as the caller wrote it: a JSON string (`"1200.50"`) or a JSON number, kept
+/// as its exact text (never through `f64`), so `999.99999999999999999` at scale 6 is refused
+/// as having too many digits, not rounded to 1000.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decimal(pub String);
+
+impl Serialize for Decimal {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Decimal {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
+        let raw: Box<serde_json::value::RawValue> = Deserialize::deserialize(d)?;
+        let text = raw.get().trim();
+        if text.starts_with('"') {
+            let s: String = serde_json::from_str(text).map_err(serde::de::Error::custom)?;
+            return Ok(Decimal(s));
+        }
+        // A JSON number: its text is already exact.
+        serde_json::from_str::<serde::de::IgnoredAny>(text)
+            .ok()
+            .filter(|_| text.starts_with(|c: char| c == '-' || c.is_ascii_digit()))
+            .map(|_| Decimal(text.to_string()))
+            .ok_or_else(|| serde::de::Error::custom("an input value is a decimal string or number"))
+    }
+}
+
+impl CallerRequest {
+    /// The inputs as (name, decimal text) pairs, as `quorumvm_core::eval::encode_values` reads
+    /// them.
+    pub fn input_texts(&self) -> Vec<(String, String)> {
+        self.inputs
+            .iter()
+            .map(|(k, v)| (k.clone(), v.0.clone()))
+            .collect()
+    }
+}
+
+/// Whether `id` is an acceptable request id.
+pub fn valid_request_id(id: &str) -> bool {
+    (16..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+}
+
+/// What every member of one session must agree on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Terms<'a> {
+    /// [`crate::signed::Signed::digest`] of the caller's request.
+    pub request: [u8; 32],
+    pub package_id: &'a str,
+    pub kit: u64,
+    /// Sorted.
+    pub quorum: &'a [u32],
+    /// 0 for the first attempt; each retry (a fresh kit) counts up.
+    pub attempt: u32,
+}
+
+impl Terms<'_> {
+    /// The session id these terms name: SHA-256 over every field, in hex.
+    pub fn session_id(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(b"quorumvm session terms v1\0");
+        h.update(self.request);
+        h.update((self.package_id.len() as u64).to_be_bytes());
+        h.update(self.package_id.as_bytes());
+        h.update(self.kit.to_be_bytes());
+        h.update((self.quorum.len() as u64).to_be_bytes());
+        for x in self.quorum {
+            h.update(x.to_be_bytes());
+        }
+        h.update(self.attempt.to_be_bytes());
+        hex::encode(h.finalize())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimals_keep_their_exact_text_from_strings_and_numbers() {
+        let m: BTreeMap<String, Decimal> = serde_json::from_str(
+            r#"{"a": "1200.50", "b": 999.99999999999999999, "c": -3, "d": 1e3}"#,
+        )
+        .unwrap();
+        assert_eq!(m["a"].0, "1200.50");
+        assert_eq!(m["b"].0, "999.99999999999999999");
+        assert_eq!(m["c"].0, "-3");
+        assert_eq!(m["d"].0, "1e3");
+        for bad in [r#"{"a": true}"#, r#"{"a": null}"#, r#"{"a": [1]}"#] {
+            assert!(serde_json::from_str::<BTreeMap<String, Decimal>>(bad).is_err());
+        }
+    }
+
+    #[test]
+    fn every_term_changes_the_session_id() {
+        let base = Terms {
+            request: [1; 32],
+            package_id: "p",
+            kit: 7,
+            quorum: &[1, 2, 3],
+            attempt: 0,
+        };
+        let id = base.session_id();
+        assert_eq!(id.len(), 64);
+        let variants = [
+            Terms {
+                request: [2; 32],
+                ..base.clone()
+            },
+            Terms {
+                package_id: "q",
+                ..base.clone()
+            },
+            Terms {
+                kit: 8,
+                ..base.clone()
+            },
+            Terms {
+                quorum: &[1, 2],
+                ..base.clone()
+            },
+            Terms {
+                attempt: 1,
+                ..base.clone()
+            },
+        ];
+        for v in variants {
+            assert_ne!(v.session_id(), id, "{v:?}");
+        }
+    }
+}
