@@ -13,13 +13,12 @@ use axum::response::{IntoResponse, Response};
 use quorumvm_core::eval::{decode_outputs, encode_values};
 use quorumvm_core::field::Fp;
 use quorumvm_core::shamir::{self, Share};
-use quorumvm_package::Domain;
 use quorumvm_policy::EvalRequest as Admission;
 use quorumvm_wire::api::{EvalResponse, SessionResponse};
 use quorumvm_wire::elements;
 use quorumvm_wire::now_ms;
 use quorumvm_wire::order::{Order, Ticket};
-use quorumvm_wire::request::{CallerRequest, REQUEST_WINDOW_MS, Terms, valid_request_id};
+use quorumvm_wire::request::{self, CallerRequest, RequestError, Terms, claimed_identity};
 use quorumvm_wire::signed::Signed;
 use tokio::task::JoinSet;
 
@@ -125,18 +124,12 @@ async fn check_request(
     identity: &str,
     signed: &Signed,
 ) -> Result<CallerRequest, ApiError> {
-    let unauthorized =
-        |code: &'static str, m: String| ApiError::new(StatusCode::UNAUTHORIZED, code, m);
-    let claimed: CallerRequest = signed
-        .parse_unverified()
-        .map_err(|e| ApiError::bad_request("bad_request", e.to_string()))?;
-    if claimed.identity != identity {
-        return Err(unauthorized(
+    let claimed = claimed_identity(signed).map_err(refused_request)?;
+    if claimed != identity {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
             "identity_mismatch",
-            format!(
-                "the API key is `{identity}`'s, the request is signed as `{}`",
-                claimed.identity
-            ),
+            format!("the API key is `{identity}`'s, the request is signed as `{claimed}`"),
         ));
     }
     let caller = state.identities.caller(identity).await?;
@@ -147,28 +140,12 @@ async fn check_request(
             format!("identity `{identity}` is waiting for custodian operators' approvals"),
         ));
     }
-    let request: CallerRequest = signed.open(Domain::Request, &caller.key).map_err(|_| {
-        unauthorized(
-            "bad_request_signature",
-            format!("the request is not signed by `{identity}`'s approved key"),
-        )
-    })?;
-    if !valid_request_id(&request.request_id) {
-        return Err(ApiError::bad_request(
-            "bad_request_id",
-            "a request id is 16 to 64 characters of letters, digits, `_` and `-`",
-        ));
-    }
-    let skew = request.time_ms.abs_diff(now_ms());
-    if skew > REQUEST_WINDOW_MS {
-        return Err(unauthorized(
-            "stale_request",
-            format!(
-                "the request was signed {skew} ms from now; at most {REQUEST_WINDOW_MS} ms is accepted"
-            ),
-        ));
-    }
-    Ok(request)
+    request::open(signed, &caller.key, now_ms()).map_err(refused_request)
+}
+
+fn refused_request(err: RequestError) -> ApiError {
+    let status = StatusCode::from_u16(err.status()).expect("a valid status");
+    ApiError::new(status, err.code(), err.to_string())
 }
 
 /// Rate limit, budget, audit entry and the first kit, in one savepoint of a group commit: the

@@ -22,14 +22,13 @@ use axum::http::StatusCode;
 use quorumvm_core::eval::encode_values;
 use quorumvm_core::field::Fp;
 use quorumvm_core::session::{Setup, Step, Triple};
-use quorumvm_package::Domain;
 use quorumvm_policy::PolicyError;
 use quorumvm_sandbox::{PluginError, PluginSession};
 use quorumvm_wire::api::{SessionRequest, SessionResponse};
 use quorumvm_wire::elements::{self, from_bytes, to_bytes, to_hex};
 use quorumvm_wire::now_ms;
 use quorumvm_wire::order::Ticket;
-use quorumvm_wire::request::{CallerRequest, REQUEST_WINDOW_MS, Terms, valid_request_id};
+use quorumvm_wire::request::{self, CallerRequest, RequestError, Terms, claimed_identity};
 use quorumvm_wire::signed::Signed;
 use zeroize::Zeroizing;
 
@@ -161,47 +160,19 @@ fn check_request(
     signed: &Signed,
     version: &Version,
 ) -> Result<CallerRequest, ApiError> {
-    let unauthorized =
-        |code: &'static str, m: String| ApiError::new(StatusCode::UNAUTHORIZED, code, m);
-    let claimed: CallerRequest = signed
-        .parse_unverified()
-        .map_err(|e| ApiError::bad_request("bad_request", e.to_string()))?;
-    let key = c.callers.key(&claimed.identity).ok_or_else(|| {
+    let identity = claimed_identity(signed).map_err(refused_request)?;
+    let key = c.callers.key(&identity).ok_or_else(|| {
         ApiError::new(
             StatusCode::FORBIDDEN,
             "unknown_identity",
             format!(
-                "identity `{}` is not registered at custodian {}: k custodian operators must \
-                 approve it first",
-                claimed.identity, c.me
+                "identity `{identity}` is not registered at custodian {}: k custodian operators \
+                 must approve it first",
+                c.me
             ),
         )
     })?;
-    let request: CallerRequest = signed.open(Domain::Request, &key).map_err(|_| {
-        unauthorized(
-            "bad_request_signature",
-            format!(
-                "the request is not signed by identity `{}`'s approved key",
-                claimed.identity
-            ),
-        )
-    })?;
-    if !valid_request_id(&request.request_id) {
-        return Err(ApiError::bad_request(
-            "bad_request_id",
-            "a request id is 16 to 64 characters of letters, digits, `_` and `-`",
-        ));
-    }
-    let skew = request.time_ms.abs_diff(now_ms());
-    if skew > REQUEST_WINDOW_MS {
-        return Err(unauthorized(
-            "stale_request",
-            format!(
-                "the request was signed {skew} ms away from this custodian's clock; at most \
-                 {REQUEST_WINDOW_MS} ms is accepted"
-            ),
-        ));
-    }
+    let request = request::open(signed, &key, now_ms()).map_err(refused_request)?;
     if request.package_id != version.id_hex || request.program != version.manifest.name {
         return Err(ApiError::bad_request(
             "bad_terms",
@@ -212,6 +183,11 @@ fn check_request(
         ));
     }
     Ok(request)
+}
+
+fn refused_request(err: RequestError) -> ApiError {
+    let status = StatusCode::from_u16(err.status()).expect("a valid status");
+    ApiError::new(status, err.code(), err.to_string())
 }
 
 fn refused(caller: &CallerRequest, version: &Version, refusal: PolicyError) -> ApiError {

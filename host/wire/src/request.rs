@@ -15,8 +15,11 @@
 
 use std::collections::BTreeMap;
 
+use quorumvm_package::{Domain, PublicKey};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
+
+use crate::signed::{Signed, SignedError};
 
 /// How far a request's time may be from a custodian's clock, either way. Request ids are kept
 /// for good, so the window only bounds how long a signed request can be held back and used.
@@ -78,8 +81,71 @@ impl CallerRequest {
     }
 }
 
+/// Why a signed request is refused before anything is spent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("the request is malformed: {0}")]
+    Malformed(String),
+    #[error("the request is not signed by identity `{0}`'s approved key")]
+    BadSignature(String),
+    #[error("a request id is 16 to 64 characters of letters, digits, `_` and `-`")]
+    BadId,
+    #[error(
+        "the request was signed {0} ms away from this server's clock; at most {REQUEST_WINDOW_MS} ms is accepted"
+    )]
+    Stale(u64),
+}
+
+impl RequestError {
+    /// The HTTP status both servers answer with: 400 for what the caller wrote wrong, 401 for
+    /// what does not authenticate (now).
+    pub fn status(&self) -> u16 {
+        match self {
+            RequestError::Malformed(_) | RequestError::BadId => 400,
+            RequestError::BadSignature(_) | RequestError::Stale(_) => 401,
+        }
+    }
+
+    /// The stable error code both servers answer with.
+    pub fn code(&self) -> &'static str {
+        match self {
+            RequestError::Malformed(_) => "bad_request",
+            RequestError::BadSignature(_) => "bad_request_signature",
+            RequestError::BadId => "bad_request_id",
+            RequestError::Stale(_) => "stale_request",
+        }
+    }
+}
+
+/// The identity a signed request claims, unverified: only to look up the key to verify it with.
+pub fn claimed_identity(signed: &Signed) -> Result<String, RequestError> {
+    signed
+        .parse_unverified::<CallerRequest>()
+        .map(|r| r.identity)
+        .map_err(|e| RequestError::Malformed(e.to_string()))
+}
+
+/// The request, once it verifies under `key` (the key approved for its identity), has a valid
+/// id and was signed within [`REQUEST_WINDOW_MS`] of `now_ms`.
+pub fn open(signed: &Signed, key: &PublicKey, now_ms: u64) -> Result<CallerRequest, RequestError> {
+    let request: CallerRequest = signed.open(Domain::Request, key).map_err(|e| match e {
+        SignedError::BadSignature => {
+            RequestError::BadSignature(claimed_identity(signed).unwrap_or_default())
+        }
+        SignedError::Malformed(m) => RequestError::Malformed(m),
+    })?;
+    if !valid_request_id(&request.request_id) {
+        return Err(RequestError::BadId);
+    }
+    let skew = request.time_ms.abs_diff(now_ms);
+    if skew > REQUEST_WINDOW_MS {
+        return Err(RequestError::Stale(skew));
+    }
+    Ok(request)
+}
+
 /// Whether `id` is an acceptable request id.
-pub fn valid_request_id(id: &str) -> bool {
+fn valid_request_id(id: &str) -> bool {
     (16..=64).contains(&id.len())
         && id
             .bytes()
@@ -134,6 +200,49 @@ mod tests {
         for bad in [r#"{"a": true}"#, r#"{"a": null}"#, r#"{"a": [1]}"#] {
             assert!(serde_json::from_str::<BTreeMap<String, Decimal>>(bad).is_err());
         }
+    }
+
+    #[test]
+    fn requests_open_signed_by_their_key_with_a_valid_id_and_fresh() {
+        let key = quorumvm_package::SecretKey::generate();
+        let request = |id: &str, time_ms: u64| CallerRequest {
+            request_id: id.into(),
+            identity: "alice".into(),
+            program: "p".into(),
+            package_id: "00".into(),
+            inputs: BTreeMap::new(),
+            time_ms,
+        };
+        let now = 10 * REQUEST_WINDOW_MS;
+        let good = Signed::sign(&request("0123456789abcdef", now), Domain::Request, &key);
+        assert_eq!(claimed_identity(&good).unwrap(), "alice");
+        assert_eq!(
+            open(&good, &key.public(), now + REQUEST_WINDOW_MS)
+                .unwrap()
+                .time_ms,
+            now
+        );
+        let other = quorumvm_package::SecretKey::generate();
+        let err = open(&good, &other.public(), now).unwrap_err();
+        assert_eq!((err.status(), err.code()), (401, "bad_request_signature"));
+        let stale = open(&good, &key.public(), now + REQUEST_WINDOW_MS + 1).unwrap_err();
+        assert_eq!(stale, RequestError::Stale(REQUEST_WINDOW_MS + 1));
+        let early = open(&good, &key.public(), now - REQUEST_WINDOW_MS - 1).unwrap_err();
+        assert_eq!(early.code(), "stale_request");
+        for bad in ["short", "0123456789abcdef/", &"a".repeat(65)] {
+            let signed = Signed::sign(&request(bad, now), Domain::Request, &key);
+            assert_eq!(
+                open(&signed, &key.public(), now),
+                Err(RequestError::BadId),
+                "{bad}"
+            );
+        }
+        // Signed in another domain (an approval, say): not a request.
+        let approval = Signed::sign(&request("0123456789abcdef", now), Domain::Approval, &key);
+        assert_eq!(
+            open(&approval, &key.public(), now).unwrap_err().code(),
+            "bad_request_signature"
+        );
     }
 
     #[test]
