@@ -11,9 +11,9 @@
 //! uses the value itself as its share and the coordinator chooses nothing.
 //!
 //! Then one ledger job records the session, charges this custodian's own budget and rate
-//! limit for (identity, program name) on the request's first attempt only, refuses a request
-//! that completed here before, takes the ticket's kit and records the evaluation: a replayed
-//! ticket finds its kit gone. Only after that job has committed does the plugin see the kit, so
+//! limit for (identity, program name) on the request's first attempt only, refuses an attempt
+//! no later than one it served (the coordinator's retries count up, at most three), takes the
+//! ticket's kit and records the evaluation: a replayed ticket finds its kit gone. Only after that job has committed does the plugin see the kit, so
 //! a kit is never used twice, even across a crash.
 
 use std::sync::Arc;
@@ -37,7 +37,7 @@ use crate::error::ApiError;
 use crate::mailbox::Inbox;
 use crate::metrics::Metrics;
 use crate::state::{Custodian, INLINE_GATES, compute};
-use crate::store::{self, Admission, Admitted};
+use crate::store::{self, Admission, Admitted, MAX_ATTEMPTS};
 use crate::versions::{Version, parse_package_id};
 
 pub(crate) async fn evaluate(
@@ -90,28 +90,24 @@ pub(crate) async fn evaluate(
         program: version.manifest.name.clone(),
         package_id: version.id_hex.clone(),
         kit: ticket.kit,
+        attempt: ticket.attempt,
         policy: version.manifest.policy.clone(),
         now_ms: now_ms(),
     };
     let kit = match c.writer.run(move |tx| store::admit(tx, &admission)).await? {
         Admitted::Kit(material) => material,
         Admitted::Refused(refusal) => return Err(refused(&caller, &version, refusal)),
-        Admitted::Replayed {
-            attempts,
-            completed,
-        } => {
+        Admitted::Replayed { last_attempt } => {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "replayed_request",
                 format!(
-                    "request {} of `{}` was {} here: a request is served once",
+                    "request {} of `{}` was served here in attempt {}; only a later attempt \
+                     (at most {MAX_ATTEMPTS} in all) is taken, not attempt {}",
                     caller.request_id,
                     caller.identity,
-                    if completed {
-                        "completed".to_string()
-                    } else {
-                        format!("attempted {attempts} times")
-                    }
+                    last_attempt.map_or("none".to_string(), |a| a.to_string()),
+                    ticket.attempt
                 ),
             ));
         }
@@ -131,19 +127,6 @@ pub(crate) async fn evaluate(
         Ok(response) => {
             Metrics::add(&c.metrics.sessions_completed, 1);
             tracing::debug!(session = %ticket.session, rounds = response.rounds, "session done");
-            // Not awaited: it commits with the next group. Should this custodian crash before,
-            // the request may be attempted again here (at most MAX_ATTEMPTS in all), never
-            // charged again.
-            let (identity, request_id) = (caller.identity, caller.request_id);
-            let writer = c.writer.clone();
-            tokio::spawn(async move {
-                if let Err(e) = writer
-                    .run(move |tx| store::complete(tx, &identity, &request_id))
-                    .await
-                {
-                    tracing::warn!("recording a completed request: {e}");
-                }
-            });
         }
         Err(e) => {
             Metrics::add(&c.metrics.sessions_failed, 1);

@@ -13,9 +13,9 @@
 //!
 //! - `callers`: the caller identities k operators approved, with their keys and the approvals
 //!   (checked again at every start).
-//! - `requests`: every caller request id this custodian took part in, with its attempts and
-//!   whether one completed here: a request is charged once, on its first attempt, and a request
-//!   that completed is never served again.
+//! - `requests`: every caller request id this custodian took part in, with the highest attempt
+//!   it served: a request is charged once, on its first attempt here, and served again only in
+//!   a later attempt (the coordinator's retries, at most [`MAX_ATTEMPTS`] in all).
 //! - `sessions`: every session id this custodian started, so that no restart reopens one.
 //!
 //! The per-(identity, program name) budget counters and rate buckets are the policy crate's
@@ -70,8 +70,7 @@ pub(crate) const SCHEMA: Schema = Schema {
         CREATE TABLE requests (
             identity TEXT NOT NULL,
             request_id TEXT NOT NULL,
-            attempts INTEGER NOT NULL CHECK (attempts >= 1),
-            completed INTEGER NOT NULL DEFAULT 0 CHECK (completed IN (0, 1)),
+            last_attempt INTEGER NOT NULL CHECK (last_attempt >= 0),
             first_ms INTEGER NOT NULL,
             PRIMARY KEY (identity, request_id)
         ) STRICT, WITHOUT ROWID;
@@ -86,9 +85,11 @@ pub(crate) const SCHEMA: Schema = Schema {
     ],
 };
 
-/// How many attempts (the coordinator's retries on other quorums) one request may have here.
-/// The first is charged; none after a completed one.
-pub(crate) const MAX_ATTEMPTS: u64 = 3;
+/// How many attempts (the coordinator's first try and its retries on other quorums, numbered
+/// from 0) one request may have. Each serves the same signed inputs, so a coordinator that
+/// replays a request within them learns the same answer again and nothing else; it is charged
+/// once.
+pub(crate) const MAX_ATTEMPTS: u32 = 3;
 
 /// Who the audit entries of coordinator orders name as their actor.
 const COORDINATOR: &str = "coordinator";
@@ -395,6 +396,8 @@ pub(crate) struct Admission {
     pub program: String,
     pub package_id: String,
     pub kit: u64,
+    /// The ticket's attempt number.
+    pub attempt: u32,
     pub policy: Policy,
     pub now_ms: u64,
 }
@@ -406,15 +409,16 @@ pub(crate) enum Admitted {
     /// The rate limit or the budget said no ([`PolicyError::RateLimited`],
     /// [`PolicyError::BudgetExhausted`]).
     Refused(PolicyError),
-    /// The request completed here before, or used up its attempts.
-    Replayed { attempts: u64, completed: bool },
+    /// This custodian served the request in this attempt or a later one already, or the
+    /// attempt is beyond [`MAX_ATTEMPTS`].
+    Replayed { last_attempt: Option<u32> },
 }
 
 /// Admits one attempt, all in the caller's transaction: the session id is recorded (a reused
 /// one is an error); the request's first attempt passes this custodian's own rate limit and
 /// budget for (identity, program name) and is charged (`eval.accepted`, or `eval.denied`
-/// committed with nothing else); a later attempt of a request that has not completed here is
-/// not charged again (`eval.retried`); a completed or exhausted request is refused
+/// committed with nothing else); a later attempt is not charged again (`eval.retried`); an
+/// attempt no later than one served here, or beyond [`MAX_ATTEMPTS`], is refused
 /// (`eval.replayed`). Then the kit is taken: a missing kit (a replayed ticket, or an id this
 /// custodian never stored) is an error, so the job rolls back and nothing is charged.
 ///
@@ -444,32 +448,26 @@ pub(crate) fn admit(tx: &Transaction<'_>, a: &Admission) -> Result<Admitted, Sto
         "package_id": a.package_id,
         "kit": a.kit,
     });
-    let seen: Option<(u64, bool)> = tx
+    let seen: Option<u32> = tx
         .prepare_cached(
-            "SELECT attempts, completed FROM requests WHERE identity = ?1 AND request_id = ?2",
+            "SELECT last_attempt FROM requests WHERE identity = ?1 AND request_id = ?2",
         )?
-        .query_row(params![a.identity, a.request_id], |row| {
-            Ok((row.get(0)?, row.get(1)?))
-        })
+        .query_row(params![a.identity, a.request_id], |row| row.get(0))
         .optional()?;
+    let mut details = details;
+    details["attempt"] = json!(a.attempt);
     match seen {
-        Some((attempts, completed)) if completed || attempts >= MAX_ATTEMPTS => {
-            let mut details = details;
-            details["attempts"] = json!(attempts);
-            details["completed"] = json!(completed);
-            append(tx, a, "eval.replayed", &details)?;
-            return Ok(Admitted::Replayed {
-                attempts,
-                completed,
-            });
+        _ if a.attempt >= MAX_ATTEMPTS => {
+            return replayed(tx, a, &details, seen);
         }
-        Some((attempts, _)) => {
+        Some(last) if a.attempt <= last => {
+            return replayed(tx, a, &details, seen);
+        }
+        Some(_) => {
             tx.prepare_cached(
-                "UPDATE requests SET attempts = ?3 WHERE identity = ?1 AND request_id = ?2",
+                "UPDATE requests SET last_attempt = ?3 WHERE identity = ?1 AND request_id = ?2",
             )?
-            .execute(params![a.identity, a.request_id, attempts + 1])?;
-            let mut details = details;
-            details["attempt"] = json!(attempts + 1);
+            .execute(params![a.identity, a.request_id, a.attempt])?;
             append(tx, a, "eval.retried", &details)?;
         }
         None => {
@@ -489,10 +487,10 @@ pub(crate) fn admit(tx: &Transaction<'_>, a: &Admission) -> Result<Admitted, Sto
                 return Ok(Admitted::Refused(refusal));
             }
             tx.prepare_cached(
-                "INSERT INTO requests (identity, request_id, attempts, first_ms)
-                 VALUES (?1, ?2, 1, ?3)",
+                "INSERT INTO requests (identity, request_id, last_attempt, first_ms)
+                 VALUES (?1, ?2, ?3, ?4)",
             )?
-            .execute(params![a.identity, a.request_id, a.now_ms])?;
+            .execute(params![a.identity, a.request_id, a.attempt, a.now_ms])?;
         }
     }
     let material: Option<Vec<u8>> = tx
@@ -508,15 +506,17 @@ pub(crate) fn admit(tx: &Transaction<'_>, a: &Admission) -> Result<Admitted, Sto
     Ok(Admitted::Kit(material))
 }
 
-/// Records that `request_id` completed here: it is never served again.
-pub(crate) fn complete(
+/// Refuses a replayed attempt, with its `eval.replayed` entry (committed; nothing else is).
+fn replayed(
     tx: &Transaction<'_>,
-    identity: &str,
-    request_id: &str,
-) -> Result<(), StoreError> {
-    tx.prepare_cached("UPDATE requests SET completed = 1 WHERE identity = ?1 AND request_id = ?2")?
-        .execute(params![identity, request_id])?;
-    Ok(())
+    a: &Admission,
+    details: &serde_json::Value,
+    last_attempt: Option<u32>,
+) -> Result<Admitted, StoreError> {
+    let mut details = details.clone();
+    details["last_attempt"] = json!(last_attempt);
+    append(tx, a, "eval.replayed", &details)?;
+    Ok(Admitted::Replayed { last_attempt })
 }
 
 /// The policy crate's storage failures are this module's; its refusals never reach here.
@@ -578,7 +578,12 @@ mod tests {
     }
 
     fn admission(session: &str, request: &str, kit: u64, budget: u64) -> Admission {
+        attempt(session, request, kit, budget, 0)
+    }
+
+    fn attempt(session: &str, request: &str, kit: u64, budget: u64, attempt: u32) -> Admission {
         Admission {
+            attempt,
             session: session.into(),
             request_id: request.into(),
             identity: "alice".into(),
@@ -657,23 +662,23 @@ mod tests {
             .unwrap();
         assert!(matches!(replay, StoreError::KitUnavailable { kit: 11, .. }));
         assert_eq!(spent(&db), 2);
-        // A retry of request r1 (another session, another kit) is not charged again...
+        // A retry of request r1 (a later attempt, another kit) is not charged again...
         assert!(matches!(
-            db.transaction(|tx| admit(tx, &admission("s3", "r1", 12, 4)))
+            db.transaction(|tx| admit(tx, &attempt("s3", "r1", 12, 4, 1)))
                 .unwrap(),
             Admitted::Kit(_)
         ));
         assert_eq!(spent(&db), 2);
-        // ...and once r1 completed, it is never served again.
-        db.transaction(|tx| complete(tx, "alice", "r1")).unwrap();
-        assert!(matches!(
-            db.transaction(|tx| admit(tx, &admission("s4", "r1", 10, 4)))
-                .unwrap(),
-            Admitted::Replayed {
-                attempts: 2,
-                completed: true
-            }
-        ));
+        // ...and attempt 1 again, or one beyond the last, is a replay.
+        for (session, n) in [("s4", 1), ("s4b", 0), ("s4c", MAX_ATTEMPTS)] {
+            assert!(matches!(
+                db.transaction(|tx| admit(tx, &attempt(session, "r1", 10, 4, n)))
+                    .unwrap(),
+                Admitted::Replayed {
+                    last_attempt: Some(1)
+                }
+            ));
+        }
         assert!(matches!(
             db.transaction(|tx| admit(tx, &admission("s5", "r3", 10, 4)))
                 .unwrap(),
@@ -715,6 +720,8 @@ mod tests {
                 "kits.stored",
                 "eval.accepted",
                 "eval.retried",
+                "eval.replayed",
+                "eval.replayed",
                 "eval.replayed",
                 "eval.accepted",
                 "kits.stored",

@@ -268,11 +268,20 @@ async fn a_replayed_or_stale_caller_request_is_refused_by_every_custodian() {
     let request = alice.request(&program, &[("x", "3")]);
     let ticket = cluster.ticket(&program, &request, &[1, 2, 3], 0, 0);
     all_ok(&cluster.send_sessions(&ticket, &[1, 2, 3], &request).await);
-    // The same signed request in a new session (new kit, another attempt number): every
-    // custodian remembers it, durably.
-    let replay = cluster.ticket(&program, &request, &[1, 2, 3], 1, 1);
+    // The same signed request in a new session (a new kit, the same attempt): every custodian
+    // remembers it, durably.
+    let replay = cluster.ticket(&program, &request, &[1, 2, 3], 1, 0);
     let answers = cluster.send_sessions(&replay, &[1, 2, 3], &request).await;
     all_refuse(&answers, 409, "replayed_request");
+    // A retry counts up (attempt 1) and is served, with the caller's own inputs; the same
+    // attempt again, or one past the last the coordinator may make, is refused.
+    let retry = cluster.ticket(&program, &request, &[1, 2, 3], 1, 1);
+    all_ok(&cluster.send_sessions(&retry, &[1, 2, 3], &request).await);
+    for attempt in [1, 3] {
+        let replay = cluster.ticket(&program, &request, &[1, 2, 3], 2, attempt);
+        let answers = cluster.send_sessions(&replay, &[1, 2, 3], &request).await;
+        all_refuse(&answers, 409, "replayed_request");
+    }
     // A request signed long ago (held back by the coordinator) is stale.
     let mut old: CallerRequest = alice
         .request(&program, &[("x", "3")])
@@ -284,7 +293,7 @@ async fn a_replayed_or_stale_caller_request_is_refused_by_every_custodian() {
     let answers = cluster.send_sessions(&ticket, &[1, 2, 3], &stale).await;
     all_refuse(&answers, 401, "stale_request");
     for i in 1..=3 {
-        assert_eq!(cluster.kits(i, &program).await, Some(4), "custodian {i}");
+        assert_eq!(cluster.kits(i, &program).await, Some(3), "custodian {i}");
     }
 }
 
@@ -426,19 +435,24 @@ async fn members_given_different_terms_for_one_session_refuse_it() {
     // Consistent ids but different terms (another kit; another caller request; another
     // quorum): the members are in different sessions, no message of one is taken by the
     // other, and neither answers with an output share.
-    let other_request = alice.request(&program, &[("x", "4")]);
+    // (Each case with requests of its own: a custodian serves a request's attempt once.)
+    let (first, second, other) = (
+        alice.request(&program, &[("x", "3")]),
+        alice.request(&program, &[("x", "3")]),
+        alice.request(&program, &[("x", "4")]),
+    );
     let cases = [
         (
-            cluster.ticket(&program, &request, &[1, 2], 2, 0),
-            request.clone(),
-            cluster.ticket(&program, &request, &[1, 2], 3, 0),
-            request.clone(),
+            cluster.ticket(&program, &first, &[1, 2], 2, 0),
+            first.clone(),
+            cluster.ticket(&program, &first, &[1, 2], 3, 0),
+            first.clone(),
         ),
         (
-            cluster.ticket(&program, &request, &[1, 2], 4, 0),
-            request.clone(),
-            cluster.ticket(&program, &other_request, &[1, 2], 4, 0),
-            other_request.clone(),
+            cluster.ticket(&program, &second, &[1, 2], 4, 0),
+            second.clone(),
+            cluster.ticket(&program, &other, &[1, 2], 4, 0),
+            other.clone(),
         ),
     ];
     for (one, one_request, two, two_request) in cases {
