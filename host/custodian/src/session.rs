@@ -13,8 +13,9 @@
 //! Then one ledger job records the session, charges this custodian's own budget and rate
 //! limit for (identity, program name) on the request's first attempt only, refuses an attempt
 //! no later than one it served (the coordinator's retries count up, at most three), takes the
-//! ticket's kit and records the evaluation: a replayed ticket finds its kit gone. Only after that job has committed does the plugin see the kit, so
-//! a kit is never used twice, even across a crash.
+//! ticket's kit and records the evaluation: a replayed ticket finds its kit gone. Only after
+//! that job has committed does the plugin see the kit, so a kit is never used twice, even
+//! across a crash.
 
 use std::sync::Arc;
 
