@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use quorumvm_wire::order::{ApprovalSignature, Order};
+use quorumvm_wire::order::Order;
 use tokio::task::JoinSet;
 
 use crate::State;
@@ -112,16 +112,7 @@ fn activate_on(
     }
     Some(tokio::spawn(async move {
         let c = &state.custodians.all[i];
-        let approvals = version
-            .approvals
-            .lock()
-            .expect("approvals lock")
-            .iter()
-            .map(|(custodian, signature)| ApprovalSignature {
-                custodian: *custodian,
-                signature: signature.clone(),
-            })
-            .collect();
+        let approvals = crate::registry::signatures(&version.approvals);
         let order = Order::Activate {
             package_id: version.package_id.clone(),
             approvals,

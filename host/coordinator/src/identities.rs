@@ -42,15 +42,7 @@ impl Caller {
     }
 
     pub fn approvals(&self) -> Vec<ApprovalSignature> {
-        self.approvals
-            .lock()
-            .expect("approvals lock")
-            .iter()
-            .map(|(custodian, signature)| ApprovalSignature {
-                custodian: *custodian,
-                signature: signature.clone(),
-            })
-            .collect()
+        crate::registry::signatures(&self.approvals)
     }
 
     pub fn is_active(&self, threshold: usize) -> bool {

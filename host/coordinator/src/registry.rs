@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use quorumvm_core::circuit::Manifest;
 use quorumvm_wire::api::{VersionInfo, VersionState};
+use quorumvm_wire::order::ApprovalSignature;
 use quorumvm_wire::signed::Signed;
 
 use crate::error::ApiError;
@@ -24,6 +25,19 @@ pub struct Version {
     pub state: Mutex<VersionState>,
     pub approvals: Mutex<Vec<(u32, String)>>,
     pub kits: Mutex<KitPool>,
+}
+
+/// Approvals as the coordinator keeps them, (custodian, signature hex), as orders carry them.
+pub fn signatures(approvals: &Mutex<Vec<(u32, String)>>) -> Vec<ApprovalSignature> {
+    approvals
+        .lock()
+        .expect("approvals lock")
+        .iter()
+        .map(|(custodian, signature)| ApprovalSignature {
+            custodian: *custodian,
+            signature: signature.clone(),
+        })
+        .collect()
 }
 
 impl Version {
