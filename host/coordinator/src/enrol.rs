@@ -14,7 +14,7 @@ use quorumvm_wire::now_ms;
 use quorumvm_wire::order::ApprovalSignature;
 
 use crate::error::ApiError;
-use crate::routes::Body;
+use crate::routes::{Body, refused_approval};
 use crate::{State, background, store};
 
 pub async fn show(
@@ -40,21 +40,8 @@ pub async fn approve(
         key: &caller.key,
     };
     if let Err(e) = quorumvm_wire::approval::check(&state.custodians.cluster, &subject, &approval) {
-        let (reason, job_name, custodian) = (e.to_string(), name.clone(), request.custodian);
-        let logged = reason.clone();
-        state
-            .writer
-            .run(move |tx| {
-                store::audit(
-                    tx,
-                    now_ms(),
-                    "coordinator",
-                    "identity.approval_rejected",
-                    serde_json::json!({ "identity": job_name, "custodian": custodian, "reason": logged }),
-                )
-            })
-            .await?;
-        return Err(ApiError::bad_request("bad_approval", reason));
+        let details = serde_json::json!({ "identity": name, "custodian": request.custodian });
+        return Err(refused_approval(&state, "identity.approval_rejected", details, e).await);
     }
     let k = state.custodians.cluster.threshold();
     let (job_name, custodian, signature) =

@@ -13,7 +13,7 @@ use quorumvm_wire::api::{
     ApproveRequest, ClusterInfo, CustodianInfo, DealtShares, FETCH_AUTH_HEADER, InstallRequest,
     VersionInfo, VersionState, decode_bytes,
 };
-use quorumvm_wire::approval::Subject;
+use quorumvm_wire::approval::{ApprovalError, Subject};
 use quorumvm_wire::deal::Deal;
 use quorumvm_wire::now_ms;
 use quorumvm_wire::order::ApprovalSignature;
@@ -430,6 +430,26 @@ fn check_deal(
     Ok(())
 }
 
+/// Audits a refused approval (of a version or an identity) with the reason, and returns the
+/// 400 that answers it (or the storage error, if the entry could not be written).
+pub async fn refused_approval(
+    state: &State,
+    kind: &'static str,
+    mut details: serde_json::Value,
+    err: ApprovalError,
+) -> ApiError {
+    let reason = err.to_string();
+    details["reason"] = serde_json::json!(reason);
+    let logged = state
+        .writer
+        .run(move |tx| store::audit(tx, now_ms(), "coordinator", kind, details))
+        .await;
+    match logged {
+        Ok(()) => ApiError::bad_request("bad_approval", reason),
+        Err(e) => e,
+    }
+}
+
 async fn approve(
     AxumState(state): Shared,
     Path(id): Path<String>,
@@ -452,22 +472,8 @@ async fn approve(
         deal: &version.deal.digest(),
     };
     if let Err(e) = quorumvm_wire::approval::check(&state.custodians.cluster, &subject, &approval) {
-        let reason = e.to_string();
-        let (job_id, custodian) = (id.clone(), request.custodian);
-        let logged = reason.clone();
-        state
-            .writer
-            .run(move |tx| {
-                store::audit(
-                    tx,
-                    now_ms(),
-                    "coordinator",
-                    "approval.rejected",
-                    serde_json::json!({ "package_id": job_id, "custodian": custodian, "reason": logged }),
-                )
-            })
-            .await?;
-        return Err(ApiError::bad_request("bad_approval", reason));
+        let details = serde_json::json!({ "package_id": id, "custodian": request.custodian });
+        return Err(refused_approval(&state, "approval.rejected", details, e).await);
     }
     let k = state.custodians.cluster.threshold();
     let job_version = Arc::clone(&version);

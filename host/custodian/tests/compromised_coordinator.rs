@@ -12,7 +12,7 @@ use common::{Answer, Cluster, PROGRAM};
 use quorumvm_core::field::Fp;
 use quorumvm_core::shamir::Share;
 use quorumvm_package::{Domain, SecretKey};
-use quorumvm_sealing::{SealedShare, ShareBinding, seal_share};
+use quorumvm_sealing::{CustodianSecretKey, SealedShare, ShareBinding, open_share, seal_share};
 use quorumvm_wire::api::SealedShares;
 use quorumvm_wire::config::Engine;
 use quorumvm_wire::deal::{Deal, share_digest};
@@ -111,13 +111,7 @@ async fn a_substituted_sealed_share_is_refused_at_activation() {
     let forged = Signed::sign(&deal, Domain::Deal, &coordinator_key);
     cluster.tamper_deal(&program, forged.clone());
     let a = cluster
-        .order(
-            1,
-            Order::Activate {
-                package_id: program.id_hex.clone(),
-                approvals: cluster.approvals(&program, &[1, 2]),
-            },
-        )
+        .activate_with(1, &program, cluster.approvals(&program, &[1, 2]))
         .await;
     assert_eq!(
         (a.status.as_u16(), a.code()),
@@ -127,12 +121,10 @@ async fn a_substituted_sealed_share_is_refused_at_activation() {
     );
     // Even approvals of that forged deal do not help: it is not the publisher's.
     let a = cluster
-        .order(
+        .activate_with(
             1,
-            Order::Activate {
-                package_id: program.id_hex.clone(),
-                approvals: cluster.approvals_of(&program, &forged, &[1, 2]),
-            },
+            &program,
+            cluster.approvals_of(&program, &forged, &[1, 2]),
         )
         .await;
     assert_eq!(
@@ -161,13 +153,7 @@ async fn a_substituted_sealed_share_is_refused_at_activation() {
     };
     cluster.tamper_shares(&other, 2, stolen);
     let a = cluster
-        .order(
-            2,
-            Order::Activate {
-                package_id: other.id_hex.clone(),
-                approvals: cluster.approvals(&other, &[1, 2]),
-            },
-        )
+        .activate_with(2, &other, cluster.approvals(&other, &[1, 2]))
         .await;
     assert_eq!(
         (a.status.as_u16(), a.code()),
@@ -175,8 +161,17 @@ async fn a_substituted_sealed_share_is_refused_at_activation() {
         "{}",
         a.body
     );
-    // The sealed bytes really would open: only the deal stands in the way.
-    assert!(SealedShare::from_bytes(&substituted).is_ok());
+    // The substitute really opens under custodian 1's key: only the deal stands in the way.
+    let key_text =
+        std::fs::read_to_string(cluster.node(1).config.data_dir.join("sealing.key")).unwrap();
+    let key = CustodianSecretKey::from_file_text(&key_text).unwrap();
+    let opened = open_share(
+        &key,
+        &binding,
+        &SealedShare::from_bytes(&substituted).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(opened, chosen);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -511,13 +506,7 @@ async fn a_retired_version_is_refused_by_every_custodian() {
     // The retirement survives a restart.
     cluster.restart(1).await;
     let a = cluster
-        .order(
-            1,
-            Order::Activate {
-                package_id: v1.id_hex.clone(),
-                approvals: cluster.approvals(&v1, &[1, 2]),
-            },
-        )
+        .activate_with(1, &v1, cluster.approvals(&v1, &[1, 2]))
         .await;
     assert_eq!((a.status.as_u16(), a.code()), (410, "retired"));
     all_ok(&cluster.preprocess(&v3, 0, 2).await);

@@ -464,6 +464,20 @@ impl Cluster {
         answers
     }
 
+    /// Orders custodian `index` to activate `program` with `approvals`.
+    pub async fn activate_with(
+        &self,
+        index: u32,
+        program: &Program,
+        approvals: Vec<ApprovalSignature>,
+    ) -> Answer {
+        let order = Order::Activate {
+            package_id: program.id_hex.clone(),
+            approvals,
+        };
+        self.order(index, order).await
+    }
+
     pub async fn activate(&self, program: &Program, approvers: &[u32]) -> Vec<Answer> {
         let order = Order::Activate {
             package_id: program.id_hex.clone(),
