@@ -210,12 +210,12 @@ impl<'s> Compiler<'s> {
                 self.policy.rate_limit = *count;
                 self.policy.rate_window_secs = *window_secs;
             }
-            Stmt::Input(d) | Stmt::Secret(d) => {
+            Stmt::Input(d) | Stmt::Private(d) | Stmt::Secret(d) => {
                 let decl = self.declared(d)?;
-                let r = if matches!(stmt, Stmt::Input(_)) {
-                    self.graph.input(decl)
-                } else {
-                    self.graph.secret(decl)
+                let r = match stmt {
+                    Stmt::Input(_) => self.graph.input(decl),
+                    Stmt::Private(_) => self.graph.private_input(decl),
+                    _ => self.graph.secret(decl),
                 };
                 let value = self.ir(d.name.span, r)?;
                 self.define(&d.name, value)?;
@@ -332,6 +332,7 @@ impl<'s> Compiler<'s> {
             name,
             version: self.version.map_or(1, |(v, _)| v),
             inputs: self.graph.inputs.clone(),
+            private_inputs: self.graph.private_inputs.clone(),
             secrets: self.graph.secrets.clone(),
             outputs,
             policy: self.policy.clone(),
@@ -370,7 +371,7 @@ impl<'s> Compiler<'s> {
 /// Counts the gates of each kind, in a fixed order, for `inspect` and the web page.
 pub fn gate_counts(circuit: &Circuit) -> Vec<(&'static str, usize)> {
     let kinds = [
-        "input", "secret", "const", "add", "sub", "neg", "scale", "mul", "dot",
+        "input", "private", "secret", "const", "add", "sub", "neg", "scale", "mul", "dot",
     ];
     kinds
         .iter()

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 
-use quorumvm_core::circuit::{Gate, Range, ValueDecl, WireId};
+use quorumvm_core::circuit::{Declared, Gate, Range, ValueDecl, WireId};
 use quorumvm_core::fixed::{MAX_SCALE, pow10};
 
 /// A node of the graph; its index is its id.
@@ -57,6 +57,7 @@ pub struct Graph {
     ranges: Vec<Range>,
     cse: HashMap<Gate, NodeId>,
     pub inputs: Vec<ValueDecl>,
+    pub private_inputs: Vec<ValueDecl>,
     pub secrets: Vec<ValueDecl>,
 }
 
@@ -104,7 +105,14 @@ impl Graph {
             return Ok(id);
         }
         let range = gate
-            .range(&self.inputs, &self.secrets, |w| self.ranges[w as usize])
+            .range(
+                &Declared {
+                    inputs: &self.inputs,
+                    private_inputs: &self.private_inputs,
+                    secrets: &self.secrets,
+                },
+                |w| self.ranges[w as usize],
+            )
             .ok_or_else(|| IrError::Range("beyond 2^127".into()))?;
         if !range.fits_field() {
             let worst = if range.max.unsigned_abs() >= range.min.unsigned_abs() {
@@ -132,6 +140,13 @@ impl Graph {
         let scale = decl.scale;
         self.inputs.push(decl);
         let node = self.intern(Gate::Input(self.inputs.len() as u32 - 1))?;
+        Ok(Value { node, scale })
+    }
+
+    pub fn private_input(&mut self, decl: ValueDecl) -> Result<Value, IrError> {
+        let scale = decl.scale;
+        self.private_inputs.push(decl);
+        let node = self.intern(Gate::PrivateInput(self.private_inputs.len() as u32 - 1))?;
         Ok(Value { node, scale })
     }
 
@@ -404,8 +419,9 @@ mod tests {
 
     #[test]
     fn powers_have_logarithmic_depth() {
+        // A private x: its powers are products of shared wires (a visible x's are local).
         let mut g = Graph::default();
-        let x = g.input(decl("x", 0, -2, 2)).unwrap();
+        let x = g.private_input(decl("x", 0, -2, 2)).unwrap();
         let x8 = g.power(x, 8).unwrap();
         let (gates, map) = g.prune(&[x8.node]);
         let circuit = quorumvm_core::Circuit {

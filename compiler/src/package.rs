@@ -95,9 +95,9 @@ impl Image {
         self.int128(addr + 32, d.max);
     }
 
-    /// `record manifest`: size 72, align 8.
+    /// `record manifest`: size 80, align 8.
     fn manifest(&mut self, m: &Manifest) -> u32 {
-        let at = self.alloc(72, 8);
+        let at = self.alloc(80, 8);
         self.string(at, &m.name);
         self.u32(at + 8, m.version);
         for (offset, decls) in [(12, &m.inputs), (20, &m.secrets), (28, &m.outputs)] {
@@ -108,6 +108,7 @@ impl Image {
         self.u32(at + 56, m.policy.rate_limit);
         self.u32(at + 60, m.policy.rate_window_secs);
         self.u32(at + 64, m.depth);
+        self.list(at + 68, &m.private_inputs, 48, 8, Image::value_decl);
         at
     }
 
@@ -158,6 +159,10 @@ impl Image {
                     img.u32(at + 4, b);
                 });
                 8
+            }
+            Gate::PrivateInput(i) => {
+                self.u32(addr + 8, *i);
+                9
             }
         };
         self.put(addr, &[case]);

@@ -6,7 +6,8 @@
 //! policy cost 1                 # budget units per evaluation
 //! policy budget 500             # budget units per identity
 //! policy rate 10 per minute     # token bucket (per second|minute|hour|day, or per N seconds)
-//! input income in 0..250000 scale 2
+//! input income in 0..250000 scale 2   # visible: every custodian checks its range
+//! private age in 18..100        # shared by the caller's client; the coordinator never sees it
 //! secret w1 in -10..10 scale 4  # value supplied at install time, never in the package
 //! const bias = -0.35
 //! add s = a b        sub d = a b       mul p = a b       neg n = a
@@ -90,6 +91,7 @@ pub enum Stmt {
         span: Span,
     },
     Input(Declared),
+    Private(Declared),
     Secret(Declared),
     Const {
         name: Name,
@@ -129,8 +131,8 @@ pub enum Stmt {
 
 /// Words that start statements or structure them; none may be used as a name.
 pub const KEYWORDS: &[&str] = &[
-    "program", "version", "policy", "input", "secret", "const", "add", "sub", "mul", "neg", "mux",
-    "dot", "polyeval", "output", "in", "scale", "per",
+    "program", "version", "policy", "input", "private", "secret", "const", "add", "sub", "mul",
+    "neg", "mux", "dot", "polyeval", "output", "in", "scale", "per",
 ];
 
 /// Splits one line (without its comment) into tokens.
@@ -408,6 +410,7 @@ fn parse_stmt(l: &mut Line) -> Result<Stmt, CompileError> {
         }
         "policy" => parse_policy(l)?,
         "input" => Stmt::Input(parse_declared(l)?),
+        "private" => Stmt::Private(parse_declared(l)?),
         "secret" => Stmt::Secret(parse_declared(l)?),
         "const" => {
             let name = l.name("a name")?;

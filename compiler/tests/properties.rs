@@ -183,7 +183,7 @@ proptest! {
         let vals: Vec<Exact> = vals.into_iter().map(Option::unwrap).collect();
         let xs = quorumvm_core::eval::encode_values("input", &program.manifest.inputs, &inputs).unwrap();
         let ss = quorumvm_core::eval::encode_values("secret", &program.manifest.secrets, &secrets).unwrap();
-        let out = decode_outputs(&program.manifest, &eval_plain(&program.circuit, &xs, &ss));
+        let out = decode_outputs(&program.manifest, &eval_plain(&program.circuit, &xs, &[], &ss));
         prop_assert!(vals[last].same_value(out[0].1), "{src}\nwant {:?} got {}", vals[last], out[0].1);
         prop_assert!(vals[last / 2].same_value(out[1].1), "{src}\nwant {:?} got {}", vals[last / 2], out[1].1);
         // The depth claim is the circuit's.
@@ -241,7 +241,7 @@ fn exact_decimal_credit_score() {
         &[("income".into(), "1200".into())],
     )
     .unwrap();
-    let out = decode_outputs(&p.manifest, &eval_plain(&p.circuit, &xs, &[]));
+    let out = decode_outputs(&p.manifest, &eval_plain(&p.circuit, &xs, &[], &[]));
     assert_eq!(out[0].1.to_string(), "-420.0000");
 }
 
@@ -250,7 +250,8 @@ fn a_dot_product_of_a_hundred_terms_is_one_layer() {
     let mut src = String::new();
     let (mut a, mut b) = (vec![], vec![]);
     for i in 0..100 {
-        src += &format!("input x{i} in -10..10\nsecret w{i} in -10..10\n");
+        // Private features: every product is of two shared wires, and still one layer.
+        src += &format!("private x{i} in -10..10\nsecret w{i} in -10..10\n");
         a.push(format!("w{i}"));
         b.push(format!("x{i}"));
     }
@@ -261,13 +262,13 @@ fn a_dot_product_of_a_hundred_terms_is_one_layer() {
 
 #[test]
 fn cse_and_pruning_shrink_the_circuit() {
-    let src = "input x\ninput unused\nadd a = x 1\nadd b = 1 x\nmul c = a b\nmul d = b a\nadd e = c d\nmul dead = e e\noutput e\n";
+    let src = "private x\ninput unused\nadd a = x 1\nadd b = 1 x\nmul c = a b\nmul d = b a\nadd e = c d\nmul dead = e e\noutput e\n";
     let p = compile(src, "cse").unwrap();
     // a and b are one node, c and d are one node, `dead` and `unused` are pruned.
     assert_eq!(p.stats.multiplications, 1);
     assert!(p.stats.gates < p.stats.nodes_built);
     assert_eq!(
-        p.manifest.inputs.len(),
+        p.manifest.inputs.len() + p.manifest.private_inputs.len(),
         2,
         "declared inputs stay in the manifest"
     );

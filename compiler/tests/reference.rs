@@ -27,7 +27,7 @@ fn eval(src: &str, inputs: &[(&str, &str)]) -> Vec<String> {
         .map(|&(n, v)| (n.to_string(), v.to_string()))
         .collect();
     let xs = encode_values("input", &p.manifest.inputs, &given).unwrap();
-    let out = decode_outputs(&p.manifest, &eval_plain(&p.circuit, &xs, &[]));
+    let out = decode_outputs(&p.manifest, &eval_plain(&p.circuit, &xs, &[], &[]));
     out.iter().map(|(_, v)| v.to_string()).collect::<Vec<_>>()
 }
 

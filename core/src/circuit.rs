@@ -5,9 +5,15 @@
 //! the manifest says at which scale each input, secret and output is carried.
 //!
 //! Gates are split by cost in the threshold protocol: `Add`, `Sub`, `Neg`, `Scale` (by a public
-//! integer) and `Const` are local on shares; `Mul` and `Dot` each need one degree reduction, and
-//! all of them at the same multiplicative depth share one communication round. A `Dot` of any
-//! length is a single reduction (the sum of products is reduced once).
+//! integer) and `Const` are local on shares. So is a product with a **public** factor: a wire
+//! is public when it is a constant, a visible input (every custodian reads its value from the
+//! caller's signed request) or computed from public wires only ([`Publicity`]); every custodian
+//! holds a public wire's value itself, and a share times a public value is a share of the
+//! product. Only a product of two shared wires (secrets, private inputs and what depends on
+//! them) needs a Beaver triple and a degree reduction, and all such products at the same
+//! multiplicative depth share one communication round. A `Dot` of any length is a single
+//! reduction (the sum of its shared products is reduced once). So a linear score of visible
+//! inputs with secret weights takes no round at all.
 //!
 //! [`Circuit::check`] is what a host runs on a circuit read from an untrusted package: structure,
 //! indices, value ranges (no wire may wrap around p/2) and the declared depth.
@@ -23,7 +29,7 @@ pub type WireId = u32;
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Gate {
-    /// The `i`-th declared input.
+    /// The `i`-th declared visible input: a public value every custodian checks.
     Input(u32),
     /// The `i`-th declared secret.
     Secret(u32),
@@ -38,32 +44,34 @@ pub enum Gate {
     Mul(WireId, WireId),
     /// `Σ a_j · b_j`: one degree reduction however many terms.
     Dot(Vec<(WireId, WireId)>),
+    /// The `i`-th declared private input: shared by the caller, never seen in the clear.
+    PrivateInput(u32),
 }
 
 impl Gate {
     /// The wires this gate reads.
     pub fn operands(&self) -> Vec<WireId> {
         match self {
-            Gate::Input(_) | Gate::Secret(_) | Gate::Const(_) => vec![],
+            Gate::Input(_) | Gate::PrivateInput(_) | Gate::Secret(_) | Gate::Const(_) => vec![],
             Gate::Neg(a) | Gate::Scale(a, _) => vec![*a],
             Gate::Add(a, b) | Gate::Sub(a, b) | Gate::Mul(a, b) => vec![*a, *b],
             Gate::Dot(terms) => terms.iter().flat_map(|&(a, b)| [a, b]).collect(),
         }
     }
 
-    /// Whether the gate needs a communication round in the threshold protocol.
-    pub fn is_multiplication(&self) -> bool {
-        matches!(self, Gate::Mul(..) | Gate::Dot(_))
+    /// The products the gate sums: one for `Mul`, one per term for `Dot`, none otherwise.
+    pub fn products(&self) -> impl Iterator<Item = (WireId, WireId)> + '_ {
+        let (one, many): (Option<(WireId, WireId)>, &[(WireId, WireId)]) = match self {
+            Gate::Mul(a, b) => (Some((*a, *b)), &[]),
+            Gate::Dot(terms) => (None, terms),
+            _ => (None, &[]),
+        };
+        one.into_iter().chain(many.iter().copied())
     }
 
     /// The range of the gate's value given its operands' ranges; `None` if a bound overflows
     /// `i128` (far beyond p/2 anyway). Indices must have been checked.
-    pub fn range(
-        &self,
-        inputs: &[ValueDecl],
-        secrets: &[ValueDecl],
-        wire: impl Fn(WireId) -> Range,
-    ) -> Option<Range> {
+    pub fn range(&self, decls: &Declared<'_>, wire: impl Fn(WireId) -> Range) -> Option<Range> {
         let product = |a: WireId, b: WireId| {
             if a == b {
                 wire(a).checked_square()
@@ -72,8 +80,9 @@ impl Gate {
             }
         };
         match self {
-            Gate::Input(k) => Some(inputs[*k as usize].range()),
-            Gate::Secret(k) => Some(secrets[*k as usize].range()),
+            Gate::Input(k) => Some(decls.inputs[*k as usize].range()),
+            Gate::PrivateInput(k) => Some(decls.private_inputs[*k as usize].range()),
+            Gate::Secret(k) => Some(decls.secrets[*k as usize].range()),
             Gate::Const(c) => Some(Range::point(*c)),
             Gate::Add(a, b) => wire(*a).checked_add(wire(*b)),
             Gate::Sub(a, b) => wire(*a).checked_sub(wire(*b)),
@@ -90,6 +99,7 @@ impl Gate {
     pub fn kind(&self) -> &'static str {
         match self {
             Gate::Input(_) => "input",
+            Gate::PrivateInput(_) => "private",
             Gate::Secret(_) => "secret",
             Gate::Const(_) => "const",
             Gate::Add(..) => "add",
@@ -107,6 +117,14 @@ pub struct Circuit {
     pub gates: Vec<Gate>,
     /// The wire of each output, in the manifest's order.
     pub outputs: Vec<WireId>,
+}
+
+/// The declarations the leaves of a circuit read, in the manifest's order.
+#[derive(Debug, Clone, Copy)]
+pub struct Declared<'a> {
+    pub inputs: &'a [ValueDecl],
+    pub private_inputs: &'a [ValueDecl],
+    pub secrets: &'a [ValueDecl],
 }
 
 /// A declared input or secret: its name, scale and the raw range its values must lie in.
@@ -148,7 +166,14 @@ impl Default for Policy {
 pub struct Manifest {
     pub name: String,
     pub version: u32,
+    /// Visible inputs: the caller's signed request carries their values to every custodian,
+    /// which checks each against its declaration; in the protocol they are public values.
     pub inputs: Vec<ValueDecl>,
+    /// Private inputs: the caller's client shares each and seals a share to each custodian, so
+    /// the coordinator never sees them. Their ranges cannot be checked on shares (yet): a
+    /// caller may give any value. An evaluation with a private input answers with output
+    /// shares sealed to the caller.
+    pub private_inputs: Vec<ValueDecl>,
     pub secrets: Vec<ValueDecl>,
     pub outputs: Vec<OutputDecl>,
     pub policy: Policy,
@@ -165,6 +190,14 @@ pub enum CircuitError {
     ForwardReference { gate: usize, wire: WireId },
     #[error("gate {gate} reads input #{index}, but the manifest declares {declared} inputs")]
     UnknownInput {
+        gate: usize,
+        index: u32,
+        declared: usize,
+    },
+    #[error(
+        "gate {gate} reads private input #{index}, but the manifest declares {declared} private inputs"
+    )]
+    UnknownPrivateInput {
         gate: usize,
         index: u32,
         declared: usize,
@@ -302,10 +335,54 @@ pub fn is_identifier(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// Which wires of a circuit hold public values: constants, visible inputs, and whatever is
+/// computed from public wires only. Every custodian holds a public wire's value itself (the
+/// constant polynomial is its sharing), so a product with a public factor is a local product
+/// of a share and a value. Only a product of two shared wires needs a Beaver triple and a
+/// round. This one type decides it for the compiler's depth, a circuit's check, the shape of
+/// preprocessed kits and the session, so none of them can disagree with another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publicity {
+    public: Vec<bool>,
+}
+
+impl Publicity {
+    /// Assumes operands were checked to read earlier wires.
+    pub fn of(circuit: &Circuit) -> Publicity {
+        let mut public: Vec<bool> = Vec::with_capacity(circuit.gates.len());
+        for gate in &circuit.gates {
+            let p = match gate {
+                Gate::Input(_) | Gate::Const(_) => true,
+                Gate::PrivateInput(_) | Gate::Secret(_) => false,
+                other => other.operands().iter().all(|&w| public[w as usize]),
+            };
+            public.push(p);
+        }
+        Publicity { public }
+    }
+
+    pub fn is_public(&self, wire: WireId) -> bool {
+        self.public[wire as usize]
+    }
+
+    /// Whether the product `a·b` needs a triple: both factors are shared.
+    pub fn needs_triple(&self, (a, b): (WireId, WireId)) -> bool {
+        !self.is_public(a) && !self.is_public(b)
+    }
+
+    /// How many of `gate`'s products multiply two shared wires: the length of its triple. A
+    /// gate with none is local (no triple, no round).
+    pub fn triple_terms(&self, gate: &Gate) -> usize {
+        gate.products().filter(|&t| self.needs_triple(t)).count()
+    }
+}
+
 impl Circuit {
-    /// The multiplicative depth of each wire: a multiplication is one more than its deepest
-    /// operand, anything else as deep as its deepest operand. Assumes a checked circuit.
+    /// The multiplicative depth of each wire: a gate with a product of two shared wires is one
+    /// more than its deepest operand, anything else as deep as its deepest operand. Assumes
+    /// operands were checked to read earlier wires.
     pub fn depths(&self) -> Vec<u32> {
+        let publicity = Publicity::of(self);
         let mut depth: Vec<u32> = Vec::with_capacity(self.gates.len());
         for gate in &self.gates {
             let deepest = gate
@@ -314,7 +391,7 @@ impl Circuit {
                 .map(|&w| depth[w as usize])
                 .max()
                 .unwrap_or(0);
-            depth.push(deepest + gate.is_multiplication() as u32);
+            depth.push(deepest + (publicity.triple_terms(gate) > 0) as u32);
         }
         depth
     }
@@ -329,9 +406,14 @@ impl Circuit {
             .unwrap_or(0)
     }
 
-    /// How many multiplication gates (`Mul` and `Dot`) the circuit has.
+    /// How many gates need a triple and a degree reduction: the `Mul` and `Dot` gates with a
+    /// product of two shared wires.
     pub fn multiplications(&self) -> usize {
-        self.gates.iter().filter(|g| g.is_multiplication()).count()
+        let publicity = Publicity::of(self);
+        self.gates
+            .iter()
+            .filter(|g| publicity.triple_terms(g) > 0)
+            .count()
     }
 
     /// The range of every wire, given the declared ranges of the inputs and secrets; an error
@@ -339,7 +421,7 @@ impl Circuit {
     pub fn ranges(&self, manifest: &Manifest) -> Result<Vec<Range>, CircuitError> {
         let mut ranges: Vec<Range> = Vec::with_capacity(self.gates.len());
         for (i, gate) in self.gates.iter().enumerate() {
-            let range = gate.range(&manifest.inputs, &manifest.secrets, |w| ranges[w as usize]);
+            let range = gate.range(&manifest.declared(), |w| ranges[w as usize]);
             match range {
                 Some(range) if range.fits_field() => ranges.push(range),
                 Some(range) => {
@@ -378,6 +460,13 @@ impl Circuit {
                         gate: i,
                         index: *k,
                         declared: manifest.inputs.len(),
+                    });
+                }
+                Gate::PrivateInput(k) if *k as usize >= manifest.private_inputs.len() => {
+                    return Err(CircuitError::UnknownPrivateInput {
+                        gate: i,
+                        index: *k,
+                        declared: manifest.private_inputs.len(),
                     });
                 }
                 Gate::Secret(k) if *k as usize >= manifest.secrets.len() => {
@@ -432,13 +521,28 @@ impl Circuit {
 }
 
 impl Manifest {
+    /// The declarations a circuit's leaves read.
+    pub fn declared(&self) -> Declared<'_> {
+        Declared {
+            inputs: &self.inputs,
+            private_inputs: &self.private_inputs,
+            secrets: &self.secrets,
+        }
+    }
+
     /// Checks names, scales, declared ranges and the policy.
     pub fn check(&self) -> Result<(), CircuitError> {
         if !is_identifier(&self.name) {
             return Err(CircuitError::BadName(self.name.clone()));
         }
         let mut seen = std::collections::BTreeSet::new();
-        for decl in self.inputs.iter().chain(&self.secrets).chain(&self.outputs) {
+        let leaves = || {
+            self.inputs
+                .iter()
+                .chain(&self.private_inputs)
+                .chain(&self.secrets)
+        };
+        for decl in leaves().chain(&self.outputs) {
             if !is_identifier(&decl.name) {
                 return Err(CircuitError::BadName(decl.name.clone()));
             }
@@ -456,10 +560,11 @@ impl Manifest {
                 });
             }
         }
-        // Inputs and secrets share one namespace (an evaluation request names inputs, an
-        // install names secrets; a name in both would be ambiguous). Outputs may repeat an
-        // input's name only if they are that input, so they are checked among themselves.
-        for decl in self.inputs.iter().chain(&self.secrets) {
+        // Inputs (visible and private) and secrets share one namespace (an evaluation request
+        // names inputs, an install names secrets; a name in both would be ambiguous). Outputs
+        // may repeat an input's name only if they are that input, so they are checked among
+        // themselves.
+        for decl in leaves() {
             if !seen.insert(decl.name.as_str()) {
                 return Err(CircuitError::DuplicateName(decl.name.clone()));
             }
@@ -490,11 +595,11 @@ mod tests {
         }
     }
 
-    /// (x + 7)^2 for x in 0..10.
+    /// (x + 7)^2 for a private x in 0..10.
     fn square() -> (Circuit, Manifest) {
         let circuit = Circuit {
             gates: vec![
-                Gate::Input(0),
+                Gate::PrivateInput(0),
                 Gate::Const(7),
                 Gate::Add(0, 1),
                 Gate::Mul(2, 2),
@@ -504,7 +609,8 @@ mod tests {
         let manifest = Manifest {
             name: "square".into(),
             version: 1,
-            inputs: vec![decl("x", 0, 10)],
+            inputs: vec![],
+            private_inputs: vec![decl("x", 0, 10)],
             secrets: vec![],
             outputs: vec![decl("y", 49, 289)],
             policy: Policy::default(),
@@ -543,10 +649,18 @@ mod tests {
             Err(CircuitError::OutputRangeMismatch { .. })
         ));
         let mut bad = m.clone();
-        bad.inputs.clear();
+        bad.private_inputs.clear();
         assert!(matches!(
             c.check(&bad),
-            Err(CircuitError::UnknownInput { .. })
+            Err(CircuitError::UnknownPrivateInput { .. })
+        ));
+        // The same x, declared visible: the gate reads a private input the manifest lacks.
+        let mut bad = m.clone();
+        bad.inputs = std::mem::take(&mut bad.private_inputs);
+        bad.depth = 0;
+        assert!(matches!(
+            c.check(&bad),
+            Err(CircuitError::UnknownPrivateInput { .. })
         ));
         let mut bad = c.clone();
         bad.outputs.push(0);
@@ -555,7 +669,7 @@ mod tests {
             Err(CircuitError::OutputCount { .. })
         ));
         let mut bad = m.clone();
-        bad.inputs[0].max = i128::MAX;
+        bad.private_inputs[0].max = i128::MAX;
         assert!(matches!(
             c.check(&bad),
             Err(CircuitError::BadDeclaredRange { .. })
@@ -563,9 +677,40 @@ mod tests {
     }
 
     #[test]
+    fn products_with_a_public_factor_are_local() {
+        // A linear score: secret weights times visible inputs, plus a secret bias.
+        let score = Circuit {
+            gates: vec![
+                Gate::Input(0),
+                Gate::Input(1),
+                Gate::Secret(0),
+                Gate::Secret(1),
+                Gate::Dot(vec![(2, 0), (3, 1)]),
+                Gate::Mul(0, 1),
+                Gate::Mul(4, 5),
+            ],
+            outputs: vec![6],
+        };
+        let p = Publicity::of(&score);
+        assert_eq!(
+            (0..7).map(|w| p.is_public(w)).collect::<Vec<_>>(),
+            [true, true, false, false, false, true, false]
+        );
+        assert_eq!(score.depth(), 0);
+        assert_eq!(score.multiplications(), 0);
+        // A product of two shared wires is not.
+        let mut squared = score.clone();
+        squared.gates.push(Gate::Mul(6, 4));
+        squared.outputs = vec![7];
+        assert_eq!(squared.depth(), 1);
+        assert_eq!(squared.multiplications(), 1);
+        assert_eq!(Publicity::of(&squared).triple_terms(&squared.gates[7]), 1);
+    }
+
+    #[test]
     fn wrap_around_is_refused() {
         let (mut c, mut m) = square();
-        m.inputs[0] = decl("x", 0, 1i128 << 40);
+        m.private_inputs[0] = decl("x", 0, 1i128 << 40);
         c.gates.push(Gate::Mul(3, 3));
         c.outputs = vec![4];
         assert!(matches!(

@@ -4,25 +4,25 @@
 
 use rand_core::{CryptoRng, RngCore};
 
-use crate::circuit::{Circuit, Gate};
+use crate::circuit::{Circuit, Publicity};
 use crate::field::Fp;
 use crate::session::Triple;
 use crate::shamir::{Threshold, share};
 
-/// Deals one triple per multiplication gate of `circuit`; returns each custodian's triples
-/// (index `i` is custodian `i + 1`).
+/// Deals one triple per gate of `circuit` that needs one, shaped by
+/// [`Publicity::triple_terms`]; returns each custodian's triples (index `i` is custodian `i + 1`).
 pub fn deal_triples(
     circuit: &Circuit,
     t: Threshold,
     rng: &mut (impl RngCore + CryptoRng),
 ) -> Vec<Vec<Triple>> {
+    let publicity = Publicity::of(circuit);
     let mut per_party: Vec<Vec<Triple>> = vec![Vec::new(); t.n()];
     for gate in &circuit.gates {
-        let terms = match gate {
-            Gate::Mul(..) => 1,
-            Gate::Dot(terms) => terms.len(),
-            _ => continue,
-        };
+        let terms = publicity.triple_terms(gate);
+        if terms == 0 {
+            continue;
+        }
         let a: Vec<Fp> = (0..terms).map(|_| Fp::random(rng)).collect();
         let b: Vec<Fp> = (0..terms).map(|_| Fp::random(rng)).collect();
         let c: Fp = a.iter().zip(&b).map(|(&x, &y)| x * y).sum();

@@ -4,13 +4,19 @@ use crate::circuit::{Circuit, Gate};
 use crate::field::Fp;
 
 /// Evaluates a checked circuit on field elements, returning the output wires' values.
-/// `inputs` and `secrets` are in the manifest's order.
-pub fn eval_plain(circuit: &Circuit, inputs: &[Fp], secrets: &[Fp]) -> Vec<Fp> {
+/// `inputs` (visible), `private_inputs` and `secrets` are each in the manifest's order.
+pub fn eval_plain(
+    circuit: &Circuit,
+    inputs: &[Fp],
+    private_inputs: &[Fp],
+    secrets: &[Fp],
+) -> Vec<Fp> {
     let mut wires: Vec<Fp> = Vec::with_capacity(circuit.gates.len());
     for gate in &circuit.gates {
         let w = |i: &u32| wires[*i as usize];
         let value = match gate {
             Gate::Input(k) => inputs[*k as usize],
+            Gate::PrivateInput(k) => private_inputs[*k as usize],
             Gate::Secret(k) => secrets[*k as usize],
             Gate::Const(c) => Fp::from_i128(*c),
             Gate::Add(a, b) => w(a) + w(b),
@@ -118,6 +124,46 @@ pub fn encode_values(
             Ok(value.to_field())
         })
         .collect()
+}
+
+/// A caller's inputs, encoded: the visible ones' values and the private ones' values (which
+/// only the caller's client ever holds whole), each in the manifest's order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inputs {
+    pub visible: Vec<Fp>,
+    pub private: zeroize::Zeroizing<Vec<Fp>>,
+}
+
+/// Encodes a caller's named inputs, visible and private alike, as [`encode_values`] does:
+/// every declared input exactly once, each in its range at its scale. The caller's client
+/// checks a private input's range here; no custodian can check it on shares.
+pub fn encode_inputs(
+    manifest: &crate::circuit::Manifest,
+    given: &[(String, String)],
+) -> Result<Inputs, ValueError> {
+    let is_private = |name: &str| manifest.private_inputs.iter().any(|d| d.name == name);
+    let (private, visible): (Vec<_>, Vec<_>) =
+        given.iter().cloned().partition(|(n, _)| is_private(n));
+    let visible = encode_values("input", &manifest.inputs, &visible).map_err(|e| match e {
+        // An unknown name is unknown among all inputs: list them all.
+        ValueError::Unknown { kind, name, .. } => ValueError::Unknown {
+            kind,
+            name,
+            declared: manifest
+                .inputs
+                .iter()
+                .chain(&manifest.private_inputs)
+                .map(|d| d.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        },
+        other => other,
+    })?;
+    let private = encode_values("private input", &manifest.private_inputs, &private)?;
+    Ok(Inputs {
+        visible,
+        private: zeroize::Zeroizing::new(private),
+    })
 }
 
 /// Decodes output values by the manifest: signed, at each output's scale.

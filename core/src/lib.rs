@@ -12,6 +12,7 @@ pub mod fixed;
 pub mod preprocess;
 pub mod session;
 pub mod shamir;
+pub mod shares;
 
 pub use circuit::{Circuit, Gate, Manifest, WireId};
 pub use field::Fp;

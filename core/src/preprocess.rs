@@ -47,7 +47,7 @@
 use rand_core::{CryptoRng, RngCore};
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::circuit::{Circuit, Gate};
+use crate::circuit::{Circuit, Publicity};
 use crate::field::Fp;
 use crate::shamir::{Threshold, eval_poly, lagrange_coefficients};
 
@@ -59,16 +59,15 @@ pub struct KitShape {
 }
 
 impl KitShape {
-    /// One entry per `Mul` (one term) and `Dot` (one per term) of `circuit`.
+    /// One entry per gate of `circuit` that needs a triple, of its products of two shared
+    /// wires ([`Publicity::triple_terms`]).
     pub fn of(circuit: &Circuit) -> KitShape {
+        let publicity = Publicity::of(circuit);
         let terms = circuit
             .gates
             .iter()
-            .filter_map(|gate| match gate {
-                Gate::Mul(..) => Some(1),
-                Gate::Dot(terms) => Some(terms.len()),
-                _ => None,
-            })
+            .map(|gate| publicity.triple_terms(gate))
+            .filter(|&terms| terms > 0)
             .collect();
         KitShape { terms }
     }
@@ -403,6 +402,7 @@ impl Reduction {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::circuit::Gate;
     use crate::dealer::share_values;
     use crate::eval::eval_plain;
     use crate::session::{Session, Setup, Step, Triple};
@@ -458,10 +458,10 @@ mod tests {
         }
     }
 
-    /// A circuit on one input whose multiplication gates have these shapes: 0 is a `mul`, m > 0
-    /// a `dot` of m terms.
+    /// A circuit on one secret whose multiplication gates have these shapes: 0 is a `mul`,
+    /// m > 0 a `dot` of m terms.
     fn circuit_of(shapes: &[usize]) -> Circuit {
-        let mut gates = vec![Gate::Input(0)];
+        let mut gates = vec![Gate::Secret(0)];
         for &m in shapes {
             gates.push(match m {
                 0 => Gate::Mul(0, 0),
@@ -523,12 +523,14 @@ mod tests {
     }
 
     /// Runs a session for each custodian 1..=n with its own kit, passing messages between
-    /// them; returns each one's output shares.
+    /// them; returns each one's output shares. `visible` is every member's; `private` and
+    /// `secrets` are shares, per member.
     fn evaluate(
         circuit: &Circuit,
         k: usize,
         kits: Vec<Vec<Triple>>,
-        inputs: &[Vec<Fp>],
+        visible: &[Fp],
+        private: &[Vec<Fp>],
         secrets: &[Vec<Fp>],
     ) -> Vec<Vec<Fp>> {
         let quorum: Vec<u32> = (1..=kits.len() as u32).collect();
@@ -542,7 +544,8 @@ mod tests {
                     quorum: quorum.clone(),
                     threshold: k,
                     secrets: secrets[p].clone(),
-                    inputs: inputs[p].clone(),
+                    inputs: visible.to_vec(),
+                    private_inputs: private[p].clone(),
                     triples,
                 })
                 .unwrap()
@@ -590,7 +593,7 @@ mod tests {
             1..25,
         )
         .prop_map(|ops| {
-            let mut gates = vec![Gate::Input(0), Gate::Input(1), Gate::Secret(0)];
+            let mut gates = vec![Gate::Input(0), Gate::PrivateInput(0), Gate::Secret(0)];
             for (kind, a, b, len, c) in ops {
                 let n = gates.len() as u32;
                 let (a, b) = (a % n, b % n);
@@ -717,15 +720,16 @@ mod tests {
                 .map(|p| Triple::unflatten(&circuit, &p[1]).unwrap())
                 .collect();
             let values: Vec<Fp> = values.iter().map(|&v| Fp::from_i128(v as i128)).collect();
-            let (inputs, secrets) = values.split_at(2);
+            let (visible, private, secrets) = (&values[..1], &values[1..2], &values[2..]);
             let mut rng = StdRng::seed_from_u64(seed ^ 1);
             let t = Threshold::new(k, n).unwrap();
-            let xs = share_values(inputs, t, &mut rng);
+            let ps = share_values(private, t, &mut rng);
             let ss = share_values(secrets, t, &mut rng);
-            let outs = evaluate(&circuit, k, kits, &xs, &ss);
+            let outs = evaluate(&circuit, k, kits, visible, &ps, &ss);
             let holders: Vec<u32> = (1..=k as u32).collect();
             let vectors: Vec<&[Fp]> = outs[..k].iter().map(Vec::as_slice).collect();
-            for (o, want) in eval_plain(&circuit, inputs, secrets).into_iter().enumerate() {
+            let plain = eval_plain(&circuit, visible, private, secrets);
+            for (o, want) in plain.into_iter().enumerate() {
                 prop_assert_eq!(open(&holders, &vectors, o), want);
             }
         }

@@ -1,11 +1,14 @@
 //! One custodian's side of a threshold evaluation: the logic the evaluator plugin runs.
 //!
 //! Semi-honest, honest-majority Shamir sharing with Beaver triples. Every wire holds this
-//! custodian's share of a degree-(k−1) sharing (a public constant is its own share). Linear
-//! gates are local. A multiplication `x·y` consumes a triple `(a, b, c = a·b)`: the quorum opens
-//! `ε = x − a` and `δ = y − b` (uniformly random, so they reveal nothing), and each member sets
-//! `z = c + ε·b + δ·a + ε·δ`. A dot product `Σ x_j·y_j` opens its `ε_j, δ_j` and uses one `c`.
-//! All multiplications of one depth layer open together: one message per peer per layer.
+//! custodian's share of a degree-(k−1) sharing; a public wire (a constant, a visible input, or
+//! what is computed from those alone: [`Publicity`]) holds its value, which is its own share of
+//! degree 0. Linear gates are local, and so is a product with a public factor. A product `x·y`
+//! of two shared wires consumes a triple `(a, b, c = a·b)`: the quorum opens `ε = x − a` and
+//! `δ = y − b` (uniformly random, so they reveal nothing), and each member sets
+//! `z = c + ε·b + δ·a + ε·δ`. A dot product opens `ε_j, δ_j` for its shared products only, uses
+//! one `c`, and adds its public-factor products locally. All gates of one depth layer open
+//! together: one message per peer per layer.
 //!
 //! Openings use every share received: with more than `k` members, each value is interpolated
 //! from `k` of them and checked against the rest, and a mismatch names the custodian(s) whose
@@ -13,7 +16,7 @@
 
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
-use crate::circuit::{Circuit, Gate, WireId};
+use crate::circuit::{Circuit, Gate, Publicity, WireId};
 use crate::field::Fp;
 use crate::shamir::{Share, check_consistent, check_points, lagrange_coefficients};
 
@@ -37,17 +40,18 @@ impl Triple {
         out
     }
 
-    /// Splits a flat list back into one triple per multiplication gate of `circuit`, each
-    /// shaped by its gate (one term for `mul`, one per term for `dot`).
+    /// Splits a flat list back into one triple per gate of `circuit` that needs one, each
+    /// shaped by its gate: one term per product of two shared wires
+    /// ([`Publicity::triple_terms`]).
     pub fn unflatten(circuit: &Circuit, flat: &[Fp]) -> Result<Vec<Triple>, SessionError> {
+        let publicity = Publicity::of(circuit);
         let mut triples = Vec::new();
         let mut rest = flat;
         for gate in &circuit.gates {
-            let n = match gate {
-                Gate::Mul(..) => 1,
-                Gate::Dot(terms) => terms.len(),
-                _ => continue,
-            };
+            let n = publicity.triple_terms(gate);
+            if n == 0 {
+                continue;
+            }
             if rest.len() < 2 * n + 1 {
                 return Err(setup_error(format!(
                     "the triples run out at multiplication gate {}",
@@ -79,8 +83,11 @@ pub struct Setup {
     pub quorum: Vec<u32>,
     pub threshold: usize,
     pub secrets: Vec<Fp>,
+    /// The visible inputs' values, in the manifest's order.
     pub inputs: Vec<Fp>,
-    /// One per multiplication gate, in gate order.
+    /// This custodian's shares of the private inputs, in the manifest's order.
+    pub private_inputs: Vec<Fp>,
+    /// One per gate with a product of two shared wires, in gate order.
     pub triples: Vec<Triple>,
 }
 
@@ -88,6 +95,7 @@ impl Drop for Setup {
     fn drop(&mut self) {
         self.secrets.zeroize();
         self.inputs.zeroize();
+        self.private_inputs.zeroize();
     }
 }
 
@@ -127,15 +135,17 @@ pub enum SessionError {
 /// A running session.
 pub struct Session {
     circuit: Circuit,
+    publicity: Publicity,
     wires: Vec<Fp>,
-    /// Multiplication gates of each layer (index = depth − 1), and the other gates of each
+    /// Gates that need a triple, of each layer (index = depth − 1), and the other gates of each
     /// depth (index = depth), both in gate order.
     layers: Vec<Vec<WireId>>,
     locals: Vec<Vec<WireId>>,
-    /// Index into `triples` of each multiplication gate.
+    /// Index into `triples` of each gate that needs one.
     triple_of: Vec<u32>,
     triples: Vec<Triple>,
     inputs: Vec<Fp>,
+    private_inputs: Vec<Fp>,
     secrets: Vec<Fp>,
     me: u32,
     /// Quorum x-coordinates, sorted; `k` of them interpolate, the rest check.
@@ -154,6 +164,7 @@ impl Drop for Session {
     fn drop(&mut self) {
         self.wires.zeroize();
         self.inputs.zeroize();
+        self.private_inputs.zeroize();
         self.secrets.zeroize();
         self.mine.zeroize();
     }
@@ -190,50 +201,48 @@ impl Session {
             )));
         }
         // Structure: topological order, leaf indices, triple shapes.
-        let mut triple_of = vec![u32::MAX; circuit.gates.len()];
-        let mut next_triple = 0usize;
         for (i, gate) in circuit.gates.iter().enumerate() {
             if let Some(&w) = gate.operands().iter().find(|&&w| w as usize >= i) {
                 return Err(setup_error(format!(
                     "gate {i} reads wire {w}, not an earlier gate"
                 )));
             }
-            match gate {
-                Gate::Input(j) if *j as usize >= setup.inputs.len() => {
-                    return Err(setup_error(format!(
-                        "gate {i} reads input #{j}; {} given",
-                        setup.inputs.len()
-                    )));
+            let (index, given, kind) = match gate {
+                Gate::Input(j) => (*j, setup.inputs.len(), "input"),
+                Gate::PrivateInput(j) => (*j, setup.private_inputs.len(), "private input"),
+                Gate::Secret(j) => (*j, setup.secrets.len(), "secret"),
+                Gate::Dot(t) if t.is_empty() => {
+                    return Err(setup_error(format!("gate {i} is an empty dot product")));
                 }
-                Gate::Secret(j) if *j as usize >= setup.secrets.len() => {
-                    return Err(setup_error(format!(
-                        "gate {i} reads secret #{j}; {} given",
-                        setup.secrets.len()
-                    )));
-                }
-                Gate::Mul(..) | Gate::Dot(_) => {
-                    let terms = match gate {
-                        Gate::Dot(t) if t.is_empty() => {
-                            return Err(setup_error(format!("gate {i} is an empty dot product")));
-                        }
-                        Gate::Dot(t) => t.len(),
-                        _ => 1,
-                    };
-                    let t = setup.triples.get(next_triple).ok_or_else(|| {
-                        setup_error(format!("no triple for multiplication gate {i}"))
-                    })?;
-                    if t.a.len() != terms || t.b.len() != terms {
-                        return Err(setup_error(format!(
-                            "the triple for gate {i} has {}/{} elements; it needs {terms}",
-                            t.a.len(),
-                            t.b.len()
-                        )));
-                    }
-                    triple_of[i] = next_triple as u32;
-                    next_triple += 1;
-                }
-                _ => {}
+                _ => continue,
+            };
+            if index as usize >= given {
+                return Err(setup_error(format!(
+                    "gate {i} reads {kind} #{index}; {given} given"
+                )));
             }
+        }
+        let publicity = Publicity::of(&circuit);
+        let mut triple_of = vec![u32::MAX; circuit.gates.len()];
+        let mut next_triple = 0usize;
+        for (i, gate) in circuit.gates.iter().enumerate() {
+            let terms = publicity.triple_terms(gate);
+            if terms == 0 {
+                continue;
+            }
+            let t = setup
+                .triples
+                .get(next_triple)
+                .ok_or_else(|| setup_error(format!("no triple for multiplication gate {i}")))?;
+            if t.a.len() != terms || t.b.len() != terms {
+                return Err(setup_error(format!(
+                    "the triple for gate {i} has {}/{} elements; it needs {terms}",
+                    t.a.len(),
+                    t.b.len()
+                )));
+            }
+            triple_of[i] = next_triple as u32;
+            next_triple += 1;
         }
         if next_triple != setup.triples.len() {
             return Err(setup_error(format!(
@@ -253,8 +262,8 @@ impl Session {
         let depth = depths.iter().copied().max().unwrap_or(0) as usize;
         let mut layers = vec![Vec::new(); depth];
         let mut locals = vec![Vec::new(); depth + 1];
-        for (i, (gate, &d)) in circuit.gates.iter().zip(&depths).enumerate() {
-            if gate.is_multiplication() {
+        for (i, &d) in depths.iter().enumerate() {
+            if triple_of[i] != u32::MAX {
                 layers[d as usize - 1].push(i as WireId);
             } else {
                 locals[d as usize].push(i as WireId);
@@ -270,11 +279,13 @@ impl Session {
         let mut session = Session {
             wires: vec![Fp::ZERO; circuit.gates.len()],
             circuit,
+            publicity,
             layers,
             locals,
             triple_of,
             triples: std::mem::take(&mut setup.triples),
             inputs: std::mem::take(&mut setup.inputs),
+            private_inputs: std::mem::take(&mut setup.private_inputs),
             secrets: std::mem::take(&mut setup.secrets),
             me: setup.me,
             quorum,
@@ -299,13 +310,19 @@ impl Session {
             let w = &self.wires;
             let v = match &self.circuit.gates[g as usize] {
                 Gate::Input(j) => self.inputs[*j as usize],
+                Gate::PrivateInput(j) => self.private_inputs[*j as usize],
                 Gate::Secret(j) => self.secrets[*j as usize],
                 Gate::Const(c) => Fp::from_i128(*c),
                 Gate::Add(a, b) => w[*a as usize] + w[*b as usize],
                 Gate::Sub(a, b) => w[*a as usize] - w[*b as usize],
                 Gate::Neg(a) => -w[*a as usize],
                 Gate::Scale(a, k) => w[*a as usize] * Fp::from_i128(*k),
-                Gate::Mul(..) | Gate::Dot(_) => unreachable!("multiplications are in layers"),
+                // Every product has a public factor here (the others are in layers): a share
+                // times a value is a share of the product.
+                gate @ (Gate::Mul(..) | Gate::Dot(_)) => gate
+                    .products()
+                    .map(|(a, b)| w[a as usize] * w[b as usize])
+                    .sum(),
             };
             self.wires[g as usize] = v;
         }
@@ -326,18 +343,12 @@ impl Session {
         let mut out = Vec::new();
         for &g in &self.layers[layer as usize - 1] {
             let t = &self.triples[self.triple_of[g as usize] as usize];
-            match &self.circuit.gates[g as usize] {
-                Gate::Mul(x, y) => {
-                    out.push(self.wires[*x as usize] - t.a[0]);
-                    out.push(self.wires[*y as usize] - t.b[0]);
-                }
-                Gate::Dot(terms) => {
-                    for (j, (x, y)) in terms.iter().enumerate() {
-                        out.push(self.wires[*x as usize] - t.a[j]);
-                        out.push(self.wires[*y as usize] - t.b[j]);
-                    }
-                }
-                _ => unreachable!("only multiplications are in layers"),
+            let shared = self.circuit.gates[g as usize]
+                .products()
+                .filter(|&p| self.publicity.needs_triple(p));
+            for (j, (x, y)) in shared.enumerate() {
+                out.push(self.wires[x as usize] - t.a[j]);
+                out.push(self.wires[y as usize] - t.b[j]);
             }
         }
         self.layer = Some(layer);
@@ -396,7 +407,8 @@ impl Session {
             }
             opened.push(value);
         }
-        // z = c + ε·b + δ·a + ε·δ for each multiplication of the layer.
+        // z = c + Σ (ε·b + δ·a + ε·δ) over the shared products of each gate of the layer,
+        // plus its products with a public factor, which are local.
         let mut cursor = 0;
         for &g in &self.layers[layer as usize - 1] {
             let t = &self.triples[self.triple_of[g as usize] as usize];
@@ -405,6 +417,11 @@ impl Session {
                 let (eps, delta) = (opened[cursor], opened[cursor + 1]);
                 z += eps * t.b[j] + delta * t.a[j] + eps * delta;
                 cursor += 2;
+            }
+            for (a, b) in self.circuit.gates[g as usize].products() {
+                if !self.publicity.needs_triple((a, b)) {
+                    z += self.wires[a as usize] * self.wires[b as usize];
+                }
             }
             self.wires[g as usize] = z;
         }
@@ -441,21 +458,28 @@ mod tests {
     use rand::SeedableRng;
     use rand::rngs::StdRng;
 
+    /// The leaves' values of a test evaluation: visible inputs are given to every member as
+    /// they are, private inputs and secrets are shared.
+    pub(crate) struct Values<'a> {
+        pub visible: &'a [Fp],
+        pub private: &'a [Fp],
+        pub secrets: &'a [Fp],
+    }
+
     /// Runs all members of `quorum` to completion, passing messages between them; returns each
     /// member's final step result.
     pub(crate) fn run(
         circuit: &Circuit,
         t: Threshold,
         quorum: &[u32],
-        inputs: &[Fp],
-        secrets: &[Fp],
+        values: &Values<'_>,
         seed: u64,
         tamper: Option<(u32, usize)>,
     ) -> Result<Vec<Vec<Fp>>, SessionError> {
         let mut rng = StdRng::seed_from_u64(seed);
         let triples = deal_triples(circuit, t, &mut rng);
-        let xs = share_values(inputs, t, &mut rng);
-        let ss = share_values(secrets, t, &mut rng);
+        let ps = share_values(values.private, t, &mut rng);
+        let ss = share_values(values.secrets, t, &mut rng);
         let mut sessions = Vec::new();
         let mut sends = Vec::new();
         for &me in quorum {
@@ -466,7 +490,8 @@ mod tests {
                 quorum: quorum.to_vec(),
                 threshold: t.k(),
                 secrets: ss[p].clone(),
-                inputs: xs[p].clone(),
+                inputs: values.visible.to_vec(),
+                private_inputs: ps[p].clone(),
                 triples: triples[p].clone(),
             })?;
             sessions.push(s);
@@ -509,14 +534,18 @@ mod tests {
         }
     }
 
-    fn random_circuit() -> impl Strategy<Value = (Circuit, usize, usize)> {
+    /// A random circuit on `n_in` visible inputs, `n_priv` private inputs and `n_sec` secrets.
+    fn random_circuit() -> impl Strategy<Value = (Circuit, [usize; 3])> {
         (
-            1usize..4,
+            0usize..3,
+            0usize..3,
             0usize..3,
             prop::collection::vec((0u8..8, any::<u32>(), any::<u32>(), -5i128..5), 1..30),
         )
-            .prop_map(|(n_in, n_sec, ops)| {
+            .prop_filter("a leaf", |(i, p, s, _)| i + p + s > 0)
+            .prop_map(|(n_in, n_priv, n_sec, ops)| {
                 let mut gates: Vec<Gate> = (0..n_in as u32).map(Gate::Input).collect();
+                gates.extend((0..n_priv as u32).map(Gate::PrivateInput));
                 gates.extend((0..n_sec as u32).map(Gate::Secret));
                 for (kind, a, b, k) in ops {
                     let n = gates.len() as u32;
@@ -537,8 +566,7 @@ mod tests {
                         gates,
                         outputs: vec![last, last / 2],
                     },
-                    n_in,
-                    n_sec,
+                    [n_in, n_priv, n_sec],
                 )
             })
     }
@@ -548,18 +576,34 @@ mod tests {
 
         #[test]
         fn shares_reconstruct_to_the_plain_result(
-            (circuit, n_in, n_sec) in random_circuit(),
+            (circuit, [n_in, n_priv, n_sec]) in random_circuit(),
             (k, n) in prop_oneof![Just((2usize, 3usize)), Just((3, 5)), Just((2, 5))],
             seed in any::<u64>(),
-            values in prop::collection::vec(any::<i64>(), 5),
+            values in prop::collection::vec(any::<i64>(), 6),
         ) {
             let t = Threshold::new(k, n).unwrap();
-            let inputs: Vec<Fp> = values[..n_in].iter().map(|&v| Fp::from_i128(v as i128)).collect();
-            let secrets: Vec<Fp> = values[n_in..n_in + n_sec].iter().map(|&v| Fp::from_i128(v as i128)).collect();
-            let want = eval_plain(&circuit, &inputs, &secrets);
+            let values: Vec<Fp> = values.iter().map(|&v| Fp::from_i128(v as i128)).collect();
+            let (visible, rest) = values.split_at(n_in);
+            let (private, rest) = rest.split_at(n_priv);
+            let values = Values { visible, private, secrets: &rest[..n_sec] };
+            let want = eval_plain(&circuit, visible, private, values.secrets);
+            // Exactly as many rounds as the circuit's depth, which counts only the gates with
+            // a product of two shared wires.
+            let depth = circuit.depths().into_iter().max().unwrap_or(0);
+            let (session, _) = Session::begin(Setup {
+                circuit: circuit.clone(),
+                me: 1,
+                quorum: (1..=n as u32).collect(),
+                threshold: k,
+                secrets: vec![Fp::ZERO; n_sec],
+                inputs: visible.to_vec(),
+                private_inputs: vec![Fp::ZERO; n_priv],
+                triples: deal_triples(&circuit, t, &mut StdRng::seed_from_u64(seed)).swap_remove(0),
+            }).unwrap();
+            prop_assert_eq!(session.depth(), depth as usize);
             // Every member of the full set, and a bare quorum of k.
             for quorum in [(1..=n as u32).collect::<Vec<_>>(), (1..=k as u32).rev().collect()] {
-                let outs = run(&circuit, t, &quorum, &inputs, &secrets, seed, None).unwrap();
+                let outs = run(&circuit, t, &quorum, &values, seed, None).unwrap();
                 for (o, &w) in want.iter().enumerate() {
                     let shares: Vec<Share> = quorum.iter().zip(&outs).map(|(&x, v)| Share { x, y: v[o] }).collect();
                     prop_assert_eq!(reconstruct(&shares, t).unwrap(), w);
@@ -568,10 +612,11 @@ mod tests {
         }
     }
 
+    /// `(x + 7)²` of a private `x`: one round.
     fn square() -> Circuit {
         Circuit {
             gates: vec![
-                Gate::Input(0),
+                Gate::PrivateInput(0),
                 Gate::Const(7),
                 Gate::Add(0, 1),
                 Gate::Mul(2, 2),
@@ -583,16 +628,12 @@ mod tests {
     #[test]
     fn an_inconsistent_share_is_named() {
         let t = Threshold::new(2, 5).unwrap();
-        let err = run(
-            &square(),
-            t,
-            &[1, 2, 3, 4, 5],
-            &[Fp::from(3)],
-            &[],
-            9,
-            Some((4, 0)),
-        )
-        .unwrap_err();
+        let x = Values {
+            visible: &[],
+            private: &[Fp::from(3)],
+            secrets: &[],
+        };
+        let err = run(&square(), t, &[1, 2, 3, 4, 5], &x, 9, Some((4, 0))).unwrap_err();
         assert_eq!(
             err,
             SessionError::Inconsistent {
@@ -602,16 +643,7 @@ mod tests {
         );
         // With k + 1 members a mismatch is seen but cannot be pinned on anyone.
         let t = Threshold::new(2, 3).unwrap();
-        let err = run(
-            &square(),
-            t,
-            &[1, 2, 3],
-            &[Fp::from(3)],
-            &[],
-            9,
-            Some((2, 0)),
-        )
-        .unwrap_err();
+        let err = run(&square(), t, &[1, 2, 3], &x, 9, Some((2, 0))).unwrap_err();
         assert_eq!(
             err,
             SessionError::Unattributable {
@@ -623,21 +655,27 @@ mod tests {
 
     #[test]
     fn triples_flatten_and_unflatten_by_the_circuit() {
+        // A private x, a visible y: x·x needs a triple, x·y and y·y do not, so the dot's
+        // triple has one term (x·(x·x)) of its three.
         let c = Circuit {
             gates: vec![
-                Gate::Input(0),
+                Gate::PrivateInput(0),
                 Gate::Mul(0, 0),
-                Gate::Dot(vec![(0, 1), (1, 1)]),
+                Gate::Input(0),
+                Gate::Dot(vec![(0, 1), (0, 2), (2, 2)]),
+                Gate::Mul(1, 2),
             ],
-            outputs: vec![2],
+            outputs: vec![3, 4],
         };
+        assert_eq!(c.depths(), vec![0, 1, 0, 2, 1]);
+        assert_eq!(c.multiplications(), 2);
         let t = Threshold::new(2, 3).unwrap();
         let triples = deal_triples(&c, t, &mut StdRng::seed_from_u64(2));
         let flat = Triple::flatten(&triples[0]);
-        assert_eq!(flat.len(), 3 + 5);
+        assert_eq!(flat.len(), 3 + 3);
         let back = Triple::unflatten(&c, &flat).unwrap();
         assert_eq!(Triple::flatten(&back), flat);
-        assert!(Triple::unflatten(&c, &flat[..7]).is_err());
+        assert!(Triple::unflatten(&c, &flat[..5]).is_err());
         assert!(Triple::unflatten(&c, &[flat.clone(), vec![Fp::ONE]].concat()).is_err());
     }
 
@@ -652,7 +690,8 @@ mod tests {
             quorum,
             threshold: 2,
             secrets: vec![],
-            inputs: vec![Fp::from(3)],
+            inputs: vec![],
+            private_inputs: vec![Fp::from(3)],
             triples,
         };
         let refused = |s| Session::begin(s).err().unwrap().to_string();

@@ -77,15 +77,18 @@ function field(kind, decl) {
   return label;
 }
 
+/** Visible and private inputs alike: evaluating in the clear here, the page needs them all. */
+const allInputs = (p) => [...p.inputs, ...p.private_inputs];
+
 function renderForm(program, src) {
   // Values typed so far win; new fields take the source's example values.
   for (const [key, value] of exampleValues(src)) {
     if (!state.values.has(key)) state.values.set(key, value);
   }
-  const shape = (p) => JSON.stringify([p.inputs.map((d) => d.name), p.secrets.map((d) => d.name)]);
+  const shape = (p) => JSON.stringify([allInputs(p).map((d) => d.name), p.secrets.map((d) => d.name)]);
   if (ui.form.dataset.shape === shape(program)) return;
   ui.form.dataset.shape = shape(program);
-  ui.inputs.replaceChildren(...program.inputs.map((d) => field("input", d)));
+  ui.inputs.replaceChildren(...allInputs(program).map((d) => field("input", d)));
   ui.secrets.replaceChildren(...program.secrets.map((d) => field("secret", d)));
   ui.secrets.closest("fieldset").hidden = program.secrets.length === 0;
 }
@@ -94,7 +97,7 @@ function runEvaluate() {
   const program = state.program;
   if (!program) return;
   const entries = (kind, decls) => decls.map((d) => [d.name, state.values.get(`${kind}:${d.name}`) ?? ""]);
-  const inputs = entries("input", program.inputs);
+  const inputs = entries("input", allInputs(program));
   const secrets = entries("secret", program.secrets);
   const missing = [...inputs, ...secrets].filter(([, v]) => v.trim() === "").map(([n]) => n);
   ui.result.className = "result";
@@ -126,7 +129,7 @@ function renderProgram(program) {
   $("stat-gates").textContent = program.stats.gates;
   $("stat-muls").textContent = program.stats.multiplications;
   $("stat-depth").textContent = program.stats.depth;
-  $("stat-inputs").textContent = program.inputs.length;
+  $("stat-inputs").textContent = allInputs(program).length;
   $("stat-secrets").textContent = program.secrets.length;
   ui.graph.replaceChildren(drawCircuit(program));
   ui.legend.replaceChildren(...program.counts.map(([kind, n]) => {

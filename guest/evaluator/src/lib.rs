@@ -37,6 +37,7 @@ fn circuit(c: wit::Circuit) -> Circuit {
         .into_iter()
         .map(|g| match g {
             wit::Gate::Input(i) => Gate::Input(i),
+            wit::Gate::PrivateInput(i) => Gate::PrivateInput(i),
             wit::Gate::Secret(i) => Gate::Secret(i),
             wit::Gate::Const(v) => Gate::Const(int(v)),
             wit::Gate::Add(p) => Gate::Add(p.a, p.b),
@@ -75,6 +76,7 @@ impl wit::Guest for Plugin {
             threshold: setup.threshold as usize,
             secrets: fps(setup.secrets)?,
             inputs: fps(setup.inputs)?,
+            private_inputs: fps(setup.private_inputs)?,
             triples,
         };
         let (session, first) = Session::begin(setup).map_err(|e| e.to_string())?;

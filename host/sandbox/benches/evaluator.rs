@@ -22,7 +22,8 @@ use rand::rngs::StdRng;
 fn program() -> String {
     let mut src = String::new();
     for i in 0..50 {
-        src += &format!("input x{i} in -1..1\nsecret w{i} in -1..1\n");
+        // Private inputs: shared, so every `mul` below is a multiplication on shares.
+        src += &format!("private x{i} in -1..1\nsecret w{i} in -1..1\n");
     }
     for i in 0..2500 {
         let (x, w) = (i % 50, (i / 50) % 50);
@@ -45,14 +46,15 @@ struct Fixture {
 
 impl Fixture {
     fn setup(&self, me: u32) -> Setup {
-        let (inputs, secrets, triples) = self.setups[me as usize - 1].clone();
+        let (private_inputs, secrets, triples) = self.setups[me as usize - 1].clone();
         Setup {
             circuit: self.circuit.clone(),
             me,
             quorum: vec![1, 2, 3],
             threshold: 2,
             secrets,
-            inputs,
+            inputs: vec![],
+            private_inputs,
             triples,
         }
     }
@@ -179,7 +181,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("new_session", |b| {
         b.iter(|| black_box(p.session().unwrap()))
     });
-    let square = quorumvm_compiler::compile("input x\nmul y = x x\noutput y\n", "sq").unwrap();
+    let square = quorumvm_compiler::compile("private x\nmul y = x x\noutput y\n", "sq").unwrap();
     let sq_triples = deal_triples(&square.circuit, t, &mut rng);
     let sq_x = share_values(&[Fp::from(3)], t, &mut rng);
     let setup = |me: u32| Setup {
@@ -188,7 +190,8 @@ fn bench(c: &mut Criterion) {
         quorum: vec![1, 2],
         threshold: 2,
         secrets: vec![],
-        inputs: sq_x[me as usize - 1].clone(),
+        inputs: vec![],
+        private_inputs: sq_x[me as usize - 1].clone(),
         triples: sq_triples[me as usize - 1].clone(),
     };
     let peers = vec![(2, vec![Fp::ONE, Fp::ONE])];

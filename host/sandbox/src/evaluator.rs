@@ -196,6 +196,7 @@ fn to_wit_setup(s: &Setup) -> wit::Setup {
         .iter()
         .map(|g| match g {
             Gate::Input(i) => wit::Gate::Input(*i),
+            Gate::PrivateInput(i) => wit::Gate::PrivateInput(*i),
             Gate::Secret(i) => wit::Gate::Secret(*i),
             Gate::Const(c) => wit::Gate::Const(int128(*c)),
             Gate::Add(a, b) => wit::Gate::Add(pair(*a, *b)),
@@ -216,6 +217,7 @@ fn to_wit_setup(s: &Setup) -> wit::Setup {
         threshold: s.threshold as u32,
         secrets: Fp::to_u64_pairs(&s.secrets),
         inputs: Fp::to_u64_pairs(&s.inputs),
+        private_inputs: Fp::to_u64_pairs(&s.private_inputs),
         triples: Fp::to_u64_pairs(&Triple::flatten(&s.triples)),
     }
 }

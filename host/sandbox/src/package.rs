@@ -82,6 +82,7 @@ fn convert_manifest(m: wit::Manifest) -> Manifest {
         name: m.name,
         version: m.version,
         inputs: m.inputs.into_iter().map(decl).collect(),
+        private_inputs: m.private_inputs.into_iter().map(decl).collect(),
         secrets: m.secrets.into_iter().map(decl).collect(),
         outputs: m.outputs.into_iter().map(decl).collect(),
         policy: Policy {
@@ -100,6 +101,7 @@ fn convert_circuit(c: wit::Circuit) -> Circuit {
         .into_iter()
         .map(|g| match g {
             wit::Gate::Input(i) => Gate::Input(i),
+            wit::Gate::PrivateInput(i) => Gate::PrivateInput(i),
             wit::Gate::Secret(i) => Gate::Secret(i),
             wit::Gate::Const(v) => Gate::Const(int(v)),
             wit::Gate::Add(p) => Gate::Add(p.a, p.b),

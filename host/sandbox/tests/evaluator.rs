@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use proptest::prelude::*;
 use quorumvm_compiler::compile;
 use quorumvm_core::dealer::{deal_triples, share_values};
-use quorumvm_core::eval::{encode_values, eval_plain};
+use quorumvm_core::eval::{Inputs, encode_inputs, encode_values, eval_plain};
 use quorumvm_core::session::{Setup, Step};
 use quorumvm_core::shamir::{Share, Threshold, reconstruct};
 use quorumvm_core::{Circuit, Fp};
@@ -42,13 +42,14 @@ fn evaluate(
     t: Threshold,
     quorum: &[u32],
     engines: &[EngineKind],
-    inputs: &[Fp],
+    inputs: &Inputs,
     secrets: &[Fp],
     seed: u64,
 ) -> Result<Vec<Fp>, PluginError> {
     let mut rng = StdRng::seed_from_u64(seed);
     let triples = deal_triples(circuit, t, &mut rng);
-    let xs = share_values(inputs, t, &mut rng);
+    // Visible inputs are public: every member gets their values; private ones are shared.
+    let ps = share_values(&inputs.private, t, &mut rng);
     let ss = share_values(secrets, t, &mut rng);
     let mut sessions = Vec::new();
     let mut steps = Vec::new();
@@ -61,7 +62,8 @@ fn evaluate(
             quorum: quorum.to_vec(),
             threshold: t.k(),
             secrets: ss[p].clone(),
-            inputs: xs[p].clone(),
+            inputs: inputs.visible.clone(),
+            private_inputs: ps[p].clone(),
             triples: triples[p].clone(),
         })?);
         sessions.push(s);
@@ -133,7 +135,9 @@ fn program() -> impl Strategy<Value = (String, Named, Named)> {
                 .to_string()
             };
             for (i, &(v, s)) in ins.iter().enumerate() {
-                src += &format!("input x{i} in -10..10 scale {s}\n");
+                // x1 is private (shared by the caller), the others visible (public values).
+                let kind = if i == 1 { "private" } else { "input" };
+                src += &format!("{kind} x{i} in -10..10 scale {s}\n");
                 inputs.push((
                     format!("x{i}"),
                     text(v.clamp(-10 * 10i32.pow(s), 10 * 10i32.pow(s)), s),
@@ -195,9 +199,9 @@ proptest! {
             Err(e) => { prop_assert!(e.message.contains("overflow"), "{src}\n{e}"); return Ok(()); }
         };
         let m = &program.manifest;
-        let xs = encode_values("input", &m.inputs, &inputs).unwrap();
+        let xs = encode_inputs(m, &inputs).unwrap();
         let ss = encode_values("secret", &m.secrets, &secrets).unwrap();
-        let want = eval_plain(&program.circuit, &xs, &ss);
+        let want = eval_plain(&program.circuit, &xs.visible, &xs.private, &ss);
         for (k, n) in [(2usize, 3usize), (3, 5)] {
             let t = Threshold::new(k, n).unwrap();
             let all: Vec<u32> = (1..=n as u32).collect();
@@ -236,7 +240,7 @@ fn the_examples_evaluate_on_shares() {
             .collect()
     };
     let m = &program.manifest;
-    let xs = encode_values("input", &m.inputs, &pairs(ins)).unwrap();
+    let xs = encode_inputs(m, &pairs(ins)).unwrap();
     let ss = encode_values("secret", &m.secrets, &pairs(secs)).unwrap();
     let t = Threshold::new(2, 3).unwrap();
     let out = evaluate(

@@ -61,8 +61,12 @@ fn packages_that_contradict_their_manifest_are_refused() {
     let sq = EXAMPLES[0];
     let cases: Vec<(SandboxError, &str)> = vec![
         (
-            refused(sq, |p| p.manifest.depth = 0),
-            "declares depth 0, the circuit has depth 1",
+            refused(sq, |p| p.manifest.depth = 1),
+            "declares depth 1, the circuit has depth 0",
+        ),
+        (
+            refused(sq, |p| p.circuit.gates[0] = Gate::PrivateInput(0)),
+            "reads private input #0, but the manifest declares 0 private inputs",
         ),
         (
             refused(sq, |p| p.manifest.outputs[0].max = 5),

@@ -47,9 +47,9 @@ fn component(begin_body: &str, imports: &str, wit: Option<(&str, &str)>) -> Vec<
               (drop (memory.grow (i32.const 1)))
               (br $grow)))
             (local.get $p))
-          ;; `setup` flattens to 14 i32s (lists are pointer and length), under the 16 that go flat.
+          ;; `setup` flattens to 16 i32s (lists are pointer and length): the most that go flat.
           (func (export "quorumvm:evaluator/session@0.1.0#begin")
-            (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)
+            (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)
             {begin_body})
           (func (export "quorumvm:evaluator/session@0.1.0#advance") (param i32 i32) (result i32)
             unreachable))"#
@@ -71,10 +71,11 @@ fn component(begin_body: &str, imports: &str, wit: Option<(&str, &str)>) -> Vec<
         .unwrap()
 }
 
+/// `(x + 7)²` of a private x: one layer.
 fn square() -> Circuit {
     Circuit {
         gates: vec![
-            Gate::Input(0),
+            Gate::PrivateInput(0),
             Gate::Const(7),
             Gate::Add(0, 1),
             Gate::Mul(2, 2),
@@ -100,7 +101,8 @@ fn begin_square(plugin: &Arc<EvaluatorPlugin>) -> (Vec<PluginSession>, Vec<Step>
                 quorum: vec![1, 2, 3],
                 threshold: 2,
                 secrets: vec![],
-                inputs: xs[me as usize - 1].clone(),
+                inputs: vec![],
+                private_inputs: xs[me as usize - 1].clone(),
                 triples: triples[me as usize - 1].clone(),
             })
             .unwrap(),
@@ -209,7 +211,8 @@ fn dummy_setup() -> Setup {
         quorum: vec![1, 2],
         threshold: 2,
         secrets: vec![],
-        inputs: vec![Fp::ONE],
+        inputs: vec![],
+        private_inputs: vec![Fp::ONE],
         triples: vec![],
     }
 }

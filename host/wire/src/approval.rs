@@ -134,6 +134,7 @@ mod tests {
             name: "square".into(),
             version,
             inputs: vec![],
+            private_inputs: vec![],
             secrets: vec![],
             outputs: vec![],
             policy: Policy::default(),

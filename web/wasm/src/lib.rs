@@ -10,7 +10,7 @@
 
 use quorumvm_compiler::{CompileError, Program, Stats, compile_to_package, gate_counts};
 use quorumvm_core::circuit::{Gate, Policy, ValueDecl};
-use quorumvm_core::eval::{decode_outputs, encode_values, eval_plain};
+use quorumvm_core::eval::{decode_outputs, encode_inputs, encode_values, eval_plain};
 use quorumvm_core::fixed::Decimal;
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
@@ -31,6 +31,7 @@ struct View<'p> {
     version: u32,
     policy: &'p Policy,
     inputs: Vec<DeclView<'p>>,
+    private_inputs: Vec<DeclView<'p>>,
     secrets: Vec<DeclView<'p>>,
     outputs: Vec<DeclView<'p>>,
     /// The wire of each output, in `outputs` order.
@@ -97,6 +98,7 @@ fn view(p: &Program) -> View<'_> {
             args: g.operands(),
             label: match g {
                 Gate::Input(k) => m.inputs[*k as usize].name.clone(),
+                Gate::PrivateInput(k) => m.private_inputs[*k as usize].name.clone(),
                 Gate::Secret(k) => m.secrets[*k as usize].name.clone(),
                 Gate::Const(c) => c.to_string(),
                 Gate::Scale(_, k) => format!("×{k}"),
@@ -110,6 +112,7 @@ fn view(p: &Program) -> View<'_> {
         version: m.version,
         policy: &m.policy,
         inputs: m.inputs.iter().map(decl_view).collect(),
+        private_inputs: m.private_inputs.iter().map(decl_view).collect(),
         secrets: m.secrets.iter().map(decl_view).collect(),
         outputs: m.outputs.iter().map(decl_view).collect(),
         output_wires: &p.circuit.outputs,
@@ -154,9 +157,9 @@ pub fn evaluate(
 ) -> Result<String, JsError> {
     let p = quorumvm_compiler::compile(src, default_name)?;
     let named = |json: &str| serde_json::from_str::<Vec<(String, String)>>(json);
-    let inputs = encode_values("input", &p.manifest.inputs, &named(inputs_json)?)?;
+    let inputs = encode_inputs(&p.manifest, &named(inputs_json)?)?;
     let secrets = encode_values("secret", &p.manifest.secrets, &named(secrets_json)?)?;
-    let values = eval_plain(&p.circuit, &inputs, &secrets);
+    let values = eval_plain(&p.circuit, &inputs.visible, &inputs.private, &secrets);
     let decoded: Vec<(String, String)> = decode_outputs(&p.manifest, &values)
         .into_iter()
         .map(|(name, d)| (name, d.to_string()))
