@@ -316,6 +316,43 @@ impl Cluster {
         }
     }
 
+    /// Evaluates with the `quorumvm eval` client (which shares and seals private inputs to
+    /// the custodians' keys pinned from the coordinator's config), waiting while the first kits
+    /// are generated.
+    fn eval_cli(&self, caller: &Caller, program: &str, inputs: &[&str]) -> EvalResponse {
+        let key_file = self.path(&format!("{}.key", caller.name));
+        let config = self.path("coordinator.toml");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut args = vec![
+                "eval",
+                program,
+                "--json",
+                "--coordinator",
+                &self.coordinator_url,
+                "--key",
+                &caller.api_key,
+                "--identity",
+                &caller.name,
+                "--caller-key",
+                key_file.to_str().unwrap(),
+                "--cluster-config",
+                config.to_str().unwrap(),
+            ];
+            args.extend_from_slice(inputs);
+            let out = quorumvm(&args);
+            if out.status.success() {
+                return serde_json::from_slice(&out.stdout).expect("an eval response");
+            }
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                stderr.contains("no_preprocessing") && Instant::now() < deadline,
+                "eval failed: {stderr}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn audit_verifies(&self, db: &str) -> u64 {
         let out = ok(quorumvm(&[
             "audit",
@@ -348,6 +385,7 @@ impl Caller {
                 .iter()
                 .map(|(k, v)| (k.to_string(), Decimal(v.clone())))
                 .collect::<BTreeMap<_, _>>(),
+            private: None,
             time_ms: quorumvm_wire::now_ms(),
         };
         Signed::sign(&request, quorumvm_package::Domain::Request, &self.key)
@@ -372,15 +410,21 @@ fn runtime() -> tokio::runtime::Runtime {
 
 const SQUARE: &str = "program square\nversion 1\npolicy budget 100000\npolicy rate 100000 per second\ninput x in -1000..1000\nadd t = x 7\nmul y = t t\noutput y\n";
 
-/// Ten shared features against ten secret weights (one `dot` layer), then a secret gain (a
-/// second layer): depth 2.
+/// Ten visible features against ten secret weights (a `dot` whose products each have a public
+/// factor: local, no round), then a secret gain applied twice (two products of shared wires):
+/// depth 2.
 const MODEL: &str = "program model\nversion 1\npolicy budget 100000\npolicy rate 100000 per second\n\
 input f1 in 0..1000\ninput f2 in 0..1000\ninput f3 in 0..1000\ninput f4 in 0..1000\ninput f5 in 0..1000\n\
 input f6 in 0..1000\ninput f7 in 0..1000\ninput f8 in 0..1000\ninput f9 in 0..1000\ninput f10 in -1000..1000\n\
 secret w1 in -10..10 scale 4\nsecret w2 in -10..10 scale 4\nsecret w3 in -10..10 scale 4\nsecret w4 in -10..10 scale 4\n\
 secret w5 in -10..10 scale 4\nsecret w6 in -10..10 scale 4\nsecret w7 in -10..10 scale 4\nsecret w8 in -10..10 scale 4\n\
 secret w9 in -10..10 scale 4\nsecret w10 in -10..10 scale 4\nsecret gain in -10..10 scale 4\n\
-dot s = [w1 w2 w3 w4 w5 w6 w7 w8 w9 w10] [f1 f2 f3 f4 f5 f6 f7 f8 f9 f10]\nmul y = s gain\noutput y\n";
+dot s = [w1 w2 w3 w4 w5 w6 w7 w8 w9 w10] [f1 f2 f3 f4 f5 f6 f7 f8 f9 f10]\nmul g = s gain\nmul y = g gain\noutput y\n";
+
+/// A private salary times a secret rate: one round, the salary shared by the caller's client
+/// and the answer sealed back to it.
+const PRIVATE: &str = "program payroll\nversion 1\npolicy budget 100000\npolicy rate 100000 per second\n\
+private salary in 0..100000000 scale 2\nsecret rate in 0..10 scale 4\nmul pay = salary rate\noutput pay\n";
 
 /// Distinctive weights: any of these texts in a capture would be a leak.
 const WEIGHTS: [&str; 11] = [
@@ -425,7 +469,7 @@ fn model_expected(inputs: &[(&str, String)]) -> String {
         .collect();
     let xs = encode_values("input", &m.inputs, &given).unwrap();
     let ss = encode_values("secret", &m.secrets, &secrets).unwrap();
-    decode_outputs(m, &eval_plain(&program.circuit, &xs, &ss))[0]
+    decode_outputs(m, &eval_plain(&program.circuit, &xs, &[], &ss))[0]
         .1
         .to_string()
 }
@@ -517,9 +561,10 @@ fn approvals_activate_at_k_and_versions_move_forward_only() {
     let info: VersionInfo = serde_json::from_str(&ok(c.approve(&v1.package_id, 2))).unwrap();
     assert_eq!(info.state, quorumvm_wire::api::VersionState::Active);
     let answer = rt.block_on(c.eval_ready(&key, "square", &[("x", "3".into())]));
+    // x is visible and the program has no secret: every custodian computes it locally.
     assert_eq!(
         (answer.outputs["y"].as_str(), answer.rounds, answer.version),
-        ("100", 1, 1)
+        ("100", 0, 1)
     );
     assert_eq!(answer.custodians, vec![1, 2, 3]);
     assert!(answer.inconsistent.is_empty());
@@ -732,7 +777,10 @@ fn sixteen_clients_times_fifty_evaluations_are_all_correct() {
     let model = install_model(&c);
     let rt = runtime();
     let first = rt.block_on(c.eval_ready(&key, &model, &model_inputs(0)));
-    assert_eq!(first.rounds, 2, "a dot, then a multiplication: depth 2");
+    assert_eq!(
+        first.rounds, 2,
+        "a local dot, then two multiplications on shares: depth 2"
+    );
     let c = Arc::new(c);
     let wrong = rt.block_on(async {
         let mut tasks = tokio::task::JoinSet::new();
@@ -879,7 +927,7 @@ fn the_coordinator_receives_no_secret_and_no_triple_material() {
             .collect::<Result<_, _>>()
             .unwrap();
         assert!(!kits.is_empty(), "custodian {i} holds kits");
-        for kit in kits.iter().take(50) {
+        for kit in kits.iter().take(120) {
             material.extend(
                 kit.chunks_exact(16)
                     .map(|c| <[u8; 16]>::try_from(c).unwrap()),
@@ -891,6 +939,21 @@ fn the_coordinator_receives_no_secret_and_no_triple_material() {
         let inputs = model_inputs(n + 100);
         let a = rt.block_on(c.eval_ready(&key, &model, &inputs));
         assert_eq!(a.outputs["y"], model_expected(&inputs));
+    }
+    // A private input, through `quorumvm eval` as a caller runs it: its client shares the
+    // salary, seals a share to each custodian and opens the output shares sealed back to it.
+    let payroll = c.publish("payroll", PRIVATE, &["rate=1.2345"]);
+    for i in [2, 3] {
+        ok(c.approve(&payroll.package_id, i));
+    }
+    let private_calls = [
+        ("7654321.98", "9449260.484310"),
+        ("1234987.65", "1524592.253925"),
+    ];
+    for (salary, pay) in private_calls {
+        let answer = c.eval_cli(&key, "payroll", &[&format!("salary={salary}")]);
+        assert_eq!(answer.outputs["pay"], pay, "{answer:?}");
+        assert!(answer.sealed_outputs.len() >= 2, "{answer:?}");
     }
     let captured = captured.lock().unwrap().clone();
     assert!(
@@ -904,7 +967,7 @@ fn the_coordinator_receives_no_secret_and_no_triple_material() {
     // per evaluation (41 evaluations on 3 custodians).
     assert!(text.contains("/v1/eval"));
     let output_shares = text
-        .split("\"outputs\":\"")
+        .split("\"plain\":\"")
         .skip(1)
         .filter_map(|rest| rest.split('"').next())
         .filter(|hex| quorumvm_wire::elements::from_hex(hex).is_ok_and(|v| v.len() == 1))
@@ -919,6 +982,16 @@ fn the_coordinator_receives_no_secret_and_no_triple_material() {
             !text.contains(value),
             "the weight {value} reached the coordinator"
         );
+    }
+    // Neither the private inputs nor the outputs of their evaluations reached the coordinator,
+    // in any spelling (decimal, raw integer at their scale).
+    for (salary, pay) in private_calls {
+        for needle in [salary, &salary.replace('.', ""), pay, &pay.replace('.', "")] {
+            assert!(
+                !text.contains(needle),
+                "the private value {needle} reached the coordinator"
+            );
+        }
     }
     let mut checked = 0;
     for m in &material {
@@ -1066,10 +1139,22 @@ fn custodians_die_and_everything_restarts_intact() {
 
     // kill -9 the coordinator too, then restart all three: the state is all there.
     c.kill("coordinator");
-    c.start_server("coordinator");
     c.start_server("custodian-2");
     c.start_server("custodian-3");
-    let after = rt.block_on(c.eval_ready(&key, &model, &model_inputs(6)));
+    c.start_server("coordinator");
+    // The first request, sent the moment the coordinator accepts connections, waits for its
+    // first health checks instead of finding no custodian live.
+    let (status, body) = rt.block_on(c.eval(&key, &model, &model_inputs(6)));
+    assert_ne!(
+        body["error"]["code"].as_str(),
+        Some("too_few_custodians"),
+        "{status} {body}"
+    );
+    let after = if status == 200 {
+        serde_json::from_value::<EvalResponse>(body).unwrap()
+    } else {
+        rt.block_on(c.eval_ready(&key, &model, &model_inputs(6)))
+    };
     assert_eq!(after.outputs["y"], model_expected(&model_inputs(6)));
     // The budget counts every accepted evaluation: the first, the 400 under load, this one.
     assert_eq!(after.remaining_budget, 100_000 - (1 + 400 + 1));

@@ -61,10 +61,11 @@ impl Gate {
 
     /// The products the gate sums: one for `Mul`, one per term for `Dot`, none otherwise.
     pub fn products(&self) -> impl Iterator<Item = (WireId, WireId)> + '_ {
-        let (one, many): (Option<(WireId, WireId)>, &[(WireId, WireId)]) = match self {
-            Gate::Mul(a, b) => (Some((*a, *b)), &[]),
-            Gate::Dot(terms) => (None, terms),
-            _ => (None, &[]),
+        let none: &[(WireId, WireId)] = &[];
+        let (one, many) = match self {
+            Gate::Mul(a, b) => (Some((*a, *b)), none),
+            Gate::Dot(terms) => (None, terms.as_slice()),
+            _ => (None, none),
         };
         one.into_iter().chain(many.iter().copied())
     }

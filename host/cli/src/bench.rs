@@ -27,8 +27,12 @@ pub struct Options {
 
 const SQUARE: &str = "program bench_square\nversion 1\npolicy budget 1000000000\npolicy rate 1000000 per second\ninput x in -1000..1000\nadd t = x 7\nmul y = t t\noutput y\n";
 
-/// A 10-feature linear model: weights and features both shared, so each product is a
-/// multiplication on shares (one `dot`, one layer).
+/// `(x + 7)²` of a private x: shared by the client, one multiplication on shares, outputs
+/// sealed back to the caller.
+const PRIVATE_SQUARE: &str = "program bench_private\nversion 1\npolicy budget 1000000000\npolicy rate 1000000 per second\nprivate x in -1000..1000\nadd t = x 7\nmul y = t t\noutput y\n";
+
+/// A 10-feature linear model: secret weights times visible features, each product a share
+/// times a public value, so local (zero rounds).
 const LINEAR: &str = "program bench_linear\nversion 1\npolicy budget 1000000000\npolicy rate 1000000 per second\n\
 input f1 in 0..1000\ninput f2 in 0..1000\ninput f3 in 0..1000\ninput f4 in 0..1000\ninput f5 in 0..1000\n\
 input f6 in 0..1000\ninput f7 in 0..1000\ninput f8 in 0..1000\ninput f9 in 0..1000\ninput f10 in 0..1000\n\
@@ -211,6 +215,9 @@ async fn bench(layout: &Layout, o: &Options) -> Result<()> {
         .collect();
     let square = publish_and_approve(&client, layout, SQUARE, &[]).await?;
     let linear = publish_and_approve(&client, layout, LINEAR, &weights).await?;
+    let private = publish_and_approve(&client, layout, PRIVATE_SQUARE, &[]).await?;
+    let pinned = std::sync::Arc::new(crate::publish::pinned_cluster(&layout.coordinator)?);
+    let sandbox = quorumvm_sandbox::Sandbox::new().map_err(fail)?;
     // A full pool, so that no preprocessing runs while latencies are measured (a run takes
     // fewer kits than lie between the pool's target and its low-water mark).
     let needed = layout.coordinator_config()?.pool.target;
@@ -220,6 +227,7 @@ async fn bench(layout: &Layout, o: &Options) -> Result<()> {
     let t = Instant::now();
     wait_for_kits(&client, &square, needed as f64).await?;
     wait_for_kits(&client, &linear, needed as f64).await?;
+    wait_for_kits(&client, &private, needed as f64).await?;
     println!("  ready after {:.1} s", t.elapsed().as_secs_f64());
 
     // The floor: bare round trips through the same client.
@@ -243,9 +251,17 @@ async fn bench(layout: &Layout, o: &Options) -> Result<()> {
             vec![("x".to_string(), "3".to_string())],
         ),
         ("10-feature linear model", linear.clone(), linear_inputs),
+        (
+            "private x: (x+7)^2, sealed answer",
+            private.clone(),
+            vec![("x".to_string(), "3".to_string())],
+        ),
     ] {
-        let target = client.target(&program).await.map_err(fail)?;
-        let probe = client.eval(&caller, &target, &inputs).await.map_err(fail)?;
+        let target = client.target(&program, &sandbox).await.map_err(fail)?;
+        let probe = client
+            .eval(&caller, &target, &inputs, Some(&pinned))
+            .await
+            .map_err(fail)?;
         let rounds = probe.rounds as usize;
         let hops = 2 + rounds;
         let floor_call = {
@@ -261,22 +277,24 @@ async fn bench(layout: &Layout, o: &Options) -> Result<()> {
             }
         };
         let eval_call = {
-            let (client, caller, target, inputs) = (
+            let (client, caller, target, inputs, pinned) = (
                 client.clone(),
                 caller.clone(),
                 target.clone(),
                 inputs.clone(),
+                pinned.clone(),
             );
             move || {
-                let (client, caller, target, inputs) = (
+                let (client, caller, target, inputs, pinned) = (
                     client.clone(),
                     caller.clone(),
                     target.clone(),
                     inputs.clone(),
+                    pinned.clone(),
                 );
                 async move {
                     client
-                        .eval(&caller, &target, &inputs)
+                        .eval(&caller, &target, &inputs, Some(&pinned))
                         .await
                         .map(|_| ())
                         .map_err(fail)

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use quorumvm_core::circuit::{Circuit, Manifest, ValueDecl};
-use quorumvm_core::eval::{decode_outputs, encode_values, eval_plain as evaluate};
+use quorumvm_core::eval::{decode_outputs, encode_inputs, encode_values, eval_plain as evaluate};
 use quorumvm_core::fixed::Decimal;
 use quorumvm_package::{PublicKey, SecretKey};
 use quorumvm_sandbox::Sandbox;
@@ -104,6 +104,9 @@ pub fn inspect(path: &Path, as_json: bool) -> Result<()> {
                 "name": m.name,
                 "version": m.version,
                 "inputs": decls_json(&m.inputs),
+                "private_inputs": decls_json(&m.private_inputs),
+                // Said plainly: no custodian can check a private input's range on shares yet.
+                "private_input_ranges_checked": "by the caller's client only",
                 "secrets": decls_json(&m.secrets),
                 "outputs": decls_json(&m.outputs),
                 "policy": {
@@ -138,7 +141,16 @@ pub fn inspect(path: &Path, as_json: bool) -> Result<()> {
         Some(k) => println!("signer    {k} (claimed; `quorumvm verify` checks it)"),
         None => println!("signer    unsigned"),
     }
-    println!("inputs    {}", list(&m.inputs));
+    println!(
+        "inputs    {} (visible: every custodian checks the range)",
+        list(&m.inputs)
+    );
+    if !m.private_inputs.is_empty() {
+        println!(
+            "private   {} (shared by the caller's client; their ranges are NOT checked by the custodians, which see only shares)",
+            list(&m.private_inputs)
+        );
+    }
     println!("secrets   {}", list(&m.secrets));
     println!("outputs   {}", list(&m.outputs));
     println!(
@@ -176,11 +188,13 @@ pub fn pairs(kind: &str, args: &[String]) -> Result<Vec<(String, String)>> {
 
 pub fn eval_plain(path: &Path, inputs: &[String], secrets: &[String], json: bool) -> Result<()> {
     let (_, manifest, circuit) = load(path)?;
-    let xs = encode_values("input", &manifest.inputs, &pairs("input", inputs)?)
-        .map_err(Failure::data)?;
+    let xs = encode_inputs(&manifest, &pairs("input", inputs)?).map_err(Failure::data)?;
     let ss = encode_values("secret", &manifest.secrets, &pairs("secret", secrets)?)
         .map_err(Failure::data)?;
-    let outputs = decode_outputs(&manifest, &evaluate(&circuit, &xs, &ss));
+    let outputs = decode_outputs(
+        &manifest,
+        &evaluate(&circuit, &xs.visible, &xs.private, &ss),
+    );
     if json {
         let map: serde_json::Map<String, serde_json::Value> = outputs
             .iter()

@@ -7,8 +7,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use quorumvm_package::{PackageId, package_id};
+use quorumvm_sandbox::Sandbox;
 use quorumvm_wire::api::{ApproveRequest, EvalResponse, VersionState};
-use quorumvm_wire::config::PoolConfig;
+use quorumvm_wire::config::{Cluster, PoolConfig};
 
 use crate::client::{CallError, Caller, Client, Target};
 use crate::cluster::{Layout, Running};
@@ -107,27 +108,37 @@ async fn approve(
     Ok(info.state)
 }
 
+/// What a caller's side of the demo works with: the coordinator's API, a sandbox to read
+/// packages in, and the cluster's keys pinned from its configuration.
+struct CallerSide {
+    client: Client,
+    sandbox: Sandbox,
+    pinned: Cluster,
+}
+
 /// Signs a request for `program`'s current version and sends it.
 async fn call(
-    client: &Client,
+    at: &CallerSide,
     caller: &Caller,
     program: &str,
     inputs: &str,
 ) -> std::result::Result<EvalResponse, CallError> {
-    let target = client.target(program).await?;
-    client.eval(caller, &target, &pairs(inputs)).await
+    let target = at.client.target(program, &at.sandbox).await?;
+    at.client
+        .eval(caller, &target, &pairs(inputs), Some(&at.pinned))
+        .await
 }
 
 /// Evaluates, waiting (a few seconds at most) while the first preprocessing batch is made.
 async fn eval(
-    client: &Client,
+    at: &CallerSide,
     caller: &Caller,
     program: &str,
     inputs: &str,
 ) -> Result<EvalResponse> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        match call(client, caller, program, inputs).await {
+        match call(at, caller, program, inputs).await {
             // Right after activation: the first kits are being generated.
             Err(e) if e.code() == "no_preprocessing" && Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -144,6 +155,11 @@ async fn tour(packages: &Path, layout: &Layout) -> Result<()> {
     );
     let _running = Running::start(layout).await?;
     let client = Client::new(&layout.coordinator_url);
+    let at = CallerSide {
+        client: client.clone(),
+        sandbox: Sandbox::new().map_err(|e| Failure::new(Code::IoErr, format!("{e:#}")))?,
+        pinned: publish::pinned_cluster(&layout.coordinator)?,
+    };
     let cluster = client.cluster().await?;
     println!("    coordinator {}", layout.coordinator_url);
     for c in &cluster.custodians {
@@ -172,12 +188,11 @@ async fn tour(packages: &Path, layout: &Layout) -> Result<()> {
         "    alice's key {} (the coordinator never sees the secret half; her API key is stored only as a hash)",
         key.key.public().to_hex()
     );
-    let unapproved = Target {
-        program: "square".into(),
-        package_id: sq.to_string(),
-    };
+    let unapproved: Target = client
+        .read_target("square", &sq.to_string(), &at.sandbox)
+        .await?;
     let e = expect_refusal(
-        client.eval(&key, &unapproved, &pairs("x=3")).await,
+        client.eval(&key, &unapproved, &pairs("x=3"), None).await,
         "identity_pending",
     )?;
     println!("    before any approval: {e}");
@@ -194,7 +209,7 @@ async fn tour(packages: &Path, layout: &Layout) -> Result<()> {
         "    custodian 3's operator approved: ACTIVE — every custodian checked the two approvals itself"
     );
     let pending = expect_refusal(
-        client.eval(&key, &unapproved, &pairs("x=3")).await,
+        client.eval(&key, &unapproved, &pairs("x=3"), None).await,
         "pending",
     )?;
     println!("    evaluating the unapproved program is refused: {pending}");
@@ -253,25 +268,23 @@ async fn tour(packages: &Path, layout: &Layout) -> Result<()> {
 
     step(
         5,
-        "Evaluate on shares: alice signs each request; every custodian verifies it and checks x's range itself; custodians exchange one message per peer per round",
+        "Evaluate: alice signs each request; every custodian verifies it and checks x's range itself. x is a visible input and f has no secret, so every custodian computes it locally: 0 rounds",
     );
-    let started = Instant::now();
     for (x, want) in [("3", "100"), ("10", "289"), ("0", "49")] {
-        let answer = eval(&client, &key, "square", &format!("x={x}")).await?;
+        let answer = eval(&at, &key, "square", &format!("x={x}")).await?;
         let y = &answer.outputs["y"];
         check(y == want, format!("f({x}) = {y}, expected {want}"))?;
-        check(answer.rounds == sq_manifest.depth, "rounds = depth")?;
+        check(
+            answer.rounds == sq_manifest.depth && answer.rounds == 0,
+            "a product of visible values takes no round",
+        )?;
         println!(
-            "    f({x}) = {y}   ({} round, custodians {:?}, request {})",
+            "    f({x}) = {y}   ({} rounds, custodians {:?}, request {})",
             answer.rounds, answer.custodians, answer.request_id
         );
     }
-    println!(
-        "    (the first call waited for the custodians to generate Beaver triples among themselves: {} ms in all)",
-        started.elapsed().as_millis()
-    );
-    let target = client.target("square").await?;
-    let request = key.sign(&target, &pairs("x=3"));
+    let target = client.target("square", &at.sandbox).await?;
+    let request = key.prepare(&target, &pairs("x=3"), None)?.signed;
     let first = client.eval_signed(&key.api_key, &request).await?;
     check(first.outputs["y"] == "100", "a signed request answers")?;
     let e = expect_refusal(
@@ -285,15 +298,18 @@ async fn tour(packages: &Path, layout: &Layout) -> Result<()> {
         key: quorumvm_package::SecretKey::generate(),
     };
     let e = expect_refusal(
-        client.eval(&mallory, &target, &pairs("x=3")).await,
+        client.eval(&mallory, &target, &pairs("x=3"), None).await,
         "bad_request_signature",
     )?;
     println!("    a request with alice's API key but not signed with her key: {e}");
+    // Signed as alice, with an input the client would refuse: every server refuses it too.
+    let mut loose = target.clone();
+    loose.manifest.inputs[0].scale = 1;
     let e = expect_refusal(
-        client.eval(&key, &target, &pairs("x=3.5")).await,
+        client.eval(&key, &loose, &pairs("x=3.5"), None).await,
         "bad_input",
     )?;
-    println!("    x = 3.5 for an integer input: {e}");
+    println!("    x = 3.5 for an integer input, signed and sent anyway: {e}");
 
     step(
         6,
@@ -315,23 +331,72 @@ async fn tour(packages: &Path, layout: &Layout) -> Result<()> {
         "credit score active",
     )?;
     println!("    approved by custodians 2 and 3 → ACTIVE");
-    let answer = eval(&client, &key, "credit_score", inputs).await?;
+    let started = Instant::now();
+    let answer = eval(&at, &key, "credit_score", inputs).await?;
     let want = expected.trim_start_matches("score=");
     check(
         answer.outputs["score"] == want,
         format!("score {} expected {want}", answer.outputs["score"]),
     )?;
-    println!(
-        "    score = {} for the example applicant ({} round: all 10 products in one layer; budget left {})",
-        answer.outputs["score"], answer.rounds, answer.remaining_budget
-    );
     check(
-        cs_manifest.depth == answer.rounds,
-        "credit score rounds = depth",
+        cs_manifest.depth == answer.rounds && answer.rounds == 0,
+        "a linear score of visible inputs takes no round",
     )?;
+    println!(
+        "    score = {} for the example applicant ({} rounds: each weight's share times a visible input is local; budget left {}; {} ms)",
+        answer.outputs["score"],
+        answer.rounds,
+        answer.remaining_budget,
+        started.elapsed().as_millis()
+    );
 
     step(
         7,
+        "A private input: the caller's client shares it and seals a share to each custodian; the custodians seal their output shares back to the caller, so the coordinator sees neither",
+    );
+    let private = read_text(&packages.join("salary_check.qvm"))?;
+    let example = private
+        .lines()
+        .find_map(|l| l.strip_prefix("# example: "))
+        .ok_or_else(|| Failure::data("salary_check.qvm has no example line"))?;
+    let (args, expected) = example.split_once(" => ").unwrap_or((example, ""));
+    let (inputs, secrets) = args.split_once(" --secret ").unwrap_or((args, ""));
+    let (pv, pv_manifest) =
+        publish_program(&client, layout, &private, "salary_check", &pairs(secrets)).await?;
+    println!("    package {pv}: {}", publish::describe(&pv_manifest));
+    approve(layout, &client, &pv, 1).await?;
+    approve(layout, &client, &pv, 2).await?;
+    let answer = eval(&at, &key, "salary_check", inputs).await?;
+    for pair in expected.split_whitespace() {
+        let (name, want) = pair.split_once('=').unwrap_or((pair, ""));
+        check(
+            answer.outputs.get(name).map(String::as_str) == Some(want),
+            format!("{name} = {:?}, expected {want}", answer.outputs.get(name)),
+        )?;
+    }
+    check(
+        answer.rounds == pv_manifest.depth,
+        "private evaluation rounds = depth",
+    )?;
+    println!(
+        "    opened and reconstructed by alice's client: {} ({} round: the private salary times a secret weight needs a Beaver triple)",
+        expected, answer.rounds
+    );
+    let target = client.target("salary_check", &at.sandbox).await?;
+    let prepared = key.prepare(&target, &pairs(inputs), Some(&at.pinned))?;
+    let seen = client.eval_signed(&key.api_key, &prepared.signed).await?;
+    check(
+        seen.outputs.is_empty() && seen.sealed_outputs.len() >= 2,
+        "the coordinator's answer holds sealed shares and no value",
+    )?;
+    println!(
+        "    what the coordinator relayed: no input or output value, {} sealed output shares (custodians {:?})",
+        seen.sealed_outputs.len(),
+        seen.sealed_outputs.keys().collect::<Vec<_>>()
+    );
+
+    step(
+        8,
         "Governance: a budget of 3 evaluations, then a rate limit of 2 per minute",
     );
     let metered = "program metered\nversion 1\npolicy budget 3\npolicy rate 100 per second\ninput x in 0..100\nmul y = x x\noutput y\n";
@@ -339,29 +404,23 @@ async fn tour(packages: &Path, layout: &Layout) -> Result<()> {
     approve(layout, &client, &m, 1).await?;
     approve(layout, &client, &m, 3).await?;
     for i in 1..=3 {
-        let a = eval(&client, &key, "metered", "x=4").await?;
+        let a = eval(&at, &key, "metered", "x=4").await?;
         println!(
             "    call {i}: y = {}, budget left {}",
             a.outputs["y"], a.remaining_budget
         );
     }
-    let e = expect_refusal(
-        call(&client, &key, "metered", "x=4").await,
-        "budget_exhausted",
-    )?;
+    let e = expect_refusal(call(&at, &key, "metered", "x=4").await, "budget_exhausted")?;
     println!("    call 4: {e}");
     let throttled = "program throttled\nversion 1\npolicy rate 2 per minute\ninput x in 0..100\nmul y = x x\noutput y\n";
     let (t, _) = publish_program(&client, layout, throttled, "throttled", &[]).await?;
     approve(layout, &client, &t, 2).await?;
     approve(layout, &client, &t, 3).await?;
     for i in 1..=2 {
-        eval(&client, &key, "throttled", "x=5").await?;
+        eval(&at, &key, "throttled", "x=5").await?;
         println!("    call {i}: accepted");
     }
-    let e = expect_refusal(
-        call(&client, &key, "throttled", "x=5").await,
-        "rate_limited",
-    )?;
+    let e = expect_refusal(call(&at, &key, "throttled", "x=5").await, "rate_limited")?;
     let retry = match &e {
         CallError::Api { retry_after, .. } => retry_after.clone().unwrap_or_default(),
         _ => String::new(),
@@ -373,7 +432,7 @@ async fn tour(packages: &Path, layout: &Layout) -> Result<()> {
     println!("    call 3: {e} (Retry-After: {retry} s)");
 
     step(
-        8,
+        9,
         "Audit: every server's hash chain verifies (entries name identities and request ids, never values)",
     );
     let coordinator_db = layout.dir.join("coordinator/coordinator.db");

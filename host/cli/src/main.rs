@@ -166,6 +166,10 @@ enum Command {
         /// The caller's ed25519 key file (`quorumvm keygen`), approved with the identity.
         #[arg(long, env = "QUORUMVM_CALLER_KEY")]
         caller_key: PathBuf,
+        /// A config file listing the custodians' keys (a coordinator's or a custodian's): needed
+        /// for a program with private inputs, which are sealed to those keys.
+        #[arg(long, env = "QUORUMVM_CLUSTER_CONFIG")]
+        cluster_config: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -323,6 +327,7 @@ fn main() -> ExitCode {
             key,
             identity,
             caller_key,
+            cluster_config,
             json,
         } => servers::eval(
             &program,
@@ -333,6 +338,7 @@ fn main() -> ExitCode {
                 identity,
                 key_file: caller_key,
             },
+            cluster_config.as_deref(),
             json,
         ),
         Command::Audit {

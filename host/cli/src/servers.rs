@@ -8,6 +8,7 @@ use quorumvm_wire::config::{CoordinatorConfig, CustodianConfig, PoolConfig};
 use serde_json::json;
 
 use quorumvm_package::{PublicKey, SecretKey};
+use quorumvm_sandbox::Sandbox;
 
 use crate::client::{Caller, Client};
 use crate::cluster::{Hosts, Layout, Running, Stopped};
@@ -213,6 +214,7 @@ pub fn eval(
     inputs: &[String],
     coordinator: &str,
     credentials: Credentials,
+    cluster_config: Option<&Path>,
     as_json: bool,
 ) -> Result<()> {
     let inputs = crate::commands::pairs("input", inputs)?;
@@ -222,10 +224,16 @@ pub fn eval(
         key: SecretKey::from_file_text(&read_text(&credentials.key_file)?)
             .map_err(Failure::data)?,
     };
+    let pinned = cluster_config
+        .map(crate::publish::pinned_cluster)
+        .transpose()?;
+    let sandbox = Sandbox::new().map_err(|e| Failure::new(Code::IoErr, format!("{e:#}")))?;
     let client = Client::new(coordinator);
     let answer = runtime()?.block_on(async {
-        let target = client.target(program).await?;
-        client.eval(&caller, &target, &inputs).await
+        let target = client.target(program, &sandbox).await?;
+        client
+            .eval(&caller, &target, &inputs, pinned.as_ref())
+            .await
     })?;
     if as_json {
         println!("{}", serde_json::to_string(&answer).expect("json"));

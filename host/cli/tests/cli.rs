@@ -277,10 +277,32 @@ fn inspect_reports_depth_and_counts() {
     let o = quorumvm(&["inspect", pkg.to_str().unwrap(), "--json"]);
     assert!(o.status.success());
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
-    // v^2 (1), v^3 (2), the dot with the secret coefficients (3), times exposure (4).
-    assert_eq!(v["depth"], 4);
+    // Both inputs are visible (public values): the powers of v, the dot with the secret
+    // coefficients and the product with exposure are all local on shares.
+    assert_eq!(v["depth"], 0);
+    assert_eq!(v["multiplications"], 0);
     assert_eq!(v["name"], "risk_model");
     assert_eq!(v["secrets"].as_array().unwrap().len(), 4);
     assert_eq!(v["gate_counts"]["dot"], 1);
     assert_eq!(v["claimed_signer"], serde_json::Value::Null);
+    // With a private volatility: v^2 (1), v^3 (2), the dot with the secret coefficients (3);
+    // times the visible exposure stays local.
+    let src = std::fs::read_to_string(repo().join("packages/risk.qvm")).unwrap();
+    let private = write_source(
+        &dir,
+        "private_risk.qvm",
+        &src.replace("input volatility", "private volatility"),
+    );
+    let pkg = dir.join("private_risk.wasm");
+    compile(&private, &pkg);
+    let o = quorumvm(&["inspect", pkg.to_str().unwrap(), "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(
+        (v["depth"].clone(), v["multiplications"].clone()),
+        (3.into(), 3.into())
+    );
+    assert_eq!(v["private_inputs"][0]["name"], "volatility");
+    // `inspect` says plainly who checks a private input's range.
+    let text = stdout(&quorumvm(&["inspect", pkg.to_str().unwrap()]));
+    assert!(text.contains("NOT checked by the custodians"), "{text}");
 }

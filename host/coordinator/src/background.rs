@@ -55,6 +55,7 @@ async fn health_loop(state: Arc<State>) {
             });
         }
         while checks.join_next().await.is_some() {}
+        state.custodians.first_round_done();
     }
 }
 

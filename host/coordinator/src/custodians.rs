@@ -89,6 +89,9 @@ pub struct Custodians {
     pub all: Vec<Custodian>,
     client: reqwest::Client,
     key: SecretKey,
+    /// Whether a first round of health checks has finished since this process started: until
+    /// then, no live custodian means "not known yet", not "down".
+    checked: tokio::sync::watch::Sender<bool>,
 }
 
 impl Custodians {
@@ -118,7 +121,21 @@ impl Custodians {
             all,
             client,
             key,
+            checked: tokio::sync::watch::Sender::new(false),
         })
+    }
+
+    /// Records that every custodian has been checked once.
+    pub fn first_round_done(&self) {
+        self.checked.send_replace(true);
+    }
+
+    /// Waits, at most `limit`, until every custodian has been checked once since the start:
+    /// right after a restart a request waits for the first health checks instead of being
+    /// refused because no custodian is known to be live yet.
+    pub async fn checked_once(&self, limit: Duration) {
+        let mut checked = self.checked.subscribe();
+        let _ = tokio::time::timeout(limit, checked.wait_for(|done| *done)).await;
     }
 
     pub fn get(&self, index: u32) -> Option<&Custodian> {
@@ -209,5 +226,50 @@ impl Custodians {
                 body,
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use quorumvm_wire::config::CustodianEntry;
+
+    use super::*;
+
+    fn custodians() -> Custodians {
+        let entries: Vec<CustodianEntry> = (1..=3)
+            .map(|index| CustodianEntry {
+                index,
+                url: format!("http://127.0.0.1:{}", 7100 + index),
+                signing_key: SecretKey::generate().public().to_hex(),
+                sealing_key: CustodianSecretKey::generate().public().to_hex(),
+            })
+            .collect();
+        let cluster = Cluster::new(2, &entries).unwrap();
+        Custodians::new(
+            cluster,
+            SecretKey::generate(),
+            &CustodianSecretKey::generate(),
+        )
+        .unwrap()
+    }
+
+    /// Right after a start no custodian is known to be live: a request waits for the first
+    /// round of health checks rather than being refused for want of a quorum.
+    #[tokio::test]
+    async fn a_request_waits_for_the_first_health_checks() {
+        let custodians = Arc::new(custodians());
+        let checked = Arc::new(AtomicBool::new(false));
+        let (c, done) = (Arc::clone(&custodians), Arc::clone(&checked));
+        tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            done.store(true, Ordering::Release);
+            c.first_round_done();
+        });
+        custodians.checked_once(Duration::from_secs(60)).await;
+        assert!(checked.load(Ordering::Acquire));
+        // Once checked, it never waits again.
+        custodians.checked_once(Duration::ZERO).await;
     }
 }

@@ -1,5 +1,6 @@
 //! `POST /v1/eval`: authenticate, admit, relay the caller's signed request to the quorum,
-//! reconstruct from every output share, answer.
+//! reconstruct from every output share (or, for a request with private inputs, relay the
+//! output shares the custodians sealed to the caller), answer.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,9 +13,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use quorumvm_core::eval::{decode_outputs, encode_values};
 use quorumvm_core::field::Fp;
-use quorumvm_core::shamir::{self, Share};
+use quorumvm_core::shares::reconstruct_outputs;
 use quorumvm_policy::EvalRequest as Admission;
-use quorumvm_wire::api::{EvalResponse, SessionResponse};
+use quorumvm_wire::api::{EvalResponse, OutputShares, SessionResponse};
 use quorumvm_wire::elements;
 use quorumvm_wire::now_ms;
 use quorumvm_wire::order::{Order, Ticket};
@@ -31,6 +32,10 @@ use crate::store;
 
 /// A failed attempt is retried this many times on the custodians still standing.
 const RETRIES: u32 = 2;
+
+/// How long a request right after a start waits for the first health checks (each times out
+/// after half a second).
+const FIRST_CHECKS: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub const ROUNDS_HEADER: &str = "x-quorumvm-rounds";
 
@@ -55,7 +60,20 @@ pub async fn handle(
     // Refused here early; every custodian checks the same again itself.
     encode_values("input", &version.manifest.inputs, &caller.input_texts())
         .map_err(|e| ApiError::bad_request("bad_input", e.to_string()))?;
-    // Refuse before charging anything when a quorum is out of reach anyway.
+    if caller.private.is_some() == version.manifest.private_inputs.is_empty() {
+        return Err(ApiError::bad_request(
+            "bad_private_inputs",
+            format!(
+                "`{}` declares {} private input(s): a request carries its private part exactly \
+                 when there are some",
+                version.manifest.name,
+                version.manifest.private_inputs.len()
+            ),
+        ));
+    }
+    // Refuse before charging anything when a quorum is out of reach anyway (right after a
+    // restart, once the custodians have been checked).
+    state.custodians.checked_once(FIRST_CHECKS).await;
     quorum(&state, &version)?;
     let request_id = caller.request_id.clone();
     let ((kit, remaining), committed) = match admit(&state, &version, &identity, &request_id).await
@@ -81,17 +99,30 @@ pub async fn handle(
         }
         Err(e) => return Err(ApiError::internal(e.to_string())),
     }
-    let (outputs, quorum, inconsistent, rounds) = match result {
+    let Outcome {
+        outputs,
+        quorum,
+        rounds,
+    } = match result {
         Ok(done) => done,
         Err(e) => {
             state.metrics.evals_failed.fetch_add(1, Relaxed);
             return Err(e);
         }
     };
-    let decoded: BTreeMap<String, String> = decode_outputs(&version.manifest, &outputs)
-        .into_iter()
-        .map(|(name, value)| (name, value.to_string()))
-        .collect();
+    let (decoded, sealed_outputs, inconsistent) = match outputs {
+        Outputs::Values {
+            values,
+            inconsistent,
+        } => {
+            let decoded: BTreeMap<String, String> = decode_outputs(&version.manifest, &values)
+                .into_iter()
+                .map(|(name, value)| (name, value.to_string()))
+                .collect();
+            (decoded, BTreeMap::new(), inconsistent)
+        }
+        Outputs::Sealed(sealed) => (BTreeMap::new(), sealed, Vec::new()),
+    };
     let m = &state.metrics;
     m.evals_ok.fetch_add(1, Relaxed);
     m.eval_rounds.fetch_add(rounds as u64, Relaxed);
@@ -103,6 +134,7 @@ pub async fn handle(
         version: version.manifest.version,
         package_id: version.package_id.clone(),
         outputs: decoded,
+        sealed_outputs,
         rounds,
         custodians: quorum,
         inconsistent,
@@ -232,7 +264,23 @@ fn take_kit(tx: &quorumvm_ledger::rusqlite::Transaction<'_>, v: &Version) -> Res
     Ok(kit)
 }
 
-type Outcome = (Vec<Fp>, Vec<u32>, Vec<u32>, u32);
+/// A finished evaluation: its outputs, the custodians that answered, its rounds.
+struct Outcome {
+    outputs: Outputs,
+    quorum: Vec<u32>,
+    rounds: u32,
+}
+
+enum Outputs {
+    /// Reconstructed here, with the custodians whose shares were proven inconsistent.
+    Values {
+        values: Vec<Fp>,
+        inconsistent: Vec<u32>,
+    },
+    /// Sealed by each custodian to the caller, who reconstructs them: the request had private
+    /// inputs.
+    Sealed(BTreeMap<u32, String>),
+}
 
 /// Runs the evaluation, retrying on the remaining custodians when one fails.
 async fn run(
@@ -431,8 +479,9 @@ fn abort(state: &Arc<State>, session: &str, quorum: &[u32], failed: u32) {
     }
 }
 
-/// Every output from all the shares received: k of them interpolate, the others must agree;
-/// a custodian whose share disagrees with the majority is named.
+/// Every output from all the shares received (see [`reconstruct_outputs`]: a custodian is
+/// named only when enough shares agree to prove its share wrong), or the sealed shares as they
+/// are, for the caller.
 fn reconstruct(
     state: &Arc<State>,
     version: &Version,
@@ -441,54 +490,46 @@ fn reconstruct(
     answers: Vec<(u32, SessionResponse)>,
 ) -> Result<Outcome, ApiError> {
     let k = state.custodians.cluster.threshold();
-    let outputs = version.manifest.outputs.len();
-    let mut per_custodian = Vec::with_capacity(answers.len());
-    let mut rounds = 0;
-    for (index, answer) in &answers {
-        let values = elements::from_hex(&answer.outputs).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "bad_share",
-                format!("custodian {index}: {e}"),
-            )
-        })?;
-        if values.len() != outputs {
-            return Err(ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "bad_share",
-                format!(
-                    "custodian {index} sent {} output shares for {outputs} outputs",
-                    values.len()
-                ),
-            ));
+    let bad_share = |message: String| ApiError::new(StatusCode::BAD_GATEWAY, "bad_share", message);
+    let rounds = answers.iter().map(|(_, a)| a.rounds).max().unwrap_or(0);
+    let private = !version.manifest.private_inputs.is_empty();
+    let mut plain = Vec::with_capacity(answers.len());
+    let mut sealed = BTreeMap::new();
+    for (index, answer) in answers {
+        match (answer.outputs, private) {
+            (OutputShares::Plain(hex), false) => {
+                let values = elements::from_hex(&hex)
+                    .map_err(|e| bad_share(format!("custodian {index}: {e}")))?;
+                plain.push((index, values.to_vec()));
+            }
+            (OutputShares::Sealed(hex), true) => {
+                sealed.insert(index, hex);
+            }
+            _ => {
+                return Err(bad_share(format!(
+                    "custodian {index} answered with {} output shares for a request {} private inputs",
+                    if private { "plain" } else { "sealed" },
+                    if private { "with" } else { "without" }
+                )));
+            }
         }
-        rounds = rounds.max(answer.rounds);
-        per_custodian.push((*index, values));
     }
-    let mut results = Vec::with_capacity(outputs);
-    let mut inconsistent: Vec<u32> = Vec::new();
-    for o in 0..outputs {
-        let shares: Vec<Share> = per_custodian
-            .iter()
-            .map(|(x, values)| Share {
-                x: *x,
-                y: values[o],
-            })
-            .collect();
-        let (value, culprits) = shamir::check_consistent(&shares, k - 1).map_err(|e| {
+    if private {
+        return Ok(Outcome {
+            outputs: Outputs::Sealed(sealed),
+            quorum: quorum.to_vec(),
+            rounds,
+        });
+    }
+    let reconstructed =
+        reconstruct_outputs(&plain, k, version.manifest.outputs.len()).map_err(|e| {
             ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 "inconsistent_shares",
-                format!("the output shares of {quorum:?} do not agree and the culprit cannot be told: {e}"),
+                e.to_string(),
             )
         })?;
-        for c in culprits {
-            if !inconsistent.contains(&c) {
-                inconsistent.push(c);
-            }
-        }
-        results.push(value);
-    }
+    let inconsistent = reconstructed.inconsistent;
     if !inconsistent.is_empty() {
         state
             .metrics
@@ -514,5 +555,12 @@ fn reconstruct(
                 .await;
         });
     }
-    Ok((results, quorum.to_vec(), inconsistent, rounds))
+    Ok(Outcome {
+        outputs: Outputs::Values {
+            values: reconstructed.values,
+            inconsistent,
+        },
+        quorum: quorum.to_vec(),
+        rounds,
+    })
 }

@@ -8,7 +8,11 @@
 //! (request, version, kit, quorum, attempt), so members given different terms never meet; and
 //! that every visible input lies in its declared range at its declared scale. A visible input is
 //! a public value: the constant polynomial is a valid degree-0 sharing of it, so each custodian
-//! uses the value itself as its share and the coordinator chooses nothing.
+//! uses the value itself as its share and the coordinator chooses nothing. A private input
+//! arrives as this custodian's share, sealed to it by the caller's client inside the signed
+//! request; when there are private inputs, this custodian seals its output shares to the
+//! request's one-time reply key (authenticated as its own), so the coordinator that relays
+//! them sees neither inputs nor outputs.
 //!
 //! Then one ledger job records the session, charges this custodian's own budget and rate
 //! limit for (identity, program name) on the request's first attempt only, refuses an attempt
@@ -25,7 +29,10 @@ use quorumvm_core::field::Fp;
 use quorumvm_core::session::{Setup, Step, Triple};
 use quorumvm_policy::PolicyError;
 use quorumvm_sandbox::{PluginError, PluginSession};
-use quorumvm_wire::api::{SessionRequest, SessionResponse};
+use quorumvm_sealing::{
+    CustodianPublicKey, InputsBinding, OutputsBinding, open_inputs, seal_outputs,
+};
+use quorumvm_wire::api::{OutputShares, SessionRequest, SessionResponse};
 use quorumvm_wire::elements::{self, from_bytes, to_bytes, to_hex};
 use quorumvm_wire::now_ms;
 use quorumvm_wire::order::Ticket;
@@ -73,7 +80,7 @@ pub(crate) async fn evaluate(
     // Refused here, by this custodian, whatever the coordinator checked.
     let inputs = encode_values("input", &version.manifest.inputs, &caller.input_texts())
         .map_err(|e| ApiError::bad_request("bad_input", e.to_string()))?;
-    let inputs = Zeroizing::new(inputs);
+    let private = open_private(c, &caller, &version)?;
     // Claimed before the kit is spent: a session refused for lack of room costs nothing.
     let _slot = c.session_slots.try_acquire().map_err(|_| {
         ApiError::new(
@@ -123,7 +130,26 @@ pub(crate) async fn evaluate(
         quorum = ?ticket.quorum,
         "session started"
     );
-    let result = run(c, &version, &ticket, &inbox, inputs, kit).await;
+    let outputs_to = |reply| {
+        let binding = OutputsBinding {
+            request: request.request.digest(),
+            custodian: c.me,
+        };
+        (reply, binding)
+    };
+    let leaves = match private {
+        Some(Private { shares, reply }) => Leaves {
+            visible: inputs,
+            private: shares,
+            reply: Some(outputs_to(reply)),
+        },
+        None => Leaves {
+            visible: inputs,
+            private: Zeroizing::new(Vec::new()),
+            reply: None,
+        },
+    };
+    let result = run(c, &version, &ticket, &inbox, leaves, kit).await;
     match &result {
         Ok(response) => {
             Metrics::add(&c.metrics.sessions_completed, 1);
@@ -167,6 +193,64 @@ fn check_request(
         ));
     }
     Ok(request)
+}
+
+/// A request's private part, as this custodian opened it.
+struct Private {
+    /// This custodian's shares of the private inputs, in the manifest's order.
+    shares: Zeroizing<Vec<Fp>>,
+    /// The caller's one-time key, which the output shares are sealed to.
+    reply: CustodianPublicKey,
+}
+
+/// This custodian's shares of the request's private inputs, opened from the envelope the
+/// caller sealed to it, with the key to seal the outputs to; `None` for a program without
+/// private inputs. A request whose private part does not match the program is refused.
+fn open_private(
+    c: &Custodian,
+    caller: &CallerRequest,
+    version: &Version,
+) -> Result<Option<Private>, ApiError> {
+    let refuse = |why: String| ApiError::bad_request("bad_private_inputs", why);
+    let declared = version.manifest.private_inputs.len();
+    let private = match (&caller.private, declared) {
+        (None, 0) => return Ok(None),
+        (Some(_), 0) => {
+            return Err(refuse(format!(
+                "`{}` declares no private inputs",
+                version.manifest.name
+            )));
+        }
+        (None, _) => {
+            return Err(refuse(format!(
+                "`{}` declares {declared} private input(s); the request carries none",
+                version.manifest.name
+            )));
+        }
+        (Some(p), _) => p,
+    };
+    let sealed = private
+        .sealed
+        .get(&c.me)
+        .ok_or_else(|| refuse(format!("no envelope for custodian {}", c.me)))?;
+    let sealed = hex::decode(sealed)
+        .map_err(|_| refuse(format!("custodian {}'s envelope is not hex", c.me)))?;
+    let binding = InputsBinding {
+        request_id: &caller.request_id,
+        package: version.id,
+        custodian: c.me,
+    };
+    let shares = open_inputs(&c.sealing_key, &binding, &sealed)
+        .map_err(|e| refuse(format!("custodian {}'s envelope: {e}", c.me)))?;
+    if shares.len() != declared {
+        return Err(refuse(format!(
+            "the envelope holds {} share(s) for {declared} private input(s)",
+            shares.len()
+        )));
+    }
+    let reply = CustodianPublicKey::from_file_text(&private.reply_key)
+        .map_err(|e| refuse(format!("the reply key: {e}")))?;
+    Ok(Some(Private { shares, reply }))
 }
 
 fn refused_request(err: RequestError) -> ApiError {
@@ -219,13 +303,21 @@ fn check_quorum(c: &Custodian, quorum: &[u32]) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// A session's leaves from the request, and where its outputs go.
+struct Leaves {
+    visible: Vec<Fp>,
+    private: Zeroizing<Vec<Fp>>,
+    /// The caller's reply key, when the outputs are sealed to it.
+    reply: Option<(CustodianPublicKey, OutputsBinding)>,
+}
+
 /// Runs the plugin session layer by layer, exchanging each layer's message with the quorum.
 async fn run(
     c: &Arc<Custodian>,
     version: &Arc<Version>,
     ticket: &Ticket,
     inbox: &Inbox<'_>,
-    mut inputs: Zeroizing<Vec<Fp>>,
+    mut leaves: Leaves,
     kit: Zeroizing<Vec<u8>>,
 ) -> Result<SessionResponse, ApiError> {
     let corrupt = |why: String| {
@@ -244,7 +336,8 @@ async fn run(
         quorum: ticket.quorum.clone(),
         threshold: c.cluster.threshold(),
         secrets: version.secrets(),
-        inputs: std::mem::take(&mut *inputs),
+        inputs: std::mem::take(&mut leaves.visible),
+        private_inputs: std::mem::take(&mut *leaves.private),
         triples,
     };
     let plugin = c.plugin.current();
@@ -263,8 +356,17 @@ async fn run(
     loop {
         let values = match step {
             Step::Done(outputs) => {
+                let outputs = Zeroizing::new(outputs);
+                let outputs = match &leaves.reply {
+                    None => OutputShares::Plain(to_hex(&outputs)),
+                    Some((reply, binding)) => OutputShares::Sealed(hex::encode(
+                        seal_outputs(*reply, &c.sealing_key, binding, &outputs).map_err(|e| {
+                            ApiError::bad_request("bad_private_inputs", e.to_string())
+                        })?,
+                    )),
+                };
                 return Ok(SessionResponse {
-                    outputs: to_hex(&outputs),
+                    outputs,
                     rounds: layer,
                 });
             }

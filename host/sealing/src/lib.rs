@@ -9,9 +9,16 @@
 //! A sealed share is bound to its [`ShareBinding`] (package id, custodian index, secret name)
 //! through HPKE's `info`, which enters the key schedule: opening it under any other binding fails,
 //! so a ciphertext cannot be replayed into another package, custodian or secret.
+//!
+//! [`envelope`] seals, with the same suite, a caller's private inputs to each custodian and a
+//! custodian's output shares back to the caller.
 
+pub mod envelope;
 pub mod keys;
 pub mod seal;
 
+pub use envelope::{
+    InputsBinding, OutputsBinding, open_inputs, open_outputs, seal_inputs, seal_outputs,
+};
 pub use keys::{CustodianPublicKey, CustodianSecretKey, KeyError};
 pub use seal::{SEALED_LEN, SealError, SealedShare, ShareBinding, open_share, seal_share};

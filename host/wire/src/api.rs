@@ -140,8 +140,14 @@ pub struct EvalResponse {
     pub program: String,
     pub version: u32,
     pub package_id: String,
-    /// Output name → decimal value.
+    /// Output name → decimal value; empty when the request had private inputs (then the
+    /// outputs are in `sealed_outputs`, for the caller alone).
     pub outputs: BTreeMap<String, String>,
+    /// Custodian index → its output shares sealed to the request's reply key (hex), when the
+    /// request had private inputs: the caller's client opens and reconstructs them
+    /// (`quorumvm eval` does); the coordinator cannot.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sealed_outputs: BTreeMap<u32, String>,
     /// Communication rounds among the custodians (= the circuit's multiplicative depth).
     pub rounds: u32,
     /// The custodians that computed it.
@@ -181,9 +187,18 @@ pub struct SessionRequest {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionResponse {
-    /// This custodian's output shares (hex field elements), in the manifest's output order.
-    pub outputs: String,
+    pub outputs: OutputShares,
     pub rounds: u32,
+}
+
+/// A custodian's output shares, in the manifest's output order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputShares {
+    /// Hex field elements, for the coordinator to reconstruct.
+    Plain(String),
+    /// Sealed to the caller's reply key (hex): the request had private inputs.
+    Sealed(String),
 }
 
 /// A custodian's `GET /v1/health`.

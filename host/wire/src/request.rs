@@ -6,7 +6,8 @@
 //! a request id it has already served (recorded durably with the charge), refuses a request
 //! whose time is outside [`REQUEST_WINDOW_MS`] of its own clock, and reads the visible inputs
 //! from it, checking each against its declared range and scale. So the coordinator cannot
-//! invent a caller, replay a request, or choose an input.
+//! invent a caller, replay a request, or choose an input. Private inputs travel in the same
+//! signed request, shared and sealed to each custodian ([`PrivateInputs`]).
 //!
 //! The session's [`Terms`] (request digest, package, kit, quorum, attempt) hash to its session
 //! id. Round messages are authenticated over the session id, so members given different terms
@@ -36,9 +37,27 @@ pub struct CallerRequest {
     pub program: String,
     /// The exact version asked for (the name's current one when the caller signed).
     pub package_id: String,
-    /// Input name → its decimal value, exactly as written.
+    /// Visible input name → its decimal value, exactly as written.
     pub inputs: BTreeMap<String, Decimal>,
+    /// The private inputs, shared and sealed to each custodian by the caller's client: present
+    /// exactly when the program declares private inputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private: Option<PrivateInputs>,
     pub time_ms: u64,
+}
+
+/// A request's private inputs. Each custodian opens only its own envelope
+/// (`quorumvm_sealing::open_inputs`, bound to the request id, package and custodian); the
+/// caller's signature over the request covers every envelope, so the coordinator can neither
+/// read nor replace one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivateInputs {
+    /// Custodian index → its shares of the private inputs (manifest order), sealed to it (hex).
+    pub sealed: BTreeMap<u32, String>,
+    /// The X25519 public key (hex, 32 bytes) the caller's client made for this request alone:
+    /// each custodian seals its output shares to it, so the coordinator sees no output either.
+    pub reply_key: String,
 }
 
 /// A decimal value as the caller wrote it: a JSON string (`"1200.50"`) or a JSON number, kept
@@ -211,6 +230,7 @@ mod tests {
             program: "p".into(),
             package_id: "00".into(),
             inputs: BTreeMap::new(),
+            private: None,
             time_ms,
         };
         let now = 10 * REQUEST_WINDOW_MS;

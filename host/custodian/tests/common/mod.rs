@@ -18,7 +18,7 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use quorumvm_core::circuit::{Circuit, Manifest};
-use quorumvm_core::eval::{encode_values, eval_plain};
+use quorumvm_core::eval::{encode_inputs, encode_values, eval_plain};
 use quorumvm_core::field::Fp;
 use quorumvm_core::shamir::{Share, Threshold, reconstruct, share};
 use quorumvm_custodian::{init_keys, serve};
@@ -80,6 +80,7 @@ impl Caller {
                 .iter()
                 .map(|(k, v)| (k.to_string(), Decimal(v.to_string())))
                 .collect(),
+            private: None,
             time_ms: now_ms(),
         };
         Signed::sign(&request, Domain::Request, &self.key)
@@ -593,7 +594,7 @@ impl Cluster {
         assert!(answers.iter().all(|a| a.body["rounds"] == rounds));
         let outputs: Vec<_> = answers
             .iter()
-            .map(|a| from_hex(a.body["outputs"].as_str().unwrap()).unwrap())
+            .map(|a| from_hex(a.body["outputs"]["plain"].as_str().unwrap()).unwrap())
             .collect();
         let t = Threshold::new(K, N).unwrap();
         let values = (0..program.manifest.outputs.len())
@@ -615,8 +616,13 @@ impl Cluster {
             .iter()
             .map(|(n, v)| (n.to_string(), v.to_string()))
             .collect();
-        let values = encode_values("input", &program.manifest.inputs, &given).unwrap();
-        eval_plain(&program.circuit, &values, &program.secrets)
+        let values = encode_inputs(&program.manifest, &given).unwrap();
+        eval_plain(
+            &program.circuit,
+            &values.visible,
+            &values.private,
+            &program.secrets,
+        )
     }
 
     pub async fn health(&self, index: u32) -> CustodianHealth {
