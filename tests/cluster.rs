@@ -770,6 +770,114 @@ fn post_approval(
     })
 }
 
+/// `quorumvm identity suspend|unsuspend|revoke` and `quorumvm retire`, run as their parties
+/// would: each takes effect at once, and only k operators revoke or retire.
+#[test]
+fn suspension_revocation_and_retirement_through_the_cli() {
+    let c = Cluster::start();
+    let alice = c.identity("alice");
+    let rt = runtime();
+    let v1 = c.publish("square", SQUARE, &[]);
+    for i in [1, 2] {
+        ok(c.approve(&v1.package_id, i));
+    }
+    rt.block_on(c.eval_ready(&alice, "square", &[("x", "3".into())]));
+    let governance = |args: &[&str], config: &str| -> serde_json::Value {
+        let config = c.path(config);
+        let mut all = args.to_vec();
+        all.extend(["--json", "--config", config.to_str().unwrap()]);
+        serde_json::from_str(&ok(quorumvm(&all))).expect("json")
+    };
+    let eval = || rt.block_on(c.eval(&alice, "square", &[("x", "3".into())]));
+    let code = |(status, body): (u16, serde_json::Value)| {
+        (
+            status,
+            body["error"]["code"].as_str().unwrap_or("").to_string(),
+        )
+    };
+
+    // The coordinator's own suspension: refused at once, served again at once when lifted.
+    let s = governance(&["identity", "suspend", "alice"], "coordinator.toml");
+    assert_eq!(
+        (s["at"].as_str(), s["suspended"].as_bool()),
+        (Some("coordinator"), Some(true))
+    );
+    assert_eq!(code(eval()), (403, "identity_suspended".into()));
+    governance(&["identity", "unsuspend", "alice"], "coordinator.toml");
+    assert_eq!(eval().0, 200);
+
+    // Custodian 1's operator suspends her at custodian 1, which refuses her sessions.
+    let s = governance(&["identity", "suspend", "alice"], "custodian-1.toml");
+    assert_eq!(s["at"], serde_json::json!({ "custodian": 1 }));
+    let (status, body) = eval();
+    assert!(
+        status != 200
+            && body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("identity_suspended"),
+        "{status} {body}"
+    );
+    governance(&["identity", "unsuspend", "alice"], "custodian-1.toml");
+    assert_eq!(eval().0, 200);
+
+    // One operator's revocation changes nothing; the second revokes her everywhere.
+    let info = governance(&["identity", "revoke", "alice"], "custodian-1.toml");
+    assert_eq!(info["revoked"], false);
+    assert_eq!(eval().0, 200);
+    let info = governance(&["identity", "revoke", "alice"], "custodian-3.toml");
+    assert_eq!(
+        (info["revoked"].as_bool(), &info["revocations"]),
+        (Some(true), &serde_json::json!([1, 3]))
+    );
+    assert_eq!(code(eval()), (403, "identity_revoked".into()));
+
+    // Retirement by k operators: the version is refused (410) by the coordinator.
+    let bob = c.identity("bob");
+    rt.block_on(c.eval_ready(&bob, "square", &[("x", "3".into())]));
+    let info = governance(&["retire", &v1.package_id], "custodian-2.toml");
+    assert_eq!(info["state"], "active");
+    let info = governance(&["retire", &v1.package_id], "custodian-3.toml");
+    assert_eq!(
+        (info["state"].as_str(), &info["retirements"]),
+        (Some("retired"), &serde_json::json!([2, 3]))
+    );
+    let (status, body) = rt.block_on(c.eval(&bob, &v1.package_id, &[("x", "3".into())]));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (410, Some("retired")),
+        "{body}"
+    );
+    // The custodians hold both decisions themselves.
+    for i in 1..=3 {
+        let health: quorumvm_wire::api::CustodianHealth = rt
+            .block_on(async {
+                c.http
+                    .get(format!("http://{}/v1/health", c.custodian_config(i).listen))
+                    .send()
+                    .await?
+                    .json()
+                    .await
+            })
+            .expect("health");
+        assert_eq!(
+            (health.revocations, health.retirements),
+            (1, 1),
+            "custodian {i}"
+        );
+    }
+    // A malformed package id is refused by the CLI with a clear error.
+    let bad = quorumvm(&[
+        "retire",
+        "abc",
+        "--config",
+        c.path("custodian-1.toml").to_str().unwrap(),
+    ]);
+    assert_eq!(bad.status.code(), Some(65));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not a package id"));
+    c.audit_verifies("coordinator/coordinator.db");
+}
+
 #[test]
 fn sixteen_clients_times_fifty_evaluations_are_all_correct() {
     let c = Cluster::start();

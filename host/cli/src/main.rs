@@ -11,6 +11,7 @@ mod cluster;
 mod commands;
 mod demo;
 mod exit;
+mod governance;
 mod publish;
 mod servers;
 mod web;
@@ -114,7 +115,8 @@ enum Command {
         #[arg(long, requires = "init_only")]
         compose: bool,
     },
-    /// Manage the identities that may evaluate (on the coordinator's machine).
+    /// Manage the identities that may evaluate: propose (coordinator), approve and revoke
+    /// (custodian operators), suspend (either, each at itself).
     Identity {
         #[command(subcommand)]
         command: IdentityCommand,
@@ -140,6 +142,17 @@ enum Command {
     },
     /// Approve a package version as a custodian operator (signs with the custodian's key).
     Approve {
+        /// The package id (hex).
+        package: String,
+        /// The custodian's config (its index, data directory and coordinator URL).
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve retiring a version as a custodian operator (signs its package id); at k
+    /// approvals it never serves again, anywhere.
+    Retire {
         /// The package id (hex).
         package: String,
         /// The custodian's config (its index, data directory and coordinator URL).
@@ -239,6 +252,36 @@ enum IdentityCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Suspend an identity at once: with the coordinator's config, at the coordinator (it
+    /// admits none of its requests); with a custodian's, at that custodian only (signed with
+    /// its operator key and sent to it directly).
+    Suspend {
+        name: String,
+        /// The coordinator's config, or a custodian's.
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lift the suspension that `identity suspend` with the same config made.
+    Unsuspend {
+        name: String,
+        /// The coordinator's config, or a custodian's.
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve revoking an identity as a custodian operator (signs its name); at k approvals
+    /// it never serves again, and its name is never registered again.
+    Revoke {
+        name: String,
+        /// The custodian's config (its index, data directory and coordinator URL).
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -300,6 +343,20 @@ fn main() -> ExitCode {
         Command::Identity {
             command: IdentityCommand::Approve { name, config, json },
         } => servers::identity_approve(&name, &config, json),
+        Command::Identity {
+            command: IdentityCommand::Suspend { name, config, json },
+        } => servers::identity_suspend(&name, &config, true, json),
+        Command::Identity {
+            command: IdentityCommand::Unsuspend { name, config, json },
+        } => servers::identity_suspend(&name, &config, false, json),
+        Command::Identity {
+            command: IdentityCommand::Revoke { name, config, json },
+        } => servers::identity_revoke(&name, &config, json),
+        Command::Retire {
+            package,
+            config,
+            json,
+        } => servers::retire(&package, &config, json),
         Command::Install {
             package,
             key,

@@ -255,7 +255,8 @@ pub async fn approve_identity(
         .await?)
 }
 
-fn operator_key(config: &CustodianConfig) -> Result<SecretKey> {
+/// The custodian's operator key (`signing.key` in its data directory): it signs approvals.
+pub fn operator_key(config: &CustodianConfig) -> Result<SecretKey> {
     SecretKey::from_file_text(&read_text(&config.data_dir.join("signing.key"))?)
         .map_err(Failure::data)
 }

@@ -1,5 +1,6 @@
 //! The cluster commands: the two servers, `dev`, and the operator and caller commands
-//! (`identity add`, `install`, `approve`, `eval`, `audit verify`).
+//! (`identity add|approve|suspend|unsuspend|revoke`, `install`, `approve`, `retire`, `eval`,
+//! `audit verify`).
 
 use std::path::Path;
 
@@ -13,6 +14,7 @@ use quorumvm_sandbox::Sandbox;
 use crate::client::{Caller, Client};
 use crate::cluster::{Hosts, Layout, Running, Stopped};
 use crate::exit::{Code, Failure, Result, read, read_text};
+use crate::governance::{self, Party};
 use crate::publish;
 
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -145,6 +147,69 @@ pub fn identity_approve(name: &str, config: &Path, as_json: bool) -> Result<()> 
             info.public_key,
             info.approvals,
             if info.active { "active" } else { "pending" }
+        );
+    }
+    Ok(())
+}
+
+pub fn identity_suspend(name: &str, config: &Path, suspended: bool, as_json: bool) -> Result<()> {
+    let party = Party::load(config)?;
+    let state = runtime()?.block_on(governance::suspend(&party, name, suspended))?;
+    if as_json {
+        println!("{}", serde_json::to_string(&state).expect("json"));
+    } else {
+        let done = if suspended {
+            "suspended"
+        } else {
+            "lifted its suspension of"
+        };
+        let known = if state.known {
+            ""
+        } else {
+            " (not registered there yet; it holds once it is)"
+        };
+        println!("{} {done} identity {}{known}", state.at, state.identity);
+    }
+    Ok(())
+}
+
+pub fn identity_revoke(name: &str, config: &Path, as_json: bool) -> Result<()> {
+    let config = CustodianConfig::load(config).map_err(Failure::data)?;
+    let info = runtime()?.block_on(governance::revoke(&config, name))?;
+    if as_json {
+        println!("{}", serde_json::to_string(&info).expect("json"));
+    } else {
+        println!(
+            "custodian {} approved revoking identity {}: approvals from {:?}, {}",
+            config.index,
+            info.name,
+            info.revocations,
+            if info.revoked {
+                "revoked for good"
+            } else {
+                "not yet revoked"
+            }
+        );
+    }
+    Ok(())
+}
+
+pub fn retire(package: &str, config: &Path, as_json: bool) -> Result<()> {
+    let config = CustodianConfig::load(config).map_err(Failure::data)?;
+    let info = runtime()?.block_on(governance::retire(&config, package))?;
+    if as_json {
+        println!("{}", serde_json::to_string(&info).expect("json"));
+    } else {
+        println!(
+            "custodian {} approved retiring package {} ({} version {}): approvals from {:?} \
+             (threshold {}), {:?}",
+            config.index,
+            info.package_id,
+            info.name,
+            info.version,
+            info.retirements,
+            info.threshold,
+            info.state
         );
     }
     Ok(())

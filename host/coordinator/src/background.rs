@@ -1,6 +1,7 @@
 //! What the coordinator does on its own: health checks (a dead custodian is noticed within one
-//! interval, or at once when a call to it fails), pushing activations to custodians that missed
-//! them, and keeping each active version's pool of preprocessed kits filled.
+//! interval, or at once when a call to it fails), pushing activations, registrations,
+//! revocations and retirements to custodians that missed them, and keeping each active
+//! version's pool of preprocessed kits filled.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,17 +39,32 @@ async fn health_loop(state: Arc<State>) {
                         }
                     }
                     let k = state.custodians.cluster.threshold();
-                    let active: Vec<_> = state
-                        .identities
+                    let callers = state.identities.all();
+                    let (revoked, active): (Vec<_>, Vec<_>) = callers
+                        .into_iter()
+                        .filter(|caller| caller.is_active(k) || caller.is_revoked(k))
+                        .partition(|caller| caller.is_revoked(k));
+                    // Fewer there than here: it missed some while down. Each order is
+                    // idempotent, so all of its kind go again.
+                    if (health.revocations as usize) < revoked.len() {
+                        for caller in &revoked {
+                            order_on(&state, i, revocation(caller)).await;
+                        }
+                    }
+                    if (health.identities as usize) < active.len() {
+                        for caller in &active {
+                            order_on(&state, i, registration(caller)).await;
+                        }
+                    }
+                    let retired: Vec<_> = state
+                        .registry
                         .all()
                         .into_iter()
-                        .filter(|caller| caller.is_active(k))
+                        .filter(|v| v.is_retired_by_operators(k))
                         .collect();
-                    // Fewer registered there than active here: it missed some while down.
-                    // Registration is idempotent, so all of them go again.
-                    if (health.identities as usize) < active.len() {
-                        for caller in active {
-                            register_on(&state, i, &caller).await;
+                    if (health.retirements as usize) < retired.len() {
+                        for v in &retired {
+                            order_on(&state, i, retirement(v)).await;
                         }
                     }
                 }
@@ -74,10 +90,49 @@ pub async fn push_activation(state: Arc<State>, version: Arc<Version>) {
 /// Tells every custodian that `caller` reached its approvals (those down now get it when seen
 /// again), so that the approval that activates returns once the custodians accept it.
 pub async fn push_identity(state: Arc<State>, caller: Arc<Caller>) {
+    push_to_all(state, registration(&caller)).await
+}
+
+/// Tells every custodian that k operators revoked `caller` (those down now get it when seen
+/// again).
+pub async fn push_revocation(state: Arc<State>, caller: Arc<Caller>) {
+    push_to_all(state, revocation(&caller)).await
+}
+
+/// Tells every custodian that k operators retired `version` (those down now get it when seen
+/// again).
+pub async fn push_retirement(state: Arc<State>, version: Arc<Version>) {
+    push_to_all(state, retirement(&version)).await
+}
+
+fn registration(caller: &Caller) -> Order {
+    Order::RegisterIdentity {
+        name: caller.name.clone(),
+        public_key: caller.key.to_hex(),
+        approvals: caller.approvals(),
+    }
+}
+
+fn revocation(caller: &Caller) -> Order {
+    Order::RevokeIdentity {
+        name: caller.name.clone(),
+        approvals: caller.revocation_approvals(),
+    }
+}
+
+fn retirement(version: &Version) -> Order {
+    Order::Retire {
+        package_id: version.package_id.clone(),
+        approvals: crate::registry::signatures(&version.retirements),
+    }
+}
+
+/// Sends `order` to every custodian at once and waits for their answers.
+async fn push_to_all(state: Arc<State>, order: Order) {
     let pushes: Vec<_> = (0..state.custodians.all.len())
         .map(|i| {
-            let (state, caller) = (Arc::clone(&state), Arc::clone(&caller));
-            tokio::spawn(async move { register_on(&state, i, &caller).await })
+            let (state, order) = (Arc::clone(&state), order.clone());
+            tokio::spawn(async move { order_on(&state, i, order).await })
         })
         .collect();
     for p in pushes {
@@ -85,15 +140,15 @@ pub async fn push_identity(state: Arc<State>, caller: Arc<Caller>) {
     }
 }
 
-async fn register_on(state: &State, i: usize, caller: &Caller) {
+async fn order_on(state: &State, i: usize, order: Order) {
     let c = &state.custodians.all[i];
-    let order = Order::RegisterIdentity {
-        name: caller.name.clone(),
-        public_key: caller.key.to_hex(),
-        approvals: caller.approvals(),
-    };
+    let what = format!("{order:?}");
     if let Err(e) = state.custodians.order(c, order).await {
-        tracing::warn!(custodian = c.index(), identity = %caller.name, "registration not taken: {e}");
+        tracing::warn!(
+            custodian = c.index(),
+            "order not taken: {e} ({:.120})",
+            what
+        );
     }
 }
 

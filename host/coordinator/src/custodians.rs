@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use quorumvm_package::SecretKey;
+use quorumvm_package::{PublicKey, SecretKey};
 use quorumvm_sealing::CustodianSecretKey;
 use quorumvm_wire::api::{
     CustodianHealth, ErrorBody, OrderResponse, SessionRequest, SessionResponse,
@@ -169,6 +169,11 @@ impl Custodians {
             }
         }
         health
+    }
+
+    /// The coordinator's own public key (orders, and its own suspension statements).
+    pub fn public_key(&self) -> PublicKey {
+        self.key.public()
     }
 
     pub fn sign(&self, order: Order) -> SignedOrder {

@@ -3,6 +3,11 @@
 //! operator's signature over (name, key). At k the identity is active here, and every custodian
 //! is sent `RegisterIdentity` with the k approvals, which it checks itself: the coordinator
 //! counts approvals but cannot make one.
+//!
+//! Revocation runs the same way: `POST /v1/identities/{name}/revocations` takes an operator's
+//! signature over the name (`quorumvm identity revoke`); at k the identity is refused here
+//! (403 `identity_revoked`) and every custodian is sent `RevokeIdentity` with the k approvals,
+//! which it checks itself. Nothing un-revokes a name.
 
 use std::sync::Arc;
 
@@ -48,7 +53,16 @@ pub async fn approve(
         (name.clone(), request.custodian, request.signature.clone());
     let count = state
         .writer
-        .run(move |tx| store::approve_identity(tx, &job_name, custodian, &signature, now_ms()))
+        .run(move |tx| {
+            store::approve(
+                tx,
+                store::Approved::Identity,
+                &job_name,
+                custodian,
+                &signature,
+                now_ms(),
+            )
+        })
         .await?;
     caller
         .approvals
@@ -59,6 +73,50 @@ pub async fn approve(
     if count == k {
         tracing::info!(identity = %name, "identity active");
         background::push_identity(Arc::clone(&state), Arc::clone(&caller)).await;
+    }
+    Ok(Json(caller.info(k)))
+}
+
+pub async fn revoke(
+    AxumState(state): AxumState<Arc<State>>,
+    Path(name): Path<String>,
+    Body(request): Body<ApproveRequest>,
+) -> Result<Json<IdentityInfo>, ApiError> {
+    let caller = state.identities.caller(&name).await?;
+    let approval = ApprovalSignature {
+        custodian: request.custodian,
+        signature: request.signature.clone(),
+    };
+    let subject = Subject::Revocation { name: &caller.name };
+    if let Err(e) = quorumvm_wire::approval::check(&state.custodians.cluster, &subject, &approval) {
+        let details = serde_json::json!({ "identity": name, "custodian": request.custodian });
+        return Err(refused_approval(&state, "revocation.rejected", details, e).await);
+    }
+    let k = state.custodians.cluster.threshold();
+    let (job_name, custodian, signature) =
+        (name.clone(), request.custodian, request.signature.clone());
+    let count = state
+        .writer
+        .run(move |tx| {
+            store::approve(
+                tx,
+                store::Approved::Revocation,
+                &job_name,
+                custodian,
+                &signature,
+                now_ms(),
+            )
+        })
+        .await?;
+    caller
+        .revocations
+        .lock()
+        .expect("revocations lock")
+        .push((request.custodian, request.signature));
+    tracing::info!(identity = %name, custodian = request.custodian, count, "revocation approval accepted");
+    if count == k {
+        tracing::info!(identity = %name, "identity revoked");
+        background::push_revocation(Arc::clone(&state), Arc::clone(&caller)).await;
     }
     Ok(Json(caller.info(k)))
 }

@@ -149,8 +149,8 @@ pub async fn handle(
 }
 
 /// The caller's signed request, checked as every custodian will check it: signed by the
-/// API key's identity with the key its approvals name, that identity active (k approvals),
-/// fresh, and with a well-formed request id.
+/// API key's identity with the key its approvals name, that identity active (k approvals, not
+/// revoked, not suspended here), fresh, and with a well-formed request id.
 async fn check_request(
     state: &State,
     identity: &str,
@@ -165,13 +165,7 @@ async fn check_request(
         ));
     }
     let caller = state.identities.caller(identity).await?;
-    if !caller.is_active(state.custodians.cluster.threshold()) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "identity_pending",
-            format!("identity `{identity}` is waiting for custodian operators' approvals"),
-        ));
-    }
+    caller.admit(state.custodians.cluster.threshold())?;
     request::open(signed, &caller.key, now_ms()).map_err(refused_request)
 }
 

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use quorumvm_ledger::Ledger;
 use quorumvm_package::PublicKey;
 use quorumvm_policy::{KeyHash, PolicyError};
@@ -22,11 +22,15 @@ use quorumvm_wire::order::ApprovalSignature;
 use crate::error::ApiError;
 use crate::store::{self, StoredIdentity};
 
-/// One caller identity: its key and the approvals counted so far.
+/// One caller identity: its key, the approvals counted so far (of it, and of its
+/// revocation), and the coordinator's own suspension.
 pub struct Caller {
     pub name: String,
     pub key: PublicKey,
     pub approvals: Mutex<Vec<(u32, String)>>,
+    pub revocations: Mutex<Vec<(u32, String)>>,
+    /// The coordinator's last statement about it: (suspended, the statement's time).
+    suspension: Mutex<(bool, u64)>,
 }
 
 impl Caller {
@@ -38,6 +42,8 @@ impl Caller {
             name: stored.name,
             key,
             approvals: Mutex::new(stored.approvals),
+            revocations: Mutex::new(stored.revocations),
+            suspension: Mutex::new(stored.suspension.unwrap_or((false, 0))),
         })
     }
 
@@ -45,8 +51,60 @@ impl Caller {
         crate::registry::signatures(&self.approvals)
     }
 
+    pub fn revocation_approvals(&self) -> Vec<ApprovalSignature> {
+        crate::registry::signatures(&self.revocations)
+    }
+
+    /// k custodian operators approved it.
     pub fn is_active(&self, threshold: usize) -> bool {
         self.approvals.lock().expect("approvals lock").len() >= threshold
+    }
+
+    /// k custodian operators approved its revocation: it never serves again.
+    pub fn is_revoked(&self, threshold: usize) -> bool {
+        self.revocations.lock().expect("revocations lock").len() >= threshold
+    }
+
+    pub fn is_suspended(&self) -> bool {
+        self.suspension.lock().expect("suspension lock").0
+    }
+
+    /// Records the coordinator's statement if it is later than the one held (the ledger
+    /// applied it under the same rule; this keeps memory in that order under races).
+    pub fn set_suspension(&self, suspended: bool, time_ms: u64) {
+        let mut held = self.suspension.lock().expect("suspension lock");
+        if time_ms > held.1 {
+            *held = (suspended, time_ms);
+        }
+    }
+
+    /// Whether the coordinator admits its requests: approved by k operators, not revoked, not
+    /// suspended here (403 with the reason otherwise).
+    pub fn admit(&self, threshold: usize) -> Result<(), ApiError> {
+        let refuse =
+            |code, message: String| Err(ApiError::new(StatusCode::FORBIDDEN, code, message));
+        let name = &self.name;
+        if self.is_revoked(threshold) {
+            return refuse(
+                "identity_revoked",
+                format!(
+                    "identity `{name}` is revoked by k custodian operators: never served again"
+                ),
+            );
+        }
+        if self.is_suspended() {
+            return refuse(
+                "identity_suspended",
+                format!("identity `{name}` is suspended by the coordinator"),
+            );
+        }
+        if !self.is_active(threshold) {
+            return refuse(
+                "identity_pending",
+                format!("identity `{name}` is waiting for custodian operators' approvals"),
+            );
+        }
+        Ok(())
     }
 
     pub fn info(&self, threshold: usize) -> IdentityInfo {
@@ -57,11 +115,21 @@ impl Caller {
             .iter()
             .map(|(c, _)| *c)
             .collect();
+        let revocations: Vec<u32> = self
+            .revocations
+            .lock()
+            .expect("revocations lock")
+            .iter()
+            .map(|(c, _)| *c)
+            .collect();
         IdentityInfo {
             name: self.name.clone(),
             public_key: self.key.to_hex(),
             active: approvals.len() >= threshold,
             approvals,
+            revoked: revocations.len() >= threshold,
+            revocations,
+            suspended: self.is_suspended(),
         }
     }
 }

@@ -14,8 +14,10 @@ mod eval;
 mod identities;
 mod metrics;
 mod registry;
+mod retirement;
 mod routes;
 mod store;
+mod suspension;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -59,6 +61,16 @@ pub struct CoordinatorPublicKeys {
     pub signing_key: String,
     /// X25519 (hex): session tickets (see `quorumvm_wire::order::TicketKey`).
     pub exchange_key: String,
+}
+
+/// The coordinator's ed25519 key, for `quorumvm identity suspend --config coordinator.toml`
+/// on the coordinator's machine (the coordinator admits a suspension only under this key).
+pub fn signing_key(config: &CoordinatorConfig) -> anyhow::Result<SecretKey> {
+    let path = config.data_dir.join(KEY_FILE);
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read the coordinator's key {}", path.display()))?;
+    SecretKey::from_file_text(&text)
+        .with_context(|| format!("{} is not a coordinator key", path.display()))
 }
 
 /// Loads the coordinator's keys from `data_dir`, creating them (0600) on first use.

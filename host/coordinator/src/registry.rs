@@ -24,6 +24,8 @@ pub struct Version {
     pub deal: Signed,
     pub state: Mutex<VersionState>,
     pub approvals: Mutex<Vec<(u32, String)>>,
+    /// Approvals of its retirement: at k it is retired.
+    pub retirements: Mutex<Vec<(u32, String)>>,
     pub kits: Mutex<KitPool>,
 }
 
@@ -43,6 +45,11 @@ pub fn signatures(approvals: &Mutex<Vec<(u32, String)>>) -> Vec<ApprovalSignatur
 impl Version {
     pub fn is_active(&self) -> bool {
         *self.state.lock().expect("state lock") == VersionState::Active
+    }
+
+    /// k custodian operators approved its retirement.
+    pub fn is_retired_by_operators(&self, threshold: usize) -> bool {
+        self.retirements.lock().expect("retirements lock").len() >= threshold
     }
 }
 
@@ -128,6 +135,7 @@ impl Registry {
                     deal: v.deal,
                     state: Mutex::new(v.state),
                     approvals: Mutex::new(v.approvals),
+                    retirements: Mutex::new(v.retirements),
                 };
                 inner.versions.insert(v.package_id, Arc::new(version));
             }
@@ -182,8 +190,8 @@ impl Registry {
                 axum::http::StatusCode::GONE,
                 "retired",
                 format!(
-                    "package {package_id} ({name} version {}) is retired: a higher version \
-                     superseded it",
+                    "package {package_id} ({name} version {}) is retired: superseded by a \
+                     higher version, or retired by k custodian operators",
                     version.manifest.version
                 ),
             )),
@@ -240,6 +248,13 @@ impl Registry {
             current,
             publisher: v.publisher.clone(),
             manifest: v.manifest.clone(),
+            retirements: v
+                .retirements
+                .lock()
+                .expect("retirements lock")
+                .iter()
+                .map(|(c, _)| *c)
+                .collect(),
         }
     }
 }

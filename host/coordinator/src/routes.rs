@@ -22,7 +22,7 @@ use quorumvm_wire::signed::Signed;
 use crate::State;
 use crate::error::ApiError;
 use crate::registry::{KitPool, Version};
-use crate::{background, enrol, eval, store};
+use crate::{background, enrol, eval, retirement, store, suspension};
 
 type Shared = AxumState<Arc<State>>;
 
@@ -39,8 +39,11 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/v1/packages/{id}/deal", get(deal))
         .route("/v1/packages/{id}/shares/{custodian}", get(shares))
         .route("/v1/packages/{id}/approvals", post(approve))
+        .route("/v1/packages/{id}/retirements", post(retirement::approve))
         .route("/v1/identities/{name}", get(enrol::show))
         .route("/v1/identities/{name}/approvals", post(enrol::approve))
+        .route("/v1/identities/{name}/revocations", post(enrol::revoke))
+        .route("/v1/suspensions", post(suspension::suspend))
         .route(
             "/v1/eval",
             post(eval::handle).layer(DefaultBodyLimit::max(eval::MAX_EVAL_BODY)),
@@ -93,7 +96,7 @@ async fn cluster(AxumState(state): Shared) -> Json<ClusterInfo> {
     })
 }
 
-fn info(state: &State, v: &Version) -> VersionInfo {
+pub(crate) fn info(state: &State, v: &Version) -> VersionInfo {
     state.registry.info(v, state.custodians.cluster.threshold())
 }
 
@@ -108,7 +111,7 @@ async fn list(AxumState(state): Shared) -> Json<Vec<VersionInfo>> {
     )
 }
 
-fn known(state: &State, id: &str) -> Result<Arc<Version>, ApiError> {
+pub(crate) fn known(state: &State, id: &str) -> Result<Arc<Version>, ApiError> {
     state.registry.get(id).ok_or_else(|| {
         ApiError::not_found("unknown_package", format!("no package {id} is installed"))
     })
@@ -310,6 +313,7 @@ async fn install(
                 deal,
                 state: std::sync::Mutex::new(VersionState::Pending),
                 approvals: std::sync::Mutex::new(vec![]),
+                retirements: std::sync::Mutex::new(vec![]),
                 kits: std::sync::Mutex::new(KitPool::default()),
             });
             StatusCode::CREATED
@@ -430,6 +434,14 @@ fn check_deal(
     Ok(())
 }
 
+pub(crate) fn parse_id(id: &str) -> Result<PackageId, ApiError> {
+    hex::decode(id)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .map(PackageId)
+        .ok_or_else(|| ApiError::bad_request("bad_id", "a package id is 64 hex digits"))
+}
+
 /// Audits a refused approval (of a version or an identity) with the reason, and returns the
 /// 400 that answers it (or the storage error, if the entry could not be written).
 pub async fn refused_approval(
@@ -456,12 +468,7 @@ async fn approve(
     Body(request): Body<ApproveRequest>,
 ) -> Result<Json<VersionInfo>, ApiError> {
     let version = known(&state, &id)?;
-    let package = PackageId(
-        hex::decode(&id)
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| ApiError::bad_request("bad_id", "a package id is 64 hex digits"))?,
-    );
+    let package = parse_id(&id)?;
     let approval = ApprovalSignature {
         custodian: request.custodian,
         signature: request.signature.clone(),
@@ -483,7 +490,14 @@ async fn approve(
         .writer
         .run(move |tx| {
             let now = now_ms();
-            let count = store::approve(tx, &job_id, custodian, &signature, now)?;
+            let count = store::approve(
+                tx,
+                store::Approved::Version,
+                &job_id,
+                custodian,
+                &signature,
+                now,
+            )?;
             let pending = *job_version.state.lock().expect("state lock") == VersionState::Pending;
             let activated = if count >= k && pending {
                 Some(store::activate(tx, &job_id, &job_version.manifest, now)?)

@@ -84,6 +84,32 @@ pub const SCHEMA: Schema = Schema {
             PRIMARY KEY (identity, request_id)
         ) STRICT, WITHOUT ROWID;
     ",
+        "
+        -- Custodian operators' approvals of revoking an identity (at k it never serves again)
+        -- and of retiring a version (at k it is retired).
+        CREATE TABLE revocation_approvals (
+            name TEXT NOT NULL REFERENCES caller_keys (name),
+            custodian INTEGER NOT NULL,
+            signature TEXT NOT NULL,
+            approved_ms INTEGER NOT NULL,
+            PRIMARY KEY (name, custodian)
+        ) STRICT;
+        CREATE TABLE retirement_approvals (
+            package_id TEXT NOT NULL REFERENCES versions (package_id),
+            custodian INTEGER NOT NULL,
+            signature TEXT NOT NULL,
+            approved_ms INTEGER NOT NULL,
+            PRIMARY KEY (package_id, custodian)
+        ) STRICT;
+        -- The coordinator's own last suspension statement per identity (suspended or lifted):
+        -- only a later one counts.
+        CREATE TABLE suspensions (
+            name TEXT PRIMARY KEY REFERENCES caller_keys (name),
+            suspended INTEGER NOT NULL CHECK (suspended IN (0, 1)),
+            time_ms INTEGER NOT NULL,
+            statement TEXT NOT NULL
+        ) STRICT;
+    ",
     ],
 };
 
@@ -95,6 +121,8 @@ pub struct StoredVersion {
     pub manifest: Manifest,
     pub state: VersionState,
     pub approvals: Vec<(u32, String)>,
+    /// Approvals of its retirement (at k it is retired).
+    pub retirements: Vec<(u32, String)>,
     pub kits_reserved: u64,
     pub next_batch: u64,
     /// Stored batches at or above `kits_reserved`, in order.
@@ -196,38 +224,108 @@ pub fn install(tx: &Transaction<'_>, v: &NewVersion<'_>) -> Result<Installed, Ap
     Ok(Installed::New)
 }
 
-/// Records one valid approval; returns how many distinct custodians have approved.
+/// What an operator's approval is of; each kind in a table of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Approved {
+    Version,
+    Identity,
+    Revocation,
+    Retirement,
+}
+
+impl Approved {
+    /// (table, subject column, audit kind, subject key in the audit entry, subject noun).
+    fn names(
+        self,
+    ) -> (
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+    ) {
+        match self {
+            Approved::Version => (
+                "approvals",
+                "package_id",
+                "approval.accepted",
+                "package_id",
+                "package",
+            ),
+            Approved::Identity => (
+                "identity_approvals",
+                "name",
+                "identity.approved",
+                "identity",
+                "identity",
+            ),
+            Approved::Revocation => (
+                "revocation_approvals",
+                "name",
+                "revocation.approved",
+                "identity",
+                "the revocation of identity",
+            ),
+            Approved::Retirement => (
+                "retirement_approvals",
+                "package_id",
+                "retirement.approved",
+                "package_id",
+                "the retirement of package",
+            ),
+        }
+    }
+}
+
+/// Records one valid approval of `subject` (a package id or an identity name) with its audit
+/// entry; returns how many distinct custodians have approved it so far.
 pub fn approve(
     tx: &Transaction<'_>,
-    package_id: &str,
+    kind: Approved,
+    subject: &str,
     custodian: u32,
     signature: &str,
     now_ms: u64,
 ) -> Result<usize, ApiError> {
-    let inserted = tx.execute(
-        "INSERT INTO approvals (package_id, custodian, signature, approved_ms) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT DO NOTHING",
-        params![package_id, custodian, signature, now_ms],
-    )?;
+    let (table, column, entry, key, noun) = kind.names();
+    let inserted = tx
+        .prepare_cached(&format!(
+            "INSERT INTO {table} ({column}, custodian, signature, approved_ms)
+             VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING"
+        ))?
+        .execute(params![subject, custodian, signature, now_ms])?;
     if inserted == 0 {
         return Err(ApiError::conflict(
             "duplicate_approval",
-            format!("custodian {custodian} has already approved package {package_id}"),
+            format!("custodian {custodian} has already approved {noun} {subject}"),
         ));
     }
     audit(
         tx,
         now_ms,
         &format!("custodian-{custodian}"),
-        "approval.accepted",
-        serde_json::json!({ "package_id": package_id, "custodian": custodian }),
+        entry,
+        serde_json::json!({ key: subject, "custodian": custodian }),
     )?;
-    let count: i64 = tx.query_row(
-        "SELECT COUNT(*) FROM approvals WHERE package_id = ?1",
-        [package_id],
-        |r| r.get(0),
-    )?;
+    let count: i64 = tx
+        .prepare_cached(&format!("SELECT COUNT(*) FROM {table} WHERE {column} = ?1"))?
+        .query_row([subject], |r| r.get(0))?;
     Ok(count as usize)
+}
+
+/// The approvals of `subject` of one kind, by custodian.
+fn approvals_of(
+    conn: &rusqlite::Connection,
+    kind: Approved,
+    subject: &str,
+) -> Result<Vec<(u32, String)>, ApiError> {
+    let (table, column, ..) = kind.names();
+    Ok(conn
+        .prepare_cached(&format!(
+            "SELECT custodian, signature FROM {table} WHERE {column} = ?1 ORDER BY custodian"
+        ))?
+        .query_map([subject], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?)
 }
 
 /// What an activation did to the name's versions.
@@ -293,7 +391,8 @@ pub fn activate(
     Ok(Activated::Current { retired })
 }
 
-fn retire(tx: &Transaction<'_>, package_id: &str, now_ms: u64) -> Result<(), ApiError> {
+/// Marks a version retired, for good (superseded, or retired by k operators).
+pub fn retire(tx: &Transaction<'_>, package_id: &str, now_ms: u64) -> Result<(), ApiError> {
     tx.execute(
         "UPDATE versions SET retired_ms = ?2 WHERE package_id = ?1",
         params![package_id, now_ms],
@@ -328,45 +427,14 @@ pub fn propose_identity(
     )
 }
 
-/// Records one valid identity approval; returns how many distinct custodians approved it.
-pub fn approve_identity(
-    tx: &Transaction<'_>,
-    name: &str,
-    custodian: u32,
-    signature: &str,
-    now_ms: u64,
-) -> Result<usize, ApiError> {
-    let inserted = tx.execute(
-        "INSERT INTO identity_approvals (name, custodian, signature, approved_ms)
-         VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
-        params![name, custodian, signature, now_ms],
-    )?;
-    if inserted == 0 {
-        return Err(ApiError::conflict(
-            "duplicate_approval",
-            format!("custodian {custodian} has already approved identity {name}"),
-        ));
-    }
-    audit(
-        tx,
-        now_ms,
-        &format!("custodian-{custodian}"),
-        "identity.approved",
-        serde_json::json!({ "identity": name, "custodian": custodian }),
-    )?;
-    let count: i64 = tx.query_row(
-        "SELECT COUNT(*) FROM identity_approvals WHERE name = ?1",
-        [name],
-        |r| r.get(0),
-    )?;
-    Ok(count as usize)
-}
-
-/// A caller identity as stored: its key and approvals.
+/// A caller identity as stored: its key, approvals, approvals of its revocation, and the
+/// coordinator's last suspension statement about it (suspended, its time).
 pub struct StoredIdentity {
     pub name: String,
     pub public_key: String,
     pub approvals: Vec<(u32, String)>,
+    pub revocations: Vec<(u32, String)>,
+    pub suspension: Option<(bool, u64)>,
 }
 
 pub fn load_identities(conn: &rusqlite::Connection) -> Result<Vec<StoredIdentity>, ApiError> {
@@ -376,20 +444,60 @@ pub fn load_identities(conn: &rusqlite::Connection) -> Result<Vec<StoredIdentity
         .collect::<Result<_, _>>()?;
     let mut out = Vec::with_capacity(keys.len());
     for (name, public_key) in keys {
-        let approvals = conn
-            .prepare_cached(
-                "SELECT custodian, signature FROM identity_approvals WHERE name = ?1
-                 ORDER BY custodian",
-            )?
-            .query_map([&name], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<_, _>>()?;
+        let suspension = conn
+            .prepare_cached("SELECT suspended, time_ms FROM suspensions WHERE name = ?1")?
+            .query_row([&name], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
         out.push(StoredIdentity {
+            approvals: approvals_of(conn, Approved::Identity, &name)?,
+            revocations: approvals_of(conn, Approved::Revocation, &name)?,
+            suspension,
             name,
             public_key,
-            approvals,
         });
     }
     Ok(out)
+}
+
+/// Applies the coordinator's suspension statement about `name` (`identity.suspended` or
+/// `identity.unsuspended`) if it is later than the last one applied; otherwise returns that
+/// last time and changes nothing.
+pub fn apply_suspension(
+    tx: &Transaction<'_>,
+    name: &str,
+    suspended: bool,
+    time_ms: u64,
+    statement: &str,
+    now_ms: u64,
+) -> Result<Result<(), u64>, ApiError> {
+    let last: Option<u64> = tx
+        .query_row(
+            "SELECT time_ms FROM suspensions WHERE name = ?1",
+            [name],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(last) = last.filter(|&last| time_ms <= last) {
+        return Ok(Err(last));
+    }
+    tx.execute(
+        "INSERT INTO suspensions (name, suspended, time_ms, statement) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (name) DO UPDATE SET suspended = excluded.suspended,
+             time_ms = excluded.time_ms, statement = excluded.statement",
+        params![name, suspended, time_ms, statement],
+    )?;
+    audit(
+        tx,
+        now_ms,
+        "operator",
+        if suspended {
+            "identity.suspended"
+        } else {
+            "identity.unsuspended"
+        },
+        serde_json::json!({ "identity": name, "statement_ms": time_ms }),
+    )?;
+    Ok(Ok(()))
 }
 
 /// Records a caller's request id; `false` if it was admitted before (a replay).
@@ -516,12 +624,8 @@ pub fn load_versions(conn: &rusqlite::Connection) -> Result<Vec<StoredVersion>, 
             ("active", false) => VersionState::Active,
             _ => VersionState::Pending,
         };
-        let approvals = conn
-            .prepare_cached(
-                "SELECT custodian, signature FROM approvals WHERE package_id = ?1 ORDER BY custodian",
-            )?
-            .query_map([&package_id], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<_, _>>()?;
+        let approvals = approvals_of(conn, Approved::Version, &package_id)?;
+        let retirements = approvals_of(conn, Approved::Retirement, &package_id)?;
         let batches = conn
             .prepare_cached(
                 "SELECT first_kit, count FROM kit_batches
@@ -539,6 +643,7 @@ pub fn load_versions(conn: &rusqlite::Connection) -> Result<Vec<StoredVersion>, 
             manifest,
             state,
             approvals,
+            retirements,
             kits_reserved: reserved as u64,
             next_batch: next_batch as u64,
             batches,

@@ -326,7 +326,10 @@ pub(crate) fn retired(id: &PackageId) -> ApiError {
     ApiError::new(
         StatusCode::GONE,
         "retired",
-        format!("version {id} is retired on this custodian: a higher version superseded it"),
+        format!(
+            "version {id} is retired on this custodian (superseded by a higher version, or \
+             retired by k operators): it never serves again"
+        ),
     )
 }
 

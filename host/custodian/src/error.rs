@@ -10,6 +10,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use quorumvm_ledger::LedgerError;
 use quorumvm_wire::api::ErrorBody;
+use quorumvm_wire::approval::ApprovalError;
 use quorumvm_wire::order::OrderError;
 
 use crate::mailbox::{OpenError, WaitError};
@@ -116,6 +117,18 @@ impl From<OrderError> for ApiError {
             OrderError::BadSignature | OrderError::Expired(_) => StatusCode::UNAUTHORIZED,
         };
         ApiError::new(status, "bad_order", err.to_string())
+    }
+}
+
+/// A set of operators' approvals that does not carry a decision: forged, duplicated, of
+/// another subject, or fewer than k.
+impl From<ApprovalError> for ApiError {
+    fn from(err: ApprovalError) -> ApiError {
+        let code = match err {
+            ApprovalError::TooFew { .. } => "not_enough_approvals",
+            _ => "bad_approval",
+        };
+        ApiError::new(StatusCode::FORBIDDEN, code, err.to_string())
     }
 }
 

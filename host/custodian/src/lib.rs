@@ -11,9 +11,11 @@
 //! - `versions`: the active versions in memory, with their opened shares and kit counts.
 //! - `mailbox`: round messages from peers, buffered until the session that waits for them.
 //! - `peers`: sending round messages, and encrypting the secret ones (preprocessing).
-//! - `callers`: the caller identities it accepts signed requests from.
-//! - `activation`, `register`, `preprocess`: the coordinator's orders; `session`: an
-//!   evaluation of a caller's signed request, on the coordinator's ticket.
+//! - `callers`: the caller identities it accepts signed requests from, and those it refuses
+//!   (revoked by k operators, or suspended here by its own operator).
+//! - `activation`, `register`, `preprocess`, and `revoke`, `retire` (decisions of k operators):
+//!   the coordinator's orders; `session`: an evaluation of a caller's signed request, on the
+//!   coordinator's ticket; `suspend`: its own operator's suspensions.
 //! - `routes`: the HTTP API; `error`: its error bodies; `metrics`: `GET /metrics`.
 //! - `state`: everything a running custodian holds, and how it starts.
 
@@ -26,10 +28,13 @@ mod metrics;
 mod peers;
 mod preprocess;
 mod register;
+mod retire;
+mod revoke;
 mod routes;
 mod session;
 mod state;
 mod store;
+mod suspend;
 mod versions;
 
 use std::sync::Arc;

@@ -3,7 +3,8 @@
 //!
 //! The coordinator's word creates no caller: without k valid signatures of distinct operators
 //! over exactly this name and key, the order is refused and nothing is stored. A name already
-//! registered with another key is refused too (a caller is never silently re-keyed).
+//! registered with another key is refused too (a caller is never silently re-keyed), and so is
+//! a name k operators revoked, under any key.
 
 use std::sync::Arc;
 
@@ -25,29 +26,23 @@ pub(crate) enum RegisterError {
     BadName(#[from] quorumvm_policy::PolicyError),
     #[error("the identity's key is not an ed25519 public key: {0}")]
     BadKey(String),
-    #[error("an approval is refused: {0}")]
+    #[error("{0}")]
     Approval(#[from] ApprovalError),
-    #[error("{got} valid approval(s) (custodians {approvers:?}); an identity needs {need}")]
-    TooFewApprovals {
-        got: usize,
-        approvers: Vec<u32>,
-        need: usize,
-    },
     #[error("identity `{0}` is registered here with another key")]
     OtherKey(String),
+    #[error("identity `{0}` is revoked: its name is never registered again")]
+    Revoked(String),
 }
 
 impl From<RegisterError> for ApiError {
     fn from(err: RegisterError) -> ApiError {
         let (status, code) = match &err {
+            RegisterError::Approval(e) => return e.clone().into(),
             RegisterError::BadName(_) | RegisterError::BadKey(_) => {
                 (StatusCode::BAD_REQUEST, "bad_identity")
             }
-            RegisterError::Approval(_) => (StatusCode::FORBIDDEN, "bad_approval"),
-            RegisterError::TooFewApprovals { .. } => {
-                (StatusCode::FORBIDDEN, "not_enough_approvals")
-            }
             RegisterError::OtherKey(_) => (StatusCode::CONFLICT, "identity_conflict"),
+            RegisterError::Revoked(_) => (StatusCode::FORBIDDEN, "identity_revoked"),
         };
         ApiError::new(status, code, err.to_string())
     }
@@ -63,16 +58,7 @@ pub(crate) fn check(
     quorumvm_policy::check_name(name)?;
     let key =
         PublicKey::from_file_text(public_key).map_err(|e| RegisterError::BadKey(e.to_string()))?;
-    let approvers =
-        approval::check_all(cluster, &Subject::Identity { name, key: &key }, approvals)?;
-    let need = cluster.threshold();
-    if approvers.len() < need {
-        return Err(RegisterError::TooFewApprovals {
-            got: approvers.len(),
-            approvers,
-            need,
-        });
-    }
+    approval::check_threshold(cluster, &Subject::Identity { name, key: &key }, approvals)?;
     Ok(key)
 }
 
@@ -86,6 +72,9 @@ pub(crate) async fn register(
     let key = check(&c.cluster, &name, &public_key, &approvals)?;
     // Registrations are rare; one at a time, so two keys for one name cannot race.
     let _one = c.activation.lock().await;
+    if c.callers.is_revoked(&name) {
+        return Err(RegisterError::Revoked(name).into());
+    }
     let registered = || OrderResponse {
         status: "registered".into(),
         kits: 0,

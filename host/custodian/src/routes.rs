@@ -1,5 +1,6 @@
 //! The custodian's HTTP API (see [`quorumvm_wire::api`]). Its callers are the coordinator
-//! (orders, sessions, health, metrics) and the other custodians (round messages). Every error
+//! (orders, sessions, health, metrics), the other custodians (round messages) and its own
+//! operator (suspensions). Every error
 //! is an [`quorumvm_wire::api::ErrorBody`]; a refused request changes nothing.
 
 use std::future::Future;
@@ -14,11 +15,13 @@ use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use quorumvm_wire::api::{
-    CustodianHealth, OrderResponse, SessionRequest, SessionResponse, VersionKits,
+    CustodianHealth, OrderResponse, SessionRequest, SessionResponse, SuspensionState, VersionKits,
 };
 use quorumvm_wire::now_ms;
 use quorumvm_wire::order::{Order, SignedOrder};
 use quorumvm_wire::peer::{Frame, FrameRefusal, FrameResult, SENDER_HEADER, decode_frames};
+use quorumvm_wire::request::claimed_identity;
+use quorumvm_wire::signed::Signed;
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
@@ -28,7 +31,7 @@ use crate::peers::valid_session_id;
 use crate::preprocess::{self, Batch};
 use crate::session;
 use crate::state::Custodian;
-use crate::{activation, register};
+use crate::{activation, register, retire, revoke, suspend};
 
 /// The largest round message: a preprocessing layer carries `2 · count · terms` elements to
 /// each peer, and the coordinator sizes its batches under this.
@@ -54,6 +57,10 @@ pub(crate) fn router(custodian: Arc<Custodian>) -> Router {
             "/v1/rounds",
             post(rounds).layer(DefaultBodyLimit::max(ROUND_BODY_LIMIT)),
         )
+        .route(
+            "/v1/suspensions",
+            post(suspensions).layer(DefaultBodyLimit::max(ORDER_BODY_LIMIT)),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(custodian)
@@ -69,6 +76,8 @@ async fn health(State(c): State<Arc<Custodian>>) -> Json<CustodianHealth> {
             .map(|(package_id, kits)| VersionKits { package_id, kits })
             .collect(),
         identities: c.callers.len() as u64,
+        revocations: c.callers.revocations() as u64,
+        retirements: c.versions.retirements() as u64,
     })
 }
 
@@ -116,6 +125,13 @@ async fn orders(
         } => {
             detached(async move { register::register(&c, name, public_key, approvals).await }).await
         }
+        Order::RevokeIdentity { name, approvals } => {
+            detached(async move { revoke::revoke(&c, name, approvals).await }).await
+        }
+        Order::Retire {
+            package_id,
+            approvals,
+        } => detached(async move { retire::retire(&c, &package_id, approvals).await }).await,
         Order::Abort { session } => {
             if !valid_session_id(&session) {
                 return Err(ApiError::bad_request(
@@ -139,7 +155,23 @@ async fn sessions(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<SessionResponse>, ApiError> {
     let request: SessionRequest = json(body)?;
+    // A revoked or suspended name is refused before anything else (an unreadable request is
+    // the session's to refuse).
+    if let Ok(identity) = claimed_identity(&request.request) {
+        c.callers.admit(&identity, c.me)?;
+    }
     detached(async move { session::evaluate(&c, request).await })
+        .await
+        .map(Json)
+}
+
+/// The operator's own statement: applied before it is answered.
+async fn suspensions(
+    State(c): State<Arc<Custodian>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<SuspensionState>, ApiError> {
+    let signed: Signed = json(body)?;
+    detached(async move { suspend::suspend(&c, signed).await })
         .await
         .map(Json)
 }

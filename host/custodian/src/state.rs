@@ -18,8 +18,9 @@ use crate::keys::load_keys;
 use crate::mailbox::{self, Inbox, Mailbox};
 use crate::metrics::Metrics;
 use crate::peers::Peers;
+use crate::store::Decision;
 use crate::versions::{Version, Versions, parse_package_id};
-use crate::{register, store};
+use crate::{register, retire, revoke, store};
 
 /// What one call into the evaluator plugin may use. A layer of a large circuit is a few ms;
 /// the deadline only stops a plugin that has gone wrong (under Winch, fuel does).
@@ -126,6 +127,14 @@ impl Custodian {
             .context("loading the evaluator plugin")?;
 
         let versions = Versions::default();
+        for stored in store::load_decisions(&ledger, Decision::Retirement)? {
+            let loading = || format!("retirement of {} in {}", stored.subject, db.display());
+            let id = parse_package_id(&stored.subject)
+                .ok_or_else(|| anyhow!("the package id is not 64 hex digits"))
+                .with_context(loading)?;
+            retire::check(&cluster, &id, &stored.approvals).with_context(loading)?;
+            versions.retire_for_good(id);
+        }
         let checker = Checker {
             sandbox: &sandbox,
             cluster: &cluster,
@@ -137,7 +146,7 @@ impl Custodian {
             let id = parse_package_id(&stored.package_id)
                 .ok_or_else(|| anyhow!("the package id is not 64 hex digits"))
                 .with_context(loading)?;
-            if stored.retired {
+            if stored.retired || versions.is_retired(&id) {
                 versions.retire(id);
                 continue;
             }
@@ -160,7 +169,18 @@ impl Custodian {
         }
 
         let callers = Callers::default();
+        for stored in store::load_decisions(&ledger, Decision::Revocation)? {
+            revoke::check(&cluster, &stored.subject, &stored.approvals)
+                .with_context(|| format!("revocation of {} in {}", stored.subject, db.display()))?;
+            callers.revoke(stored.subject);
+        }
+        for (name, suspended, time_ms) in store::load_suspensions(&ledger)? {
+            callers.set_suspension(name, suspended, time_ms);
+        }
         for stored in store::load_callers(&ledger)? {
+            if callers.is_revoked(&stored.name) {
+                continue;
+            }
             let key = register::check(
                 &cluster,
                 &stored.name,

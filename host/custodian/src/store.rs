@@ -17,6 +17,10 @@
 //!   it served: a request is charged once, on its first attempt here, and served again only in
 //!   a later attempt (the coordinator's retries, at most [`MAX_ATTEMPTS`] in all).
 //! - `sessions`: every session id this custodian started, so that no restart reopens one.
+//! - `revocations`, `retirements`: identities and versions k operators decided to stop for
+//!   good, with their approvals (checked again at every start).
+//! - `suspensions`: the last statement this custodian's operator signed about each identity
+//!   (suspended or lifted), with its time: only a later one counts.
 //!
 //! The per-(identity, program name) budget counters and rate buckets are the policy crate's
 //! `budget_spent` and `rate_buckets` tables.
@@ -82,6 +86,24 @@ pub(crate) const SCHEMA: Schema = Schema {
             started_ms INTEGER NOT NULL
         ) STRICT, WITHOUT ROWID;
     ",
+        "
+        CREATE TABLE revocations (
+            name TEXT PRIMARY KEY,
+            approvals TEXT NOT NULL,
+            revoked_ms INTEGER NOT NULL
+        ) STRICT;
+        CREATE TABLE retirements (
+            package_id TEXT PRIMARY KEY,
+            approvals TEXT NOT NULL,
+            retired_ms INTEGER NOT NULL
+        ) STRICT;
+        CREATE TABLE suspensions (
+            name TEXT PRIMARY KEY,
+            suspended INTEGER NOT NULL CHECK (suspended IN (0, 1)),
+            time_ms INTEGER NOT NULL,
+            statement TEXT NOT NULL
+        ) STRICT;
+    ",
     ],
 };
 
@@ -93,6 +115,8 @@ pub(crate) const MAX_ATTEMPTS: u32 = 3;
 
 /// Who the audit entries of coordinator orders name as their actor.
 const COORDINATOR: &str = "coordinator";
+/// Who the audit entries of this custodian's operator's own statements name as their actor.
+const OPERATOR: &str = "operator";
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum StoreError {
@@ -257,14 +281,9 @@ pub(crate) fn retire(
     by: &str,
     now_ms: u64,
 ) -> Result<(), StoreError> {
-    let changed = tx.execute(
-        "UPDATE versions SET retired_ms = ?2 WHERE package_id = ?1 AND retired_ms IS NULL",
-        params![package_id, now_ms],
-    )?;
-    if changed == 0 {
+    if !stop_serving(tx, package_id, now_ms)? {
         return Ok(());
     }
-    tx.execute("DELETE FROM kits WHERE package_id = ?1", [package_id])?;
     audit::append(
         tx,
         &NewEntry {
@@ -275,6 +294,182 @@ pub(crate) fn retire(
         },
     )?;
     Ok(())
+}
+
+/// Marks a stored version retired and drops its unused kits; `false` if it is not stored here
+/// or was retired already.
+fn stop_serving(tx: &Transaction<'_>, package_id: &str, now_ms: u64) -> Result<bool, StoreError> {
+    let changed = tx.execute(
+        "UPDATE versions SET retired_ms = ?2 WHERE package_id = ?1 AND retired_ms IS NULL",
+        params![package_id, now_ms],
+    )?;
+    if changed > 0 {
+        tx.execute("DELETE FROM kits WHERE package_id = ?1", [package_id])?;
+    }
+    Ok(changed > 0)
+}
+
+/// What k operators may decide to stop for good: an identity, or a version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// Of an identity's name: it is never served again, under any key.
+    Revocation,
+    /// Of a version's package id: it never serves nor activates again.
+    Retirement,
+}
+
+impl Decision {
+    fn insert_sql(self) -> &'static str {
+        match self {
+            Decision::Revocation => {
+                "INSERT INTO revocations (name, approvals, revoked_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name) DO NOTHING"
+            }
+            Decision::Retirement => {
+                "INSERT INTO retirements (package_id, approvals, retired_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (package_id) DO NOTHING"
+            }
+        }
+    }
+
+    fn load_sql(self) -> &'static str {
+        match self {
+            Decision::Revocation => "SELECT name, approvals FROM revocations",
+            Decision::Retirement => "SELECT package_id, approvals FROM retirements",
+        }
+    }
+
+    fn entry(self, subject: &str, approvers: Vec<u32>) -> (&'static str, serde_json::Value) {
+        match self {
+            Decision::Revocation => (
+                "identity.revoked",
+                json!({ "identity": subject, "approvals": approvers }),
+            ),
+            Decision::Retirement => (
+                "version.retired",
+                json!({ "package_id": subject, "approvals": approvers }),
+            ),
+        }
+    }
+}
+
+/// A decision of k operators as stored: its subject (identity name or package id) and the
+/// approvals this custodian checked.
+pub(crate) struct StoredDecision {
+    pub subject: String,
+    pub approvals: Vec<ApprovalSignature>,
+}
+
+/// Records a decision with its audit entry (`identity.revoked`, `version.retired`); `false` if
+/// it was recorded already. A retired version stored here stops serving in the same
+/// transaction and its kits are dropped; one not stored here yet never activates. A revoked
+/// caller's row stays, for the record.
+pub(crate) fn insert_decision(
+    tx: &Transaction<'_>,
+    decision: Decision,
+    stored: &StoredDecision,
+    now_ms: u64,
+) -> Result<bool, StoreError> {
+    let approvals = serde_json::to_string(&stored.approvals)
+        .map_err(|e| StoreError::Corrupt(format!("approvals do not serialize: {e}")))?;
+    let added = tx.execute(
+        decision.insert_sql(),
+        params![stored.subject, approvals, now_ms],
+    )?;
+    if added == 0 {
+        return Ok(false);
+    }
+    if decision == Decision::Retirement {
+        stop_serving(tx, &stored.subject, now_ms)?;
+    }
+    let approvers = stored.approvals.iter().map(|a| a.custodian).collect();
+    let (kind, details) = decision.entry(&stored.subject, approvers);
+    audit::append(
+        tx,
+        &NewEntry {
+            timestamp_ms: now_ms,
+            actor: COORDINATOR,
+            kind,
+            details: &details,
+        },
+    )?;
+    Ok(true)
+}
+
+pub(crate) fn load_decisions(
+    ledger: &Ledger,
+    decision: Decision,
+) -> Result<Vec<StoredDecision>, StoreError> {
+    let conn = ledger.connection();
+    let mut rows = conn.prepare(decision.load_sql())?;
+    let listed = rows.query_map([], |row| {
+        Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+    })?;
+    let mut decisions = Vec::new();
+    for row in listed {
+        let (subject, approvals) = row?;
+        let approvals = serde_json::from_str(&approvals)
+            .map_err(|e| StoreError::Corrupt(format!("approvals of {subject}: {e}")))?;
+        decisions.push(StoredDecision { subject, approvals });
+    }
+    Ok(decisions)
+}
+
+/// An operator's suspension statement that passed its signature and freshness checks.
+pub(crate) struct NewSuspension {
+    pub name: String,
+    pub suspended: bool,
+    pub time_ms: u64,
+    /// The signed statement (JSON of a wire `Signed`), for the record.
+    pub statement: String,
+    pub now_ms: u64,
+}
+
+/// Applies a suspension statement (`identity.suspended` or `identity.unsuspended`) if it is
+/// later than the last one applied for the identity; otherwise returns that last time and
+/// changes nothing.
+pub(crate) fn apply_suspension(
+    tx: &Transaction<'_>,
+    s: &NewSuspension,
+) -> Result<Result<(), u64>, StoreError> {
+    let last: Option<u64> = tx
+        .query_row(
+            "SELECT time_ms FROM suspensions WHERE name = ?1",
+            [&s.name],
+            |row| row.get(0),
+        )
+        .optional()?;
+    if let Some(last) = last.filter(|&last| s.time_ms <= last) {
+        return Ok(Err(last));
+    }
+    tx.execute(
+        "INSERT INTO suspensions (name, suspended, time_ms, statement) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (name) DO UPDATE SET suspended = excluded.suspended,
+             time_ms = excluded.time_ms, statement = excluded.statement",
+        params![s.name, s.suspended, s.time_ms, s.statement],
+    )?;
+    audit::append(
+        tx,
+        &NewEntry {
+            timestamp_ms: s.now_ms,
+            actor: OPERATOR,
+            kind: if s.suspended {
+                "identity.suspended"
+            } else {
+                "identity.unsuspended"
+            },
+            details: &json!({ "identity": s.name, "statement_ms": s.time_ms }),
+        },
+    )?;
+    Ok(Ok(()))
+}
+
+/// Every identity's last suspension statement: (name, suspended, time).
+pub(crate) fn load_suspensions(ledger: &Ledger) -> Result<Vec<(String, bool, u64)>, StoreError> {
+    let conn = ledger.connection();
+    let mut rows = conn.prepare("SELECT name, suspended, time_ms FROM suspensions")?;
+    let listed = rows.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
+    Ok(listed.collect::<Result<_, _>>()?)
 }
 
 /// A caller identity as stored.

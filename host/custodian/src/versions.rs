@@ -3,10 +3,11 @@
 //! ids of the versions it retired, which never serve again.
 //!
 //! Only the highest activated version of a name serves: activating a higher one retires the
-//! others (in the same ledger transaction), and a lower one is refused.
+//! others (in the same ledger transaction), and a lower one is refused. k operators may also
+//! retire any version, active here or not.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use quorumvm_core::circuit::{Circuit, Manifest};
@@ -73,6 +74,8 @@ impl Version {
 pub(crate) struct Versions {
     by_id: RwLock<BTreeMap<PackageId, Arc<Version>>>,
     retired: RwLock<BTreeSet<PackageId>>,
+    /// How many of the retired were retired by k operators (each counted once).
+    retirements: AtomicUsize,
 }
 
 impl Versions {
@@ -105,6 +108,16 @@ impl Versions {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id);
+    }
+
+    /// Retires `id` by k operators' decision (committed, and not counted before).
+    pub fn retire_for_good(&self, id: PackageId) {
+        self.retire(id);
+        self.retirements.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn retirements(&self) -> usize {
+        self.retirements.load(Ordering::Relaxed)
     }
 
     pub fn is_retired(&self, id: &PackageId) -> bool {

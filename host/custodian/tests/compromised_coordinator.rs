@@ -14,10 +14,11 @@ use quorumvm_core::shamir::Share;
 use quorumvm_package::{Domain, SecretKey};
 use quorumvm_sealing::{CustodianSecretKey, SealedShare, ShareBinding, open_share, seal_share};
 use quorumvm_wire::api::SealedShares;
+use quorumvm_wire::approval::{self, Subject};
 use quorumvm_wire::config::Engine;
 use quorumvm_wire::deal::{Deal, share_digest};
 use quorumvm_wire::now_ms;
-use quorumvm_wire::order::Order;
+use quorumvm_wire::order::{ApprovalSignature, Order};
 use quorumvm_wire::request::CallerRequest;
 use quorumvm_wire::signed::Signed;
 
@@ -514,4 +515,276 @@ async fn a_retired_version_is_refused_by_every_custodian() {
         .evaluate(&v3, &[1, 2, 3], &[("x", "3")], 0, &alice)
         .await
         .unwrap_or_else(|a| panic!("{:?}", codes(&a)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_revocation_needs_k_operators_and_then_holds_for_good() {
+    let mut cluster = Cluster::start(ENGINES, 1_000).await;
+    let program = cluster.publish(PROGRAM, &SECRET);
+    all_ok(&cluster.activate(&program, &[1, 2]).await);
+    all_ok(&cluster.preprocess(&program, 0, 6).await);
+    let alice = cluster.register("alice").await;
+    let revoke_alice = Subject::Revocation { name: "alice" };
+
+    // One operator's approval, k = 2 needed.
+    let one = cluster.sign_subject(&revoke_alice, &[1]);
+    all_refuse(
+        &cluster.revoke_with("alice", one.clone()).await,
+        403,
+        "not_enough_approvals",
+    );
+    // The coordinator signs custodian 2's approval itself; or counts custodian 1 twice; or
+    // passes off approvals of another name's revocation, or of alice's registration.
+    let mut forged = one.clone();
+    forged.push(ApprovalSignature {
+        custodian: 2,
+        signature: hex::encode(approval::sign(&cluster.coordinator, &revoke_alice)),
+    });
+    let mut twice = one.clone();
+    twice.push(one[0].clone());
+    let other_name = cluster.sign_subject(&Subject::Revocation { name: "bob" }, &[1, 2]);
+    let public = alice.key.public();
+    let registration = cluster.sign_subject(
+        &Subject::Identity {
+            name: "alice",
+            key: &public,
+        },
+        &[1, 2],
+    );
+    for approvals in [forged, twice, other_name, registration] {
+        all_refuse(
+            &cluster.revoke_with("alice", approvals).await,
+            403,
+            "bad_approval",
+        );
+    }
+    // None of it touched alice: she is served.
+    let (got, _) = cluster
+        .evaluate(&program, &[1, 2, 3], &[("x", "3")], 0, &alice)
+        .await
+        .unwrap_or_else(|a| panic!("{:?}", codes(&a)));
+    assert_eq!(got, cluster.expected(&program, &[("x", "3")]));
+
+    // With k operators' approvals every custodian revokes her ...
+    all_ok(
+        &cluster
+            .revoke_with("alice", cluster.sign_subject(&revoke_alice, &[1, 3]))
+            .await,
+    );
+    // ... and refuses her requests, signed by her own key, however the coordinator relays them.
+    let refused = cluster
+        .evaluate(&program, &[1, 2, 3], &[("x", "3")], 1, &alice)
+        .await
+        .unwrap_err();
+    all_refuse(&refused, 403, "identity_revoked");
+    // The coordinator cannot bring the name back, with her key or with another.
+    let again = Order::RegisterIdentity {
+        name: "alice".into(),
+        public_key: public.to_hex(),
+        approvals: cluster.sign_subject(
+            &Subject::Identity {
+                name: "alice",
+                key: &public,
+            },
+            &[1, 2],
+        ),
+    };
+    all_refuse(
+        &cluster.order_all(&[1, 2, 3], again).await,
+        403,
+        "identity_revoked",
+    );
+    let (_, answers) = cluster.register_with("alice", &[1, 2, 3]).await;
+    all_refuse(&answers, 403, "identity_revoked");
+    // The revocation survives a restart.
+    cluster.restart(2).await;
+    let refused = cluster
+        .evaluate(&program, &[1, 2, 3], &[("x", "3")], 1, &alice)
+        .await
+        .unwrap_err();
+    all_refuse(&refused, 403, "identity_revoked");
+    assert_eq!(cluster.health(2).await.revocations, 1);
+    for i in 1..=3 {
+        assert_eq!(cluster.kits(i, &program).await, Some(5), "custodian {i}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_operators_suspension_binds_its_custodian_at_once_and_only_its_operator_lifts_it() {
+    let mut cluster = Cluster::start(ENGINES, 1_000).await;
+    let program = cluster.publish(PROGRAM, &SECRET);
+    all_ok(&cluster.activate(&program, &[1, 2]).await);
+    all_ok(&cluster.preprocess(&program, 0, 6).await);
+    let alice = cluster.register("alice").await;
+
+    // A lift signed earlier, which the coordinator kept; then the suspension.
+    let t = now_ms();
+    let old_lift = cluster.suspension(1, "alice", false, t - 1_000, &cluster.node(1).signing);
+    let suspended = cluster
+        .suspend(
+            1,
+            &cluster.suspension(1, "alice", true, t, &cluster.node(1).signing),
+        )
+        .await;
+    assert_eq!(suspended.status, StatusCode::OK, "{}", suspended.body);
+    assert_eq!(suspended.body["suspended"], true);
+    // Custodian 1 refuses her at once; the others still serve her.
+    let request = alice.request(&program, &[("x", "3")]);
+    let ticket = cluster.ticket(&program, &request, &[1, 3], 0, 0);
+    all_refuse(
+        &cluster.send_sessions(&ticket, &[1], &request).await,
+        403,
+        "identity_suspended",
+    );
+    cluster
+        .evaluate(&program, &[2, 3], &[("x", "3")], 1, &alice)
+        .await
+        .unwrap_or_else(|a| panic!("{:?}", codes(&a)));
+
+    // Lifting it: the coordinator's own key, another operator's key, a statement addressed to
+    // another custodian, and the old lift replayed are all refused.
+    let refusals = [
+        (
+            cluster.suspension(1, "alice", false, now_ms(), &cluster.coordinator),
+            403,
+            "not_the_operator",
+        ),
+        (
+            cluster.suspension(1, "alice", false, now_ms(), &cluster.node(2).signing),
+            403,
+            "not_the_operator",
+        ),
+        (
+            cluster.suspension(2, "alice", false, now_ms(), &cluster.node(1).signing),
+            403,
+            "not_the_operator",
+        ),
+        (old_lift, 409, "superseded_statement"),
+    ];
+    for (statement, status, code) in refusals {
+        let a = cluster.suspend(1, &statement).await;
+        assert_eq!((a.status.as_u16(), a.code()), (status, code), "{}", a.body);
+    }
+    // Still suspended, also after a restart.
+    cluster.restart(1).await;
+    let request = alice.request(&program, &[("x", "3")]);
+    let ticket = cluster.ticket(&program, &request, &[1, 3], 2, 0);
+    all_refuse(
+        &cluster.send_sessions(&ticket, &[1], &request).await,
+        403,
+        "identity_suspended",
+    );
+    // Operator 2 suspends her too: fewer than k custodians are willing, no quorum serves her.
+    let a = cluster
+        .suspend(
+            2,
+            &cluster.suspension(2, "alice", true, now_ms(), &cluster.node(2).signing),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    for (quorum, kit) in [([1, 3], 3), ([2, 3], 4)] {
+        let refused = cluster
+            .evaluate(&program, &quorum, &[("x", "3")], kit, &alice)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            codes(&refused)[0],
+            (quorum[0], 403, "identity_suspended".into())
+        );
+    }
+    // Her own operator lifts custodian 1's suspension: served there again.
+    let a = cluster
+        .suspend(
+            1,
+            &cluster.suspension(1, "alice", false, now_ms(), &cluster.node(1).signing),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    cluster
+        .evaluate(&program, &[1, 3], &[("x", "3")], 5, &alice)
+        .await
+        .unwrap_or_else(|a| panic!("{:?}", codes(&a)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retirement_needs_k_operators_and_then_holds_for_good() {
+    let mut cluster = Cluster::start(ENGINES, 1_000).await;
+    let program = cluster.publish(PROGRAM, &SECRET);
+    all_ok(&cluster.activate(&program, &[1, 2]).await);
+    all_ok(&cluster.preprocess(&program, 0, 4).await);
+    let alice = cluster.register("alice").await;
+    let retire = Subject::Retirement {
+        package: &program.id,
+    };
+
+    all_refuse(
+        &cluster
+            .retire_with(&program, cluster.sign_subject(&retire, &[3]))
+            .await,
+        403,
+        "not_enough_approvals",
+    );
+    // A forged second approval; another version's retirement; the version's activation
+    // approvals passed off as a retirement.
+    let mut forged = cluster.sign_subject(&retire, &[3]);
+    forged.push(ApprovalSignature {
+        custodian: 1,
+        signature: hex::encode(approval::sign(&cluster.coordinator, &retire)),
+    });
+    let fresh = cluster.publish(&PROGRAM.replace("affine_square", "fresh"), &SECRET);
+    let other = cluster.sign_subject(&Subject::Retirement { package: &fresh.id }, &[1, 2]);
+    for approvals in [forged, other, cluster.approvals(&program, &[1, 2])] {
+        all_refuse(
+            &cluster.retire_with(&program, approvals).await,
+            403,
+            "bad_approval",
+        );
+    }
+    cluster
+        .evaluate(&program, &[1, 2, 3], &[("x", "3")], 0, &alice)
+        .await
+        .unwrap_or_else(|a| panic!("{:?}", codes(&a)));
+
+    // k operators retire it: every custodian refuses it, drops its kits, never activates it.
+    all_ok(
+        &cluster
+            .retire_with(&program, cluster.sign_subject(&retire, &[2, 3]))
+            .await,
+    );
+    let refused = cluster
+        .evaluate(&program, &[1, 2, 3], &[("x", "3")], 1, &alice)
+        .await
+        .unwrap_err();
+    all_refuse(&refused, 410, "retired");
+    for i in 1..=3 {
+        assert_eq!(cluster.kits(i, &program).await, None, "custodian {i}");
+    }
+    all_refuse(&cluster.activate(&program, &[1, 2]).await, 410, "retired");
+    // A version retired before it was activated anywhere never activates either.
+    let retire_fresh = Subject::Retirement { package: &fresh.id };
+    all_ok(
+        &cluster
+            .retire_with(&fresh, cluster.sign_subject(&retire_fresh, &[1, 2]))
+            .await,
+    );
+    all_refuse(&cluster.activate(&fresh, &[1, 2]).await, 410, "retired");
+    // Both hold after a restart.
+    cluster.restart(3).await;
+    for p in [&program, &fresh] {
+        let a = cluster
+            .activate_with(3, p, cluster.approvals(p, &[1, 2]))
+            .await;
+        assert_eq!(
+            (a.status.as_u16(), a.code()),
+            (410, "retired"),
+            "{}",
+            a.body
+        );
+    }
+    let refused = cluster
+        .evaluate(&program, &[1, 2, 3], &[("x", "3")], 1, &alice)
+        .await
+        .unwrap_err();
+    all_refuse(&refused, 410, "retired");
+    assert_eq!(cluster.health(3).await.retirements, 2);
 }

@@ -86,6 +86,13 @@ pub enum Domain {
     Identity,
     /// A caller asks for one evaluation.
     Request,
+    /// A custodian operator approves revoking a caller identity, for good.
+    Revocation,
+    /// A custodian operator approves retiring a package version, for good.
+    Retirement,
+    /// The coordinator, or one custodian's operator, suspends a caller identity at itself (or
+    /// lifts its own suspension).
+    Suspension,
 }
 
 impl Domain {
@@ -96,6 +103,9 @@ impl Domain {
             Domain::Deal => b"quorumvm share deal v1\0",
             Domain::Identity => b"quorumvm identity approval v1\0",
             Domain::Request => b"quorumvm caller request v1\0",
+            Domain::Revocation => b"quorumvm identity revocation v1\0",
+            Domain::Retirement => b"quorumvm version retirement v1\0",
+            Domain::Suspension => b"quorumvm identity suspension v1\0",
         };
         let mut out = Vec::with_capacity(tag.len() + message.len());
         out.extend_from_slice(tag);

@@ -3,13 +3,18 @@
 //! Coordinator (public): `GET /v1/health`, `GET /v1/cluster`, `POST /v1/packages`,
 //! `GET /v1/packages`, `GET /v1/packages/{id}`, `GET /v1/packages/{id}/wasm`,
 //! `GET /v1/packages/{id}/deal`, `POST /v1/packages/{id}/approvals`,
-//! `GET /v1/identities/{name}`, `POST /v1/identities/{name}/approvals`, `POST /v1/eval` (a
+//! `POST /v1/packages/{id}/retirements`, `GET /v1/identities/{name}`,
+//! `POST /v1/identities/{name}/approvals`, `POST /v1/identities/{name}/revocations`,
+//! `POST /v1/suspensions` (a [`crate::suspension::Suspension`] signed with the coordinator's
+//! key), `POST /v1/eval` (a
 //! [`crate::signed::Signed`] [`crate::request::CallerRequest`] with
 //! `Authorization: Bearer <api key>`), `GET /metrics`. Custodian `i` only (with a
 //! [`FETCH_AUTH_HEADER`]): `GET /v1/packages/{id}/shares/{i}`.
 //!
 //! Custodian (coordinator and peers only): `GET /v1/health`, `POST /v1/orders` (a
-//! [`SignedOrder`]: activate, preprocess, abort), `POST /v1/sessions` ([`SessionRequest`]),
+//! [`SignedOrder`]: activate, preprocess, abort, register, revoke, retire), `POST /v1/sessions`
+//! ([`SessionRequest`]), `POST /v1/suspensions` (a [`crate::suspension::Suspension`] signed
+//! with the custodian's operator key; its answer is a [`SuspensionState`]),
 //! `POST /v1/rounds/{session}/{layer}` (binary, see [`crate::peer`]), `GET /metrics`.
 //!
 //! Every error is [`ErrorBody`] with a fitting status.
@@ -93,7 +98,8 @@ pub enum VersionState {
     Pending,
     /// Approved by k custodians and its name's highest active version: it serves.
     Active,
-    /// Superseded by a higher active version of its name: it serves no more, anywhere.
+    /// Superseded by a higher active version of its name, or retired by k custodian
+    /// operators: it serves no more, anywhere.
     Retired,
 }
 
@@ -112,6 +118,9 @@ pub struct VersionInfo {
     /// The publisher's ed25519 key (hex).
     pub publisher: String,
     pub manifest: Manifest,
+    /// Custodians whose valid approval of its retirement was counted (at k it is retired).
+    #[serde(default)]
+    pub retirements: Vec<u32>,
 }
 
 /// `POST /v1/packages/{id}/approvals`.
@@ -132,6 +141,15 @@ pub struct IdentityInfo {
     pub approvals: Vec<u32>,
     /// Whether k custodians approved it.
     pub active: bool,
+    /// Custodians whose valid approval of its revocation was counted.
+    #[serde(default)]
+    pub revocations: Vec<u32>,
+    /// Whether k custodians approved its revocation: it never serves again.
+    #[serde(default)]
+    pub revoked: bool,
+    /// Whether the coordinator suspended it (it admits none of its requests).
+    #[serde(default)]
+    pub suspended: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -207,14 +225,31 @@ pub struct CustodianHealth {
     pub index: u32,
     /// Active versions and how many unused kits this custodian holds for each.
     pub versions: Vec<VersionKits>,
-    /// How many caller identities it has registered.
+    /// How many caller identities it has registered (and not revoked).
     pub identities: u64,
+    /// How many identities it holds revoked by k approvals.
+    #[serde(default)]
+    pub revocations: u64,
+    /// How many versions it holds retired by k approvals.
+    #[serde(default)]
+    pub retirements: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VersionKits {
     pub package_id: String,
     pub kits: u64,
+}
+
+/// A party's answer to a suspension statement it applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SuspensionState {
+    pub identity: String,
+    pub at: crate::suspension::Authority,
+    pub suspended: bool,
+    /// Whether the party knows the identity (a custodian: registered there; a suspension of a
+    /// name not registered yet still holds when it is).
+    pub known: bool,
 }
 
 /// A custodian's answer to an order.

@@ -9,6 +9,10 @@
 //!
 //! An identity's statement binds its name and its ed25519 key: a caller exists for a custodian
 //! only once k operators signed exactly that pair, so the coordinator cannot create one.
+//!
+//! Governance by the same k: a revocation's statement is an identity's name (every key it ever
+//! had: a revoked name never serves again), a retirement's is a package id. Each kind of
+//! statement has its own [`Domain`], so no approval counts as another kind's.
 
 use quorumvm_core::circuit::Manifest;
 use quorumvm_package::{Domain, PackageId, PublicKey, SecretKey};
@@ -17,7 +21,8 @@ use sha2::{Digest, Sha256};
 use crate::config::Cluster;
 use crate::order::ApprovalSignature;
 
-/// What an approval is of: one version (with its deal), or one identity and its key.
+/// What an approval is of: one version (with its deal), one identity and its key, the
+/// revocation of an identity, or the retirement of a version.
 #[derive(Debug, Clone, Copy)]
 pub enum Subject<'a> {
     Version {
@@ -30,6 +35,12 @@ pub enum Subject<'a> {
         name: &'a str,
         key: &'a PublicKey,
     },
+    Revocation {
+        name: &'a str,
+    },
+    Retirement {
+        package: &'a PackageId,
+    },
 }
 
 impl Subject<'_> {
@@ -37,11 +48,14 @@ impl Subject<'_> {
         match self {
             Subject::Version { .. } => Domain::Approval,
             Subject::Identity { .. } => Domain::Identity,
+            Subject::Revocation { .. } => Domain::Revocation,
+            Subject::Retirement { .. } => Domain::Retirement,
         }
     }
 
     /// The bytes an approval signs. A version: package id, SHA-256 of the manifest's JSON,
-    /// deal digest. An identity: its key, then its name.
+    /// deal digest. An identity: its key, then its name. A revocation: the name. A retirement:
+    /// the package id.
     pub fn statement(&self) -> Vec<u8> {
         match self {
             Subject::Version {
@@ -62,6 +76,8 @@ impl Subject<'_> {
                 out.extend_from_slice(name.as_bytes());
                 out
             }
+            Subject::Revocation { name } => name.as_bytes().to_vec(),
+            Subject::Retirement { package } => package.0.to_vec(),
         }
     }
 }
@@ -80,6 +96,12 @@ pub enum ApprovalError {
     BadSignature(u32),
     #[error("custodian {0} has already approved this")]
     Duplicate(u32),
+    #[error("{got} valid approval(s) (custodians {approvers:?}); {need} are needed")]
+    TooFew {
+        got: usize,
+        approvers: Vec<u32>,
+        need: usize,
+    },
 }
 
 /// Checks one approval against the cluster's keys.
@@ -120,6 +142,25 @@ pub fn check_all(
         seen.push(a.custodian);
     }
     Ok(seen)
+}
+
+/// Checks a set as [`check_all`] does, and that it holds the cluster's threshold of distinct
+/// approvers: what a custodian requires before it acts on a decision of k operators.
+pub fn check_threshold(
+    cluster: &Cluster,
+    subject: &Subject<'_>,
+    approvals: &[ApprovalSignature],
+) -> Result<Vec<u32>, ApprovalError> {
+    let approvers = check_all(cluster, subject, approvals)?;
+    let need = cluster.threshold();
+    if approvers.len() < need {
+        return Err(ApprovalError::TooFew {
+            got: approvers.len(),
+            approvers,
+            need,
+        });
+    }
+    Ok(approvers)
 }
 
 #[cfg(test)]
@@ -225,6 +266,40 @@ mod tests {
             assert_eq!(
                 check(&cluster, &wrong, &approved),
                 Err(ApprovalError::BadSignature(1))
+            );
+        }
+        // A revocation or a retirement counts only as itself, for its name or package.
+        let revoke = Subject::Revocation { name: "alice" };
+        let retire = Subject::Retirement { package: &pkg };
+        let revoked = [approve(0, &revoke), approve(1, &revoke)];
+        assert_eq!(check_threshold(&cluster, &revoke, &revoked), Ok(vec![1, 2]));
+        assert_eq!(
+            check_threshold(&cluster, &revoke, &revoked[..1]),
+            Err(ApprovalError::TooFew {
+                got: 1,
+                approvers: vec![1],
+                need: 2
+            })
+        );
+        for wrong in [
+            Subject::Revocation { name: "alicf" },
+            Subject::Retirement { package: &pkg },
+            Subject::Identity {
+                name: "alice",
+                key: &alice,
+            },
+        ] {
+            assert_eq!(
+                check(&cluster, &wrong, &revoked[0]),
+                Err(ApprovalError::BadSignature(1))
+            );
+        }
+        let retired = approve(2, &retire);
+        assert_eq!(check(&cluster, &retire, &retired), Ok(()));
+        for wrong in [Subject::Retirement { package: &other }, s] {
+            assert_eq!(
+                check(&cluster, &wrong, &retired),
+                Err(ApprovalError::BadSignature(3))
             );
         }
     }

@@ -5,8 +5,11 @@
 //! - [`api`]: the JSON bodies of the HTTP API, and its error body.
 //! - [`order`]: what the coordinator asks of a custodian (a session ticket, an activation, a
 //!   preprocessing batch, an abort), signed with the coordinator's ed25519 key and short-lived.
-//! - [`approval`]: the statement a custodian operator signs to approve a package version, and
-//!   the count of distinct valid approvals.
+//! - [`approval`]: the statement a custodian operator signs to approve a package version, a
+//!   caller identity, or the revocation of one or the retirement of the other, and the count of
+//!   distinct valid approvals.
+//! - [`suspension`]: a caller identity suspended (or the suspension lifted) at one party, by
+//!   that party's own key.
 //! - [`peer`]: round messages between custodians, authenticated with a pairwise key.
 //! - [`signed`]: a signed JSON statement; [`deal`]: the publisher's signed deal of the sealed
 //!   shares; [`request`]: a caller's signed request and the terms of the session serving it.
@@ -21,6 +24,7 @@ pub mod order;
 pub mod peer;
 pub mod request;
 pub mod signed;
+pub mod suspension;
 
 /// Milliseconds since the Unix epoch: the one clock every signed expiry is measured on.
 pub fn now_ms() -> u64 {

@@ -74,6 +74,18 @@ pub enum Order {
         public_key: String,
         approvals: Vec<ApprovalSignature>,
     },
+    /// k operators approved revoking identity `name`: the custodian checks them itself, then
+    /// refuses the name for good (whatever key it comes with).
+    RevokeIdentity {
+        name: String,
+        approvals: Vec<ApprovalSignature>,
+    },
+    /// k operators approved retiring version `package_id`: the custodian checks them itself,
+    /// then never serves nor activates it again.
+    Retire {
+        package_id: String,
+        approvals: Vec<ApprovalSignature>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -33,6 +33,7 @@ use quorumvm_wire::now_ms;
 use quorumvm_wire::order::{ApprovalSignature, Order, SignedOrder, Ticket, TicketKey};
 use quorumvm_wire::request::{CallerRequest, Decimal, Terms};
 use quorumvm_wire::signed::Signed;
+use quorumvm_wire::suspension::{Authority, Suspension};
 use serde_json::Value;
 use tempfile::TempDir;
 use tokio::net::TcpListener;
@@ -249,6 +250,8 @@ impl Cluster {
             }
         };
         node.server = Some(tokio::spawn(serve(node.config.clone(), listener)));
+        // Pooled connections went with the old server: a request on one would fail.
+        self.http = reqwest::Client::new();
         self.wait_until_up(index).await;
     }
 
@@ -421,6 +424,63 @@ impl Cluster {
 
     pub fn approvals(&self, program: &Program, approvers: &[u32]) -> Vec<ApprovalSignature> {
         self.approvals_of(program, &program.deal, approvers)
+    }
+
+    /// Operators `approvers`' signatures over `subject`.
+    pub fn sign_subject(&self, subject: &Subject<'_>, approvers: &[u32]) -> Vec<ApprovalSignature> {
+        approvers
+            .iter()
+            .map(|&i| ApprovalSignature {
+                custodian: i,
+                signature: hex::encode(approval::sign(&self.node(i).signing, subject)),
+            })
+            .collect()
+    }
+
+    /// Sends every custodian `RevokeIdentity` of `name` with `approvals`.
+    pub async fn revoke_with(&self, name: &str, approvals: Vec<ApprovalSignature>) -> Vec<Answer> {
+        let order = Order::RevokeIdentity {
+            name: name.to_string(),
+            approvals,
+        };
+        self.order_all(&[1, 2, 3], order).await
+    }
+
+    /// Sends every custodian `Retire` of `program` with `approvals`.
+    pub async fn retire_with(
+        &self,
+        program: &Program,
+        approvals: Vec<ApprovalSignature>,
+    ) -> Vec<Answer> {
+        let order = Order::Retire {
+            package_id: program.id_hex.clone(),
+            approvals,
+        };
+        self.order_all(&[1, 2, 3], order).await
+    }
+
+    /// A suspension statement (or its lifting) about `name`, addressed to custodian `at`,
+    /// signed at `time_ms` with `key`.
+    pub fn suspension(
+        &self,
+        at: u32,
+        name: &str,
+        suspended: bool,
+        time_ms: u64,
+        key: &SecretKey,
+    ) -> Signed {
+        Suspension {
+            identity: name.to_string(),
+            at: Authority::Custodian(at),
+            suspended,
+            time_ms,
+        }
+        .sign(key)
+    }
+
+    /// Posts a suspension statement to custodian `index`, as its operator's CLI does.
+    pub async fn suspend(&self, index: u32, statement: &Signed) -> Answer {
+        self.post(index, "/v1/suspensions", statement).await
     }
 
     pub fn sign(&self, order: Order) -> SignedOrder {

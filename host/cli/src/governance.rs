@@ -1,0 +1,159 @@
+//! A custodian operator's and the coordinator's governance of callers and versions:
+//! suspending an identity at one party (`identity suspend`, `identity unsuspend`), approving
+//! its revocation (`identity revoke`) and approving a version's retirement (`retire`).
+//!
+//! A suspension is signed with the key of the party it binds and posted straight to that
+//! party: an operator's to its own custodian (so the coordinator can neither withhold nor
+//! forge it), the coordinator's to the coordinator. Revocations and retirements are approvals
+//! like any other: one operator's signature, collected by the coordinator, which sends every
+//! custodian the k of them to check.
+
+use std::path::Path;
+
+use quorumvm_package::{PackageId, SecretKey};
+use quorumvm_wire::api::{ApproveRequest, ErrorBody, IdentityInfo, SuspensionState, VersionInfo};
+use quorumvm_wire::approval::Subject;
+use quorumvm_wire::config::{CoordinatorConfig, CustodianConfig};
+use quorumvm_wire::now_ms;
+use quorumvm_wire::suspension::{Authority, Suspension};
+use reqwest::StatusCode;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::client::CallError;
+use crate::exit::{Code, Failure, Result};
+use crate::publish::operator_key;
+
+/// The party a `--config` file stands for: the coordinator's machine, or one custodian
+/// operator's.
+pub enum Party {
+    Coordinator(CoordinatorConfig),
+    Custodian(CustodianConfig),
+}
+
+impl Party {
+    /// Reads a coordinator's or a custodian's config (the two have different fields).
+    pub fn load(path: &Path) -> Result<Party> {
+        match CoordinatorConfig::load(path) {
+            Ok(c) => Ok(Party::Coordinator(c)),
+            Err(coordinator) => match CustodianConfig::load(path) {
+                Ok(c) => Ok(Party::Custodian(c)),
+                Err(custodian) => Err(Failure::data(format!(
+                    "{} is neither a coordinator's config ({coordinator}) nor a custodian's \
+                     ({custodian})",
+                    path.display()
+                ))),
+            },
+        }
+    }
+
+    /// Where the party's statement goes, and the key it signs with.
+    fn authority(&self) -> Result<(Authority, String, SecretKey)> {
+        match self {
+            Party::Coordinator(c) => {
+                let key = quorumvm_coordinator::signing_key(c)
+                    .map_err(|e| Failure::new(Code::NoInput, format!("{e:#}")))?;
+                let mut addr = c.listen;
+                if addr.ip().is_unspecified() {
+                    addr.set_ip([127, 0, 0, 1].into());
+                }
+                Ok((Authority::Coordinator, format!("http://{addr}"), key))
+            }
+            Party::Custodian(c) => {
+                let cluster = c.cluster().map_err(Failure::data)?;
+                let url = cluster
+                    .member(c.index)
+                    .ok_or_else(|| {
+                        Failure::data(format!("custodian {} is not in its own config", c.index))
+                    })?
+                    .url
+                    .clone();
+                Ok((Authority::Custodian(c.index), url, operator_key(c)?))
+            }
+        }
+    }
+}
+
+/// Suspends `name` at `party` (or lifts the party's own suspension), at once.
+pub async fn suspend(party: &Party, name: &str, suspended: bool) -> Result<SuspensionState> {
+    let (at, url, key) = party.authority()?;
+    let statement = Suspension {
+        identity: name.to_string(),
+        at,
+        suspended,
+        time_ms: now_ms(),
+    };
+    Ok(post(&url, "/v1/suspensions", &statement.sign(&key)).await?)
+}
+
+/// One operator's approval of revoking identity `name`, sent to the coordinator.
+pub async fn revoke(config: &CustodianConfig, name: &str) -> Result<IdentityInfo> {
+    let key = operator_key(config)?;
+    let signature = quorumvm_wire::approval::sign(&key, &Subject::Revocation { name });
+    let request = ApproveRequest {
+        custodian: config.index,
+        signature: hex::encode(signature),
+    };
+    let path = format!("/v1/identities/{name}/revocations");
+    Ok(post(&config.coordinator_url, &path, &request).await?)
+}
+
+/// One operator's approval of retiring version `package` (hex id), sent to the coordinator.
+pub async fn retire(config: &CustodianConfig, package: &str) -> Result<VersionInfo> {
+    let id = hex::decode(package)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .map(PackageId)
+        .ok_or_else(|| Failure::data(format!("`{package}` is not a package id (64 hex digits)")))?;
+    let key = operator_key(config)?;
+    let signature = quorumvm_wire::approval::sign(&key, &Subject::Retirement { package: &id });
+    let request = ApproveRequest {
+        custodian: config.index,
+        signature: hex::encode(signature),
+    };
+    let path = format!("/v1/packages/{package}/retirements");
+    Ok(post(&config.coordinator_url, &path, &request).await?)
+}
+
+/// POSTs `body` as JSON; the answer, or the server's error as the other commands report it.
+async fn post<T: DeserializeOwned>(
+    base: &str,
+    path: &str,
+    body: &impl Serialize,
+) -> std::result::Result<T, CallError> {
+    let url = format!("{}{path}", base.trim_end_matches('/'));
+    let response = reqwest::Client::new()
+        .post(&url)
+        .json(body)
+        .send()
+        .await
+        .map_err(|e| CallError::Unreachable(format!("POST {url}: {e}")))?;
+    let status = response.status();
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|e| CallError::Unreachable(format!("POST {url}: {e}")))?;
+    let api = |status: StatusCode, code: String, message: String| CallError::Api {
+        status,
+        code,
+        message,
+        retry_after: None,
+    };
+    if status.is_success() {
+        return serde_json::from_slice(&bytes).map_err(|e| {
+            api(
+                status,
+                "bad_answer".into(),
+                format!("unreadable answer: {e}"),
+            )
+        });
+    }
+    Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
+        Ok(b) => api(status, b.error.code, b.error.message),
+        Err(_) => api(
+            status,
+            "error".into(),
+            String::from_utf8_lossy(&bytes).into_owned(),
+        ),
+    })
+}

@@ -1,0 +1,68 @@
+//! Retiring a version by k custodian operators: `POST /v1/packages/{id}/retirements` takes one
+//! operator's signature over the package id (`quorumvm retire`). At k the version is retired
+//! here (410 `retired` to every request) and every custodian is sent `Retire` with the k
+//! approvals, which it checks itself: the coordinator counts approvals but cannot make one,
+//! and nothing un-retires a version.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State as AxumState};
+use quorumvm_wire::api::{ApproveRequest, VersionInfo, VersionState};
+use quorumvm_wire::approval::Subject;
+use quorumvm_wire::now_ms;
+use quorumvm_wire::order::ApprovalSignature;
+
+use crate::error::ApiError;
+use crate::routes::{Body, info, known, parse_id, refused_approval};
+use crate::{State, background, store};
+
+pub async fn approve(
+    AxumState(state): AxumState<Arc<State>>,
+    Path(id): Path<String>,
+    Body(request): Body<ApproveRequest>,
+) -> Result<Json<VersionInfo>, ApiError> {
+    let version = known(&state, &id)?;
+    let package = parse_id(&id)?;
+    let approval = ApprovalSignature {
+        custodian: request.custodian,
+        signature: request.signature.clone(),
+    };
+    let subject = Subject::Retirement { package: &package };
+    if let Err(e) = quorumvm_wire::approval::check(&state.custodians.cluster, &subject, &approval) {
+        let details = serde_json::json!({ "package_id": id, "custodian": request.custodian });
+        return Err(refused_approval(&state, "retirement.rejected", details, e).await);
+    }
+    let k = state.custodians.cluster.threshold();
+    let (job_id, custodian, signature) = (id.clone(), request.custodian, request.signature.clone());
+    let count = state
+        .writer
+        .run(move |tx| {
+            let now = now_ms();
+            let count = store::approve(
+                tx,
+                store::Approved::Retirement,
+                &job_id,
+                custodian,
+                &signature,
+                now,
+            )?;
+            if count == k {
+                store::retire(tx, &job_id, now)?;
+            }
+            Ok::<_, ApiError>(count)
+        })
+        .await?;
+    version
+        .retirements
+        .lock()
+        .expect("retirements lock")
+        .push((request.custodian, request.signature));
+    tracing::info!(package = %id, custodian = request.custodian, count, "retirement approval accepted");
+    if count == k {
+        *version.state.lock().expect("state lock") = VersionState::Retired;
+        tracing::info!(package = %id, "version retired by its operators");
+        background::push_retirement(Arc::clone(&state), Arc::clone(&version)).await;
+    }
+    Ok(Json(info(&state, &version)))
+}
