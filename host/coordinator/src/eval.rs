@@ -10,9 +10,9 @@ use axum::Json;
 use axum::extract::{FromRequest, Request, State as AxumState};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use quorumvm_core::decode::{Decoded, decode_vectors};
 use quorumvm_core::eval::{decode_outputs, encode_values};
 use quorumvm_core::field::Fp;
-use quorumvm_core::shamir::{self, Share};
 use quorumvm_policy::EvalRequest as Admission;
 use quorumvm_wire::api::{EvalResponse, SessionResponse};
 use quorumvm_wire::elements;
@@ -431,8 +431,8 @@ fn abort(state: &Arc<State>, session: &str, quorum: &[u32], failed: u32) {
     }
 }
 
-/// Every output from all the shares received: k of them interpolate, the others must agree;
-/// a custodian whose share disagrees with the majority is named.
+/// Every output from all the shares received, decoded ([`decode_vectors`]): a custodian whose
+/// shares are proven off the polynomial is named.
 fn reconstruct(
     state: &Arc<State>,
     version: &Version,
@@ -465,30 +465,20 @@ fn reconstruct(
         rounds = rounds.max(answer.rounds);
         per_custodian.push((*index, values));
     }
-    let mut results = Vec::with_capacity(outputs);
-    let mut inconsistent: Vec<u32> = Vec::new();
-    for o in 0..outputs {
-        let shares: Vec<Share> = per_custodian
-            .iter()
-            .map(|(x, values)| Share {
-                x: *x,
-                y: values[o],
-            })
-            .collect();
-        let (value, culprits) = shamir::check_consistent(&shares, k - 1).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "inconsistent_shares",
-                format!("the output shares of {quorum:?} do not agree and the culprit cannot be told: {e}"),
-            )
-        })?;
-        for c in culprits {
-            if !inconsistent.contains(&c) {
-                inconsistent.push(c);
-            }
-        }
-        results.push(value);
-    }
+    // At most k − 1 custodians deviate: a share is named wrong only when that bound leaves one
+    // polynomial possible, and otherwise the shares are refused with nobody named.
+    let Decoded {
+        value: results,
+        liars: inconsistent,
+    } = decode_vectors(&per_custodian, k, k - 1).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "inconsistent_shares",
+            format!(
+                "the output shares of {quorum:?} do not agree and the culprit cannot be told: {e}"
+            ),
+        )
+    })?;
     if !inconsistent.is_empty() {
         state
             .metrics
