@@ -311,6 +311,7 @@ async fn install(
                 state: std::sync::Mutex::new(VersionState::Pending),
                 approvals: std::sync::Mutex::new(vec![]),
                 kits: std::sync::Mutex::new(KitPool::default()),
+                checks: Default::default(),
             });
             StatusCode::CREATED
         }

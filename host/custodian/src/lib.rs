@@ -10,9 +10,11 @@
 //! - `store`: its tables in the ledger, and every write (each in one group commit).
 //! - `versions`: the active versions in memory, with their opened shares and kit counts.
 //! - `mailbox`: round messages from peers, buffered until the session that waits for them.
-//! - `peers`: sending round messages, and encrypting the secret ones (preprocessing).
+//! - `peers`: sending round messages, and encrypting the secret ones; `layers`: a layer of
+//!   secret field elements, sealed to each peer (preprocessing, the check of shares).
 //! - `callers`: the caller identities it accepts signed requests from.
-//! - `activation`, `register`, `preprocess`: the coordinator's orders; `session`: an
+//! - `activation`, `share_check`, `register`, `preprocess`: the coordinator's orders (a version
+//!   serves once activated and its shares checked by all n custodians together); `session`: an
 //!   evaluation of a caller's signed request, on the coordinator's ticket.
 //! - `routes`: the HTTP API; `error`: its error bodies; `metrics`: `GET /metrics`.
 //! - `state`: everything a running custodian holds, and how it starts.
@@ -21,6 +23,7 @@ mod activation;
 mod callers;
 mod error;
 mod keys;
+mod layers;
 mod mailbox;
 mod metrics;
 mod peers;
@@ -28,6 +31,7 @@ mod preprocess;
 mod register;
 mod routes;
 mod session;
+mod share_check;
 mod state;
 mod store;
 mod versions;

@@ -18,6 +18,7 @@ use crate::keys::load_keys;
 use crate::mailbox::{self, Inbox, Mailbox};
 use crate::metrics::Metrics;
 use crate::peers::Peers;
+use crate::store::SharesChecked;
 use crate::versions::{Version, Versions, parse_package_id};
 use crate::{register, store};
 
@@ -141,6 +142,10 @@ impl Custodian {
                 versions.retire(id);
                 continue;
             }
+            if stored.shares == SharesChecked::Refused {
+                versions.refuse(id);
+                continue;
+            }
             let checked = checker
                 .check(
                     &id,
@@ -150,13 +155,17 @@ impl Custodian {
                     &stored.sealed,
                 )
                 .with_context(loading)?;
-            versions.insert(Version::new(
-                id,
-                checked.manifest,
-                checked.circuit,
-                checked.secrets,
-                stored.kits,
-            ));
+            versions.insert(
+                Version::new(
+                    id,
+                    checked.manifest,
+                    checked.circuit,
+                    stored.deal.digest(),
+                    checked.secrets,
+                    stored.kits,
+                ),
+                stored.shares == SharesChecked::Passed,
+            );
         }
 
         let callers = Callers::default();
