@@ -6,12 +6,15 @@
 pub mod circuit;
 #[cfg(any(test, feature = "test-dealer"))]
 pub mod dealer;
+pub mod decode;
 pub mod eval;
 pub mod field;
 pub mod fixed;
 pub mod preprocess;
+pub mod rounds;
 pub mod session;
 pub mod shamir;
+pub mod share_check;
 pub mod shares;
 
 pub use circuit::{Circuit, Gate, Manifest, WireId};

@@ -45,11 +45,12 @@
 //! [`Triple::unflatten`]: crate::session::Triple::unflatten
 
 use rand_core::{CryptoRng, RngCore};
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
 use crate::circuit::{Circuit, Publicity};
 use crate::field::Fp;
-use crate::shamir::{Threshold, eval_poly, lagrange_coefficients};
+use crate::rounds::{Dealer, Inbox, MessageError, Outgoing, Parties};
+use crate::shamir::{Threshold, lagrange_coefficients};
 
 /// The number of terms of each multiplication gate of a circuit, in gate order: all a batch of
 /// kits depends on (the wires the gates read do not matter).
@@ -100,140 +101,17 @@ pub enum PreprocessError {
     NotAParty { me: u32, n: usize },
     #[error("a batch of {count} kits of {flat_len} values each is too large")]
     TooLarge { count: usize, flat_len: usize },
-    #[error("expected one message from each of {expected:?}, got them from {got:?}")]
-    WrongSenders { expected: Vec<u32>, got: Vec<u32> },
-    #[error("custodian {sender} sent {got} values; this round takes {expected}")]
-    WrongLength {
-        sender: u32,
-        expected: usize,
-        got: usize,
-    },
-}
-
-/// What one round sends: for each other custodian, in increasing order of x, the values meant
-/// for it alone. They are shares of secrets, so they must travel sealed to their recipient;
-/// they are wiped when this is dropped.
-pub struct Outgoing {
-    messages: Vec<(u32, Vec<Fp>)>,
-}
-
-impl Outgoing {
-    /// `(recipient, values)` for every other custodian, in increasing order of recipient.
-    pub fn messages(&self) -> &[(u32, Vec<Fp>)] {
-        &self.messages
-    }
-
-    /// The values meant for custodian `x`; `None` for this custodian itself or a stranger.
-    pub fn to(&self, x: u32) -> Option<&[Fp]> {
-        self.messages
-            .iter()
-            .find(|(r, _)| *r == x)
-            .map(|(_, v)| v.as_slice())
-    }
-}
-
-impl core::fmt::Debug for Outgoing {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        // The values are secret: only who gets how many reaches a log line.
-        let lens: Vec<(u32, usize)> = self.messages.iter().map(|(x, v)| (*x, v.len())).collect();
-        write!(f, "Outgoing {{ recipients and lengths: {lens:?} }}")
-    }
-}
-
-impl Drop for Outgoing {
-    fn drop(&mut self) {
-        wipe(&mut self.messages);
-    }
-}
-
-fn wipe(messages: &mut [(u32, Vec<Fp>)]) {
-    for (_, values) in messages {
-        values.zeroize();
-    }
-}
-
-/// Received messages, wiped however the step that reads them ends.
-struct Inbox(Vec<(u32, Vec<Fp>)>);
-
-impl Drop for Inbox {
-    fn drop(&mut self) {
-        wipe(&mut self.0);
-    }
+    #[error(transparent)]
+    Messages(#[from] MessageError),
 }
 
 /// The public parameters of a batch, the same at every custodian.
 struct Params {
     shape: KitShape,
     count: usize,
-    me: u32,
-    n: usize,
+    parties: Parties,
     /// The degree of every sharing, `k − 1`.
     degree: usize,
-}
-
-impl Params {
-    /// Checks that `inbox` holds exactly one message of `len` values from each other
-    /// custodian, and sorts it by sender.
-    fn check(&self, inbox: &mut Inbox, len: usize) -> Result<(), PreprocessError> {
-        inbox.0.sort_unstable_by_key(|(x, _)| *x);
-        let got: Vec<u32> = inbox.0.iter().map(|(x, _)| *x).collect();
-        let expected: Vec<u32> = (1..=self.n as u32).filter(|&x| x != self.me).collect();
-        if got != expected {
-            return Err(PreprocessError::WrongSenders { expected, got });
-        }
-        match inbox.0.iter().find(|(_, v)| v.len() != len) {
-            Some((sender, v)) => Err(PreprocessError::WrongLength {
-                sender: *sender,
-                expected: len,
-                got: v.len(),
-            }),
-            None => Ok(()),
-        }
-    }
-
-    /// Splits per-custodian shares (index `x − 1`) into this custodian's own and the messages
-    /// for the others.
-    fn split(&self, mut shares: Vec<Vec<Fp>>) -> (Zeroizing<Vec<Fp>>, Outgoing) {
-        let own = Zeroizing::new(std::mem::take(&mut shares[self.me as usize - 1]));
-        let messages = (1..).zip(shares).filter(|(x, _)| *x != self.me).collect();
-        (own, Outgoing { messages })
-    }
-}
-
-/// Shares values at a fixed degree among custodians 1..=n. Each polynomial is evaluated by
-/// Horner at every x straight into per-custodian vectors, with no allocation per value; the
-/// coefficient buffer is reused and wiped.
-struct Dealer {
-    coeffs: Zeroizing<Vec<Fp>>,
-    xs: Vec<Fp>,
-}
-
-impl Dealer {
-    fn new(degree: usize, n: usize) -> Dealer {
-        Dealer {
-            coeffs: Zeroizing::new(vec![Fp::ZERO; degree + 1]),
-            xs: (1..=n as u64).map(Fp::from).collect(),
-        }
-    }
-
-    /// A vector per custodian with room for `len` shares, so that pushing never reallocates
-    /// (which would leave copies of shares in freed memory).
-    fn outputs(&self, len: usize) -> Vec<Vec<Fp>> {
-        (0..self.xs.len())
-            .map(|_| Vec::with_capacity(len))
-            .collect()
-    }
-
-    /// Appends custodian x's share of `secret` to `shares[x − 1]`.
-    fn deal(&mut self, secret: Fp, rng: &mut impl RngCore, shares: &mut [Vec<Fp>]) {
-        self.coeffs[0] = secret;
-        for c in &mut self.coeffs[1..] {
-            *c = Fp::random(rng);
-        }
-        for (out, &x) in shares.iter_mut().zip(&self.xs) {
-            out.push(eval_poly(&self.coeffs, x));
-        }
-    }
 }
 
 /// Round 1 done: this custodian's shares of its own random `a`, `b` are kept, its dealing to
@@ -274,8 +152,7 @@ impl Generation {
         }
         let params = Params {
             count,
-            me,
-            n,
+            parties: Parties { me, n },
             degree: t.degree(),
             shape,
         };
@@ -285,7 +162,7 @@ impl Generation {
         for _ in 0..len {
             dealer.deal(Fp::random(rng), rng, &mut shares);
         }
-        let (own, out) = params.split(shares);
+        let (own, out) = params.parties.split(shares);
         Ok((Generation { params, own }, out))
     }
 
@@ -302,7 +179,7 @@ impl Generation {
             own: mut ab,
         } = self;
         let mut inbox = Inbox(received);
-        p.check(&mut inbox, ab.len())?;
+        p.parties.check(&mut inbox, ab.len())?;
         for (_, values) in &inbox.0 {
             for (s, &v) in ab.iter_mut().zip(values) {
                 *s += v;
@@ -310,7 +187,7 @@ impl Generation {
         }
         let terms = p.shape.terms();
         let (a, b) = ab.split_at(p.count * terms);
-        let mut dealer = Dealer::new(p.degree, p.n);
+        let mut dealer = Dealer::new(p.degree, p.parties.n);
         let mut shares = dealer.outputs(p.count * p.shape.gates());
         for kit in 0..p.count {
             let (ak, bk) = (&a[kit * terms..][..terms], &b[kit * terms..][..terms]);
@@ -326,12 +203,12 @@ impl Generation {
                 start = end;
             }
         }
-        let xs: Vec<u32> = (1..=p.n as u32).collect();
+        let xs: Vec<u32> = (1..=p.parties.n as u32).collect();
         let lambdas =
             lagrange_coefficients(&xs, Fp::ZERO).expect("1..=n are distinct and non-zero");
-        let (mut c, out) = p.split(shares);
+        let (mut c, out) = p.parties.split(shares);
         // This custodian's own term of Σ_i λ_i·[d_i]; the others' come with round 2.
-        let mine = lambdas[p.me as usize - 1];
+        let mine = lambdas[p.parties.me as usize - 1];
         for v in c.iter_mut() {
             *v *= mine;
         }
@@ -371,7 +248,7 @@ impl Reduction {
             lambdas,
         } = self;
         let mut inbox = Inbox(received);
-        p.check(&mut inbox, c.len())?;
+        p.parties.check(&mut inbox, c.len())?;
         for (x, values) in &inbox.0 {
             let lambda = lambdas[*x as usize - 1];
             for (acc, &d) in c.iter_mut().zip(values) {
@@ -405,6 +282,7 @@ mod tests {
     use crate::circuit::Gate;
     use crate::dealer::share_values;
     use crate::eval::eval_plain;
+    use crate::rounds::MessageError;
     use crate::session::{Session, Setup, Step, Triple};
     use crate::shamir::{Share, check_consistent, interpolate_at};
     use proptest::prelude::*;
@@ -851,10 +729,10 @@ mod tests {
         assert_eq!(good.iter().map(|(x, _)| *x).collect::<Vec<_>>(), vec![2, 3]);
         assert_eq!(good[0].1.len(), 2 * 2 * 3);
         let senders = |got: Vec<u32>| {
-            Some(PreprocessError::WrongSenders {
+            Some(PreprocessError::Messages(MessageError::WrongSenders {
                 expected: vec![2, 3],
                 got,
-            })
+            }))
         };
         assert_eq!(round1(good[..1].to_vec()), senders(vec![2]), "missing");
         let dup = vec![good[0].clone(), good[0].clone(), good[1].clone()];
@@ -869,11 +747,11 @@ mod tests {
         short[1].1.pop();
         assert_eq!(
             round1(short),
-            Some(PreprocessError::WrongLength {
+            Some(PreprocessError::Messages(MessageError::WrongLength {
                 sender: 3,
                 expected: 12,
                 got: 11
-            })
+            }))
         );
         // Out of order, shuffled messages are fine.
         let mut rng = StdRng::seed_from_u64(5);
@@ -893,19 +771,19 @@ mod tests {
         long[0].1.push(Fp::ONE);
         assert_eq!(
             reds.remove(0).finish(long).err(),
-            Some(PreprocessError::WrongLength {
+            Some(PreprocessError::Messages(MessageError::WrongLength {
                 sender: 2,
                 expected: 4,
                 got: 5
-            })
+            }))
         );
         let partial = inboxes.remove(0)[..1].to_vec();
         assert_eq!(
             reds.remove(0).finish(partial).err(),
-            Some(PreprocessError::WrongSenders {
+            Some(PreprocessError::Messages(MessageError::WrongSenders {
                 expected: vec![1, 3],
                 got: vec![1]
-            })
+            }))
         );
     }
 

@@ -4,13 +4,16 @@
 //! The caller's client shares its private inputs (so no single machine sees them) and, when it
 //! gets output shares back sealed to it, reconstructs them here; the coordinator reconstructs
 //! here the outputs of an evaluation without private inputs. Reconstruction uses every share
-//! received and names a custodian only when enough shares agree to prove its share wrong.
+//! received, decoded as a Reed–Solomon codeword ([`crate::decode`]) under the bound that at
+//! most k − 1 custodians deviate: a custodian is named only when that bound leaves a single
+//! polynomial possible, and otherwise the answers are refused, naming nobody.
 
 use rand_core::{CryptoRng, RngCore};
 use zeroize::Zeroizing;
 
+use crate::decode::{Decoded, decode_vectors};
 use crate::field::Fp;
-use crate::shamir::{Share, Threshold, check_consistent, share};
+use crate::shamir::{Threshold, share};
 
 /// Shares each of `values` k-of-n: element `i` is custodian `i + 1`'s shares, in `values`'
 /// order, wiped when dropped.
@@ -34,8 +37,7 @@ pub fn share_inputs(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reconstructed {
     pub values: Vec<Fp>,
-    /// Custodians whose shares are proven inconsistent (outvoted by at least k others that
-    /// agree), sorted.
+    /// Custodians whose shares are proven off the polynomial, sorted.
     pub inconsistent: Vec<u32>,
 }
 
@@ -58,9 +60,8 @@ pub enum ReconstructError {
 }
 
 /// Reconstructs `outputs` values from `(custodian, its output shares)` answers of a k-of-n
-/// sharing. A share that disagrees is attributed only when the shares agreeing on one
-/// polynomial outnumber the rest by enough to decide (at least `k + 2e` shares for `e`
-/// culprits); otherwise the answers are refused as inconsistent, naming nobody.
+/// sharing, at most k − 1 of them from deviating custodians (see [`crate::decode::radius`] for
+/// how many are then corrected and named).
 pub fn reconstruct_outputs(
     answers: &[(u32, Vec<Fp>)],
     k: usize,
@@ -84,28 +85,13 @@ pub fn reconstruct_outputs(
             });
         }
     }
-    let refused = || ReconstructError::Inconsistent {
-        custodians: answers.iter().map(|(x, _)| *x).collect(),
-    };
-    let mut values = Vec::with_capacity(outputs);
-    let mut inconsistent: Vec<u32> = Vec::new();
-    for o in 0..outputs {
-        let shares: Vec<Share> = answers
-            .iter()
-            .map(|(x, v)| Share { x: *x, y: v[o] })
-            .collect();
-        let (value, culprits) = check_consistent(&shares, k - 1).map_err(|_| refused())?;
-        if !culprits.is_empty() && answers.len() < k + 2 * culprits.len() {
-            return Err(refused());
-        }
-        inconsistent.extend(culprits);
-        values.push(value);
-    }
-    inconsistent.sort_unstable();
-    inconsistent.dedup();
+    let Decoded { value, liars } =
+        decode_vectors(answers, k, k - 1).map_err(|_| ReconstructError::Inconsistent {
+            custodians: answers.iter().map(|(x, _)| *x).collect(),
+        })?;
     Ok(Reconstructed {
-        values,
-        inconsistent,
+        values: value,
+        inconsistent: liars,
     })
 }
 
@@ -137,7 +123,7 @@ mod tests {
     }
 
     #[test]
-    fn a_liar_is_named_only_when_outvoted() {
+    fn a_liar_is_named_only_when_provably_wrong() {
         let values = vec![Fp::from(100)];
         // 2-of-5: four honest shares outvote one liar.
         let mut five = answers(&values, Threshold::new(2, 5).unwrap(), 2);

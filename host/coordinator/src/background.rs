@@ -1,16 +1,20 @@
 //! What the coordinator does on its own: health checks (a dead custodian is noticed within one
-//! interval, or at once when a call to it fails), pushing activations, registrations,
-//! revocations and retirements to custodians that missed them, and keeping each active
-//! version's pool of preprocessed kits filled.
+//! interval, or at once when a call to it fails), bringing active versions up on custodians
+//! that do not serve them yet (activation, then the custodians' joint check of the shares),
+//! pushing registrations, revocations and retirements to custodians that missed them, and
+//! keeping each active version's pool of preprocessed kits filled.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use quorumvm_wire::api::OrderResponse;
+use quorumvm_wire::now_ms;
 use quorumvm_wire::order::Order;
 use tokio::task::JoinSet;
 
 use crate::State;
-use crate::custodians::{CallError, Custodian, HEALTH_INTERVAL};
+use crate::custodians::{CallError, HEALTH_INTERVAL};
 use crate::identities::Caller;
 use crate::registry::Version;
 use crate::store;
@@ -33,11 +37,6 @@ async fn health_loop(state: Arc<State>) {
             checks.spawn(async move {
                 let c = &state.custodians.all[i];
                 if let Some(health) = state.custodians.check_health(c).await {
-                    for v in state.registry.all() {
-                        if v.is_active() && !c.serves(&v.package_id) {
-                            activate_on(Arc::clone(&state), i, Arc::clone(&v));
-                        }
-                    }
                     let k = state.custodians.cluster.threshold();
                     let callers = state.identities.all();
                     let (revoked, active): (Vec<_>, Vec<_>) = callers
@@ -75,16 +74,12 @@ async fn health_loop(state: Arc<State>) {
     }
 }
 
-/// Tells every custodian that `version` is active and waits for their answers (those down now
-/// get it when seen again), so that an approval that activates returns once the version
-/// serves.
+/// Brings `version` to serve on every custodian and waits for their answers (after any
+/// attempt already under way), so that an approval that activates returns once the version
+/// serves (see [`bring_up`]).
 pub async fn push_activation(state: Arc<State>, version: Arc<Version>) {
-    let pushes: Vec<_> = (0..state.custodians.all.len())
-        .filter_map(|i| activate_on(Arc::clone(&state), i, Arc::clone(&version)))
-        .collect();
-    for p in pushes {
-        let _ = p.await;
-    }
+    let _one = version.checks.running.lock().await;
+    bring_up(&state, &version).await;
 }
 
 /// Tells every custodian that `caller` reached its approvals (those down now get it when seen
@@ -152,41 +147,142 @@ async fn order_on(state: &State, i: usize, order: Order) {
     }
 }
 
-fn activate_on(
-    state: Arc<State>,
-    i: usize,
-    version: Arc<Version>,
-) -> Option<tokio::task::JoinHandle<()>> {
-    let custodian: &Custodian = &state.custodians.all[i];
-    if !custodian
-        .activating
-        .lock()
-        .expect("activating lock")
-        .insert(version.package_id.clone())
-    {
-        return None;
+/// Brings `version` to serve on every custodian: each activates it (again, if it did before:
+/// activation is idempotent), and once all n hold it they check its shares together
+/// ([`check_shares`]). A custodian counts as serving the version only once it says so: in its
+/// answer here, or in its health. Callers hold the version's `checks.running`; the pool loop
+/// tries again while not every custodian serves.
+async fn bring_up(state: &Arc<State>, version: &Version) {
+    if everyone_serves(state, version) {
+        return;
     }
-    Some(tokio::spawn(async move {
-        let c = &state.custodians.all[i];
-        let approvals = crate::registry::signatures(&version.approvals);
-        let order = Order::Activate {
-            package_id: version.package_id.clone(),
-            approvals,
-        };
-        match state.custodians.order(c, order).await {
-            Ok(_) => {
-                c.mark_serving(&version.package_id);
-                tracing::info!(custodian = c.index(), package = %version.package_id, "custodian serves the version");
+    let order = Order::Activate {
+        package_id: version.package_id.clone(),
+        approvals: crate::registry::signatures(&version.approvals),
+    };
+    let mut everyone_holds = true;
+    for (index, answer) in order_everyone(state, order).await {
+        let c = state.custodians.get(index).expect("a member");
+        match answer {
+            Ok(r) if r.status == "active" => c.mark_serving(&version.package_id),
+            Ok(r) if r.status == "unchecked" => {}
+            Ok(r) => {
+                tracing::warn!(custodian = index, package = %version.package_id, "activation: unexpected answer {r:?}");
+                everyone_holds = false;
             }
             Err(e) => {
-                tracing::warn!(custodian = c.index(), package = %version.package_id, "activation not taken: {e}")
+                tracing::warn!(custodian = index, package = %version.package_id, "activation not taken: {e}");
+                if refuses_shares(&e) {
+                    // Refused at an earlier check (before this coordinator started, say).
+                    version.checks.refused.store(true, Ordering::Release);
+                }
+                everyone_holds = false;
             }
         }
-        c.activating
-            .lock()
-            .expect("activating lock")
-            .remove(&version.package_id);
-    }))
+    }
+    if everyone_holds && !everyone_serves(state, version) {
+        check_shares(state, version).await;
+    }
+}
+
+/// Orders every custodian to check `version`'s shares with the others, under a fresh session.
+/// Each decides for itself from its peers' messages; those that pass it serve the version. A
+/// refusal is kept (and audited): the same shares would be refused again.
+async fn check_shares(state: &Arc<State>, version: &Version) {
+    let session = format!("check-{}-{}", &version.package_id[..16], now_ms());
+    let order = Order::CheckShares {
+        package_id: version.package_id.clone(),
+        session: session.clone(),
+    };
+    let mut failed = false;
+    let mut refusals = Vec::new();
+    for (index, answer) in order_everyone(state, order).await {
+        match answer {
+            Ok(r) if r.status == "active" => {
+                let c = state.custodians.get(index).expect("a member");
+                c.mark_serving(&version.package_id);
+                tracing::info!(custodian = index, package = %version.package_id, "shares checked: the custodian serves the version");
+            }
+            Err(CallError::Refused { body, .. }) if body.error.code == SHARES_REFUSED => {
+                tracing::warn!(custodian = index, package = %version.package_id, "shares refused: {}", body.error.message);
+                refusals
+                    .push(serde_json::json!({ "custodian": index, "message": body.error.message }));
+                failed = true;
+            }
+            other => {
+                tracing::warn!(custodian = index, package = %version.package_id, %session, "check of shares failed: {other:?}");
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        abort_everywhere(state, &session).await;
+    }
+    if !refusals.is_empty() {
+        version.checks.refused.store(true, Ordering::Release);
+        let details = serde_json::json!({
+            "package_id": version.package_id,
+            "session": session,
+            "refusals": refusals,
+        });
+        let _ = state
+            .writer
+            .run(move |tx| {
+                store::audit(
+                    tx,
+                    now_ms(),
+                    "coordinator",
+                    "version.shares_refused",
+                    details,
+                )
+            })
+            .await;
+    }
+}
+
+/// The code of a custodian's refusal of a version whose shares its check refused.
+const SHARES_REFUSED: &str = "shares_refused";
+
+fn refuses_shares(e: &CallError) -> bool {
+    matches!(e, CallError::Refused { body, .. } if body.error.code == SHARES_REFUSED)
+}
+
+/// Sends `order` to every custodian at once; their answers by index. One that cannot be reached
+/// is marked dead.
+async fn order_everyone(
+    state: &Arc<State>,
+    order: Order,
+) -> Vec<(u32, Result<OrderResponse, CallError>)> {
+    let mut calls = JoinSet::new();
+    for i in 0..state.custodians.all.len() {
+        let (state, order) = (Arc::clone(state), order.clone());
+        calls.spawn(async move {
+            let c = &state.custodians.all[i];
+            let result = state.custodians.order(c, order).await;
+            if let Err(CallError::Unreachable(_)) = &result {
+                c.mark_dead();
+            }
+            (c.index(), result)
+        });
+    }
+    let mut answers = Vec::new();
+    while let Some(joined) = calls.join_next().await {
+        match joined {
+            Ok(answer) => answers.push(answer),
+            Err(e) => tracing::warn!("an order's task failed: {e}"),
+        }
+    }
+    answers
+}
+
+/// Peers waiting on a failed member give up at their round timeout; tells them now.
+async fn abort_everywhere(state: &State, session: &str) {
+    for c in &state.custodians.all {
+        let abort = Order::Abort {
+            session: session.to_string(),
+        };
+        let _ = state.custodians.order(c, abort).await;
+    }
 }
 
 async fn pool_loop(state: Arc<State>) {
@@ -195,7 +291,19 @@ async fn pool_loop(state: Arc<State>) {
     loop {
         tick.tick().await;
         for v in state.registry.all() {
-            if !v.is_active() || !everyone_serves(&state, &v) {
+            if !v.is_active() {
+                continue;
+            }
+            if !everyone_serves(&state, &v) {
+                let all_live = state.custodians.all.iter().all(|c| c.is_live());
+                if all_live && !v.checks.refused.load(Ordering::Acquire) {
+                    let state = Arc::clone(&state);
+                    tokio::spawn(async move {
+                        if let Ok(_one) = v.checks.running.try_lock() {
+                            bring_up(&state, &v).await;
+                        }
+                    });
+                }
                 continue;
             }
             {
@@ -249,55 +357,29 @@ async fn run_batch(state: &Arc<State>, v: &Arc<Version>, first: u64, count: u64)
     }
     let started = std::time::Instant::now();
     let session = format!("prep-{}-{first}", &v.package_id[..16]);
-    let mut calls = JoinSet::new();
-    for i in 0..state.custodians.all.len() {
-        let state = Arc::clone(state);
-        let order = Order::Preprocess {
-            session: session.clone(),
-            package_id: v.package_id.clone(),
-            first_kit: first,
-            count,
-        };
-        calls.spawn(async move {
-            let c = &state.custodians.all[i];
-            let result = state.custodians.order(c, order).await;
-            if let Err(CallError::Unreachable(_)) = &result {
-                c.mark_dead();
-            }
-            (c.index(), result)
-        });
-    }
-    let mut ok = true;
-    while let Some(joined) = calls.join_next().await {
-        match joined {
-            Ok((_, Ok(r))) if r.status == "stored" && r.kits == count => {}
-            Ok((index, Ok(r))) => {
+    let order = Order::Preprocess {
+        session: session.clone(),
+        package_id: v.package_id.clone(),
+        first_kit: first,
+        count,
+    };
+    let answers = order_everyone(state, order).await;
+    let mut ok = answers.len() == state.custodians.all.len();
+    for (index, answer) in answers {
+        match answer {
+            Ok(r) if r.status == "stored" && r.kits == count => {}
+            Ok(r) => {
                 tracing::warn!(custodian = index, "preprocessing: unexpected answer {r:?}");
                 ok = false;
             }
-            Ok((index, Err(e))) => {
-                tracing::warn!(custodian = index, "preprocessing batch failed: {e}");
-                ok = false;
-            }
             Err(e) => {
-                tracing::warn!("preprocessing task failed: {e}");
+                tracing::warn!(custodian = index, "preprocessing batch failed: {e}");
                 ok = false;
             }
         }
     }
     if !ok {
-        // Peers waiting on a failed member give up at their round timeout; ask them now.
-        for c in &state.custodians.all {
-            let _ = state
-                .custodians
-                .order(
-                    c,
-                    Order::Abort {
-                        session: session.clone(),
-                    },
-                )
-                .await;
-        }
+        abort_everywhere(state, &session).await;
     }
     let id = v.package_id.clone();
     let finished = state

@@ -33,8 +33,6 @@ pub struct Custodian {
     live: AtomicBool,
     /// Versions (package ids) this custodian reported or acknowledged serving.
     serving: Mutex<HashSet<String>>,
-    /// Activations being pushed right now (so the health loop does not repeat them).
-    pub activating: Mutex<HashSet<String>>,
 }
 
 impl Custodian {
@@ -113,7 +111,6 @@ impl Custodians {
                 tickets: TicketKey::new(exchange, m.sealing_key),
                 live: AtomicBool::new(false),
                 serving: Mutex::new(HashSet::new()),
-                activating: Mutex::new(HashSet::new()),
             })
             .collect();
         Ok(Custodians {
@@ -182,7 +179,9 @@ impl Custodians {
 
     pub async fn order(&self, c: &Custodian, order: Order) -> Result<OrderResponse, CallError> {
         let timeout = match order {
-            Order::Preprocess { .. } | Order::Activate { .. } => PREPROCESS_TIMEOUT,
+            Order::Preprocess { .. } | Order::Activate { .. } | Order::CheckShares { .. } => {
+                PREPROCESS_TIMEOUT
+            }
             _ => HEALTH_TIMEOUT,
         };
         let signed = self.sign(order);

@@ -74,7 +74,7 @@ pub async fn handle(
     // Refuse before charging anything when a quorum is out of reach anyway (right after a
     // restart, once the custodians have been checked).
     state.custodians.checked_once(FIRST_CHECKS).await;
-    quorum(&state, &version)?;
+    quorum(&state, &version, &[])?;
     let request_id = caller.request_id.clone();
     let ((kit, remaining), committed) = match admit(&state, &version, &identity, &request_id).await
     {
@@ -286,30 +286,46 @@ async fn run(
 ) -> Result<Outcome, ApiError> {
     let mut kit = first_kit;
     let mut attempt = 0;
+    // Custodians that refuse this caller themselves (their own operator suspended it there):
+    // the rest of the cluster may still serve it.
+    let mut refusing: Vec<u32> = Vec::new();
     loop {
-        match attempt_once(state, version, signed, request_id, attempt, kit).await {
+        let failed = attempt_once(state, version, signed, request_id, attempt, kit, &refusing);
+        let e = match failed.await {
             Ok(outcome) => return Ok(outcome),
             Err(Attempt::Fatal(e)) => return Err(e),
-            Err(Attempt::Retry(e)) if attempt >= RETRIES => return Err(e),
-            Err(Attempt::Retry(e)) => {
-                tracing::info!(
-                    request = request_id,
-                    "retrying on the custodians still up: {}",
-                    e.message
-                );
-                state.metrics.eval_retries.fetch_add(1, Relaxed);
-                attempt += 1;
-                // A fresh kit: the failed attempt may have opened masks of the old one.
-                let v = Arc::clone(version);
-                kit = state.writer.run(move |tx| take_kit(tx, &v)).await?;
+            Err(Attempt::Retry(e)) => e,
+            Err(Attempt::Without(index, e)) => {
+                refusing.push(index);
+                // Fewer than k custodians willing: the suspension binds the cluster.
+                if quorum(state, version, &refusing).is_err() {
+                    return Err(e);
+                }
+                e
             }
+        };
+        if attempt >= RETRIES {
+            return Err(e);
         }
+        tracing::info!(
+            request = request_id,
+            "retrying on the custodians still up: {}",
+            e.message
+        );
+        state.metrics.eval_retries.fetch_add(1, Relaxed);
+        attempt += 1;
+        // A fresh kit: the failed attempt may have opened masks of the old one.
+        let v = Arc::clone(version);
+        kit = state.writer.run(move |tx| take_kit(tx, &v)).await?;
     }
 }
 
 enum Attempt {
     /// A custodian failed: it is marked dead, and another quorum may succeed.
     Retry(ApiError),
+    /// A custodian refuses this caller by its own operator's decision: a quorum without it
+    /// may serve.
+    Without(u32, ApiError),
     Fatal(ApiError),
 }
 
@@ -320,10 +336,11 @@ async fn attempt_once(
     request_id: &str,
     attempt: u32,
     kit: u64,
+    refusing: &[u32],
 ) -> Result<Outcome, Attempt> {
     let custodians = &state.custodians;
     let k = custodians.cluster.threshold();
-    let quorum = quorum(state, version).map_err(Attempt::Fatal)?;
+    let quorum = quorum(state, version, refusing).map_err(Attempt::Fatal)?;
     let session = Terms {
         request: signed.digest(),
         package_id: &version.package_id,
@@ -379,6 +396,14 @@ async fn attempt_once(
                         }
                         Attempt::Retry(ApiError::unavailable("custodian_failed", reason))
                     }
+                    CallError::Refused { ref body, .. }
+                        if body.error.code == "identity_suspended" =>
+                    {
+                        Attempt::Without(
+                            index,
+                            ApiError::new(StatusCode::FORBIDDEN, "identity_suspended", reason),
+                        )
+                    }
                     CallError::Refused { status: 429, .. } => Attempt::Fatal(ApiError::new(
                         StatusCode::TOO_MANY_REQUESTS,
                         "custodian_budget_exhausted",
@@ -396,6 +421,7 @@ async fn attempt_once(
                                 | "bad_input"
                                 | "bad_terms"
                                 | "retired"
+                                | "identity_revoked"
                         ) =>
                     {
                         Attempt::Fatal(ApiError::new(
@@ -435,15 +461,16 @@ async fn attempt_once(
     reconstruct(state, version, request_id, &answered, answers).map_err(Attempt::Fatal)
 }
 
-/// Every live custodian serving `version` (all of them take part, so that every opening and
-/// output is checked against the extra shares), or 503 when fewer than k are.
-fn quorum(state: &State, version: &Version) -> Result<Vec<u32>, ApiError> {
+/// Every live custodian serving `version` but those in `refusing` (all of them take part, so
+/// that every opening and output is checked against the extra shares), or 503 when fewer than
+/// k are.
+fn quorum(state: &State, version: &Version, refusing: &[u32]) -> Result<Vec<u32>, ApiError> {
     let custodians = &state.custodians;
     let k = custodians.cluster.threshold();
     let quorum: Vec<u32> = custodians
         .all
         .iter()
-        .filter(|c| c.serves(&version.package_id))
+        .filter(|c| c.serves(&version.package_id) && !refusing.contains(&c.index()))
         .map(|c| c.index())
         .collect();
     if quorum.len() < k {

@@ -3,6 +3,7 @@
 //! at startup and changed only after the change committed.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
 
 use quorumvm_core::circuit::Manifest;
@@ -27,6 +28,17 @@ pub struct Version {
     /// Approvals of its retirement: at k it is retired.
     pub retirements: Mutex<Vec<(u32, String)>>,
     pub kits: Mutex<KitPool>,
+    pub checks: ShareChecks,
+}
+
+/// The custodians' joint check of a version's shares, as the coordinator starts it (each
+/// custodian decides for itself whether it passes).
+#[derive(Default)]
+pub struct ShareChecks {
+    /// Held while a check (with the activations before it) is under way: one at a time.
+    pub running: tokio::sync::Mutex<()>,
+    /// A custodian refused the shares: checking again would find the same.
+    pub refused: AtomicBool,
 }
 
 /// Approvals as the coordinator keeps them, (custodian, signature hex), as orders carry them.
@@ -136,6 +148,7 @@ impl Registry {
                     state: Mutex::new(v.state),
                     approvals: Mutex::new(v.approvals),
                     retirements: Mutex::new(v.retirements),
+                    checks: ShareChecks::default(),
                 };
                 inner.versions.insert(v.package_id, Arc::new(version));
             }

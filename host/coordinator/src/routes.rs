@@ -315,6 +315,7 @@ async fn install(
                 approvals: std::sync::Mutex::new(vec![]),
                 retirements: std::sync::Mutex::new(vec![]),
                 kits: std::sync::Mutex::new(KitPool::default()),
+                checks: Default::default(),
             });
             StatusCode::CREATED
         }

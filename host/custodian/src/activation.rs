@@ -13,8 +13,12 @@
 //!   package id, manifest and deal, and no approval offered is forged or duplicated;
 //! - every secret the manifest declares has a share sealed to this custodian for this package
 //!   and this secret name (the binding is part of the sealing), and nothing else is offered;
-//! - no version of the same name at least as high is active here: activating a version retires
-//!   the lower ones of its name, and a retired version never activates again.
+//! - no version of the same name at least as high is activated here, and the version was not
+//!   retired or refused here before.
+//!
+//! An activated version does not serve yet: first the custodians check together that the
+//! shares of every secret lie on one polynomial ([`crate::share_check`]). A version whose shares
+//! pass retires the lower ones of its name; a retired or refused version never activates again.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -38,7 +42,7 @@ use zeroize::Zeroizing;
 use crate::error::ApiError;
 use crate::state::Custodian;
 use crate::store::{self, NewVersion};
-use crate::versions::{Version, parse_package_id};
+use crate::versions::{Standing, Version, parse_package_id};
 
 /// Fetching from the coordinator: a package may be large, and activation is rare.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
@@ -198,30 +202,24 @@ impl Checker<'_> {
     }
 }
 
-/// Handles an `Activate` order; idempotent for an active version, refused for a retired one
-/// or one that a higher active version of its name supersedes.
+/// Handles an `Activate` order; idempotent for an activated version (answering whether it
+/// serves yet), refused for a retired or refused one or one that a higher activated version of
+/// its name supersedes.
 pub(crate) async fn activate(
     c: &Arc<Custodian>,
     package_id: &str,
     approvals: Vec<ApprovalSignature>,
 ) -> Result<OrderResponse, ApiError> {
-    let active = || OrderResponse {
-        status: "active".into(),
-        kits: 0,
-    };
     let id = parse_package_id(package_id).ok_or_else(|| {
         ApiError::bad_request("bad_package_id", "a package id is 64 hexadecimal digits")
     })?;
-    if c.versions.get(&id).is_some() {
-        return Ok(active());
+    if let Some(known) = activated(&id, package_id, c)? {
+        return Ok(known);
     }
     // One activation at a time: they are rare, and two of the same version must not race.
     let _one = c.activation.lock().await;
-    if c.versions.get(&id).is_some() {
-        return Ok(active());
-    }
-    if c.versions.is_retired(&id) {
-        return Err(retired(&id));
+    if let Some(known) = activated(&id, package_id, c)? {
+        return Ok(known);
     }
     let id_hex = id.to_string();
     let base = format!("/v1/packages/{id_hex}");
@@ -266,6 +264,7 @@ pub(crate) async fn activate(
     .await
     .map_err(|e| ApiError::task_failed("checking the version", e))?;
     let checked = checked?;
+    let deal_digest = deal.digest();
     let same_name = c.versions.named(&checked.manifest.name);
     if let Some(higher) = same_name
         .iter()
@@ -295,31 +294,58 @@ pub(crate) async fn activate(
         approvals,
         deal,
         sealed,
-        retires: same_name.iter().map(|v| v.id_hex.clone()).collect(),
         now_ms: now_ms(),
     };
     c.writer
         .run(move |tx| store::insert_version(tx, &record))
         .await?;
-    for old in &same_name {
-        c.versions.retire(old.id);
-        tracing::info!(package_id = %old.id_hex, by = %id_hex, "version retired");
-    }
     tracing::info!(
         package_id = %id_hex,
         name = %checked.manifest.name,
         version = checked.manifest.version,
         approvals = ?checked.approvers,
-        "version activated"
+        "version activated; its shares await their joint check"
     );
-    c.versions.insert(Version::new(
-        id,
-        checked.manifest,
-        checked.circuit,
-        checked.secrets,
-        0,
-    ));
-    Ok(active())
+    c.versions.insert(
+        Version::new(
+            id,
+            checked.manifest,
+            checked.circuit,
+            deal_digest,
+            checked.secrets,
+            0,
+        ),
+        false,
+    );
+    Ok(status(UNCHECKED))
+}
+
+/// What an `Activate` order answers for a version activated here already (`None`: it is not).
+fn activated(
+    id: &PackageId,
+    package_id: &str,
+    c: &Custodian,
+) -> Result<Option<OrderResponse>, ApiError> {
+    match c.versions.standing(id) {
+        None => Ok(None),
+        Some(Standing::Serving(_)) => Ok(Some(status(ACTIVE))),
+        Some(Standing::Unchecked(_)) => Ok(Some(status(UNCHECKED))),
+        Some(Standing::Refused) => Err(ApiError::shares_refused(package_id, "")),
+        Some(Standing::Retired) => Err(retired(id)),
+    }
+}
+
+/// An `Activate` order's answer: the version serves.
+pub(crate) const ACTIVE: &str = "active";
+/// An `Activate` order's answer: the version is activated, and awaits the joint check of its
+/// shares ([`crate::share_check`]) before it serves.
+const UNCHECKED: &str = "unchecked";
+
+pub(crate) fn status(status: &str) -> OrderResponse {
+    OrderResponse {
+        status: status.into(),
+        kits: 0,
+    }
 }
 
 pub(crate) fn retired(id: &PackageId) -> ApiError {

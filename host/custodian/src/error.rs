@@ -54,6 +54,32 @@ impl ApiError {
             format!("version {package_id} is not active on this custodian"),
         )
     }
+
+    /// The version is activated here, but the custodians have not checked its shares together
+    /// yet: it does not serve.
+    pub fn shares_unchecked(package_id: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "shares_unchecked",
+            format!(
+                "version {package_id} does not serve yet: the custodians have not checked together \
+                 that its shares lie on one polynomial"
+            ),
+        )
+    }
+
+    /// The custodians' check found the version's shares inconsistent: it never serves here.
+    /// `found` says who was named, if anyone.
+    pub fn shares_refused(package_id: &str, found: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "shares_refused",
+            format!(
+                "version {package_id} never serves here: the custodians found that its shares do \
+                 not lie on one polynomial{found}"
+            ),
+        )
+    }
 }
 
 impl std::fmt::Display for ApiError {

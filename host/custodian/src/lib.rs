@@ -10,12 +10,14 @@
 //! - `store`: its tables in the ledger, and every write (each in one group commit).
 //! - `versions`: the active versions in memory, with their opened shares and kit counts.
 //! - `mailbox`: round messages from peers, buffered until the session that waits for them.
-//! - `peers`: sending round messages, and encrypting the secret ones (preprocessing).
+//! - `peers`: sending round messages, and encrypting the secret ones; `layers`: a layer of
+//!   secret field elements, sealed to each peer (preprocessing, the check of shares).
 //! - `callers`: the caller identities it accepts signed requests from, and those it refuses
 //!   (revoked by k operators, or suspended here by its own operator).
-//! - `activation`, `register`, `preprocess`, and `revoke`, `retire` (decisions of k operators):
-//!   the coordinator's orders; `session`: an evaluation of a caller's signed request, on the
-//!   coordinator's ticket; `suspend`: its own operator's suspensions.
+//! - `activation`, `share_check`, `register`, `preprocess`, and `revoke`, `retire` (decisions
+//!   of k operators): the coordinator's orders (a version serves once activated and its shares
+//!   checked by all n custodians together); `session`: an evaluation of a caller's signed
+//!   request, on the coordinator's ticket; `suspend`: its own operator's suspensions.
 //! - `routes`: the HTTP API; `error`: its error bodies; `metrics`: `GET /metrics`.
 //! - `state`: everything a running custodian holds, and how it starts.
 
@@ -23,6 +25,7 @@ mod activation;
 mod callers;
 mod error;
 mod keys;
+mod layers;
 mod mailbox;
 mod metrics;
 mod peers;
@@ -32,6 +35,7 @@ mod retire;
 mod revoke;
 mod routes;
 mod session;
+mod share_check;
 mod state;
 mod store;
 mod suspend;

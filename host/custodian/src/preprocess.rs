@@ -6,7 +6,7 @@
 //! 2. each deals sharings of its local products, which everyone reduces into `c`.
 //!
 //! Both layers' messages are shares of secrets: each is sealed to its recipient
-//! ([`crate::peers::Peers::seal`]) before it leaves. The computation runs off the async
+//! ([`crate::layers`]) before it leaves. The computation runs off the async
 //! threads. The batch is stored in one ledger job, all or nothing; a kit id that already exists
 //! refuses the whole batch.
 
@@ -14,20 +14,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use quorumvm_core::field::Fp;
-use quorumvm_core::preprocess::{Generation, KitShape, Outgoing, PreprocessError};
+use quorumvm_core::preprocess::{Generation, KitShape, PreprocessError};
 use quorumvm_wire::api::OrderResponse;
 use quorumvm_wire::elements;
 use quorumvm_wire::now_ms;
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::ApiError;
+use crate::layers::{open_layer, seal_layer};
 use crate::metrics::Metrics;
-use crate::peers::{Peers, SEAL_OVERHEAD, valid_session_id};
+use crate::peers::{SEAL_OVERHEAD, valid_session_id};
 use crate::routes::ROUND_BODY_LIMIT;
 use crate::state::{Custodian, off_thread};
 use crate::store;
-use crate::versions::parse_package_id;
 
 /// The least a preprocessing layer waits for the others: between its layers each custodian
 /// computes over the whole batch, which may take seconds where an evaluation layer takes ms.
@@ -58,9 +57,8 @@ pub(crate) async fn preprocess(
             "the order's session id is invalid",
         ));
     }
-    let version = parse_package_id(&package_id)
-        .and_then(|id| c.versions.get(&id))
-        .ok_or_else(|| ApiError::unknown_version(&package_id))?;
+    // Kits of a version whose shares are unchecked or refused would be made for nothing.
+    let version = c.versions.serving(&package_id)?;
     let shape = KitShape::of(&version.circuit);
     let kits = check_batch(&shape, first_kit, count)?;
     let everyone = c.cluster.indices();
@@ -82,7 +80,7 @@ pub(crate) async fn preprocess(
     let (generation, messages) = off_thread("dealing", move || {
         let (generation, out) = Generation::begin(shape, kits, me, n, k, &mut rand::thread_rng())
             .map_err(|e| ApiError::bad_request("bad_batch", e.to_string()))?;
-        Ok::<_, ApiError>((generation, seal_all(&custodian.peers, &id, 1, &out)?))
+        Ok::<_, ApiError>((generation, seal_layer(&custodian.peers, &id, 1, &out)?))
     })
     .await??;
     let received = c
@@ -93,11 +91,11 @@ pub(crate) async fn preprocess(
     let custodian = Arc::clone(c);
     let id = session.clone();
     let (reduction, messages) = off_thread("resharing", move || {
-        let received = open_all(&custodian.peers, &id, 1, received)?;
+        let received = open_layer(&custodian.peers, &id, 1, received)?;
         let (reduction, out) = generation
             .reshare(received, &mut rand::thread_rng())
             .map_err(peer_error)?;
-        Ok::<_, ApiError>((reduction, seal_all(&custodian.peers, &id, 2, &out)?))
+        Ok::<_, ApiError>((reduction, seal_layer(&custodian.peers, &id, 2, &out)?))
     })
     .await??;
     let received = c
@@ -108,7 +106,7 @@ pub(crate) async fn preprocess(
     let custodian = Arc::clone(c);
     let id = session.clone();
     let material = off_thread("reducing", move || {
-        let received = open_all(&custodian.peers, &id, 2, received)?;
+        let received = open_layer(&custodian.peers, &id, 2, received)?;
         let kits = reduction.finish(received).map_err(peer_error)?;
         Ok::<_, ApiError>(
             kits.into_iter()
@@ -167,56 +165,6 @@ fn check_batch(shape: &KitShape, first_kit: u64, count: u64) -> Result<usize, Ap
             ),
         )),
     }
-}
-
-/// Seals each of a layer's messages to its recipient.
-fn seal_all(
-    peers: &Peers,
-    session: &str,
-    layer: u32,
-    out: &Outgoing,
-) -> Result<Vec<(u32, Vec<u8>)>, ApiError> {
-    out.messages()
-        .iter()
-        .map(|(to, values)| {
-            let plain = Zeroizing::new(elements::to_bytes(values));
-            peers
-                .seal(*to, session, layer, &plain)
-                .map(|sealed| (*to, sealed))
-                .map_err(|e| ApiError::internal(e.to_string()))
-        })
-        .collect()
-}
-
-/// Opens and decodes each of a layer's messages.
-fn open_all(
-    peers: &Peers,
-    session: &str,
-    layer: u32,
-    received: Vec<(u32, Vec<u8>)>,
-) -> Result<Vec<(u32, Vec<Fp>)>, ApiError> {
-    let bad = |why: String| ApiError::new(StatusCode::BAD_GATEWAY, "bad_peer_message", why);
-    let mut opened: Vec<(u32, Vec<Fp>)> = Vec::with_capacity(received.len());
-    for (sender, sealed) in received {
-        let plain = peers
-            .open(sender, session, layer, &sealed)
-            .map_err(|e| bad(e.to_string()));
-        let values = plain.and_then(|plain| {
-            elements::from_bytes(&plain)
-                .map_err(|e| bad(format!("custodian {sender}'s layer {layer} message: {e}")))
-        });
-        match values {
-            // The vector moves out whole (no copy); the core step that takes it wipes it.
-            Ok(mut values) => opened.push((sender, std::mem::take(&mut *values))),
-            Err(e) => {
-                for (_, values) in &mut opened {
-                    values.zeroize();
-                }
-                return Err(e);
-            }
-        }
-    }
-    Ok(opened)
 }
 
 /// A core step refused the peers' messages (missing, extra, or of the wrong length).

@@ -29,9 +29,8 @@ use crate::mailbox::DeliverError;
 use crate::metrics::Metrics;
 use crate::peers::valid_session_id;
 use crate::preprocess::{self, Batch};
-use crate::session;
 use crate::state::Custodian;
-use crate::{activation, register, retire, revoke, suspend};
+use crate::{activation, register, retire, revoke, session, share_check, suspend};
 
 /// The largest round message: a preprocessing layer carries `2 · count · terms` elements to
 /// each peer, and the coordinator sizes its batches under this.
@@ -117,6 +116,12 @@ async fn orders(
                 count,
             };
             detached(async move { preprocess::preprocess(&c, batch).await }).await
+        }
+        Order::CheckShares {
+            package_id,
+            session,
+        } => {
+            detached(async move { share_check::check_shares(&c, &package_id, session).await }).await
         }
         Order::RegisterIdentity {
             name,

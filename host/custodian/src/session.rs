@@ -40,27 +40,19 @@ use quorumvm_wire::request::{self, CallerRequest, RequestError, Terms, claimed_i
 use quorumvm_wire::signed::Signed;
 use zeroize::Zeroizing;
 
-use crate::activation::retired;
 use crate::error::ApiError;
 use crate::mailbox::Inbox;
 use crate::metrics::Metrics;
 use crate::state::{Custodian, INLINE_GATES, compute};
 use crate::store::{self, Admission, Admitted, MAX_ATTEMPTS};
-use crate::versions::{Version, parse_package_id};
+use crate::versions::Version;
 
 pub(crate) async fn evaluate(
     c: &Arc<Custodian>,
     request: SessionRequest,
 ) -> Result<SessionResponse, ApiError> {
     let ticket = c.tickets.open(&request, now_ms())?;
-    let id = parse_package_id(&ticket.package_id).ok_or_else(|| {
-        ApiError::bad_request("bad_package_id", "a package id is 64 hexadecimal digits")
-    })?;
-    let version = match c.versions.get(&id) {
-        Some(v) => v,
-        None if c.versions.is_retired(&id) => return Err(retired(&id)),
-        None => return Err(ApiError::unknown_version(&ticket.package_id)),
-    };
+    let version = c.versions.serving(&ticket.package_id)?;
     check_quorum(c, &ticket.quorum)?;
     let caller = check_request(c, &request.request, &version)?;
     let terms = Terms {

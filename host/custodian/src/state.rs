@@ -18,7 +18,7 @@ use crate::keys::load_keys;
 use crate::mailbox::{self, Inbox, Mailbox};
 use crate::metrics::Metrics;
 use crate::peers::Peers;
-use crate::store::Decision;
+use crate::store::{Decision, SharesChecked};
 use crate::versions::{Version, Versions, parse_package_id};
 use crate::{register, retire, revoke, store};
 
@@ -150,6 +150,10 @@ impl Custodian {
                 versions.retire(id);
                 continue;
             }
+            if stored.shares == SharesChecked::Refused {
+                versions.refuse(id);
+                continue;
+            }
             let checked = checker
                 .check(
                     &id,
@@ -159,13 +163,17 @@ impl Custodian {
                     &stored.sealed,
                 )
                 .with_context(loading)?;
-            versions.insert(Version::new(
-                id,
-                checked.manifest,
-                checked.circuit,
-                checked.secrets,
-                stored.kits,
-            ));
+            versions.insert(
+                Version::new(
+                    id,
+                    checked.manifest,
+                    checked.circuit,
+                    stored.deal.digest(),
+                    checked.secrets,
+                    stored.kits,
+                ),
+                stored.shares == SharesChecked::Passed,
+            );
         }
 
         let callers = Callers::default();

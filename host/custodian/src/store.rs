@@ -2,8 +2,9 @@
 //! job of the group-commit [`quorumvm_ledger::Writer`], together with its audit entry.
 //!
 //! - `versions`: every version this custodian activated, with the signed package (so a restart
-//!   reads it again in the sandbox instead of trusting a stored circuit) and the approvals it
-//!   checked (checked again at every start).
+//!   reads it again in the sandbox instead of trusting a stored circuit), the approvals it
+//!   checked (checked again at every start), and when the custodians' joint check of its shares
+//!   passed or refused it (a restart does not check again).
 //! - `sealed_shares`: this custodian's shares of each version's secrets, still sealed to its
 //!   X25519 key as the publisher sealed them. A copy of the database alone reveals nothing;
 //!   shares are opened into memory only.
@@ -104,6 +105,10 @@ pub(crate) const SCHEMA: Schema = Schema {
             statement TEXT NOT NULL
         ) STRICT;
     ",
+        "
+        ALTER TABLE versions ADD COLUMN shares_checked_ms INTEGER;
+        ALTER TABLE versions ADD COLUMN shares_refused_ms INTEGER;
+    ",
     ],
 };
 
@@ -140,6 +145,15 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
+/// What the custodians' joint check of a version's shares found, as recorded here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SharesChecked {
+    /// Not checked yet (or not to completion).
+    Not,
+    Passed,
+    Refused,
+}
+
 /// A version as stored, before it is checked and opened again at startup.
 pub(crate) struct StoredVersion {
     pub package_id: String,
@@ -147,6 +161,7 @@ pub(crate) struct StoredVersion {
     pub approvals: Vec<ApprovalSignature>,
     pub deal: Signed,
     pub retired: bool,
+    pub shares: SharesChecked,
     /// Secret name → sealed share bytes.
     pub sealed: BTreeMap<String, Vec<u8>>,
     pub kits: u64,
@@ -157,20 +172,27 @@ pub(crate) fn load_versions(ledger: &Ledger) -> Result<Vec<StoredVersion>, Store
     let conn = ledger.connection();
     let mut versions = Vec::new();
     let mut rows = conn.prepare(
-        "SELECT package_id, package, approvals, deal, retired_ms IS NOT NULL FROM versions
-         ORDER BY activated_ms, package_id",
+        "SELECT package_id, package, approvals, deal, retired_ms IS NOT NULL,
+                shares_checked_ms IS NOT NULL, shares_refused_ms IS NOT NULL
+         FROM versions ORDER BY activated_ms, package_id",
     )?;
     let listed = rows.query_map([], |row| {
+        let checked = match (row.get::<_, bool>(5)?, row.get::<_, bool>(6)?) {
+            (_, true) => SharesChecked::Refused,
+            (true, false) => SharesChecked::Passed,
+            (false, false) => SharesChecked::Not,
+        };
         Ok((
             row.get::<_, String>(0)?,
             row.get::<_, Vec<u8>>(1)?,
             row.get::<_, String>(2)?,
             row.get::<_, String>(3)?,
             row.get::<_, bool>(4)?,
+            checked,
         ))
     })?;
     for row in listed {
-        let (package_id, package, approvals, deal, retired) = row?;
+        let (package_id, package, approvals, deal, retired, checked) = row?;
         let approvals: Vec<ApprovalSignature> = serde_json::from_str(&approvals)
             .map_err(|e| StoreError::Corrupt(format!("approvals of {package_id}: {e}")))?;
         let deal: Signed = serde_json::from_str(&deal)
@@ -191,6 +213,7 @@ pub(crate) fn load_versions(ledger: &Ledger) -> Result<Vec<StoredVersion>, Store
             approvals,
             deal,
             retired,
+            shares: checked,
             sealed,
             kits,
         });
@@ -208,14 +231,12 @@ pub(crate) struct NewVersion {
     pub approvals: Vec<ApprovalSignature>,
     pub deal: Signed,
     pub sealed: BTreeMap<String, Vec<u8>>,
-    /// Lower versions of the same name that this activation supersedes.
-    pub retires: Vec<String>,
     pub now_ms: u64,
 }
 
-/// Records an activated version, its sealed shares and `version.activated`, and retires the
-/// versions it supersedes (`version.retired`). Returns `false`
-/// (writing nothing) if the version is already stored: activation is idempotent.
+/// Records an activated version, its sealed shares and `version.activated` (it serves once its
+/// shares pass their check: [`record_check`]). Returns `false` (writing nothing) if the version
+/// is already stored: activation is idempotent.
 pub(crate) fn insert_version(tx: &Transaction<'_>, v: &NewVersion) -> Result<bool, StoreError> {
     let known = tx
         .query_row(
@@ -267,10 +288,79 @@ pub(crate) fn insert_version(tx: &Transaction<'_>, v: &NewVersion) -> Result<boo
             }),
         },
     )?;
-    for old in &v.retires {
-        retire(tx, old, &v.package_id, v.now_ms)?;
-    }
     Ok(true)
+}
+
+/// A completed joint check of a version's shares ([`crate::share_check`]).
+pub(crate) struct CheckRecord<'a> {
+    pub package_id: &'a str,
+    pub session: &'a str,
+    /// `None`: the shares passed. `Some(culprits)`: refused, naming the custodians whose
+    /// values were proven off (possibly none).
+    pub refused: Option<&'a [u32]>,
+    pub now_ms: u64,
+}
+
+/// Records the outcome of a version's check, once: a pass (`shares.checked`) retires the lower
+/// versions of its name, which it supersedes, and returns their ids; a refusal
+/// (`shares.refused`, with the culprits) means the version never serves. A version whose
+/// outcome is recorded already (or one not stored) changes nothing.
+pub(crate) fn record_check(
+    tx: &Transaction<'_>,
+    check: &CheckRecord<'_>,
+) -> Result<Vec<String>, StoreError> {
+    let column = match check.refused {
+        None => "shares_checked_ms",
+        Some(_) => "shares_refused_ms",
+    };
+    let changed = tx.execute(
+        &format!(
+            "UPDATE versions SET {column} = ?2 WHERE package_id = ?1 AND retired_ms IS NULL
+             AND shares_checked_ms IS NULL AND shares_refused_ms IS NULL"
+        ),
+        params![check.package_id, check.now_ms],
+    )?;
+    if changed == 0 {
+        return Ok(Vec::new());
+    }
+    let (kind, details) = match check.refused {
+        None => (
+            "shares.checked",
+            json!({ "session": check.session, "package_id": check.package_id }),
+        ),
+        Some(culprits) => (
+            "shares.refused",
+            json!({
+                "session": check.session,
+                "package_id": check.package_id,
+                "culprits": culprits,
+            }),
+        ),
+    };
+    audit::append(
+        tx,
+        &NewEntry {
+            timestamp_ms: check.now_ms,
+            actor: COORDINATOR,
+            kind,
+            details: &details,
+        },
+    )?;
+    if check.refused.is_some() {
+        return Ok(Vec::new());
+    }
+    let superseded: Vec<String> = tx
+        .prepare(
+            "SELECT old.package_id FROM versions AS old JOIN versions AS new
+             ON old.name = new.name AND old.version < new.version
+             WHERE new.package_id = ?1 AND old.retired_ms IS NULL",
+        )?
+        .query_map([check.package_id], |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    for old in &superseded {
+        retire(tx, old, check.package_id, check.now_ms)?;
+    }
+    Ok(superseded)
 }
 
 /// Marks `package_id` retired (superseded by `by`), with its `version.retired` entry, and drops
@@ -751,7 +841,7 @@ mod tests {
         ledger
     }
 
-    fn version(id: &str, version: u32, retires: Vec<String>) -> NewVersion {
+    fn version(id: &str, version: u32) -> NewVersion {
         NewVersion {
             package_id: id.into(),
             name: "square".into(),
@@ -767,7 +857,6 @@ mod tests {
                 signature: "00".into(),
             },
             sealed: BTreeMap::from([("w".to_string(), vec![9; 4])]),
-            retires,
             now_ms: 5,
         }
     }
@@ -809,11 +898,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut db = ledger(dir.path());
         assert!(
-            db.transaction(|tx| insert_version(tx, &version("p", 1, vec![])))
+            db.transaction(|tx| insert_version(tx, &version("p", 1)))
                 .unwrap()
         );
         assert!(
-            !db.transaction(|tx| insert_version(tx, &version("p", 1, vec![])))
+            !db.transaction(|tx| insert_version(tx, &version("p", 1)))
                 .unwrap()
         );
         let kits: Vec<_> = (0..3u8).map(|i| Zeroizing::new(vec![i; 16])).collect();
@@ -894,14 +983,51 @@ mod tests {
             1,
             "kit 20 is still there"
         );
-        // Version 2 retires version 1 and drops its kits.
+        // Version 2 retires version 1, and drops its kits, once its shares pass their check;
+        // version 3's are refused, which changes nothing else. Each outcome is recorded once.
+        let check = |id: &'static str, refused: Option<&'static [u32]>| CheckRecord {
+            package_id: id,
+            session: "check-1",
+            refused,
+            now_ms: 7,
+        };
+        for id in ["p2", "p3"] {
+            let number = if id == "p2" { 2 } else { 3 };
+            assert!(
+                db.transaction(|tx| insert_version(tx, &version(id, number)))
+                    .unwrap()
+            );
+        }
+        assert_eq!(load_versions(&db).unwrap()[0].kits, 1, "not retired yet");
+        let retired = db
+            .transaction(|tx| record_check(tx, &check("p2", None)))
+            .unwrap();
+        assert_eq!(retired, ["p"]);
+        for again in [check("p2", None), check("p2", Some(&[1]))] {
+            assert!(
+                db.transaction(|tx| record_check(tx, &again))
+                    .unwrap()
+                    .is_empty()
+            );
+        }
         assert!(
-            db.transaction(|tx| insert_version(tx, &version("p2", 2, vec!["p".into()])))
+            db.transaction(|tx| record_check(tx, &check("p3", Some(&[2]))))
                 .unwrap()
+                .is_empty()
         );
         let stored = load_versions(&db).unwrap();
-        assert_eq!((stored[0].retired, stored[0].kits), (true, 0));
-        assert!(!stored[1].retired);
+        let shown: Vec<_> = stored
+            .iter()
+            .map(|v| (v.package_id.as_str(), v.retired, v.kits, v.shares))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("p", true, 0, SharesChecked::Not),
+                ("p2", false, 0, SharesChecked::Passed),
+                ("p3", false, 0, SharesChecked::Refused),
+            ]
+        );
         let kinds: Vec<String> = db
             .audit_entries(0, 100)
             .unwrap()
@@ -922,7 +1048,10 @@ mod tests {
                 "kits.stored",
                 "eval.denied",
                 "version.activated",
+                "version.activated",
+                "shares.checked",
                 "version.retired",
+                "shares.refused",
             ]
         );
         db.verify_chain().unwrap();

@@ -1,12 +1,13 @@
-//! The versions this custodian serves, in memory: what a session needs without touching the
-//! disk (circuit, manifest, opened shares), and how many unused kits it holds for each; and the
-//! ids of the versions it retired, which never serve again.
+//! The versions this custodian activated, in memory: what a session needs without touching the
+//! disk (circuit, manifest, opened shares), how many unused kits it holds for each, and whether
+//! their shares passed the custodians' joint check, without which a version does not serve;
+//! and the ids of the versions it refused or retired, which never serve.
 //!
-//! Only the highest activated version of a name serves: activating a higher one retires the
-//! others (in the same ledger transaction), and a lower one is refused. k operators may also
+//! Only the highest version of a name serves: a higher one whose shares pass their check
+//! retires the others (in the same ledger transaction), and a lower one is refused. k operators may also
 //! retire any version, active here or not.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -15,6 +16,9 @@ use quorumvm_core::field::Fp;
 use quorumvm_package::PackageId;
 use zeroize::Zeroizing;
 
+use crate::activation::retired;
+use crate::error::ApiError;
+
 /// One active version.
 pub(crate) struct Version {
     pub id: PackageId,
@@ -22,6 +26,8 @@ pub(crate) struct Version {
     pub id_hex: String,
     pub manifest: Manifest,
     pub circuit: Circuit,
+    /// The digest of the publisher's signed deal, which the joint check of shares hashes.
+    pub deal_digest: [u8; 32],
     /// This custodian's shares of the secrets, in the manifest's order; wiped on drop.
     secrets: Zeroizing<Vec<Fp>>,
     /// Unused kits in the ledger: set at load, then moved by every committed store and use.
@@ -33,6 +39,7 @@ impl Version {
         id: PackageId,
         manifest: Manifest,
         circuit: Circuit,
+        deal_digest: [u8; 32],
         secrets: Zeroizing<Vec<Fp>>,
         kits: u64,
     ) -> Version {
@@ -41,6 +48,7 @@ impl Version {
             id,
             manifest,
             circuit,
+            deal_digest,
             secrets,
             kits: AtomicU64::new(kits),
         }
@@ -69,45 +77,94 @@ impl Version {
     }
 }
 
-/// The active versions by package id, and the retired ones.
+/// Where a version stands on this custodian.
+pub(crate) enum Standing {
+    /// Activated (every check of [`crate::activation`] passed), awaiting the custodians' joint
+    /// check of its shares ([`crate::share_check`]): it does not serve yet.
+    Unchecked(Arc<Version>),
+    /// Activated and its shares checked: it serves.
+    Serving(Arc<Version>),
+    /// The joint check found its shares inconsistent: it never serves.
+    Refused,
+    /// A higher version of its name superseded it: it never serves again.
+    Retired,
+}
+
+/// The activated versions by package id (serving or awaiting their check), and the ids of the
+/// refused and retired ones.
 #[derive(Default)]
 pub(crate) struct Versions {
-    by_id: RwLock<BTreeMap<PackageId, Arc<Version>>>,
-    retired: RwLock<BTreeSet<PackageId>>,
+    by_id: RwLock<BTreeMap<PackageId, Held>>,
+    ended: RwLock<BTreeMap<PackageId, Ended>>,
     /// How many of the retired were retired by k operators (each counted once).
     retirements: AtomicUsize,
 }
 
+/// An activated version in memory, and whether its shares were checked.
+struct Held {
+    version: Arc<Version>,
+    checked: bool,
+}
+
+/// Why a version never serves.
+#[derive(Clone, Copy)]
+enum Ended {
+    Refused,
+    Retired,
+}
+
 impl Versions {
-    pub fn get(&self, id: &PackageId) -> Option<Arc<Version>> {
-        self.read().get(id).cloned()
+    pub fn standing(&self, id: &PackageId) -> Option<Standing> {
+        if let Some(held) = self.read().get(id) {
+            let version = Arc::clone(&held.version);
+            return Some(if held.checked {
+                Standing::Serving(version)
+            } else {
+                Standing::Unchecked(version)
+            });
+        }
+        let ended = self.ended.read().unwrap_or_else(|p| p.into_inner());
+        ended.get(id).map(|e| match e {
+            Ended::Refused => Standing::Refused,
+            Ended::Retired => Standing::Retired,
+        })
     }
 
-    /// Adds a version; an already active one is kept (it holds the same package and shares).
-    pub fn insert(&self, version: Version) {
+    /// Adds an activated version, serving if its shares were `checked`; an already held one is
+    /// kept (it holds the same package and shares).
+    pub fn insert(&self, version: Version, checked: bool) {
         let mut map = self.by_id.write().unwrap_or_else(|p| p.into_inner());
-        map.entry(version.id).or_insert_with(|| Arc::new(version));
+        map.entry(version.id).or_insert_with(|| Held {
+            version: Arc::new(version),
+            checked,
+        });
     }
 
-    /// The serving versions named `name`.
+    /// The held version `id` serves from now on (its check's pass is already committed).
+    pub fn checked(&self, id: &PackageId) {
+        let mut map = self.by_id.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(held) = map.get_mut(id) {
+            held.checked = true;
+        }
+    }
+
+    /// The activated versions named `name`, serving or not.
     pub fn named(&self, name: &str) -> Vec<Arc<Version>> {
         self.read()
             .values()
-            .filter(|v| v.manifest.name == name)
-            .cloned()
+            .filter(|h| h.version.manifest.name == name)
+            .map(|h| Arc::clone(&h.version))
             .collect()
+    }
+
+    /// Stops holding `id`, for good: its shares were refused (already committed).
+    pub fn refuse(&self, id: PackageId) {
+        self.end(id, Ended::Refused);
     }
 
     /// Stops serving `id`, for good (its retirement is already committed).
     pub fn retire(&self, id: PackageId) {
-        self.by_id
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
-        self.retired
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id);
+        self.end(id, Ended::Retired);
     }
 
     /// Retires `id` by k operators' decision (committed, and not counted before).
@@ -120,27 +177,53 @@ impl Versions {
         self.retirements.load(Ordering::Relaxed)
     }
 
-    pub fn is_retired(&self, id: &PackageId) -> bool {
-        self.retired
-            .read()
+    fn end(&self, id: PackageId, why: Ended) {
+        self.by_id
+            .write()
             .unwrap_or_else(|p| p.into_inner())
-            .contains(id)
+            .remove(&id);
+        self.ended
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, why);
     }
 
+    /// The version `package_id` if it serves here, or the error that says why not (unknown,
+    /// shares unchecked or refused, retired).
+    pub fn serving(&self, package_id: &str) -> Result<Arc<Version>, ApiError> {
+        let id = parse_package_id(package_id).ok_or_else(|| {
+            ApiError::bad_request("bad_package_id", "a package id is 64 hexadecimal digits")
+        })?;
+        match self.standing(&id) {
+            Some(Standing::Serving(version)) => Ok(version),
+            Some(Standing::Unchecked(_)) => Err(ApiError::shares_unchecked(package_id)),
+            Some(Standing::Refused) => Err(ApiError::shares_refused(package_id, "")),
+            Some(Standing::Retired) => Err(retired(&id)),
+            None => Err(ApiError::unknown_version(package_id)),
+        }
+    }
+
+    pub fn is_retired(&self, id: &PackageId) -> bool {
+        matches!(self.standing(id), Some(Standing::Retired))
+    }
+
+    /// How many versions serve.
     pub fn len(&self) -> usize {
-        self.read().len()
+        self.read().values().filter(|h| h.checked).count()
     }
 
-    /// Every version with its unused kit count, by package id.
+    /// Every serving version with its unused kit count, by package id.
     pub fn kit_counts(&self) -> Vec<(String, u64)> {
         self.read()
             .values()
-            .map(|v| (v.id_hex.clone(), v.kits()))
+            .filter(|h| h.checked)
+            .map(|h| (h.version.id_hex.clone(), h.version.kits()))
             .collect()
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<PackageId, Arc<Version>>> {
-        // Each change is one insert or remove: a panic elsewhere cannot leave it half-changed.
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<PackageId, Held>> {
+        // Each change is one insert, update or remove: a panic elsewhere cannot leave it
+        // half-changed.
         self.by_id.read().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -223,7 +223,8 @@ pub enum OutputShares {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CustodianHealth {
     pub index: u32,
-    /// Active versions and how many unused kits this custodian holds for each.
+    /// The versions that serve here (activated, and their shares checked) and how many unused
+    /// kits this custodian holds for each.
     pub versions: Vec<VersionKits>,
     /// How many caller identities it has registered (and not revoked).
     pub identities: u64,
@@ -255,7 +256,8 @@ pub struct SuspensionState {
 /// A custodian's answer to an order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderResponse {
-    /// Activate: "active"; preprocess: "stored"; abort: "aborted".
+    /// Activate: "active" (it serves) or "unchecked" (it awaits the joint check of its shares);
+    /// check of shares: "active"; preprocess: "stored"; abort: "aborted".
     pub status: String,
     /// Preprocess: how many kits were stored.
     #[serde(default)]

@@ -1,6 +1,6 @@
 //! Orders: what the coordinator asks of a custodian.
 //!
-//! Activations, preprocessing batches and aborts are [`SignedOrder`]s: signed with the
+//! Activations, checks of shares, preprocessing batches and aborts are [`SignedOrder`]s: signed with the
 //! coordinator's ed25519 key. Session tickets, one per custodian per evaluation, are
 //! authenticated with an HMAC under a [`TicketKey`] that the coordinator shares with that
 //! custodian alone: an ed25519 verification per custodian per evaluation was the largest single
@@ -58,6 +58,9 @@ pub enum Order {
         package_id: String,
         approvals: Vec<ApprovalSignature>,
     },
+    /// Check with every other custodian, under this session id, that the shares of every secret
+    /// of an activated version lie on one polynomial, so that it may serve (or is refused).
+    CheckShares { package_id: String, session: String },
     /// Generate kits `first_kit .. first_kit + count` of a version with every other custodian.
     Preprocess {
         session: String,

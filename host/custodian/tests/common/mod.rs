@@ -1,4 +1,5 @@
-//! A cluster of three real custodians on loopback ports, and the test itself as their
+//! A cluster of real custodians (three, 2-of-3, unless a test asks for others) on loopback
+//! ports, and the test itself as their
 //! coordinator: it holds the coordinator's keys (so it can play a compromised coordinator), signs
 //! orders and tickets, relays callers' signed requests, reconstructs outputs, and serves
 //! packages, deals and sealed shares from a small router of its own (the two GETs a custodian
@@ -39,8 +40,8 @@ use tempfile::TempDir;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+/// The threshold of [`Cluster::start`]'s three custodians.
 pub const K: usize = 2;
-pub const N: usize = 3;
 
 /// `q = (x·w + 7)²`: two multiplication layers, a secret and an input.
 pub const PROGRAM: &str = "program affine_square
@@ -116,6 +117,9 @@ pub struct Cluster {
     packages: Packages,
     pub http: reqwest::Client,
     next_session: std::sync::atomic::AtomicU64,
+    /// The threshold and the number of custodians.
+    pub k: usize,
+    pub n: usize,
 }
 
 /// One custodian's answer.
@@ -134,7 +138,13 @@ impl Answer {
 
 impl Cluster {
     /// Three custodians (k = 2) with the given engines, each on its own loopback port.
-    pub async fn start(engines: [Engine; N], round_timeout_ms: u64) -> Cluster {
+    pub async fn start(engines: [Engine; 3], round_timeout_ms: u64) -> Cluster {
+        Cluster::start_with(K, &engines, round_timeout_ms).await
+    }
+
+    /// One custodian per engine given, of threshold `k`, each on its own loopback port.
+    pub async fn start_with(k: usize, engines: &[Engine], round_timeout_ms: u64) -> Cluster {
+        let n = engines.len();
         let dir = tempfile::tempdir().unwrap();
         let coordinator = SecretKey::generate();
         let exchange = CustodianSecretKey::generate();
@@ -145,7 +155,7 @@ impl Cluster {
 
         let mut listeners = Vec::new();
         let mut entries = Vec::new();
-        for index in 1..=N as u32 {
+        for index in 1..=n as u32 {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let data_dir = dir.path().join(format!("custodian-{index}"));
             let keys = init_keys(&data_dir).unwrap();
@@ -167,8 +177,8 @@ impl Cluster {
                 coordinator_url: coordinator_url.clone(),
                 coordinator_key: coordinator.public().to_hex(),
                 coordinator_exchange_key: exchange.public().to_hex(),
-                threshold: K,
-                engine,
+                threshold: k,
+                engine: *engine,
                 round_timeout_ms,
                 custodians: entries.clone(),
             };
@@ -192,11 +202,18 @@ impl Cluster {
             packages,
             http: reqwest::Client::new(),
             next_session: Default::default(),
+            k,
+            n,
         };
-        for index in 1..=N as u32 {
+        for index in 1..=n as u32 {
             cluster.wait_until_up(index).await;
         }
         cluster
+    }
+
+    /// Every custodian's index.
+    pub fn everyone(&self) -> Vec<u32> {
+        (1..=self.n as u32).collect()
     }
 
     pub fn node(&self, index: u32) -> &Node {
@@ -258,9 +275,21 @@ impl Cluster {
     /// Compiles `src`, signs it as a publisher would, Shamir-shares its secrets (decimal
     /// values) and seals share i to custodian i, and offers it all at the fake coordinator.
     pub fn publish(&self, src: &str, secrets: &[(&str, &str)]) -> Program {
+        self.publish_skewed(src, secrets, None)
+    }
+
+    /// [`Cluster::publish`] by a publisher whose deal is off: with `skew = Some((i, d))`, it
+    /// adds `d` to custodian i's share of every secret before sealing it, and signs a deal of
+    /// what it sealed (so the deal and every custodian's own checks at activation pass).
+    pub fn publish_skewed(
+        &self,
+        src: &str,
+        secrets: &[(&str, &str)],
+        skew: Option<(u32, Fp)>,
+    ) -> Program {
         let (program, unsigned) = quorumvm_compiler::compile_to_package(src, "program").unwrap();
         let publisher = SecretKey::generate();
-        self.publish_compiled(program, &unsigned, &publisher, secrets)
+        self.deal(program, &unsigned, &publisher, secrets, skew)
     }
 
     /// [`Cluster::publish`] of a compiled program, signed by `publisher`.
@@ -271,6 +300,17 @@ impl Cluster {
         publisher: &SecretKey,
         secrets: &[(&str, &str)],
     ) -> Program {
+        self.deal(program, unsigned, publisher, secrets, None)
+    }
+
+    fn deal(
+        &self,
+        program: quorumvm_compiler::Program,
+        unsigned: &[u8],
+        publisher: &SecretKey,
+        secrets: &[(&str, &str)],
+        skew: Option<(u32, Fp)>,
+    ) -> Program {
         let signed = quorumvm_package::sign(unsigned, publisher).unwrap();
         let id = package_id(&signed);
         let given: Vec<(String, String)> = secrets
@@ -278,8 +318,8 @@ impl Cluster {
             .map(|(n, v)| (n.to_string(), v.to_string()))
             .collect();
         let values = encode_values("secret", &program.manifest.secrets, &given).unwrap();
-        let t = Threshold::new(K, N).unwrap();
-        let mut sealed: BTreeMap<u32, SealedShares> = (1..=N as u32)
+        let t = Threshold::new(self.k, self.n).unwrap();
+        let mut sealed: BTreeMap<u32, SealedShares> = (1..=self.n as u32)
             .map(|i| {
                 (
                     i,
@@ -291,7 +331,10 @@ impl Cluster {
             })
             .collect();
         for (decl, &value) in program.manifest.secrets.iter().zip(&values) {
-            for s in share(value, t, &mut rand::rngs::OsRng) {
+            for mut s in share(value, t, &mut rand::rngs::OsRng) {
+                if let Some((_, d)) = skew.filter(|(i, _)| *i == s.x) {
+                    s.y += d;
+                }
                 let binding = ShareBinding {
                     package: id,
                     custodian: s.x,
@@ -306,7 +349,7 @@ impl Cluster {
         }
         let deal = Deal {
             package_id: id.to_string(),
-            threshold: K,
+            threshold: self.k,
             custodians: sealed
                 .values()
                 .map(|s| Dealt {
@@ -355,7 +398,7 @@ impl Cluster {
             public_key: public.to_hex(),
             approvals,
         };
-        let answers = self.order_all(&[1, 2, 3], order).await;
+        let answers = self.order_all(&self.everyone(), order).await;
         (
             Caller {
                 name: name.to_string(),
@@ -539,12 +582,33 @@ impl Cluster {
         self.order(index, order).await
     }
 
+    /// Brings `program` to serve as the coordinator does: every custodian activates it with
+    /// the approvals of `approvers`, and if all of them did, they check its shares together.
+    /// The activations' answers if any refused, else the checks'.
     pub async fn activate(&self, program: &Program, approvers: &[u32]) -> Vec<Answer> {
+        let answers = self.activate_only(program, approvers).await;
+        if answers.iter().any(|a| a.status != StatusCode::OK) {
+            return answers;
+        }
+        self.check_shares(program).await
+    }
+
+    /// Only the `Activate` orders of [`Cluster::activate`], to every custodian.
+    pub async fn activate_only(&self, program: &Program, approvers: &[u32]) -> Vec<Answer> {
         let order = Order::Activate {
             package_id: program.id_hex.clone(),
             approvals: self.approvals(program, approvers),
         };
-        self.order_all(&[1, 2, 3], order).await
+        self.order_all(&self.everyone(), order).await
+    }
+
+    /// Orders every custodian to check `program`'s shares with the others, in a new session.
+    pub async fn check_shares(&self, program: &Program) -> Vec<Answer> {
+        let order = Order::CheckShares {
+            package_id: program.id_hex.clone(),
+            session: self.session_id("check"),
+        };
+        self.order_all(&self.everyone(), order).await
     }
 
     pub async fn preprocess(&self, program: &Program, first_kit: u64, count: u64) -> Vec<Answer> {
@@ -554,7 +618,7 @@ impl Cluster {
             first_kit,
             count,
         };
-        self.order_all(&[1, 2, 3], order).await
+        self.order_all(&self.everyone(), order).await
     }
 
     pub fn session_id(&self, prefix: &str) -> String {
@@ -656,7 +720,7 @@ impl Cluster {
             .iter()
             .map(|a| from_hex(a.body["outputs"]["plain"].as_str().unwrap()).unwrap())
             .collect();
-        let t = Threshold::new(K, N).unwrap();
+        let t = Threshold::new(self.k, self.n).unwrap();
         let values = (0..program.manifest.outputs.len())
             .map(|o| {
                 let points: Vec<Share> = quorum
@@ -694,6 +758,20 @@ impl Cluster {
             .json()
             .await
             .unwrap()
+    }
+
+    /// Custodian `index`'s audit log, read from its ledger while it runs (its hash chain
+    /// verified first): each entry's kind and details.
+    pub fn audit(&self, index: u32) -> Vec<(String, Value)> {
+        let db = self.node(index).config.data_dir.join("custodian.db");
+        let ledger = quorumvm_ledger::Ledger::open(&db).unwrap();
+        ledger.verify_chain().unwrap();
+        ledger
+            .audit_entries(0, 10_000)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.kind, serde_json::from_str(&e.details).unwrap()))
+            .collect()
     }
 
     /// Unused kits custodian `index` reports for `program` (`None`: not active there).

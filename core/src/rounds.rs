@@ -1,0 +1,159 @@
+//! One layer of messages among custodians 1..=n, as the step machines of
+//! [`crate::preprocess`] and [`crate::share_check`] exchange them: dealing sharings to every
+//! custodian, what a layer sends, and the checks on what it receives.
+//!
+//! A layer's [`Outgoing`] holds one message for each of the n − 1 others, and the next step
+//! takes exactly one message from each of them (none from itself). Messages sent and received
+//! and the dealer's coefficients are wiped from memory when dropped.
+
+use rand_core::RngCore;
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::field::Fp;
+use crate::shamir::eval_poly;
+
+/// What a layer received is not one message of the expected length from each other custodian:
+/// the layer cannot complete.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MessageError {
+    #[error("expected one message from each of {expected:?}, got them from {got:?}")]
+    WrongSenders { expected: Vec<u32>, got: Vec<u32> },
+    #[error("custodian {sender} sent {got} values; this round takes {expected}")]
+    WrongLength {
+        sender: u32,
+        expected: usize,
+        got: usize,
+    },
+}
+
+/// What one round sends: for each other custodian, in increasing order of x, the values meant
+/// for it alone. They may be shares of secrets, so they must travel sealed to their recipient;
+/// they are wiped when this is dropped.
+pub struct Outgoing {
+    messages: Vec<(u32, Vec<Fp>)>,
+}
+
+impl Outgoing {
+    /// `(recipient, values)` for every other custodian, in increasing order of recipient.
+    pub fn messages(&self) -> &[(u32, Vec<Fp>)] {
+        &self.messages
+    }
+
+    /// The values meant for custodian `x`; `None` for this custodian itself or a stranger.
+    pub fn to(&self, x: u32) -> Option<&[Fp]> {
+        self.messages
+            .iter()
+            .find(|(r, _)| *r == x)
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
+impl core::fmt::Debug for Outgoing {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        // The values are secret: only who gets how many reaches a log line.
+        let lens: Vec<(u32, usize)> = self.messages.iter().map(|(x, v)| (*x, v.len())).collect();
+        write!(f, "Outgoing {{ recipients and lengths: {lens:?} }}")
+    }
+}
+
+impl Drop for Outgoing {
+    fn drop(&mut self) {
+        wipe(&mut self.messages);
+    }
+}
+
+fn wipe(messages: &mut [(u32, Vec<Fp>)]) {
+    for (_, values) in messages {
+        values.zeroize();
+    }
+}
+
+/// Received messages, wiped however the step that reads them ends.
+pub(crate) struct Inbox(pub(crate) Vec<(u32, Vec<Fp>)>);
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        wipe(&mut self.0);
+    }
+}
+
+/// Who takes part: custodian `me` of `1..=n`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Parties {
+    pub me: u32,
+    pub n: usize,
+}
+
+impl Parties {
+    /// Checks that `inbox` holds exactly one message of `len` values from each other
+    /// custodian, and sorts it by sender.
+    pub fn check(&self, inbox: &mut Inbox, len: usize) -> Result<(), MessageError> {
+        inbox.0.sort_unstable_by_key(|(x, _)| *x);
+        let got: Vec<u32> = inbox.0.iter().map(|(x, _)| *x).collect();
+        let expected: Vec<u32> = (1..=self.n as u32).filter(|&x| x != self.me).collect();
+        if got != expected {
+            return Err(MessageError::WrongSenders { expected, got });
+        }
+        match inbox.0.iter().find(|(_, v)| v.len() != len) {
+            Some((sender, v)) => Err(MessageError::WrongLength {
+                sender: *sender,
+                expected: len,
+                got: v.len(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Splits per-custodian shares (index `x − 1`) into this custodian's own and the messages
+    /// for the others.
+    pub fn split(&self, mut shares: Vec<Vec<Fp>>) -> (Zeroizing<Vec<Fp>>, Outgoing) {
+        let own = Zeroizing::new(std::mem::take(&mut shares[self.me as usize - 1]));
+        let messages = (1..).zip(shares).filter(|(x, _)| *x != self.me).collect();
+        (own, Outgoing { messages })
+    }
+
+    /// The same values for every other custodian.
+    pub fn broadcast(&self, values: &[Fp]) -> Outgoing {
+        let messages = (1..=self.n as u32)
+            .filter(|&x| x != self.me)
+            .map(|x| (x, values.to_vec()))
+            .collect();
+        Outgoing { messages }
+    }
+}
+
+/// Shares values at a fixed degree among custodians 1..=n. Each polynomial is evaluated by
+/// Horner at every x straight into per-custodian vectors, with no allocation per value; the
+/// coefficient buffer is reused and wiped.
+pub(crate) struct Dealer {
+    coeffs: Zeroizing<Vec<Fp>>,
+    xs: Vec<Fp>,
+}
+
+impl Dealer {
+    pub fn new(degree: usize, n: usize) -> Dealer {
+        Dealer {
+            coeffs: Zeroizing::new(vec![Fp::ZERO; degree + 1]),
+            xs: (1..=n as u64).map(Fp::from).collect(),
+        }
+    }
+
+    /// A vector per custodian with room for `len` shares, so that pushing never reallocates
+    /// (which would leave copies of shares in freed memory).
+    pub fn outputs(&self, len: usize) -> Vec<Vec<Fp>> {
+        (0..self.xs.len())
+            .map(|_| Vec::with_capacity(len))
+            .collect()
+    }
+
+    /// Appends custodian x's share of `secret` to `shares[x − 1]`.
+    pub fn deal(&mut self, secret: Fp, rng: &mut impl RngCore, shares: &mut [Vec<Fp>]) {
+        self.coeffs[0] = secret;
+        for c in &mut self.coeffs[1..] {
+            *c = Fp::random(rng);
+        }
+        for (out, &x) in shares.iter_mut().zip(&self.xs) {
+            out.push(eval_poly(&self.coeffs, x));
+        }
+    }
+}
