@@ -4,6 +4,7 @@
 
 export const KIND_COLOURS = {
   input: "#2563eb",
+  private: "#4f46e5",
   secret: "#b45309",
   const: "#64748b",
   add: "#059669",

@@ -69,7 +69,8 @@ describe("the compiler page", () => {
     const declared = (kind) => largest.source.split("\n").filter((l) => l.startsWith(`${kind} `)).length;
     assert.equal(await stat("inputs").textContent(), String(declared("input")));
     assert.equal(await stat("secrets").textContent(), String(declared("secret")));
-    assert.equal(await stat("depth").textContent(), "1");
+    // Secret weights times visible features: products with a public factor, local on shares.
+    assert.equal(await stat("depth").textContent(), "0");
     const drawn = Number(await stat("gates").textContent()) + declared("output");
     assert.equal(await page.locator("#graph svg .gate").count(), drawn);
 
@@ -93,14 +94,14 @@ describe("the compiler page", () => {
     }
   });
 
-  it("compiles (x+7)^2 as it is typed: depth 1, and 100 for x = 3", async () => {
+  it("compiles (x+7)^2 as it is typed: depth 0 (x is visible), and 100 for x = 3", async () => {
     const editor = page.locator("#source");
     await editor.fill("");
     await editor.pressSequentially(SQUARE);
     await compiled("ok");
     assert.equal(await page.locator("#program-title").textContent(), "square v1");
-    assert.equal(await stat("depth").textContent(), "1");
-    assert.equal(await stat("muls").textContent(), "1");
+    assert.equal(await stat("depth").textContent(), "0");
+    assert.equal(await stat("muls").textContent(), "0");
     assert.equal(await stat("inputs").textContent(), "1");
     assert.equal(await stat("secrets").textContent(), "0");
 
