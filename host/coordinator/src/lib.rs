@@ -23,11 +23,11 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
-use axum::serve::ListenerExt as _;
 use quorumvm_ledger::{Ledger, Writer};
 use quorumvm_package::{PublicKey, SecretKey};
 use quorumvm_sandbox::Sandbox;
 use quorumvm_sealing::CustodianSecretKey;
+use quorumvm_server::keys;
 use quorumvm_wire::config::{CoordinatorConfig, PoolConfig};
 
 use crate::custodians::Custodians;
@@ -67,8 +67,7 @@ pub struct CoordinatorPublicKeys {
 /// on the coordinator's machine (the coordinator admits a suspension only under this key).
 pub fn signing_key(config: &CoordinatorConfig) -> anyhow::Result<SecretKey> {
     let path = config.data_dir.join(KEY_FILE);
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read the coordinator's key {}", path.display()))?;
+    let text = keys::read(&path).context("cannot read the coordinator's key")?;
     SecretKey::from_file_text(&text)
         .with_context(|| format!("{} is not a coordinator key", path.display()))
 }
@@ -98,23 +97,15 @@ fn load_or_create_keys(data_dir: &Path) -> anyhow::Result<(SecretKey, CustodianS
     Ok((signing, exchange))
 }
 
+/// The key at `path`, made by `generate` if it is absent.
 fn load_or_create<K>(
     path: &Path,
     parse: impl Fn(&str) -> anyhow::Result<K>,
     generate: impl FnOnce() -> zeroize::Zeroizing<String>,
 ) -> anyhow::Result<K> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => {
-            parse(&text).with_context(|| format!("{} is not a coordinator key", path.display()))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let text = generate();
-            quorumvm_package::write_secret_file(path, &text)
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            parse(&text)
-        }
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-    }
+    keys::create_if_absent(path, generate)?;
+    let text = keys::read(path)?;
+    parse(&text).with_context(|| format!("{} is not a coordinator key", path.display()))
 }
 
 fn open_ledger(data_dir: &Path) -> anyhow::Result<Ledger> {
@@ -188,13 +179,6 @@ pub async fn serve(
     });
     background::start(Arc::clone(&state));
     tracing::info!(addr = %listener.local_addr()?, "coordinator listening");
-    axum::serve(listener.tap_io(no_delay), routes::router(state)).await?;
+    axum::serve(quorumvm_server::no_delay(listener), routes::router(state)).await?;
     Ok(())
-}
-
-/// Round messages and answers are small and latency-bound: never hold them back for Nagle.
-fn no_delay(stream: &mut tokio::net::TcpStream) {
-    if let Err(e) = stream.set_nodelay(true) {
-        tracing::debug!("cannot set TCP_NODELAY: {e}");
-    }
 }
