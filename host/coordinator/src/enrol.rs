@@ -13,13 +13,14 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, State as AxumState};
+use quorumvm_server::Body;
 use quorumvm_wire::api::{ApproveRequest, IdentityInfo};
 use quorumvm_wire::approval::Subject;
 use quorumvm_wire::now_ms;
 use quorumvm_wire::order::ApprovalSignature;
 
 use crate::error::ApiError;
-use crate::routes::{Body, refused_approval};
+use crate::routes::refused_approval;
 use crate::{State, background, store};
 
 pub async fn show(

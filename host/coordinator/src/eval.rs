@@ -15,6 +15,7 @@ use quorumvm_core::eval::{decode_outputs, encode_values};
 use quorumvm_core::field::Fp;
 use quorumvm_core::shares::reconstruct_outputs;
 use quorumvm_policy::EvalRequest as Admission;
+use quorumvm_server::Body;
 use quorumvm_wire::api::{EvalResponse, OutputShares, SessionResponse};
 use quorumvm_wire::elements;
 use quorumvm_wire::now_ms;
@@ -25,9 +26,8 @@ use tokio::task::JoinSet;
 
 use crate::State;
 use crate::custodians::CallError;
-use crate::error::ApiError;
+use crate::error::{ApiError, policy_refusal};
 use crate::registry::Version;
-use crate::routes::Body;
 use crate::store;
 
 /// A failed attempt is retried this many times on the custodians still standing.
@@ -214,7 +214,9 @@ async fn admit(
                         policy: &v.manifest.policy,
                         now_ms: now,
                     },
-                )??;
+                )
+                .map_err(policy_refusal)?
+                .map_err(policy_refusal)?;
                 // Only now take a kit: a refused request must not burn one. If none is ready,
                 // the job fails and its savepoint takes the charge and the entry back.
                 let kit = take_kit(tx, &v)?;

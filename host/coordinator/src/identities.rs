@@ -19,7 +19,7 @@ use quorumvm_policy::{KeyHash, PolicyError};
 use quorumvm_wire::api::IdentityInfo;
 use quorumvm_wire::order::ApprovalSignature;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, policy_refusal};
 use crate::store::{self, StoredIdentity};
 
 /// One caller identity: its key, the approvals counted so far (of it, and of its
@@ -161,7 +161,7 @@ impl Identities {
                 scheme.eq_ignore_ascii_case("bearer").then_some(token)
             })
             .ok_or_else(|| {
-                ApiError::from(PolicyError::Unauthenticated).with_message(
+                policy_refusal(PolicyError::Unauthenticated).with_message(
                     "an API key is required: `Authorization: Bearer qvm_...` (create one with `quorumvm identity add NAME`)",
                 )
             })?
@@ -178,7 +178,8 @@ impl Identities {
             quorumvm_policy::authenticate(reader.lock().expect("reader lock").connection(), &token)
         })
         .await
-        .map_err(|e| ApiError::internal(e.to_string()))??;
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(policy_refusal)?;
         self.known
             .write()
             .expect("identities lock")

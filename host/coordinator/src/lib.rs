@@ -16,44 +16,21 @@ mod metrics;
 mod registry;
 mod retirement;
 mod routes;
+mod state;
 mod store;
 mod suspension;
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::Context as _;
-use axum::serve::ListenerExt as _;
-use quorumvm_ledger::{Ledger, Writer};
 use quorumvm_package::{PublicKey, SecretKey};
-use quorumvm_sandbox::Sandbox;
-use quorumvm_sealing::CustodianSecretKey;
-use quorumvm_wire::config::{CoordinatorConfig, PoolConfig};
+use quorumvm_server::keys;
+use quorumvm_wire::config::CoordinatorConfig;
 
-use crate::custodians::Custodians;
-use crate::identities::Identities;
-use crate::metrics::Metrics;
-use crate::registry::Registry;
+pub(crate) use crate::state::State;
 
 pub use quorumvm_policy::IdentityKey;
-
-const KEY_FILE: &str = "coordinator.key";
-const EXCHANGE_KEY_FILE: &str = "coordinator.x25519";
-const DB_FILE: &str = "coordinator.db";
-
-/// Everything a request handler shares.
-pub(crate) struct State {
-    pub custodians: Custodians,
-    pub registry: Registry,
-    pub identities: Identities,
-    pub writer: Writer,
-    /// A second connection for reads (WAL: never blocked by the writer).
-    pub reader: Arc<Mutex<Ledger>>,
-    pub sandbox: Sandbox,
-    pub publishers: Vec<PublicKey>,
-    pub pool: PoolConfig,
-    pub metrics: Metrics,
-}
 
 /// The public halves of the coordinator's keys, which every custodian's config names.
 pub struct CoordinatorPublicKeys {
@@ -66,64 +43,19 @@ pub struct CoordinatorPublicKeys {
 /// The coordinator's ed25519 key, for `quorumvm identity suspend --config coordinator.toml`
 /// on the coordinator's machine (the coordinator admits a suspension only under this key).
 pub fn signing_key(config: &CoordinatorConfig) -> anyhow::Result<SecretKey> {
-    let path = config.data_dir.join(KEY_FILE);
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read the coordinator's key {}", path.display()))?;
+    let path = state::key_path(&config.data_dir);
+    let text = keys::read(&path).context("cannot read the coordinator's key")?;
     SecretKey::from_file_text(&text)
         .with_context(|| format!("{} is not a coordinator key", path.display()))
 }
 
 /// Loads the coordinator's keys from `data_dir`, creating them (0600) on first use.
 pub fn init_key(data_dir: &Path) -> anyhow::Result<CoordinatorPublicKeys> {
-    let (signing, exchange) = load_or_create_keys(data_dir)?;
+    let (signing, exchange) = state::load_or_create_keys(data_dir)?;
     Ok(CoordinatorPublicKeys {
         signing_key: signing.public().to_hex(),
         exchange_key: exchange.public().to_hex(),
     })
-}
-
-fn load_or_create_keys(data_dir: &Path) -> anyhow::Result<(SecretKey, CustodianSecretKey)> {
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("cannot create {}", data_dir.display()))?;
-    let signing = load_or_create(
-        &data_dir.join(KEY_FILE),
-        |t| SecretKey::from_file_text(t).map_err(anyhow::Error::from),
-        || SecretKey::generate().to_file_text(),
-    )?;
-    let exchange = load_or_create(
-        &data_dir.join(EXCHANGE_KEY_FILE),
-        |t| CustodianSecretKey::from_file_text(t).map_err(anyhow::Error::from),
-        || CustodianSecretKey::generate().to_file_text(),
-    )?;
-    Ok((signing, exchange))
-}
-
-fn load_or_create<K>(
-    path: &Path,
-    parse: impl Fn(&str) -> anyhow::Result<K>,
-    generate: impl FnOnce() -> zeroize::Zeroizing<String>,
-) -> anyhow::Result<K> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => {
-            parse(&text).with_context(|| format!("{} is not a coordinator key", path.display()))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let text = generate();
-            quorumvm_package::write_secret_file(path, &text)
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            parse(&text)
-        }
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-    }
-}
-
-fn open_ledger(data_dir: &Path) -> anyhow::Result<Ledger> {
-    let path = data_dir.join(DB_FILE);
-    let mut ledger =
-        Ledger::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-    ledger.apply_schema(&quorumvm_policy::SCHEMA)?;
-    ledger.apply_schema(&store::SCHEMA)?;
-    Ok(ledger)
 }
 
 /// `quorumvm identity add NAME --pubkey FILE`: proposes an identity in the coordinator's
@@ -135,7 +67,7 @@ pub fn add_identity(
     name: &str,
     caller_key: &PublicKey,
 ) -> anyhow::Result<IdentityKey> {
-    let mut ledger = open_ledger(&config.data_dir)?;
+    let mut ledger = state::open_ledger(&config.data_dir)?;
     let now = quorumvm_wire::now_ms();
     let (key, hash) = IdentityKey::generate();
     ledger.transaction(|tx| {
@@ -151,50 +83,9 @@ pub async fn serve(
     config: CoordinatorConfig,
     listener: tokio::net::TcpListener,
 ) -> anyhow::Result<()> {
-    let (key, exchange) = load_or_create_keys(&config.data_dir)?;
-    let cluster = config.cluster()?;
-    let mut ledger = open_ledger(&config.data_dir)?;
-    let failed = ledger.transaction(|tx| {
-        store::fail_unfinished_batches(tx).map_err(|e| anyhow::anyhow!(e.message))
-    })?;
-    if failed > 0 {
-        tracing::info!(
-            failed,
-            "preprocessing batches interrupted by the last stop are abandoned"
-        );
-    }
-    let reader = open_ledger(&config.data_dir)?;
-    let registry = Registry::load(
-        store::load_versions(reader.connection()).map_err(|e| anyhow::anyhow!(e.message))?,
-        store::aliases(reader.connection()).map_err(|e| anyhow::anyhow!(e.message))?,
-    );
-    let stored_identities =
-        store::load_identities(reader.connection()).map_err(|e| anyhow::anyhow!(e.message))?;
-    let reader = Arc::new(Mutex::new(reader));
-    let identities = Identities::new(Arc::clone(&reader));
-    identities
-        .load(stored_identities)
-        .map_err(|e| anyhow::anyhow!(e.message))?;
-    let state = Arc::new(State {
-        custodians: Custodians::new(cluster, key, &exchange)?,
-        registry,
-        identities,
-        writer: Writer::spawn(ledger, "coordinator-ledger"),
-        reader,
-        sandbox: Sandbox::new().map_err(|e| anyhow::anyhow!("{e:#}"))?,
-        publishers: config.publisher_keys()?,
-        pool: config.pool,
-        metrics: Metrics::default(),
-    });
+    let state = State::start(&config)?;
     background::start(Arc::clone(&state));
     tracing::info!(addr = %listener.local_addr()?, "coordinator listening");
-    axum::serve(listener.tap_io(no_delay), routes::router(state)).await?;
+    axum::serve(quorumvm_server::no_delay(listener), routes::router(state)).await?;
     Ok(())
-}
-
-/// Round messages and answers are small and latency-bound: never hold them back for Nagle.
-fn no_delay(stream: &mut tokio::net::TcpStream) {
-    if let Err(e) = stream.set_nodelay(true) {
-        tracing::debug!("cannot set TCP_NODELAY: {e}");
-    }
 }

@@ -1,7 +1,8 @@
 //! `GET /metrics`: Prometheus text, from counters kept with atomics.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use quorumvm_server::metrics::counter;
 
 #[derive(Default)]
 pub struct Metrics {
@@ -15,20 +16,6 @@ pub struct Metrics {
     pub inconsistent_shares: AtomicU64,
     pub kit_batches_stored: AtomicU64,
     pub kit_batches_failed: AtomicU64,
-}
-
-pub fn counter(out: &mut String, name: &str, help: &str, value: u64) {
-    let _ = writeln!(
-        out,
-        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-    );
-}
-
-pub fn gauge(out: &mut String, name: &str, help: &str, values: &[(String, u64)]) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-    for (labels, v) in values {
-        let _ = writeln!(out, "{name}{labels} {v}");
-    }
 }
 
 impl Metrics {

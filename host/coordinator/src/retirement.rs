@@ -8,13 +8,14 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, State as AxumState};
+use quorumvm_server::Body;
 use quorumvm_wire::api::{ApproveRequest, VersionInfo, VersionState};
 use quorumvm_wire::approval::Subject;
 use quorumvm_wire::now_ms;
 use quorumvm_wire::order::ApprovalSignature;
 
 use crate::error::ApiError;
-use crate::routes::{Body, info, known, parse_id, refused_approval};
+use crate::routes::{info, known, parse_id, refused_approval};
 use crate::{State, background, store};
 
 pub async fn approve(

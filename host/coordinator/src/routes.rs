@@ -2,13 +2,14 @@
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State as AxumState};
+use axum::extract::{DefaultBodyLimit, Path, State as AxumState};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use quorumvm_package::{Domain, PackageId, claimed_signer};
 use quorumvm_sealing::SealedShare;
+use quorumvm_server::{Body, metrics};
 use quorumvm_wire::api::{
     ApproveRequest, ClusterInfo, CustodianInfo, DealtShares, FETCH_AUTH_HEADER, InstallRequest,
     VersionInfo, VersionState, decode_bytes,
@@ -59,19 +60,6 @@ pub fn router(state: Arc<State>) -> Router {
         })
         .layer(DefaultBodyLimit::max(MAX_PACKAGE_BODY))
         .with_state(state)
-}
-
-/// `Json<T>` whose rejections are JSON errors like every other.
-pub struct Body<T>(pub T);
-
-impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> {
-    type Rejection = ApiError;
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        Json::<T>::from_request(req, state)
-            .await
-            .map(|Json(v)| Body(v))
-            .map_err(|e| ApiError::bad_request("bad_json", e.body_text()))
-    }
 }
 
 async fn health() -> Json<serde_json::Value> {
@@ -197,7 +185,7 @@ async fn metrics(AxumState(state): Shared) -> Response {
             )
         })
         .collect();
-    crate::metrics::gauge(
+    metrics::gauge(
         &mut out,
         "quorumvm_custodian_live",
         "1 if the custodian answers its health checks.",
@@ -218,26 +206,26 @@ async fn metrics(AxumState(state): Shared) -> Response {
             )
         })
         .collect();
-    crate::metrics::gauge(
+    metrics::gauge(
         &mut out,
         "quorumvm_kits_available",
         "Preprocessed kits ready per active version.",
         &kits,
     );
     let w = state.writer.stats();
-    crate::metrics::counter(
+    metrics::counter(
         &mut out,
         "quorumvm_ledger_commits_total",
         "Group commits (one fsync each).",
         w.commits,
     );
-    crate::metrics::counter(
+    metrics::counter(
         &mut out,
         "quorumvm_ledger_jobs_total",
         "Writes committed in those groups.",
         w.jobs,
     );
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+    metrics::response(out)
 }
 
 async fn install(

@@ -10,13 +10,13 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::State as AxumState;
 use axum::http::StatusCode;
+use quorumvm_server::Body;
 use quorumvm_wire::api::SuspensionState;
 use quorumvm_wire::now_ms;
 use quorumvm_wire::signed::Signed;
 use quorumvm_wire::suspension::{Authority, Suspension, SuspensionError};
 
 use crate::error::ApiError;
-use crate::routes::Body;
 use crate::{State, store};
 
 pub async fn suspend(

@@ -39,7 +39,7 @@ use quorumvm_wire::order::ApprovalSignature;
 use quorumvm_wire::signed::Signed;
 use zeroize::Zeroizing;
 
-use crate::error::ApiError;
+use crate::error::{self, ApiError};
 use crate::state::Custodian;
 use crate::store::{self, NewVersion};
 use crate::versions::{Standing, Version, parse_package_id};
@@ -330,7 +330,7 @@ fn activated(
         None => Ok(None),
         Some(Standing::Serving(_)) => Ok(Some(status(ACTIVE))),
         Some(Standing::Unchecked(_)) => Ok(Some(status(UNCHECKED))),
-        Some(Standing::Refused) => Err(ApiError::shares_refused(package_id, "")),
+        Some(Standing::Refused) => Err(error::shares_refused(package_id, "")),
         Some(Standing::Retired) => Err(retired(id)),
     }
 }

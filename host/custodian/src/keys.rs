@@ -15,8 +15,9 @@ use std::fs;
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use quorumvm_package::{PublicKey, SecretKey, write_secret_file};
+use quorumvm_package::{PublicKey, SecretKey};
 use quorumvm_sealing::CustodianSecretKey;
+use quorumvm_server::keys;
 use serde::Serialize;
 use zeroize::Zeroizing;
 
@@ -42,17 +43,12 @@ pub(crate) struct Keys {
 /// absent, loads them where present, and returns their public halves.
 pub fn init_keys(data_dir: &Path) -> anyhow::Result<CustodianPublicKeys> {
     create_private_dir(data_dir)?;
-    let signing_path = data_dir.join(SIGNING_FILE);
-    if !signing_path.exists() {
-        write_secret(&signing_path, &SecretKey::generate().to_file_text())?;
-    }
-    let sealing_path = data_dir.join(SEALING_FILE);
-    if !sealing_path.exists() {
-        write_secret(
-            &sealing_path,
-            &CustodianSecretKey::generate().to_file_text(),
-        )?;
-    }
+    keys::create_if_absent(&data_dir.join(SIGNING_FILE), || {
+        SecretKey::generate().to_file_text()
+    })?;
+    keys::create_if_absent(&data_dir.join(SEALING_FILE), || {
+        CustodianSecretKey::generate().to_file_text()
+    })?;
     let keys = load_keys(data_dir)?;
     Ok(CustodianPublicKeys {
         signing_key: keys.signing.to_hex(),
@@ -81,27 +77,8 @@ fn read_secret(path: &Path) -> anyhow::Result<Zeroizing<String>> {
             path.display()
         );
     }
-    warn_if_shared(path);
-    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(Zeroizing::new(text))
+    keys::read(path)
 }
-
-#[cfg(unix)]
-fn warn_if_shared(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Ok(meta) = fs::metadata(path)
-        && meta.permissions().mode() & 0o077 != 0
-    {
-        tracing::warn!(
-            path = %path.display(),
-            mode = format!("{:o}", meta.permissions().mode() & 0o777),
-            "a secret key file is readable by others than its owner"
-        );
-    }
-}
-
-#[cfg(not(unix))]
-fn warn_if_shared(_path: &Path) {}
 
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     let mut builder = fs::DirBuilder::new();
@@ -111,10 +88,6 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     builder
         .create(dir)
         .with_context(|| format!("creating {}", dir.display()))
-}
-
-fn write_secret(path: &Path, text: &str) -> anyhow::Result<()> {
-    write_secret_file(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]

@@ -43,8 +43,6 @@ mod versions;
 
 use std::sync::Arc;
 
-use axum::serve::ListenerExt as _;
-
 use quorumvm_wire::config::CustodianConfig;
 
 pub use keys::{CustodianPublicKeys, init_keys};
@@ -72,17 +70,13 @@ pub async fn serve(
     // listener closes and idle keep-alive connections (peers pool them) are closed too, so a
     // stopped custodian stops answering instead of lingering on connections already open.
     let (_running, stopped) = tokio::sync::oneshot::channel::<()>();
-    axum::serve(listener.tap_io(no_delay), routes::router(custodian))
-        .with_graceful_shutdown(async move {
-            let _ = stopped.await;
-        })
-        .await?;
+    axum::serve(
+        quorumvm_server::no_delay(listener),
+        routes::router(custodian),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = stopped.await;
+    })
+    .await?;
     Ok(())
-}
-
-/// Round messages and answers are small and latency-bound: never hold them back for Nagle.
-fn no_delay(stream: &mut tokio::net::TcpStream) {
-    if let Err(e) = stream.set_nodelay(true) {
-        tracing::debug!("cannot set TCP_NODELAY: {e}");
-    }
 }

@@ -1,9 +1,9 @@
 //! `GET /metrics`: counters kept with atomics, rendered in the Prometheus text format.
 
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use quorumvm_ledger::WriterStats;
+use quorumvm_server::metrics::{self, gauge};
 
 #[derive(Debug, Default)]
 pub(crate) struct Metrics {
@@ -70,25 +70,33 @@ impl Metrics {
             ),
         ];
         for (name, help, value) in counters {
-            let _ = writeln!(out, "# HELP quorumvm_custodian_{name} {help}");
-            let _ = writeln!(out, "# TYPE quorumvm_custodian_{name} counter");
-            let _ = writeln!(
-                out,
-                "quorumvm_custodian_{name}{{custodian=\"{index}\"}} {value}"
+            counter(
+                &mut out,
+                &format!("quorumvm_custodian_{name}"),
+                help,
+                &[(format!("{{custodian=\"{index}\"}}"), value)],
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP quorumvm_custodian_kits_available Unused kits held, per active version."
+        // Package ids are hex: nothing to escape.
+        let kits: Vec<(String, u64)> = kits
+            .iter()
+            .map(|(package_id, count)| {
+                (
+                    format!("{{custodian=\"{index}\",package_id=\"{package_id}\"}}"),
+                    *count,
+                )
+            })
+            .collect();
+        gauge(
+            &mut out,
+            "quorumvm_custodian_kits_available",
+            "Unused kits held, per active version.",
+            &kits,
         );
-        let _ = writeln!(out, "# TYPE quorumvm_custodian_kits_available gauge");
-        for (package_id, count) in kits {
-            // Package ids are hex: nothing to escape.
-            let _ = writeln!(
-                out,
-                "quorumvm_custodian_kits_available{{custodian=\"{index}\",package_id=\"{package_id}\"}} {count}"
-            );
-        }
         out
     }
+}
+
+fn counter(out: &mut String, name: &str, help: &str, values: &[(String, u64)]) {
+    metrics::labelled(out, name, help, "counter", values);
 }

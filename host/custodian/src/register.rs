@@ -16,7 +16,7 @@ use quorumvm_wire::config::Cluster;
 use quorumvm_wire::now_ms;
 use quorumvm_wire::order::ApprovalSignature;
 
-use crate::error::ApiError;
+use crate::error::{self, ApiError};
 use crate::state::Custodian;
 use crate::store::{self, StoredCaller};
 
@@ -37,7 +37,7 @@ pub(crate) enum RegisterError {
 impl From<RegisterError> for ApiError {
     fn from(err: RegisterError) -> ApiError {
         let (status, code) = match &err {
-            RegisterError::Approval(e) => return e.clone().into(),
+            RegisterError::Approval(e) => return error::bad_approvals(e.clone()),
             RegisterError::BadName(_) | RegisterError::BadKey(_) => {
                 (StatusCode::BAD_REQUEST, "bad_identity")
             }

@@ -15,7 +15,7 @@ use quorumvm_wire::config::Cluster;
 use quorumvm_wire::now_ms;
 use quorumvm_wire::order::ApprovalSignature;
 
-use crate::error::ApiError;
+use crate::error::{self, ApiError};
 use crate::state::Custodian;
 use crate::store::{self, Decision, StoredDecision};
 use crate::versions::parse_package_id;
@@ -38,7 +38,7 @@ pub(crate) async fn retire(
     let id = parse_package_id(package_id).ok_or_else(|| {
         ApiError::bad_request("bad_package_id", "a package id is 64 hexadecimal digits")
     })?;
-    check(&c.cluster, &id, &approvals)?;
+    check(&c.cluster, &id, &approvals).map_err(error::bad_approvals)?;
     // Under the activation lock: the version cannot be activated halfway through.
     let _one = c.activation.lock().await;
     let decision = StoredDecision {

@@ -14,7 +14,7 @@ use quorumvm_wire::config::Cluster;
 use quorumvm_wire::now_ms;
 use quorumvm_wire::order::ApprovalSignature;
 
-use crate::error::ApiError;
+use crate::error::{self, ApiError};
 use crate::state::Custodian;
 use crate::store::{self, Decision, StoredDecision};
 
@@ -33,7 +33,7 @@ pub(crate) async fn revoke(
     name: String,
     approvals: Vec<ApprovalSignature>,
 ) -> Result<OrderResponse, ApiError> {
-    check(&c.cluster, &name, &approvals)?;
+    check(&c.cluster, &name, &approvals).map_err(error::bad_approvals)?;
     // Under the registration lock: a registration cannot slip in after the revocation.
     let _one = c.activation.lock().await;
     let revoked = || OrderResponse {

@@ -11,9 +11,10 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, StatusCode, Uri, header};
-use axum::response::IntoResponse;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::Response;
 use axum::routing::{get, post};
+use quorumvm_server::{body_error, json};
 use quorumvm_wire::api::{
     CustodianHealth, OrderResponse, SessionRequest, SessionResponse, SuspensionState, VersionKits,
 };
@@ -22,9 +23,8 @@ use quorumvm_wire::order::{Order, SignedOrder};
 use quorumvm_wire::peer::{Frame, FrameRefusal, FrameResult, SENDER_HEADER, decode_frames};
 use quorumvm_wire::request::claimed_identity;
 use quorumvm_wire::signed::Signed;
-use serde::de::DeserializeOwned;
 
-use crate::error::ApiError;
+use crate::error::{self, ApiError};
 use crate::mailbox::DeliverError;
 use crate::metrics::Metrics;
 use crate::peers::valid_session_id;
@@ -80,17 +80,12 @@ async fn health(State(c): State<Arc<Custodian>>) -> Json<CustodianHealth> {
     })
 }
 
-async fn metrics(State(c): State<Arc<Custodian>>) -> impl IntoResponse {
-    let text = c
-        .metrics
-        .render(c.me, c.writer.stats(), &c.versions.kit_counts());
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        text,
-    )
+async fn metrics(State(c): State<Arc<Custodian>>) -> Response {
+    quorumvm_server::metrics::response(c.metrics.render(
+        c.me,
+        c.writer.stats(),
+        &c.versions.kit_counts(),
+    ))
 }
 
 async fn orders(
@@ -98,7 +93,10 @@ async fn orders(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<OrderResponse>, ApiError> {
     let signed: SignedOrder = json(body)?;
-    match signed.open(&c.coordinator_key, now_ms())? {
+    match signed
+        .open(&c.coordinator_key, now_ms())
+        .map_err(error::bad_order)?
+    {
         Order::Activate {
             package_id,
             approvals,
@@ -273,19 +271,4 @@ async fn detached<T: Send + 'static>(
     tokio::spawn(work)
         .await
         .map_err(|e| ApiError::task_failed("the request", e))?
-}
-
-fn json<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
-    let bytes = body.map_err(body_error)?;
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request("bad_json", e.to_string()))
-}
-
-fn body_error(rejection: BytesRejection) -> ApiError {
-    let status = rejection.status();
-    let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
-        "too_large"
-    } else {
-        "bad_body"
-    };
-    ApiError::new(status, code, rejection.body_text())
 }

@@ -40,7 +40,7 @@ use quorumvm_wire::request::{self, CallerRequest, RequestError, Terms, claimed_i
 use quorumvm_wire::signed::Signed;
 use zeroize::Zeroizing;
 
-use crate::error::ApiError;
+use crate::error::{self, ApiError};
 use crate::mailbox::Inbox;
 use crate::metrics::Metrics;
 use crate::state::{Custodian, INLINE_GATES, compute};
@@ -51,7 +51,10 @@ pub(crate) async fn evaluate(
     c: &Arc<Custodian>,
     request: SessionRequest,
 ) -> Result<SessionResponse, ApiError> {
-    let ticket = c.tickets.open(&request, now_ms())?;
+    let ticket = c
+        .tickets
+        .open(&request, now_ms())
+        .map_err(error::bad_order)?;
     let version = c.versions.serving(&ticket.package_id)?;
     check_quorum(c, &ticket.quorum)?;
     let caller = check_request(c, &request.request, &version)?;

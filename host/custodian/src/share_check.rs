@@ -26,7 +26,7 @@ use quorumvm_wire::now_ms;
 use zeroize::Zeroizing;
 
 use crate::activation::{ACTIVE, retired, status};
-use crate::error::ApiError;
+use crate::error::{self, ApiError};
 use crate::layers::{open_layer, seal_layer};
 use crate::peers::valid_session_id;
 use crate::state::Custodian;
@@ -51,9 +51,9 @@ pub(crate) async fn check_shares(
     let (version, serving) = match c.versions.standing(&id) {
         Some(Standing::Unchecked(v)) => (v, false),
         Some(Standing::Serving(v)) => (v, true),
-        Some(Standing::Refused) => return Err(ApiError::shares_refused(package_id, "")),
+        Some(Standing::Refused) => return Err(error::shares_refused(package_id, "")),
         Some(Standing::Retired) => return Err(retired(&id)),
-        None => return Err(ApiError::unknown_version(package_id)),
+        None => return Err(error::unknown_version(package_id)),
     };
     let everyone = c.cluster.indices();
     let peers = c.others(&everyone);
@@ -150,7 +150,7 @@ pub(crate) async fn check_shares(
                 ?culprits,
                 "shares refused: the version never serves"
             );
-            Err(ApiError::shares_refused(package_id, &named(culprits)))
+            Err(error::shares_refused(package_id, &named(culprits)))
         }
     }
 }

@@ -23,17 +23,16 @@ use crate::error::ApiError;
 use crate::state::Custodian;
 use crate::store::{self, NewSuspension};
 
-impl From<SuspensionError> for ApiError {
-    fn from(err: SuspensionError) -> ApiError {
-        let (status, code) = match err {
-            SuspensionError::Malformed(_) => (StatusCode::BAD_REQUEST, "bad_statement"),
-            SuspensionError::BadSignature(_) | SuspensionError::Elsewhere { .. } => {
-                (StatusCode::FORBIDDEN, "not_the_operator")
-            }
-            SuspensionError::Stale(_) => (StatusCode::UNAUTHORIZED, "stale_statement"),
-        };
-        ApiError::new(status, code, err.to_string())
-    }
+/// A statement this custodian does not take.
+fn refused(err: SuspensionError) -> ApiError {
+    let (status, code) = match err {
+        SuspensionError::Malformed(_) => (StatusCode::BAD_REQUEST, "bad_statement"),
+        SuspensionError::BadSignature(_) | SuspensionError::Elsewhere { .. } => {
+            (StatusCode::FORBIDDEN, "not_the_operator")
+        }
+        SuspensionError::Stale(_) => (StatusCode::UNAUTHORIZED, "stale_statement"),
+    };
+    ApiError::new(status, code, err.to_string())
 }
 
 pub(crate) async fn suspend(
@@ -46,7 +45,7 @@ pub(crate) async fn suspend(
         .member(c.me)
         .expect("a configured member")
         .signing_key;
-    let statement = Suspension::open(&signed, &operator, here, now_ms())?;
+    let statement = Suspension::open(&signed, &operator, here, now_ms()).map_err(refused)?;
     quorumvm_policy::check_name(&statement.identity)
         .map_err(|e| ApiError::bad_request("bad_identity", e.to_string()))?;
     let record = NewSuspension {

@@ -17,7 +17,7 @@ use quorumvm_package::PackageId;
 use zeroize::Zeroizing;
 
 use crate::activation::retired;
-use crate::error::ApiError;
+use crate::error::{self, ApiError};
 
 /// One active version.
 pub(crate) struct Version {
@@ -196,10 +196,10 @@ impl Versions {
         })?;
         match self.standing(&id) {
             Some(Standing::Serving(version)) => Ok(version),
-            Some(Standing::Unchecked(_)) => Err(ApiError::shares_unchecked(package_id)),
-            Some(Standing::Refused) => Err(ApiError::shares_refused(package_id, "")),
+            Some(Standing::Unchecked(_)) => Err(error::shares_unchecked(package_id)),
+            Some(Standing::Refused) => Err(error::shares_refused(package_id, "")),
             Some(Standing::Retired) => Err(retired(&id)),
-            None => Err(ApiError::unknown_version(package_id)),
+            None => Err(error::unknown_version(package_id)),
         }
     }
 

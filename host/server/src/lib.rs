@@ -1,0 +1,26 @@
+//! What QuorumVM's two servers (the coordinator and the custodian) would otherwise each write
+//! for themselves: the JSON error every route answers with ([`ApiError`]), the JSON body
+//! extractor that answers its rejections the same way ([`Body`]), Prometheus text
+//! ([`metrics`]), the listener's socket options ([`no_delay`]) and key files ([`keys`]).
+//!
+//! What each server means by its errors (which code a refusal gets) stays in that server.
+
+mod body;
+mod error;
+pub mod keys;
+pub mod metrics;
+
+use axum::serve::{Listener, ListenerExt as _};
+
+pub use body::{Body, body_error, json};
+pub use error::ApiError;
+
+/// `listener`, with every accepted connection set to `TCP_NODELAY`: round messages and answers
+/// are small and latency-bound, and must never be held back for Nagle.
+pub fn no_delay(listener: tokio::net::TcpListener) -> impl Listener<Addr = std::net::SocketAddr> {
+    listener.tap_io(|stream: &mut tokio::net::TcpStream| {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY: {e}");
+        }
+    })
+}
