@@ -352,7 +352,7 @@ async fn run_batch(state: &Arc<State>, v: &Arc<Version>, first: u64, count: u64)
         .run(move |tx| store::order_batch(tx, &id, first, count))
         .await;
     if let Err(e) = recorded {
-        tracing::warn!(package = %v.package_id, "cannot record a preprocessing batch: {}", e.message);
+        tracing::warn!(package = %v.package_id, "cannot record a preprocessing batch: {e}");
         return false;
     }
     let started = std::time::Instant::now();

@@ -16,11 +16,9 @@ use axum::extract::{Path, State as AxumState};
 use quorumvm_server::Body;
 use quorumvm_wire::api::{ApproveRequest, IdentityInfo};
 use quorumvm_wire::approval::Subject;
-use quorumvm_wire::now_ms;
-use quorumvm_wire::order::ApprovalSignature;
 
+use crate::approve;
 use crate::error::ApiError;
-use crate::routes::refused_approval;
 use crate::{State, background, store};
 
 pub async fn show(
@@ -37,34 +35,21 @@ pub async fn approve(
     Body(request): Body<ApproveRequest>,
 ) -> Result<Json<IdentityInfo>, ApiError> {
     let caller = state.identities.caller(&name).await?;
-    let approval = ApprovalSignature {
-        custodian: request.custodian,
-        signature: request.signature.clone(),
-    };
     let subject = Subject::Identity {
         name: &caller.name,
         key: &caller.key,
     };
-    if let Err(e) = quorumvm_wire::approval::check(&state.custodians.cluster, &subject, &approval) {
-        let details = serde_json::json!({ "identity": name, "custodian": request.custodian });
-        return Err(refused_approval(&state, "identity.approval_rejected", details, e).await);
-    }
+    let details = serde_json::json!({ "identity": name, "custodian": request.custodian });
+    approve::check(
+        &state,
+        &subject,
+        &request,
+        "identity.approval_rejected",
+        details,
+    )
+    .await?;
     let k = state.custodians.cluster.threshold();
-    let (job_name, custodian, signature) =
-        (name.clone(), request.custodian, request.signature.clone());
-    let count = state
-        .writer
-        .run(move |tx| {
-            store::approve(
-                tx,
-                store::Approved::Identity,
-                &job_name,
-                custodian,
-                &signature,
-                now_ms(),
-            )
-        })
-        .await?;
+    let count = approve::record(&state, store::Approved::Identity, &name, &request).await?;
     caller
         .approvals
         .lock()
@@ -84,31 +69,11 @@ pub async fn revoke(
     Body(request): Body<ApproveRequest>,
 ) -> Result<Json<IdentityInfo>, ApiError> {
     let caller = state.identities.caller(&name).await?;
-    let approval = ApprovalSignature {
-        custodian: request.custodian,
-        signature: request.signature.clone(),
-    };
     let subject = Subject::Revocation { name: &caller.name };
-    if let Err(e) = quorumvm_wire::approval::check(&state.custodians.cluster, &subject, &approval) {
-        let details = serde_json::json!({ "identity": name, "custodian": request.custodian });
-        return Err(refused_approval(&state, "revocation.rejected", details, e).await);
-    }
+    let details = serde_json::json!({ "identity": name, "custodian": request.custodian });
+    approve::check(&state, &subject, &request, "revocation.rejected", details).await?;
     let k = state.custodians.cluster.threshold();
-    let (job_name, custodian, signature) =
-        (name.clone(), request.custodian, request.signature.clone());
-    let count = state
-        .writer
-        .run(move |tx| {
-            store::approve(
-                tx,
-                store::Approved::Revocation,
-                &job_name,
-                custodian,
-                &signature,
-                now_ms(),
-            )
-        })
-        .await?;
+    let count = approve::record(&state, store::Approved::Revocation, &name, &request).await?;
     caller
         .revocations
         .lock()

@@ -5,6 +5,8 @@
 use axum::http::StatusCode;
 use quorumvm_policy::PolicyError;
 
+use crate::store::StoreError;
+
 pub use quorumvm_server::ApiError;
 
 /// A caller refused by its budget, rate limit or credentials, or an identity the policy will
@@ -28,5 +30,25 @@ pub fn policy_refusal(e: PolicyError) -> ApiError {
         }
         PolicyError::IdentityExists(_) => ApiError::conflict("identity_exists", e.to_string()),
         PolicyError::Ledger(l) => l.into(),
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> ApiError {
+        match err {
+            StoreError::VersionConflict { .. } => {
+                ApiError::conflict("version_conflict", err.to_string())
+            }
+            StoreError::DuplicateApproval { .. } => {
+                ApiError::conflict("duplicate_approval", err.to_string())
+            }
+            StoreError::Ledger(l) => l.into(),
+            StoreError::Sql(e) => e.into(),
+            StoreError::Corrupt { .. } => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "storage",
+                err.to_string(),
+            ),
+        }
     }
 }

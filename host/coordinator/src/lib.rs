@@ -6,13 +6,17 @@
 //! material (kits are generated and consumed by the custodians; it knows their ids), and the
 //! custodians' round messages (they go from custodian to custodian).
 
+mod admission;
+mod approve;
 mod background;
 mod custodians;
 mod enrol;
 mod error;
 mod eval;
 mod identities;
+mod install;
 mod metrics;
+mod packages;
 mod registry;
 mod retirement;
 mod routes;
@@ -71,9 +75,9 @@ pub fn add_identity(
     let now = quorumvm_wire::now_ms();
     let (key, hash) = IdentityKey::generate();
     ledger.transaction(|tx| {
-        quorumvm_policy::identity::insert(tx, "operator", name, &hash, now)?;
-        store::propose_identity(tx, name, &caller_key.to_hex(), now)
-            .map_err(|e| anyhow::anyhow!(e.message))
+        quorumvm_policy::identity::insert(tx, "operator", name, &hash, now)
+            .map_err(error::policy_refusal)?;
+        store::propose_identity(tx, name, &caller_key.to_hex(), now).map_err(error::ApiError::from)
     })?;
     Ok(key)
 }

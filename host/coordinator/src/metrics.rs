@@ -1,8 +1,14 @@
 //! `GET /metrics`: Prometheus text, from counters kept with atomics.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use axum::extract::State as AxumState;
+use axum::response::Response;
+use quorumvm_server::metrics;
 use quorumvm_server::metrics::counter;
+
+use crate::State;
 
 #[derive(Default)]
 pub struct Metrics {
@@ -76,4 +82,61 @@ impl Metrics {
             get(&self.kit_batches_failed),
         );
     }
+}
+
+pub async fn serve(AxumState(state): AxumState<Arc<State>>) -> Response {
+    let mut out = String::new();
+    state.metrics.render(&mut out);
+    let live: Vec<(String, u64)> = state
+        .custodians
+        .all
+        .iter()
+        .map(|c| {
+            (
+                format!("{{custodian=\"{}\"}}", c.index()),
+                c.is_live() as u64,
+            )
+        })
+        .collect();
+    metrics::gauge(
+        &mut out,
+        "quorumvm_custodian_live",
+        "1 if the custodian answers its health checks.",
+        &live,
+    );
+    let kits: Vec<(String, u64)> = state
+        .registry
+        .all()
+        .iter()
+        .filter(|v| v.is_active())
+        .map(|v| {
+            (
+                format!(
+                    "{{package=\"{}\",name=\"{}\"}}",
+                    v.package_id, v.manifest.name
+                ),
+                v.kits.lock().expect("kits lock").available(),
+            )
+        })
+        .collect();
+    metrics::gauge(
+        &mut out,
+        "quorumvm_kits_available",
+        "Preprocessed kits ready per active version.",
+        &kits,
+    );
+    let w = state.writer.stats();
+    metrics::counter(
+        &mut out,
+        "quorumvm_ledger_commits_total",
+        "Group commits (one fsync each).",
+        w.commits,
+    );
+    metrics::counter(
+        &mut out,
+        "quorumvm_ledger_jobs_total",
+        "Writes committed in those groups.",
+        w.jobs,
+    );
+    metrics::response(out)
 }

@@ -12,10 +12,10 @@ use quorumvm_server::Body;
 use quorumvm_wire::api::{ApproveRequest, VersionInfo, VersionState};
 use quorumvm_wire::approval::Subject;
 use quorumvm_wire::now_ms;
-use quorumvm_wire::order::ApprovalSignature;
 
+use crate::approve;
 use crate::error::ApiError;
-use crate::routes::{info, known, parse_id, refused_approval};
+use crate::packages::{info, known, parse_id};
 use crate::{State, background, store};
 
 pub async fn approve(
@@ -25,15 +25,9 @@ pub async fn approve(
 ) -> Result<Json<VersionInfo>, ApiError> {
     let version = known(&state, &id)?;
     let package = parse_id(&id)?;
-    let approval = ApprovalSignature {
-        custodian: request.custodian,
-        signature: request.signature.clone(),
-    };
     let subject = Subject::Retirement { package: &package };
-    if let Err(e) = quorumvm_wire::approval::check(&state.custodians.cluster, &subject, &approval) {
-        let details = serde_json::json!({ "package_id": id, "custodian": request.custodian });
-        return Err(refused_approval(&state, "retirement.rejected", details, e).await);
-    }
+    let details = serde_json::json!({ "package_id": id, "custodian": request.custodian });
+    approve::check(&state, &subject, &request, "retirement.rejected", details).await?;
     let k = state.custodians.cluster.threshold();
     let (job_id, custodian, signature) = (id.clone(), request.custodian, request.signature.clone());
     let count = state

@@ -43,9 +43,7 @@ impl State {
         let (key, exchange) = load_or_create_keys(&config.data_dir)?;
         let cluster = config.cluster()?;
         let mut ledger = open_ledger(&config.data_dir)?;
-        let failed = ledger.transaction(|tx| {
-            store::fail_unfinished_batches(tx).map_err(|e| anyhow::anyhow!(e.message))
-        })?;
+        let failed = ledger.transaction(store::fail_unfinished_batches)?;
         if failed > 0 {
             tracing::info!(
                 failed,
@@ -54,16 +52,13 @@ impl State {
         }
         let reader = open_ledger(&config.data_dir)?;
         let registry = Registry::load(
-            store::load_versions(reader.connection()).map_err(|e| anyhow::anyhow!(e.message))?,
-            store::aliases(reader.connection()).map_err(|e| anyhow::anyhow!(e.message))?,
+            store::load_versions(reader.connection())?,
+            store::aliases(reader.connection())?,
         );
-        let stored_identities =
-            store::load_identities(reader.connection()).map_err(|e| anyhow::anyhow!(e.message))?;
+        let stored_identities = store::load_identities(reader.connection())?;
         let reader = Arc::new(Mutex::new(reader));
         let identities = Identities::new(Arc::clone(&reader));
-        identities
-            .load(stored_identities)
-            .map_err(|e| anyhow::anyhow!(e.message))?;
+        identities.load(stored_identities)?;
         Ok(Arc::new(State {
             custodians: Custodians::new(cluster, key, &exchange)?,
             registry,

@@ -7,7 +7,34 @@ use quorumvm_ledger::{NewEntry, Schema, audit};
 use quorumvm_wire::api::{SealedShares, VersionState};
 use quorumvm_wire::signed::Signed;
 
-use crate::error::ApiError;
+/// Why a query on the coordinator's tables failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "{name} version {version} is already installed as package {existing}; a changed program needs a new version number"
+    )]
+    VersionConflict {
+        name: String,
+        version: u32,
+        existing: String,
+    },
+    #[error("custodian {custodian} has already approved {noun} {subject}")]
+    DuplicateApproval {
+        custodian: u32,
+        noun: &'static str,
+        subject: String,
+    },
+    #[error("the ledger: {0}")]
+    Ledger(#[from] quorumvm_ledger::LedgerError),
+    #[error("the database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("stored {what} of {package_id} does not read: {reason}")]
+    Corrupt {
+        what: &'static str,
+        package_id: String,
+        reason: String,
+    },
+}
 
 pub const SCHEMA: Schema = Schema {
     component: "coordinator",
@@ -135,7 +162,7 @@ pub fn audit(
     actor: &str,
     kind: &str,
     details: serde_json::Value,
-) -> Result<(), ApiError> {
+) -> Result<(), StoreError> {
     audit::append(
         tx,
         &NewEntry {
@@ -164,7 +191,7 @@ pub struct NewVersion<'a> {
     pub now_ms: u64,
 }
 
-pub fn install(tx: &Transaction<'_>, v: &NewVersion<'_>) -> Result<Installed, ApiError> {
+pub fn install(tx: &Transaction<'_>, v: &NewVersion<'_>) -> Result<Installed, StoreError> {
     let exists: Option<String> = tx
         .query_row(
             "SELECT package_id FROM versions WHERE package_id = ?1 OR (name = ?2 AND version = ?3)",
@@ -175,13 +202,11 @@ pub fn install(tx: &Transaction<'_>, v: &NewVersion<'_>) -> Result<Installed, Ap
     match exists {
         Some(id) if id == v.package_id => return Ok(Installed::AlreadyInstalled),
         Some(id) => {
-            return Err(ApiError::conflict(
-                "version_conflict",
-                format!(
-                    "{} version {} is already installed as package {id}; a changed program needs a new version number",
-                    v.manifest.name, v.manifest.version
-                ),
-            ));
+            return Err(StoreError::VersionConflict {
+                name: v.manifest.name.clone(),
+                version: v.manifest.version,
+                existing: id,
+            });
         }
         None => {}
     }
@@ -286,7 +311,7 @@ pub fn approve(
     custodian: u32,
     signature: &str,
     now_ms: u64,
-) -> Result<usize, ApiError> {
+) -> Result<usize, StoreError> {
     let (table, column, entry, key, noun) = kind.names();
     let inserted = tx
         .prepare_cached(&format!(
@@ -295,10 +320,11 @@ pub fn approve(
         ))?
         .execute(params![subject, custodian, signature, now_ms])?;
     if inserted == 0 {
-        return Err(ApiError::conflict(
-            "duplicate_approval",
-            format!("custodian {custodian} has already approved {noun} {subject}"),
-        ));
+        return Err(StoreError::DuplicateApproval {
+            custodian,
+            noun,
+            subject: subject.to_string(),
+        });
     }
     audit(
         tx,
@@ -318,7 +344,7 @@ fn approvals_of(
     conn: &rusqlite::Connection,
     kind: Approved,
     subject: &str,
-) -> Result<Vec<(u32, String)>, ApiError> {
+) -> Result<Vec<(u32, String)>, StoreError> {
     let (table, column, ..) = kind.names();
     Ok(conn
         .prepare_cached(&format!(
@@ -343,7 +369,7 @@ pub fn activate(
     package_id: &str,
     manifest: &Manifest,
     now_ms: u64,
-) -> Result<Activated, ApiError> {
+) -> Result<Activated, StoreError> {
     tx.execute(
         "UPDATE versions SET state = 'active' WHERE package_id = ?1",
         [package_id],
@@ -392,7 +418,7 @@ pub fn activate(
 }
 
 /// Marks a version retired, for good (superseded, or retired by k operators).
-pub fn retire(tx: &Transaction<'_>, package_id: &str, now_ms: u64) -> Result<(), ApiError> {
+pub fn retire(tx: &Transaction<'_>, package_id: &str, now_ms: u64) -> Result<(), StoreError> {
     tx.execute(
         "UPDATE versions SET retired_ms = ?2 WHERE package_id = ?1",
         params![package_id, now_ms],
@@ -413,7 +439,7 @@ pub fn propose_identity(
     name: &str,
     public_key: &str,
     now_ms: u64,
-) -> Result<(), ApiError> {
+) -> Result<(), StoreError> {
     tx.execute(
         "INSERT INTO caller_keys (name, public_key, created_ms) VALUES (?1, ?2, ?3)",
         params![name, public_key, now_ms],
@@ -437,7 +463,7 @@ pub struct StoredIdentity {
     pub suspension: Option<(bool, u64)>,
 }
 
-pub fn load_identities(conn: &rusqlite::Connection) -> Result<Vec<StoredIdentity>, ApiError> {
+pub fn load_identities(conn: &rusqlite::Connection) -> Result<Vec<StoredIdentity>, StoreError> {
     let keys: Vec<(String, String)> = conn
         .prepare("SELECT name, public_key FROM caller_keys ORDER BY name")?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -469,7 +495,7 @@ pub fn apply_suspension(
     time_ms: u64,
     statement: &str,
     now_ms: u64,
-) -> Result<Result<(), u64>, ApiError> {
+) -> Result<Result<(), u64>, StoreError> {
     let last: Option<u64> = tx
         .query_row(
             "SELECT time_ms FROM suspensions WHERE name = ?1",
@@ -506,7 +532,7 @@ pub fn record_request(
     identity: &str,
     request_id: &str,
     now_ms: u64,
-) -> Result<bool, ApiError> {
+) -> Result<bool, StoreError> {
     Ok(tx
         .prepare_cached(
             "INSERT INTO requests (identity, request_id, admitted_ms) VALUES (?1, ?2, ?3)
@@ -516,7 +542,7 @@ pub fn record_request(
         == 1)
 }
 
-pub fn reserve_kits(tx: &Transaction<'_>, package_id: &str, up_to: u64) -> Result<(), ApiError> {
+pub fn reserve_kits(tx: &Transaction<'_>, package_id: &str, up_to: u64) -> Result<(), StoreError> {
     tx.prepare_cached(
         "UPDATE versions SET kits_reserved = max(kits_reserved, ?2) WHERE package_id = ?1",
     )?
@@ -530,7 +556,7 @@ pub fn order_batch(
     package_id: &str,
     first_kit: u64,
     count: u64,
-) -> Result<(), ApiError> {
+) -> Result<(), StoreError> {
     tx.execute(
         "INSERT INTO kit_batches (package_id, first_kit, count, state) VALUES (?1, ?2, ?3, 'ordered')",
         params![package_id, first_kit as i64, count as i64],
@@ -547,7 +573,7 @@ pub fn finish_batch(
     package_id: &str,
     first_kit: u64,
     stored: bool,
-) -> Result<(), ApiError> {
+) -> Result<(), StoreError> {
     tx.execute(
         "UPDATE kit_batches SET state = ?3 WHERE package_id = ?1 AND first_kit = ?2",
         params![
@@ -562,7 +588,7 @@ pub fn finish_batch(
 pub fn package_bytes(
     conn: &rusqlite::Connection,
     package_id: &str,
-) -> Result<Option<Vec<u8>>, ApiError> {
+) -> Result<Option<Vec<u8>>, StoreError> {
     Ok(conn
         .query_row(
             "SELECT package FROM versions WHERE package_id = ?1",
@@ -576,7 +602,7 @@ pub fn sealed_shares(
     conn: &rusqlite::Connection,
     package_id: &str,
     custodian: u32,
-) -> Result<SealedShares, ApiError> {
+) -> Result<SealedShares, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT secret, sealed FROM sealed_shares WHERE package_id = ?1 AND custodian = ?2",
     )?;
@@ -589,7 +615,7 @@ pub fn sealed_shares(
 }
 
 /// Every version, for the registry at startup.
-pub fn load_versions(conn: &rusqlite::Connection) -> Result<Vec<StoredVersion>, ApiError> {
+pub fn load_versions(conn: &rusqlite::Connection) -> Result<Vec<StoredVersion>, StoreError> {
     let mut stmt = conn.prepare(
         "SELECT package_id, publisher, manifest, state, kits_reserved, next_batch, deal,
                 retired_ms IS NOT NULL
@@ -615,10 +641,17 @@ pub fn load_versions(conn: &rusqlite::Connection) -> Result<Vec<StoredVersion>, 
     for row in rows {
         let ((package_id, publisher, manifest, state), (reserved, next_batch, deal, retired)) =
             row?;
-        let manifest: Manifest = serde_json::from_str(&manifest)
-            .map_err(|e| ApiError::internal(format!("stored manifest of {package_id}: {e}")))?;
-        let deal: Signed = serde_json::from_str(&deal)
-            .map_err(|e| ApiError::internal(format!("stored deal of {package_id}: {e}")))?;
+        let manifest: Manifest =
+            serde_json::from_str(&manifest).map_err(|e| StoreError::Corrupt {
+                what: "manifest",
+                package_id: package_id.clone(),
+                reason: e.to_string(),
+            })?;
+        let deal: Signed = serde_json::from_str(&deal).map_err(|e| StoreError::Corrupt {
+            what: "deal",
+            package_id: package_id.clone(),
+            reason: e.to_string(),
+        })?;
         let state = match (state.as_str(), retired) {
             (_, true) => VersionState::Retired,
             ("active", false) => VersionState::Active,
@@ -652,7 +685,7 @@ pub fn load_versions(conn: &rusqlite::Connection) -> Result<Vec<StoredVersion>, 
     Ok(out)
 }
 
-pub fn aliases(conn: &rusqlite::Connection) -> Result<Vec<(String, String)>, ApiError> {
+pub fn aliases(conn: &rusqlite::Connection) -> Result<Vec<(String, String)>, StoreError> {
     Ok(conn
         .prepare("SELECT name, package_id FROM aliases")?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -661,7 +694,7 @@ pub fn aliases(conn: &rusqlite::Connection) -> Result<Vec<(String, String)>, Api
 
 /// Batches left `ordered` by a crash are failed: some custodians may hold them, but the
 /// coordinator never hands their kits out.
-pub fn fail_unfinished_batches(tx: &Transaction<'_>) -> Result<usize, ApiError> {
+pub fn fail_unfinished_batches(tx: &Transaction<'_>) -> Result<usize, StoreError> {
     Ok(tx.execute(
         "UPDATE kit_batches SET state = 'failed' WHERE state = 'ordered'",
         [],
