@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::http::StatusCode;
 use quorumvm_policy::EvalRequest as Admission;
 use quorumvm_wire::now_ms;
-use quorumvm_wire::request::{self, CallerRequest, RequestError, claimed_identity};
+use quorumvm_wire::request::{self, CallerRequest, claimed_identity};
 use quorumvm_wire::signed::Signed;
 
 use crate::State;
@@ -23,7 +23,7 @@ pub async fn check_request(
     identity: &str,
     signed: &Signed,
 ) -> Result<CallerRequest, ApiError> {
-    let claimed = claimed_identity(signed).map_err(refused_request)?;
+    let claimed = claimed_identity(signed).map_err(ApiError::from)?;
     if claimed != identity {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -33,12 +33,7 @@ pub async fn check_request(
     }
     let caller = state.identities.caller(identity).await?;
     caller.admit(state.custodians.cluster.threshold())?;
-    request::open(signed, &caller.key, now_ms()).map_err(refused_request)
-}
-
-fn refused_request(err: RequestError) -> ApiError {
-    let status = StatusCode::from_u16(err.status()).expect("a valid status");
-    ApiError::new(status, err.code(), err.to_string())
+    request::open(signed, &caller.key, now_ms()).map_err(ApiError::from)
 }
 
 /// Rate limit, budget, audit entry and the first kit, in one savepoint of a group commit: the

@@ -16,6 +16,7 @@ use quorumvm_core::field::Fp;
 use quorumvm_core::shares::reconstruct_outputs;
 use quorumvm_server::Body;
 use quorumvm_wire::api::{EvalResponse, OutputShares, SessionResponse};
+use quorumvm_wire::code::ErrorCode;
 use quorumvm_wire::elements;
 use quorumvm_wire::now_ms;
 use quorumvm_wire::order::{Order, Ticket};
@@ -286,52 +287,9 @@ async fn attempt_once(
                         }
                         Attempt::Retry(ApiError::unavailable("custodian_failed", reason))
                     }
-                    CallError::Refused { ref body, .. }
-                        if body.error.code == "identity_suspended" =>
-                    {
-                        Attempt::Without(
-                            index,
-                            ApiError::new(StatusCode::FORBIDDEN, "identity_suspended", reason),
-                        )
+                    CallError::Refused { status, ref body } => {
+                        refusal(index, status, &body.error.code, reason)
                     }
-                    CallError::Refused { status: 429, .. } => Attempt::Fatal(ApiError::new(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "custodian_budget_exhausted",
-                        reason,
-                    )),
-                    // The custodian refuses the caller's request itself (replayed, unknown or
-                    // forged identity, input out of range): no other quorum will differ.
-                    CallError::Refused { status, ref body }
-                        if matches!(
-                            body.error.code.as_str(),
-                            "replayed_request"
-                                | "unknown_identity"
-                                | "bad_request_signature"
-                                | "stale_request"
-                                | "bad_input"
-                                | "bad_terms"
-                                | "retired"
-                                | "identity_revoked"
-                        ) =>
-                    {
-                        Attempt::Fatal(ApiError::new(
-                            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
-                            "custodian_refused",
-                            reason,
-                        ))
-                    }
-                    // A member could not reach a peer, timed out waiting for one, was
-                    // aborted, lacks the kit or had no free plugin slot: another attempt (with
-                    // a fresh kit, on the custodians still up) can succeed.
-                    CallError::Refused {
-                        status: 409 | 502 | 503 | 504,
-                        ..
-                    } => Attempt::Retry(ApiError::unavailable("custodian_failed", reason)),
-                    CallError::Refused { .. } => Attempt::Fatal(ApiError::new(
-                        StatusCode::BAD_GATEWAY,
-                        "custodian_refused",
-                        reason,
-                    )),
                 };
                 // Keep the first failure, unless a later one rules out a retry.
                 if failure.is_none() || matches!(next, Attempt::Fatal(_)) {
@@ -349,6 +307,38 @@ async fn attempt_once(
     answers.sort_by_key(|(i, _)| *i);
     let answered: Vec<u32> = answers.iter().map(|(i, _)| *i).collect();
     reconstruct(state, version, request_id, &answered, answers).map_err(Attempt::Fatal)
+}
+
+/// What a custodian's refusal of a session means for the request, by its code
+/// ([`ErrorCode`]): the caller's own request refused (final, with the custodian's status),
+/// this custodian alone refusing the caller (retry without it), or the session failing for
+/// now (retry, with a fresh kit, on the custodians still up). A code the table does not know
+/// is a custodian failing: final, 502.
+fn refusal(index: u32, status: u16, code: &str, reason: String) -> Attempt {
+    match ErrorCode::parse(code) {
+        Some(ErrorCode::IdentitySuspended) => Attempt::Without(
+            index,
+            ApiError::new(StatusCode::FORBIDDEN, "identity_suspended", reason),
+        ),
+        Some(c) if c.is_retryable() => {
+            Attempt::Retry(ApiError::unavailable("custodian_failed", reason))
+        }
+        Some(ErrorCode::RateLimited | ErrorCode::BudgetExhausted) => Attempt::Fatal(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "custodian_budget_exhausted",
+            reason,
+        )),
+        Some(_) => Attempt::Fatal(ApiError::new(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+            "custodian_refused",
+            reason,
+        )),
+        None => Attempt::Fatal(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "custodian_refused",
+            reason,
+        )),
+    }
 }
 
 /// Every live custodian serving `version` but those in `refusing` (all of them take part, so

@@ -43,6 +43,7 @@ use crate::error::{self, ApiError};
 use crate::state::Custodian;
 use crate::store::{self, NewVersion};
 use crate::versions::{Standing, Version, parse_package_id};
+use quorumvm_wire::code::ErrorCode;
 
 /// Fetching from the coordinator: a package may be large, and activation is rare.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
@@ -349,9 +350,8 @@ pub(crate) fn status(status: &str) -> OrderResponse {
 }
 
 pub(crate) fn retired(id: &PackageId) -> ApiError {
-    ApiError::new(
-        StatusCode::GONE,
-        "retired",
+    ApiError::of(
+        ErrorCode::Retired,
         format!(
             "version {id} is retired on this custodian (superseded by a higher version, or \
              retired by k operators): it never serves again"

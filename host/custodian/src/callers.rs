@@ -6,10 +6,10 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::RwLock;
 
-use axum::http::StatusCode;
 use quorumvm_package::PublicKey;
 
 use crate::error::ApiError;
+use quorumvm_wire::code::ErrorCode;
 
 #[derive(Default)]
 pub(crate) struct Callers {
@@ -72,16 +72,14 @@ impl Callers {
     pub fn admit(&self, name: &str, me: u32) -> Result<(), ApiError> {
         match self.barred(name) {
             None => Ok(()),
-            Some(Barred::Revoked) => Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "identity_revoked",
+            Some(Barred::Revoked) => Err(ApiError::of(
+                ErrorCode::IdentityRevoked,
                 format!(
                     "identity `{name}` is revoked by k custodian operators: never served again"
                 ),
             )),
-            Some(Barred::Suspended) => Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "identity_suspended",
+            Some(Barred::Suspended) => Err(ApiError::of(
+                ErrorCode::IdentitySuspended,
                 format!("identity `{name}` is suspended at custodian {me} by its operator"),
             )),
         }

@@ -13,6 +13,7 @@ use quorumvm_wire::order::OrderError;
 use crate::mailbox::{OpenError, WaitError};
 use crate::peers::SendError;
 use crate::store::StoreError;
+use quorumvm_wire::code::ErrorCode;
 
 pub(crate) use quorumvm_server::ApiError;
 
@@ -27,9 +28,8 @@ pub(crate) fn unknown_version(package_id: &str) -> ApiError {
 /// The version is activated here, but the custodians have not checked its shares together
 /// yet: it does not serve.
 pub(crate) fn shares_unchecked(package_id: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::CONFLICT,
-        "shares_unchecked",
+    ApiError::of(
+        ErrorCode::SharesUnchecked,
         format!(
             "version {package_id} does not serve yet: the custodians have not checked together \
              that its shares lie on one polynomial"

@@ -2,7 +2,6 @@
 //! (preprocessing, the joint check of shares) send them: field elements for each peer, sealed
 //! to it ([`Peers::seal`]) before they leave, and opened and decoded when they arrive.
 
-use axum::http::StatusCode;
 use quorumvm_core::field::Fp;
 use quorumvm_core::rounds::Outgoing;
 use quorumvm_wire::elements;
@@ -10,6 +9,7 @@ use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::ApiError;
 use crate::peers::Peers;
+use quorumvm_wire::code::ErrorCode;
 
 /// Seals each of a layer's messages to its recipient.
 pub(crate) fn seal_layer(
@@ -37,7 +37,7 @@ pub(crate) fn open_layer(
     layer: u32,
     received: Vec<(u32, Vec<u8>)>,
 ) -> Result<Vec<(u32, Vec<Fp>)>, ApiError> {
-    let bad = |why: String| ApiError::new(StatusCode::BAD_GATEWAY, "bad_peer_message", why);
+    let bad = |why: String| ApiError::of(ErrorCode::BadPeerMessage, why);
     let mut opened: Vec<(u32, Vec<Fp>)> = Vec::with_capacity(received.len());
     for (sender, sealed) in received {
         let plain = peers

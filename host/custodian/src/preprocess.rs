@@ -27,6 +27,7 @@ use crate::peers::{SEAL_OVERHEAD, valid_session_id};
 use crate::routes::ROUND_BODY_LIMIT;
 use crate::state::{Custodian, off_thread};
 use crate::store;
+use quorumvm_wire::code::ErrorCode;
 
 /// The least a preprocessing layer waits for the others: between its layers each custodian
 /// computes over the whole batch, which may take seconds where an evaluation layer takes ms.
@@ -169,5 +170,5 @@ fn check_batch(shape: &KitShape, first_kit: u64, count: u64) -> Result<usize, Ap
 
 /// A core step refused the peers' messages (missing, extra, or of the wrong length).
 fn peer_error(err: PreprocessError) -> ApiError {
-    ApiError::new(StatusCode::BAD_GATEWAY, "bad_peer_message", err.to_string())
+    ApiError::of(ErrorCode::BadPeerMessage, err.to_string())
 }

@@ -36,7 +36,7 @@ use quorumvm_wire::api::{OutputShares, SessionRequest, SessionResponse};
 use quorumvm_wire::elements::{self, from_bytes, to_bytes, to_hex};
 use quorumvm_wire::now_ms;
 use quorumvm_wire::order::Ticket;
-use quorumvm_wire::request::{self, CallerRequest, RequestError, Terms, claimed_identity};
+use quorumvm_wire::request::{self, CallerRequest, Terms, claimed_identity};
 use quorumvm_wire::signed::Signed;
 use zeroize::Zeroizing;
 
@@ -46,6 +46,7 @@ use crate::metrics::Metrics;
 use crate::state::{Custodian, INLINE_GATES, compute};
 use crate::store::{self, Admission, Admitted, MAX_ATTEMPTS};
 use crate::versions::Version;
+use quorumvm_wire::code::ErrorCode;
 
 pub(crate) async fn evaluate(
     c: &Arc<Custodian>,
@@ -66,21 +67,20 @@ pub(crate) async fn evaluate(
         attempt: ticket.attempt,
     };
     if terms.session_id() != ticket.session {
-        return Err(ApiError::bad_request(
-            "bad_terms",
+        return Err(ApiError::of(
+            ErrorCode::BadTerms,
             "the ticket's session id is not the digest of its terms (request, version, kit, \
              quorum, attempt)",
         ));
     }
     // Refused here, by this custodian, whatever the coordinator checked.
     let inputs = encode_values("input", &version.manifest.inputs, &caller.input_texts())
-        .map_err(|e| ApiError::bad_request("bad_input", e.to_string()))?;
+        .map_err(|e| ApiError::of(ErrorCode::BadInput, e.to_string()))?;
     let private = open_private(c, &caller, &version)?;
     // Claimed before the kit is spent: a session refused for lack of room costs nothing.
     let _slot = c.session_slots.try_acquire().map_err(|_| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "busy",
+        ApiError::of(
+            ErrorCode::Busy,
             "every plugin slot of this custodian is in use",
         )
     })?;
@@ -101,9 +101,8 @@ pub(crate) async fn evaluate(
         Admitted::Kit(material) => material,
         Admitted::Refused(refusal) => return Err(refused(&caller, &version, refusal)),
         Admitted::Replayed { last_attempt } => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "replayed_request",
+            return Err(ApiError::of(
+                ErrorCode::ReplayedRequest,
                 format!(
                     "request {} of `{}` was served here in attempt {}; only a later attempt \
                      (at most {MAX_ATTEMPTS} in all) is taken, not attempt {}",
@@ -165,11 +164,10 @@ fn check_request(
     signed: &Signed,
     version: &Version,
 ) -> Result<CallerRequest, ApiError> {
-    let identity = claimed_identity(signed).map_err(refused_request)?;
+    let identity = claimed_identity(signed).map_err(ApiError::from)?;
     let key = c.callers.key(&identity).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::FORBIDDEN,
-            "unknown_identity",
+        ApiError::of(
+            ErrorCode::UnknownIdentity,
             format!(
                 "identity `{identity}` is not registered at custodian {}: k custodian operators \
                  must approve it first",
@@ -177,10 +175,10 @@ fn check_request(
             ),
         )
     })?;
-    let request = request::open(signed, &key, now_ms()).map_err(refused_request)?;
+    let request = request::open(signed, &key, now_ms()).map_err(ApiError::from)?;
     if request.package_id != version.id_hex || request.program != version.manifest.name {
-        return Err(ApiError::bad_request(
-            "bad_terms",
+        return Err(ApiError::of(
+            ErrorCode::BadTerms,
             format!(
                 "the caller asked for `{}` ({}), the ticket names `{}` ({})",
                 request.program, request.package_id, version.manifest.name, version.id_hex
@@ -206,7 +204,7 @@ fn open_private(
     caller: &CallerRequest,
     version: &Version,
 ) -> Result<Option<Private>, ApiError> {
-    let refuse = |why: String| ApiError::bad_request("bad_private_inputs", why);
+    let refuse = |why: String| ApiError::of(ErrorCode::BadPrivateInputs, why);
     let declared = version.manifest.private_inputs.len();
     let private = match (&caller.private, declared) {
         (None, 0) => return Ok(None),
@@ -246,11 +244,6 @@ fn open_private(
     let reply = CustodianPublicKey::from_file_text(&private.reply_key)
         .map_err(|e| refuse(format!("the reply key: {e}")))?;
     Ok(Some(Private { shares, reply }))
-}
-
-fn refused_request(err: RequestError) -> ApiError {
-    let status = StatusCode::from_u16(err.status()).expect("a valid status");
-    ApiError::new(status, err.code(), err.to_string())
 }
 
 fn refused(caller: &CallerRequest, version: &Version, refusal: PolicyError) -> ApiError {
@@ -356,7 +349,7 @@ async fn run(
                     None => OutputShares::Plain(to_hex(&outputs)),
                     Some((reply, binding)) => OutputShares::Sealed(hex::encode(
                         seal_outputs(*reply, &c.sealing_key, binding, &outputs).map_err(|e| {
-                            ApiError::bad_request("bad_private_inputs", e.to_string())
+                            ApiError::of(ErrorCode::BadPrivateInputs, e.to_string())
                         })?,
                     )),
                 };
@@ -387,9 +380,8 @@ async fn run(
                 from_bytes(&bytes)
                     .map(|mut v| (sender, std::mem::take(&mut *v)))
                     .map_err(|e| {
-                        ApiError::new(
-                            StatusCode::BAD_GATEWAY,
-                            "bad_peer_message",
+                        ApiError::of(
+                            ErrorCode::BadPeerMessage,
                             format!("custodian {sender}'s layer {layer} message: {e}"),
                         )
                     })
@@ -417,9 +409,7 @@ fn plugin_error(err: PluginError, call: Call) -> ApiError {
     match (err, call) {
         // Refused mid-session: the peers' messages are wrong (lengths, or shares off the
         // polynomial: the message names who, when it can tell).
-        (PluginError::Refused(m), Call::Advance) => {
-            ApiError::new(StatusCode::BAD_GATEWAY, "evaluation_failed", m)
-        }
+        (PluginError::Refused(m), Call::Advance) => ApiError::of(ErrorCode::EvaluationFailed, m),
         (other, call) => ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "plugin_failed",

@@ -32,6 +32,7 @@ use crate::peers::valid_session_id;
 use crate::state::Custodian;
 use crate::store::{self, CheckRecord};
 use crate::versions::{Standing, parse_package_id};
+use quorumvm_wire::code::ErrorCode;
 
 /// Runs one check of `package_id`'s shares with every other custodian and records its outcome.
 pub(crate) async fn check_shares(
@@ -168,9 +169,7 @@ fn named(culprits: &[u32]) -> String {
 /// parameters come from the configuration, which is checked at start).
 fn check_error(err: ShareCheckError) -> ApiError {
     match err {
-        ShareCheckError::Messages(e) => {
-            ApiError::new(StatusCode::BAD_GATEWAY, "bad_peer_message", e.to_string())
-        }
+        ShareCheckError::Messages(e) => ApiError::of(ErrorCode::BadPeerMessage, e.to_string()),
         other => ApiError::internal(other.to_string()),
     }
 }

@@ -11,6 +11,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use quorumvm_ledger::LedgerError;
 use quorumvm_wire::api::ErrorBody;
+use quorumvm_wire::code::ErrorCode;
+use quorumvm_wire::request::RequestError;
 
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -30,6 +32,13 @@ impl ApiError {
             message: message.into(),
             retry_after_secs: None,
         }
+    }
+
+    /// A refusal whose code has one status everywhere ([`ErrorCode::status`]), so the two
+    /// cannot disagree.
+    pub fn of(code: ErrorCode, message: impl Into<String>) -> ApiError {
+        let status = StatusCode::from_u16(code.status()).expect("the table's statuses are valid");
+        ApiError::new(status, code.as_str(), message)
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
@@ -115,6 +124,13 @@ impl From<LedgerError> for ApiError {
 impl From<quorumvm_ledger::rusqlite::Error> for ApiError {
     fn from(err: quorumvm_ledger::rusqlite::Error) -> ApiError {
         LedgerError::from(err).into()
+    }
+}
+
+/// A caller's signed request refused before anything is spent, as both servers answer it.
+impl From<RequestError> for ApiError {
+    fn from(err: RequestError) -> ApiError {
+        ApiError::of(err.code(), err.to_string())
     }
 }
 

@@ -20,6 +20,7 @@ use quorumvm_package::{Domain, PublicKey};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
+use crate::code::ErrorCode;
 use crate::signed::{Signed, SignedError};
 
 /// How far a request's time may be from a custodian's clock, either way. Request ids are kept
@@ -116,23 +117,19 @@ pub enum RequestError {
 }
 
 impl RequestError {
-    /// The HTTP status both servers answer with: 400 for what the caller wrote wrong, 401 for
-    /// what does not authenticate (now).
-    pub fn status(&self) -> u16 {
+    /// The code both servers answer with ([`ErrorCode::status`] gives the status: 400 for what
+    /// the caller wrote wrong, 401 for what does not authenticate now).
+    pub fn code(&self) -> ErrorCode {
         match self {
-            RequestError::Malformed(_) | RequestError::BadId => 400,
-            RequestError::BadSignature(_) | RequestError::Stale(_) => 401,
+            RequestError::Malformed(_) => ErrorCode::BadRequest,
+            RequestError::BadSignature(_) => ErrorCode::BadRequestSignature,
+            RequestError::BadId => ErrorCode::BadRequestId,
+            RequestError::Stale(_) => ErrorCode::StaleRequest,
         }
     }
 
-    /// The stable error code both servers answer with.
-    pub fn code(&self) -> &'static str {
-        match self {
-            RequestError::Malformed(_) => "bad_request",
-            RequestError::BadSignature(_) => "bad_request_signature",
-            RequestError::BadId => "bad_request_id",
-            RequestError::Stale(_) => "stale_request",
-        }
+    pub fn status(&self) -> u16 {
+        self.code().status()
     }
 }
 
@@ -244,11 +241,14 @@ mod tests {
         );
         let other = quorumvm_package::SecretKey::generate();
         let err = open(&good, &other.public(), now).unwrap_err();
-        assert_eq!((err.status(), err.code()), (401, "bad_request_signature"));
+        assert_eq!(
+            (err.status(), err.code()),
+            (401, ErrorCode::BadRequestSignature)
+        );
         let stale = open(&good, &key.public(), now + REQUEST_WINDOW_MS + 1).unwrap_err();
         assert_eq!(stale, RequestError::Stale(REQUEST_WINDOW_MS + 1));
         let early = open(&good, &key.public(), now - REQUEST_WINDOW_MS - 1).unwrap_err();
-        assert_eq!(early.code(), "stale_request");
+        assert_eq!(early.code(), ErrorCode::StaleRequest);
         for bad in ["short", "0123456789abcdef/", &"a".repeat(65)] {
             let signed = Signed::sign(&request(bad, now), Domain::Request, &key);
             assert_eq!(
@@ -261,7 +261,7 @@ mod tests {
         let approval = Signed::sign(&request("0123456789abcdef", now), Domain::Approval, &key);
         assert_eq!(
             open(&approval, &key.public(), now).unwrap_err().code(),
-            "bad_request_signature"
+            ErrorCode::BadRequestSignature
         );
     }
 
