@@ -281,10 +281,11 @@ mod tests {
     use super::*;
     use crate::circuit::Gate;
     use crate::dealer::share_values;
+    use crate::decode::decode;
     use crate::eval::eval_plain;
     use crate::rounds::MessageError;
     use crate::session::{Session, Setup, Step, Triple};
-    use crate::shamir::{Share, check_consistent, interpolate_at};
+    use crate::shamir::{Share, interpolate_at};
     use proptest::prelude::*;
     use rand::SeedableRng;
     use rand::rngs::StdRng;
@@ -520,9 +521,9 @@ mod tests {
                 let vectors: Vec<&[Fp]> = batch.kits.iter().map(|p| p[kit].as_slice()).collect();
                 // Every value is a sharing of degree k − 1 by all n custodians ...
                 for i in 0..shape.flat_len() {
-                    let all: Vec<Share> = (1..=n as u32).zip(&vectors).map(|(x, v)| Share { x, y: v[i] }).collect();
-                    let (_, off) = check_consistent(&all, k - 1).unwrap();
-                    prop_assert!(off.is_empty(), "kit {} value {} is not of degree {}", kit, i, k - 1);
+                    let all: Vec<(u32, Fp)> = (1..=n as u32).zip(&vectors).map(|(x, v)| (x, v[i])).collect();
+                    let off = decode(&all, k, 0).map(|d| d.liars);
+                    prop_assert_eq!(off, Ok(vec![]), "kit {} value {} is not of degree {}", kit, i, k - 1);
                 }
                 // ... and any k of them open triples with c = Σ a·b.
                 for holders in subsets(n as u32, k) {

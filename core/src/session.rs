@@ -11,14 +11,16 @@
 //! together: one message per peer per layer.
 //!
 //! Openings use every share received: with more than `k` members, each value is interpolated
-//! from `k` of them and checked against the rest, and a mismatch names the custodian(s) whose
-//! share is inconsistent (when a majority identifies them).
+//! from `k` of them and checked against the rest; a mismatch fails the session and names the
+//! custodian(s) whose share is provably wrong (Reed–Solomon decoding, [`crate::decode`]), or
+//! nobody when that cannot be proven.
 
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::circuit::{Circuit, Gate, Publicity, WireId};
+use crate::decode::{Decoded, decode};
 use crate::field::Fp;
-use crate::shamir::{Share, check_consistent, check_points, lagrange_coefficients};
+use crate::shamir::{check_points, lagrange_coefficients};
 
 /// This custodian's shares of one Beaver triple (vectors for a dot product).
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
@@ -429,20 +431,23 @@ impl Session {
         Ok(self.open_layer(layer + 1))
     }
 
-    /// Names the members whose share of opened value `v` is off the majority's polynomial.
+    /// Names the members whose share of opened value `v` is provably off the polynomial: by
+    /// Reed–Solomon decoding under the bound of k − 1 deviating members ([`crate::decode`]),
+    /// so an honest member is never named; when the bound leaves more than one polynomial
+    /// possible, nobody is.
     fn blame(&self, layer: u32, by_member: &[&[Fp]], v: usize) -> SessionError {
-        let shares: Vec<Share> = self
+        let points: Vec<(u32, Fp)> = self
             .quorum
             .iter()
             .zip(by_member)
-            .map(|(&x, s)| Share { x, y: s[v] })
+            .map(|(&x, s)| (x, s[v]))
             .collect();
         let members = self.quorum.len();
-        match check_consistent(&shares, self.k - 1) {
-            // A majority agreeing needs at least k + 2 members (k + 1 leaves a tie).
-            Ok((_, culprits)) if !culprits.is_empty() && members >= self.k + 2 => {
-                SessionError::Inconsistent { layer, culprits }
-            }
+        match decode(&points, self.k, self.k - 1) {
+            Ok(Decoded { liars, .. }) if !liars.is_empty() => SessionError::Inconsistent {
+                layer,
+                culprits: liars,
+            },
             _ => SessionError::Unattributable { layer, members },
         }
     }
@@ -453,7 +458,7 @@ mod tests {
     use super::*;
     use crate::dealer::{deal_triples, share_values};
     use crate::eval::eval_plain;
-    use crate::shamir::{Threshold, reconstruct};
+    use crate::shamir::{Share, Threshold, reconstruct};
     use proptest::prelude::*;
     use rand::SeedableRng;
     use rand::rngs::StdRng;

@@ -142,7 +142,7 @@ pub fn interpolate_at(points: &[Share], at: Fp) -> Result<Fp, ShamirError> {
 }
 
 /// Reconstructs the secret from at least `t.k()` shares (only the first `k` are used; to use
-/// every share and detect an inconsistent one, see [`check_consistent`]).
+/// every share and find an inconsistent one, see [`crate::decode`]).
 pub fn reconstruct(shares: &[Share], t: Threshold) -> Result<Fp, ShamirError> {
     if shares.len() < t.k {
         return Err(ShamirError::TooFewShares {
@@ -151,41 +151,6 @@ pub fn reconstruct(shares: &[Share], t: Threshold) -> Result<Fp, ShamirError> {
         });
     }
     interpolate_at(&shares[..t.k], Fp::ZERO)
-}
-
-/// The shares, among `shares`, that do not lie on the polynomial of degree `degree` that the
-/// majority of them agree on. With `n >= degree + 1 + 2e` shares, up to `e` wrong shares are
-/// identified (brute force over subsets is avoided: each share is checked against the
-/// polynomial interpolated from each `degree + 1` window, and the window the most shares agree
-/// with wins). Returns the secret and the x-coordinates of the shares that disagree.
-pub fn check_consistent(shares: &[Share], degree: usize) -> Result<(Fp, Vec<u32>), ShamirError> {
-    let k = degree + 1;
-    if shares.len() < k {
-        return Err(ShamirError::TooFewShares {
-            need: k,
-            got: shares.len(),
-        });
-    }
-    check_points(&shares.iter().map(|s| s.x).collect::<Vec<_>>())?;
-    let mut best: Option<(usize, Vec<Share>)> = None;
-    for start in 0..=(shares.len() - k) {
-        let window = &shares[start..start + k];
-        let agree = shares
-            .iter()
-            .filter(|s| interpolate_at(window, Fp::from(s.x as u64)) == Ok(s.y))
-            .count();
-        if best.as_ref().is_none_or(|(n, _)| agree > *n) {
-            best = Some((agree, window.to_vec()));
-        }
-    }
-    let (_, window) = best.expect("at least one window");
-    let secret = interpolate_at(&window, Fp::ZERO)?;
-    let bad = shares
-        .iter()
-        .filter(|s| interpolate_at(&window, Fp::from(s.x as u64)) != Ok(s.y))
-        .map(|s| s.x)
-        .collect();
-    Ok((secret, bad))
 }
 
 /// Shows constructively that `K − 1` shares say nothing about the secret: for any `candidate`,
@@ -282,18 +247,6 @@ mod tests {
             let b = interpolate_at(&shares[2..], at).unwrap();
             prop_assert_eq!(a, b);
         }
-    }
-
-    #[test]
-    fn inconsistent_share_is_named() {
-        let t = Threshold::new(2, 5).unwrap();
-        let mut rng = StdRng::seed_from_u64(7);
-        let secret = Fp::from(1234);
-        let mut shares = share(secret, t, &mut rng);
-        shares[3].y += Fp::ONE;
-        let (got, bad) = check_consistent(&shares, t.degree()).unwrap();
-        assert_eq!(got, secret);
-        assert_eq!(bad, vec![4]);
     }
 
     #[test]
