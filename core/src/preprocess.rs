@@ -284,26 +284,13 @@ mod tests {
     use crate::decode::decode;
     use crate::eval::eval_plain;
     use crate::rounds::MessageError;
+    use crate::rounds::{Inboxes, route};
     use crate::session::{Session, Setup, Step, Triple};
     use crate::shamir::{Share, interpolate_at};
     use proptest::prelude::*;
     use rand::SeedableRng;
     use rand::rngs::StdRng;
     use std::collections::HashSet;
-
-    type Inboxes = Vec<Vec<(u32, Vec<Fp>)>>;
-
-    /// Delivers every custodian's outgoing messages: entry `x − 1` is what custodian x receives,
-    /// in increasing order of sender.
-    fn route(outs: &[Outgoing]) -> Inboxes {
-        let mut inboxes: Inboxes = vec![Vec::new(); outs.len()];
-        for (sender, out) in (1..).zip(outs) {
-            for (to, values) in out.messages() {
-                inboxes[*to as usize - 1].push((sender, values.clone()));
-            }
-        }
-        inboxes
-    }
 
     /// A whole batch among custodians 1..=n in memory: both rounds' messages (inboxes, as
     /// [`route`] delivers them) and every custodian's kits (index `x − 1`).

@@ -157,3 +157,20 @@ impl Dealer {
         }
     }
 }
+
+/// What every custodian receives, entry `x − 1` for custodian x, in increasing order of
+/// sender: the in-memory network of the step machines' tests.
+#[cfg(test)]
+pub(crate) type Inboxes = Vec<Vec<(u32, Vec<Fp>)>>;
+
+/// Delivers every custodian's outgoing messages (`outs[x − 1]` is custodian x's).
+#[cfg(test)]
+pub(crate) fn route(outs: &[Outgoing]) -> Inboxes {
+    let mut inboxes: Inboxes = vec![Vec::new(); outs.len()];
+    for (sender, out) in (1..).zip(outs) {
+        for (to, values) in out.messages() {
+            inboxes[*to as usize - 1].push((sender, values.clone()));
+        }
+    }
+    inboxes
+}

@@ -201,21 +201,10 @@ impl Opening {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rounds::route;
     use crate::shamir::{Share, share};
     use rand::SeedableRng;
     use rand::rngs::StdRng;
-
-    type Inboxes = Vec<Vec<(u32, Vec<Fp>)>>;
-
-    fn route(outs: &[Outgoing]) -> Inboxes {
-        let mut inboxes: Inboxes = vec![Vec::new(); outs.len()];
-        for (sender, out) in (1..).zip(outs) {
-            for (to, values) in out.messages() {
-                inboxes[*to as usize - 1].push((sender, values.clone()));
-            }
-        }
-        inboxes
-    }
 
     /// Shares of `secrets` (a vector per custodian, in secret order), each a sharing of degree
     /// k − 1.
