@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, State as AxumState};
+use quorumvm_ledger::rusqlite::Transaction;
 use quorumvm_server::Body;
 use quorumvm_wire::api::{ApproveRequest, VersionInfo, VersionState};
 use quorumvm_wire::approval::{ApprovalError, Subject};
@@ -15,6 +16,7 @@ use quorumvm_wire::order::ApprovalSignature;
 
 use crate::error::ApiError;
 use crate::packages::{info, known, parse_id};
+use crate::store::StoreError;
 use crate::{State, background, store};
 
 /// Checks one operator's approval of `subject` against the cluster's keys; a refusal is
@@ -44,6 +46,19 @@ pub async fn record(
     key: &str,
     request: &ApproveRequest,
 ) -> Result<usize, ApiError> {
+    let (count, ()) = record_then(state, kind, key, request, |_, _, _, _| Ok(())).await?;
+    Ok(count)
+}
+
+/// [`record`], then `then(tx, key, count, now)` in the same transaction: what the approval
+/// that reaches k changes (an activation, a retirement) commits with it.
+pub async fn record_then<T: Send + 'static>(
+    state: &State,
+    kind: store::Approved,
+    key: &str,
+    request: &ApproveRequest,
+    then: impl FnOnce(&Transaction<'_>, &str, usize, u64) -> Result<T, StoreError> + Send + 'static,
+) -> Result<(usize, T), ApiError> {
     let (key, custodian, signature) = (
         key.to_string(),
         request.custodian,
@@ -51,7 +66,12 @@ pub async fn record(
     );
     state
         .writer
-        .run(move |tx| store::approve(tx, kind, &key, custodian, &signature, now_ms()))
+        .run(move |tx| {
+            let now = now_ms();
+            let count = store::approve(tx, kind, &key, custodian, &signature, now)?;
+            let then = then(tx, &key, count, now)?;
+            Ok::<_, StoreError>((count, then))
+        })
         .await
         .map_err(ApiError::from)
 }
@@ -92,29 +112,21 @@ pub async fn approve(
     check(&state, &subject, &request, "approval.rejected", details).await?;
     let k = state.custodians.cluster.threshold();
     let job_version = Arc::clone(&version);
-    let (job_id, signature) = (id.clone(), request.signature.clone());
-    let custodian = request.custodian;
-    let (count, activated) = state
-        .writer
-        .run(move |tx| {
-            let now = now_ms();
-            let count = store::approve(
-                tx,
-                store::Approved::Version,
-                &job_id,
-                custodian,
-                &signature,
-                now,
-            )?;
+    let (count, activated) = record_then(
+        &state,
+        store::Approved::Version,
+        &id,
+        &request,
+        move |tx, id, count, now| {
             let pending = *job_version.state.lock().expect("state lock") == VersionState::Pending;
-            let activated = if count >= k && pending {
-                Some(store::activate(tx, &job_id, &job_version.manifest, now)?)
+            if count >= k && pending {
+                store::activate(tx, id, &job_version.manifest, now).map(Some)
             } else {
-                None
-            };
-            Ok::<_, ApiError>((count, activated))
-        })
-        .await?;
+                Ok(None)
+            }
+        },
+    )
+    .await?;
     version
         .approvals
         .lock()

@@ -11,7 +11,6 @@ use axum::extract::{Path, State as AxumState};
 use quorumvm_server::Body;
 use quorumvm_wire::api::{ApproveRequest, VersionInfo, VersionState};
 use quorumvm_wire::approval::Subject;
-use quorumvm_wire::now_ms;
 
 use crate::approve;
 use crate::error::ApiError;
@@ -29,25 +28,19 @@ pub async fn approve(
     let details = serde_json::json!({ "package_id": id, "custodian": request.custodian });
     approve::check(&state, &subject, &request, "retirement.rejected", details).await?;
     let k = state.custodians.cluster.threshold();
-    let (job_id, custodian, signature) = (id.clone(), request.custodian, request.signature.clone());
-    let count = state
-        .writer
-        .run(move |tx| {
-            let now = now_ms();
-            let count = store::approve(
-                tx,
-                store::Approved::Retirement,
-                &job_id,
-                custodian,
-                &signature,
-                now,
-            )?;
+    let (count, ()) = approve::record_then(
+        &state,
+        store::Approved::Retirement,
+        &id,
+        &request,
+        move |tx, id, count, now| {
             if count == k {
-                store::retire(tx, &job_id, now)?;
+                store::retire(tx, id, now)?;
             }
-            Ok::<_, ApiError>(count)
-        })
-        .await?;
+            Ok(())
+        },
+    )
+    .await?;
     version
         .retirements
         .lock()
