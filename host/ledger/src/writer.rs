@@ -3,8 +3,8 @@
 use std::any::Any;
 use std::collections::VecDeque;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
 
 use rusqlite::{Connection, Transaction, TransactionBehavior};
@@ -59,10 +59,21 @@ const ROLL_BACK: &str = "ROLLBACK TO quorumvm_writer_job; RELEASE quorumvm_write
 ///
 /// Clones share the thread, which finishes the queued jobs and exits once every clone has been
 /// dropped.
+///
+/// [`Writer::inline`] is the same writer without the thread, for a deterministic simulation:
+/// each job runs in the task that calls [`Writer::run`], as a batch of one.
 #[derive(Clone)]
 pub struct Writer {
-    jobs: mpsc::Sender<Box<dyn Job>>,
+    queue: Queue,
     counters: Arc<Counters>,
+}
+
+#[derive(Clone)]
+enum Queue {
+    /// Jobs for the writer thread.
+    Thread(mpsc::Sender<Box<dyn Job>>),
+    /// No thread: the caller commits, one job at a time.
+    Inline(Arc<Mutex<Ledger>>),
 }
 
 #[derive(Debug, Default)]
@@ -99,7 +110,20 @@ impl Writer {
             .name(name.to_owned())
             .spawn(move || serve(ledger, queue, &thread_counters))
             .expect("the operating system could not start the ledger's writer thread");
-        Writer { jobs, counters }
+        Writer {
+            queue: Queue::Thread(jobs),
+            counters,
+        }
+    }
+
+    /// A writer without a thread: every job commits on its own, in the task that runs it, so a
+    /// simulation that drives every task on one thread schedules the commits too. Same
+    /// guarantees as [`Writer::spawn`], batches of one.
+    pub fn inline(ledger: Ledger) -> Writer {
+        Writer {
+            queue: Queue::Inline(Arc::new(Mutex::new(ledger))),
+            counters: Arc::default(),
+        }
     }
 
     /// Runs `job` in the next batch and returns its result once the batch has committed; see
@@ -116,10 +140,14 @@ impl Writer {
         E: From<LedgerError> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
-        self.jobs
-            .send(Box::new(Queued { job, reply }))
-            .await
-            .map_err(|_| LedgerError::WriterStopped)?;
+        let job: Box<dyn Job> = Box::new(Queued { job, reply });
+        match &self.queue {
+            Queue::Thread(jobs) => jobs
+                .send(job)
+                .await
+                .map_err(|_| LedgerError::WriterStopped)?,
+            Queue::Inline(ledger) => commit_alone(ledger, job, &self.counters),
+        }
         answer.await.map_err(|_| LedgerError::WriterStopped)?
     }
 
@@ -139,9 +167,13 @@ impl Writer {
         E: From<LedgerError> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
-        self.jobs
-            .blocking_send(Box::new(Queued { job, reply }))
-            .map_err(|_| LedgerError::WriterStopped)?;
+        let job: Box<dyn Job> = Box::new(Queued { job, reply });
+        match &self.queue {
+            Queue::Thread(jobs) => jobs
+                .blocking_send(job)
+                .map_err(|_| LedgerError::WriterStopped)?,
+            Queue::Inline(ledger) => commit_alone(ledger, job, &self.counters),
+        }
         answer
             .blocking_recv()
             .map_err(|_| LedgerError::WriterStopped)?
@@ -151,7 +183,10 @@ impl Writer {
     /// atomic loads, so it may be called on every scrape.
     pub fn stats(&self) -> WriterStats {
         // The queue's free room is what the channel can tell; the rest of it is occupied.
-        let queued = self.jobs.max_capacity() - self.jobs.capacity();
+        let queued = match &self.queue {
+            Queue::Thread(jobs) => jobs.max_capacity() - jobs.capacity(),
+            Queue::Inline(_) => 0,
+        };
         WriterStats {
             commits: self.counters.commits.load(Ordering::Relaxed),
             jobs: self.counters.jobs.load(Ordering::Relaxed),
@@ -239,6 +274,17 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
     } else {
         "a panic without a message".to_owned()
     }
+}
+
+/// Commits `job` as a batch of its own, in the calling thread ([`Writer::inline`]).
+fn commit_alone(ledger: &Mutex<Ledger>, job: Box<dyn Job>, counters: &Counters) {
+    // A job that panicked was caught inside the batch: the lock is never poisoned by one.
+    let mut ledger = ledger.lock().unwrap_or_else(|p| p.into_inner());
+    commit_batch(
+        ledger.connection_mut(),
+        &mut VecDeque::from([job]),
+        counters,
+    );
 }
 
 /// The writer thread: batch after batch until every [`Writer`] is gone and the queue is empty.
@@ -504,6 +550,51 @@ mod tests {
             .map(|e| e.details)
             .collect();
         assert_eq!(details, [r#"{"body":"one"}"#, r#"{"body":"three"}"#]);
+    }
+
+    /// The simulation's writer: each job commits before `run` returns, in the calling task,
+    /// with the thread's guarantees (a failed or panicking job leaves nothing behind).
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_inline_writer_commits_each_job_before_it_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let writer = Writer::inline(open(&path));
+        let thread = std::thread::current().id();
+        let ran_on = writer
+            .run(move |tx| {
+                audited_note(tx, "one")?;
+                Ok::<_, LedgerError>(std::thread::current().id())
+            })
+            .await
+            .unwrap();
+        assert_eq!(ran_on, thread, "the job ran in the calling thread");
+        assert_eq!(bodies(&path), ["one"], "committed before run returned");
+        let failed = writer
+            .run(|tx| {
+                audited_note(tx, "two")?;
+                Err::<u64, _>(LedgerError::DetailsNotObject)
+            })
+            .await;
+        assert!(matches!(failed, Err(LedgerError::DetailsNotObject)));
+        let panicked = writer
+            .run(|tx| -> Result<u64, LedgerError> {
+                audited_note(tx, "three")?;
+                panic!("a bug")
+            })
+            .await;
+        assert!(matches!(panicked, Err(LedgerError::JobPanicked(_))));
+        assert_eq!(writer.run(|tx| audited_note(tx, "four")).await.unwrap(), 2);
+        assert_eq!(bodies(&path), ["one", "four"]);
+        assert_eq!(
+            writer.stats(),
+            WriterStats {
+                commits: 4,
+                jobs: 4,
+                queued: 0
+            }
+        );
+        drop(writer);
+        assert_eq!(open(&path).verify_chain().unwrap().entries, 2);
     }
 
     #[tokio::test(flavor = "multi_thread")]
