@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::http::StatusCode;
 use quorumvm_policy::EvalRequest as Admission;
-use quorumvm_wire::now_ms;
+use quorumvm_server::{Bug, Env};
 use quorumvm_wire::request::{self, CallerRequest, claimed_identity};
 use quorumvm_wire::signed::Signed;
 
@@ -33,7 +33,7 @@ pub async fn check_request(
     }
     let caller = state.identities.caller(identity).await?;
     caller.admit(state.custodians.cluster.threshold())?;
-    request::open(signed, &caller.key, now_ms()).map_err(ApiError::from)
+    request::open(signed, &caller.key, state.env.now_ms()).map_err(ApiError::from)
 }
 
 /// Rate limit, budget, audit entry and the first kit, in one savepoint of a group commit: the
@@ -55,33 +55,44 @@ pub async fn admit(
         request_id.to_string(),
     );
     let (decided, decision) = tokio::sync::oneshot::channel();
-    let writer = state.writer.clone();
+    let (writer, env) = (state.writer.clone(), state.env.clone());
+    let mut policy = version.manifest.policy.clone();
+    if env.planted(Bug::BudgetUnchecked) {
+        policy.budget_per_identity = u64::MAX;
+    }
+    let now = state.env.now_ms();
     let committing = tokio::spawn(async move {
         writer
             .run(move |tx| {
-                let now = now_ms();
                 if !store::record_request(tx, &identity, &request_id, now)? {
                     return Err(ApiError::conflict(
                         "replayed_request",
                         format!("request {request_id} of `{identity}` was served before: a request is served once"),
                     ));
                 }
+                // The kit the evaluation will use is named in its audit entry, but taken only
+                // once the request is admitted: a refused request must not burn one.
+                let next = v.kits.lock().expect("kits lock").peek();
+                let next = next.ok_or_else(|| no_kits(&v))?;
                 let admitted = quorumvm_policy::admit_in(
                     tx,
                     &Admission {
                         identity: &identity,
                         program: &v.manifest.name,
                         request_id: &request_id,
-                        context: &serde_json::json!({ "package_id": v.package_id }),
-                        policy: &v.manifest.policy,
+                        context: &serde_json::json!({ "package_id": v.package_id, "kit": next }),
+                        policy: &policy,
                         now_ms: now,
                     },
                 )
                 .map_err(policy_refusal)?
                 .map_err(policy_refusal)?;
-                // Only now take a kit: a refused request must not burn one. If none is ready,
-                // the job fails and its savepoint takes the charge and the entry back.
-                let kit = take_kit(tx, &v)?;
+                let kit = take_kit(tx, &v, &env)?;
+                if kit != next {
+                    return Err(ApiError::internal(format!(
+                        "kit {kit} was taken where {next} was recorded"
+                    )));
+                }
                 let outcome = (kit, admitted.remaining_budget);
                 let _ = decided.send(outcome);
                 Ok::<_, ApiError>(outcome)
@@ -107,20 +118,25 @@ pub type Committing = tokio::task::JoinHandle<Result<(u64, u64), ApiError>>;
 pub fn take_kit(
     tx: &quorumvm_ledger::rusqlite::Transaction<'_>,
     v: &Version,
+    env: &Env,
 ) -> Result<u64, ApiError> {
     let taken = v.kits.lock().expect("kits lock").take();
-    let (kit, reserve) = taken.ok_or_else(|| {
-        ApiError::unavailable(
-            "no_preprocessing",
-            format!(
-                "no preprocessed kits of {} are ready; the custodians refill the pool while all of them are up",
-                v.manifest.name
-            ),
-        )
-        .with_retry_after(1)
-    })?;
-    if let Some(up_to) = reserve {
+    let (kit, reserve) = taken.ok_or_else(|| no_kits(v))?;
+    if let Some(up_to) = reserve
+        && !env.planted(Bug::KitsNotReserved)
+    {
         store::reserve_kits(tx, &v.package_id, up_to)?;
     }
     Ok(kit)
+}
+
+fn no_kits(v: &Version) -> ApiError {
+    ApiError::unavailable(
+        "no_preprocessing",
+        format!(
+            "no preprocessed kits of {} are ready; the custodians refill the pool while all of them are up",
+            v.manifest.name
+        ),
+    )
+    .with_retry_after(1)
 }

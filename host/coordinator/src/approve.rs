@@ -11,7 +11,6 @@ use quorumvm_ledger::rusqlite::Transaction;
 use quorumvm_server::Body;
 use quorumvm_wire::api::{ApproveRequest, VersionInfo, VersionState};
 use quorumvm_wire::approval::{ApprovalError, Subject};
-use quorumvm_wire::now_ms;
 use quorumvm_wire::order::ApprovalSignature;
 
 use crate::error::ApiError;
@@ -64,10 +63,10 @@ pub async fn record_then<T: Send + 'static>(
         request.custodian,
         request.signature.clone(),
     );
+    let now = state.env.now_ms();
     state
         .writer
         .run(move |tx| {
-            let now = now_ms();
             let count = store::approve(tx, kind, &key, custodian, &signature, now)?;
             let then = then(tx, &key, count, now)?;
             Ok::<_, StoreError>((count, then))
@@ -86,9 +85,10 @@ async fn refused_approval(
 ) -> ApiError {
     let reason = err.to_string();
     details["reason"] = serde_json::json!(reason);
+    let now = state.env.now_ms();
     let logged = state
         .writer
-        .run(move |tx| store::audit(tx, now_ms(), "coordinator", kind, details))
+        .run(move |tx| store::audit(tx, now, "coordinator", kind, details))
         .await;
     match logged {
         Ok(()) => ApiError::bad_request("bad_approval", reason),

@@ -9,7 +9,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use quorumvm_wire::api::OrderResponse;
-use quorumvm_wire::now_ms;
 use quorumvm_wire::order::Order;
 use tokio::task::JoinSet;
 
@@ -189,7 +188,7 @@ async fn bring_up(state: &Arc<State>, version: &Version) {
 /// Each decides for itself from its peers' messages; those that pass it serve the version. A
 /// refusal is kept (and audited): the same shares would be refused again.
 async fn check_shares(state: &Arc<State>, version: &Version) {
-    let session = format!("check-{}-{}", &version.package_id[..16], now_ms());
+    let session = format!("check-{}-{}", &version.package_id[..16], state.env.now_ms());
     let order = Order::CheckShares {
         package_id: version.package_id.clone(),
         session: session.clone(),
@@ -225,17 +224,10 @@ async fn check_shares(state: &Arc<State>, version: &Version) {
             "session": session,
             "refusals": refusals,
         });
+        let now = state.env.now_ms();
         let _ = state
             .writer
-            .run(move |tx| {
-                store::audit(
-                    tx,
-                    now_ms(),
-                    "coordinator",
-                    "version.shares_refused",
-                    details,
-                )
-            })
+            .run(move |tx| store::audit(tx, now, "coordinator", "version.shares_refused", details))
             .await;
     }
 }
@@ -273,6 +265,38 @@ async fn order_everyone(
         }
     }
     answers
+}
+
+/// Sends a joint protocol's `order` (every custodian takes part, so one failure fails it) to
+/// every custodian at once. Returns every answer, or the first failure as soon as it comes: the
+/// calls still running are dropped rather than waited for, since a custodian cut off from the
+/// coordinator would otherwise hold the batch until its timeout (found by the simulation: a
+/// partition of one custodian from the coordinator stopped the kit pool for two minutes).
+async fn order_jointly(
+    state: &Arc<State>,
+    order: Order,
+) -> Result<Vec<(u32, OrderResponse)>, (u32, CallError)> {
+    let mut calls = JoinSet::new();
+    for i in 0..state.custodians.all.len() {
+        let (state, order) = (Arc::clone(state), order.clone());
+        calls.spawn(async move {
+            let c = &state.custodians.all[i];
+            let result = state.custodians.order(c, order).await;
+            if let Err(CallError::Unreachable(_)) = &result {
+                c.mark_dead();
+            }
+            (c.index(), result)
+        });
+    }
+    let mut answers = Vec::new();
+    while let Some(joined) = calls.join_next().await {
+        match joined {
+            Ok((index, Ok(answer))) => answers.push((index, answer)),
+            Ok((index, Err(e))) => return Err((index, e)),
+            Err(e) => tracing::warn!("an order's task failed: {e}"),
+        }
+    }
+    Ok(answers)
 }
 
 /// Peers waiting on a failed member give up at their round timeout; tells them now.
@@ -363,21 +387,21 @@ async fn run_batch(state: &Arc<State>, v: &Arc<Version>, first: u64, count: u64)
         first_kit: first,
         count,
     };
-    let answers = order_everyone(state, order).await;
-    let mut ok = answers.len() == state.custodians.all.len();
-    for (index, answer) in answers {
-        match answer {
-            Ok(r) if r.status == "stored" && r.kits == count => {}
-            Ok(r) => {
+    let ok = match order_jointly(state, order).await {
+        Ok(answers) => {
+            let unexpected = answers
+                .iter()
+                .find(|(_, r)| r.status != "stored" || r.kits != count);
+            if let Some((index, r)) = unexpected {
                 tracing::warn!(custodian = index, "preprocessing: unexpected answer {r:?}");
-                ok = false;
             }
-            Err(e) => {
-                tracing::warn!(custodian = index, "preprocessing batch failed: {e}");
-                ok = false;
-            }
+            unexpected.is_none() && answers.len() == state.custodians.all.len()
         }
-    }
+        Err((index, e)) => {
+            tracing::warn!(custodian = index, "preprocessing batch failed: {e}");
+            false
+        }
+    };
     if !ok {
         abort_everywhere(state, &session).await;
     }

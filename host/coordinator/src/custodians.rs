@@ -8,23 +8,26 @@ use std::time::Duration;
 
 use quorumvm_package::{PublicKey, SecretKey};
 use quorumvm_sealing::CustodianSecretKey;
+use quorumvm_server::http::HttpClient;
+use quorumvm_server::{Bug, Env};
 use quorumvm_wire::api::{
     CustodianHealth, ErrorBody, OrderResponse, SessionRequest, SessionResponse,
 };
 use quorumvm_wire::config::{Cluster, Member};
-use quorumvm_wire::now_ms;
 use quorumvm_wire::order::{Order, SignedOrder, TicketKey};
 
 /// How often every custodian is checked.
 pub const HEALTH_INTERVAL: Duration = Duration::from_millis(250);
 const HEALTH_TIMEOUT: Duration = Duration::from_millis(500);
-/// Loopback peers answer a connect at once; a dead one refuses at once. Anything slower is a
-/// custodian in trouble.
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// A session waits for its slowest peer (the custodians' round timeout is 2 s).
 const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
-/// A preprocessing batch of thousands of kits takes a few hundred ms; allow for a slow disk.
+/// An activation or a check of shares: a package compiled, a few rounds; allow for a slow disk.
 const PREPROCESS_TIMEOUT: Duration = Duration::from_secs(120);
+/// A preprocessing batch of thousands of kits takes a few hundred ms: its timeout is this much,
+/// plus [`PREPROCESS_PER_KIT`] per kit, for a slow disk. Not a fixed two minutes: a custodian
+/// whose answer is lost would hold the kit pool that long (found by the simulation).
+const PREPROCESS_BASE: Duration = Duration::from_secs(5);
+const PREPROCESS_PER_KIT: Duration = Duration::from_millis(5);
 
 pub struct Custodian {
     pub member: Member,
@@ -85,7 +88,9 @@ impl std::fmt::Display for CallError {
 pub struct Custodians {
     pub cluster: Cluster,
     pub all: Vec<Custodian>,
-    client: reqwest::Client,
+    client: HttpClient,
+    /// The clock orders are signed on, and whether a planted bug is on.
+    env: Env,
     key: SecretKey,
     /// Whether a first round of health checks has finished since this process started: until
     /// then, no live custodian means "not known yet", not "down".
@@ -94,15 +99,11 @@ pub struct Custodians {
 
 impl Custodians {
     pub fn new(
+        env: &Env,
         cluster: Cluster,
         key: SecretKey,
         exchange: &CustodianSecretKey,
-    ) -> anyhow::Result<Custodians> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .pool_max_idle_per_host(64)
-            .tcp_nodelay(true)
-            .build()?;
+    ) -> Custodians {
         let all = cluster
             .members()
             .iter()
@@ -113,13 +114,14 @@ impl Custodians {
                 serving: Mutex::new(HashSet::new()),
             })
             .collect();
-        Ok(Custodians {
+        Custodians {
             cluster,
             all,
-            client,
+            client: env.http(),
+            env: env.clone(),
             key,
             checked: tokio::sync::watch::Sender::new(false),
-        })
+        }
     }
 
     /// Records that every custodian has been checked once.
@@ -141,6 +143,9 @@ impl Custodians {
 
     /// Checks one custodian; on success records it live with the versions it serves.
     pub async fn check_health(&self, c: &Custodian) -> Option<CustodianHealth> {
+        if self.env.planted(Bug::DeadStaysDead) && !c.is_live() && *self.checked.borrow() {
+            return None;
+        }
         let result = self
             .client
             .get(format!("{}/v1/health", c.member.url))
@@ -148,7 +153,7 @@ impl Custodians {
             .send()
             .await;
         let health = match result {
-            Ok(r) if r.status().is_success() => r.json::<CustodianHealth>().await.ok(),
+            Ok(r) if r.status.is_success() => r.json::<CustodianHealth>().ok(),
             _ => None,
         };
         match &health {
@@ -174,14 +179,15 @@ impl Custodians {
     }
 
     pub fn sign(&self, order: Order) -> SignedOrder {
-        SignedOrder::sign(order, now_ms(), &self.key)
+        SignedOrder::sign(order, self.env.now_ms(), &self.key)
     }
 
     pub async fn order(&self, c: &Custodian, order: Order) -> Result<OrderResponse, CallError> {
         let timeout = match order {
-            Order::Preprocess { .. } | Order::Activate { .. } | Order::CheckShares { .. } => {
-                PREPROCESS_TIMEOUT
+            Order::Preprocess { count, .. } => {
+                PREPROCESS_BASE + PREPROCESS_PER_KIT * count.min(u32::MAX as u64) as u32
             }
+            Order::Activate { .. } | Order::CheckShares { .. } => PREPROCESS_TIMEOUT,
             _ => HEALTH_TIMEOUT,
         };
         let signed = self.sign(order);
@@ -211,11 +217,7 @@ impl Custodians {
             .send()
             .await
             .map_err(|e| CallError::Unreachable(e.to_string()))?;
-        let status = response.status();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| CallError::Unreachable(e.to_string()))?;
+        let (status, bytes) = (response.status, response.body);
         if status.is_success() {
             serde_json::from_slice(&bytes).map_err(|e| CallError::Refused {
                 status: 502,
@@ -252,11 +254,11 @@ mod tests {
             .collect();
         let cluster = Cluster::new(2, &entries).unwrap();
         Custodians::new(
+            &Env::system(),
             cluster,
             SecretKey::generate(),
             &CustodianSecretKey::generate(),
         )
-        .unwrap()
     }
 
     /// Right after a start no custodian is known to be live: a request waits for the first

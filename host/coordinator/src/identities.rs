@@ -16,6 +16,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use quorumvm_ledger::Ledger;
 use quorumvm_package::PublicKey;
 use quorumvm_policy::{KeyHash, PolicyError};
+use quorumvm_server::Env;
 use quorumvm_wire::api::IdentityInfo;
 use quorumvm_wire::order::ApprovalSignature;
 
@@ -139,14 +140,17 @@ pub struct Identities {
     known: RwLock<HashMap<[u8; 32], String>>,
     callers: RwLock<HashMap<String, Arc<Caller>>>,
     reader: Arc<Mutex<Ledger>>,
+    /// Where the blocking reads run.
+    env: Env,
 }
 
 impl Identities {
-    pub fn new(reader: Arc<Mutex<Ledger>>) -> Identities {
+    pub fn new(env: &Env, reader: Arc<Mutex<Ledger>>) -> Identities {
         Identities {
             known: RwLock::new(HashMap::new()),
             callers: RwLock::new(HashMap::new()),
             reader,
+            env: env.clone(),
         }
     }
 
@@ -174,12 +178,17 @@ impl Identities {
         // Unknown here: perhaps added since. `authenticate` compares every stored hash in
         // constant time.
         let reader = Arc::clone(&self.reader);
-        let name = tokio::task::spawn_blocking(move || {
-            quorumvm_policy::authenticate(reader.lock().expect("reader lock").connection(), &token)
-        })
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(policy_refusal)?;
+        let name = self
+            .env
+            .blocking(move || {
+                quorumvm_policy::authenticate(
+                    reader.lock().expect("reader lock").connection(),
+                    &token,
+                )
+            })
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(policy_refusal)?;
         self.known
             .write()
             .expect("identities lock")
@@ -193,11 +202,13 @@ impl Identities {
             return Ok(Arc::clone(c));
         }
         let reader = Arc::clone(&self.reader);
-        let stored = tokio::task::spawn_blocking(move || {
-            store::load_identities(reader.lock().expect("reader lock").connection())
-        })
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))??;
+        let stored = self
+            .env
+            .blocking(move || {
+                store::load_identities(reader.lock().expect("reader lock").connection())
+            })
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))??;
         let mut callers = self.callers.write().expect("callers lock");
         for s in stored {
             if !callers.contains_key(&s.name) {

@@ -14,7 +14,6 @@ use quorumvm_sealing::SealedShare;
 use quorumvm_server::Body;
 use quorumvm_wire::api::{InstallRequest, VersionState, decode_bytes};
 use quorumvm_wire::deal::Deal;
-use quorumvm_wire::now_ms;
 
 use crate::error::ApiError;
 use crate::packages::{info, known};
@@ -51,14 +50,16 @@ pub async fn install(
         .map_err(|e| ApiError::bad_request("bad_signature", e.to_string()))?;
     let package_id = id.to_string();
     let sandbox = state.sandbox.clone();
-    let (bytes, manifest) = tokio::task::spawn_blocking(move || {
-        sandbox
-            .read_package(&bytes, quorumvm_sandbox::package_limits())
-            .map(|(manifest, _circuit)| (bytes, manifest))
-    })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))?
-    .map_err(|e| ApiError::bad_request("bad_package", e.to_string()))?;
+    let (bytes, manifest) = state
+        .env
+        .blocking(move || {
+            sandbox
+                .read_package(&bytes, quorumvm_sandbox::package_limits())
+                .map(|(manifest, _circuit)| (bytes, manifest))
+        })
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::bad_request("bad_package", e.to_string()))?;
     check_shares(&state, &id, &manifest, &request.shares)?;
     check_deal(&state, &id, publisher, &manifest, &request)?;
 
@@ -67,6 +68,7 @@ pub async fn install(
         (package_id.clone(), publisher_hex.clone(), manifest.clone());
     let (shares, deal) = (request.shares, request.deal);
     let job_deal = deal.clone();
+    let now = state.env.now_ms();
     let outcome = state
         .writer
         .run(move |tx| {
@@ -79,7 +81,7 @@ pub async fn install(
                     manifest: &job_manifest,
                     shares: &shares,
                     deal: &job_deal,
-                    now_ms: now_ms(),
+                    now_ms: now,
                 },
             )
         })

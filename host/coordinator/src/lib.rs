@@ -28,8 +28,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use axum::serve::Listener;
 use quorumvm_package::{PublicKey, SecretKey};
-use quorumvm_server::keys;
+use quorumvm_server::{Env, keys};
 use quorumvm_wire::config::CoordinatorConfig;
 
 pub(crate) use crate::state::State;
@@ -87,9 +88,18 @@ pub async fn serve(
     config: CoordinatorConfig,
     listener: tokio::net::TcpListener,
 ) -> anyhow::Result<()> {
-    let state = State::start(&config)?;
+    run(Env::system(), config, quorumvm_server::no_delay(listener)).await
+}
+
+/// Runs the coordinator in `env` (a real process's, or a simulation's) on `listener`, until
+/// this future is dropped (which stops it as a crash would: only what it committed remains).
+pub async fn run<L>(env: Env, config: CoordinatorConfig, listener: L) -> anyhow::Result<()>
+where
+    L: Listener<Addr = std::net::SocketAddr>,
+{
+    let state = State::start(env, &config)?;
     background::start(Arc::clone(&state));
     tracing::info!(addr = %listener.local_addr()?, "coordinator listening");
-    axum::serve(quorumvm_server::no_delay(listener), routes::router(state)).await?;
+    axum::serve(listener, routes::router(state)).await?;
     Ok(())
 }

@@ -9,7 +9,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use quorumvm_package::PackageId;
 use quorumvm_wire::api::{DealtShares, FETCH_AUTH_HEADER, VersionInfo};
-use quorumvm_wire::now_ms;
 use quorumvm_wire::signed::Signed;
 
 use crate::error::ApiError;
@@ -50,12 +49,14 @@ pub async fn show(
 pub async fn wasm(AxumState(state): Shared, Path(id): Path<String>) -> Result<Response, ApiError> {
     known(&state, &id)?;
     let reader = Arc::clone(&state.reader);
-    let bytes = tokio::task::spawn_blocking(move || {
-        store::package_bytes(reader.lock().expect("reader lock").connection(), &id)
-    })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))??
-    .ok_or_else(|| ApiError::internal("a registered package has no bytes"))?;
+    let bytes = state
+        .env
+        .blocking(move || {
+            store::package_bytes(reader.lock().expect("reader lock").connection(), &id)
+        })
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??
+        .ok_or_else(|| ApiError::internal("a registered package has no bytes"))?;
     Ok(([(header::CONTENT_TYPE, "application/wasm")], bytes).into_response())
 }
 
@@ -81,7 +82,7 @@ pub async fn shares(
     let authentic = headers
         .get(FETCH_AUTH_HEADER)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|tag| c.tickets.check_fetch_tag(&path, tag, now_ms()));
+        .is_some_and(|tag| c.tickets.check_fetch_tag(&path, tag, state.env.now_ms()));
     if !authentic {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -90,15 +91,17 @@ pub async fn shares(
         ));
     }
     let reader = Arc::clone(&state.reader);
-    let shares = tokio::task::spawn_blocking(move || {
-        store::sealed_shares(
-            reader.lock().expect("reader lock").connection(),
-            &id,
-            custodian,
-        )
-    })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))??;
+    let shares = state
+        .env
+        .blocking(move || {
+            store::sealed_shares(
+                reader.lock().expect("reader lock").connection(),
+                &id,
+                custodian,
+            )
+        })
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
     // Ciphertexts only: the coordinator cannot open them, and neither can anyone but
     // custodian `custodian`.
     Ok(Json(DealtShares {

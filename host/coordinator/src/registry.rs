@@ -82,11 +82,15 @@ pub struct KitPool {
 }
 
 impl KitPool {
+    /// The pool after a restart. New batches start at the watermark too: kits below it are
+    /// never handed out, so generating them would only fill the custodians' disks (found by the
+    /// simulation, whose small batches made a restarted coordinator generate hundreds of
+    /// batches before it had one kit to hand out).
     pub fn resume(reserved: u64, next_batch: u64, batches: &[(u64, u64)]) -> KitPool {
         KitPool {
             next: reserved,
             reserved,
-            next_batch,
+            next_batch: next_batch.max(reserved),
             ranges: batches.iter().map(|&(s, c)| (s, s + c)).collect(),
             generating: false,
         }
@@ -97,6 +101,16 @@ impl KitPool {
             .iter()
             .map(|&(s, e)| e.saturating_sub(s.max(self.next)))
             .sum()
+    }
+
+    /// The kit id [`KitPool::take`] would hand out next, if any. Batches are only ever
+    /// appended, so the next take returns this id.
+    pub fn peek(&self) -> Option<u64> {
+        self.ranges
+            .iter()
+            .map(|&(s, e)| (s.max(self.next), e))
+            .find(|(kit, end)| kit < end)
+            .map(|(kit, _)| kit)
     }
 
     /// The next kit id, and the new reservation watermark to persist first if it moved.
@@ -295,5 +309,24 @@ mod tests {
         let mut pool = KitPool::resume(RESERVE_STEP, 0, &[(0, 5000)]);
         assert_eq!(pool.available(), 5000 - RESERVE_STEP);
         assert_eq!(pool.take(), Some((RESERVE_STEP, Some(2 * RESERVE_STEP))));
+    }
+
+    #[test]
+    fn a_restart_generates_no_kit_below_the_reservation() {
+        let pool = KitPool::resume(RESERVE_STEP, 24, &[(0, 24)]);
+        assert_eq!(pool.next_batch, RESERVE_STEP);
+        assert_eq!(pool.peek(), None);
+        let pool = KitPool::resume(RESERVE_STEP, RESERVE_STEP + 100, &[]);
+        assert_eq!(pool.next_batch, RESERVE_STEP + 100);
+    }
+
+    #[test]
+    fn peek_names_the_kit_take_hands_out() {
+        let mut pool = KitPool::resume(0, 0, &[(0, 2), (10, 1)]);
+        for _ in 0..3 {
+            let next = pool.peek();
+            assert_eq!(pool.take().map(|(kit, _)| kit), next);
+        }
+        assert_eq!(pool.peek(), None);
     }
 }

@@ -9,7 +9,7 @@ use quorumvm_ledger::{Ledger, Writer};
 use quorumvm_package::{PublicKey, SecretKey};
 use quorumvm_sandbox::Sandbox;
 use quorumvm_sealing::CustodianSecretKey;
-use quorumvm_server::keys;
+use quorumvm_server::{Env, keys};
 use quorumvm_wire::config::{CoordinatorConfig, PoolConfig};
 
 use crate::custodians::Custodians;
@@ -24,6 +24,8 @@ const DB_FILE: &str = "coordinator.db";
 
 /// Everything a request handler shares.
 pub(crate) struct State {
+    /// The clock, connections and blocking work this coordinator is given.
+    pub env: Env,
     pub custodians: Custodians,
     pub registry: Registry,
     pub identities: Identities,
@@ -39,7 +41,7 @@ pub(crate) struct State {
 impl State {
     /// Loads (or creates) the keys, opens the ledger, abandons the preprocessing batches the
     /// last stop interrupted, and loads the versions and identities.
-    pub fn start(config: &CoordinatorConfig) -> anyhow::Result<Arc<State>> {
+    pub fn start(env: Env, config: &CoordinatorConfig) -> anyhow::Result<Arc<State>> {
         let (key, exchange) = load_or_create_keys(&config.data_dir)?;
         let cluster = config.cluster()?;
         let mut ledger = open_ledger(&config.data_dir)?;
@@ -57,18 +59,19 @@ impl State {
         );
         let stored_identities = store::load_identities(reader.connection())?;
         let reader = Arc::new(Mutex::new(reader));
-        let identities = Identities::new(Arc::clone(&reader));
+        let identities = Identities::new(&env, Arc::clone(&reader));
         identities.load(stored_identities)?;
         Ok(Arc::new(State {
-            custodians: Custodians::new(cluster, key, &exchange)?,
+            custodians: Custodians::new(&env, cluster, key, &exchange),
             registry,
             identities,
-            writer: Writer::spawn(ledger, "coordinator-ledger"),
+            writer: env.writer(ledger, "coordinator-ledger"),
             reader,
             sandbox: Sandbox::new().map_err(|e| anyhow::anyhow!("{e:#}"))?,
             publishers: config.publisher_keys()?,
             pool: config.pool,
             metrics: Metrics::default(),
+            env,
         }))
     }
 }

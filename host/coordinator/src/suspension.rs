@@ -12,7 +12,6 @@ use axum::extract::State as AxumState;
 use axum::http::StatusCode;
 use quorumvm_server::Body;
 use quorumvm_wire::api::SuspensionState;
-use quorumvm_wire::now_ms;
 use quorumvm_wire::signed::Signed;
 use quorumvm_wire::suspension::{Authority, Suspension, SuspensionError};
 
@@ -27,7 +26,7 @@ pub async fn suspend(
         &signed,
         &state.custodians.public_key(),
         Authority::Coordinator,
-        now_ms(),
+        state.env.now_ms(),
     )
     .map_err(refused)?;
     let caller = state.identities.caller(&statement.identity).await?;
@@ -37,9 +36,10 @@ pub async fn suspend(
         statement.time_ms,
     );
     let text = serde_json::to_string(&signed).expect("statements serialize");
+    let now = state.env.now_ms();
     let applied = state
         .writer
-        .run(move |tx| store::apply_suspension(tx, &name, suspended, time_ms, &text, now_ms()))
+        .run(move |tx| store::apply_suspension(tx, &name, suspended, time_ms, &text, now))
         .await?;
     if let Err(last) = applied {
         return Err(ApiError::conflict(

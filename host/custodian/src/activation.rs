@@ -30,11 +30,11 @@ use quorumvm_core::field::Fp;
 use quorumvm_package::{Domain, PackageId, PublicKey, claimed_signer, package_id};
 use quorumvm_sandbox::{Sandbox, SandboxError, package_limits};
 use quorumvm_sealing::{CustodianSecretKey, SealedShare, ShareBinding, open_share};
+use quorumvm_server::http::HttpError;
 use quorumvm_wire::api::{DealtShares, FETCH_AUTH_HEADER, OrderResponse};
 use quorumvm_wire::approval::{self, ApprovalError, Subject};
 use quorumvm_wire::config::Cluster;
 use quorumvm_wire::deal::{Deal, DealError};
-use quorumvm_wire::now_ms;
 use quorumvm_wire::order::ApprovalSignature;
 use quorumvm_wire::signed::Signed;
 use zeroize::Zeroizing;
@@ -256,14 +256,14 @@ pub(crate) async fn activate(
     }
 
     let checking = Arc::clone(c);
-    let (checked, package, sealed, approvals, deal) = tokio::task::spawn_blocking(move || {
-        let checked = checking
-            .checker()
-            .check(&id, &package, &approvals, &deal, &sealed);
-        (checked, package, sealed, approvals, deal)
-    })
-    .await
-    .map_err(|e| ApiError::task_failed("checking the version", e))?;
+    let (checked, package, sealed, approvals, deal) = c
+        .off_thread("checking the version", move || {
+            let checked = checking
+                .checker()
+                .check(&id, &package, &approvals, &deal, &sealed);
+            (checked, package, sealed, approvals, deal)
+        })
+        .await?;
     let checked = checked?;
     let deal_digest = deal.digest();
     let same_name = c.versions.named(&checked.manifest.name);
@@ -295,7 +295,7 @@ pub(crate) async fn activate(
         approvals,
         deal,
         sealed,
-        now_ms: now_ms(),
+        now_ms: c.env.now_ms(),
     };
     c.writer
         .run(move |tx| store::insert_version(tx, &record))
@@ -366,31 +366,24 @@ async fn fetch(c: &Custodian, path: &str, limit: usize) -> Result<Vec<u8>, ApiEr
         ApiError::new(StatusCode::BAD_GATEWAY, "coordinator_unavailable", message)
     };
     let url = format!("{}{path}", c.coordinator_url);
-    let mut response = c
+    let response = c
         .http
         .get(&url)
-        .header(FETCH_AUTH_HEADER, c.tickets.fetch_tag(path, now_ms()))
+        .header(FETCH_AUTH_HEADER, c.tickets.fetch_tag(path, c.env.now_ms()))
         .timeout(FETCH_TIMEOUT)
+        .limit(limit)
         .send()
         .await
-        .map_err(|e| unavailable(format!("GET {url}: {e}")))?;
-    if !response.status().is_success() {
-        return Err(unavailable(format!("GET {url}: {}", response.status())));
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| unavailable(format!("GET {url}: {e}")))?
-    {
-        if body.len() + chunk.len() > limit {
-            return Err(ApiError::new(
+        .map_err(|e| match e {
+            HttpError::TooLarge(_) => ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 "too_large",
                 format!("GET {url}: more than {limit} bytes"),
-            ));
-        }
-        body.extend_from_slice(&chunk);
+            ),
+            e => unavailable(format!("GET {url}: {e}")),
+        })?;
+    if !response.status.is_success() {
+        return Err(unavailable(format!("GET {url}: {}", response.status)));
     }
-    Ok(body)
+    Ok(response.body.to_vec())
 }

@@ -43,6 +43,8 @@ mod versions;
 
 use std::sync::Arc;
 
+use axum::serve::Listener;
+use quorumvm_server::Env;
 use quorumvm_wire::config::CustodianConfig;
 
 pub use keys::{CustodianPublicKeys, init_keys};
@@ -58,7 +60,15 @@ pub async fn serve(
     config: CustodianConfig,
     listener: tokio::net::TcpListener,
 ) -> anyhow::Result<()> {
-    let custodian = Arc::new(state::Custodian::start(config).await?);
+    run(Env::system(), config, quorumvm_server::no_delay(listener)).await
+}
+
+/// [`serve`] in `env` (a real process's, or a simulation's), on `listener`.
+pub async fn run<L>(env: Env, config: CustodianConfig, listener: L) -> anyhow::Result<()>
+where
+    L: Listener<Addr = std::net::SocketAddr>,
+{
+    let custodian = Arc::new(state::Custodian::start(env, config).await?);
     let address = listener.local_addr()?;
     tracing::info!(
         index = custodian.me,
@@ -70,13 +80,10 @@ pub async fn serve(
     // listener closes and idle keep-alive connections (peers pool them) are closed too, so a
     // stopped custodian stops answering instead of lingering on connections already open.
     let (_running, stopped) = tokio::sync::oneshot::channel::<()>();
-    axum::serve(
-        quorumvm_server::no_delay(listener),
-        routes::router(custodian),
-    )
-    .with_graceful_shutdown(async move {
-        let _ = stopped.await;
-    })
-    .await?;
+    axum::serve(listener, routes::router(custodian))
+        .with_graceful_shutdown(async move {
+            let _ = stopped.await;
+        })
+        .await?;
     Ok(())
 }

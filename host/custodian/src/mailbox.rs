@@ -16,9 +16,11 @@
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::watch;
+// tokio's clock, not std's: a simulation advances it, so expiry follows simulated time.
+use tokio::time::Instant;
 
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
@@ -271,7 +273,7 @@ impl Inbox<'_> {
         senders: &[u32],
         timeout: Duration,
     ) -> Result<Vec<(u32, Vec<u8>)>, WaitError> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = Instant::now() + timeout;
         // Subscribed before the first look, so that no delivery between a look and the wait
         // that follows it goes unnoticed.
         let mut woken = match self.mailbox.lock().slots.get(&self.session) {

@@ -18,6 +18,7 @@ use chacha20poly1305::aead::AeadInOut;
 use chacha20poly1305::{ChaCha20Poly1305, Key, KeyInit, Nonce, Tag};
 use hkdf::Hkdf;
 use quorumvm_sealing::CustodianSecretKey;
+use quorumvm_server::http::HttpClient;
 use quorumvm_wire::api::ErrorBody;
 use quorumvm_wire::config::Cluster;
 use quorumvm_wire::peer::{Frame, FrameResult, PeerKeys, SENDER_HEADER, encode_frames};
@@ -88,7 +89,7 @@ pub(crate) struct Peers {
     /// The pairwise key with each peer, from which each sealed message's own key is derived.
     pairwise: BTreeMap<u32, Zeroizing<[u8; 32]>>,
     urls: BTreeMap<u32, String>,
-    http: reqwest::Client,
+    http: HttpClient,
     /// Each peer's queue, drained by a task of its own (started on first use).
     queues: Mutex<BTreeMap<u32, mpsc::UnboundedSender<Queued>>>,
 }
@@ -101,12 +102,7 @@ struct Queued {
 }
 
 impl Peers {
-    pub fn new(
-        me: u32,
-        secret: &CustodianSecretKey,
-        cluster: &Cluster,
-        http: reqwest::Client,
-    ) -> Peers {
+    pub fn new(me: u32, secret: &CustodianSecretKey, cluster: &Cluster, http: HttpClient) -> Peers {
         let others = || cluster.members().iter().filter(move |m| m.index != me);
         Peers {
             me,
@@ -265,21 +261,9 @@ fn message_key(
     key
 }
 
-/// A connection error with its causes, which reqwest keeps in its source chain.
-fn describe(err: &reqwest::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 /// Sends what queues for `peer`: whatever waits when a request slot frees goes in one request.
 async fn drain(
-    http: reqwest::Client,
+    http: HttpClient,
     url: String,
     me: u32,
     peer: u32,
@@ -308,7 +292,7 @@ async fn drain(
     }
 }
 
-async fn post_batch(http: &reqwest::Client, url: &str, me: u32, peer: u32, batch: Vec<Queued>) {
+async fn post_batch(http: &HttpClient, url: &str, me: u32, peer: u32, batch: Vec<Queued>) {
     let timeout = batch.iter().map(|q| q.timeout).max().unwrap_or_default();
     let mut frames = Vec::with_capacity(batch.len());
     let mut waiting = Vec::with_capacity(batch.len());
@@ -327,11 +311,11 @@ async fn post_batch(http: &reqwest::Client, url: &str, me: u32, peer: u32, batch
             .await
             .map_err(|e| SendError::Unreachable {
                 peer,
-                reason: describe(&e),
+                reason: e.to_string(),
             })?;
-        let status = response.status();
+        let status = response.status;
         if !status.is_success() {
-            let (code, message) = match response.json::<ErrorBody>().await {
+            let (code, message) = match response.json::<ErrorBody>() {
                 Ok(body) => (body.error.code, body.error.message),
                 Err(_) => ("unknown".to_string(), "no error body".to_string()),
             };
@@ -343,11 +327,10 @@ async fn post_batch(http: &reqwest::Client, url: &str, me: u32, peer: u32, batch
                 message,
             });
         }
-        let results: Vec<FrameResult> =
-            response.json().await.map_err(|e| SendError::Unreachable {
-                peer,
-                reason: format!("unreadable answer: {e}"),
-            })?;
+        let results: Vec<FrameResult> = response.json().map_err(|e| SendError::Unreachable {
+            peer,
+            reason: format!("unreadable answer: {e}"),
+        })?;
         if results.len() != layers.len() {
             return Err(SendError::Unreachable {
                 peer,
@@ -384,6 +367,7 @@ async fn post_batch(http: &reqwest::Client, url: &str, me: u32, peer: u32, batch
 mod tests {
     use super::*;
     use quorumvm_package::SecretKey;
+    use quorumvm_server::Env;
     use quorumvm_wire::config::CustodianEntry;
 
     fn peers() -> Vec<Peers> {
@@ -403,7 +387,7 @@ mod tests {
         secrets
             .iter()
             .zip(1..)
-            .map(|(s, me)| Peers::new(me, s, &cluster, reqwest::Client::new()))
+            .map(|(s, me)| Peers::new(me, s, &cluster, Env::system().http()))
             .collect()
     }
 

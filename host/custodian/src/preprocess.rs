@@ -17,7 +17,6 @@ use axum::http::StatusCode;
 use quorumvm_core::preprocess::{Generation, KitShape, PreprocessError};
 use quorumvm_wire::api::OrderResponse;
 use quorumvm_wire::elements;
-use quorumvm_wire::now_ms;
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::ApiError;
@@ -25,7 +24,7 @@ use crate::layers::{open_layer, seal_layer};
 use crate::metrics::Metrics;
 use crate::peers::{SEAL_OVERHEAD, valid_session_id};
 use crate::routes::ROUND_BODY_LIMIT;
-use crate::state::{Custodian, off_thread};
+use crate::state::Custodian;
 use crate::store;
 use quorumvm_wire::code::ErrorCode;
 
@@ -78,12 +77,14 @@ pub(crate) async fn preprocess(
     // Layer 1: deal a and b.
     let custodian = Arc::clone(c);
     let id = session.clone();
-    let (generation, messages) = off_thread("dealing", move || {
-        let (generation, out) = Generation::begin(shape, kits, me, n, k, &mut rand::thread_rng())
-            .map_err(|e| ApiError::bad_request("bad_batch", e.to_string()))?;
-        Ok::<_, ApiError>((generation, seal_layer(&custodian.peers, &id, 1, &out)?))
-    })
-    .await??;
+    let (generation, messages) = c
+        .off_thread("dealing", move || {
+            let (generation, out) =
+                Generation::begin(shape, kits, me, n, k, &mut rand::thread_rng())
+                    .map_err(|e| ApiError::bad_request("bad_batch", e.to_string()))?;
+            Ok::<_, ApiError>((generation, seal_layer(&custodian.peers, &id, 1, &out)?))
+        })
+        .await??;
     let received = c
         .exchange(&inbox, &session, 1, messages, &peers, timeout)
         .await?;
@@ -91,14 +92,15 @@ pub(crate) async fn preprocess(
     // Layer 2: reshare the local products.
     let custodian = Arc::clone(c);
     let id = session.clone();
-    let (reduction, messages) = off_thread("resharing", move || {
-        let received = open_layer(&custodian.peers, &id, 1, received)?;
-        let (reduction, out) = generation
-            .reshare(received, &mut rand::thread_rng())
-            .map_err(peer_error)?;
-        Ok::<_, ApiError>((reduction, seal_layer(&custodian.peers, &id, 2, &out)?))
-    })
-    .await??;
+    let (reduction, messages) = c
+        .off_thread("resharing", move || {
+            let received = open_layer(&custodian.peers, &id, 1, received)?;
+            let (reduction, out) = generation
+                .reshare(received, &mut rand::thread_rng())
+                .map_err(peer_error)?;
+            Ok::<_, ApiError>((reduction, seal_layer(&custodian.peers, &id, 2, &out)?))
+        })
+        .await??;
     let received = c
         .exchange(&inbox, &session, 2, messages, &peers, timeout)
         .await?;
@@ -106,21 +108,22 @@ pub(crate) async fn preprocess(
     // Reduce into c, and store.
     let custodian = Arc::clone(c);
     let id = session.clone();
-    let material = off_thread("reducing", move || {
-        let received = open_layer(&custodian.peers, &id, 2, received)?;
-        let kits = reduction.finish(received).map_err(peer_error)?;
-        Ok::<_, ApiError>(
-            kits.into_iter()
-                .map(|mut kit| {
-                    let bytes = Zeroizing::new(elements::to_bytes(&kit));
-                    kit.zeroize();
-                    bytes
-                })
-                .collect::<Vec<_>>(),
-        )
-    })
-    .await??;
-    let (package, id, now) = (version.id_hex.clone(), session.clone(), now_ms());
+    let material = c
+        .off_thread("reducing", move || {
+            let received = open_layer(&custodian.peers, &id, 2, received)?;
+            let kits = reduction.finish(received).map_err(peer_error)?;
+            Ok::<_, ApiError>(
+                kits.into_iter()
+                    .map(|mut kit| {
+                        let bytes = Zeroizing::new(elements::to_bytes(&kit));
+                        kit.zeroize();
+                        bytes
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .await??;
+    let (package, id, now) = (version.id_hex.clone(), session.clone(), c.env.now_ms());
     c.writer
         .run(move |tx| store::insert_kits(tx, &id, &package, first_kit, &material, now))
         .await?;

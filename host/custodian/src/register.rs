@@ -13,7 +13,6 @@ use quorumvm_package::PublicKey;
 use quorumvm_wire::api::OrderResponse;
 use quorumvm_wire::approval::{self, ApprovalError, Subject};
 use quorumvm_wire::config::Cluster;
-use quorumvm_wire::now_ms;
 use quorumvm_wire::order::ApprovalSignature;
 
 use crate::error::{self, ApiError};
@@ -89,8 +88,9 @@ pub(crate) async fn register(
         public_key: key.to_hex(),
         approvals,
     };
+    let now = c.env.now_ms();
     c.writer
-        .run(move |tx| store::insert_caller(tx, &caller, now_ms()))
+        .run(move |tx| store::insert_caller(tx, &caller, now))
         .await?;
     tracing::info!(identity = %name, "caller identity registered");
     c.callers.insert(name, key);

@@ -12,7 +12,6 @@ use quorumvm_package::PackageId;
 use quorumvm_wire::api::OrderResponse;
 use quorumvm_wire::approval::{self, ApprovalError, Subject};
 use quorumvm_wire::config::Cluster;
-use quorumvm_wire::now_ms;
 use quorumvm_wire::order::ApprovalSignature;
 
 use crate::error::{self, ApiError};
@@ -45,9 +44,10 @@ pub(crate) async fn retire(
         subject: id.to_string(),
         approvals,
     };
+    let now = c.env.now_ms();
     let added = c
         .writer
-        .run(move |tx| store::insert_decision(tx, Decision::Retirement, &decision, now_ms()))
+        .run(move |tx| store::insert_decision(tx, Decision::Retirement, &decision, now))
         .await?;
     if added {
         c.versions.retire_for_good(id);

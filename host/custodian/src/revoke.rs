@@ -11,7 +11,6 @@ use std::sync::Arc;
 use quorumvm_wire::api::OrderResponse;
 use quorumvm_wire::approval::{self, ApprovalError, Subject};
 use quorumvm_wire::config::Cluster;
-use quorumvm_wire::now_ms;
 use quorumvm_wire::order::ApprovalSignature;
 
 use crate::error::{self, ApiError};
@@ -47,8 +46,9 @@ pub(crate) async fn revoke(
         subject: name.clone(),
         approvals,
     };
+    let now = c.env.now_ms();
     c.writer
-        .run(move |tx| store::insert_decision(tx, Decision::Revocation, &decision, now_ms()))
+        .run(move |tx| store::insert_decision(tx, Decision::Revocation, &decision, now))
         .await?;
     tracing::info!(identity = %name, "caller identity revoked");
     c.callers.revoke(name);

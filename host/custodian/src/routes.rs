@@ -18,7 +18,6 @@ use quorumvm_server::{body_error, json};
 use quorumvm_wire::api::{
     CustodianHealth, OrderResponse, SessionRequest, SessionResponse, SuspensionState, VersionKits,
 };
-use quorumvm_wire::now_ms;
 use quorumvm_wire::order::{Order, SignedOrder};
 use quorumvm_wire::peer::{Frame, FrameRefusal, FrameResult, SENDER_HEADER, decode_frames};
 use quorumvm_wire::request::claimed_identity;
@@ -94,7 +93,7 @@ async fn orders(
 ) -> Result<Json<OrderResponse>, ApiError> {
     let signed: SignedOrder = json(body)?;
     match signed
-        .open(&c.coordinator_key, now_ms())
+        .open(&c.coordinator_key, c.env.now_ms())
         .map_err(error::bad_order)?
     {
         Order::Activate {

@@ -32,9 +32,9 @@ use quorumvm_sandbox::{PluginError, PluginSession};
 use quorumvm_sealing::{
     CustodianPublicKey, InputsBinding, OutputsBinding, open_inputs, seal_outputs,
 };
+use quorumvm_server::Bug;
 use quorumvm_wire::api::{OutputShares, SessionRequest, SessionResponse};
 use quorumvm_wire::elements::{self, from_bytes, to_bytes, to_hex};
-use quorumvm_wire::now_ms;
 use quorumvm_wire::order::Ticket;
 use quorumvm_wire::request::{self, CallerRequest, Terms, claimed_identity};
 use quorumvm_wire::signed::Signed;
@@ -43,7 +43,7 @@ use zeroize::Zeroizing;
 use crate::error::{self, ApiError};
 use crate::mailbox::Inbox;
 use crate::metrics::Metrics;
-use crate::state::{Custodian, INLINE_GATES, compute};
+use crate::state::{Custodian, INLINE_GATES};
 use crate::store::{self, Admission, Admitted, MAX_ATTEMPTS};
 use crate::versions::Version;
 use quorumvm_wire::code::ErrorCode;
@@ -54,7 +54,7 @@ pub(crate) async fn evaluate(
 ) -> Result<SessionResponse, ApiError> {
     let ticket = c
         .tickets
-        .open(&request, now_ms())
+        .open(&request, c.env.now_ms())
         .map_err(error::bad_order)?;
     let version = c.versions.serving(&ticket.package_id)?;
     check_quorum(c, &ticket.quorum)?;
@@ -95,9 +95,21 @@ pub(crate) async fn evaluate(
         kit: ticket.kit,
         attempt: ticket.attempt,
         policy: version.manifest.policy.clone(),
-        now_ms: now_ms(),
+        now_ms: c.env.now_ms(),
     };
-    let kit = match c.writer.run(move |tx| store::admit(tx, &admission)).await? {
+    let admitted = if c.env.planted(Bug::AnswerBeforeCommit) {
+        answer_before_commit(c, admission).await?
+    } else if c.env.planted(Bug::ChargeEveryAttempt) && admission.attempt > 0 {
+        c.writer
+            .run(move |tx| {
+                charge(tx, &admission)?;
+                store::admit(tx, &admission)
+            })
+            .await?
+    } else {
+        c.writer.run(move |tx| store::admit(tx, &admission)).await?
+    };
+    let kit = match admitted {
         Admitted::Kit(material) => material,
         Admitted::Refused(refusal) => return Err(refused(&caller, &version, refusal)),
         Admitted::Replayed { last_attempt } => {
@@ -175,7 +187,7 @@ fn check_request(
             ),
         )
     })?;
-    let request = request::open(signed, &key, now_ms()).map_err(ApiError::from)?;
+    let request = request::open(signed, &key, c.env.now_ms()).map_err(ApiError::from)?;
     if request.package_id != version.id_hex || request.program != version.manifest.name {
         return Err(ApiError::of(
             ErrorCode::BadTerms,
@@ -330,14 +342,15 @@ async fn run(
     };
     let plugin = c.plugin.current();
     let inline = version.circuit.gates.len() <= INLINE_GATES;
-    let (mut session, mut step) = compute(inline, "the plugin", move || {
-        let mut session = plugin.session()?;
-        // `setup` (shares, inputs, triples) is wiped when this closure drops it.
-        let step = session.begin(&setup)?;
-        Ok::<_, PluginError>((session, step))
-    })
-    .await?
-    .map_err(|e| plugin_error(e, Call::Begin))?;
+    let (mut session, mut step) = c
+        .compute(inline, "the plugin", move || {
+            let mut session = plugin.session()?;
+            // `setup` (shares, inputs, triples) is wiped when this closure drops it.
+            let step = session.begin(&setup)?;
+            Ok::<_, PluginError>((session, step))
+        })
+        .await?
+        .map_err(|e| plugin_error(e, Call::Begin))?;
 
     let peers = c.others(&ticket.quorum);
     let mut layer = 0u32;
@@ -387,15 +400,16 @@ async fn run(
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        (session, step) = compute(inline, "the plugin", move || {
-            let step = session.advance(&received);
-            (session, step)
-        })
-        .await
-        .and_then(|(session, step): (PluginSession, _)| {
-            step.map(|s| (session, s))
-                .map_err(|e| plugin_error(e, Call::Advance))
-        })?;
+        (session, step) = c
+            .compute(inline, "the plugin", move || {
+                let step = session.advance(&received);
+                (session, step)
+            })
+            .await
+            .and_then(|(session, step): (PluginSession, _)| {
+                step.map(|s| (session, s))
+                    .map_err(|e| plugin_error(e, Call::Advance))
+            })?;
     }
 }
 
@@ -416,4 +430,40 @@ fn plugin_error(err: PluginError, call: Call) -> ApiError {
             format!("the evaluator plugin ({call:?}): {other}"),
         ),
     }
+}
+
+/// [`Bug::AnswerBeforeCommit`]: the kit read at once, the admission (the kit taken, the charge)
+/// committed a while later, after the answer.
+async fn answer_before_commit(
+    c: &Arc<Custodian>,
+    admission: Admission,
+) -> Result<Admitted, ApiError> {
+    let (package_id, kit) = (admission.package_id.clone(), admission.kit);
+    let material = c
+        .writer
+        .run(move |tx| store::peek_kit(tx, &package_id, kit))
+        .await?;
+    let writer = c.writer.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let _ = writer.run(move |tx| store::admit(tx, &admission)).await;
+    });
+    Ok(Admitted::Kit(material))
+}
+
+/// [`Bug::ChargeEveryAttempt`]: a later attempt charged again, as a first one is.
+fn charge(
+    tx: &quorumvm_ledger::rusqlite::Transaction<'_>,
+    a: &Admission,
+) -> Result<(), store::StoreError> {
+    let request = quorumvm_policy::EvalRequest {
+        identity: &a.identity,
+        program: &a.program,
+        request_id: &a.request_id,
+        context: &serde_json::json!({ "attempt": a.attempt }),
+        policy: &a.policy,
+        now_ms: a.now_ms,
+    };
+    let _ = quorumvm_policy::admit_in(tx, &request).map_err(store::policy_failure)?;
+    Ok(())
 }

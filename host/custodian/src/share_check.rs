@@ -22,7 +22,6 @@ use std::sync::Arc;
 use axum::http::StatusCode;
 use quorumvm_core::share_check::{Masking, Setup, ShareCheckError, Verdict, challenge};
 use quorumvm_wire::api::OrderResponse;
-use quorumvm_wire::now_ms;
 use zeroize::Zeroizing;
 
 use crate::activation::{ACTIVE, retired, status};
@@ -117,7 +116,7 @@ pub(crate) async fn check_shares(
         version.id_hex.clone(),
         session.clone(),
         culprits.map(<[u32]>::to_vec),
-        now_ms(),
+        c.env.now_ms(),
     );
     let superseded = c
         .writer

@@ -7,6 +7,8 @@ use quorumvm_ledger::{Ledger, Writer};
 use quorumvm_package::PublicKey;
 use quorumvm_sandbox::{EngineKind, EvaluatorPlugin, Limits, PluginSlot, Sandbox, SandboxConfig};
 use quorumvm_sealing::CustodianSecretKey;
+use quorumvm_server::Env;
+use quorumvm_server::http::HttpClient;
 use quorumvm_wire::config::{Cluster, CustodianConfig, Engine};
 use quorumvm_wire::order::TicketKey;
 use tokio::sync::{Mutex, Semaphore};
@@ -34,11 +36,6 @@ const SANDBOX_INSTANCES: u32 = 128;
 /// Sessions that may hold a plugin instance at once: the slots, less a few kept for reading
 /// packages at activation, so a burst of sessions cannot block an activation.
 const SESSION_SLOTS: usize = 120;
-/// Peers are on a local network: a connect that takes longer means the peer is down.
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
-/// Every request has a timeout: by default the round timeout plus this margin, unless it sets
-/// its own (preprocessing layers and activation fetches may take longer).
-const REQUEST_MARGIN: Duration = Duration::from_secs(1);
 
 pub(crate) struct Custodian {
     /// This custodian's index (Shamir x-coordinate).
@@ -54,7 +51,9 @@ pub(crate) struct Custodian {
     pub sealing_key: CustodianSecretKey,
     pub peers: Peers,
     /// For the coordinator (activation fetches); [`Peers`] holds a clone (one pool).
-    pub http: reqwest::Client,
+    pub http: HttpClient,
+    /// The clock, connections and blocking work this custodian is given.
+    pub env: Env,
     pub writer: Writer,
     pub sandbox: Sandbox,
     pub plugin: PluginSlot,
@@ -73,13 +72,14 @@ impl Custodian {
     /// Checks the configuration and keys, opens the ledger and the sandbox, and loads every
     /// active version. All of it blocks (fsyncs, compiling components), so it runs on a
     /// blocking thread.
-    pub async fn start(config: CustodianConfig) -> anyhow::Result<Custodian> {
-        tokio::task::spawn_blocking(move || Custodian::start_blocking(config))
+    pub async fn start(env: Env, config: CustodianConfig) -> anyhow::Result<Custodian> {
+        env.clone()
+            .blocking(move || Custodian::start_blocking(env, config))
             .await
             .context("starting the custodian")?
     }
 
-    fn start_blocking(config: CustodianConfig) -> anyhow::Result<Custodian> {
+    fn start_blocking(env: Env, config: CustodianConfig) -> anyhow::Result<Custodian> {
         let cluster = config.cluster()?;
         let me = config.index;
         let member = cluster
@@ -104,12 +104,7 @@ impl Custodian {
             bail!("round_timeout_ms must be positive");
         }
         let round_timeout = Duration::from_millis(config.round_timeout_ms);
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(round_timeout + REQUEST_MARGIN)
-            .tcp_nodelay(true)
-            .build()
-            .context("building the HTTP client")?;
+        let http = env.http();
 
         let db = data_dir.join("custodian.db");
         let mut ledger = Ledger::open(&db).with_context(|| format!("opening {}", db.display()))?;
@@ -209,7 +204,8 @@ impl Custodian {
             peers: Peers::new(me, &keys.sealing, &cluster, http.clone()),
             sealing_key: keys.sealing,
             http,
-            writer: Writer::spawn(ledger, &format!("custodian-{me}-ledger")),
+            writer: env.writer(ledger, &format!("custodian-{me}-ledger")),
+            env,
             plugin: PluginSlot::new(plugin),
             sandbox,
             session_slots: Semaphore::new(SESSION_SLOTS),
@@ -256,36 +252,37 @@ impl Custodian {
 /// Circuits up to this many gates run their plugin calls on the async worker itself: such a
 /// call takes tens of microseconds, less than handing it to a blocking thread and back (two
 /// thread wake-ups per call, measured as the larger cost under load). Larger circuits go to
-/// [`off_thread`].
+/// [`Custodian::off_thread`].
 pub(crate) const INLINE_GATES: usize = 1024;
 
-/// Runs `work` here when `inline`, else on the blocking pool (see [`off_thread`]).
-pub(crate) async fn compute<T: Send + 'static>(
-    inline: bool,
-    what: &str,
-    work: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, ApiError> {
-    if inline {
-        Ok(work())
-    } else {
-        off_thread(what, work).await
+impl Custodian {
+    /// Runs `work` here when `inline`, else off the async workers (see
+    /// [`Custodian::off_thread`]).
+    pub(crate) async fn compute<T: Send + 'static>(
+        &self,
+        inline: bool,
+        what: &str,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        if inline {
+            Ok(work())
+        } else {
+            self.off_thread(what, work).await
+        }
     }
-}
 
-/// Runs CPU-bound work (a plugin call, a preprocessing step) on tokio's blocking pool.
-///
-/// `spawn_blocking` rather than `block_in_place`: a large circuit's layer or a batch of kits
-/// takes milliseconds to seconds, during which an async worker must keep answering round
-/// messages and health checks (the peers' sessions wait on them), and `block_in_place` would
-/// also tie the server to a multi-threaded runtime. The work and its state (a plugin session
-/// is `Send`) move to the blocking thread and come back with the result.
-pub(crate) async fn off_thread<T: Send + 'static>(
-    what: &str,
-    work: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| ApiError::task_failed(what, e))
+    /// Runs CPU-bound work (a plugin call, a preprocessing step) off the async workers
+    /// ([`Env::blocking`]), which must keep answering round messages and health checks.
+    pub(crate) async fn off_thread<T: Send + 'static>(
+        &self,
+        what: &str,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        self.env
+            .blocking(work)
+            .await
+            .map_err(|e| ApiError::task_failed(what, e))
+    }
 }
 
 fn engine_kind(engine: Engine) -> EngineKind {

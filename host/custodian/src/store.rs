@@ -791,6 +791,23 @@ pub(crate) fn admit(tx: &Transaction<'_>, a: &Admission) -> Result<Admitted, Sto
     Ok(Admitted::Kit(material))
 }
 
+/// A kit's material, left in place: only [`quorumvm_server::Bug::AnswerBeforeCommit`] reads a
+/// kit without taking it.
+pub(crate) fn peek_kit(
+    tx: &Transaction<'_>,
+    package_id: &str,
+    kit: u64,
+) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+    tx.prepare_cached("SELECT material FROM kits WHERE package_id = ?1 AND kit = ?2")?
+        .query_row(params![package_id, kit], |row| row.get(0))
+        .optional()?
+        .map(Zeroizing::new)
+        .ok_or_else(|| StoreError::KitUnavailable {
+            package_id: package_id.to_string(),
+            kit,
+        })
+}
+
 /// Refuses a replayed attempt, with its `eval.replayed` entry (committed; nothing else is).
 fn replayed(
     tx: &Transaction<'_>,
@@ -805,7 +822,7 @@ fn replayed(
 }
 
 /// The policy crate's storage failures are this module's; its refusals never reach here.
-fn policy_failure(err: PolicyError) -> StoreError {
+pub(crate) fn policy_failure(err: PolicyError) -> StoreError {
     match err {
         PolicyError::Ledger(e) => StoreError::Ledger(e),
         other => StoreError::Corrupt(format!("the version's policy is unusable: {other}")),

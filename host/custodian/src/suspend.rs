@@ -15,7 +15,6 @@ use std::sync::Arc;
 
 use axum::http::StatusCode;
 use quorumvm_wire::api::SuspensionState;
-use quorumvm_wire::now_ms;
 use quorumvm_wire::signed::Signed;
 use quorumvm_wire::suspension::{Authority, Suspension, SuspensionError};
 
@@ -45,7 +44,7 @@ pub(crate) async fn suspend(
         .member(c.me)
         .expect("a configured member")
         .signing_key;
-    let statement = Suspension::open(&signed, &operator, here, now_ms()).map_err(refused)?;
+    let statement = Suspension::open(&signed, &operator, here, c.env.now_ms()).map_err(refused)?;
     quorumvm_policy::check_name(&statement.identity)
         .map_err(|e| ApiError::bad_request("bad_identity", e.to_string()))?;
     let record = NewSuspension {
@@ -53,7 +52,7 @@ pub(crate) async fn suspend(
         suspended: statement.suspended,
         time_ms: statement.time_ms,
         statement: serde_json::to_string(&signed).expect("statements serialize"),
-        now_ms: now_ms(),
+        now_ms: c.env.now_ms(),
     };
     if let Err(last) = c
         .writer

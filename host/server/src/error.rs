@@ -62,7 +62,7 @@ impl ApiError {
     }
 
     /// A task that panicked or was cancelled: a bug, reported without its payload.
-    pub fn task_failed(what: &str, err: tokio::task::JoinError) -> ApiError {
+    pub fn task_failed(what: &str, err: impl std::fmt::Display) -> ApiError {
         ApiError::internal(format!("{what} did not complete: {err}"))
     }
 

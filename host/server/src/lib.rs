@@ -1,18 +1,23 @@
 //! What QuorumVM's two servers (the coordinator and the custodian) would otherwise each write
-//! for themselves: the JSON error every route answers with ([`ApiError`]), the JSON body
-//! extractor that answers its rejections the same way ([`Body`]), Prometheus text
-//! ([`metrics`]), the listener's socket options ([`no_delay`]) and key files ([`keys`]).
+//! for themselves: what they take from outside their own code ([`Env`]: clock, connections,
+//! blocking work, the ledger's writer), their HTTP client ([`http`]), the JSON error every route
+//! answers with ([`ApiError`]), the JSON body extractor that answers its rejections the same
+//! way ([`Body`]), Prometheus text ([`metrics`]), the listener's socket options ([`no_delay`])
+//! and key files ([`keys`]).
 //!
 //! What each server means by its errors (which code a refusal gets) stays in that server.
 
 mod body;
+pub mod env;
 mod error;
+pub mod http;
 pub mod keys;
 pub mod metrics;
 
 use axum::serve::{Listener, ListenerExt as _};
 
 pub use body::{Body, body_error, json};
+pub use env::{Bug, Env};
 pub use error::ApiError;
 
 /// `listener`, with every accepted connection set to `TCP_NODELAY`: round messages and answers

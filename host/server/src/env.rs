@@ -1,0 +1,139 @@
+//! What a server takes from the world outside its own code: the wall clock, the connections it
+//! opens, where its blocking work runs and how its ledger commits.
+//!
+//! A real process uses [`Env::system`]. The deterministic simulation (`tests/simulation`) runs
+//! coordinator and custodians as hosts of one process on one thread, with simulated time and
+//! sockets; it gives each server an [`Env::simulated`], under which nothing runs on another
+//! thread: blocking work and ledger commits run inline, where the simulation's scheduler sees
+//! them, so that one seed replays one schedule.
+
+use std::sync::Arc;
+
+use quorumvm_ledger::{Ledger, Writer};
+
+use crate::http::{Dial, HttpClient, Tcp};
+
+/// Milliseconds since the Unix epoch, the clock every signed expiry is measured on.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// A bug the simulation plants on purpose, to show that one of its invariants catches it. Only
+/// a build with the `planted-bugs` feature can plant one ([`Env::plant`]); everywhere else
+/// [`Env::planted`] is `false`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bug {
+    /// The coordinator does not persist how far it handed out kit ids, so a restarted
+    /// coordinator hands the same ids out again.
+    KitsNotReserved,
+    /// A custodian answers a session before its admission (the kit taken, the charge) has
+    /// committed: a crash in between loses the charge of an answered evaluation.
+    AnswerBeforeCommit,
+    /// The coordinator's retry keeps the output shares of the failed attempt, so shares of two
+    /// different sharings may be combined.
+    RetryKeepsAnswers,
+    /// The coordinator charges a request without checking its budget.
+    BudgetUnchecked,
+    /// The coordinator never checks a custodian again once it marked it dead.
+    DeadStaysDead,
+    /// A custodian charges every attempt of a request, not only the first (the double charge
+    /// of a retried request that custodians had before they kept a record of requests).
+    ChargeEveryAttempt,
+}
+
+/// See the module's documentation.
+#[derive(Clone)]
+pub struct Env {
+    clock: Clock,
+    dial: Arc<dyn Dial>,
+    /// Blocking work and ledger commits run in the calling task (the simulation) rather than
+    /// on other threads.
+    inline: bool,
+    #[cfg(feature = "planted-bugs")]
+    planted: Option<Bug>,
+}
+
+impl Env {
+    /// A real process: the system clock, TCP, tokio's blocking pool, a writer thread.
+    pub fn system() -> Env {
+        Env {
+            clock: Arc::new(quorumvm_wire::now_ms),
+            dial: Arc::new(Tcp),
+            inline: false,
+            #[cfg(feature = "planted-bugs")]
+            planted: None,
+        }
+    }
+
+    /// A host of a simulation: `clock` and `dial` are the simulation's, and nothing runs on
+    /// another thread.
+    pub fn simulated(clock: Clock, dial: Arc<dyn Dial>) -> Env {
+        Env {
+            clock,
+            dial,
+            inline: true,
+            #[cfg(feature = "planted-bugs")]
+            planted: None,
+        }
+    }
+
+    /// This environment with `bug` planted.
+    #[cfg(feature = "planted-bugs")]
+    pub fn plant(mut self, bug: Bug) -> Env {
+        self.planted = Some(bug);
+        self
+    }
+
+    /// Whether `bug` is planted here (never, in a build without the `planted-bugs` feature).
+    pub fn planted(&self, bug: Bug) -> bool {
+        #[cfg(feature = "planted-bugs")]
+        {
+            self.planted == Some(bug)
+        }
+        #[cfg(not(feature = "planted-bugs"))]
+        {
+            let _ = bug;
+            false
+        }
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        (self.clock)()
+    }
+
+    /// A pooled HTTP client whose connections this environment opens.
+    pub fn http(&self) -> HttpClient {
+        HttpClient::new(Arc::clone(&self.dial))
+    }
+
+    /// Runs CPU-bound or blocking `work` (a plugin call, compiling a component, a blocking read)
+    /// off the async workers: on tokio's blocking pool, or inline in a simulation.
+    ///
+    /// `spawn_blocking` rather than `block_in_place`: a large circuit's layer or a batch of kits
+    /// takes milliseconds to seconds, during which an async worker must keep answering round
+    /// messages and health checks, and `block_in_place` would also tie the server to a
+    /// multi-threaded runtime.
+    pub async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, TaskFailed> {
+        if self.inline {
+            return Ok(work());
+        }
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| TaskFailed(e.to_string()))
+    }
+
+    /// The group-commit writer of `ledger`: a thread of its own, or inline in a simulation.
+    pub fn writer(&self, ledger: Ledger, name: &str) -> Writer {
+        if self.inline {
+            Writer::inline(ledger)
+        } else {
+            Writer::spawn(ledger, name)
+        }
+    }
+}
+
+/// Blocking work panicked or was cancelled.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TaskFailed(pub String);

@@ -1,0 +1,411 @@
+//! A local cluster of real `quorumvm` processes (a coordinator and three custodians, k = 2, on
+//! 127.0.0.1 with ports chosen by the OS, each with its own SQLite database) that a test starts,
+//! kills and restarts one by one, and drives through the CLI and the HTTP API as a user would.
+
+// Each test binary that includes this module uses a part of it.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use quorumvm_wire::api::{EvalResponse, VersionInfo};
+use quorumvm_wire::config::{CoordinatorConfig, CustodianConfig};
+use quorumvm_wire::request::{CallerRequest, Decimal};
+use quorumvm_wire::signed::Signed;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_quorumvm");
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+pub fn quorumvm(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("quorumvm runs")
+}
+
+pub fn ok(output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "quorumvm failed ({}):\n{}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("utf-8")
+}
+
+/// A local cluster whose four processes the test starts, kills and restarts one by one.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub coordinator_url: String,
+    children: Mutex<BTreeMap<String, Child>>,
+    pub http: reqwest::Client,
+}
+
+/// A kit pool small enough to fill in a moment, large enough for every test's load.
+pub fn small_pool(toml: &str) -> String {
+    toml.replace("low_water = 20000", "low_water = 1500")
+        .replace("batch = 2000", "batch = 1000")
+        .replace("target = 40000", "target = 3000")
+}
+
+impl Cluster {
+    /// Keys and configs (`quorumvm dev --init-only`), with `edit` applied to the coordinator's
+    /// config text.
+    pub fn init(edit: impl FnOnce(&Path, String) -> String) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path().to_str().expect("utf-8 path");
+        ok(quorumvm(&["dev", "--init-only", "--port", "0", "--dir", d]));
+        let path = dir.path().join("coordinator.toml");
+        let text = std::fs::read_to_string(&path).expect("coordinator config");
+        std::fs::write(&path, edit(dir.path(), small_pool(&text))).expect("write config");
+        let coordinator_url = format!(
+            "http://{}",
+            CoordinatorConfig::load(&path).expect("config").listen
+        );
+        Cluster {
+            dir,
+            coordinator_url,
+            children: Mutex::default(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn start() -> Cluster {
+        let c = Cluster::init(|_, t| t);
+        c.start_all();
+        c
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn custodian_config(&self, i: u32) -> CustodianConfig {
+        CustodianConfig::load(&self.path(&format!("custodian-{i}.toml"))).expect("config")
+    }
+
+    pub fn start_all(&self) {
+        self.start_server("coordinator");
+        for i in 1..=3 {
+            self.start_server(&format!("custodian-{i}"));
+        }
+    }
+
+    /// Starts `coordinator` or `custodian-i` and waits for its health check.
+    pub fn start_server(&self, name: &str) {
+        let role = if name == "coordinator" {
+            "coordinator"
+        } else {
+            "custodian"
+        };
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path(&format!("{name}.log")))
+            .expect("log");
+        let child = Command::new(BIN)
+            .args([role, "--config"])
+            .arg(self.path(&format!("{name}.toml")))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn server");
+        self.children
+            .lock()
+            .unwrap()
+            .insert(name.to_string(), child);
+        let url = if name == "coordinator" {
+            self.coordinator_url.clone()
+        } else {
+            let i: u32 = name
+                .trim_start_matches("custodian-")
+                .parse()
+                .expect("index");
+            format!("http://{}", self.custodian_config(i).listen)
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let up = std::net::TcpStream::connect_timeout(
+                &url.trim_start_matches("http://")
+                    .parse::<SocketAddr>()
+                    .expect("addr"),
+                Duration::from_millis(200),
+            )
+            .is_ok();
+            if up {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} did not start:\n{}",
+                self.log(name)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path(&format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// SIGKILL: no chance to flush or say goodbye.
+    pub fn kill(&self, name: &str) {
+        let mut child = self.children.lock().unwrap().remove(name).expect("running");
+        child.kill().expect("kill -9");
+        child.wait().expect("reaped");
+    }
+
+    /// A caller as a user makes one: `keygen` on the caller's machine, `identity add` with its
+    /// public key on the coordinator's, `identity approve` by the operators of custodians 1
+    /// and 2.
+    pub fn identity(&self, name: &str) -> Caller {
+        let prefix = self.path(name);
+        ok(quorumvm(&["keygen", "-o", prefix.to_str().unwrap()]));
+        let public = prefix.with_extension("pub");
+        let out = ok(quorumvm(&[
+            "identity",
+            "add",
+            name,
+            "--json",
+            "--pubkey",
+            public.to_str().unwrap(),
+            "--config",
+            self.path("coordinator.toml").to_str().unwrap(),
+        ]));
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        for i in [1, 2] {
+            ok(quorumvm(&[
+                "identity",
+                "approve",
+                name,
+                "--json",
+                "--config",
+                self.path(&format!("custodian-{i}.toml")).to_str().unwrap(),
+            ]));
+        }
+        let key = std::fs::read_to_string(prefix.with_extension("key")).expect("caller key");
+        Caller {
+            name: name.to_string(),
+            api_key: v["api_key"].as_str().expect("key").to_string(),
+            key: Arc::new(quorumvm_package::SecretKey::from_file_text(&key).expect("caller key")),
+        }
+    }
+
+    /// The package a request for `program` names: the id itself, or the name's current (else
+    /// highest) version; an unknown name gets an id no package has.
+    pub async fn target(&self, program: &str) -> (String, String) {
+        let versions: Vec<VersionInfo> = self
+            .http
+            .get(format!("{}/v1/packages", self.coordinator_url))
+            .send()
+            .await
+            .expect("the coordinator answers")
+            .json()
+            .await
+            .expect("versions");
+        let chosen = versions
+            .iter()
+            .find(|v| v.package_id == program)
+            .or_else(|| versions.iter().find(|v| v.name == program && v.current))
+            .or_else(|| {
+                versions
+                    .iter()
+                    .filter(|v| v.name == program)
+                    .max_by_key(|v| v.version)
+            });
+        match chosen {
+            Some(v) => (v.name.clone(), v.package_id.clone()),
+            None => (program.to_string(), "0".repeat(64)),
+        }
+    }
+
+    /// Compiles, signs (as the cluster's publisher) and installs `source`; returns its id.
+    pub fn publish(&self, name: &str, source: &str, secrets: &[&str]) -> VersionInfo {
+        let src = self.path(&format!("{name}.qvm"));
+        std::fs::write(&src, source).expect("source");
+        let wasm = self.path(&format!("{name}.wasm"));
+        let (s, w) = (src.to_str().unwrap(), wasm.to_str().unwrap());
+        ok(quorumvm(&["compile", s, "-o", w]));
+        ok(quorumvm(&[
+            "sign",
+            w,
+            "--key",
+            self.path("publisher.key").to_str().unwrap(),
+        ]));
+        let pin = self.path("custodian-1.toml");
+        let key = self.path("publisher.key");
+        let mut args = vec![
+            "install",
+            w,
+            "--key",
+            key.to_str().unwrap(),
+            "--json",
+            "--coordinator",
+            &self.coordinator_url,
+            "--cluster-config",
+            pin.to_str().unwrap(),
+        ];
+        for s in secrets {
+            args.extend(["--secret", s]);
+        }
+        serde_json::from_str(&ok(quorumvm(&args))).expect("version info")
+    }
+
+    pub fn approve(&self, package: &str, custodian: u32) -> Output {
+        let config = self.path(&format!("custodian-{custodian}.toml"));
+        quorumvm(&[
+            "approve",
+            package,
+            "--json",
+            "--config",
+            config.to_str().unwrap(),
+        ])
+    }
+
+    /// A fresh request for `program`, signed by `caller`, sent with its API key.
+    pub async fn eval(
+        &self,
+        caller: &Caller,
+        program: &str,
+        inputs: &[(&str, String)],
+    ) -> (u16, serde_json::Value) {
+        let (program, package_id) = self.target(program).await;
+        let request = caller.sign(&program, &package_id, inputs);
+        self.send(&caller.api_key, &request).await
+    }
+
+    pub async fn send(&self, api_key: &str, request: &Signed) -> (u16, serde_json::Value) {
+        let r = self
+            .http
+            .post(format!("{}/v1/eval", self.coordinator_url))
+            .bearer_auth(api_key)
+            .json(request)
+            .send()
+            .await
+            .expect("the coordinator answers");
+        let status = r.status().as_u16();
+        (status, r.json().await.expect("a JSON body"))
+    }
+
+    /// Evaluates, waiting while the first kits are generated.
+    pub async fn eval_ready(
+        &self,
+        key: &Caller,
+        program: &str,
+        inputs: &[(&str, String)],
+    ) -> EvalResponse {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (status, body) = self.eval(key, program, inputs).await;
+            if status == 200 {
+                return serde_json::from_value(body).expect("an eval response");
+            }
+            assert!(
+                status == 503 && Instant::now() < deadline,
+                "eval failed: {status} {body}\n{}",
+                self.log("coordinator")
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Evaluates with the `quorumvm eval` client (which shares and seals private inputs to
+    /// the custodians' keys pinned from the coordinator's config), waiting while the first kits
+    /// are generated.
+    pub fn eval_cli(&self, caller: &Caller, program: &str, inputs: &[&str]) -> EvalResponse {
+        let key_file = self.path(&format!("{}.key", caller.name));
+        let config = self.path("coordinator.toml");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut args = vec![
+                "eval",
+                program,
+                "--json",
+                "--coordinator",
+                &self.coordinator_url,
+                "--key",
+                &caller.api_key,
+                "--identity",
+                &caller.name,
+                "--caller-key",
+                key_file.to_str().unwrap(),
+                "--cluster-config",
+                config.to_str().unwrap(),
+            ];
+            args.extend_from_slice(inputs);
+            let out = quorumvm(&args);
+            if out.status.success() {
+                return serde_json::from_slice(&out.stdout).expect("an eval response");
+            }
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                stderr.contains("no_preprocessing") && Instant::now() < deadline,
+                "eval failed: {stderr}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn audit_verifies(&self, db: &str) -> u64 {
+        let out = ok(quorumvm(&[
+            "audit",
+            "verify",
+            "--json",
+            self.path(db).to_str().unwrap(),
+        ]));
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        assert_eq!(v["ok"], true);
+        v["entries"].as_u64().expect("entries")
+    }
+}
+
+/// A caller's credentials: its API key and its ed25519 key.
+#[derive(Clone)]
+pub struct Caller {
+    pub name: String,
+    pub api_key: String,
+    pub key: Arc<quorumvm_package::SecretKey>,
+}
+
+impl Caller {
+    pub fn sign(&self, program: &str, package_id: &str, inputs: &[(&str, String)]) -> Signed {
+        let request = CallerRequest {
+            request_id: format!("{:032x}", rand::random::<u128>()),
+            identity: self.name.clone(),
+            program: program.to_string(),
+            package_id: package_id.to_string(),
+            inputs: inputs
+                .iter()
+                .map(|(k, v)| (k.to_string(), Decimal(v.clone())))
+                .collect::<BTreeMap<_, _>>(),
+            private: None,
+            time_ms: quorumvm_wire::now_ms(),
+        };
+        Signed::sign(&request, quorumvm_package::Domain::Request, &self.key)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in self.children.lock().unwrap().values_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}

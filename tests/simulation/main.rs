@@ -1,0 +1,207 @@
+//! The whole cluster in a deterministic simulation: the real coordinator and custodians as
+//! hosts of a turmoil simulation (simulated network, clock and crashes, one thread), driven by
+//! one seed per schedule, with the invariants of `invariants` checked after every run.
+//!
+//! - `cargo test -p quorumvm-cli --test simulation` runs the CI's seeds.
+//! - `QUORUMVM_SIM_SEEDS=100000 cargo test --release -p quorumvm-cli --test simulation soak --
+//!   --nocapture` soaks (the seeds start at `QUORUMVM_SIM_FIRST`, default 0) and prints a
+//!   summary of the faults explored.
+//! - A failing schedule prints its seed and the one command that replays it:
+//!   `QUORUMVM_SIM_FIRST=<seed> QUORUMVM_SIM_SEEDS=1 cargo test -p quorumvm-cli --test
+//!   simulation soak -- --nocapture`.
+//!
+//! What is deterministic: every host runs on the simulation's thread, on its clock, with
+//! blocking work and ledger commits inline (`quorumvm_server::Env::simulated`), and turmoil
+//! orders messages and host polls from the seed, so a seed replays the same schedule. What is
+//! not: random bytes (keys, nonces, masks) come from the OS, so values on the wire differ
+//! between runs, never what happens; tokio picks among ready `select!` branches at random
+//! (seeded only in builds with `--cfg tokio_unstable`); wasmtime's epoch thread bounds a plugin
+//! call in real time (a call takes microseconds, the bound is seconds).
+
+#[path = "../common/mod.rs"]
+mod common;
+mod invariants;
+mod net;
+mod schedule;
+mod world;
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use quorumvm_ledger::rusqlite;
+use quorumvm_server::Bug;
+
+use crate::invariants::{Invariant, Violation};
+use crate::schedule::{Fault, Plan};
+use crate::world::World;
+
+/// Schedules `cargo test` runs by default, in each of the two halves.
+const CI_SEEDS: u64 = 5_000;
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().map(|v| {
+        v.parse()
+            .unwrap_or_else(|_| panic!("{name} must be a number, not {v:?}"))
+    })
+}
+
+/// Runs one seed; its violations.
+fn run(seed: u64, bug: Option<Bug>) -> (Plan, Vec<Violation>) {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .try_init();
+    }
+    let plan = Plan::new(seed);
+    let world = World::new(&format!("{seed}-{bug:?}"));
+    let outcome = schedule::run(&plan, bug, &world);
+    let violations = invariants::check(&outcome, &world);
+    if std::env::var_os("QUORUMVM_SIM_VERBOSE").is_some() {
+        for s in &outcome.seen {
+            println!(
+                "{} {} x={} {:?} {}",
+                s.caller, s.request_id, s.x, s.status, s.body
+            );
+        }
+    }
+    (plan, violations)
+}
+
+fn report(seed: u64, plan: &Plan, violations: &[Violation]) -> String {
+    let list: Vec<String> = violations
+        .iter()
+        .map(|v| format!("  {:?}: {}", v.invariant, v.detail))
+        .collect();
+    format!(
+        "seed {seed} ({}) broke {} invariant(s):\n{}\nreplay: QUORUMVM_SIM_FIRST={seed} \
+         QUORUMVM_SIM_SEEDS=1 cargo test -p quorumvm-cli --test simulation soak -- --nocapture",
+        plan.describe(),
+        violations.len(),
+        list.join("\n")
+    )
+}
+
+/// Runs `seeds`, panicking at the first schedule that breaks an invariant; prints a summary.
+fn explore(seeds: impl Iterator<Item = u64>) {
+    let started = Instant::now();
+    let mut schedules = 0u64;
+    let mut faults: BTreeMap<&str, u64> = BTreeMap::new();
+    for seed in seeds {
+        let (plan, violations) = run(seed, None);
+        assert!(
+            violations.is_empty(),
+            "{}",
+            report(seed, &plan, &violations)
+        );
+        schedules += 1;
+        for (_, f) in &plan.faults {
+            let kind = match f {
+                Fault::Crash { host: 0, .. } => "coordinator crashes",
+                Fault::Crash { .. } => "custodian crashes",
+                Fault::Partition { .. } => "partitions",
+                Fault::Slow { .. } => "slow hosts",
+            };
+            *faults.entry(kind).or_default() += 1;
+        }
+        *faults.entry("requests").or_default() +=
+            plan.sends.values().map(|s| s.len() as u64).sum::<u64>();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "{schedules} schedules in {secs:.1} s ({:.0} per minute), no invariant broken; explored: {faults:?}",
+        schedules as f64 * 60.0 / secs.max(1e-9)
+    );
+}
+
+/// The CI's seeds, first half (two tests so that both cores run schedules).
+#[test]
+fn schedules_keep_every_invariant_first_half() {
+    explore(0..CI_SEEDS);
+}
+
+#[test]
+fn schedules_keep_every_invariant_second_half() {
+    explore(CI_SEEDS..2 * CI_SEEDS);
+}
+
+/// Soak and replay: `QUORUMVM_SIM_SEEDS` schedules from `QUORUMVM_SIM_FIRST` (by default the
+/// CI's first 20, so that it always runs some).
+#[test]
+fn soak() {
+    let first = env_u64("QUORUMVM_SIM_FIRST").unwrap_or(0);
+    let count = env_u64("QUORUMVM_SIM_SEEDS").unwrap_or(20);
+    explore(first..first + count);
+}
+
+/// Each invariant catches a bug planted on purpose within the CI's seeds, and the seed that
+/// found it replays it.
+fn planted(bug: Bug, invariant: Invariant) {
+    for seed in 0..2 * CI_SEEDS {
+        let (plan, violations) = run(seed, Some(bug));
+        if violations.iter().any(|v| v.invariant == invariant) {
+            println!("{bug:?} found by {}", report(seed, &plan, &violations));
+            let (_, again) = run(seed, Some(bug));
+            assert!(
+                again.iter().any(|v| v.invariant == invariant),
+                "seed {seed} did not replay {bug:?}: {again:?}"
+            );
+            return;
+        }
+    }
+    panic!("no schedule of the CI's seeds caught {bug:?} by {invariant:?}");
+}
+
+#[test]
+fn a_coordinator_that_forgets_its_kit_reservation_is_caught() {
+    planted(Bug::KitsNotReserved, Invariant::KitsOnce);
+}
+
+#[test]
+fn a_custodian_that_answers_before_its_commit_is_caught() {
+    planted(Bug::AnswerBeforeCommit, Invariant::ChargedOnce);
+}
+
+#[test]
+fn a_retry_that_mixes_attempts_is_caught() {
+    planted(Bug::RetryKeepsAnswers, Invariant::Answers);
+}
+
+#[test]
+fn a_retry_that_charges_twice_is_caught() {
+    planted(Bug::ChargeEveryAttempt, Invariant::ChargedOnce);
+}
+
+#[test]
+fn a_coordinator_that_skips_the_budget_is_caught() {
+    planted(Bug::BudgetUnchecked, Invariant::Budgets);
+}
+
+#[test]
+fn a_coordinator_that_gives_up_on_a_custodian_is_caught() {
+    planted(Bug::DeadStaysDead, Invariant::Liveness);
+}
+
+/// The servers cannot plant a broken chain: the ledger's log is append-only (triggers) and each
+/// entry links to the tip read in its own transaction. So the bug is planted below the ledger,
+/// as a disk or a tool editing the file would: one entry of a finished schedule rewritten.
+#[test]
+fn an_audit_entry_rewritten_below_the_ledger_is_caught() {
+    let plan = Plan::new(0);
+    let world = World::new("rewritten-audit");
+    let outcome = schedule::run(&plan, None, &world);
+    assert!(invariants::check(&outcome, &world).is_empty());
+    let db = rusqlite::Connection::open(world.db("coordinator")).expect("the database");
+    db.execute_batch(
+        "DROP TRIGGER audit_log_no_update;
+         UPDATE audit_log SET timestamp_ms = timestamp_ms + 1 WHERE seq = 1;",
+    )
+    .expect("rewrite an entry");
+    drop(db);
+    let violations = invariants::check(&outcome, &world);
+    assert!(
+        violations
+            .iter()
+            .any(|v| v.invariant == Invariant::AuditChains),
+        "{violations:?}"
+    );
+}
