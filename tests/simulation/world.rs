@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use quorumvm_ledger::rusqlite;
 use quorumvm_wire::config::{CoordinatorConfig, CustodianConfig, PoolConfig};
@@ -161,9 +162,11 @@ fn scratch() -> PathBuf {
 }
 
 impl World {
+    /// A fresh copy; `name` (with a number of its own, as tests run at once) names its directory.
     pub fn new(name: &str) -> World {
+        static WORLDS: AtomicU64 = AtomicU64::new(0);
         let t = template();
-        let dir = scratch().join(name);
+        let dir = scratch().join(format!("{name}-{}", WORLDS.fetch_add(1, Ordering::Relaxed)));
         let _ = std::fs::remove_dir_all(&dir);
         let mut coordinator = t.coordinator.clone();
         coordinator.data_dir = copy_data(&t.coordinator.data_dir, &dir.join("coordinator"));
