@@ -48,10 +48,9 @@ const POOL: PoolConfig = PoolConfig {
     target: 24,
 };
 
-/// A cluster with `PROGRAM` active, kits ready and three callers approved, stopped.
+/// A cluster with `PROGRAM` active, kits ready and three callers approved, stopped, in the
+/// scratch directory (so that the next run removes it).
 pub struct Template {
-    /// Keeps the directory (and the processes' cluster) for the life of the test binary.
-    _cluster: Cluster,
     pub coordinator: CoordinatorConfig,
     pub custodians: Vec<CustodianConfig>,
     pub callers: Vec<Caller>,
@@ -99,9 +98,9 @@ impl Template {
         for name in ["coordinator", "custodian-1", "custodian-2", "custodian-3"] {
             cluster.kill(name);
         }
-        let coordinator =
+        let mut coordinator =
             CoordinatorConfig::load(&cluster.path("coordinator.toml")).expect("config");
-        let custodians: Vec<CustodianConfig> =
+        let mut custodians: Vec<CustodianConfig> =
             (1..=3).map(|i| cluster.custodian_config(i)).collect();
         // Fold the write-ahead logs into the databases, so that a copy is two files.
         let dbs = std::iter::once(coordinator.data_dir.join("coordinator.db"))
@@ -111,8 +110,12 @@ impl Template {
             conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
                 .expect("checkpoint");
         }
+        let home = scratch().join("template");
+        coordinator.data_dir = copy_tree(&coordinator.data_dir, &home.join("coordinator"));
+        for c in &mut custodians {
+            c.data_dir = copy_tree(&c.data_dir, &home.join(format!("custodian-{}", c.index)));
+        }
         Template {
-            _cluster: cluster,
             coordinator,
             custodians,
             callers,
@@ -148,17 +151,31 @@ pub struct World {
     pub custodians: Vec<CustodianConfig>,
 }
 
-/// Where schedules keep their databases: memory when the machine has a tmpfs (a crash of a
-/// simulated host loses what a crashed process would, its page cache does not, so fsync buys
-/// nothing here), else cargo's scratch directory.
-fn scratch() -> PathBuf {
-    let shm = Path::new("/dev/shm");
-    let base = if shm.is_dir() {
-        shm.to_path_buf()
-    } else {
-        PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-    };
-    base.join(format!("quorumvm-sim-{}", std::process::id()))
+/// Where the template and the schedules keep their databases: memory when the machine has a
+/// tmpfs (a crash of a simulated host loses what a crashed process would, its page cache does
+/// not, so fsync buys nothing here), else cargo's scratch directory. One directory per test
+/// process; those of processes that have ended are removed on first use.
+fn scratch() -> &'static Path {
+    static SCRATCH: OnceLock<PathBuf> = OnceLock::new();
+    SCRATCH.get_or_init(|| {
+        let shm = Path::new("/dev/shm");
+        let base = if shm.is_dir() {
+            shm.to_path_buf()
+        } else {
+            PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        };
+        for entry in std::fs::read_dir(&base).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let ended = name
+                .strip_prefix("quorumvm-sim-")
+                .and_then(|pid| pid.parse::<u32>().ok())
+                .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+            if ended {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        base.join(format!("quorumvm-sim-{}", std::process::id()))
+    })
 }
 
 impl World {
@@ -207,6 +224,21 @@ impl Drop for World {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Copies a directory and everything in it to `to`.
+fn copy_tree(from: &Path, to: &Path) -> PathBuf {
+    std::fs::create_dir_all(to).expect("a directory");
+    for entry in std::fs::read_dir(from).expect("a directory to copy") {
+        let entry = entry.expect("an entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("a file type").is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy a file");
+        }
+    }
+    to.to_path_buf()
 }
 
 /// Copies a data directory (keys and database) to `to`, linking its compiled-component cache.
