@@ -239,12 +239,12 @@ fn refuses_shares(e: &CallError) -> bool {
     matches!(e, CallError::Refused { body, .. } if body.error.code == SHARES_REFUSED)
 }
 
-/// Sends `order` to every custodian at once; their answers by index. One that cannot be reached
-/// is marked dead.
-async fn order_everyone(
+/// Sends `order` to every custodian at once: a call per custodian, each answering with its
+/// index. One that cannot be reached is marked dead.
+fn send_to_everyone(
     state: &Arc<State>,
     order: Order,
-) -> Vec<(u32, Result<OrderResponse, CallError>)> {
+) -> JoinSet<(u32, Result<OrderResponse, CallError>)> {
     let mut calls = JoinSet::new();
     for i in 0..state.custodians.all.len() {
         let (state, order) = (Arc::clone(state), order.clone());
@@ -257,6 +257,15 @@ async fn order_everyone(
             (c.index(), result)
         });
     }
+    calls
+}
+
+/// Sends `order` to every custodian at once; their answers by index.
+async fn order_everyone(
+    state: &Arc<State>,
+    order: Order,
+) -> Vec<(u32, Result<OrderResponse, CallError>)> {
+    let mut calls = send_to_everyone(state, order);
     let mut answers = Vec::new();
     while let Some(joined) = calls.join_next().await {
         match joined {
@@ -276,18 +285,7 @@ async fn order_jointly(
     state: &Arc<State>,
     order: Order,
 ) -> Result<Vec<(u32, OrderResponse)>, (u32, CallError)> {
-    let mut calls = JoinSet::new();
-    for i in 0..state.custodians.all.len() {
-        let (state, order) = (Arc::clone(state), order.clone());
-        calls.spawn(async move {
-            let c = &state.custodians.all[i];
-            let result = state.custodians.order(c, order).await;
-            if let Err(CallError::Unreachable(_)) = &result {
-                c.mark_dead();
-            }
-            (c.index(), result)
-        });
-    }
+    let mut calls = send_to_everyone(state, order);
     let mut answers = Vec::new();
     while let Some(joined) = calls.join_next().await {
         match joined {
