@@ -651,10 +651,14 @@ fn the_coordinator_receives_no_secret_and_no_triple_material() {
             .unwrap();
         assert!(!kits.is_empty(), "custodian {i} holds kits");
         for kit in kits.iter().take(120) {
-            material.extend(
-                kit.chunks_exact(16)
-                    .map(|c| <[u8; 16]>::try_from(c).unwrap()),
-            );
+            // All but the last value, the share of the kit's MAC key: the receiver of the
+            // outputs (here the coordinator) gets it with the answer to check the outputs'
+            // MACs, once every share was sent; that key serves this one evaluation.
+            let values: Vec<[u8; 16]> = kit
+                .chunks_exact(16)
+                .map(|c| <[u8; 16]>::try_from(c).unwrap())
+                .collect();
+            material.extend(&values[..values.len() - 1]);
         }
         material.extend(secret_shares(&c, i, &model));
     }
@@ -685,15 +689,17 @@ fn the_coordinator_receives_no_secret_and_no_triple_material() {
         captured.len()
     );
     let text = String::from_utf8_lossy(&captured).to_lowercase();
-    // A control: the field elements the coordinator does receive, every custodian's output
-    // shares, are in the capture in the hex encoding searched for below, one per custodian
-    // per evaluation (41 evaluations on 3 custodians).
+    // A control: the field elements the coordinator does receive, every custodian's answer
+    // (its output share, the share's MAC, its key share, its check share, its digest), are in
+    // the capture in the hex encoding searched for below, one per custodian per evaluation
+    // (41 evaluations on 3 custodians).
     assert!(text.contains("/v1/eval"));
+    let answer = quorumvm_core::mac::answer_len(1);
     let output_shares = text
         .split("\"plain\":\"")
         .skip(1)
         .filter_map(|rest| rest.split('"').next())
-        .filter(|hex| quorumvm_wire::elements::from_hex(hex).is_ok_and(|v| v.len() == 1))
+        .filter(|hex| quorumvm_wire::elements::from_hex(hex).is_ok_and(|v| v.len() == answer))
         .count();
     assert!(
         output_shares >= 41 * 3,
@@ -922,5 +928,125 @@ fn custodians_die_and_everything_restarts_intact() {
             logged.contains(id),
             "request {id} returned 200 but is not in the audit log"
         );
+    }
+}
+
+/// The attacker holds one custodian of the 2-of-3 cluster (k − 1 = 1), which lies on purpose
+/// in every session ([`quorumvm_server::Lie`], taken from `QUORUMVM_LIE` by the test build):
+/// under 8 clients, no answer is wrong; every one is the right value or a JSON error. Where the
+/// checks prove the liar (its answers, or the quorums it sat in, fail their MACs while others
+/// pass), the coordinator names it in its audit, leaves it out, and serves again.
+#[test]
+fn a_lying_custodian_never_makes_an_answer_wrong() {
+    let rt = runtime();
+    for (lie, evaluations) in [
+        ("output-share", 1000),
+        ("opening", 1000),
+        ("triple-c", 200),
+        ("replay", 200),
+    ] {
+        let c = Arc::new(Cluster::init(|_, t| t));
+        c.start_server("coordinator");
+        c.start_server("custodian-1");
+        c.start_server("custodian-2");
+        c.start_server_with("custodian-3", &[("QUORUMVM_LIE", lie)]);
+        let key = c.identity("victim");
+        let model = install_model(&c);
+        // The first kits: every evaluation is refused with 503 until they are stored.
+        rt.block_on(async {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while c.eval(&key, &model, &model_inputs(0)).await.0 == 503 {
+                assert!(
+                    Instant::now() < deadline,
+                    "no kits:\n{}",
+                    c.log("coordinator")
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        let clients = 8;
+        let (served, refused, wrong) = rt.block_on(async {
+            let mut tasks = tokio::task::JoinSet::new();
+            for client in 0..clients {
+                let (c, key, model) = (Arc::clone(&c), key.clone(), model.clone());
+                tasks.spawn(async move {
+                    let (mut served, mut refused, mut wrong) = (0, 0, Vec::new());
+                    for i in 0..evaluations / clients {
+                        let inputs = model_inputs(client * 10_000 + i + 1);
+                        let (status, body) = c.eval(&key, &model, &inputs).await;
+                        let want = model_expected(&inputs);
+                        if status == 200 && body["outputs"]["y"] == want.as_str() {
+                            served += 1;
+                        } else if status != 200 && body["error"]["code"].is_string() {
+                            if refused == 0 && std::env::var("QUORUMVM_TEST_VERBOSE").is_ok() {
+                                eprintln!("{status} {body}");
+                            }
+                            refused += 1;
+                        } else {
+                            wrong.push(format!("{status} {body} (want {want})"));
+                        }
+                    }
+                    (served, refused, wrong)
+                });
+            }
+            let (mut served, mut refused, mut wrong) = (0, 0, Vec::new());
+            while let Some(r) = tasks.join_next().await {
+                let (s, r, w) = r.unwrap();
+                served += s;
+                refused += r;
+                wrong.extend(w);
+            }
+            (served, refused, wrong)
+        });
+        assert!(
+            wrong.is_empty(),
+            "{lie}: {} wrong answers:\n{}",
+            wrong.len(),
+            wrong.join("\n")
+        );
+        assert_eq!(served + refused, evaluations, "{lie}");
+        eprintln!("{lie}: {served} served, {refused} refused, 0 wrong");
+        // Every one of these lies is proven, in the quorums of k the coordinator then tries:
+        // the liar is named, left out, and the rest of the load is served by 1 and 2.
+        let named = c.audit_entries("coordinator/coordinator.db", "custodian.suspected");
+        assert_eq!(named.len(), 1, "{lie}: {named:?}");
+        assert_eq!(named[0]["custodian"], 3, "{lie}: {}", named[0]);
+        assert!(
+            served >= evaluations * 9 / 10,
+            "{lie}: only {served} of {evaluations} served once the liar was left out"
+        );
+        eprintln!("{lie}: {served} served, {refused} refused, 0 wrong; custodian 3 named");
+        c.audit_verifies("coordinator/coordinator.db");
+    }
+}
+
+/// A custodian that shifts what it reshares in preprocessing (the offset the semi-honest
+/// protocol could not see) makes every batch fail its check: no kit is stored, the coordinator
+/// audits each refused batch, and evaluations are refused (503, no kits), never answered.
+#[test]
+fn a_custodian_lying_in_preprocessing_spoils_no_kit() {
+    let c = Cluster::init(|_, t| t);
+    c.start_server("coordinator");
+    c.start_server("custodian-1");
+    c.start_server("custodian-2");
+    c.start_server_with("custodian-3", &[("QUORUMVM_LIE", "reshare")]);
+    let key = c.identity("victim");
+    let model = install_model(&c);
+    let refused = || c.audit_entries("coordinator/coordinator.db", "preprocess.refused");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while refused().is_empty() {
+        assert!(Instant::now() < deadline, "{}", c.log("coordinator"));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let report = refused()[0]["report"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(report.contains("the batch fails its check"), "{report}");
+    let rt = runtime();
+    for i in 0..20 {
+        let (status, body) = rt.block_on(c.eval(&key, &model, &model_inputs(i)));
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["error"]["code"], "no_preprocessing", "{body}");
     }
 }

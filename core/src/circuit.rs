@@ -407,6 +407,19 @@ impl Circuit {
             .unwrap_or(0)
     }
 
+    /// How many secrets the gates read: one more than the largest index of a `Secret` gate
+    /// (a kit carries a MAC of each; [`crate::mac`]).
+    pub fn secrets_read(&self) -> usize {
+        self.gates
+            .iter()
+            .filter_map(|g| match g {
+                Gate::Secret(j) => Some(*j as usize + 1),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
     /// How many gates need a triple and a degree reduction: the `Mul` and `Dot` gates with a
     /// product of two shared wires.
     pub fn multiplications(&self) -> usize {

@@ -3,6 +3,8 @@
 //! This crate knows nothing of I/O, clocks or randomness sources: callers hand in an RNG where
 //! one is needed. It builds for native hosts and for `wasm32` guests and the browser alike.
 
+#[cfg(test)]
+mod adversary;
 pub mod circuit;
 #[cfg(any(test, feature = "test-dealer"))]
 pub mod dealer;
@@ -10,6 +12,7 @@ pub mod decode;
 pub mod eval;
 pub mod field;
 pub mod fixed;
+pub mod mac;
 pub mod preprocess;
 pub mod rounds;
 pub mod session;

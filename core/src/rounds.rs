@@ -39,6 +39,16 @@ impl Outgoing {
         &self.messages
     }
 
+    /// Adds `delta` to the first value of every message: what a custodian that lies in its
+    /// dealing does (the security tests' deviating custodian; see `quorumvm_server::Lie`).
+    pub fn shift_first(&mut self, delta: Fp) {
+        for (_, values) in &mut self.messages {
+            if let Some(v) = values.first_mut() {
+                *v += delta;
+            }
+        }
+    }
+
     /// The values meant for custodian `x`; `None` for this custodian itself or a stranger.
     pub fn to(&self, x: u32) -> Option<&[Fp]> {
         self.messages

@@ -101,6 +101,12 @@ impl Cluster {
 
     /// Starts `coordinator` or `custodian-i` and waits for its health check.
     pub fn start_server(&self, name: &str) {
+        self.start_server_with(name, &[]);
+    }
+
+    /// [`Cluster::start_server`] with these environment variables (e.g. `QUORUMVM_LIE`, which
+    /// the test build's custodian reads to deviate on purpose).
+    pub fn start_server_with(&self, name: &str, vars: &[(&str, &str)]) {
         let role = if name == "coordinator" {
             "coordinator"
         } else {
@@ -114,6 +120,7 @@ impl Cluster {
         let child = Command::new(BIN)
             .args([role, "--config"])
             .arg(self.path(&format!("{name}.toml")))
+            .envs(vars.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -353,6 +360,24 @@ impl Cluster {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The details of the audit entries of `kind` in the database `db` (under the cluster's
+    /// directory), oldest first.
+    pub fn audit_entries(&self, db: &str, kind: &str) -> Vec<serde_json::Value> {
+        let ledger = quorumvm_ledger::Ledger::open(self.path(db)).expect("the database");
+        let details: Vec<String> = ledger
+            .connection()
+            .prepare("SELECT details FROM audit_log WHERE kind = ?1 ORDER BY seq")
+            .unwrap()
+            .query_map([kind], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        details
+            .iter()
+            .map(|d| serde_json::from_str(d).expect("JSON details"))
+            .collect()
     }
 
     pub fn audit_verifies(&self, db: &str) -> u64 {

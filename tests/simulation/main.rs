@@ -47,6 +47,12 @@ fn env_u64(name: &str) -> Option<u64> {
 
 /// Runs one seed; its violations.
 fn run(seed: u64, bug: Option<Bug>) -> (Plan, Vec<Violation>) {
+    let (plan, _, violations) = run_seen(seed, bug);
+    (plan, violations)
+}
+
+/// [`run`], with what the clients saw.
+fn run_seen(seed: u64, bug: Option<Bug>) -> (Plan, Vec<schedule::Seen>, Vec<Violation>) {
     if std::env::var_os("RUST_LOG").is_some() {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -64,7 +70,7 @@ fn run(seed: u64, bug: Option<Bug>) -> (Plan, Vec<Violation>) {
             );
         }
     }
-    (plan, violations)
+    (plan, outcome.seen, violations)
 }
 
 fn report(seed: u64, plan: &Plan, violations: &[Violation]) -> String {
@@ -161,9 +167,34 @@ fn a_custodian_that_answers_before_its_commit_is_caught() {
     planted(Bug::AnswerBeforeCommit, Invariant::ChargedOnce);
 }
 
+/// Before the MACs, a retry that kept the failed attempt's output shares combined shares of two
+/// sharings into a wrong value with 200 (the `Answers` invariant caught it at seed 63). The
+/// answers of two sessions now carry different keys and digests: over the same seeds, mixing
+/// them is refused (a 502 that names the failed check), never answered wrong.
 #[test]
-fn a_retry_that_mixes_attempts_is_caught() {
-    planted(Bug::RetryKeepsAnswers, Invariant::Answers);
+fn a_retry_that_mixes_attempts_is_refused_by_the_macs() {
+    let mut refused = 0;
+    for seed in 0..400 {
+        let (plan, seen, violations) = run_seen(seed, Some(Bug::RetryKeepsAnswers));
+        assert!(
+            !violations.iter().any(|v| v.invariant == Invariant::Answers),
+            "{}",
+            report(seed, &plan, &violations)
+        );
+        refused += seen
+            .iter()
+            .filter(|s| s.status == Some(502))
+            .filter(|s| {
+                let message = s.body["error"]["message"].as_str().unwrap_or("");
+                message.contains("MAC check") || message.contains("did not see the same values")
+            })
+            .count();
+    }
+    assert!(
+        refused > 0,
+        "the planted bug never mixed the answers of two attempts in these seeds"
+    );
+    println!("{refused} mixed answers refused");
 }
 
 #[test]

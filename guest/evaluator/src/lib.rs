@@ -6,7 +6,7 @@ use std::cell::RefCell;
 
 use quorumvm_core::circuit::{Circuit, Gate};
 use quorumvm_core::field::Fp;
-use quorumvm_core::session::{Session, Setup, Step, Triple};
+use quorumvm_core::session::{Kit, Session, Setup, Step};
 
 wit_bindgen::generate!({
     path: "../../wit/evaluator.wit",
@@ -67,8 +67,7 @@ impl wit::Guest for Plugin {
             return Err("this instance already runs a session".into());
         }
         let circuit = circuit(setup.circuit);
-        let triples =
-            Triple::unflatten(&circuit, &fps(setup.triples)?).map_err(|e| e.to_string())?;
+        let kit = Kit::unflatten(&circuit, &fps(setup.kit)?).map_err(|e| e.to_string())?;
         let setup = Setup {
             circuit,
             me: setup.me,
@@ -77,7 +76,7 @@ impl wit::Guest for Plugin {
             secrets: fps(setup.secrets)?,
             inputs: fps(setup.inputs)?,
             private_inputs: fps(setup.private_inputs)?,
-            triples,
+            kit,
         };
         let (session, first) = Session::begin(setup).map_err(|e| e.to_string())?;
         SESSION.set(Some(session));

@@ -6,7 +6,7 @@ use std::time::Duration;
 use quorumvm_core::circuit::Manifest;
 use quorumvm_core::eval::{decode_outputs, encode_inputs};
 use quorumvm_core::shamir::Threshold;
-use quorumvm_core::shares::{reconstruct_outputs, share_inputs};
+use quorumvm_core::shares::{self, share_inputs};
 use quorumvm_package::{Domain, PackageId, SecretKey};
 use quorumvm_sealing::{
     CustodianSecretKey, InputsBinding, OutputsBinding, open_outputs, seal_inputs,
@@ -173,7 +173,8 @@ impl Prepared {
             answers.push((index, values.to_vec()));
         }
         let outputs = target.manifest.outputs.len();
-        let reconstructed = reconstruct_outputs(&answers, reply.cluster.threshold(), outputs)
+        // Checked here by their MACs, as the coordinator checks outputs in the clear.
+        let reconstructed = shares::open_outputs(&answers, reply.cluster.threshold(), outputs)
             .map_err(|e| CallError::Local {
                 code: "inconsistent_shares",
                 message: e.to_string(),

@@ -1,6 +1,7 @@
 //! A custodian operator's and the coordinator's governance of callers and versions:
 //! suspending an identity at one party (`identity suspend`, `identity unsuspend`), approving
-//! its revocation (`identity revoke`) and approving a version's retirement (`retire`).
+//! its revocation (`identity revoke`), approving a version's retirement (`retire`), and
+//! clearing a custodian the coordinator holds suspect (`clear-suspect`).
 //!
 //! A suspension is signed with the key of the party it binds and posted straight to that
 //! party: an operator's to its own custodian (so the coordinator can neither withhold nor
@@ -11,8 +12,11 @@
 use std::path::Path;
 
 use quorumvm_package::{PackageId, SecretKey};
-use quorumvm_wire::api::{ApproveRequest, ErrorBody, IdentityInfo, SuspensionState, VersionInfo};
+use quorumvm_wire::api::{
+    ApproveRequest, ClearanceState, ErrorBody, IdentityInfo, SuspensionState, VersionInfo,
+};
 use quorumvm_wire::approval::Subject;
+use quorumvm_wire::clearance::Clearance;
 use quorumvm_wire::config::{CoordinatorConfig, CustodianConfig};
 use quorumvm_wire::now_ms;
 use quorumvm_wire::suspension::{Authority, Suspension};
@@ -84,6 +88,16 @@ pub async fn suspend(party: &Party, name: &str, suspended: bool) -> Result<Suspe
         time_ms: now_ms(),
     };
     Ok(post(&url, "/v1/suspensions", &statement.sign(&key)).await?)
+}
+
+/// Clears custodian `index` at the coordinator, signed with the coordinator's key.
+pub async fn clear_suspect(config: &CoordinatorConfig, index: u32) -> Result<ClearanceState> {
+    let (_, url, key) = Party::Coordinator(config.clone()).authority()?;
+    let statement = Clearance {
+        custodian: index,
+        time_ms: now_ms(),
+    };
+    Ok(post(&url, "/v1/custodians/clearances", &statement.sign(&key)).await?)
 }
 
 /// One operator's approval of revoking identity `name`, sent to the coordinator.

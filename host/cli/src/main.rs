@@ -115,6 +115,17 @@ enum Command {
         #[arg(long, requires = "init_only")]
         compose: bool,
     },
+    /// Put back into evaluation quorums a custodian the coordinator holds suspect (failed
+    /// checks proved it deviated; see `/metrics` and the audit's `custodian.suspected`). Signed
+    /// with the coordinator's key, on the coordinator's machine.
+    ClearSuspect {
+        index: u32,
+        /// The coordinator's config.
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Manage the identities that may evaluate: propose (coordinator), approve and revoke
     /// (custodian operators), suspend (either, each at itself).
     Identity {
@@ -331,6 +342,11 @@ fn main() -> ExitCode {
             init_only,
             compose,
         } => servers::dev(&dir, port, init_only, compose),
+        Command::ClearSuspect {
+            index,
+            config,
+            json,
+        } => servers::clear_suspect(index, &config, json),
         Command::Identity {
             command:
                 IdentityCommand::Add {

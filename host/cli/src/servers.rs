@@ -173,6 +173,19 @@ pub fn identity_suspend(name: &str, config: &Path, suspended: bool, as_json: boo
     Ok(())
 }
 
+pub fn clear_suspect(index: u32, config: &Path, as_json: bool) -> Result<()> {
+    let config = CoordinatorConfig::load(config).map_err(Failure::data)?;
+    let state = runtime()?.block_on(governance::clear_suspect(&config, index))?;
+    if as_json {
+        println!("{}", serde_json::to_string(&state).expect("json"));
+    } else if state.cleared {
+        println!("custodian {index} cleared: it takes part in quorums again");
+    } else {
+        println!("custodian {index} was not suspect (or was caught again since): nothing to clear");
+    }
+    Ok(())
+}
+
 pub fn identity_revoke(name: &str, config: &Path, as_json: bool) -> Result<()> {
     let config = CustodianConfig::load(config).map_err(Failure::data)?;
     let info = runtime()?.block_on(governance::revoke(&config, name))?;

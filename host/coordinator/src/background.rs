@@ -397,6 +397,28 @@ async fn run_batch(state: &Arc<State>, v: &Arc<Version>, first: u64, count: u64)
         }
         Err((index, e)) => {
             tracing::warn!(custodian = index, "preprocessing batch failed: {e}");
+            if let CallError::Refused { body, .. } = &e
+                && body.error.code == "batch_refused"
+            {
+                // The batch failed its check: some custodian deviated. Audited with the
+                // custodian's report, which names the culprits the openings proved.
+                let details = serde_json::json!({
+                    "package_id": v.package_id,
+                    "first_kit": first,
+                    "reported_by": index,
+                    "report": body.error.message,
+                });
+                let now = state.env.now_ms();
+                let audited = state
+                    .writer
+                    .run(move |tx| {
+                        store::audit(tx, now, "coordinator", "preprocess.refused", details)
+                    })
+                    .await;
+                if let Err(e) = audited {
+                    tracing::warn!("cannot audit a refused batch: {e}");
+                }
+            }
             false
         }
     };

@@ -34,6 +34,8 @@ pub struct Custodian {
     /// Authenticates this custodian's session tickets (shared with it alone).
     pub tickets: TicketKey,
     live: AtomicBool,
+    /// Proven to have deviated ([`crate::suspects`]): in no evaluation quorum until cleared.
+    suspect: AtomicBool,
     /// Versions (package ids) this custodian reported or acknowledged serving.
     serving: Mutex<HashSet<String>>,
 }
@@ -60,6 +62,13 @@ impl Custodian {
             .insert(package_id.to_string());
     }
     /// Marks the custodian dead; returns whether it was live.
+    pub fn is_suspect(&self) -> bool {
+        self.suspect.load(Ordering::Acquire)
+    }
+    /// Sets whether this custodian is suspect; returns whether it was.
+    pub fn set_suspect(&self, suspect: bool) -> bool {
+        self.suspect.swap(suspect, Ordering::AcqRel)
+    }
     pub fn mark_dead(&self) -> bool {
         self.live.swap(false, Ordering::AcqRel)
     }
@@ -111,6 +120,7 @@ impl Custodians {
                 member: m.clone(),
                 tickets: TicketKey::new(exchange, m.sealing_key),
                 live: AtomicBool::new(false),
+                suspect: AtomicBool::new(false),
                 serving: Mutex::new(HashSet::new()),
             })
             .collect();

@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use quorumvm_core::eval::{decode_outputs, encode_values};
 use quorumvm_core::field::Fp;
-use quorumvm_core::shares::reconstruct_outputs;
+use quorumvm_core::shares::open_outputs;
 use quorumvm_server::{Body, Bug};
 use quorumvm_wire::api::{EvalResponse, OutputShares, SessionResponse};
 use quorumvm_wire::code::ErrorCode;
@@ -28,7 +28,7 @@ use crate::admission::{admit, check_request, take_kit};
 use crate::custodians::CallError;
 use crate::error::ApiError;
 use crate::registry::Version;
-use crate::store;
+use crate::{store, suspects};
 
 /// A failed attempt is retried this many times on the custodians still standing.
 const RETRIES: u32 = 2;
@@ -191,6 +191,11 @@ async fn run(
             Ok(outcome) => return Ok(outcome),
             Err(Attempt::Fatal(e)) => return Err(e),
             Err(Attempt::Retry(e)) => e,
+            Err(Attempt::Deviated(quorum, e)) => {
+                // Someone in the quorum lied: try bare quorums, which tell more.
+                so_far.deviated.push(quorum);
+                e
+            }
             Err(Attempt::Without(index, e)) => {
                 so_far.refusing.push(index);
                 // Fewer than k custodians willing: the suspension binds the cluster.
@@ -237,6 +242,9 @@ struct SoFar {
     /// Custodians that refuse this caller themselves (their own operator suspended it there):
     /// the rest of the cluster may still serve it.
     refusing: Vec<u32>,
+    /// Quorums of this request that held a deviating custodian: the next attempts run on
+    /// quorums of k, so that those which fail prove something ([`crate::suspects`]).
+    deviated: Vec<Vec<u32>>,
     /// Output shares of failed attempts: only [`Bug::RetryKeepsAnswers`] keeps any.
     kept: Vec<(u32, SessionResponse)>,
 }
@@ -247,6 +255,9 @@ enum Attempt {
     /// A custodian refuses this caller by its own operator's decision: a quorum without it
     /// may serve.
     Without(u32, ApiError),
+    /// The quorum held a custodian that deviated from the protocol (its members saw
+    /// inconsistent messages, or its answers fail their check).
+    Deviated(Vec<u32>, ApiError),
     Fatal(ApiError),
 }
 
@@ -261,7 +272,10 @@ async fn attempt_once(
 ) -> Result<Outcome, Attempt> {
     let custodians = &state.custodians;
     let k = custodians.cluster.threshold();
-    let quorum = quorum(state, version, &so_far.refusing).map_err(Attempt::Fatal)?;
+    let mut quorum = quorum(state, version, &so_far.refusing).map_err(Attempt::Fatal)?;
+    if !so_far.deviated.is_empty() {
+        quorum = bare_quorum(state, &quorum, &so_far.deviated);
+    }
     let session = Terms {
         request: signed.digest(),
         package_id: &version.package_id,
@@ -291,6 +305,8 @@ async fn attempt_once(
     }
     let mut answers: Vec<(u32, SessionResponse)> = Vec::with_capacity(quorum.len());
     let mut failure: Option<Attempt> = None;
+    // A member refused the messages it got: only a deviating member's can be refused.
+    let mut deviation = false;
     while let Some(joined) = calls.join_next().await {
         let (index, result) = match joined {
             Ok(r) => r,
@@ -318,6 +334,13 @@ async fn attempt_once(
                         Attempt::Retry(ApiError::unavailable("custodian_failed", reason))
                     }
                     CallError::Refused { status, ref body } => {
+                        let code = ErrorCode::parse(&body.error.code);
+                        if matches!(
+                            code,
+                            Some(ErrorCode::EvaluationFailed | ErrorCode::BadPeerMessage)
+                        ) {
+                            deviation = true;
+                        }
                         refusal(index, status, &body.error.code, reason)
                     }
                 };
@@ -336,7 +359,10 @@ async fn attempt_once(
             if planted {
                 so_far.kept.append(&mut answers);
             }
-            return Err(f);
+            return Err(match f {
+                Attempt::Retry(e) if deviation => Attempt::Deviated(quorum, e),
+                other => other,
+            });
         }
         _ => {}
     }
@@ -349,7 +375,70 @@ async fn attempt_once(
     }
     answers.sort_by_key(|(i, _)| *i);
     let answered: Vec<u32> = answers.iter().map(|(i, _)| *i).collect();
-    reconstruct(state, version, request_id, &answered, answers).map_err(Attempt::Fatal)
+    let checked = Checked {
+        quorum: &quorum,
+        // Every honest member checked every opening against 2k − 1 points or more: a subset of
+        // answers that fails its check holds a liar itself.
+        openings_checked: quorum.len() > 2 * (k - 1) && !deviation,
+    };
+    let mut failing = Vec::new();
+    if deviation {
+        failing.push(quorum.clone());
+    }
+    let result = reconstruct(
+        state,
+        version,
+        request_id,
+        &answered,
+        answers,
+        &checked,
+        &mut failing,
+    );
+    suspects::record(state, failing).await;
+    // Answers that do not open mean a member deviated.
+    result.map_err(|e| Attempt::Deviated(quorum.clone(), e))
+}
+
+/// A quorum of k among `candidates`, not one of `failed`, taken in turn across requests (so
+/// that the quorums that fail, each holding a liar, soon prove which; see
+/// [`crate::suspects`]); all of `candidates` when every one has failed.
+fn bare_quorum(state: &State, candidates: &[u32], failed: &[Vec<u32>]) -> Vec<u32> {
+    let k = state.custodians.cluster.threshold();
+    let untried: Vec<Vec<u32>> = subsets(candidates, k)
+        .into_iter()
+        .filter(|q| !failed.contains(q))
+        .collect();
+    if untried.is_empty() {
+        return candidates.to_vec();
+    }
+    let turn = state.bare_turn.fetch_add(1, Relaxed);
+    untried[turn % untried.len()].clone()
+}
+
+/// Every `k`-element subset of `set`, in lexicographic order.
+fn subsets(set: &[u32], k: usize) -> Vec<Vec<u32>> {
+    if k == 0 {
+        return vec![Vec::new()];
+    }
+    if set.len() < k {
+        return Vec::new();
+    }
+    let (first, rest) = (set[0], &set[1..]);
+    let mut out: Vec<Vec<u32>> = subsets(rest, k - 1)
+        .into_iter()
+        .map(|mut s| {
+            s.insert(0, first);
+            s
+        })
+        .collect();
+    out.extend(subsets(rest, k));
+    out
+}
+
+/// What an attempt's answers can prove about its members.
+struct Checked<'a> {
+    quorum: &'a [u32],
+    openings_checked: bool,
 }
 
 /// What a custodian's refusal of a session means for the request, by its code
@@ -393,14 +482,27 @@ fn quorum(state: &State, version: &Version, refusing: &[u32]) -> Result<Vec<u32>
     let quorum: Vec<u32> = custodians
         .all
         .iter()
-        .filter(|c| c.serves(&version.package_id) && !refusing.contains(&c.index()))
+        .filter(|c| {
+            c.serves(&version.package_id) && !c.is_suspect() && !refusing.contains(&c.index())
+        })
         .map(|c| c.index())
         .collect();
     if quorum.len() < k {
+        let suspects: Vec<u32> = custodians
+            .all
+            .iter()
+            .filter(|c| c.is_suspect())
+            .map(|c| c.index())
+            .collect();
+        let suspects = if suspects.is_empty() {
+            String::new()
+        } else {
+            format!(" (custodians {suspects:?} are suspect until an operator clears them)")
+        };
         return Err(ApiError::unavailable(
             "too_few_custodians",
             format!(
-                "{} of the {} custodians serving {} are reachable; {k} are needed",
+                "{} of the {} custodians serving {} are reachable{suspects}; {k} are needed",
                 quorum.len(),
                 custodians.cluster.n(),
                 version.manifest.name
@@ -423,15 +525,23 @@ fn abort(state: &Arc<State>, session: &str, quorum: &[u32], failed: u32) {
     }
 }
 
-/// Every output from all the shares received (see [`reconstruct_outputs`]: a custodian is
-/// named only when enough shares agree to prove its share wrong), or the sealed shares as they
-/// are, for the caller.
+/// Every output from all the answers received, checked by their MACs (see [`open_outputs`]:
+/// the right value or an error, and a custodian is named only when enough shares agree to
+/// prove its share wrong), or the sealed answers as they are, for the caller, who checks them
+/// the same way.
+///
+/// When the answers of the whole quorum do not open, each set of k of them is tried: one whose
+/// members all followed the protocol opens to the right value (and any set that opens, opens
+/// to the right value, by its MACs). The sets that fail go into `failing` where they prove
+/// something ([`Checked`]).
 fn reconstruct(
     state: &Arc<State>,
     version: &Version,
     request_id: &str,
     quorum: &[u32],
     answers: Vec<(u32, SessionResponse)>,
+    checked: &Checked<'_>,
+    failing: &mut Vec<Vec<u32>>,
 ) -> Result<Outcome, ApiError> {
     let k = state.custodians.cluster.threshold();
     let bad_share = |message: String| ApiError::new(StatusCode::BAD_GATEWAY, "bad_share", message);
@@ -465,15 +575,45 @@ fn reconstruct(
             rounds,
         });
     }
-    let reconstructed =
-        reconstruct_outputs(&plain, k, version.manifest.outputs.len()).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "inconsistent_shares",
-                e.to_string(),
-            )
-        })?;
+    let outputs = version.manifest.outputs.len();
+    let reconstructed = match open_outputs(&plain, k, outputs) {
+        Ok(opened) => opened,
+        Err(e) => {
+            failing.push(checked.quorum.to_vec());
+            let mut served = None;
+            for members in subsets(quorum, k)
+                .into_iter()
+                .filter(|s| s.len() < plain.len())
+            {
+                let some: Vec<(u32, Vec<Fp>)> = plain
+                    .iter()
+                    .filter(|(i, _)| members.contains(i))
+                    .cloned()
+                    .collect();
+                // Where a failing set proves something, every set is tried (each takes
+                // microseconds), so that a liar is proven at its first lie.
+                match open_outputs(&some, k, outputs) {
+                    Ok(opened) => {
+                        served.get_or_insert(opened);
+                        if !checked.openings_checked {
+                            break;
+                        }
+                    }
+                    Err(_) if checked.openings_checked => failing.push(members),
+                    Err(_) => {}
+                }
+            }
+            served.ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "inconsistent_shares",
+                    e.to_string(),
+                )
+            })?
+        }
+    };
     let inconsistent = reconstructed.inconsistent;
+    failing.extend(inconsistent.iter().map(|&x| vec![x]));
     if !inconsistent.is_empty() {
         state
             .metrics

@@ -22,6 +22,7 @@ mod retirement;
 mod routes;
 mod state;
 mod store;
+mod suspects;
 mod suspension;
 
 use std::path::Path;

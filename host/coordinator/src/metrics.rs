@@ -22,6 +22,8 @@ pub struct Metrics {
     pub inconsistent_shares: AtomicU64,
     pub kit_batches_stored: AtomicU64,
     pub kit_batches_failed: AtomicU64,
+    /// Custodians proven to deviate ([`crate::suspects`]).
+    pub custodians_suspected: AtomicU64,
 }
 
 impl Metrics {
@@ -81,28 +83,37 @@ impl Metrics {
             "Preprocessing batches abandoned.",
             get(&self.kit_batches_failed),
         );
+        counter(
+            out,
+            "quorumvm_custodians_suspected_total",
+            "Custodians proven by failed checks to have deviated.",
+            get(&self.custodians_suspected),
+        );
     }
 }
 
 pub async fn serve(AxumState(state): AxumState<Arc<State>>) -> Response {
     let mut out = String::new();
     state.metrics.render(&mut out);
-    let live: Vec<(String, u64)> = state
-        .custodians
-        .all
-        .iter()
-        .map(|c| {
-            (
-                format!("{{custodian=\"{}\"}}", c.index()),
-                c.is_live() as u64,
-            )
-        })
-        .collect();
+    let per_custodian = |value: fn(&crate::custodians::Custodian) -> bool| {
+        state
+            .custodians
+            .all
+            .iter()
+            .map(|c| (format!("{{custodian=\"{}\"}}", c.index()), value(c) as u64))
+            .collect::<Vec<_>>()
+    };
     metrics::gauge(
         &mut out,
         "quorumvm_custodian_live",
         "1 if the custodian answers its health checks.",
-        &live,
+        &per_custodian(|c| c.is_live()),
+    );
+    metrics::gauge(
+        &mut out,
+        "quorumvm_custodian_suspect",
+        "1 if the custodian is proven to have deviated and left out of quorums until cleared.",
+        &per_custodian(|c| c.is_suspect()),
     );
     let kits: Vec<(String, u64)> = state
         .registry

@@ -11,7 +11,7 @@ use quorumvm_wire::api::{ClusterInfo, CustodianInfo};
 
 use crate::State;
 use crate::error::ApiError;
-use crate::{approve, enrol, eval, install, metrics, packages, retirement, suspension};
+use crate::{approve, enrol, eval, install, metrics, packages, retirement, suspects, suspension};
 
 type Shared = AxumState<Arc<State>>;
 
@@ -36,6 +36,7 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/v1/identities/{name}/approvals", post(enrol::approve))
         .route("/v1/identities/{name}/revocations", post(enrol::revoke))
         .route("/v1/suspensions", post(suspension::suspend))
+        .route("/v1/custodians/clearances", post(suspects::clear))
         .route(
             "/v1/eval",
             post(eval::handle).layer(DefaultBodyLimit::max(eval::MAX_EVAL_BODY)),

@@ -17,6 +17,7 @@ use crate::identities::Identities;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::store;
+use crate::suspects::Suspects;
 
 const KEY_FILE: &str = "coordinator.key";
 const EXCHANGE_KEY_FILE: &str = "coordinator.x25519";
@@ -36,6 +37,9 @@ pub(crate) struct State {
     pub publishers: Vec<PublicKey>,
     pub pool: PoolConfig,
     pub metrics: Metrics,
+    pub suspects: Suspects,
+    /// Whose turn it is among the bare quorums a retry after a deviation may take.
+    pub bare_turn: std::sync::atomic::AtomicUsize,
 }
 
 impl State {
@@ -58,11 +62,18 @@ impl State {
             store::aliases(reader.connection())?,
         );
         let stored_identities = store::load_identities(reader.connection())?;
+        let suspects = store::load_suspects(reader.connection())?;
         let reader = Arc::new(Mutex::new(reader));
         let identities = Identities::new(&env, Arc::clone(&reader));
         identities.load(stored_identities)?;
+        let custodians = Custodians::new(&env, cluster, key, &exchange);
+        for index in suspects {
+            if let Some(c) = custodians.get(index) {
+                c.set_suspect(true);
+            }
+        }
         Ok(Arc::new(State {
-            custodians: Custodians::new(&env, cluster, key, &exchange),
+            custodians,
             registry,
             identities,
             writer: env.writer(ledger, "coordinator-ledger"),
@@ -71,6 +82,8 @@ impl State {
             publishers: config.publisher_keys()?,
             pool: config.pool,
             metrics: Metrics::default(),
+            suspects: Suspects::default(),
+            bare_turn: Default::default(),
             env,
         }))
     }

@@ -137,6 +137,16 @@ pub const SCHEMA: Schema = Schema {
             statement TEXT NOT NULL
         ) STRICT;
     ",
+        "
+        -- Custodians that failed checks prove deviated (see `suspects`): left out of every
+        -- evaluation quorum until the coordinator's operator clears them. `evidence`: the
+        -- failing quorums, as JSON.
+        CREATE TABLE suspects (
+            custodian INTEGER PRIMARY KEY,
+            since_ms INTEGER NOT NULL,
+            evidence TEXT NOT NULL
+        ) STRICT;
+    ",
     ],
 };
 
@@ -524,6 +534,53 @@ pub fn apply_suspension(
         serde_json::json!({ "identity": name, "statement_ms": time_ms }),
     )?;
     Ok(Ok(()))
+}
+
+/// Marks `custodian` suspect with the failing quorums that prove it (`custodian.suspected`);
+/// `false` if it was suspect already.
+pub fn mark_suspect(
+    tx: &Transaction<'_>,
+    custodian: u32,
+    evidence: &[Vec<u32>],
+    now_ms: u64,
+) -> Result<bool, StoreError> {
+    let text = serde_json::to_string(evidence).expect("lists serialize");
+    let added = tx.execute(
+        "INSERT INTO suspects (custodian, since_ms, evidence) VALUES (?1, ?2, ?3)
+         ON CONFLICT (custodian) DO NOTHING",
+        params![custodian, now_ms, text],
+    )?;
+    if added > 0 {
+        let details = serde_json::json!({ "custodian": custodian, "failing_quorums": evidence });
+        audit(tx, now_ms, "coordinator", "custodian.suspected", details)?;
+    }
+    Ok(added > 0)
+}
+
+/// Clears `custodian` (`custodian.cleared`, with the operator's statement) if it was suspected
+/// before `signed_ms`, when the statement was signed; `false` otherwise.
+pub fn clear_suspect(
+    tx: &Transaction<'_>,
+    custodian: u32,
+    signed_ms: u64,
+    statement: &str,
+    now_ms: u64,
+) -> Result<bool, StoreError> {
+    let removed = tx.execute(
+        "DELETE FROM suspects WHERE custodian = ?1 AND since_ms < ?2",
+        params![custodian, signed_ms],
+    )?;
+    if removed > 0 {
+        let details = serde_json::json!({ "custodian": custodian, "statement": statement });
+        audit(tx, now_ms, "operator", "custodian.cleared", details)?;
+    }
+    Ok(removed > 0)
+}
+
+pub fn load_suspects(conn: &rusqlite::Connection) -> Result<Vec<u32>, StoreError> {
+    let mut stmt = conn.prepare("SELECT custodian FROM suspects ORDER BY custodian")?;
+    let rows = stmt.query_map([], |r| r.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// Records a caller's request id; `false` if it was admitted before (a replay).

@@ -1,11 +1,11 @@
 //! `Preprocess`: a batch of kits of one version, generated with every other custodian by
 //! [`quorumvm_core::preprocess`] (no dealer: no party, the coordinator included, ever sees a
-//! triple), in two layers of round messages under the order's session id:
+//! triple), in [`quorumvm_core::preprocess::LAYERS`] layers of round messages under the order's
+//! session id: the random values dealt, their products and MACs, the MACs of the products, and
+//! two openings that check the batch. A batch whose check fails is refused, naming the
+//! custodians the openings prove deviated.
 //!
-//! 1. each custodian deals random sharings of `a` and `b` to the others;
-//! 2. each deals sharings of its local products, which everyone reduces into `c`.
-//!
-//! Both layers' messages are shares of secrets: each is sealed to its recipient
+//! Every layer's message is sealed to its recipient (most are shares of secrets)
 //! ([`crate::layers`]) before it leaves. The computation runs off the async
 //! threads. The batch is stored in one ledger job, all or nothing; a kit id that already exists
 //! refuses the whole batch.
@@ -14,10 +14,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use quorumvm_core::preprocess::{Generation, KitShape, PreprocessError};
+use quorumvm_core::field::Fp;
+use quorumvm_core::preprocess::{KitShape, PreprocessError, Preprocessing, Progress};
+use quorumvm_server::Lie;
 use quorumvm_wire::api::OrderResponse;
 use quorumvm_wire::elements;
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
 use crate::error::ApiError;
 use crate::layers::{open_layer, seal_layer};
@@ -31,6 +33,14 @@ use quorumvm_wire::code::ErrorCode;
 /// The least a preprocessing layer waits for the others: between its layers each custodian
 /// computes over the whole batch, which may take seconds where an evaluation layer takes ms.
 const MIN_LAYER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a step of the batch leads to, as the host moves it.
+enum Next {
+    /// The next layer's messages, sealed.
+    Layer(Box<Preprocessing>, Vec<(u32, Vec<u8>)>),
+    /// The kits, as stored.
+    Kits(Vec<Zeroizing<Vec<u8>>>),
+}
 
 /// What the coordinator asks for.
 pub(crate) struct Batch {
@@ -74,55 +84,57 @@ pub(crate) async fn preprocess(
         "preprocessing batch started"
     );
 
-    // Layer 1: deal a and b.
+    // Layer 1: deal this custodian's random values; then each layer's step takes the others'
+    // messages of the last one and says what to send next, until the batch's check passes.
     let custodian = Arc::clone(c);
     let id = session.clone();
-    let (generation, messages) = c
+    // The kits carry MACs of the version's secrets: this custodian's shares go in.
+    let mut secrets = Zeroizing::new(version.secrets());
+    secrets.truncate(shape.secrets());
+    let (mut batch, mut messages) = c
         .off_thread("dealing", move || {
-            let (generation, out) =
-                Generation::begin(shape, kits, me, n, k, &mut rand::thread_rng())
+            let (batch, out) =
+                Preprocessing::begin(shape, kits, (me, n, k), &secrets, &mut rand::thread_rng())
                     .map_err(|e| ApiError::bad_request("bad_batch", e.to_string()))?;
-            Ok::<_, ApiError>((generation, seal_layer(&custodian.peers, &id, 1, &out)?))
+            Ok::<_, ApiError>((batch, seal_layer(&custodian.peers, &id, 1, &out)?))
         })
         .await??;
-    let received = c
-        .exchange(&inbox, &session, 1, messages, &peers, timeout)
-        .await?;
-
-    // Layer 2: reshare the local products.
-    let custodian = Arc::clone(c);
-    let id = session.clone();
-    let (reduction, messages) = c
-        .off_thread("resharing", move || {
-            let received = open_layer(&custodian.peers, &id, 1, received)?;
-            let (reduction, out) = generation
-                .reshare(received, &mut rand::thread_rng())
-                .map_err(peer_error)?;
-            Ok::<_, ApiError>((reduction, seal_layer(&custodian.peers, &id, 2, &out)?))
-        })
-        .await??;
-    let received = c
-        .exchange(&inbox, &session, 2, messages, &peers, timeout)
-        .await?;
-
-    // Reduce into c, and store.
-    let custodian = Arc::clone(c);
-    let id = session.clone();
-    let material = c
-        .off_thread("reducing", move || {
-            let received = open_layer(&custodian.peers, &id, 2, received)?;
-            let kits = reduction.finish(received).map_err(peer_error)?;
-            Ok::<_, ApiError>(
-                kits.into_iter()
-                    .map(|mut kit| {
-                        let bytes = Zeroizing::new(elements::to_bytes(&kit));
-                        kit.zeroize();
-                        bytes
-                    })
-                    .collect::<Vec<_>>(),
-            )
-        })
-        .await??;
+    let mut layer = 1;
+    let material = loop {
+        let received = c
+            .exchange(&inbox, &session, layer, messages, &peers, timeout)
+            .await?;
+        let custodian = Arc::clone(c);
+        let id = session.clone();
+        let progress = c
+            .off_thread("preprocessing", move || {
+                let received = open_layer(&custodian.peers, &id, layer, received)?;
+                let next = match batch
+                    .step(received, &mut rand::thread_rng())
+                    .map_err(peer_error)?
+                {
+                    Progress::Send(batch, mut out) => {
+                        if custodian.env.lies(Lie::Reshare) && layer + 1 == 2 {
+                            out.shift_first(Fp::ONE);
+                        }
+                        let sealed = seal_layer(&custodian.peers, &id, layer + 1, &out)?;
+                        Next::Layer(batch, sealed)
+                    }
+                    Progress::Done(kits) => Next::Kits(
+                        kits.into_iter()
+                            .map(|kit| Zeroizing::new(elements::to_bytes(&kit)))
+                            .collect(),
+                    ),
+                };
+                Ok::<_, ApiError>(next)
+            })
+            .await??;
+        match progress {
+            Next::Layer(next, out) => (batch, messages) = (*next, out),
+            Next::Kits(material) => break material,
+        }
+        layer += 1;
+    };
     let (package, id, now) = (version.id_hex.clone(), session.clone(), c.env.now_ms());
     c.writer
         .run(move |tx| store::insert_kits(tx, &id, &package, first_kit, &material, now))
@@ -143,7 +155,7 @@ pub(crate) async fn preprocess(
 }
 
 /// Refuses batches that are empty, whose kit ids do not fit the ledger's integers, or whose
-/// layer-1 message (the larger one) would not fit a round message body. Returns the count.
+/// largest layer message would not fit a round message body. Returns the count.
 fn check_batch(shape: &KitShape, first_kit: u64, count: u64) -> Result<usize, ApiError> {
     let refuse = |why: String| ApiError::bad_request("bad_batch", why);
     if count == 0 {
@@ -153,25 +165,33 @@ fn check_batch(shape: &KitShape, first_kit: u64, count: u64) -> Result<usize, Ap
         Some(last) if last <= i64::MAX as u64 => {}
         _ => return Err(refuse(format!("kit ids {first_kit}.. + {count} overflow"))),
     }
-    let layer_one = usize::try_from(count)
+    let largest = usize::try_from(count)
         .ok()
-        .and_then(|n| n.checked_mul(2 * shape.terms()))
+        .and_then(|n| shape.largest_message(n))
         .and_then(|values| values.checked_mul(16))
         .and_then(|bytes| bytes.checked_add(SEAL_OVERHEAD));
-    match layer_one {
+    match largest {
         Some(bytes) if bytes <= ROUND_BODY_LIMIT => Ok(count as usize),
         _ => Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "bad_batch",
             format!(
-                "{count} kits of {} multiplication terms make round messages over {ROUND_BODY_LIMIT} bytes: order smaller batches",
-                shape.terms()
+                "{count} kits of {} multiplication terms and {} shared leaves make round \
+                 messages over {ROUND_BODY_LIMIT} bytes: order smaller batches",
+                shape.terms(),
+                shape.leaves()
             ),
         )),
     }
 }
 
-/// A core step refused the peers' messages (missing, extra, or of the wrong length).
+/// A core step refused the peers' messages (missing, extra, or of the wrong length), or the
+/// batch failed its check.
 fn peer_error(err: PreprocessError) -> ApiError {
-    ApiError::of(ErrorCode::BadPeerMessage, err.to_string())
+    match err {
+        PreprocessError::Check { .. } => {
+            ApiError::new(StatusCode::BAD_GATEWAY, "batch_refused", err.to_string())
+        }
+        _ => ApiError::of(ErrorCode::BadPeerMessage, err.to_string()),
+    }
 }

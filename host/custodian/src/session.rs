@@ -26,13 +26,13 @@ use std::sync::Arc;
 use axum::http::StatusCode;
 use quorumvm_core::eval::encode_values;
 use quorumvm_core::field::Fp;
-use quorumvm_core::session::{Setup, Step, Triple};
+use quorumvm_core::session::{Kit, Setup, Step};
 use quorumvm_policy::PolicyError;
 use quorumvm_sandbox::{PluginError, PluginSession};
 use quorumvm_sealing::{
     CustodianPublicKey, InputsBinding, OutputsBinding, open_inputs, seal_outputs,
 };
-use quorumvm_server::Bug;
+use quorumvm_server::{Bug, Lie};
 use quorumvm_wire::api::{OutputShares, SessionRequest, SessionResponse};
 use quorumvm_wire::elements::{self, from_bytes, to_bytes, to_hex};
 use quorumvm_wire::order::Ticket;
@@ -328,8 +328,13 @@ async fn run(
         )
     };
     let flat = elements::from_bytes(&kit).map_err(|e| corrupt(e.to_string()))?;
-    let triples = Triple::unflatten(&version.circuit, &flat).map_err(|e| corrupt(e.to_string()))?;
+    let mut kit = Kit::unflatten(&version.circuit, &flat).map_err(|e| corrupt(e.to_string()))?;
     drop(flat);
+    if c.env.lies(Lie::TripleC)
+        && let Some(t) = kit.triples.first_mut()
+    {
+        t.c += Fp::ONE;
+    }
     let setup = Setup {
         circuit: version.circuit.clone(),
         me: c.me,
@@ -338,7 +343,7 @@ async fn run(
         secrets: version.secrets(),
         inputs: std::mem::take(&mut leaves.visible),
         private_inputs: std::mem::take(&mut *leaves.private),
-        triples,
+        kit,
     };
     let plugin = c.plugin.current();
     let inline = version.circuit.gates.len() <= INLINE_GATES;
@@ -356,7 +361,10 @@ async fn run(
     let mut layer = 0u32;
     loop {
         let values = match step {
-            Step::Done(outputs) => {
+            Step::Done(mut outputs) => {
+                if c.env.lies(Lie::OutputShare) {
+                    outputs[0] += Fp::ONE;
+                }
                 let outputs = Zeroizing::new(outputs);
                 let outputs = match &leaves.reply {
                     None => OutputShares::Plain(to_hex(&outputs)),
@@ -374,8 +382,12 @@ async fn run(
             Step::Send(values) => values,
         };
         layer += 1;
-        let body = to_bytes(&values);
-        let messages = peers.iter().map(|&p| (p, body.clone())).collect();
+        let body = deviate(c, layer, values);
+        let messages = if c.env.lies(Lie::Withhold) && layer == 1 {
+            Vec::new()
+        } else {
+            peers.iter().map(|&p| (p, body.clone())).collect()
+        };
         let received = c
             .exchange(
                 inbox,
@@ -411,6 +423,19 @@ async fn run(
                     .map_err(|e| plugin_error(e, Call::Advance))
             })?;
     }
+}
+
+/// A layer's message as this custodian sends it: as the plugin made it, unless the test build
+/// makes it lie ([`Lie::Opening`], [`Lie::Replay`]).
+fn deviate(c: &Custodian, layer: u32, mut values: Vec<Fp>) -> Vec<u8> {
+    if c.env.lies(Lie::Opening) && layer == 1 && !values.is_empty() {
+        values[0] += Fp::ONE;
+    }
+    let body = to_bytes(&values);
+    if c.env.lies(Lie::Replay) {
+        return c.env.replay(layer, body);
+    }
+    body
 }
 
 #[derive(Debug, Clone, Copy)]

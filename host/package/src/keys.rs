@@ -93,6 +93,8 @@ pub enum Domain {
     /// The coordinator, or one custodian's operator, suspends a caller identity at itself (or
     /// lifts its own suspension).
     Suspension,
+    /// The coordinator's operator clears a custodian the coordinator holds suspect.
+    Clearance,
 }
 
 impl Domain {
@@ -106,6 +108,7 @@ impl Domain {
             Domain::Revocation => b"quorumvm identity revocation v1\0",
             Domain::Retirement => b"quorumvm version retirement v1\0",
             Domain::Suspension => b"quorumvm identity suspension v1\0",
+            Domain::Clearance => b"quorumvm custodian clearance v1\0",
         };
         let mut out = Vec::with_capacity(tag.len() + message.len());
         out.extend_from_slice(tag);

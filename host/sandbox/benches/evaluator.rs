@@ -9,8 +9,8 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use quorumvm_core::dealer::{deal_triples, share_values};
-use quorumvm_core::session::{Session, Setup, Step, Triple};
+use quorumvm_core::dealer::{deal_kits, share_values};
+use quorumvm_core::session::{Kit, Session, Setup, Step};
 use quorumvm_core::shamir::Threshold;
 use quorumvm_core::{Circuit, Fp};
 use quorumvm_sandbox::{
@@ -40,7 +40,7 @@ fn program() -> String {
 }
 
 struct Fixture {
-    setups: Vec<(Vec<Fp>, Vec<Fp>, Vec<Triple>)>,
+    setups: Vec<(Vec<Fp>, Vec<Fp>, Kit)>,
     circuit: Circuit,
 }
 
@@ -55,7 +55,7 @@ impl Fixture {
             secrets,
             inputs: vec![],
             private_inputs,
-            triples,
+            kit: triples,
         }
     }
 }
@@ -125,7 +125,7 @@ fn bench(c: &mut Criterion) {
     let program = quorumvm_compiler::compile(&program(), "bench").unwrap();
     let t = Threshold::new(2, 3).unwrap();
     let mut rng = StdRng::seed_from_u64(1);
-    let triples = deal_triples(&program.circuit, t, &mut rng);
+    let triples = deal_kits(&program.circuit, &[Fp::ONE; 50], t, &mut rng);
     let xs = share_values(&vec![Fp::ONE; 50], t, &mut rng);
     let ss = share_values(&vec![Fp::ONE; 50], t, &mut rng);
     let fixture = Fixture {
@@ -182,7 +182,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| black_box(p.session().unwrap()))
     });
     let square = quorumvm_compiler::compile("private x\nmul y = x x\noutput y\n", "sq").unwrap();
-    let sq_triples = deal_triples(&square.circuit, t, &mut rng);
+    let sq_triples = deal_kits(&square.circuit, &[], t, &mut rng);
     let sq_x = share_values(&[Fp::from(3)], t, &mut rng);
     let setup = |me: u32| Setup {
         circuit: square.circuit.clone(),
@@ -192,7 +192,7 @@ fn bench(c: &mut Criterion) {
         secrets: vec![],
         inputs: vec![],
         private_inputs: sq_x[me as usize - 1].clone(),
-        triples: sq_triples[me as usize - 1].clone(),
+        kit: sq_triples[me as usize - 1].clone(),
     };
     let peers = vec![(2, vec![Fp::ONE, Fp::ONE])];
     g.bench_function("begin_plus_one_layer_call", |b| {

@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 
 use quorumvm_core::circuit::Gate;
 use quorumvm_core::field::Fp;
-use quorumvm_core::session::{Setup, Step, Triple};
+use quorumvm_core::session::{Setup, Step};
 use sha2::{Digest, Sha256};
 use wasmtime::StoreLimits;
 
@@ -218,6 +218,6 @@ fn to_wit_setup(s: &Setup) -> wit::Setup {
         secrets: Fp::to_u64_pairs(&s.secrets),
         inputs: Fp::to_u64_pairs(&s.inputs),
         private_inputs: Fp::to_u64_pairs(&s.private_inputs),
-        triples: Fp::to_u64_pairs(&Triple::flatten(&s.triples)),
+        kit: Fp::to_u64_pairs(&s.kit.flatten()),
     }
 }

@@ -6,10 +6,11 @@ use std::sync::{Arc, OnceLock};
 
 use proptest::prelude::*;
 use quorumvm_compiler::compile;
-use quorumvm_core::dealer::{deal_triples, share_values};
+use quorumvm_core::dealer::{deal_kits, share_values};
 use quorumvm_core::eval::{Inputs, encode_inputs, encode_values, eval_plain};
 use quorumvm_core::session::{Setup, Step};
-use quorumvm_core::shamir::{Share, Threshold, reconstruct};
+use quorumvm_core::shamir::Threshold;
+use quorumvm_core::shares::open_outputs;
 use quorumvm_core::{Circuit, Fp};
 use quorumvm_guests::EVALUATOR;
 use quorumvm_sandbox::{EngineKind, EvaluatorPlugin, Limits, PluginError, Sandbox, SandboxConfig};
@@ -47,7 +48,7 @@ fn evaluate(
     seed: u64,
 ) -> Result<Vec<Fp>, PluginError> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let triples = deal_triples(circuit, t, &mut rng);
+    let triples = deal_kits(circuit, secrets, t, &mut rng);
     // Visible inputs are public: every member gets their values; private ones are shared.
     let ps = share_values(&inputs.private, t, &mut rng);
     let ss = share_values(secrets, t, &mut rng);
@@ -64,7 +65,7 @@ fn evaluate(
             secrets: ss[p].clone(),
             inputs: inputs.visible.clone(),
             private_inputs: ps[p].clone(),
-            triples: triples[p].clone(),
+            kit: triples[p].clone(),
         })?);
         sessions.push(s);
     }
@@ -91,7 +92,16 @@ fn evaluate(
             })
             .collect::<Result<_, _>>()?;
     }
-    assert_eq!(rounds as u32, circuit.depth(), "one round per layer");
+    // One round per layer, and one for the masks of private inputs where there is no layer.
+    let leaves = circuit
+        .gates
+        .iter()
+        .any(|g| matches!(g, quorumvm_core::Gate::PrivateInput(_)));
+    assert_eq!(
+        rounds as u32,
+        circuit.depth().max(leaves as u32),
+        "one round per layer"
+    );
     let outs: Vec<Vec<Fp>> = steps
         .into_iter()
         .map(|s| match s {
@@ -99,16 +109,10 @@ fn evaluate(
             Step::Send(_) => unreachable!(),
         })
         .collect();
-    Ok((0..circuit.outputs.len())
-        .map(|o| {
-            let shares: Vec<Share> = quorum
-                .iter()
-                .zip(&outs)
-                .map(|(&x, v)| Share { x, y: v[o] })
-                .collect();
-            reconstruct(&shares, t).unwrap()
-        })
-        .collect())
+    let answers: Vec<(u32, Vec<Fp>)> = quorum.iter().copied().zip(outs).collect();
+    Ok(open_outputs(&answers, t.k(), circuit.outputs.len())
+        .unwrap()
+        .values)
 }
 
 /// Values by name, as `eval-plain` takes them.

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use quorumvm_core::Fp;
 use quorumvm_core::circuit::{Circuit, Gate};
-use quorumvm_core::dealer::{deal_triples, share_values};
-use quorumvm_core::session::{Setup, Step};
-use quorumvm_core::shamir::{Share, Threshold, reconstruct};
+use quorumvm_core::dealer::{deal_kits, share_values};
+use quorumvm_core::session::{Kit, Setup, Step};
+use quorumvm_core::shamir::Threshold;
+use quorumvm_core::shares::open_outputs;
 use quorumvm_guests::EVALUATOR;
 use quorumvm_sandbox::{
     EngineKind, EvaluatorPlugin, Limits, PluginError, PluginSession, PluginSlot, Sandbox,
@@ -88,7 +89,7 @@ fn square() -> Circuit {
 fn begin_square(plugin: &Arc<EvaluatorPlugin>) -> (Vec<PluginSession>, Vec<Step>) {
     let t = Threshold::new(2, 3).unwrap();
     let mut rng = StdRng::seed_from_u64(3);
-    let triples = deal_triples(&square(), t, &mut rng);
+    let triples = deal_kits(&square(), &[], t, &mut rng);
     let xs = share_values(&[Fp::from(3)], t, &mut rng);
     let mut sessions = vec![];
     let mut steps = vec![];
@@ -103,7 +104,7 @@ fn begin_square(plugin: &Arc<EvaluatorPlugin>) -> (Vec<PluginSession>, Vec<Step>
                 secrets: vec![],
                 inputs: vec![],
                 private_inputs: xs[me as usize - 1].clone(),
-                triples: triples[me as usize - 1].clone(),
+                kit: triples[me as usize - 1].clone(),
             })
             .unwrap(),
         );
@@ -122,19 +123,19 @@ fn finish_square(mut sessions: Vec<PluginSession>, steps: Vec<Step>) -> Fp {
             Step::Done(_) => panic!("depth 1"),
         })
         .collect();
-    let shares: Vec<Share> = sessions
+    let answers: Vec<(u32, Vec<Fp>)> = sessions
         .iter_mut()
         .enumerate()
         .map(|(i, s)| {
             let me = i as u32 + 1;
             let msgs: Vec<_> = outbox.iter().filter(|(x, _)| *x != me).cloned().collect();
             match s.advance(&msgs).unwrap() {
-                Step::Done(v) => Share { x: me, y: v[0] },
+                Step::Done(v) => (me, v),
                 Step::Send(_) => panic!("depth 1"),
             }
         })
         .collect();
-    reconstruct(&shares, Threshold::new(2, 3).unwrap()).unwrap()
+    open_outputs(&answers, 2, 1).unwrap().values[0]
 }
 
 fn sandbox(kind: EngineKind) -> Sandbox {
@@ -213,7 +214,12 @@ fn dummy_setup() -> Setup {
         secrets: vec![],
         inputs: vec![],
         private_inputs: vec![Fp::ONE],
-        triples: vec![],
+        kit: Kit {
+            triples: vec![],
+            masks: vec![],
+            secret_macs: vec![],
+            key: Fp::ZERO,
+        },
     }
 }
 
@@ -261,7 +267,7 @@ fn a_bad_setup_is_refused_by_the_plugin() {
     assert!(matches!(err, PluginError::Refused(_)), "{err}");
     assert!(
         err.to_string()
-            .contains("the triples run out at multiplication gate 0"),
+            .contains("the kit runs out at multiplication gate 0"),
         "{err}"
     );
     // Advancing before beginning is refused too, not a trap.

@@ -39,6 +39,49 @@ pub enum Bug {
     ChargeEveryAttempt,
 }
 
+/// A deviation from the protocol a custodian makes on purpose: the attacker's custodian of the
+/// security tests, which show that whatever k − 1 custodians do, an answer is right or an
+/// error. Like a [`Bug`], only a build with the `planted-bugs` feature can tell one
+/// ([`Env::lies`]); there a real process takes it from `QUORUMVM_LIE` (the name in kebab case,
+/// e.g. `QUORUMVM_LIE=output-share`), so the tests can run a lying custodian as a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lie {
+    /// Adds one to its first output share.
+    OutputShare,
+    /// Adds one to the first value it opens in an evaluation's first layer, to every peer.
+    Opening,
+    /// Adds one to the first value of its preprocessing reshare (layer 2), to every peer.
+    Reshare,
+    /// Adds one to its share of the first triple's `c` of every kit it takes.
+    TripleC,
+    /// Does not send its first layer's message.
+    Withhold,
+    /// Sends, in each layer, what it sent in the same layer of its previous session.
+    Replay,
+}
+
+impl Lie {
+    pub const ALL: [Lie; 6] = [
+        Lie::OutputShare,
+        Lie::Opening,
+        Lie::Reshare,
+        Lie::TripleC,
+        Lie::Withhold,
+        Lie::Replay,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Lie::OutputShare => "output-share",
+            Lie::Opening => "opening",
+            Lie::Reshare => "reshare",
+            Lie::TripleC => "triple-c",
+            Lie::Withhold => "withhold",
+            Lie::Replay => "replay",
+        }
+    }
+}
+
 /// See the module's documentation.
 #[derive(Clone)]
 pub struct Env {
@@ -49,6 +92,11 @@ pub struct Env {
     inline: bool,
     #[cfg(feature = "planted-bugs")]
     planted: Option<Bug>,
+    #[cfg(feature = "planted-bugs")]
+    lie: Option<Lie>,
+    /// [`Lie::Replay`]'s memory: the last message sent in each layer.
+    #[cfg(feature = "planted-bugs")]
+    sent: Arc<std::sync::Mutex<std::collections::HashMap<u32, Vec<u8>>>>,
 }
 
 impl Env {
@@ -60,6 +108,12 @@ impl Env {
             inline: false,
             #[cfg(feature = "planted-bugs")]
             planted: None,
+            #[cfg(feature = "planted-bugs")]
+            lie: std::env::var("QUORUMVM_LIE")
+                .ok()
+                .and_then(|name| Lie::ALL.into_iter().find(|l| l.name() == name)),
+            #[cfg(feature = "planted-bugs")]
+            sent: Default::default(),
         }
     }
 
@@ -72,6 +126,10 @@ impl Env {
             inline: true,
             #[cfg(feature = "planted-bugs")]
             planted: None,
+            #[cfg(feature = "planted-bugs")]
+            lie: None,
+            #[cfg(feature = "planted-bugs")]
+            sent: Default::default(),
         }
     }
 
@@ -92,6 +150,35 @@ impl Env {
         {
             let _ = bug;
             false
+        }
+    }
+
+    /// Whether this custodian tells `lie` (never, in a build without the `planted-bugs`
+    /// feature).
+    pub fn lies(&self, lie: Lie) -> bool {
+        #[cfg(feature = "planted-bugs")]
+        {
+            self.lie == Some(lie)
+        }
+        #[cfg(not(feature = "planted-bugs"))]
+        {
+            let _ = lie;
+            false
+        }
+    }
+
+    /// [`Lie::Replay`]: the message sent in `layer` of the previous session in place of
+    /// `message` (the first session sends its own), remembering `message` for the next.
+    pub fn replay(&self, layer: u32, message: Vec<u8>) -> Vec<u8> {
+        #[cfg(feature = "planted-bugs")]
+        {
+            let mut sent = self.sent.lock().expect("replay memory");
+            sent.insert(layer, message.clone()).unwrap_or(message)
+        }
+        #[cfg(not(feature = "planted-bugs"))]
+        {
+            let _ = layer;
+            message
         }
     }
 

@@ -17,7 +17,7 @@ pub mod metrics;
 use axum::serve::{Listener, ListenerExt as _};
 
 pub use body::{Body, body_error, json};
-pub use env::{Bug, Env};
+pub use env::{Bug, Env, Lie};
 pub use error::ApiError;
 
 /// `listener`, with every accepted connection set to `TCP_NODELAY`: round messages and answers

@@ -243,6 +243,15 @@ pub struct VersionKits {
 }
 
 /// A party's answer to a suspension statement it applied.
+/// A custodian's standing after `POST /v1/custodians/clearances`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClearanceState {
+    pub custodian: u32,
+    /// Whether the statement cleared a suspicion (`false`: the custodian was not suspect, or
+    /// was caught again after the statement was signed).
+    pub cleared: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SuspensionState {
     pub identity: String,

@@ -17,6 +17,7 @@
 
 pub mod api;
 pub mod approval;
+pub mod clearance;
 pub mod code;
 pub mod config;
 pub mod deal;
