@@ -194,7 +194,11 @@ fn bench(c: &mut Criterion) {
         private_inputs: sq_x[me as usize - 1].clone(),
         kit: sq_triples[me as usize - 1].clone(),
     };
-    let peers = vec![(2, vec![Fp::ONE, Fp::ONE])];
+    // Custodian 2's first message, as it sends it.
+    let Step::Send(from_2) = Session::begin(setup(2)).unwrap().1 else {
+        panic!("a product of two shared wires takes a round")
+    };
+    let peers = vec![(2, from_2)];
     g.bench_function("begin_plus_one_layer_call", |b| {
         b.iter_batched(
             || p.session().unwrap(),
