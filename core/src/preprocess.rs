@@ -306,7 +306,7 @@ impl Preprocessing {
                         *s += v;
                     }
                 }
-                // c's points (a dot summed first), then r·a, r·b, r·ρ.
+                // c's points (a dot summed first), then r·a, r·b, r·ρ, r·secret.
                 let per = self.p.shape.dealt();
                 let mut local = Vec::with_capacity(self.p.count * self.p.shape.products());
                 for kit in self.dealt.chunks(per).take(self.p.count) {
