@@ -1016,8 +1016,54 @@ fn a_lying_custodian_never_makes_an_answer_wrong() {
             "{lie}: only {served} of {evaluations} served once the liar was left out"
         );
         eprintln!("{lie}: {served} served, {refused} refused, 0 wrong; custodian 3 named");
+        if lie == "output-share" {
+            clear_the_suspect(&c, &rt);
+        }
         c.audit_verifies("coordinator/coordinator.db");
     }
+}
+
+/// The coordinator's operator clears custodian 3: `/metrics` shows it suspect until then, a
+/// clearance signed with another key is refused, the operator's own is audited and puts it
+/// back, and clearing again changes nothing.
+fn clear_the_suspect(c: &Cluster, rt: &tokio::runtime::Runtime) {
+    let suspect = || {
+        let text = rt.block_on(async {
+            let url = format!("{}/metrics", c.coordinator_url);
+            c.http.get(url).send().await.unwrap().text().await.unwrap()
+        });
+        text.contains("quorumvm_custodian_suspect{custodian=\"3\"} 1")
+    };
+    assert!(suspect());
+    let forged = quorumvm_wire::clearance::Clearance {
+        custodian: 3,
+        time_ms: quorumvm_wire::now_ms(),
+    }
+    .sign(&quorumvm_package::SecretKey::generate());
+    let (status, body) = rt.block_on(async {
+        let url = format!("{}/v1/custodians/clearances", c.coordinator_url);
+        let r = c.http.post(url).json(&forged).send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    });
+    assert_eq!(status, 403, "{body}");
+    assert!(suspect());
+    let config = c.path("coordinator.toml");
+    let clear = || {
+        let out = ok(quorumvm(&[
+            "clear-suspect",
+            "3",
+            "--config",
+            config.to_str().unwrap(),
+            "--json",
+        ]));
+        serde_json::from_str::<serde_json::Value>(&out).expect("json")["cleared"] == true
+    };
+    assert!(clear());
+    assert!(!suspect());
+    let cleared = c.audit_entries("coordinator/coordinator.db", "custodian.cleared");
+    assert_eq!(cleared.len(), 1);
+    assert_eq!(cleared[0]["custodian"], 3);
+    assert!(!clear(), "nothing left to clear");
 }
 
 /// A custodian that shifts what it reshares in preprocessing (the offset the semi-honest

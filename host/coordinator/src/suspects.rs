@@ -12,7 +12,7 @@
 //!
 //! A suspect is recorded durably with its evidence and audited (`custodian.suspected`), counted
 //! in `/metrics`, and left out of every later quorum at once. `POST /v1/custodians/clearances`,
-//! with a [`Clearance`] signed by the coordinator's key (`quorumvm custodian clear`), puts it
+//! with a [`Clearance`] signed by the coordinator's key (`quorumvm clear-suspect`), puts it
 //! back, audited (`custodian.cleared`), and forgets the failing sets seen so far.
 //!
 //! [`open_outputs`]: quorumvm_core::shares::open_outputs
