@@ -539,10 +539,11 @@ mod tests {
         (Cluster::new(2, &entries).unwrap(), keys)
     }
 
+    const ECHO: &str =
+        "program echo\nprivate salary in 0..1000000 scale 2\ninput age in 0..100\noutput salary\n";
+
     fn target() -> Target {
-        let src = "program echo\nprivate salary in 0..1000000 scale 2\ninput age in 0..100\n\
-                   output salary\n";
-        let program = quorumvm_compiler::compile(src, "echo").unwrap();
+        let program = quorumvm_compiler::compile(ECHO, "echo").unwrap();
         Target {
             program: "echo".into(),
             package_id: "ab".repeat(32),
@@ -565,14 +566,21 @@ mod tests {
         ]
     }
 
-    /// What honest custodians answer for the echo program: each opens its envelope and seals
-    /// its share of the salary (the program's one output) back to the reply key.
+    /// What honest custodians answer for the echo program: each opens its envelope, runs its
+    /// session with the others (kits from the test dealer) and seals its answer (its share of
+    /// the salary, the program's one output, and what checks it) back to the reply key.
     fn answer(prepared: &Prepared, keys: &[CustodianSecretKey]) -> EvalResponse {
+        use quorumvm_core::session::{Session, Setup, Step};
         let request: CallerRequest = prepared.signed.parse_unverified().unwrap();
         let private = request.private.as_ref().unwrap();
         let reply = CustodianPublicKey::from_file_text(&private.reply_key).unwrap();
-        let mut sealed_outputs = BTreeMap::new();
-        for (key, index) in keys.iter().zip(1u32..) {
+        let circuit = quorumvm_compiler::compile(ECHO, "echo").unwrap().circuit;
+        let t = quorumvm_core::shamir::Threshold::new(2, 3).unwrap();
+        let kits = quorumvm_core::dealer::deal_kits(&circuit, &[], t, &mut rand::thread_rng());
+        let quorum = vec![1u32, 2, 3];
+        let mut sessions = Vec::new();
+        let mut sent = Vec::new();
+        for ((key, index), kit) in keys.iter().zip(1u32..).zip(kits) {
             let binding = InputsBinding {
                 request_id: &request.request_id,
                 package: parse_package_id(&request.package_id).unwrap(),
@@ -580,11 +588,34 @@ mod tests {
             };
             let envelope = hex::decode(&private.sealed[&index]).unwrap();
             let shares = open_inputs(key, &binding, &envelope).unwrap();
+            let (session, step) = Session::begin(Setup {
+                circuit: circuit.clone(),
+                me: index,
+                quorum: quorum.clone(),
+                threshold: 2,
+                secrets: vec![],
+                inputs: vec![Fp::from(41)],
+                private_inputs: shares.to_vec(),
+                kit,
+            })
+            .unwrap();
+            let Step::Send(message) = step else {
+                panic!("the masks of the private input take a round")
+            };
+            sessions.push(session);
+            sent.push((index, message));
+        }
+        let mut sealed_outputs = BTreeMap::new();
+        for ((mut session, key), index) in sessions.into_iter().zip(keys).zip(1u32..) {
+            let others: Vec<_> = sent.iter().filter(|(x, _)| *x != index).cloned().collect();
+            let Step::Done(answer) = session.advance(&others).unwrap() else {
+                panic!("one round")
+            };
             let out = OutputsBinding {
                 request: prepared.signed.digest(),
                 custodian: index,
             };
-            let sealed = seal_outputs(reply, key, &out, &shares).unwrap();
+            let sealed = seal_outputs(reply, key, &out, &answer).unwrap();
             sealed_outputs.insert(index, hex::encode(sealed));
         }
         EvalResponse {
@@ -647,7 +678,7 @@ mod tests {
             request: prepared.signed.digest(),
             custodian: 2,
         };
-        let lie = seal_outputs(reply, &own, &binding, &[Fp::from(1)]).unwrap();
+        let lie = seal_outputs(reply, &own, &binding, &[Fp::from(1); 6]).unwrap();
         forged.sealed_outputs.insert(2, hex::encode(lie));
         let e = prepared.open(&target, &mut forged).unwrap_err();
         assert_eq!(e.code(), "bad_output_share", "{e}");
