@@ -110,6 +110,8 @@ fn the_demo_runs_end_to_end() {
         "f(10) = 289",
         "f(0) = 49",
         "score = 453.276850",
+        "score after the refresh: 453.276850 (the same)",
+        "now at share epoch 1",
         "budget_exhausted",
         "rate_limited",
         "ACTIVE",
@@ -740,21 +742,34 @@ fn the_coordinator_receives_no_secret_and_no_triple_material() {
     assert!(checked > 1000, "checked {checked} values");
 }
 
-/// Custodian `i`'s plaintext shares of the model's secrets, opened here with its key.
+/// Custodian `i`'s plaintext shares of the model's secrets (as dealt), opened here with its
+/// key.
 fn secret_shares(c: &Cluster, i: u32, package: &str) -> Vec<[u8; 16]> {
+    shares_at(c, i, package, 0)
+}
+
+/// Custodian `i`'s plaintext shares of the model's secrets at share epoch `epoch` (0: as dealt;
+/// else as that refresh made them), in the order of the secrets' names, opened with its key.
+fn shares_at(c: &Cluster, i: u32, package: &str, epoch: u64) -> Vec<[u8; 16]> {
     let key_text = std::fs::read_to_string(c.path(&format!("custodian-{i}/sealing.key"))).unwrap();
     let key = quorumvm_sealing::CustodianSecretKey::from_file_text(&key_text).unwrap();
     let db = quorumvm_ledger::Ledger::open(c.path(&format!("custodian-{i}/custodian.db"))).unwrap();
-    let mut stmt = db
-        .connection()
-        .prepare("SELECT secret, sealed FROM sealed_shares WHERE package_id = ?1")
-        .unwrap();
+    let query = if epoch == 0 {
+        "SELECT secret, sealed FROM sealed_shares WHERE package_id = ?1 ORDER BY secret"
+    } else {
+        "SELECT secret, sealed FROM refreshed_shares WHERE package_id = ?1 ORDER BY secret"
+    };
+    let mut stmt = db.connection().prepare(query).unwrap();
     let rows: Vec<(String, Vec<u8>)> = stmt
         .query_map([package], |r| Ok((r.get(0)?, r.get(1)?)))
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(rows.len(), WEIGHTS.len());
+    assert_eq!(
+        rows.len(),
+        WEIGHTS.len(),
+        "custodian {i}'s shares at epoch {epoch}"
+    );
     let id = quorumvm_package::PackageId(hex::decode(package).unwrap().try_into().unwrap());
     rows.iter()
         .map(|(secret, sealed)| {
@@ -762,6 +777,7 @@ fn secret_shares(c: &Cluster, i: u32, package: &str) -> Vec<[u8; 16]> {
                 package: id,
                 custodian: i,
                 secret,
+                epoch,
             };
             let share = quorumvm_sealing::open_share(
                 &key,
@@ -1094,5 +1110,220 @@ fn a_custodian_lying_in_preprocessing_spoils_no_kit() {
         let (status, body) = rt.block_on(c.eval(&key, &model, &model_inputs(i)));
         assert_eq!(status, 503, "{body}");
         assert_eq!(body["error"]["code"], "no_preprocessing", "{body}");
+    }
+}
+
+/// Points of one secret, by custodian, from shares read with [`shares_at`].
+fn points(shares: &[(u32, &Vec<[u8; 16]>)], secret: usize) -> Vec<quorumvm_core::shamir::Share> {
+    shares
+        .iter()
+        .map(|(x, s)| quorumvm_core::shamir::Share {
+            x: *x,
+            y: quorumvm_core::field::Fp::from_le_bytes(s[secret]).unwrap(),
+        })
+        .collect()
+}
+
+/// `quorumvm reshare` while 8 clients evaluate: no evaluation is lost and every answer is
+/// right; every custodian moves to epoch 1 with new shares of the same secrets; an old share
+/// with a new one opens nothing (and for every candidate secret there is a refresh that
+/// explains the pair); the publisher's ciphertexts are gone from every server.
+#[test]
+fn a_reshare_under_load_loses_no_evaluation_and_old_shares_are_useless_with_new() {
+    use quorumvm_core::field::Fp;
+    use quorumvm_core::shamir::{Threshold, complete_with_secret, eval_poly, reconstruct};
+
+    let c = Arc::new(Cluster::start());
+    let key = c.identity("steady");
+    let model = install_model(&c);
+    let rt = runtime();
+    rt.block_on(c.eval_ready(&key, &model, &model_inputs(0)));
+    let old: Vec<Vec<[u8; 16]>> = (1..=3).map(|i| secret_shares(&c, i, &model)).collect();
+
+    let config = c.path("coordinator.toml");
+    let (good, bad, reshared) = rt.block_on(async {
+        let running = tokio::spawn(load(
+            Arc::clone(&c),
+            key.clone(),
+            model.clone(),
+            8,
+            60,
+            40_000,
+        ));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let reshared = tokio::task::spawn_blocking(move || {
+            quorumvm(&["reshare", "--config", config.to_str().unwrap(), "--json"])
+        })
+        .await
+        .unwrap();
+        let (good, bad) = running.await.unwrap();
+        (good, bad, reshared)
+    });
+    let report: quorumvm_wire::api::ReshareReport = serde_json::from_str(&ok(reshared)).unwrap();
+    eprintln!(
+        "reshare of {} secrets under 8 clients: {} ms",
+        report.secrets, report.ms
+    );
+    assert_eq!(
+        (report.epoch, &report.committed[..], report.secrets),
+        (1, &[1u32, 2, 3][..], WEIGHTS.len() as u64)
+    );
+    assert!(bad.is_empty(), "during the reshare: {bad:?}");
+    assert_eq!(good.len(), 480);
+    // The load was running on both sides of the switch to the new epoch.
+    let db = quorumvm_ledger::Ledger::open(c.path("coordinator/coordinator.db")).unwrap();
+    let kinds: Vec<String> = db
+        .audit_entries(0, 100_000)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    let switch = kinds.iter().position(|k| k == "reshare.attested").unwrap();
+    let accepted = |range: &[String]| range.iter().filter(|k| *k == "eval.accepted").count();
+    let (before, after) = (accepted(&kinds[..switch]), accepted(&kinds[switch..]));
+    eprintln!("evaluations accepted before the switch: {before}, after: {after}");
+    assert!(before > 1 && after > 0, "before {before}, after {after}");
+    let after = rt.block_on(c.eval_ready(&key, &model, &model_inputs(7)));
+    assert_eq!(after.outputs["y"], model_expected(&model_inputs(7)));
+
+    let new: Vec<Vec<[u8; 16]>> = (1..=3).map(|i| shares_at(&c, i, &model, 1)).collect();
+    let t = Threshold::new(2, 3).unwrap();
+    for s in 0..WEIGHTS.len() {
+        let secret = reconstruct(&points(&[(1, &old[0]), (2, &old[1])], s), t).unwrap();
+        for x in 0..3 {
+            assert_ne!(
+                old[x][s],
+                new[x][s],
+                "custodian {}'s share unchanged",
+                x + 1
+            );
+        }
+        // Any k new shares open the same secret...
+        for pair in [[1u32, 2], [2, 3], [1, 3]] {
+            let (a, b) = (pair[0], pair[1]);
+            let p = points(&[(a, &new[a as usize - 1]), (b, &new[b as usize - 1])], s);
+            assert_eq!(reconstruct(&p, t).unwrap(), secret);
+        }
+        // ...while custodian 1's old share with custodian 2's new one opens something else,
+        // and every candidate is as consistent with the pair as the secret.
+        let mixed = points(&[(1, &old[0]), (2, &new[1])], s);
+        assert_ne!(reconstruct(&mixed, t).unwrap(), secret);
+        for candidate in [secret, Fp::ZERO, Fp::from(1_000_003u64)] {
+            let f = complete_with_secret(&mixed[..1], candidate).unwrap();
+            let g = complete_with_secret(&mixed[1..], candidate).unwrap();
+            let refresh: Vec<Fp> = g.iter().zip(&f).map(|(a, b)| *a - *b).collect();
+            assert_eq!(eval_poly(&refresh, Fp::ZERO), Fp::ZERO);
+        }
+    }
+    let rows = |db: &str, table: &str| -> i64 {
+        quorumvm_ledger::Ledger::open(c.path(db))
+            .unwrap()
+            .connection()
+            .query_row(
+                &format!("SELECT COUNT(*) FROM {table} WHERE package_id = ?1"),
+                [&model],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    assert_eq!(rows("coordinator/coordinator.db", "sealed_shares"), 0);
+    for i in 1..=3 {
+        assert_eq!(
+            rows(&format!("custodian-{i}/custodian.db"), "sealed_shares"),
+            0
+        );
+        let refreshed = c.audit_entries(&format!("custodian-{i}/custodian.db"), "shares.refreshed");
+        assert_eq!(refreshed.len(), 1);
+        assert_eq!(refreshed[0]["epoch"], 1);
+    }
+    assert_eq!(
+        c.audit_entries("coordinator/coordinator.db", "reshare.attested")
+            .len(),
+        1
+    );
+}
+
+/// A custodian that lies in the refresh (it deals a sharing of one, not of zero, which would
+/// change a secret) is caught by every other: the refresh fails with a clear error, every
+/// custodian stays at epoch 0, and the cluster serves the right answers. With the liar down, a
+/// refresh is refused saying which custodian is missing.
+#[test]
+fn a_custodian_lying_in_a_reshare_changes_nothing() {
+    let c = Cluster::init(|_, text| text);
+    for name in ["coordinator", "custodian-1", "custodian-2"] {
+        c.start_server(name);
+    }
+    c.start_server_with("custodian-3", &[("QUORUMVM_LIE", "refresh")]);
+    let key = c.identity("careful");
+    let model = install_model(&c);
+    let rt = runtime();
+    rt.block_on(c.eval_ready(&key, &model, &model_inputs(0)));
+    let out = quorumvm(&[
+        "reshare",
+        "--config",
+        c.path("coordinator.toml").to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("reshare_failed") && stderr.contains("stays at epoch 0"),
+        "{stderr}"
+    );
+    for i in 1..=3 {
+        let db = format!("custodian-{i}/custodian.db");
+        assert!(c.audit_entries(&db, "shares.refreshed").is_empty());
+    }
+    assert_eq!(
+        c.audit_entries("coordinator/coordinator.db", "reshare.failed")
+            .len(),
+        1
+    );
+    for seed in 1..=20 {
+        let answer = rt.block_on(c.eval_ready(&key, &model, &model_inputs(seed)));
+        assert_eq!(answer.outputs["y"], model_expected(&model_inputs(seed)));
+    }
+    // With a custodian down, a refresh is refused saying which.
+    c.kill("custodian-3");
+    std::thread::sleep(Duration::from_millis(700));
+    let out = quorumvm(&[
+        "reshare",
+        "--config",
+        c.path("coordinator.toml").to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{stderr}");
+    assert!(
+        stderr.contains("too_few_custodians") && stderr.contains("custodian 3 is not answering"),
+        "{stderr}"
+    );
+}
+
+/// `reshare_interval_s` in the coordinator's config refreshes the shares on its own: the epoch
+/// moves while the answers stay right.
+#[test]
+fn scheduled_reshares_move_the_epoch() {
+    let c = Cluster::init(|_, text| format!("reshare_interval_s = 1\n{text}"));
+    c.start_all();
+    let key = c.identity("patient");
+    let model = install_model(&c);
+    let rt = runtime();
+    rt.block_on(c.eval_ready(&key, &model, &model_inputs(0)));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while c
+        .audit_entries("coordinator/coordinator.db", "reshare.attested")
+        .len()
+        < 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no two scheduled refreshes in 60 s:\n{}",
+            c.log("coordinator")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for seed in 1..=5 {
+        let answer = rt.block_on(c.eval_ready(&key, &model, &model_inputs(seed)));
+        assert_eq!(answer.outputs["y"], model_expected(&model_inputs(seed)));
     }
 }

@@ -25,6 +25,9 @@ pub enum Invariant {
     /// Once the faults stop, the cluster answers a fresh request within the bound, and every
     /// server could start again.
     Liveness,
+    /// Once the faults stop, every custodian is at the epoch of the last refresh of the shares
+    /// the coordinator certified: a refresh cut short anywhere leaves no mix of epochs.
+    Epochs,
 }
 
 #[derive(Debug, Clone)]
@@ -45,6 +48,38 @@ pub fn check(outcome: &Outcome, world: &World) -> Vec<Violation> {
             Invariant::Liveness,
             "no answer within the bound once the faults were over".into(),
         );
+    }
+    for (status, body) in &outcome.reshares {
+        if matches!(status, Some(s) if *s != 200) && body["error"]["code"].as_str().is_none() {
+            violate(
+                Invariant::Answers,
+                format!("a reshare answered {status:?} without a JSON error: {body}"),
+            );
+        }
+    }
+    let certified: u64 = Ledger::open(world.db("coordinator"))
+        .expect("the coordinator's database")
+        .connection()
+        .query_row(
+            "SELECT COUNT(*) FROM reshares WHERE state = 'attested'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("the coordinator's reshares");
+    for host in &SERVERS[1..] {
+        let epoch: u64 = Ledger::open(world.db(host))
+            .expect("a custodian's database")
+            .connection()
+            .query_row("SELECT COALESCE(MAX(epoch), 0) FROM epoch", [], |r| {
+                r.get(0)
+            })
+            .expect("a custodian's epoch");
+        if epoch != certified {
+            violate(
+                Invariant::Epochs,
+                format!("{host} is at epoch {epoch}; the coordinator certified {certified}"),
+            );
+        }
     }
     for s in &outcome.seen {
         match s.status {

@@ -51,6 +51,10 @@ fn run(seed: u64, bug: Option<Bug>) -> (Plan, Vec<Violation>) {
     (plan, violations)
 }
 
+/// How many of the operator's refresh requests the coordinator answered with 200, over every
+/// schedule this process ran, for the summaries.
+static RESHARED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// [`run`], with what the clients saw.
 fn run_seen(seed: u64, bug: Option<Bug>) -> (Plan, Vec<schedule::Seen>, Vec<Violation>) {
     if std::env::var_os("RUST_LOG").is_some() {
@@ -62,6 +66,11 @@ fn run_seen(seed: u64, bug: Option<Bug>) -> (Plan, Vec<schedule::Seen>, Vec<Viol
     let world = World::new(&format!("{seed}-{bug:?}"));
     let outcome = schedule::run(&plan, bug, &world);
     let violations = invariants::check(&outcome, &world);
+    let reshared = outcome.reshares.iter().filter(|(s, _)| *s == Some(200));
+    RESHARED.fetch_add(
+        reshared.count() as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     if std::env::var_os("QUORUMVM_SIM_VERBOSE").is_some() {
         for s in &outcome.seen {
             println!(
@@ -109,9 +118,14 @@ fn explore(seeds: impl Iterator<Item = u64>) {
             };
             *faults.entry(kind).or_default() += 1;
         }
+        *faults.entry("reshares").or_default() += plan.reshares.len() as u64;
         *faults.entry("requests").or_default() +=
             plan.sends.values().map(|s| s.len() as u64).sum::<u64>();
     }
+    faults.insert(
+        "reshares answered 200 (all halves)",
+        RESHARED.load(std::sync::atomic::Ordering::Relaxed),
+    );
     let secs = started.elapsed().as_secs_f64();
     println!(
         "{schedules} schedules in {secs:.1} s ({:.0} per minute), no invariant broken; explored: {faults:?}",
@@ -210,6 +224,50 @@ fn a_coordinator_that_skips_the_budget_is_caught() {
 #[test]
 fn a_coordinator_that_gives_up_on_a_custodian_is_caught() {
     planted(Bug::DeadStaysDead, Invariant::Liveness);
+}
+
+/// kill -9 of each server at each moment of a refresh of the shares: the operator asks for one
+/// at 300 ms, and one server crashes (for 400 ms) at 300 + d ms, d stepping through the
+/// refresh's layers, its certificate and its commits. Every schedule keeps every invariant:
+/// every custodian ends at the coordinator's certified epoch, every answer is right.
+#[test]
+fn a_crash_at_every_step_of_a_reshare_converges() {
+    let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
+    for host in 0..schedule::SERVERS.len() {
+        for d in (0..=120).step_by(4) {
+            let base = Plan::new(d);
+            let plan = Plan {
+                faults: vec![(300 + d, Fault::Crash { host, down_ms: 400 })],
+                reshares: vec![300],
+                calm_ms: 700 + d,
+                ..base
+            };
+            let world = World::new(&format!("crash-reshare-{host}-{d}"));
+            let outcome = schedule::run(&plan, None, &world);
+            let violations = invariants::check(&outcome, &world);
+            assert!(
+                violations.is_empty(),
+                "crash of {} at +{d} ms: {violations:?}",
+                schedule::SERVERS[host]
+            );
+            let answer = match &outcome.reshares[..] {
+                [(Some(200), _)] => "certified".to_string(),
+                [(Some(_), body)] => body["error"]["code"].as_str().unwrap_or("?").to_string(),
+                _ => "no answer".to_string(),
+            };
+            *outcomes.entry(answer).or_default() += 1;
+        }
+    }
+    println!("reshare outcomes over the crashes: {outcomes:?}");
+    assert!(
+        outcomes.contains_key("certified") && outcomes.len() > 1,
+        "{outcomes:?}"
+    );
+}
+
+#[test]
+fn a_commit_sent_only_once_is_caught() {
+    planted(Bug::CommitOnce, Invariant::Epochs);
 }
 
 /// The servers cannot plant a broken chain: the ledger's log is append-only (triggers) and each

@@ -79,6 +79,8 @@ pub struct Plan {
     pub faults: Vec<(u64, Fault)>,
     /// Each loading caller's requests.
     pub sends: BTreeMap<&'static str, Vec<Send>>,
+    /// When the operator asks for a refresh of the shares (`quorumvm reshare`), in order.
+    pub reshares: Vec<u64>,
     /// When the last fault is over.
     pub calm_ms: u64,
 }
@@ -136,24 +138,33 @@ impl Plan {
                 (caller, sends)
             })
             .collect();
+        // Drawn last, so that a seed's faults and requests are those it had before refreshes
+        // were part of the schedules.
+        let mut reshares: Vec<u64> = (0..rng.gen_range(0..=2))
+            .map(|_| rng.gen_range(0..FAULT_WINDOW_MS))
+            .collect();
+        reshares.sort_unstable();
         Plan {
             seed,
             faults,
             sends,
+            reshares,
             calm_ms,
         }
     }
 
-    /// The faults, for a report.
+    /// The faults and refreshes, for a report.
     pub fn describe(&self) -> String {
-        if self.faults.is_empty() {
-            return "no faults".into();
-        }
-        self.faults
+        let mut events: Vec<String> = self
+            .faults
             .iter()
             .map(|(at, f)| format!("{f} at {at} ms"))
-            .collect::<Vec<_>>()
-            .join(", ")
+            .collect();
+        events.extend(self.reshares.iter().map(|at| format!("reshare at {at} ms")));
+        if events.is_empty() {
+            return "no faults".into();
+        }
+        events.join(", ")
     }
 }
 
@@ -168,9 +179,14 @@ pub struct Seen {
     pub body: serde_json::Value,
 }
 
+/// An answer: its status (`None`: none came) and body.
+pub type Answer = (Option<u16>, serde_json::Value);
+
 /// What a run left for the invariants to check.
 pub struct Outcome {
     pub seen: Vec<Seen>,
+    /// The operator's refresh requests' answers.
+    pub reshares: Vec<Answer>,
     /// When the liveness probe got its answer, after the last fault (`None`: never).
     pub served_again_after: Option<Duration>,
     /// A host's software that failed (it could not start again, say).
@@ -270,6 +286,23 @@ pub fn run(plan: &Plan, bug: Option<Bug>, world: &World) -> Outcome {
         Ok(())
     });
 
+    let reshares: Rc<RefCell<Vec<Answer>>> = Rc::default();
+    let operator = Operator::new(world);
+    let (times, answers) = (plan.reshares.clone(), Rc::clone(&reshares));
+    // Time for the health checks to send every commit a crashed host missed.
+    let settle = Duration::from_millis(plan.calm_ms.max(times.last().copied().unwrap_or(0)))
+        + Duration::from_secs(3);
+    sim.client("operator", async move {
+        let start = tokio::time::Instant::now();
+        for at in times {
+            tokio::time::sleep_until(start + Duration::from_millis(at)).await;
+            let answer = operator.reshare().await;
+            answers.borrow_mut().push(answer);
+        }
+        tokio::time::sleep_until(start + settle).await;
+        Ok(())
+    });
+
     let mut host_failure = None;
     let mut pending: Vec<(u64, Action)> = plan
         .faults
@@ -298,6 +331,7 @@ pub fn run(plan: &Plan, bug: Option<Bug>, world: &World) -> Outcome {
     let served_again_after = served_again.take();
     Outcome {
         seen,
+        reshares: reshares.take(),
         served_again_after,
         host_failure,
     }
@@ -356,6 +390,46 @@ impl Action {
                     }
                 }
             }
+        }
+    }
+}
+
+/// The coordinator's operator inside the simulation: asks for refreshes of the shares as
+/// `quorumvm reshare` does, with the coordinator's key.
+struct Operator {
+    key: quorumvm_package::SecretKey,
+    http: HttpClient,
+}
+
+impl Operator {
+    fn new(world: &World) -> Operator {
+        let text = std::fs::read_to_string(world.coordinator.data_dir.join("coordinator.key"))
+            .expect("the coordinator's key");
+        Operator {
+            key: quorumvm_package::SecretKey::from_file_text(&text).expect("a coordinator key"),
+            http: net::env().http(),
+        }
+    }
+
+    async fn reshare(&self) -> Answer {
+        let request = quorumvm_wire::clearance::ReshareRequest {
+            time_ms: net::now_ms(),
+        };
+        let reply = self
+            .http
+            .post(format!("{}/v1/reshares", net::url("coordinator")))
+            .json(&request.sign(&self.key))
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await;
+        match reply {
+            Ok(r) => (
+                Some(r.status.as_u16()),
+                serde_json::from_slice(&r.body).unwrap_or_else(
+                    |_| serde_json::json!({ "unreadable": String::from_utf8_lossy(&r.body) }),
+                ),
+            ),
+            Err(e) => (None, serde_json::json!({ "transport": e.to_string() })),
         }
     }
 }

@@ -243,7 +243,28 @@ async fn bench(layout: &Layout, o: &Options) -> Result<()> {
     let linear_inputs: Vec<(String, String)> = (1..=10)
         .map(|i| (format!("f{i}"), format!("{}", 100 + i * 37)))
         .collect();
+    // One evaluation of `target` with `inputs`, as a call the measurements repeat.
+    let evaluator = |target: crate::client::Target, inputs: Vec<(String, String)>| {
+        let (client, caller, pinned) = (client.clone(), caller.clone(), pinned.clone());
+        move || {
+            let (client, caller, target, inputs, pinned) = (
+                client.clone(),
+                caller.clone(),
+                target.clone(),
+                inputs.clone(),
+                pinned.clone(),
+            );
+            async move {
+                client
+                    .eval(&caller, &target, &inputs, Some(&pinned))
+                    .await
+                    .map(|_| ())
+                    .map_err(fail)
+            }
+        }
+    };
     let mut summary = Vec::new();
+    let mut square_rate = 0.0;
     for (name, program, inputs) in [
         (
             "(x+7)^2",
@@ -276,31 +297,7 @@ async fn bench(layout: &Layout, o: &Options) -> Result<()> {
                 }
             }
         };
-        let eval_call = {
-            let (client, caller, target, inputs, pinned) = (
-                client.clone(),
-                caller.clone(),
-                target.clone(),
-                inputs.clone(),
-                pinned.clone(),
-            );
-            move || {
-                let (client, caller, target, inputs, pinned) = (
-                    client.clone(),
-                    caller.clone(),
-                    target.clone(),
-                    inputs.clone(),
-                    pinned.clone(),
-                );
-                async move {
-                    client
-                        .eval(&caller, &target, &inputs, Some(&pinned))
-                        .await
-                        .map(|_| ())
-                        .map_err(fail)
-                }
-            }
-        };
+        let eval_call = evaluator(target.clone(), inputs.clone());
         println!(
             "\n{name}: {rounds} round(s) per evaluation; floor = {hops} bare round trips in sequence"
         );
@@ -318,6 +315,9 @@ async fn bench(layout: &Layout, o: &Options) -> Result<()> {
             o.clients,
             floor_par.rate() / par.rate()
         );
+        if program == square {
+            square_rate = par.rate();
+        }
         summary.push((name, seq.pct(0.5), floor_seq.pct(0.5), par.rate()));
     }
     println!(
@@ -336,5 +336,69 @@ async fn bench(layout: &Layout, o: &Options) -> Result<()> {
             if p50 <= 3.0 * floor { "met" } else { "missed" }
         );
     }
+
+    // Proactive resharing: a refresh of every serving version's shares, with a version of 100
+    // secrets among them, idle and then while the clients evaluate.
+    let hundred =
+        publish_and_approve(&client, layout, &hundred_secrets(), &hundred_weights()).await?;
+    wait_for_kits(&client, &hundred, 1.0).await?;
+    let coordinator = layout.coordinator_config()?;
+    let idle = crate::governance::reshare(&coordinator).await?;
+    println!(
+        "\nReshare of {} secrets in {} versions (the 100-secret one included), idle: {} ms (epoch {})",
+        idle.secrets,
+        idle.packages.len(),
+        idle.ms,
+        idle.epoch
+    );
+    let target = client.target(&square, &sandbox).await.map_err(fail)?;
+    let square_call = evaluator(target, vec![("x".to_string(), "3".to_string())]);
+    let during = tokio::spawn(concurrent(o.clients, o.seconds, square_call));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let busy = crate::governance::reshare(&coordinator).await?;
+    let during = during.await.map_err(fail)??;
+    println!(
+        "Reshare of the same while {} clients evaluate (x+7)^2: {} ms (epoch {}); every evaluation answered",
+        o.clients, busy.ms, busy.epoch
+    );
+    row(
+        &format!("evaluations around it, {} clients", o.clients),
+        &during,
+    );
+    println!(
+        "  throughput over the {} s window: {:.2}× of the same load without a reshare (the kit pools are emptied and refilled)",
+        o.seconds,
+        during.rate() / square_rate
+    );
     Ok(())
+}
+
+/// A version with 100 secret weights: what a refresh of a large model costs.
+fn hundred_secrets() -> String {
+    let mut source = String::from(
+        "program bench_hundred\nversion 1\npolicy budget 1000000000\npolicy rate 1000000 per second\n",
+    );
+    for i in 1..=100 {
+        source.push_str(&format!(
+            "input f{i} in 0..1000\nsecret w{i} in -10..10 scale 2\n"
+        ));
+    }
+    let list = |p: &str| {
+        (1..=100)
+            .map(|i| format!("{p}{i}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    source.push_str(&format!(
+        "dot s = [{}] [{}]\noutput s\n",
+        list("w"),
+        list("f")
+    ));
+    source
+}
+
+fn hundred_weights() -> Vec<(String, String)> {
+    (1..=100)
+        .map(|i| (format!("w{i}"), format!("{}.{:02}", i % 9, (i * 7) % 100)))
+        .collect()
 }

@@ -121,6 +121,7 @@ impl Layout {
             publishers: vec![publisher.public().to_hex()],
             pool,
             custodians: entries.clone(),
+            reshare_interval_s: None,
         };
         write(&coordinator, config.to_toml().as_bytes(), false)?;
         // A mixed quorum: each custodian runs the plugin under another wasmtime engine, and

@@ -322,6 +322,7 @@ async fn tour(packages: &Path, layout: &Layout) -> Result<()> {
         .ok_or_else(|| Failure::data("credit_score.qvm has no example line"))?;
     let (args, expected) = example.split_once(" => ").unwrap_or((example, ""));
     let (inputs, secrets) = args.split_once(" --secret ").unwrap_or((args, ""));
+    let score_inputs = inputs;
     let (cs, cs_manifest) =
         publish_program(&client, layout, &credit, "credit_score", &pairs(secrets)).await?;
     println!("    package {cs}: each custodian received only its HPKE-sealed share of each weight");
@@ -334,6 +335,7 @@ async fn tour(packages: &Path, layout: &Layout) -> Result<()> {
     let started = Instant::now();
     let answer = eval(&at, &key, "credit_score", inputs).await?;
     let want = expected.trim_start_matches("score=");
+    let score_want = want.to_string();
     check(
         answer.outputs["score"] == want,
         format!("score {} expected {want}", answer.outputs["score"]),
@@ -433,6 +435,35 @@ async fn tour(packages: &Path, layout: &Layout) -> Result<()> {
 
     step(
         9,
+        "Proactive resharing: the custodians refresh their shares of every secret; shares from before are useless with shares from after, and the answers do not change",
+    );
+    let report = crate::governance::reshare(&layout.coordinator_config()?).await?;
+    check(
+        report.epoch == 1 && report.behind.is_empty(),
+        format!("every custodian at epoch 1: {report:?}"),
+    )?;
+    println!(
+        "    {} secrets of {} versions refreshed in {} ms: every custodian now at share epoch {} (old shares, dealt ciphertexts and kits deleted)",
+        report.secrets,
+        report.packages.len(),
+        report.ms,
+        report.epoch
+    );
+    let again = eval(&at, &key, "credit_score", score_inputs).await?;
+    check(
+        again.outputs["score"] == score_want,
+        format!(
+            "score {} after the refresh, expected {score_want}",
+            again.outputs["score"]
+        ),
+    )?;
+    println!(
+        "    the example applicant's score after the refresh: {} (the same)",
+        again.outputs["score"]
+    );
+
+    step(
+        10,
         "Audit: every server's hash chain verifies (entries name identities and request ids, never values)",
     );
     let coordinator_db = layout.dir.join("coordinator/coordinator.db");

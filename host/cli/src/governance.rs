@@ -1,7 +1,8 @@
 //! A custodian operator's and the coordinator's governance of callers and versions:
 //! suspending an identity at one party (`identity suspend`, `identity unsuspend`), approving
-//! its revocation (`identity revoke`), approving a version's retirement (`retire`), and
-//! clearing a custodian the coordinator holds suspect (`clear-suspect`).
+//! its revocation (`identity revoke`), approving a version's retirement (`retire`), clearing a
+//! custodian the coordinator holds suspect (`clear-suspect`) and refreshing the shares
+//! (`reshare`).
 //!
 //! A suspension is signed with the key of the party it binds and posted straight to that
 //! party: an operator's to its own custodian (so the coordinator can neither withhold nor
@@ -13,10 +14,11 @@ use std::path::Path;
 
 use quorumvm_package::{PackageId, SecretKey};
 use quorumvm_wire::api::{
-    ApproveRequest, ClearanceState, ErrorBody, IdentityInfo, SuspensionState, VersionInfo,
+    ApproveRequest, ClearanceState, ErrorBody, IdentityInfo, ReshareReport, SuspensionState,
+    VersionInfo,
 };
 use quorumvm_wire::approval::Subject;
-use quorumvm_wire::clearance::Clearance;
+use quorumvm_wire::clearance::{Clearance, ReshareRequest};
 use quorumvm_wire::config::{CoordinatorConfig, CustodianConfig};
 use quorumvm_wire::now_ms;
 use quorumvm_wire::suspension::{Authority, Suspension};
@@ -98,6 +100,13 @@ pub async fn clear_suspect(config: &CoordinatorConfig, index: u32) -> Result<Cle
         time_ms: now_ms(),
     };
     Ok(post(&url, "/v1/custodians/clearances", &statement.sign(&key)).await?)
+}
+
+/// Asks the coordinator for a refresh of the shares now, signed with the coordinator's key.
+pub async fn reshare(config: &CoordinatorConfig) -> Result<ReshareReport> {
+    let (_, url, key) = Party::Coordinator(config.clone()).authority()?;
+    let request = ReshareRequest { time_ms: now_ms() };
+    Ok(post(&url, "/v1/reshares", &request.sign(&key)).await?)
 }
 
 /// One operator's approval of revoking identity `name`, sent to the coordinator.

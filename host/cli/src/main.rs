@@ -126,6 +126,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Refresh the custodians' shares of every secret of every serving version now (proactive
+    /// resharing): shares from before are useless with shares from after. Needs every
+    /// custodian up. Signed with the coordinator's key, on the coordinator's machine.
+    Reshare {
+        /// The coordinator's config.
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Manage the identities that may evaluate: propose (coordinator), approve and revoke
     /// (custodian operators), suspend (either, each at itself).
     Identity {
@@ -347,6 +357,7 @@ fn main() -> ExitCode {
             config,
             json,
         } => servers::clear_suspect(index, &config, json),
+        Command::Reshare { config, json } => servers::reshare(&config, json),
         Command::Identity {
             command:
                 IdentityCommand::Add {

@@ -92,6 +92,7 @@ pub async fn install(
                 package: id,
                 custodian: c.index,
                 secret: &decl.name,
+                epoch: 0,
             };
             let sealed = seal_share(key, &binding, point).map_err(Failure::data)?;
             out.sealed

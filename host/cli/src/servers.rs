@@ -186,6 +186,34 @@ pub fn clear_suspect(index: u32, config: &Path, as_json: bool) -> Result<()> {
     Ok(())
 }
 
+pub fn reshare(config: &Path, as_json: bool) -> Result<()> {
+    let config = CoordinatorConfig::load(config).map_err(Failure::data)?;
+    if !as_json {
+        eprintln!("refreshing the custodians' shares of every serving version…");
+    }
+    let report = runtime()?.block_on(governance::reshare(&config))?;
+    if as_json {
+        println!("{}", serde_json::to_string(&report).expect("json"));
+    } else {
+        println!(
+            "shares refreshed: {} secrets of {} version(s), epoch {} ({} ms, session {})",
+            report.secrets,
+            report.packages.len(),
+            report.epoch,
+            report.ms,
+            report.session
+        );
+        if !report.behind.is_empty() {
+            println!(
+                "custodians {:?} did not take the commit yet: the coordinator sends it again when \
+                 they answer",
+                report.behind
+            );
+        }
+    }
+    Ok(())
+}
+
 pub fn identity_revoke(name: &str, config: &Path, as_json: bool) -> Result<()> {
     let config = CustodianConfig::load(config).map_err(Failure::data)?;
     let info = runtime()?.block_on(governance::revoke(&config, name))?;

@@ -36,6 +36,54 @@ pub async fn check_request(
     request::open(signed, &caller.key, state.env.now_ms()).map_err(ApiError::from)
 }
 
+/// How long a request waits for a quorum at the cluster's share epoch and a kit, when both are
+/// coming: right after a refresh of the shares (the custodians committing it, the kit pool
+/// emptied and refilling), or under a burst of load that emptied the pool.
+pub const READY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How often the wait looks again at the custodians' epochs (a kit batch wakes it at once).
+pub const READY_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Waits, at most [`READY_WAIT`], until `v` has k custodians at the cluster's epoch and a kit,
+/// if they are coming: at least k custodians up and serving it (those behind the epoch are
+/// sent its commit), and a batch being made or all n up to make one. Returns at once
+/// otherwise: the quorum or the admission then says what is missing.
+pub async fn wait_until_ready(state: &State, v: &Version) {
+    let deadline = tokio::time::Instant::now() + READY_WAIT;
+    let k = state.custodians.cluster.threshold();
+    loop {
+        // Registered before the pool is looked at, so that a batch added in between wakes it.
+        let added = v.kits_added.notified();
+        let epoch = state.epochs.current();
+        let serving: Vec<_> = state
+            .custodians
+            .all
+            .iter()
+            .filter(|c| c.serves(&v.package_id) && !c.is_suspect())
+            .collect();
+        let at_epoch = serving.iter().filter(|c| c.epoch() == epoch).count();
+        let (kits, generating) = {
+            let kits = v.kits.lock().expect("kits lock");
+            (kits.available() > 0, kits.generating)
+        };
+        if at_epoch >= k && kits {
+            return;
+        }
+        let refill = kits || generating || serving.len() == state.custodians.all.len();
+        if serving.len() < k || !refill {
+            return;
+        }
+        let poll = tokio::time::Instant::now() + READY_POLL;
+        if tokio::time::timeout_at(deadline.min(poll), added)
+            .await
+            .is_err()
+            && tokio::time::Instant::now() >= deadline
+        {
+            return;
+        }
+    }
+}
+
 /// Rate limit, budget, audit entry and the first kit, in one savepoint of a group commit: the
 /// evaluation is on record before it is answered.
 ///

@@ -1,15 +1,16 @@
 //! What the coordinator does on its own: health checks (a dead custodian is noticed within one
 //! interval, or at once when a call to it fails), bringing active versions up on custodians
 //! that do not serve them yet (activation, then the custodians' joint check of the shares),
-//! pushing registrations, revocations and retirements to custodians that missed them, and
-//! keeping each active version's pool of preprocessed kits filled.
+//! pushing registrations, revocations, retirements and the commits of refreshes of the shares
+//! to custodians that missed them, and keeping each active version's pool of preprocessed kits
+//! filled.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use quorumvm_wire::api::OrderResponse;
-use quorumvm_wire::order::Order;
+use quorumvm_wire::order::{Order, at_epoch};
 use tokio::task::JoinSet;
 
 use crate::State;
@@ -36,6 +37,10 @@ async fn health_loop(state: Arc<State>) {
             checks.spawn(async move {
                 let c = &state.custodians.all[i];
                 if let Some(health) = state.custodians.check_health(c).await {
+                    // Behind the cluster's epoch: it missed the commit of a refresh.
+                    if health.epoch < state.epochs.current() {
+                        crate::reshare::catch_up(&state, c).await;
+                    }
                     let k = state.custodians.cluster.threshold();
                     let callers = state.identities.all();
                     let (revoked, active): (Vec<_>, Vec<_>) = callers
@@ -281,7 +286,7 @@ async fn order_everyone(
 /// calls still running are dropped rather than waited for, since a custodian cut off from the
 /// coordinator would otherwise hold the batch until its timeout (found by the simulation: a
 /// partition of one custodian from the coordinator stopped the kit pool for two minutes).
-async fn order_jointly(
+pub(crate) async fn order_jointly(
     state: &Arc<State>,
     order: Order,
 ) -> Result<Vec<(u32, OrderResponse)>, (u32, CallError)> {
@@ -298,7 +303,7 @@ async fn order_jointly(
 }
 
 /// Peers waiting on a failed member give up at their round timeout; tells them now.
-async fn abort_everywhere(state: &State, session: &str) {
+pub(crate) async fn abort_everywhere(state: &State, session: &str) {
     for c in &state.custodians.all {
         let abort = Order::Abort {
             session: session.to_string(),
@@ -341,9 +346,14 @@ async fn pool_loop(state: Arc<State>) {
 }
 
 /// Generation needs every custodian: each deals randomness and takes part in reducing the
-/// products (n >= 2k − 1), and each must store its share of every kit.
-fn everyone_serves(state: &State, v: &Version) -> bool {
-    state.custodians.all.iter().all(|c| c.serves(&v.package_id))
+/// products (n >= 2k − 1), and each must store its share of every kit, at the cluster's epoch.
+pub(crate) fn everyone_serves(state: &State, v: &Version) -> bool {
+    let epoch = state.epochs.current();
+    state
+        .custodians
+        .all
+        .iter()
+        .all(|c| c.serves(&v.package_id) && c.epoch() == epoch)
 }
 
 async fn fill(state: Arc<State>, v: Arc<Version>) {
@@ -379,11 +389,13 @@ async fn run_batch(state: &Arc<State>, v: &Arc<Version>, first: u64, count: u64)
     }
     let started = std::time::Instant::now();
     let session = format!("prep-{}-{first}", &v.package_id[..16]);
+    let epoch = state.epochs.current();
     let order = Order::Preprocess {
         session: session.clone(),
         package_id: v.package_id.clone(),
         first_kit: first,
         count,
+        epoch,
     };
     let ok = match order_jointly(state, order).await {
         Ok(answers) => {
@@ -423,8 +435,10 @@ async fn run_batch(state: &Arc<State>, v: &Arc<Version>, first: u64, count: u64)
         }
     };
     if !ok {
-        abort_everywhere(state, &session).await;
+        abort_everywhere(state, &at_epoch(&session, epoch)).await;
     }
+    // Stored at an epoch a refresh has ended since: the custodians delete those kits.
+    let ok = ok && state.epochs.current() == epoch;
     let id = v.package_id.clone();
     let finished = state
         .writer
@@ -434,6 +448,7 @@ async fn run_batch(state: &Arc<State>, v: &Arc<Version>, first: u64, count: u64)
     use std::sync::atomic::Ordering::Relaxed;
     if ok && finished.is_ok() {
         v.kits.lock().expect("kits lock").add_batch(first, count);
+        v.kits_added.notify_waiters();
         metrics.kit_batches_stored.fetch_add(1, Relaxed);
         tracing::info!(
             package = %v.package_id, first, count,

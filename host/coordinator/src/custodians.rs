@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use quorumvm_package::{PublicKey, SecretKey};
@@ -38,6 +38,8 @@ pub struct Custodian {
     suspect: AtomicBool,
     /// Versions (package ids) this custodian reported or acknowledged serving.
     serving: Mutex<HashSet<String>>,
+    /// The share epoch it reported or acknowledged last ([`crate::reshare`]).
+    epoch: AtomicU64,
 }
 
 impl Custodian {
@@ -71,6 +73,12 @@ impl Custodian {
     }
     pub fn mark_dead(&self) -> bool {
         self.live.swap(false, Ordering::AcqRel)
+    }
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+    pub fn set_epoch(&self, epoch: u64) {
+        self.epoch.store(epoch, Ordering::Release);
     }
 }
 
@@ -122,6 +130,7 @@ impl Custodians {
                 live: AtomicBool::new(false),
                 suspect: AtomicBool::new(false),
                 serving: Mutex::new(HashSet::new()),
+                epoch: AtomicU64::new(0),
             })
             .collect();
         Custodians {
@@ -170,6 +179,7 @@ impl Custodians {
             Some(h) if h.index == c.index() => {
                 *c.serving.lock().expect("serving lock") =
                     h.versions.iter().map(|v| v.package_id.clone()).collect();
+                c.set_epoch(h.epoch);
                 if !c.live.swap(true, Ordering::AcqRel) {
                     tracing::info!(custodian = c.index(), "custodian is live");
                 }
@@ -197,7 +207,10 @@ impl Custodians {
             Order::Preprocess { count, .. } => {
                 PREPROCESS_BASE + PREPROCESS_PER_KIT * count.min(u32::MAX as u64) as u32
             }
-            Order::Activate { .. } | Order::CheckShares { .. } => PREPROCESS_TIMEOUT,
+            Order::Activate { .. }
+            | Order::CheckShares { .. }
+            | Order::Reshare { .. }
+            | Order::CommitReshare { .. } => PREPROCESS_TIMEOUT,
             _ => HEALTH_TIMEOUT,
         };
         let signed = self.sign(order);

@@ -24,7 +24,7 @@ use quorumvm_wire::signed::Signed;
 use tokio::task::JoinSet;
 
 use crate::State;
-use crate::admission::{admit, check_request, take_kit};
+use crate::admission::{READY_POLL, READY_WAIT, admit, check_request, take_kit, wait_until_ready};
 use crate::custodians::CallError;
 use crate::error::ApiError;
 use crate::registry::Version;
@@ -74,7 +74,8 @@ pub async fn handle(
     // Refuse before charging anything when a quorum is out of reach anyway (right after a
     // restart, once the custodians have been checked).
     state.custodians.checked_once(FIRST_CHECKS).await;
-    quorum(&state, &version, &[])?;
+    wait_until_ready(&state, &version).await;
+    quorum_at_epoch(&state, &version, &[]).await?;
     let request_id = caller.request_id.clone();
     let ((kit, remaining), committed) = match admit(&state, &version, &identity, &request_id).await
     {
@@ -216,7 +217,9 @@ async fn run(
         state.metrics.eval_retries.fetch_add(1, Relaxed);
         attempt += 1;
         // A fresh kit: the failed attempt may have opened masks of the old one. Audited, as
-        // the first kit is in the request's `eval.accepted` entry.
+        // the first kit is in the request's `eval.accepted` entry. (The pool may be refilling
+        // after a refresh of the shares emptied it.)
+        wait_until_ready(state, version).await;
         let (v, env, now) = (Arc::clone(version), state.env.clone(), state.env.now_ms());
         let request = request_id.to_string();
         kit = state
@@ -272,7 +275,10 @@ async fn attempt_once(
 ) -> Result<Outcome, Attempt> {
     let custodians = &state.custodians;
     let k = custodians.cluster.threshold();
-    let mut quorum = quorum(state, version, &so_far.refusing).map_err(Attempt::Fatal)?;
+    let mut quorum = quorum_at_epoch(state, version, &so_far.refusing)
+        .await
+        .map_err(Attempt::Fatal)?;
+    let epoch = state.epochs.current();
     if !so_far.deviated.is_empty() {
         quorum = bare_quorum(state, &quorum, &so_far.deviated);
     }
@@ -282,6 +288,7 @@ async fn attempt_once(
         kit,
         quorum: &quorum,
         attempt,
+        epoch,
     }
     .session_id();
     let ticket = Ticket {
@@ -290,6 +297,7 @@ async fn attempt_once(
         quorum: quorum.clone(),
         kit,
         attempt,
+        epoch,
     };
     // Every member gets the caller's signed request as it is, under its own ticket tag.
     let now = state.env.now_ms();
@@ -479,11 +487,15 @@ fn refusal(index: u32, status: u16, code: &str, reason: String) -> Attempt {
 fn quorum(state: &State, version: &Version, refusing: &[u32]) -> Result<Vec<u32>, ApiError> {
     let custodians = &state.custodians;
     let k = custodians.cluster.threshold();
+    let epoch = state.epochs.current();
     let quorum: Vec<u32> = custodians
         .all
         .iter()
         .filter(|c| {
-            c.serves(&version.package_id) && !c.is_suspect() && !refusing.contains(&c.index())
+            c.serves(&version.package_id)
+                && c.epoch() == epoch
+                && !c.is_suspect()
+                && !refusing.contains(&c.index())
         })
         .map(|c| c.index())
         .collect();
@@ -494,11 +506,22 @@ fn quorum(state: &State, version: &Version, refusing: &[u32]) -> Result<Vec<u32>
             .filter(|c| c.is_suspect())
             .map(|c| c.index())
             .collect();
-        let suspects = if suspects.is_empty() {
+        let mut suspects = if suspects.is_empty() {
             String::new()
         } else {
             format!(" (custodians {suspects:?} are suspect until an operator clears them)")
         };
+        let behind: Vec<u32> = custodians
+            .all
+            .iter()
+            .filter(|c| c.is_live() && c.epoch() != epoch)
+            .map(|c| c.index())
+            .collect();
+        if !behind.is_empty() {
+            suspects.push_str(&format!(
+                " (custodians {behind:?} are not at share epoch {epoch} yet)"
+            ));
+        }
         return Err(ApiError::unavailable(
             "too_few_custodians",
             format!(
@@ -511,6 +534,35 @@ fn quorum(state: &State, version: &Version, refusing: &[u32]) -> Result<Vec<u32>
         .with_retry_after(1));
     }
     Ok(quorum)
+}
+
+/// [`quorum`], waiting (at most [`READY_WAIT`]) while k custodians or more are up and serving
+/// `version` but not all at the cluster's epoch yet: a refresh of the shares is committing.
+async fn quorum_at_epoch(
+    state: &State,
+    version: &Version,
+    refusing: &[u32],
+) -> Result<Vec<u32>, ApiError> {
+    let deadline = Instant::now() + READY_WAIT;
+    let k = state.custodians.cluster.threshold();
+    loop {
+        let refused = match quorum(state, version, refusing) {
+            Ok(quorum) => return Ok(quorum),
+            Err(e) => e,
+        };
+        let up = state
+            .custodians
+            .all
+            .iter()
+            .filter(|c| {
+                c.serves(&version.package_id) && !c.is_suspect() && !refusing.contains(&c.index())
+            })
+            .count();
+        if up < k || Instant::now() >= deadline {
+            return Err(refused);
+        }
+        tokio::time::sleep(READY_POLL).await;
+    }
 }
 
 fn abort(state: &Arc<State>, session: &str, quorum: &[u32], failed: u32) {

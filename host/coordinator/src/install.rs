@@ -98,6 +98,7 @@ pub async fn install(
                 approvals: std::sync::Mutex::new(vec![]),
                 retirements: std::sync::Mutex::new(vec![]),
                 kits: std::sync::Mutex::new(KitPool::default()),
+                kits_added: Default::default(),
                 checks: Default::default(),
             });
             StatusCode::CREATED

@@ -18,6 +18,7 @@ mod install;
 mod metrics;
 mod packages;
 mod registry;
+mod reshare;
 mod retirement;
 mod routes;
 mod state;
@@ -100,6 +101,10 @@ where
 {
     let state = State::start(env, &config)?;
     background::start(Arc::clone(&state));
+    if let Some(seconds) = config.reshare_interval_s {
+        let interval = std::time::Duration::from_secs(seconds.max(1));
+        tokio::spawn(reshare::schedule(Arc::clone(&state), interval));
+    }
     tracing::info!(addr = %listener.local_addr()?, "coordinator listening");
     axum::serve(listener, routes::router(state)).await?;
     Ok(())

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub kit_batches_failed: AtomicU64,
     /// Custodians proven to deviate ([`crate::suspects`]).
     pub custodians_suspected: AtomicU64,
+    pub reshares_committed: AtomicU64,
+    pub reshares_failed: AtomicU64,
 }
 
 impl Metrics {
@@ -89,6 +91,18 @@ impl Metrics {
             "Custodians proven by failed checks to have deviated.",
             get(&self.custodians_suspected),
         );
+        counter(
+            out,
+            "quorumvm_reshares_total",
+            "Refreshes of the shares every custodian verified (the cluster moved to a new epoch).",
+            get(&self.reshares_committed),
+        );
+        counter(
+            out,
+            "quorumvm_reshares_failed_total",
+            "Refreshes of the shares abandoned (every custodian stayed at its epoch).",
+            get(&self.reshares_failed),
+        );
     }
 }
 
@@ -114,6 +128,20 @@ pub async fn serve(AxumState(state): AxumState<Arc<State>>) -> Response {
         "quorumvm_custodian_suspect",
         "1 if the custodian is proven to have deviated and left out of quorums until cleared.",
         &per_custodian(|c| c.is_suspect()),
+    );
+    metrics::gauge(
+        &mut out,
+        "quorumvm_share_epoch",
+        "The cluster's share epoch (refreshes certified), and each custodian's.",
+        &std::iter::once((String::new(), state.epochs.current()))
+            .chain(
+                state
+                    .custodians
+                    .all
+                    .iter()
+                    .map(|c| (format!("{{custodian=\"{}\"}}", c.index()), c.epoch())),
+            )
+            .collect::<Vec<_>>(),
     );
     let kits: Vec<(String, u64)> = state
         .registry

@@ -28,6 +28,8 @@ pub struct Version {
     /// Approvals of its retirement: at k it is retired.
     pub retirements: Mutex<Vec<(u32, String)>>,
     pub kits: Mutex<KitPool>,
+    /// Woken when a batch of kits is added to the pool.
+    pub kits_added: tokio::sync::Notify,
     pub checks: ShareChecks,
 }
 
@@ -134,6 +136,13 @@ impl KitPool {
     pub fn add_batch(&mut self, first: u64, count: u64) {
         self.ranges.push_back((first, first + count));
     }
+
+    /// Gives up every kit not handed out yet: a refresh of the shares made them useless (the
+    /// custodians delete theirs as they commit it). Ids are never reused: new batches go on
+    /// from `next_batch`.
+    pub fn discard(&mut self) {
+        self.ranges.clear();
+    }
 }
 
 #[derive(Default)]
@@ -162,6 +171,7 @@ impl Registry {
                     state: Mutex::new(v.state),
                     approvals: Mutex::new(v.approvals),
                     retirements: Mutex::new(v.retirements),
+                    kits_added: Default::default(),
                     checks: ShareChecks::default(),
                 };
                 inner.versions.insert(v.package_id, Arc::new(version));

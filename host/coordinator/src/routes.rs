@@ -11,7 +11,9 @@ use quorumvm_wire::api::{ClusterInfo, CustodianInfo};
 
 use crate::State;
 use crate::error::ApiError;
-use crate::{approve, enrol, eval, install, metrics, packages, retirement, suspects, suspension};
+use crate::{
+    approve, enrol, eval, install, metrics, packages, reshare, retirement, suspects, suspension,
+};
 
 type Shared = AxumState<Arc<State>>;
 
@@ -37,6 +39,7 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/v1/identities/{name}/revocations", post(enrol::revoke))
         .route("/v1/suspensions", post(suspension::suspend))
         .route("/v1/custodians/clearances", post(suspects::clear))
+        .route("/v1/reshares", post(reshare::handle))
         .route(
             "/v1/eval",
             post(eval::handle).layer(DefaultBodyLimit::max(eval::MAX_EVAL_BODY)),

@@ -16,6 +16,7 @@ use crate::custodians::Custodians;
 use crate::identities::Identities;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
+use crate::reshare::Epochs;
 use crate::store;
 use crate::suspects::Suspects;
 
@@ -40,6 +41,8 @@ pub(crate) struct State {
     pub suspects: Suspects,
     /// Whose turn it is among the bare quorums a retry after a deviation may take.
     pub bare_turn: std::sync::atomic::AtomicUsize,
+    /// The refreshes of the shares every custodian verified, and the epoch they make.
+    pub epochs: Epochs,
 }
 
 impl State {
@@ -56,6 +59,13 @@ impl State {
                 "preprocessing batches interrupted by the last stop are abandoned"
             );
         }
+        let failed = ledger.transaction(store::fail_unfinished_reshares)?;
+        if failed > 0 {
+            tracing::info!(
+                failed,
+                "a reshare interrupted by the last stop is abandoned"
+            );
+        }
         let reader = open_ledger(&config.data_dir)?;
         let registry = Registry::load(
             store::load_versions(reader.connection())?,
@@ -63,6 +73,7 @@ impl State {
         );
         let stored_identities = store::load_identities(reader.connection())?;
         let suspects = store::load_suspects(reader.connection())?;
+        let epochs = Epochs::load(store::load_certificates(reader.connection())?);
         let reader = Arc::new(Mutex::new(reader));
         let identities = Identities::new(&env, Arc::clone(&reader));
         identities.load(stored_identities)?;
@@ -84,6 +95,7 @@ impl State {
             metrics: Metrics::default(),
             suspects: Suspects::default(),
             bare_turn: Default::default(),
+            epochs,
             env,
         }))
     }

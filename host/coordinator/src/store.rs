@@ -5,6 +5,7 @@ use quorumvm_core::circuit::Manifest;
 use quorumvm_ledger::rusqlite::{self, OptionalExtension, Transaction, params};
 use quorumvm_ledger::{NewEntry, Schema, audit};
 use quorumvm_wire::api::{SealedShares, VersionState};
+use quorumvm_wire::order::Attestations;
 use quorumvm_wire::signed::Signed;
 
 /// Why a query on the coordinator's tables failed.
@@ -145,6 +146,20 @@ pub const SCHEMA: Schema = Schema {
             custodian INTEGER PRIMARY KEY,
             since_ms INTEGER NOT NULL,
             evidence TEXT NOT NULL
+        ) STRICT;
+    ",
+        "
+        -- Refreshes of the custodians' shares (see `reshare`), from `from_epoch` to the next.
+        -- `attestations` (JSON): every custodian's tags for its peers, set when all n verified
+        -- the refresh; from then on the cluster's epoch is the next one, and the row is the
+        -- commit any custodian still behind is sent.
+        CREATE TABLE reshares (
+            session TEXT PRIMARY KEY,
+            from_epoch INTEGER NOT NULL,
+            packages TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('started', 'attested', 'failed')),
+            attestations TEXT,
+            started_ms INTEGER NOT NULL
         ) STRICT;
     ",
     ],
@@ -581,6 +596,136 @@ pub fn load_suspects(conn: &rusqlite::Connection) -> Result<Vec<u32>, StoreError
     let mut stmt = conn.prepare("SELECT custodian FROM suspects ORDER BY custodian")?;
     let rows = stmt.query_map([], |r| r.get(0))?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// A refresh every custodian verified: what its commit order carries.
+#[derive(Debug, Clone)]
+pub struct Certificate {
+    pub session: String,
+    pub from_epoch: u64,
+    pub packages: Vec<String>,
+    pub attestations: Attestations,
+}
+
+/// Records a refresh as started (`reshare.started`), before any custodian hears of it.
+pub fn start_reshare(
+    tx: &Transaction<'_>,
+    session: &str,
+    from_epoch: u64,
+    packages: &[String],
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    let list = serde_json::to_string(packages).expect("ids serialize");
+    tx.execute(
+        "INSERT INTO reshares (session, from_epoch, packages, state, started_ms)
+         VALUES (?1, ?2, ?3, 'started', ?4)",
+        params![session, from_epoch as i64, list, now_ms as i64],
+    )?;
+    audit(
+        tx,
+        now_ms,
+        "coordinator",
+        "reshare.started",
+        serde_json::json!({"session": session, "from_epoch": from_epoch, "packages": packages}),
+    )
+}
+
+/// Records that every custodian verified the refresh (`reshare.attested`): the cluster moves to
+/// the next epoch, and every preprocessing batch stored so far is given up (the custodians
+/// delete their kits when they commit).
+pub fn attest_reshare(
+    tx: &Transaction<'_>,
+    certificate: &Certificate,
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    let attestations =
+        serde_json::to_string(&certificate.attestations).expect("attestations serialize");
+    tx.execute(
+        "UPDATE reshares SET state = 'attested', attestations = ?2 WHERE session = ?1",
+        params![certificate.session, attestations],
+    )?;
+    let discarded = tx.execute(
+        "UPDATE kit_batches SET state = 'failed' WHERE state IN ('stored', 'ordered')",
+        [],
+    )?;
+    // The publisher's ciphertexts are shares of the old epoch: every custodian serves these
+    // versions already, so none needs them again, and kept they would outlive the refresh.
+    for package in &certificate.packages {
+        tx.execute("DELETE FROM sealed_shares WHERE package_id = ?1", [package])?;
+    }
+    audit(
+        tx,
+        now_ms,
+        "coordinator",
+        "reshare.attested",
+        serde_json::json!({
+            "session": certificate.session,
+            "epoch": certificate.from_epoch + 1,
+            "batches_discarded": discarded,
+        }),
+    )
+}
+
+/// Records that a refresh did not complete (`reshare.failed`): the cluster stays on its epoch.
+pub fn fail_reshare(
+    tx: &Transaction<'_>,
+    session: &str,
+    reason: &str,
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE reshares SET state = 'failed' WHERE session = ?1 AND state = 'started'",
+        [session],
+    )?;
+    audit(
+        tx,
+        now_ms,
+        "coordinator",
+        "reshare.failed",
+        serde_json::json!({"session": session, "reason": reason}),
+    )
+}
+
+/// Refreshes left `started` by a crash never reached their attestations: failed (every
+/// custodian stays on, or is told to stay on, the epoch it had).
+pub fn fail_unfinished_reshares(tx: &Transaction<'_>) -> Result<usize, StoreError> {
+    Ok(tx.execute(
+        "UPDATE reshares SET state = 'failed' WHERE state = 'started'",
+        [],
+    )?)
+}
+
+/// Every attested refresh, by starting epoch: the cluster's epoch is one past the last.
+pub fn load_certificates(conn: &rusqlite::Connection) -> Result<Vec<Certificate>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT session, from_epoch, packages, attestations FROM reshares
+         WHERE state = 'attested' ORDER BY from_epoch",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)? as u64,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (session, from_epoch, packages, attestations) = row?;
+        let corrupt = |reason: String| StoreError::Corrupt {
+            what: "reshare",
+            package_id: session.clone(),
+            reason,
+        };
+        out.push(Certificate {
+            packages: serde_json::from_str(&packages).map_err(|e| corrupt(e.to_string()))?,
+            attestations: serde_json::from_str(&attestations)
+                .map_err(|e| corrupt(e.to_string()))?,
+            session,
+            from_epoch,
+        });
+    }
+    Ok(out)
 }
 
 /// Records a caller's request id; `false` if it was admitted before (a replay).

@@ -105,6 +105,13 @@ pub(crate) struct CheckedVersion {
     pub approvers: Vec<u32>,
 }
 
+/// A version's sealed shares as stored: as dealt, and those a refresh replaced them with.
+pub(crate) struct Shares<'a> {
+    pub sealed: &'a BTreeMap<String, Vec<u8>>,
+    /// Secret name → (epoch, sealed share); empty until a refresh covers the version.
+    pub refreshed: &'a BTreeMap<String, (u64, Vec<u8>)>,
+}
+
 /// What a custodian needs to check a version: its sandbox, cluster and key.
 pub(crate) struct Checker<'a> {
     pub sandbox: &'a Sandbox,
@@ -121,8 +128,9 @@ impl Checker<'_> {
         package: &[u8],
         approvals: &[ApprovalSignature],
         deal: &Signed,
-        sealed: &BTreeMap<String, Vec<u8>>,
+        shares: Shares<'_>,
     ) -> Result<CheckedVersion, VersionError> {
+        let Shares { sealed, refreshed } = shares;
         let got = package_id(package);
         if got != *id {
             return Err(VersionError::WrongId {
@@ -141,14 +149,18 @@ impl Checker<'_> {
             .map_err(|_| VersionError::UnsignedDeal)?;
         let member = self.cluster.member(self.me).expect("a configured member");
         let names: Vec<&str> = manifest.secrets.iter().map(|d| d.name.as_str()).collect();
-        dealt.check_mine(
-            id,
-            self.cluster.threshold(),
-            self.me,
-            &member.sealing_key.to_hex(),
-            &names,
-            sealed,
-        )?;
+        if refreshed.is_empty() {
+            // Once refreshed, the dealt ciphertexts are deleted: the refresh was checked by
+            // the custodians together when it was made.
+            dealt.check_mine(
+                id,
+                self.cluster.threshold(),
+                self.me,
+                &member.sealing_key.to_hex(),
+                &names,
+                sealed,
+            )?;
+        }
         let subject = Subject::Version {
             package: id,
             manifest: &manifest,
@@ -165,15 +177,22 @@ impl Checker<'_> {
         }
         if let Some(name) = sealed
             .keys()
+            .chain(refreshed.keys())
             .find(|name| !manifest.secrets.iter().any(|d| &d.name == *name))
         {
             return Err(VersionError::UnknownShare(name.clone()));
         }
         let mut secrets = Zeroizing::new(Vec::with_capacity(manifest.secrets.len()));
         for decl in &manifest.secrets {
-            let bytes = sealed
-                .get(&decl.name)
-                .ok_or_else(|| VersionError::MissingShare(decl.name.clone()))?;
+            let (epoch, bytes) = match refreshed.get(&decl.name) {
+                Some((epoch, bytes)) => (*epoch, bytes),
+                None => (
+                    0,
+                    sealed
+                        .get(&decl.name)
+                        .ok_or_else(|| VersionError::MissingShare(decl.name.clone()))?,
+                ),
+            };
             let refused = |reason: String| VersionError::BadShare {
                 secret: decl.name.clone(),
                 reason,
@@ -183,6 +202,7 @@ impl Checker<'_> {
                 package: *id,
                 custodian: self.me,
                 secret: &decl.name,
+                epoch,
             };
             let share =
                 open_share(self.key, &binding, &sealed).map_err(|e| refused(e.to_string()))?;
@@ -258,9 +278,16 @@ pub(crate) async fn activate(
     let checking = Arc::clone(c);
     let (checked, package, sealed, approvals, deal) = c
         .off_thread("checking the version", move || {
-            let checked = checking
-                .checker()
-                .check(&id, &package, &approvals, &deal, &sealed);
+            let checked = checking.checker().check(
+                &id,
+                &package,
+                &approvals,
+                &deal,
+                Shares {
+                    sealed: &sealed,
+                    refreshed: &BTreeMap::new(),
+                },
+            );
             (checked, package, sealed, approvals, deal)
         })
         .await?;
@@ -346,6 +373,7 @@ pub(crate) fn status(status: &str) -> OrderResponse {
     OrderResponse {
         status: status.into(),
         kits: 0,
+        ..Default::default()
     }
 }
 

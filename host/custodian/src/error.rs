@@ -56,6 +56,8 @@ impl From<StoreError> for ApiError {
             StoreError::KitUnavailable { .. } => (StatusCode::CONFLICT, "kit_unavailable"),
             StoreError::KitExists { .. } => (StatusCode::CONFLICT, "kit_exists"),
             StoreError::SessionUsed(_) => (StatusCode::CONFLICT, "duplicate_session"),
+            StoreError::EpochMoved { .. } => (StatusCode::CONFLICT, "epoch_mismatch"),
+            StoreError::NotVerified(_) => (StatusCode::CONFLICT, "reshare_not_verified"),
             StoreError::Ledger(_) | StoreError::Corrupt(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "storage")
             }

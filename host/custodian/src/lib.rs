@@ -31,6 +31,7 @@ mod metrics;
 mod peers;
 mod preprocess;
 mod register;
+mod reshare;
 mod retire;
 mod revoke;
 mod routes;

@@ -116,6 +116,11 @@ impl Peers {
         }
     }
 
+    /// This custodian's tag on a message to `peer` (`None` for a stranger).
+    pub fn tag(&self, peer: u32, session: &str, layer: u32, body: &[u8]) -> Option<String> {
+        self.macs.tag(peer, session, layer, body)
+    }
+
     /// Whether `tag` authenticates this message from `sender`.
     pub fn check(&self, sender: u32, session: &str, layer: u32, body: &[u8], tag: &str) -> bool {
         self.macs.check(sender, session, layer, body, tag)

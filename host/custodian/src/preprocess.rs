@@ -19,6 +19,7 @@ use quorumvm_core::preprocess::{KitShape, PreprocessError, Preprocessing, Progre
 use quorumvm_server::Lie;
 use quorumvm_wire::api::OrderResponse;
 use quorumvm_wire::elements;
+use quorumvm_wire::order::at_epoch;
 use zeroize::Zeroizing;
 
 use crate::error::ApiError;
@@ -48,6 +49,7 @@ pub(crate) struct Batch {
     pub package_id: String,
     pub first_kit: u64,
     pub count: u64,
+    pub epoch: u64,
 }
 
 /// Runs one batch and stores its kits.
@@ -60,8 +62,9 @@ pub(crate) async fn preprocess(
         package_id,
         first_kit,
         count,
+        epoch,
     } = batch;
-    if !valid_session_id(&session) {
+    if !valid_session_id(&session) || !valid_session_id(&at_epoch(&session, epoch)) {
         return Err(ApiError::bad_request(
             "bad_session_id",
             "the order's session id is invalid",
@@ -75,6 +78,14 @@ pub(crate) async fn preprocess(
     let peers = c.others(&everyone);
     let (me, n, k) = (c.me, c.cluster.n(), c.cluster.threshold());
     let timeout = c.round_timeout.max(MIN_LAYER_TIMEOUT);
+    let (at, shares) = c.versions.shares(&version);
+    if at != epoch {
+        drop(Zeroizing::new(shares));
+        return Err(epoch_mismatch(c, epoch, at));
+    }
+    // The epoch is part of what the round messages are bound to: custodians the coordinator
+    // told different epochs never take each other's messages.
+    let session = at_epoch(&session, epoch);
     let inbox = c.mailbox.open(&session)?;
     tracing::info!(
         %session,
@@ -89,7 +100,7 @@ pub(crate) async fn preprocess(
     let custodian = Arc::clone(c);
     let id = session.clone();
     // The kits carry MACs of the version's secrets: this custodian's shares go in.
-    let mut secrets = Zeroizing::new(version.secrets());
+    let mut secrets = Zeroizing::new(shares);
     secrets.truncate(shape.secrets());
     let (mut batch, mut messages) = c
         .off_thread("dealing", move || {
@@ -137,7 +148,7 @@ pub(crate) async fn preprocess(
     };
     let (package, id, now) = (version.id_hex.clone(), session.clone(), c.env.now_ms());
     c.writer
-        .run(move |tx| store::insert_kits(tx, &id, &package, first_kit, &material, now))
+        .run(move |tx| store::insert_kits(tx, &id, (&package, epoch), first_kit, &material, now))
         .await?;
     version.kits_stored(count);
     Metrics::add(&c.metrics.kits_generated, count);
@@ -151,7 +162,19 @@ pub(crate) async fn preprocess(
     Ok(OrderResponse {
         status: "stored".into(),
         kits: count,
+        ..Default::default()
     })
+}
+
+/// The order names another share epoch than this custodian's.
+pub(crate) fn epoch_mismatch(c: &Custodian, ordered: u64, at: u64) -> ApiError {
+    ApiError::of(
+        ErrorCode::EpochMismatch,
+        format!(
+            "the order is for share epoch {ordered}; custodian {} is at epoch {at}",
+            c.me
+        ),
+    )
 }
 
 /// Refuses batches that are empty, whose kit ids do not fit the ledger's integers, or whose

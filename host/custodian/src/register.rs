@@ -77,6 +77,7 @@ pub(crate) async fn register(
     let registered = || OrderResponse {
         status: "registered".into(),
         kits: 0,
+        ..Default::default()
     };
     match c.callers.key(&name) {
         Some(known) if known == key => return Ok(registered()),

@@ -56,5 +56,6 @@ pub(crate) async fn retire(
     Ok(OrderResponse {
         status: "retired".into(),
         kits: 0,
+        ..Default::default()
     })
 }

@@ -38,6 +38,7 @@ pub(crate) async fn revoke(
     let revoked = || OrderResponse {
         status: "revoked".into(),
         kits: 0,
+        ..Default::default()
     };
     if c.callers.is_revoked(&name) {
         return Ok(revoked());

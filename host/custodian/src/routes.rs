@@ -29,7 +29,7 @@ use crate::metrics::Metrics;
 use crate::peers::valid_session_id;
 use crate::preprocess::{self, Batch};
 use crate::state::Custodian;
-use crate::{activation, register, retire, revoke, session, share_check, suspend};
+use crate::{activation, register, reshare, retire, revoke, session, share_check, suspend};
 
 /// The largest round message: a preprocessing layer carries `2 · count · terms` elements to
 /// each peer, and the coordinator sizes its batches under this.
@@ -76,6 +76,7 @@ async fn health(State(c): State<Arc<Custodian>>) -> Json<CustodianHealth> {
         identities: c.callers.len() as u64,
         revocations: c.callers.revocations() as u64,
         retirements: c.versions.retirements() as u64,
+        epoch: c.versions.epoch(),
     })
 }
 
@@ -105,12 +106,14 @@ async fn orders(
             package_id,
             first_kit,
             count,
+            epoch,
         } => {
             let batch = Batch {
                 session,
                 package_id,
                 first_kit,
                 count,
+                epoch,
             };
             detached(async move { preprocess::preprocess(&c, batch).await }).await
         }
@@ -126,6 +129,31 @@ async fn orders(
             approvals,
         } => {
             detached(async move { register::register(&c, name, public_key, approvals).await }).await
+        }
+        Order::Reshare {
+            session,
+            epoch,
+            packages,
+        } => {
+            let order = reshare::Order {
+                session,
+                epoch,
+                packages,
+            };
+            detached(async move { reshare::reshare(&c, order).await }).await
+        }
+        Order::CommitReshare {
+            session,
+            epoch,
+            packages,
+            attestations,
+        } => {
+            let order = reshare::Order {
+                session,
+                epoch,
+                packages,
+            };
+            detached(async move { reshare::commit(&c, order, attestations).await }).await
         }
         Order::RevokeIdentity { name, approvals } => {
             detached(async move { revoke::revoke(&c, name, approvals).await }).await
@@ -146,6 +174,7 @@ async fn orders(
             Ok(OrderResponse {
                 status: "aborted".into(),
                 kits: 0,
+                ..Default::default()
             })
         }
     }

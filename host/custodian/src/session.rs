@@ -65,12 +65,24 @@ pub(crate) async fn evaluate(
         kit: ticket.kit,
         quorum: &ticket.quorum,
         attempt: ticket.attempt,
+        epoch: ticket.epoch,
     };
     if terms.session_id() != ticket.session {
         return Err(ApiError::of(
             ErrorCode::BadTerms,
             "the ticket's session id is not the digest of its terms (request, version, kit, \
-             quorum, attempt)",
+             quorum, attempt, epoch)",
+        ));
+    }
+    let (epoch, secrets) = c.versions.shares(&version);
+    let secrets = Zeroizing::new(secrets);
+    if epoch != ticket.epoch {
+        return Err(ApiError::of(
+            ErrorCode::EpochMismatch,
+            format!(
+                "the ticket is for share epoch {}; custodian {} is at epoch {epoch}",
+                ticket.epoch, c.me
+            ),
         ));
     }
     // Refused here, by this custodian, whatever the coordinator checked.
@@ -93,6 +105,7 @@ pub(crate) async fn evaluate(
         program: version.manifest.name.clone(),
         package_id: version.id_hex.clone(),
         kit: ticket.kit,
+        epoch,
         attempt: ticket.attempt,
         policy: version.manifest.policy.clone(),
         now_ms: c.env.now_ms(),
@@ -155,7 +168,7 @@ pub(crate) async fn evaluate(
             reply: None,
         },
     };
-    let result = run(c, &version, &ticket, &inbox, leaves, kit).await;
+    let result = run(c, &version, &ticket, &inbox, leaves, (secrets, kit)).await;
     match &result {
         Ok(response) => {
             Metrics::add(&c.metrics.sessions_completed, 1);
@@ -318,7 +331,7 @@ async fn run(
     ticket: &Ticket,
     inbox: &Inbox<'_>,
     mut leaves: Leaves,
-    kit: Zeroizing<Vec<u8>>,
+    (mut secrets, kit): (Zeroizing<Vec<Fp>>, Zeroizing<Vec<u8>>),
 ) -> Result<SessionResponse, ApiError> {
     let corrupt = |why: String| {
         ApiError::new(
@@ -340,7 +353,7 @@ async fn run(
         me: c.me,
         quorum: ticket.quorum.clone(),
         threshold: c.cluster.threshold(),
-        secrets: version.secrets(),
+        secrets: std::mem::take(&mut *secrets),
         inputs: std::mem::take(&mut leaves.visible),
         private_inputs: std::mem::take(&mut *leaves.private),
         kit,

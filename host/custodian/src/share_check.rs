@@ -62,7 +62,7 @@ pub(crate) async fn check_shares(
     tracing::info!(%session, package_id = %version.id_hex, "joint check of shares started");
 
     // Layer 1: deal a random mask (a single value per peer: no need to leave the async thread).
-    let shares = Zeroizing::new(version.secrets());
+    let shares = Zeroizing::new(c.versions.shares(&version).1);
     let setup = Setup {
         me: c.me,
         n: c.cluster.n(),

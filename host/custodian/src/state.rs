@@ -13,7 +13,7 @@ use quorumvm_wire::config::{Cluster, CustodianConfig, Engine};
 use quorumvm_wire::order::TicketKey;
 use tokio::sync::{Mutex, Semaphore};
 
-use crate::activation::Checker;
+use crate::activation::{Checker, Shares};
 use crate::callers::Callers;
 use crate::error::ApiError;
 use crate::keys::load_keys;
@@ -122,6 +122,7 @@ impl Custodian {
             .context("loading the evaluator plugin")?;
 
         let versions = Versions::default();
+        versions.set_epoch(store::current_epoch(ledger.connection())?);
         for stored in store::load_decisions(&ledger, Decision::Retirement)? {
             let loading = || format!("retirement of {} in {}", stored.subject, db.display());
             let id = parse_package_id(&stored.subject)
@@ -155,7 +156,10 @@ impl Custodian {
                     &stored.package,
                     &stored.approvals,
                     &stored.deal,
-                    &stored.sealed,
+                    Shares {
+                        sealed: &stored.sealed,
+                        refreshed: &stored.refreshed,
+                    },
                 )
                 .with_context(loading)?;
             versions.insert(

@@ -7,10 +7,14 @@
 //!   passed or refused it (a restart does not check again).
 //! - `sealed_shares`: this custodian's shares of each version's secrets, still sealed to its
 //!   X25519 key as the publisher sealed them. A copy of the database alone reveals nothing;
-//!   shares are opened into memory only.
-//! - `kits`: preprocessed kits by (version, kit id). A kit is deleted in the same transaction as
-//!   the audit entry of the evaluation that uses it, so it is used at most once, even across a
-//!   crash.
+//!   shares are opened into memory only. A refresh ([`crate::reshare`]) deletes them.
+//! - `refreshed_shares`: the shares of the last refresh that covered each version, sealed to
+//!   this custodian's own key and bound to their epoch; `pending_shares`: those of refreshes
+//!   verified but not committed, by reshare session; `epoch`: the share epoch this custodian
+//!   committed last (no row: epoch 0, the publisher's deal).
+//! - `kits`: preprocessed kits by (version, kit id), with the share epoch they were made at. A
+//!   kit is deleted in the same transaction as the audit entry of the evaluation that uses it,
+//!   so it is used at most once, even across a crash; a refresh's commit deletes them all.
 //!
 //! - `callers`: the caller identities k operators approved, with their keys and the approvals
 //!   (checked again at every start).
@@ -109,6 +113,30 @@ pub(crate) const SCHEMA: Schema = Schema {
         ALTER TABLE versions ADD COLUMN shares_checked_ms INTEGER;
         ALTER TABLE versions ADD COLUMN shares_refused_ms INTEGER;
     ",
+        "
+        ALTER TABLE kits ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
+        CREATE TABLE epoch (
+            only INTEGER PRIMARY KEY CHECK (only = 0),
+            epoch INTEGER NOT NULL CHECK (epoch > 0),
+            reshare TEXT NOT NULL,
+            committed_ms INTEGER NOT NULL
+        ) STRICT;
+        CREATE TABLE refreshed_shares (
+            package_id TEXT NOT NULL REFERENCES versions (package_id),
+            secret TEXT NOT NULL,
+            epoch INTEGER NOT NULL CHECK (epoch > 0),
+            sealed BLOB NOT NULL,
+            PRIMARY KEY (package_id, secret)
+        ) STRICT;
+        CREATE TABLE pending_shares (
+            reshare TEXT NOT NULL,
+            from_epoch INTEGER NOT NULL,
+            package_id TEXT NOT NULL REFERENCES versions (package_id),
+            secret TEXT NOT NULL,
+            sealed BLOB NOT NULL,
+            PRIMARY KEY (reshare, package_id, secret)
+        ) STRICT;
+    ",
     ],
 };
 
@@ -137,6 +165,10 @@ pub(crate) enum StoreError {
     Corrupt(String),
     #[error("session {0} was started here before: a session id is used once")]
     SessionUsed(String),
+    #[error("this custodian is at share epoch {at}, not {expected}")]
+    EpochMoved { expected: u64, at: u64 },
+    #[error("reshare {0} was not verified here: there are no new shares of it to commit")]
+    NotVerified(String),
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -162,8 +194,10 @@ pub(crate) struct StoredVersion {
     pub deal: Signed,
     pub retired: bool,
     pub shares: SharesChecked,
-    /// Secret name → sealed share bytes.
+    /// Secret name → sealed share bytes, as dealt (none once a refresh replaced them).
     pub sealed: BTreeMap<String, Vec<u8>>,
+    /// Secret name → (epoch, sealed share bytes) of the last refresh that covered it.
+    pub refreshed: BTreeMap<String, (u64, Vec<u8>)>,
     pub kits: u64,
 }
 
@@ -202,6 +236,14 @@ pub(crate) fn load_versions(ledger: &Ledger) -> Result<Vec<StoredVersion>, Store
         let sealed = shares
             .query_map([&package_id], |row| Ok((row.get(0)?, row.get(1)?)))?
             .collect::<Result<BTreeMap<String, Vec<u8>>, _>>()?;
+        let mut shares = conn.prepare_cached(
+            "SELECT secret, epoch, sealed FROM refreshed_shares WHERE package_id = ?1",
+        )?;
+        let refreshed = shares
+            .query_map([&package_id], |row| {
+                Ok((row.get(0)?, (row.get(1)?, row.get(2)?)))
+            })?
+            .collect::<Result<BTreeMap<String, (u64, Vec<u8>)>, _>>()?;
         let kits: u64 = conn.query_row(
             "SELECT COUNT(*) FROM kits WHERE package_id = ?1",
             [&package_id],
@@ -215,6 +257,7 @@ pub(crate) fn load_versions(ledger: &Ledger) -> Result<Vec<StoredVersion>, Store
             retired,
             shares: checked,
             sealed,
+            refreshed,
             kits,
         });
     }
@@ -634,15 +677,24 @@ pub(crate) fn load_callers(ledger: &Ledger) -> Result<Vec<StoredCaller>, StoreEr
 pub(crate) fn insert_kits(
     tx: &Transaction<'_>,
     session: &str,
-    package_id: &str,
+    (package_id, epoch): (&str, u64),
     first_kit: u64,
     kits: &[Zeroizing<Vec<u8>>],
     now_ms: u64,
 ) -> Result<(), StoreError> {
-    let mut insert =
-        tx.prepare_cached("INSERT INTO kits (package_id, kit, material) VALUES (?1, ?2, ?3)")?;
+    // Made from shares a refresh committed meanwhile replaced: refused, like the old kits.
+    let at = current_epoch(tx)?;
+    if at != epoch {
+        return Err(StoreError::EpochMoved {
+            expected: epoch,
+            at,
+        });
+    }
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO kits (package_id, kit, material, epoch) VALUES (?1, ?2, ?3, ?4)",
+    )?;
     for (kit, material) in (first_kit..).zip(kits) {
-        match insert.execute(params![package_id, kit, &material[..]]) {
+        match insert.execute(params![package_id, kit, &material[..], epoch]) {
             Ok(_) => {}
             Err(rusqlite::Error::SqliteFailure(e, _))
                 if e.code == ErrorCode::ConstraintViolation =>
@@ -666,6 +718,7 @@ pub(crate) fn insert_kits(
                 "package_id": package_id,
                 "first_kit": first_kit,
                 "count": kits.len(),
+                "epoch": epoch,
             }),
         },
     )?;
@@ -681,6 +734,8 @@ pub(crate) struct Admission {
     pub program: String,
     pub package_id: String,
     pub kit: u64,
+    /// The share epoch of the session (checked against this custodian's): the kit must be of it.
+    pub epoch: u64,
     /// The ticket's attempt number.
     pub attempt: u32,
     pub policy: Policy,
@@ -779,8 +834,11 @@ pub(crate) fn admit(tx: &Transaction<'_>, a: &Admission) -> Result<Admitted, Sto
         }
     }
     let material: Option<Vec<u8>> = tx
-        .prepare_cached("DELETE FROM kits WHERE package_id = ?1 AND kit = ?2 RETURNING material")?
-        .query_row(params![a.package_id, a.kit], |row| row.get(0))
+        .prepare_cached(
+            "DELETE FROM kits WHERE package_id = ?1 AND kit = ?2 AND epoch = ?3
+             RETURNING material",
+        )?
+        .query_row(params![a.package_id, a.kit, a.epoch], |row| row.get(0))
         .optional()?;
     let material = material
         .map(Zeroizing::new)
@@ -806,6 +864,148 @@ pub(crate) fn peek_kit(
             package_id: package_id.to_string(),
             kit,
         })
+}
+
+/// The share epoch this custodian committed last (0 before any refresh).
+pub(crate) fn current_epoch(conn: &rusqlite::Connection) -> Result<u64, StoreError> {
+    Ok(conn
+        .query_row("SELECT epoch FROM epoch", [], |row| row.get(0))
+        .optional()?
+        .unwrap_or(0))
+}
+
+/// A refresh verified here ([`crate::reshare`]): this custodian's new shares, sealed to itself
+/// and bound to `from_epoch + 1`.
+pub(crate) struct Pending<'a> {
+    pub reshare: &'a str,
+    pub from_epoch: u64,
+    pub packages: &'a [String],
+    /// (package id, secret name, sealed share).
+    pub shares: Vec<(String, String, Vec<u8>)>,
+    pub now_ms: u64,
+}
+
+/// Keeps a verified refresh's new shares aside (`reshare.verified`), if this custodian is still
+/// at its starting epoch; they replace the current ones only at [`commit_reshare`].
+pub(crate) fn insert_pending(tx: &Transaction<'_>, p: &Pending<'_>) -> Result<(), StoreError> {
+    let at = current_epoch(tx)?;
+    if at != p.from_epoch {
+        return Err(StoreError::EpochMoved {
+            expected: p.from_epoch,
+            at,
+        });
+    }
+    let mut insert = tx.prepare_cached(
+        "INSERT OR REPLACE INTO pending_shares (reshare, from_epoch, package_id, secret, sealed)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for (package, secret, sealed) in &p.shares {
+        insert.execute(params![p.reshare, p.from_epoch, package, secret, sealed])?;
+    }
+    audit::append(
+        tx,
+        &NewEntry {
+            timestamp_ms: p.now_ms,
+            actor: COORDINATOR,
+            kind: "reshare.verified",
+            details: &json!({
+                "session": p.reshare,
+                "from_epoch": p.from_epoch,
+                "packages": p.packages,
+                "shares": p.shares.len(),
+            }),
+        },
+    )?;
+    Ok(())
+}
+
+/// What [`commit_reshare`] did.
+pub(crate) enum Committed {
+    /// This custodian moved to the refresh's epoch: the new shares, (package id, secret name,
+    /// sealed share), to open into memory.
+    Now(Vec<(String, String, Vec<u8>)>),
+    /// It had committed this refresh before: nothing changed.
+    Already,
+}
+
+/// Moves to the new shares of a verified refresh, all in one transaction with its
+/// `shares.refreshed` entry: each replaces the share it refreshes (the dealt one is deleted),
+/// the epoch moves up by one, and every kit is deleted (kits hold shares of the old epoch's
+/// material: kept, they would let old and new shares be combined through them). Pending
+/// shares of every refresh from the old epoch go too.
+pub(crate) fn commit_reshare(
+    tx: &Transaction<'_>,
+    reshare: &str,
+    from_epoch: u64,
+    now_ms: u64,
+) -> Result<Committed, StoreError> {
+    let at = current_epoch(tx)?;
+    if at == from_epoch + 1 {
+        let last: Option<String> = tx
+            .query_row("SELECT reshare FROM epoch", [], |row| row.get(0))
+            .optional()?;
+        if last.as_deref() == Some(reshare) {
+            return Ok(Committed::Already);
+        }
+    }
+    if at != from_epoch {
+        return Err(StoreError::EpochMoved {
+            expected: from_epoch,
+            at,
+        });
+    }
+    let shares = tx
+        .prepare_cached(
+            "SELECT package_id, secret, sealed FROM pending_shares
+             WHERE reshare = ?1 AND from_epoch = ?2 ORDER BY package_id, secret",
+        )?
+        .query_map(params![reshare, from_epoch], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })?
+        .collect::<Result<Vec<(String, String, Vec<u8>)>, _>>()?;
+    if shares.is_empty() {
+        return Err(StoreError::NotVerified(reshare.to_string()));
+    }
+    let epoch = from_epoch + 1;
+    let mut dealt =
+        tx.prepare_cached("DELETE FROM sealed_shares WHERE package_id = ?1 AND secret = ?2")?;
+    let mut refreshed = tx.prepare_cached(
+        "INSERT OR REPLACE INTO refreshed_shares (package_id, secret, epoch, sealed)
+         VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    let mut packages: Vec<&str> = Vec::new();
+    for (package, secret, sealed) in &shares {
+        dealt.execute(params![package, secret])?;
+        refreshed.execute(params![package, secret, epoch, sealed])?;
+        if packages.last() != Some(&package.as_str()) {
+            packages.push(package);
+        }
+    }
+    tx.execute(
+        "INSERT OR REPLACE INTO epoch (only, epoch, reshare, committed_ms) VALUES (0, ?1, ?2, ?3)",
+        params![epoch, reshare, now_ms],
+    )?;
+    let kits = tx.execute("DELETE FROM kits", [])?;
+    tx.execute(
+        "DELETE FROM pending_shares WHERE from_epoch <= ?1",
+        [from_epoch],
+    )?;
+    audit::append(
+        tx,
+        &NewEntry {
+            timestamp_ms: now_ms,
+            actor: COORDINATOR,
+            kind: "shares.refreshed",
+            details: &json!({
+                "session": reshare,
+                "epoch": epoch,
+                "packages": packages,
+                "shares": shares.len(),
+                "kits_discarded": kits,
+            }),
+        },
+    )?;
+    Ok(Committed::Now(shares))
 }
 
 /// Refuses a replayed attempt, with its `eval.replayed` entry (committed; nothing else is).
@@ -891,6 +1091,7 @@ mod tests {
             program: "square".into(),
             package_id: "p".into(),
             kit,
+            epoch: 0,
             policy: Policy {
                 cost_per_eval: 2,
                 budget_per_identity: budget,
@@ -923,11 +1124,11 @@ mod tests {
                 .unwrap()
         );
         let kits: Vec<_> = (0..3u8).map(|i| Zeroizing::new(vec![i; 16])).collect();
-        db.transaction(|tx| insert_kits(tx, "b", "p", 10, &kits, 6))
+        db.transaction(|tx| insert_kits(tx, "b", ("p", 0), 10, &kits, 6))
             .unwrap();
         // Kit 12 exists: the whole second batch is refused.
         let clash = db
-            .transaction(|tx| insert_kits(tx, "b2", "p", 12, &kits, 6))
+            .transaction(|tx| insert_kits(tx, "b2", ("p", 0), 12, &kits, 6))
             .unwrap_err();
         assert!(
             matches!(clash, StoreError::KitExists { kit: 12, .. }),
@@ -1076,7 +1277,7 @@ mod tests {
 
     fn kits_again(db: &mut Ledger) {
         let kits = vec![Zeroizing::new(vec![7u8; 16])];
-        db.transaction(|tx| insert_kits(tx, "b3", "p", 20, &kits, 6))
+        db.transaction(|tx| insert_kits(tx, "b3", ("p", 0), 20, &kits, 6))
             .unwrap();
     }
 }

@@ -28,8 +28,11 @@ pub(crate) struct Version {
     pub circuit: Circuit,
     /// The digest of the publisher's signed deal, which the joint check of shares hashes.
     pub deal_digest: [u8; 32],
-    /// This custodian's shares of the secrets, in the manifest's order; wiped on drop.
-    secrets: Zeroizing<Vec<Fp>>,
+    /// This custodian's shares of the secrets, in the manifest's order; wiped on drop. Read
+    /// and replaced only under [`Versions`]' epoch lock ([`Versions::shares`],
+    /// [`Versions::refresh`]), so that a reader never pairs one epoch's number with another's
+    /// shares.
+    secrets: RwLock<Zeroizing<Vec<Fp>>>,
     /// Unused kits in the ledger: set at load, then moved by every committed store and use.
     kits: AtomicU64,
 }
@@ -49,14 +52,16 @@ impl Version {
             manifest,
             circuit,
             deal_digest,
-            secrets,
+            secrets: RwLock::new(secrets),
             kits: AtomicU64::new(kits),
         }
     }
 
-    /// A copy of the shares for one session's setup (which wipes it when dropped).
-    pub fn secrets(&self) -> Vec<Fp> {
-        self.secrets.to_vec()
+    fn secrets(&self) -> Vec<Fp> {
+        self.secrets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .to_vec()
     }
 
     pub fn kits(&self) -> u64 {
@@ -77,6 +82,9 @@ impl Version {
     }
 }
 
+/// A version and this custodian's new shares of its secrets, in the manifest's order.
+pub(crate) type Refreshed = (Arc<Version>, Zeroizing<Vec<Fp>>);
+
 /// Where a version stands on this custodian.
 pub(crate) enum Standing {
     /// Activated (every check of [`crate::activation`] passed), awaiting the custodians' joint
@@ -91,9 +99,11 @@ pub(crate) enum Standing {
 }
 
 /// The activated versions by package id (serving or awaiting their check), and the ids of the
-/// refused and retired ones.
+/// refused and retired ones; and the share epoch: how many refreshes of the shares
+/// ([`crate::reshare`]) this custodian committed.
 #[derive(Default)]
 pub(crate) struct Versions {
+    epoch: RwLock<u64>,
     by_id: RwLock<BTreeMap<PackageId, Held>>,
     ended: RwLock<BTreeMap<PackageId, Ended>>,
     /// How many of the retired were retired by k operators (each counted once).
@@ -114,6 +124,36 @@ enum Ended {
 }
 
 impl Versions {
+    /// Starts at the committed epoch `epoch` (at load, before anything reads it).
+    pub fn set_epoch(&self, epoch: u64) {
+        *self.epoch.write().unwrap_or_else(|p| p.into_inner()) = epoch;
+    }
+
+    pub fn epoch(&self) -> u64 {
+        *self.epoch.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The epoch and a copy of `version`'s shares at it, for one session's or batch's setup
+    /// (which wipes the copy when dropped).
+    pub fn shares(&self, version: &Version) -> (u64, Vec<Fp>) {
+        let epoch = self.epoch.read().unwrap_or_else(|p| p.into_inner());
+        (*epoch, version.secrets())
+    }
+
+    /// Moves to `epoch` with the new shares of the refreshed versions (their commit, which
+    /// also deleted every kit, is already in the ledger): from now on no reader sees the old
+    /// shares, nor the new ones under the old epoch.
+    pub fn refresh(&self, epoch: u64, fresh: Vec<Refreshed>) {
+        let mut current = self.epoch.write().unwrap_or_else(|p| p.into_inner());
+        for (version, shares) in fresh {
+            *version.secrets.write().unwrap_or_else(|p| p.into_inner()) = shares;
+        }
+        for held in self.read().values() {
+            held.version.kits.store(0, Ordering::Relaxed);
+        }
+        *current = epoch;
+    }
+
     pub fn standing(&self, id: &PackageId) -> Option<Standing> {
         if let Some(held) = self.read().get(id) {
             let version = Arc::clone(&held.version);
@@ -146,6 +186,11 @@ impl Versions {
         if let Some(held) = map.get_mut(id) {
             held.checked = true;
         }
+    }
+
+    /// The activated version `id`, serving or not.
+    pub fn held(&self, id: &PackageId) -> Option<Arc<Version>> {
+        self.read().get(id).map(|h| Arc::clone(&h.version))
     }
 
     /// The activated versions named `name`, serving or not.

@@ -60,6 +60,7 @@ async fn a_substituted_sealed_share_is_refused_at_activation() {
         package: program.id,
         custodian: 1,
         secret: "w",
+        epoch: 0,
     };
     let chosen = Share {
         x: 1,

@@ -95,6 +95,8 @@ pub enum Domain {
     Suspension,
     /// The coordinator's operator clears a custodian the coordinator holds suspect.
     Clearance,
+    /// The coordinator's operator asks for a refresh of the custodians' shares now.
+    Reshare,
 }
 
 impl Domain {
@@ -109,6 +111,7 @@ impl Domain {
             Domain::Retirement => b"quorumvm version retirement v1\0",
             Domain::Suspension => b"quorumvm identity suspension v1\0",
             Domain::Clearance => b"quorumvm custodian clearance v1\0",
+            Domain::Reshare => b"quorumvm reshare request v1\0",
         };
         let mut out = Vec::with_capacity(tag.len() + message.len());
         out.extend_from_slice(tag);

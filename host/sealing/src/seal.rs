@@ -24,13 +24,17 @@ const CIPHERTEXT_LEN: usize = SHARE_LEN + TAG_LEN;
 /// The length of a sealed share in bytes.
 pub const SEALED_LEN: usize = 1 + ENC_LEN + CIPHERTEXT_LEN;
 
-/// What a sealed share belongs to. All three fields are public; binding them into the seal makes
-/// a ciphertext useless anywhere else. `custodian` is also the share's x-coordinate.
+/// What a sealed share belongs to. Every field is public; binding them into the seal makes a
+/// ciphertext useless anywhere else. `custodian` is also the share's x-coordinate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ShareBinding<'a> {
     pub package: PackageId,
     pub custodian: u32,
     pub secret: &'a str,
+    /// 0 for a share as its publisher dealt it; the epoch of the custodians' refresh
+    /// ([`quorumvm_core::reshare`]) that made it otherwise, so that a share of one epoch never
+    /// opens as another's.
+    pub epoch: u64,
 }
 
 impl ShareBinding<'_> {
@@ -44,6 +48,11 @@ impl ShareBinding<'_> {
         info.extend_from_slice(&self.custodian.to_be_bytes());
         info.extend_from_slice(&(name.len() as u64).to_be_bytes());
         info.extend_from_slice(name);
+        // Epoch 0 encodes as the first format did, so dealt shares sealed before epochs existed
+        // still open.
+        if self.epoch > 0 {
+            info.extend_from_slice(&self.epoch.to_be_bytes());
+        }
         info
     }
 }
@@ -162,6 +171,7 @@ mod tests {
             package: PackageId([7u8; 32]),
             custodian: 2,
             secret,
+            epoch: 0,
         }
     }
 
@@ -169,6 +179,24 @@ mod tests {
         Share {
             x,
             y: Fp::from_u128(y),
+        }
+    }
+
+    #[test]
+    fn a_share_opens_only_at_its_own_epoch() {
+        let key = CustodianSecretKey::generate();
+        let share = share_for(2, 77);
+        let at = |epoch| ShareBinding {
+            epoch,
+            ..binding("w")
+        };
+        let sealed = seal_share(key.public(), &at(1), &share).unwrap();
+        assert_eq!(open_share(&key, &at(1), &sealed).unwrap(), share);
+        for other in [0, 2, u64::MAX] {
+            assert_eq!(
+                open_share(&key, &at(other), &sealed),
+                Err(SealError::DoesNotOpen)
+            );
         }
     }
 
@@ -201,6 +229,7 @@ mod tests {
                     package,
                     custodian: s.x,
                     secret: "w1",
+                    epoch: 0,
                 };
                 seal_share(k.public(), &b, s).unwrap()
             })
@@ -214,6 +243,7 @@ mod tests {
                     package,
                     custodian: s.x,
                     secret: "w1",
+                    epoch: 0,
                 };
                 open_share(k, &b, c).unwrap()
             })

@@ -37,6 +37,9 @@ pub enum Bug {
     /// A custodian charges every attempt of a request, not only the first (the double charge
     /// of a retried request that custodians had before they kept a record of requests).
     ChargeEveryAttempt,
+    /// The coordinator sends the commit of a refresh of the shares once: a custodian that
+    /// missed it (down, cut off) is never sent it again and stays at the old epoch.
+    CommitOnce,
 }
 
 /// A deviation from the protocol a custodian makes on purpose: the attacker's custodian of the
@@ -58,16 +61,20 @@ pub enum Lie {
     Withhold,
     /// Sends, in each layer, what it sent in the same layer of its previous session.
     Replay,
+    /// In a refresh of the shares, deals a sharing of one, not of zero, for the first secret:
+    /// it would change the secret.
+    Refresh,
 }
 
 impl Lie {
-    pub const ALL: [Lie; 6] = [
+    pub const ALL: [Lie; 7] = [
         Lie::OutputShare,
         Lie::Opening,
         Lie::Reshare,
         Lie::TripleC,
         Lie::Withhold,
         Lie::Replay,
+        Lie::Refresh,
     ];
 
     pub fn name(self) -> &'static str {
@@ -78,6 +85,7 @@ impl Lie {
             Lie::TripleC => "triple-c",
             Lie::Withhold => "withhold",
             Lie::Replay => "replay",
+            Lie::Refresh => "refresh",
         }
     }
 }

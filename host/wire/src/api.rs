@@ -234,6 +234,9 @@ pub struct CustodianHealth {
     /// How many versions it holds retired by k approvals.
     #[serde(default)]
     pub retirements: u64,
+    /// Its share epoch: how many refreshes of the shares it committed.
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -262,13 +265,37 @@ pub struct SuspensionState {
     pub known: bool,
 }
 
-/// A custodian's answer to an order.
+/// `POST /v1/reshares`: what a refresh of the shares did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReshareReport {
+    pub session: String,
+    /// The cluster's epoch now.
+    pub epoch: u64,
+    /// The versions whose secrets were refreshed.
+    pub packages: Vec<String>,
+    pub secrets: u64,
+    /// The custodians at the new epoch already; those `behind` get the commit when they
+    /// answer again.
+    pub committed: Vec<u32>,
+    pub behind: Vec<u32>,
+    /// How long the refresh took, from the request to the last commit answered.
+    pub ms: u64,
+}
+
+/// A custodian's answer to an order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderResponse {
     /// Activate: "active" (it serves) or "unchecked" (it awaits the joint check of its shares);
-    /// check of shares: "active"; preprocess: "stored"; abort: "aborted".
+    /// check of shares: "active"; preprocess: "stored"; abort: "aborted"; reshare: "verified";
+    /// commit: "committed".
     pub status: String,
     /// Preprocess: how many kits were stored.
     #[serde(default)]
     pub kits: u64,
+    /// Reshare: this custodian's tag for each peer, attesting that it holds its new shares.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub attestations: std::collections::BTreeMap<u32, String>,
+    /// Reshare and commit: the share epoch this custodian is at after the order.
+    #[serde(default)]
+    pub epoch: u64,
 }

@@ -1,10 +1,12 @@
-//! Clearance: the coordinator's operator puts a custodian the coordinator holds suspect (its
-//! deviation proven by failed checks) back into evaluation quorums.
+//! What the coordinator's operator asks of the coordinator, signed with the coordinator's key on
+//! the coordinator's machine, each in a domain of its own and fresh for [`CLEARANCE_WINDOW_MS`]:
 //!
-//! Signed in [`Domain::Clearance`] with the coordinator's key, on the coordinator's machine
-//! (`quorumvm custodian clear INDEX --config coordinator.toml`). A statement is fresh for
-//! [`CLEARANCE_WINDOW_MS`], and clears only a suspicion raised before it was signed: an old
-//! clearance replayed cannot clear a custodian caught again since.
+//! - [`Clearance`] (`quorumvm clear-suspect INDEX --config coordinator.toml`): put a custodian
+//!   the coordinator holds suspect (its deviation proven by failed checks) back into evaluation
+//!   quorums. It clears only a suspicion raised before it was signed: an old clearance replayed
+//!   cannot clear a custodian caught again since.
+//! - [`ReshareRequest`] (`quorumvm reshare --config coordinator.toml`): refresh the custodians'
+//!   shares now. A replay within its window costs one more refresh, nothing else.
 
 use quorumvm_package::{Domain, PublicKey, SecretKey};
 use serde::{Deserialize, Serialize};
@@ -23,12 +25,12 @@ pub struct Clearance {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClearanceError {
-    #[error("the clearance is not signed by the coordinator's key")]
+    #[error("the statement is not signed by the coordinator's key")]
     BadSignature,
-    #[error("the clearance is malformed: {0}")]
+    #[error("the statement is malformed: {0}")]
     Malformed(String),
     #[error(
-        "the clearance was signed {0} ms away from the coordinator's clock (at most {CLEARANCE_WINDOW_MS} ms)"
+        "the statement was signed {0} ms away from the coordinator's clock (at most {CLEARANCE_WINDOW_MS} ms)"
     )]
     Stale(u64),
 }
@@ -44,16 +46,53 @@ impl Clearance {
         key: &PublicKey,
         now_ms: u64,
     ) -> Result<Clearance, ClearanceError> {
-        let statement: Clearance = signed.open(Domain::Clearance, key).map_err(|e| match e {
-            SignedError::BadSignature => ClearanceError::BadSignature,
-            SignedError::Malformed(m) => ClearanceError::Malformed(m),
-        })?;
-        let skew = statement.time_ms.abs_diff(now_ms);
-        if skew > CLEARANCE_WINDOW_MS {
-            return Err(ClearanceError::Stale(skew));
-        }
+        let statement: Clearance = open(signed, Domain::Clearance, key)?;
+        fresh(statement.time_ms, now_ms)?;
         Ok(statement)
     }
+}
+
+/// The operator asks for a refresh of the shares of every serving version now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReshareRequest {
+    pub time_ms: u64,
+}
+
+impl ReshareRequest {
+    pub fn sign(&self, key: &SecretKey) -> Signed {
+        Signed::sign(self, Domain::Reshare, key)
+    }
+
+    /// Opens a request signed by `key` (the coordinator's) and fresh at `now_ms`.
+    pub fn open(
+        signed: &Signed,
+        key: &PublicKey,
+        now_ms: u64,
+    ) -> Result<ReshareRequest, ClearanceError> {
+        let request: ReshareRequest = open(signed, Domain::Reshare, key)?;
+        fresh(request.time_ms, now_ms)?;
+        Ok(request)
+    }
+}
+
+fn open<T: serde::de::DeserializeOwned>(
+    signed: &Signed,
+    domain: Domain,
+    key: &PublicKey,
+) -> Result<T, ClearanceError> {
+    signed.open(domain, key).map_err(|e| match e {
+        SignedError::BadSignature => ClearanceError::BadSignature,
+        SignedError::Malformed(m) => ClearanceError::Malformed(m),
+    })
+}
+
+fn fresh(time_ms: u64, now_ms: u64) -> Result<(), ClearanceError> {
+    let skew = time_ms.abs_diff(now_ms);
+    if skew > CLEARANCE_WINDOW_MS {
+        return Err(ClearanceError::Stale(skew));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -79,6 +118,25 @@ mod tests {
         );
         assert_eq!(
             Clearance::open(&signed, &key.public(), 1_000_000 + CLEARANCE_WINDOW_MS + 1),
+            Err(ClearanceError::Stale(CLEARANCE_WINDOW_MS + 1))
+        );
+    }
+
+    #[test]
+    fn a_reshare_request_is_neither_a_clearance_nor_stale() {
+        let key = SecretKey::generate();
+        let request = ReshareRequest { time_ms: 5_000_000 };
+        let signed = request.sign(&key);
+        assert_eq!(
+            ReshareRequest::open(&signed, &key.public(), 5_000_100),
+            Ok(request)
+        );
+        assert_eq!(
+            Clearance::open(&signed, &key.public(), 5_000_100),
+            Err(ClearanceError::BadSignature)
+        );
+        assert_eq!(
+            ReshareRequest::open(&signed, &key.public(), 5_000_000 + CLEARANCE_WINDOW_MS + 1),
             Err(ClearanceError::Stale(CLEARANCE_WINDOW_MS + 1))
         );
     }

@@ -38,11 +38,14 @@ pub enum ErrorCode {
     DuplicateSession,
     SessionClosed,
     SharesUnchecked,
+    /// The ticket names another share epoch than this custodian's: a refresh of the shares is
+    /// being committed.
+    EpochMismatch,
 }
 
 use ErrorCode::*;
 
-const ALL: [ErrorCode; 25] = [
+const ALL: [ErrorCode; 26] = [
     ReplayedRequest,
     UnknownIdentity,
     IdentityRevoked,
@@ -68,6 +71,7 @@ const ALL: [ErrorCode; 25] = [
     DuplicateSession,
     SessionClosed,
     SharesUnchecked,
+    EpochMismatch,
 ];
 
 impl ErrorCode {
@@ -99,6 +103,7 @@ impl ErrorCode {
             DuplicateSession => "duplicate_session",
             SessionClosed => "session_closed",
             SharesUnchecked => "shares_unchecked",
+            EpochMismatch => "epoch_mismatch",
         }
     }
 
@@ -114,7 +119,7 @@ impl ErrorCode {
             BadRequestSignature | StaleRequest => 401,
             UnknownIdentity | IdentityRevoked | IdentitySuspended => 403,
             ReplayedRequest | Aborted | KitUnavailable | DuplicateSession | SessionClosed
-            | SharesUnchecked => 409,
+            | SharesUnchecked | EpochMismatch => 409,
             Retired => 410,
             RateLimited | BudgetExhausted => 429,
             PeerUnreachable | PeerRefused | BadPeerMessage | EvaluationFailed => 502,
@@ -138,6 +143,7 @@ impl ErrorCode {
                 | DuplicateSession
                 | SessionClosed
                 | SharesUnchecked
+                | EpochMismatch
         )
     }
 

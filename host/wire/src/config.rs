@@ -74,6 +74,10 @@ pub struct CoordinatorConfig {
     #[serde(default)]
     pub pool: PoolConfig,
     pub custodians: Vec<CustodianEntry>,
+    /// Refresh the custodians' shares this often (seconds); absent: only when the operator
+    /// asks (`quorumvm reshare`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reshare_interval_s: Option<u64>,
 }
 
 /// Which wasmtime engine runs a custodian's evaluator plugin.

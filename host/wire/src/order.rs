@@ -13,6 +13,8 @@
 //! checking. Orders are short-lived, and a ticket's kit is consumed on first use, so an
 //! intercepted ticket cannot be replayed either.
 
+use std::collections::BTreeMap;
+
 use hmac::{Hmac, Mac};
 use quorumvm_package::{Domain, PublicKey, SecretKey};
 use quorumvm_sealing::{CustodianPublicKey, CustodianSecretKey};
@@ -22,6 +24,13 @@ use zeroize::Zeroizing;
 
 use crate::api::SessionRequest;
 use crate::signed::Signed;
+
+/// The name a protocol among all n custodians runs under at share epoch `epoch` (preprocessing,
+/// a refresh): its order's session id bound to the epoch, so that custodians told different
+/// epochs never take each other's round messages.
+pub fn at_epoch(session: &str, epoch: u64) -> String {
+    format!("{session}.e{epoch}")
+}
 
 /// How long an order stays valid after it is issued.
 pub const ORDER_LIFETIME_MS: u64 = 30_000;
@@ -39,6 +48,9 @@ pub struct Ticket {
     pub kit: u64,
     /// 0, then one more for each retry of the same request.
     pub attempt: u32,
+    /// The epoch of shares every member must be at ([`Order::Reshare`]).
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 /// One of K approval signatures, as the coordinator forwards them at activation.
@@ -61,12 +73,32 @@ pub enum Order {
     /// Check with every other custodian, under this session id, that the shares of every secret
     /// of an activated version lie on one polynomial, so that it may serve (or is refused).
     CheckShares { package_id: String, session: String },
-    /// Generate kits `first_kit .. first_kit + count` of a version with every other custodian.
+    /// Generate kits `first_kit .. first_kit + count` of a version with every other custodian,
+    /// all at share epoch `epoch`.
     Preprocess {
         session: String,
         package_id: String,
         first_kit: u64,
         count: u64,
+        #[serde(default)]
+        epoch: u64,
+    },
+    /// Refresh the shares of every secret of `packages` (in that order) with every other
+    /// custodian, from share epoch `epoch` to `epoch + 1`, and keep the new shares aside until
+    /// [`Order::CommitReshare`]: the answer attests, to each peer, that this custodian holds
+    /// them.
+    Reshare {
+        session: String,
+        epoch: u64,
+        packages: Vec<String>,
+    },
+    /// Move to the shares of reshare `session`, given every custodian's attestation that it
+    /// holds its own.
+    CommitReshare {
+        session: String,
+        epoch: u64,
+        packages: Vec<String>,
+        attestations: Attestations,
     },
     /// Give up a session (a member died); its waits end at once.
     Abort { session: String },
@@ -89,6 +121,31 @@ pub enum Order {
         package_id: String,
         approvals: Vec<ApprovalSignature>,
     },
+}
+
+/// Every custodian's attestations of a refresh: `0[i][j]` is custodian i's tag for custodian j.
+/// On the wire, a list of `[i, j, tag]` (orders are an internally tagged enum, whose maps take
+/// only string keys).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "Vec<(u32, u32, String)>", from = "Vec<(u32, u32, String)>")]
+pub struct Attestations(pub BTreeMap<u32, BTreeMap<u32, String>>);
+
+impl From<Attestations> for Vec<(u32, u32, String)> {
+    fn from(a: Attestations) -> Self {
+        a.0.into_iter()
+            .flat_map(|(from, tags)| tags.into_iter().map(move |(to, tag)| (from, to, tag)))
+            .collect()
+    }
+}
+
+impl From<Vec<(u32, u32, String)>> for Attestations {
+    fn from(list: Vec<(u32, u32, String)>) -> Self {
+        let mut map: BTreeMap<u32, BTreeMap<u32, String>> = BTreeMap::new();
+        for (from, to, tag) in list {
+            map.entry(from).or_default().insert(to, tag);
+        }
+        Attestations(map)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -261,6 +318,7 @@ mod tests {
             quorum: vec![1, 2, 3],
             kit: 7,
             attempt: 0,
+            epoch: 0,
         };
         let caller = Signed {
             body: "{}".into(),

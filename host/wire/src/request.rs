@@ -179,6 +179,8 @@ pub struct Terms<'a> {
     pub quorum: &'a [u32],
     /// 0 for the first attempt; each retry (a fresh kit) counts up.
     pub attempt: u32,
+    /// The share epoch: members of one session never mix shares of different refreshes.
+    pub epoch: u64,
 }
 
 impl Terms<'_> {
@@ -195,6 +197,7 @@ impl Terms<'_> {
             h.update(x.to_be_bytes());
         }
         h.update(self.attempt.to_be_bytes());
+        h.update(self.epoch.to_be_bytes());
         hex::encode(h.finalize())
     }
 }
@@ -273,6 +276,7 @@ mod tests {
             kit: 7,
             quorum: &[1, 2, 3],
             attempt: 0,
+            epoch: 0,
         };
         let id = base.session_id();
         assert_eq!(id.len(), 64);
@@ -295,6 +299,10 @@ mod tests {
             },
             Terms {
                 attempt: 1,
+                ..base.clone()
+            },
+            Terms {
+                epoch: 1,
                 ..base.clone()
             },
         ];

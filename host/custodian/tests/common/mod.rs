@@ -31,7 +31,9 @@ use quorumvm_wire::config::{CustodianConfig, CustodianEntry, Engine};
 use quorumvm_wire::deal::{Deal, Dealt, share_digest};
 use quorumvm_wire::elements::from_hex;
 use quorumvm_wire::now_ms;
-use quorumvm_wire::order::{ApprovalSignature, Order, SignedOrder, Ticket, TicketKey};
+use quorumvm_wire::order::{
+    ApprovalSignature, Attestations, Order, SignedOrder, Ticket, TicketKey,
+};
 use quorumvm_wire::request::{CallerRequest, Decimal, Terms};
 use quorumvm_wire::signed::Signed;
 use quorumvm_wire::suspension::{Authority, Suspension};
@@ -117,6 +119,8 @@ pub struct Cluster {
     packages: Packages,
     pub http: reqwest::Client,
     next_session: std::sync::atomic::AtomicU64,
+    /// The share epoch tickets and preprocessing orders name.
+    pub epoch: std::sync::atomic::AtomicU64,
     /// The threshold and the number of custodians.
     pub k: usize,
     pub n: usize,
@@ -202,6 +206,7 @@ impl Cluster {
             packages,
             http: reqwest::Client::new(),
             next_session: Default::default(),
+            epoch: Default::default(),
             k,
             n,
         };
@@ -339,6 +344,7 @@ impl Cluster {
                     package: id,
                     custodian: s.x,
                     secret: &decl.name,
+                    epoch: 0,
                 };
                 let bytes = seal_share(self.node(s.x).sealing, &binding, &s)
                     .unwrap()
@@ -617,8 +623,55 @@ impl Cluster {
             package_id: program.id_hex.clone(),
             first_kit,
             count,
+            epoch: self.epoch(),
         };
         self.order_all(&self.everyone(), order).await
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Orders every custodian to refresh the shares of `programs` from the current epoch, in
+    /// session `session`.
+    pub async fn reshare(&self, session: &str, programs: &[&Program]) -> Vec<Answer> {
+        let order = Order::Reshare {
+            session: session.to_string(),
+            epoch: self.epoch(),
+            packages: programs.iter().map(|p| p.id_hex.clone()).collect(),
+        };
+        self.order_all(&self.everyone(), order).await
+    }
+
+    /// Every custodian's attestations from the answers to [`Cluster::reshare`].
+    pub fn attestations(answers: &[Answer]) -> Attestations {
+        Attestations(
+            answers
+                .iter()
+                .map(|a| {
+                    let tags = serde_json::from_value(a.body["attestations"].clone()).unwrap();
+                    (a.custodian, tags)
+                })
+                .collect(),
+        )
+    }
+
+    /// The commit of reshare `session` (from epoch `from`) with these attestations, to the
+    /// custodians `to`.
+    pub async fn commit(
+        &self,
+        to: &[u32],
+        (session, from): (&str, u64),
+        programs: &[&Program],
+        attestations: Attestations,
+    ) -> Vec<Answer> {
+        let order = Order::CommitReshare {
+            session: session.to_string(),
+            epoch: from,
+            packages: programs.iter().map(|p| p.id_hex.clone()).collect(),
+            attestations,
+        };
+        self.order_all(to, order).await
     }
 
     pub fn session_id(&self, prefix: &str) -> String {
@@ -644,6 +697,7 @@ impl Cluster {
             kit,
             quorum,
             attempt,
+            epoch: self.epoch(),
         };
         Ticket {
             session: terms.session_id(),
@@ -651,6 +705,7 @@ impl Cluster {
             quorum: quorum.to_vec(),
             kit,
             attempt,
+            epoch: self.epoch(),
         }
     }
 

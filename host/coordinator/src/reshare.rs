@@ -1,0 +1,342 @@
+//! Proactive refreshes of the custodians' shares, as the coordinator drives them: on demand
+//! (`POST /v1/reshares`, a [`ReshareRequest`] signed with the coordinator's key: `quorumvm
+//! reshare`) and, when the config sets `reshare_interval_s`, on a schedule.
+//!
+//! A refresh covers every secret of every version all n custodians serve. It needs all n, at
+//! the cluster's epoch; it runs in two phases ([`quorumvm_core::reshare`] between the
+//! custodians, then their commit: see the custodian's `reshare` module):
+//!
+//! 1. `Reshare` to everyone: each runs the protocol with the others and keeps its new shares
+//!    aside, answering with its attestations. Any failure, and the refresh is abandoned
+//!    (`reshare.failed`): nobody moved.
+//! 2. With every custodian's attestations (the *certificate*, stored with `reshare.attested`),
+//!    the cluster's epoch moves up: evaluation quorums are taken from custodians at the new
+//!    epoch only, every kit pool is emptied (the custodians delete their kits as they commit)
+//!    and refilled, and the publisher's ciphertexts of the refreshed versions are deleted.
+//!    `CommitReshare` goes to everyone; a custodian that misses it (down, or this coordinator
+//!    died first) is sent it again by the health checks as soon as it answers at an older
+//!    epoch, so every custodian converges to the last certified epoch.
+//!
+//! Evaluations running across the switch fail at the custodians (their kit is gone or their
+//! ticket names the old epoch) and are retried on the new epoch with a fresh kit, after waiting
+//! for the commits and the refilled pool ([`crate::admission::wait_until_ready`]).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::State as AxumState;
+use axum::http::StatusCode;
+use quorumvm_server::Body;
+use quorumvm_wire::api::ReshareReport;
+use quorumvm_wire::clearance::ReshareRequest;
+use quorumvm_wire::order::{Attestations, Order, at_epoch};
+use quorumvm_wire::signed::Signed;
+use rand::RngCore;
+
+use crate::background::{abort_everywhere, order_jointly};
+use crate::custodians::{CallError, Custodian};
+use crate::error::ApiError;
+use crate::store::{self, Certificate};
+use crate::{State, registry};
+
+/// The certified refreshes and the cluster's epoch: one past the last certified.
+#[derive(Default)]
+pub struct Epochs {
+    certificates: std::sync::Mutex<Vec<Certificate>>,
+    /// Held for the whole of a refresh: one at a time.
+    running: tokio::sync::Mutex<()>,
+}
+
+impl Epochs {
+    pub fn load(certificates: Vec<Certificate>) -> Epochs {
+        Epochs {
+            certificates: std::sync::Mutex::new(certificates),
+            running: Default::default(),
+        }
+    }
+
+    /// The epoch evaluation quorums and preprocessing are taken at.
+    pub fn current(&self) -> u64 {
+        self.certificates
+            .lock()
+            .expect("certificates lock")
+            .last()
+            .map_or(0, |c| c.from_epoch + 1)
+    }
+
+    /// The certificates that take a custodian at `epoch` to the current one, in order.
+    fn from(&self, epoch: u64) -> Vec<Certificate> {
+        self.certificates
+            .lock()
+            .expect("certificates lock")
+            .iter()
+            .filter(|c| c.from_epoch >= epoch)
+            .cloned()
+            .collect()
+    }
+}
+
+/// `POST /v1/reshares`: a refresh now, at the operator's signed request.
+pub async fn handle(
+    AxumState(state): AxumState<Arc<State>>,
+    Body(signed): Body<Signed>,
+) -> Result<Json<ReshareReport>, ApiError> {
+    ReshareRequest::open(&signed, &state.custodians.public_key(), state.env.now_ms())
+        .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, "bad_reshare_request", e.to_string()))?;
+    reshare(&state).await.map(Json)
+}
+
+/// Runs one refresh of every serving version's shares; see the module documentation.
+pub async fn reshare(state: &Arc<State>) -> Result<ReshareReport, ApiError> {
+    let started = Instant::now();
+    let _one = state.epochs.running.try_lock().map_err(|_| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "reshare_running",
+            "a refresh of the shares is under way; try again when it ends",
+        )
+    })?;
+    let from = state.epochs.current();
+    for c in &state.custodians.all {
+        if c.is_live() && c.epoch() < from {
+            catch_up(state, c).await;
+        }
+    }
+    let missing: Vec<String> = state
+        .custodians
+        .all
+        .iter()
+        .filter_map(|c| {
+            if !c.is_live() {
+                Some(format!("custodian {} is not answering", c.index()))
+            } else if c.epoch() != from {
+                Some(format!(
+                    "custodian {} is at epoch {}, not {from}",
+                    c.index(),
+                    c.epoch()
+                ))
+            } else {
+                None
+            }
+        })
+        .collect();
+    if !missing.is_empty() {
+        return Err(ApiError::unavailable(
+            "too_few_custodians",
+            format!(
+                "a refresh needs all {} custodians live at epoch {from}: {}",
+                state.custodians.all.len(),
+                missing.join("; ")
+            ),
+        )
+        .with_retry_after(1));
+    }
+    let versions: Vec<Arc<registry::Version>> = state
+        .registry
+        .all()
+        .into_iter()
+        .filter(|v| {
+            v.is_active()
+                && !v.manifest.secrets.is_empty()
+                && state.custodians.all.iter().all(|c| c.serves(&v.package_id))
+        })
+        .collect();
+    if versions.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "nothing_to_reshare",
+            "no version with secrets is served by every custodian",
+        ));
+    }
+    let packages: Vec<String> = versions.iter().map(|v| v.package_id.clone()).collect();
+    let secrets: usize = versions.iter().map(|v| v.manifest.secrets.len()).sum();
+    let mut nonce = [0u8; 8];
+    rand::thread_rng().fill_bytes(&mut nonce);
+    let session = format!("reshare-{from}-{}", hex::encode(nonce));
+    let (id, list, now) = (session.clone(), packages.clone(), state.env.now_ms());
+    state
+        .writer
+        .run(move |tx| store::start_reshare(tx, &id, from, &list, now))
+        .await?;
+    tracing::info!(%session, from, versions = packages.len(), secrets, "reshare started");
+
+    let order = Order::Reshare {
+        session: session.clone(),
+        epoch: from,
+        packages: packages.clone(),
+    };
+    let answers = order_jointly(state, order).await;
+    let attestations = match answers.map_err(|(index, e)| format!("custodian {index}: {e}")) {
+        Ok(answers) => certify(state, answers),
+        Err(reason) => Err(reason),
+    };
+    let attestations = match attestations {
+        Ok(a) => a,
+        Err(reason) => {
+            abort_everywhere(state, &at_epoch(&session, from)).await;
+            let (id, why, now) = (session.clone(), reason.clone(), state.env.now_ms());
+            state
+                .writer
+                .run(move |tx| store::fail_reshare(tx, &id, &why, now))
+                .await?;
+            state.metrics.reshares_failed.fetch_add(1, Relaxed);
+            tracing::warn!(%session, "reshare failed: {reason}");
+            return Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "reshare_failed",
+                format!(
+                    "the refresh did not complete, every custodian stays at epoch {from}: {reason}"
+                ),
+            ));
+        }
+    };
+    let certificate = Certificate {
+        session: session.clone(),
+        from_epoch: from,
+        packages: packages.clone(),
+        attestations,
+    };
+    let (cert, now) = (certificate.clone(), state.env.now_ms());
+    state
+        .writer
+        .run(move |tx| store::attest_reshare(tx, &cert, now))
+        .await?;
+    // The new epoch serves from now on: the old kits are gone as each custodian commits.
+    state
+        .epochs
+        .certificates
+        .lock()
+        .expect("certificates lock")
+        .push(certificate.clone());
+    for v in state.registry.all() {
+        v.kits.lock().expect("kits lock").discard();
+    }
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..state.custodians.all.len() {
+        let (state, certificate) = (Arc::clone(state), certificate.clone());
+        calls.spawn(async move {
+            let c = &state.custodians.all[i];
+            commit_on(&state, c, &certificate)
+                .await
+                .then_some(c.index())
+        });
+    }
+    let mut committed = Vec::new();
+    while let Some(joined) = calls.join_next().await {
+        if let Ok(Some(index)) = joined {
+            committed.push(index);
+        }
+    }
+    committed.sort_unstable();
+    let behind: Vec<u32> = state
+        .custodians
+        .all
+        .iter()
+        .map(Custodian::index)
+        .filter(|i| !committed.contains(i))
+        .collect();
+    state.metrics.reshares_committed.fetch_add(1, Relaxed);
+    let ms = started.elapsed().as_millis() as u64;
+    tracing::info!(%session, epoch = from + 1, ms, ?behind, "reshare committed");
+    Ok(ReshareReport {
+        session,
+        epoch: from + 1,
+        packages,
+        secrets: secrets as u64,
+        committed,
+        behind,
+        ms,
+    })
+}
+
+/// Every custodian's attestations, each naming every peer; or why not.
+fn certify(
+    state: &State,
+    answers: Vec<(u32, quorumvm_wire::api::OrderResponse)>,
+) -> Result<Attestations, String> {
+    let n = state.custodians.all.len();
+    let mut attestations = BTreeMap::new();
+    for (index, answer) in answers {
+        if answer.status != "verified" || answer.attestations.len() != n - 1 {
+            return Err(format!(
+                "custodian {index} answered {:?} with {} attestations",
+                answer.status,
+                answer.attestations.len()
+            ));
+        }
+        attestations.insert(index, answer.attestations);
+    }
+    if attestations.len() != n {
+        return Err(format!(
+            "{} of the {n} custodians answered",
+            attestations.len()
+        ));
+    }
+    Ok(Attestations(attestations))
+}
+
+/// Sends `c` the commit of `certificate`; whether it is at the new epoch now.
+async fn commit_on(state: &State, c: &Custodian, certificate: &Certificate) -> bool {
+    let order = Order::CommitReshare {
+        session: certificate.session.clone(),
+        epoch: certificate.from_epoch,
+        packages: certificate.packages.clone(),
+        attestations: certificate.attestations.clone(),
+    };
+    match state.custodians.order(c, order).await {
+        Ok(answer) => {
+            c.set_epoch(answer.epoch);
+            true
+        }
+        Err(e) => {
+            if let CallError::Unreachable(_) = e {
+                c.mark_dead();
+            }
+            tracing::warn!(
+                custodian = c.index(),
+                session = %certificate.session,
+                "commit of a reshare not taken yet: {e}"
+            );
+            false
+        }
+    }
+}
+
+/// Sends a custodian behind the cluster's epoch every commit it missed, in order.
+pub async fn catch_up(state: &State, c: &Custodian) {
+    if state.env.planted(quorumvm_server::Bug::CommitOnce) {
+        return;
+    }
+    for certificate in state.epochs.from(c.epoch()) {
+        if !commit_on(state, c, &certificate).await {
+            return;
+        }
+        tracing::info!(
+            custodian = c.index(),
+            epoch = c.epoch(),
+            "custodian caught up on a reshare"
+        );
+    }
+}
+
+/// Refreshes on a schedule, every `interval`, while the coordinator runs. A refresh that cannot
+/// run (a custodian down) is tried again at the next tick.
+pub async fn schedule(state: Arc<State>, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match reshare(&state).await {
+            Ok(report) => tracing::info!(
+                epoch = report.epoch,
+                ms = report.ms,
+                "scheduled reshare done"
+            ),
+            Err(e) => tracing::warn!("scheduled reshare not done: {}", e.message),
+        }
+    }
+}
