@@ -77,6 +77,19 @@ pub fn decode(points: &[(u32, Fp)], k: usize, faulty: usize) -> Result<Decoded<F
     Ok(Decoded { value, liars })
 }
 
+/// Opens the value at 0 of a sharing of threshold `k` from every custodian's point, accepting
+/// only when all of them lie on one polynomial (at most k − 1 of them may be wrong): the
+/// protocols among all n (the joint check of shares, a refresh) go ahead only when nobody
+/// deviated. Otherwise, the senders of the points proven wrong (none when that cannot be told).
+pub fn open_unanimous(points: &[(u32, Fp)], k: usize) -> Result<Fp, Vec<u32>> {
+    match decode(points, k, k - 1) {
+        Ok(d) if d.liars.is_empty() => Ok(d.value),
+        Ok(d) => Err(d.liars),
+        Err(DecodeError::Inconsistent { .. }) => Err(Vec::new()),
+        Err(e) => unreachable!("the points 1..=n of a valid threshold decode: {e}"),
+    }
+}
+
 /// Opens many sharings sent by the same senders at once: `vectors` holds each sender's `x` and
 /// its points of every sharing, in the same order. Every sharing must open; the liars are the
 /// senders found wrong in any of them.

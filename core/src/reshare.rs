@@ -56,7 +56,7 @@
 use rand_core::{CryptoRng, RngCore};
 use zeroize::Zeroizing;
 
-use crate::decode::{DecodeError, decode};
+use crate::decode::open_unanimous;
 use crate::field::Fp;
 use crate::rounds::{Dealer, Inbox, MessageError, Outgoing, Parties};
 use crate::shamir::Threshold;
@@ -263,39 +263,17 @@ fn open_all(
     let mut points: Vec<(u32, Fp)> = inbox.0.iter().map(|(x, v)| (*x, v[0])).collect();
     points.push((parties.me, mine));
     points.sort_unstable_by_key(|(x, _)| *x);
-    match decode(&points, k, k - 1) {
-        Ok(d) if d.liars.is_empty() => Ok(d.value),
-        Ok(d) => Err(ReshareError::Refused {
-            step,
-            culprits: d.liars,
-        }),
-        Err(DecodeError::Inconsistent { .. }) => Err(ReshareError::Refused {
-            step,
-            culprits: Vec::new(),
-        }),
-        Err(e) => unreachable!("the points 1..=n of a valid threshold decode: {e}"),
-    }
+    open_unanimous(&points, k).map_err(|culprits| ReshareError::Refused { step, culprits })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decode::decode;
     use crate::rounds::route;
-    use crate::shamir::{Share, complete_with_secret, eval_poly, reconstruct, share};
+    use crate::shamir::{Share, complete_with_secret, deal, eval_poly, reconstruct};
     use rand::SeedableRng;
     use rand::rngs::StdRng;
-
-    /// Shares of `secrets`: a vector per custodian, in secret order.
-    fn deal(secrets: &[Fp], k: usize, n: usize, rng: &mut StdRng) -> Vec<Vec<Fp>> {
-        let t = Threshold::new(k, n).unwrap();
-        let mut by_custodian = vec![Vec::new(); n];
-        for &s in secrets {
-            for Share { x, y } in share(s, t, rng) {
-                by_custodian[x as usize - 1].push(y);
-            }
-        }
-        by_custodian
-    }
 
     /// What a deviating custodian does to its messages of a layer.
     type Tamper<'a> = &'a mut dyn FnMut(u32, u32, &mut Outgoing);

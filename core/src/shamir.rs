@@ -193,6 +193,25 @@ pub fn complete_with_secret(shares: &[Share], candidate: Fp) -> Result<Vec<Fp>, 
     Ok(coeffs)
 }
 
+/// Shares of `secrets` among custodians 1..=n at threshold k: a vector per custodian, in secret
+/// order (the step machines' tests start from these).
+#[cfg(test)]
+pub(crate) fn deal(
+    secrets: &[Fp],
+    k: usize,
+    n: usize,
+    rng: &mut (impl RngCore + CryptoRng),
+) -> Vec<Vec<Fp>> {
+    let t = Threshold::new(k, n).unwrap();
+    let mut by_custodian = vec![Vec::new(); n];
+    for &s in secrets {
+        for Share { x, y } in share(s, t, rng) {
+            by_custodian[x as usize - 1].push(y);
+        }
+    }
+    by_custodian
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

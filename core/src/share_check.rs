@@ -48,7 +48,7 @@ use rand_core::{CryptoRng, RngCore};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use crate::decode::{DecodeError, decode};
+use crate::decode::open_unanimous;
 use crate::field::Fp;
 use crate::rounds::{Dealer, Inbox, MessageError, Outgoing, Parties};
 use crate::shamir::Threshold;
@@ -185,15 +185,9 @@ impl Opening {
         self.parties.check(&mut inbox, 1)?;
         let mut points: Vec<(u32, Fp)> = inbox.0.iter().map(|(x, v)| (*x, v[0])).collect();
         points.push((self.parties.me, self.mine));
-        Ok(match decode(&points, self.k, self.k - 1) {
-            Ok(decoded) if decoded.liars.is_empty() => Verdict::Consistent,
-            Ok(decoded) => Verdict::Inconsistent {
-                culprits: decoded.liars,
-            },
-            Err(DecodeError::Inconsistent { .. }) => Verdict::Inconsistent {
-                culprits: Vec::new(),
-            },
-            Err(e) => unreachable!("the points 1..=n of a valid threshold decode: {e}"),
+        Ok(match open_unanimous(&points, self.k) {
+            Ok(_) => Verdict::Consistent,
+            Err(culprits) => Verdict::Inconsistent { culprits },
         })
     }
 }
@@ -202,22 +196,9 @@ impl Opening {
 mod tests {
     use super::*;
     use crate::rounds::route;
-    use crate::shamir::{Share, share};
+    use crate::shamir::deal;
     use rand::SeedableRng;
     use rand::rngs::StdRng;
-
-    /// Shares of `secrets` (a vector per custodian, in secret order), each a sharing of degree
-    /// k − 1.
-    fn deal(secrets: &[Fp], k: usize, n: usize, rng: &mut StdRng) -> Vec<Vec<Fp>> {
-        let t = Threshold::new(k, n).unwrap();
-        let mut by_custodian = vec![Vec::new(); n];
-        for &s in secrets {
-            for Share { x, y } in share(s, t, rng) {
-                by_custodian[x as usize - 1].push(y);
-            }
-        }
-        by_custodian
-    }
 
     /// Runs the check among all n custodians: each one's verdict, and the values opened in
     /// layer 2 (each custodian's `v`).

@@ -37,9 +37,17 @@ async fn health_loop(state: Arc<State>) {
             checks.spawn(async move {
                 let c = &state.custodians.all[i];
                 if let Some(health) = state.custodians.check_health(c).await {
-                    // Behind the cluster's epoch: it missed the commit of a refresh.
-                    if health.epoch < state.epochs.current() {
-                        crate::reshare::catch_up(&state, c).await;
+                    // Behind the cluster's epoch: it missed the commit of a refresh. Sent off
+                    // this loop, which must not wait on one custodian.
+                    if health.epoch < state.epochs.current()
+                        && !c.catching_up.swap(true, Ordering::AcqRel)
+                    {
+                        let state = Arc::clone(&state);
+                        tokio::spawn(async move {
+                            let c = &state.custodians.all[i];
+                            crate::reshare::catch_up(&state, c).await;
+                            c.catching_up.store(false, Ordering::Release);
+                        });
                     }
                     let k = state.custodians.cluster.threshold();
                     let callers = state.identities.all();
@@ -333,6 +341,10 @@ async fn pool_loop(state: Arc<State>) {
                 }
                 continue;
             }
+            // A custodian behind the cluster's epoch is sent the commit it missed first.
+            if !everyone_ready(&state, &v) {
+                continue;
+            }
             {
                 let mut kits = v.kits.lock().expect("kits lock");
                 if kits.generating || kits.available() >= state.pool.low_water {
@@ -345,9 +357,14 @@ async fn pool_loop(state: Arc<State>) {
     }
 }
 
+/// Whether every custodian serves `v` (else it is brought up).
+fn everyone_serves(state: &State, v: &Version) -> bool {
+    state.custodians.all.iter().all(|c| c.serves(&v.package_id))
+}
+
 /// Generation needs every custodian: each deals randomness and takes part in reducing the
 /// products (n >= 2k − 1), and each must store its share of every kit, at the cluster's epoch.
-pub(crate) fn everyone_serves(state: &State, v: &Version) -> bool {
+pub(crate) fn everyone_ready(state: &State, v: &Version) -> bool {
     let epoch = state.epochs.current();
     state
         .custodians
@@ -370,7 +387,7 @@ async fn fill(state: Arc<State>, v: Arc<Version>) {
             let kits = v.kits.lock().expect("kits lock");
             stored && kits.available() < state.pool.target
         };
-        if !more || !everyone_serves(&state, &v) {
+        if !more || !everyone_ready(&state, &v) {
             break;
         }
     }

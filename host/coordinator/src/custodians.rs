@@ -27,6 +27,9 @@ const PREPROCESS_TIMEOUT: Duration = Duration::from_secs(120);
 /// plus [`PREPROCESS_PER_KIT`] per kit, for a slow disk. Not a fixed two minutes: a custodian
 /// whose answer is lost would hold the kit pool that long (found by the simulation).
 const PREPROCESS_BASE: Duration = Duration::from_secs(5);
+/// A refresh's commit: one transaction and a few share openings. A custodian that does not
+/// answer within it is sent the commit again by the health checks.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 const PREPROCESS_PER_KIT: Duration = Duration::from_millis(5);
 
 pub struct Custodian {
@@ -40,6 +43,8 @@ pub struct Custodian {
     serving: Mutex<HashSet<String>>,
     /// The share epoch it reported or acknowledged last ([`crate::reshare`]).
     epoch: AtomicU64,
+    /// A task is sending it the commits of refreshes it missed.
+    pub catching_up: AtomicBool,
 }
 
 impl Custodian {
@@ -131,6 +136,7 @@ impl Custodians {
                 suspect: AtomicBool::new(false),
                 serving: Mutex::new(HashSet::new()),
                 epoch: AtomicU64::new(0),
+                catching_up: AtomicBool::new(false),
             })
             .collect();
         Custodians {
@@ -207,10 +213,10 @@ impl Custodians {
             Order::Preprocess { count, .. } => {
                 PREPROCESS_BASE + PREPROCESS_PER_KIT * count.min(u32::MAX as u64) as u32
             }
-            Order::Activate { .. }
-            | Order::CheckShares { .. }
-            | Order::Reshare { .. }
-            | Order::CommitReshare { .. } => PREPROCESS_TIMEOUT,
+            Order::Activate { .. } | Order::CheckShares { .. } | Order::Reshare { .. } => {
+                PREPROCESS_TIMEOUT
+            }
+            Order::CommitReshare { .. } => COMMIT_TIMEOUT,
             _ => HEALTH_TIMEOUT,
         };
         let signed = self.sign(order);

@@ -247,7 +247,14 @@ impl Custodian {
         timeout: Duration,
     ) -> Result<Vec<(u32, Vec<u8>)>, ApiError> {
         let sent = messages.len() as u64;
-        self.peers.send(session, layer, messages, timeout).await?;
+        // Handing a message to a peer takes a round timeout, plus a transfer at 10 MB/s for a
+        // large one, however long the layer may then wait for the peers' computations: a send
+        // held for the whole of a long wait (a preprocessing layer's 30 s) on a connection a
+        // partition broke would hold the peer's queue, and every session behind it, that long
+        // (found by the simulation once refreshes of the shares emptied kit pools mid-partition).
+        let largest = messages.iter().map(|(_, m)| m.len()).max().unwrap_or(0);
+        let send = (self.round_timeout + Duration::from_micros(largest as u64 / 10)).min(timeout);
+        self.peers.send(session, layer, messages, send).await?;
         Metrics::add(&self.metrics.rounds_sent, sent);
         Ok(inbox.wait(layer, from, timeout).await?)
     }

@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use axum::http::StatusCode;
-use common::{Answer, Cluster, PROGRAM};
+use common::{Answer, Cluster, PROGRAM, all_refuse, codes};
 use quorumvm_core::field::Fp;
 use quorumvm_core::shamir::Share;
 use quorumvm_package::{Domain, SecretKey};
@@ -24,23 +24,6 @@ use quorumvm_wire::signed::Signed;
 
 const ENGINES: [Engine; 3] = [Engine::Cranelift, Engine::Cranelift, Engine::Cranelift];
 const SECRET: [(&str, &str); 1] = [("w", "0.35")];
-
-fn codes(answers: &[Answer]) -> Vec<(u32, u16, String)> {
-    answers
-        .iter()
-        .map(|a| (a.custodian, a.status.as_u16(), a.code().to_string()))
-        .collect()
-}
-
-fn all_refuse(answers: &[Answer], status: u16, code: &str) {
-    assert!(
-        answers
-            .iter()
-            .all(|a| a.status.as_u16() == status && a.code() == code),
-        "expected every custodian to refuse with {status} {code}: {:?}",
-        codes(answers)
-    );
-}
 
 fn all_ok(answers: &[Answer]) {
     assert!(

@@ -7,33 +7,12 @@
 
 mod common;
 
-use axum::http::StatusCode;
-use common::{Answer, Cluster, PROGRAM};
+use common::{Cluster, PROGRAM, all_refuse, all_say};
 use quorumvm_wire::config::Engine;
 use quorumvm_wire::order::Order;
 
 const SECRETS: [(&str, &str); 1] = [("w", "0.35")];
 const SESSION: &str = "reshare-test";
-
-fn all_say(answers: &[Answer], status: &str) {
-    assert!(
-        answers
-            .iter()
-            .all(|a| a.status == StatusCode::OK && a.body["status"] == status),
-        "expected every custodian to answer {status}: {:?}",
-        answers.iter().map(|a| &a.body).collect::<Vec<_>>()
-    );
-}
-
-fn all_refuse(answers: &[Answer], status: u16, code: &str) {
-    assert!(
-        answers
-            .iter()
-            .all(|a| a.status.as_u16() == status && a.code() == code),
-        "expected every custodian to refuse with {status} {code}: {:?}",
-        answers.iter().map(|a| &a.body).collect::<Vec<_>>()
-    );
-}
 
 async fn epochs(cluster: &Cluster) -> Vec<u64> {
     let mut out = Vec::new();

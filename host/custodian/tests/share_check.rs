@@ -9,39 +9,12 @@
 mod common;
 
 use axum::http::StatusCode;
-use common::{Answer, Cluster, PROGRAM, Program};
+use common::{Cluster, PROGRAM, Program, all_refuse, all_say, codes};
 use quorumvm_core::field::Fp;
 use quorumvm_wire::config::Engine;
 use serde_json::json;
 
 const SECRET: [(&str, &str); 1] = [("w", "0.35")];
-
-fn codes(answers: &[Answer]) -> Vec<(u32, u16, String)> {
-    answers
-        .iter()
-        .map(|a| (a.custodian, a.status.as_u16(), a.code().to_string()))
-        .collect()
-}
-
-fn all_say(answers: &[Answer], status: &str) {
-    assert!(
-        answers
-            .iter()
-            .all(|a| a.status == StatusCode::OK && a.body["status"] == status),
-        "expected every custodian to answer {status}: {:?}",
-        answers.iter().map(|a| &a.body).collect::<Vec<_>>()
-    );
-}
-
-fn all_refuse(answers: &[Answer], status: u16, code: &str) {
-    assert!(
-        answers
-            .iter()
-            .all(|a| a.status.as_u16() == status && a.code() == code),
-        "expected every custodian to refuse with {status} {code}: {:?}",
-        codes(answers)
-    );
-}
 
 /// No evaluation of `program` returns a value: every member of the quorum refuses the session.
 async fn no_evaluation(cluster: &Cluster, program: &Program, caller: &common::Caller) {

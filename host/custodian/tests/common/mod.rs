@@ -140,6 +140,36 @@ impl Answer {
     }
 }
 
+/// Each answer's custodian, status and error code.
+pub fn codes(answers: &[Answer]) -> Vec<(u32, u16, String)> {
+    answers
+        .iter()
+        .map(|a| (a.custodian, a.status.as_u16(), a.code().to_string()))
+        .collect()
+}
+
+/// Every custodian answered 200 with this `status`.
+pub fn all_say(answers: &[Answer], status: &str) {
+    assert!(
+        answers
+            .iter()
+            .all(|a| a.status == StatusCode::OK && a.body["status"] == status),
+        "expected every custodian to answer {status}: {:?}",
+        answers.iter().map(|a| &a.body).collect::<Vec<_>>()
+    );
+}
+
+/// Every custodian refused with this status and code.
+pub fn all_refuse(answers: &[Answer], status: u16, code: &str) {
+    assert!(
+        answers
+            .iter()
+            .all(|a| a.status.as_u16() == status && a.code() == code),
+        "expected every custodian to refuse with {status} {code}: {:?}",
+        answers.iter().map(|a| &a.body).collect::<Vec<_>>()
+    );
+}
+
 impl Cluster {
     /// Three custodians (k = 2) with the given engines, each on its own loopback port.
     pub async fn start(engines: [Engine; 3], round_timeout_ms: u64) -> Cluster {
