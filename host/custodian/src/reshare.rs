@@ -22,7 +22,9 @@
 //!    sessions of the new epoch and the others serve without it.
 //!
 //! A refresh that fails anywhere before every attestation exists changes nothing anywhere:
-//! its pending shares are dropped at the next commit. A coordinator can withhold the commit
+//! its pending shares are dropped at the next commit. A session keeps new shares once: run
+//! again (an order replayed), it is refused before anything is attested, so one set of
+//! attestations never covers shares of two runs. A coordinator can withhold the commit
 //! from a custodian (it can deny service anyway), but cannot make one move alone: it cannot
 //! forge a peer's attestation.
 

@@ -886,8 +886,20 @@ pub(crate) struct Pending<'a> {
 }
 
 /// Keeps a verified refresh's new shares aside (`reshare.verified`), if this custodian is still
-/// at its starting epoch; they replace the current ones only at [`commit_reshare`].
+/// at its starting epoch and never kept shares of this session before (a session run twice
+/// could leave custodians holding shares of different runs under one set of attestations);
+/// they replace the current ones only at [`commit_reshare`].
 pub(crate) fn insert_pending(tx: &Transaction<'_>, p: &Pending<'_>) -> Result<(), StoreError> {
+    let ran = tx
+        .query_row(
+            "SELECT 1 FROM pending_shares WHERE reshare = ?1 LIMIT 1",
+            [p.reshare],
+            |_| Ok(()),
+        )
+        .optional()?;
+    if ran.is_some() {
+        return Err(StoreError::SessionUsed(p.reshare.to_string()));
+    }
     let at = current_epoch(tx)?;
     if at != p.from_epoch {
         return Err(StoreError::EpochMoved {
@@ -896,7 +908,7 @@ pub(crate) fn insert_pending(tx: &Transaction<'_>, p: &Pending<'_>) -> Result<()
         });
     }
     let mut insert = tx.prepare_cached(
-        "INSERT OR REPLACE INTO pending_shares (reshare, from_epoch, package_id, secret, sealed)
+        "INSERT INTO pending_shares (reshare, from_epoch, package_id, secret, sealed)
          VALUES (?1, ?2, ?3, ?4, ?5)",
     )?;
     for (package, secret, sealed) in &p.shares {

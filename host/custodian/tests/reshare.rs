@@ -44,6 +44,13 @@ async fn no_custodian_moves_without_every_attestation_and_answers_stay_the_same(
     all_say(&answers, "verified");
     let attestations = Cluster::attestations(&answers);
     assert_eq!(epochs(&cluster).await, [0, 0, 0]);
+    // The same session again would leave new shares of two runs under one set of attestations:
+    // refused, and the first run's shares stay.
+    all_refuse(
+        &cluster.reshare(SESSION, &[&program]).await,
+        409,
+        "duplicate_session",
+    );
     assert_eq!(eval(&cluster, &[1, 2, 3], 1).await.unwrap(), want);
 
     // The coordinator forges custodian 3's attestation to custodian 1, drops custodian 3's
