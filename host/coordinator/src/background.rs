@@ -463,8 +463,18 @@ async fn run_batch(state: &Arc<State>, v: &Arc<Version>, first: u64, count: u64)
         .await;
     let metrics = &state.metrics;
     use std::sync::atomic::Ordering::Relaxed;
-    if ok && finished.is_ok() {
-        v.kits.lock().expect("kits lock").add_batch(first, count);
+    // Added under the pool's lock only if no refresh moved the epoch meanwhile: a refresh
+    // moves it before it empties the pools under the same lock, so a batch of the old epoch
+    // is either not added or emptied with the rest.
+    let ok = ok && finished.is_ok() && {
+        let mut kits = v.kits.lock().expect("kits lock");
+        let current = state.epochs.current() == epoch;
+        if current {
+            kits.add_batch(first, count);
+        }
+        current
+    };
+    if ok {
         v.kits_added.notify_waiters();
         metrics.kit_batches_stored.fetch_add(1, Relaxed);
         tracing::info!(
