@@ -543,7 +543,8 @@ async fn quorum_at_epoch(
     version: &Version,
     refusing: &[u32],
 ) -> Result<Vec<u32>, ApiError> {
-    let deadline = Instant::now() + READY_WAIT;
+    // The runtime's clock (a simulation's, under test), as every wait of the coordinator.
+    let deadline = tokio::time::Instant::now() + READY_WAIT;
     let k = state.custodians.cluster.threshold();
     loop {
         let refused = match quorum(state, version, refusing) {
@@ -558,7 +559,7 @@ async fn quorum_at_epoch(
                 c.serves(&version.package_id) && !c.is_suspect() && !refusing.contains(&c.index())
             })
             .count();
-        if up < k || Instant::now() >= deadline {
+        if up < k || tokio::time::Instant::now() >= deadline {
             return Err(refused);
         }
         tokio::time::sleep(READY_POLL).await;
