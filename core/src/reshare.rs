@@ -58,8 +58,7 @@ use zeroize::Zeroizing;
 
 use crate::decode::open_unanimous;
 use crate::field::Fp;
-use crate::rounds::{Dealer, Inbox, MessageError, Outgoing, Parties};
-use crate::shamir::Threshold;
+use crate::rounds::{Dealer, Inbox, MessageError, Outgoing, Parties, PartyError};
 
 /// How many layers of round messages a refresh takes: the dealings, the challenge's opening,
 /// the check's opening.
@@ -67,10 +66,8 @@ pub const LAYERS: u32 = 3;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReshareError {
-    #[error("threshold {k}-of-{n} is invalid: need 1 <= k <= n")]
-    BadThreshold { k: usize, n: usize },
-    #[error("custodian {me} is not one of 1..={n}")]
-    NotAParty { me: u32, n: usize },
+    #[error(transparent)]
+    Party(#[from] PartyError),
     #[error(transparent)]
     Messages(#[from] MessageError),
     /// The opened values do not check: a custodian dealt or opened something wrong. Nobody
@@ -115,11 +112,7 @@ pub fn begin(
     rng: &mut (impl RngCore + CryptoRng),
 ) -> Result<(Dealt, Outgoing), ReshareError> {
     let Setup { me, n, k, shares } = setup;
-    let t = Threshold::new(k, n).map_err(|_| ReshareError::BadThreshold { k, n })?;
-    if me == 0 || me as usize > n {
-        return Err(ReshareError::NotAParty { me, n });
-    }
-    let parties = Parties { me, n };
+    let (parties, t) = Parties::join(me, n, k)?;
     let mut dealer = Dealer::new(t.degree(), n);
     let len = shares.len() + 2;
     let mut out = dealer.outputs(len);
@@ -271,7 +264,7 @@ mod tests {
     use super::*;
     use crate::decode::decode;
     use crate::rounds::route;
-    use crate::shamir::{Share, complete_with_secret, deal, eval_poly, reconstruct};
+    use crate::shamir::{Share, Threshold, complete_with_secret, deal, eval_poly, reconstruct};
     use rand::SeedableRng;
     use rand::rngs::StdRng;
 
@@ -552,11 +545,11 @@ mod tests {
         };
         assert_eq!(
             begin(setup(1, 2, 3), &mut rng).err().map(|e| e.to_string()),
-            Some(ReshareError::BadThreshold { k: 3, n: 2 }.to_string())
+            Some(ReshareError::Party(PartyError::BadThreshold { k: 3, n: 2 }).to_string())
         );
         assert!(matches!(
             begin(setup(4, 3, 2), &mut rng),
-            Err(ReshareError::NotAParty { me: 4, n: 3 })
+            Err(ReshareError::Party(PartyError::NotAParty { me: 4, n: 3 }))
         ));
         let (dealt, out) = begin(setup(1, 3, 2), &mut rng).unwrap();
         assert_eq!(

@@ -10,7 +10,7 @@ use rand_core::RngCore;
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::field::Fp;
-use crate::shamir::eval_poly;
+use crate::shamir::{Threshold, eval_poly};
 
 /// What a layer received is not one message of the expected length from each other custodian:
 /// the layer cannot complete.
@@ -87,6 +87,15 @@ impl Drop for Inbox {
     }
 }
 
+/// The parameters of a protocol among all n do not name a party of a valid threshold.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PartyError {
+    #[error("threshold {k}-of-{n} is invalid: need 1 <= k <= n")]
+    BadThreshold { k: usize, n: usize },
+    #[error("custodian {me} is not one of 1..={n}")]
+    NotAParty { me: u32, n: usize },
+}
+
 /// Who takes part: custodian `me` of `1..=n`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Parties {
@@ -95,6 +104,15 @@ pub(crate) struct Parties {
 }
 
 impl Parties {
+    /// Custodian `me` of `1..=n` at threshold `k`, checked: the threshold first, then the party.
+    pub fn join(me: u32, n: usize, k: usize) -> Result<(Parties, Threshold), PartyError> {
+        let t = Threshold::new(k, n).map_err(|_| PartyError::BadThreshold { k, n })?;
+        if me == 0 || me as usize > n {
+            return Err(PartyError::NotAParty { me, n });
+        }
+        Ok((Parties { me, n }, t))
+    }
+
     /// Checks that `inbox` holds exactly one message of `len` values from each other
     /// custodian, and sorts it by sender.
     pub fn check(&self, inbox: &mut Inbox, len: usize) -> Result<(), MessageError> {

@@ -50,8 +50,7 @@ use zeroize::Zeroizing;
 
 use crate::decode::open_unanimous;
 use crate::field::Fp;
-use crate::rounds::{Dealer, Inbox, MessageError, Outgoing, Parties};
-use crate::shamir::Threshold;
+use crate::rounds::{Dealer, Inbox, MessageError, Outgoing, Parties, PartyError};
 
 /// Separates the challenge's hash from every other use of SHA-256.
 const CHALLENGE_DOMAIN: &[u8] = b"quorumvm share check challenge v1\0";
@@ -74,10 +73,8 @@ pub fn challenge(package_id: &[u8; 32], deal_digest: &[u8; 32], session: &str) -
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ShareCheckError {
-    #[error("threshold {k}-of-{n} is invalid: need 1 <= k <= n")]
-    BadThreshold { k: usize, n: usize },
-    #[error("custodian {me} is not one of 1..={n}")]
-    NotAParty { me: u32, n: usize },
+    #[error(transparent)]
+    Party(#[from] PartyError),
     #[error(transparent)]
     Messages(#[from] MessageError),
 }
@@ -125,11 +122,7 @@ impl Masking {
             challenge,
             shares,
         } = setup;
-        let t = Threshold::new(k, n).map_err(|_| ShareCheckError::BadThreshold { k, n })?;
-        if me == 0 || me as usize > n {
-            return Err(ShareCheckError::NotAParty { me, n });
-        }
-        let parties = Parties { me, n };
+        let (parties, t) = Parties::join(me, n, k)?;
         let mut dealer = Dealer::new(t.degree(), n);
         let mut masks = dealer.outputs(1);
         dealer.deal(Fp::random(rng), rng, &mut masks);
@@ -316,11 +309,17 @@ mod tests {
         };
         assert_eq!(
             Masking::begin(setup(1, 2, 3), &mut rng).err(),
-            Some(ShareCheckError::BadThreshold { k: 3, n: 2 })
+            Some(ShareCheckError::Party(PartyError::BadThreshold {
+                k: 3,
+                n: 2
+            }))
         );
         assert_eq!(
             Masking::begin(setup(4, 3, 2), &mut rng).err(),
-            Some(ShareCheckError::NotAParty { me: 4, n: 3 })
+            Some(ShareCheckError::Party(PartyError::NotAParty {
+                me: 4,
+                n: 3
+            }))
         );
         let (masking, out) = Masking::begin(setup(1, 3, 2), &mut rng).unwrap();
         assert_eq!(out.messages().len(), 2);
