@@ -55,12 +55,7 @@ pub async fn wait_until_ready(state: &State, v: &Version) {
         // Registered before the pool is looked at, so that a batch added in between wakes it.
         let added = v.kits_added.notified();
         let epoch = state.epochs.current();
-        let serving: Vec<_> = state
-            .custodians
-            .all
-            .iter()
-            .filter(|c| c.serves(&v.package_id) && !c.is_suspect())
-            .collect();
+        let serving: Vec<_> = state.custodians.willing(&v.package_id, &[]).collect();
         let at_epoch = serving.iter().filter(|c| c.epoch() == epoch).count();
         let (kits, generating) = {
             let kits = v.kits.lock().expect("kits lock");

@@ -162,6 +162,18 @@ impl Custodians {
         let _ = tokio::time::timeout(limit, checked.wait_for(|done| *done)).await;
     }
 
+    /// The custodians that may take part in an evaluation of `package_id`, at any share epoch:
+    /// live, serving it, not suspect, and not in `refusing` (those that refuse the caller).
+    pub fn willing<'a>(
+        &'a self,
+        package_id: &'a str,
+        refusing: &'a [u32],
+    ) -> impl Iterator<Item = &'a Custodian> {
+        self.all.iter().filter(move |c| {
+            c.serves(package_id) && !c.is_suspect() && !refusing.contains(&c.index())
+        })
+    }
+
     pub fn get(&self, index: u32) -> Option<&Custodian> {
         self.all.iter().find(|c| c.index() == index)
     }

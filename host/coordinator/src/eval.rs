@@ -489,14 +489,8 @@ fn quorum(state: &State, version: &Version, refusing: &[u32]) -> Result<Vec<u32>
     let k = custodians.cluster.threshold();
     let epoch = state.epochs.current();
     let quorum: Vec<u32> = custodians
-        .all
-        .iter()
-        .filter(|c| {
-            c.serves(&version.package_id)
-                && c.epoch() == epoch
-                && !c.is_suspect()
-                && !refusing.contains(&c.index())
-        })
+        .willing(&version.package_id, refusing)
+        .filter(|c| c.epoch() == epoch)
         .map(|c| c.index())
         .collect();
     if quorum.len() < k {
@@ -553,11 +547,7 @@ async fn quorum_at_epoch(
         };
         let up = state
             .custodians
-            .all
-            .iter()
-            .filter(|c| {
-                c.serves(&version.package_id) && !c.is_suspect() && !refusing.contains(&c.index())
-            })
+            .willing(&version.package_id, refusing)
             .count();
         if up < k || tokio::time::Instant::now() >= deadline {
             return Err(refused);
