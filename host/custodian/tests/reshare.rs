@@ -45,7 +45,11 @@ async fn no_custodian_moves_without_every_attestation_and_answers_stay_the_same(
     let attestations = Cluster::attestations(&answers);
     assert_eq!(epochs(&cluster).await, [0, 0, 0]);
     // The same session again would leave new shares of two runs under one set of attestations:
-    // refused, and the first run's shares stay.
+    // refused, and the first run's shares stay. Restarted first, so that no custodian remembers
+    // the session in memory: the ledger's record refuses it.
+    for i in cluster.everyone() {
+        cluster.restart(i).await;
+    }
     all_refuse(
         &cluster.reshare(SESSION, &[&program]).await,
         409,
