@@ -210,6 +210,7 @@ impl<'s> Compiler<'s> {
                 self.policy.rate_limit = *count;
                 self.policy.rate_window_secs = *window_secs;
             }
+            Stmt::PolicyWatch(watch) => self.policy.watch.push(*watch),
             Stmt::Input(d) | Stmt::Private(d) | Stmt::Secret(d) => {
                 let decl = self.declared(d)?;
                 let r = match stmt {

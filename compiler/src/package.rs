@@ -7,7 +7,7 @@
 //! and two functions that each return a constant pointer to their record. `wit-component` then
 //! wraps the module, typing its exports by the WIT, into a component any runtime can lift.
 
-use quorumvm_core::circuit::{Circuit, Gate, Manifest, ValueDecl};
+use quorumvm_core::circuit::{Action, Circuit, Gate, Manifest, Rule, ValueDecl, Watch};
 use wasm_encoder::{
     CodeSection, ConstExpr, DataSection, ExportKind, ExportSection, Function, FunctionSection,
     MemorySection, MemoryType, Module, TypeSection, ValType,
@@ -95,9 +95,28 @@ impl Image {
         self.int128(addr + 32, d.max);
     }
 
-    /// `record manifest`: size 80, align 8.
+    /// `record watch { rule: variant rule (u8 case, u32 payload at 4), action: enum (u8) }`:
+    /// size 12, align 4.
+    fn watch(&mut self, addr: u32, w: &Watch) {
+        let (case, parameter): (u8, u32) = match w.rule {
+            Rule::Rate { factor } => (0, factor),
+            Rule::Edges { percent } => (1, percent),
+            Rule::NearDuplicates { percent } => (2, percent),
+            Rule::Sweep { length } => (3, length),
+        };
+        self.put(addr, &[case]);
+        self.u32(addr + 4, parameter);
+        let action: u8 = match w.action {
+            Action::Audit => 0,
+            Action::Throttle => 1,
+            Action::Freeze => 2,
+        };
+        self.put(addr + 8, &[action]);
+    }
+
+    /// `record manifest`: size 88, align 8.
     fn manifest(&mut self, m: &Manifest) -> u32 {
-        let at = self.alloc(80, 8);
+        let at = self.alloc(88, 8);
         self.string(at, &m.name);
         self.u32(at + 8, m.version);
         for (offset, decls) in [(12, &m.inputs), (20, &m.secrets), (28, &m.outputs)] {
@@ -109,6 +128,7 @@ impl Image {
         self.u32(at + 60, m.policy.rate_window_secs);
         self.u32(at + 64, m.depth);
         self.list(at + 68, &m.private_inputs, 48, 8, Image::value_decl);
+        self.list(at + 76, &m.policy.watch, 12, 4, Image::watch);
         at
     }
 

@@ -6,6 +6,10 @@
 //! policy cost 1                 # budget units per evaluation
 //! policy budget 500             # budget units per identity
 //! policy rate 10 per minute     # token bucket (per second|minute|hour|day, or per N seconds)
+//! policy watch sweep 12 freeze  # anomaly rules, any number: RULE PARAMETER ACTION
+//! policy watch edges 50% throttle
+//! policy watch near 50% audit
+//! policy watch rate 5x freeze
 //! input income in 0..250000 scale 2   # visible: every custodian checks its range
 //! private age in 18..100        # shared by the caller's client; the coordinator never sees it
 //! secret w1 in -10..10 scale 4  # value supplied at install time, never in the package
@@ -21,10 +25,17 @@
 //!
 //! Operands are names or number literals. Everything after `#` is a comment.
 //!
+//! A `policy watch` line adds a rule over each identity's recent queries (see
+//! [`quorumvm_core::circuit::Rule`]): `rate Nx` (a minute's queries at N times the identity's own
+//! average), `edges P%` (values at the edges of their ranges), `near P%` (near-duplicate queries),
+//! `sweep N` (one input swept monotonically over N queries). The action is `audit`, `throttle`
+//! or `freeze`.
+//!
 //! The flat `dot` and `polyeval` are how the original (Python) QuorumVM DSL writes them, so its
 //! programs compile unchanged; a `[` where the list would start picks the bracketed form.
 
 use quorumvm_core::Decimal;
+use quorumvm_core::circuit::{Action, Rule, Watch};
 
 use crate::error::{CompileError, Span};
 
@@ -36,6 +47,11 @@ pub enum TokenKind {
     LBracket,
     RBracket,
     DotDot,
+    /// `%` after a number, as in `policy watch edges 50%`.
+    Percent,
+    /// A number run into an `x`, as in `policy watch rate 5x`. Only a rate factor may be one:
+    /// anywhere else [`Line::next`] reports it as a number run into a name.
+    Factor(Decimal),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -90,6 +106,7 @@ pub enum Stmt {
         window_secs: u32,
         span: Span,
     },
+    PolicyWatch(Watch),
     Input(Declared),
     Private(Declared),
     Secret(Declared),
@@ -161,6 +178,9 @@ fn tokenize(line_no: usize, line: &str, src: &str) -> Result<Vec<Token>, Compile
         } else if c == ']' {
             i += 1;
             TokenKind::RBracket
+        } else if c == '%' {
+            i += 1;
+            TokenKind::Percent
         } else if c == '.' && chars.get(i + 1) == Some(&'.') {
             i += 2;
             TokenKind::DotDot
@@ -181,17 +201,21 @@ fn tokenize(line_no: usize, line: &str, src: &str) -> Result<Vec<Token>, Compile
                     i += 1;
                 }
             }
-            if i < chars.len() && (chars[i].is_ascii_alphabetic() || chars[i] == '_') {
-                return Err(CompileError::new(
-                    span(start, i + 1),
-                    "a number may not run into a name; put a space between them",
-                    src,
-                ));
+            let end = i;
+            let factor = chars.get(i) == Some(&'x') && !is_name_char(chars.get(i + 1));
+            if factor {
+                i += 1;
+            } else if is_name_char(chars.get(i)) {
+                return Err(run_into_name(span(start, i + 1), src));
             }
-            let text: String = chars[start..i].iter().collect();
+            let text: String = chars[start..end].iter().collect();
             let value = Decimal::parse(&text)
-                .map_err(|e| CompileError::new(span(start, i), e.to_string(), src))?;
-            TokenKind::Number(value)
+                .map_err(|e| CompileError::new(span(start, end), e.to_string(), src))?;
+            if factor {
+                TokenKind::Factor(value)
+            } else {
+                TokenKind::Number(value)
+            }
         } else {
             return Err(CompileError::new(
                 span(start, start + 1),
@@ -209,6 +233,18 @@ fn tokenize(line_no: usize, line: &str, src: &str) -> Result<Vec<Token>, Compile
 
 fn next_is_digit(chars: &[char], i: usize) -> bool {
     chars.get(i).is_some_and(|c| c.is_ascii_digit())
+}
+
+fn is_name_char(c: Option<&char>) -> bool {
+    c.is_some_and(|c| c.is_ascii_alphanumeric() || *c == '_')
+}
+
+fn run_into_name(span: Span, src: &str) -> CompileError {
+    CompileError::new(
+        span,
+        "a number may not run into a name; put a space between them",
+        src,
+    )
 }
 
 /// A cursor over one line's tokens, with error helpers that point into the line.
@@ -246,6 +282,9 @@ impl<'a> Line<'a> {
 
     fn next(&mut self, expected: &str) -> Result<Token, CompileError> {
         match self.tokens.get(self.pos) {
+            Some(t) if matches!(t.kind, TokenKind::Factor(_)) => {
+                Err(run_into_name(t.span, self.src))
+            }
             Some(t) => {
                 self.pos += 1;
                 Ok(t.clone())
@@ -293,12 +332,51 @@ impl<'a> Line<'a> {
     /// A non-negative integer literal that fits `T`.
     fn integer<T: TryFrom<i128>>(&mut self, what: &str) -> Result<(T, Span), CompileError> {
         let (d, span) = self.number(what)?;
+        self.whole(d, span, what)
+    }
+
+    fn whole<T: TryFrom<i128>>(
+        &self,
+        d: Decimal,
+        span: Span,
+        what: &str,
+    ) -> Result<(T, Span), CompileError> {
         if d.scale != 0 || d.raw < 0 {
             return Err(self.err(span, format!("expected {what}, a whole number")));
         }
         T::try_from(d.raw)
             .map(|v| (v, span))
             .map_err(|_| self.err(span, format!("{what} is too large")))
+    }
+
+    /// `N%`: a whole percentage, its span covering the sign.
+    fn percent(&mut self, what: &str) -> Result<(u32, Span), CompileError> {
+        let (v, span) = self.integer::<u32>(what)?;
+        match self.peek() {
+            Some(t) if t.kind == TokenKind::Percent => {
+                let span = cover(span, t.span);
+                self.pos += 1;
+                Ok((v, span))
+            }
+            Some(t) => Err(self.err(t.span, format!("expected `%` after {what}"))),
+            None => Err(self.err(self.end_span(), format!("expected `%` after {what}"))),
+        }
+    }
+
+    /// `Nx`: a whole factor.
+    fn factor(&mut self, what: &str) -> Result<(u32, Span), CompileError> {
+        match self.tokens.get(self.pos) {
+            Some(Token {
+                kind: TokenKind::Factor(d),
+                span,
+            }) => {
+                let (d, span) = (*d, *span);
+                self.pos += 1;
+                self.whole(d, span, what)
+            }
+            Some(t) => Err(self.err(t.span, format!("expected {what}, such as `5x`"))),
+            None => Err(self.err(self.end_span(), format!("expected {what}, such as `5x`"))),
+        }
     }
 
     fn operand(&mut self) -> Result<Operand, CompileError> {
@@ -597,7 +675,7 @@ fn parse_declared(l: &mut Line) -> Result<Declared, CompileError> {
 }
 
 fn parse_policy(l: &mut Line) -> Result<Stmt, CompileError> {
-    let what = l.next("`cost`, `budget` or `rate`")?;
+    let what = l.next("`cost`, `budget`, `rate` or `watch`")?;
     let word = match &what.kind {
         TokenKind::Ident(w) => w.clone(),
         _ => String::new(),
@@ -645,11 +723,57 @@ fn parse_policy(l: &mut Line) -> Result<Stmt, CompileError> {
                 span,
             })
         }
+        "watch" => parse_watch(l),
         _ => Err(l.err(
             what.span,
-            "expected `cost`, `budget` or `rate` after `policy`",
+            "expected `cost`, `budget`, `rate` or `watch` after `policy`",
         )),
     }
+}
+
+/// `RULE PARAMETER ACTION` after `policy watch`: `rate 5x`, `edges 50%`, `near 50%` or
+/// `sweep 12`, then `audit`, `throttle` or `freeze`.
+fn parse_watch(l: &mut Line) -> Result<Stmt, CompileError> {
+    let head = l.next("a rule: `rate`, `edges`, `near` or `sweep`")?;
+    let (rule, span) = match &head.kind {
+        TokenKind::Ident(w) if w == "rate" => {
+            let (factor, span) = l.factor("a factor over the identity's average")?;
+            (Rule::Rate { factor }, span)
+        }
+        TokenKind::Ident(w) if w == "edges" => {
+            let (percent, span) = l.percent("a percentage of values at an edge")?;
+            (Rule::Edges { percent }, span)
+        }
+        TokenKind::Ident(w) if w == "near" => {
+            let (percent, span) = l.percent("a percentage of near-duplicate queries")?;
+            (Rule::NearDuplicates { percent }, span)
+        }
+        TokenKind::Ident(w) if w == "sweep" => {
+            let (length, span) = l.integer::<u32>("a number of queries")?;
+            (Rule::Sweep { length }, span)
+        }
+        _ => {
+            return Err(l.err(
+                head.span,
+                "expected a rule: `rate`, `edges`, `near` or `sweep`",
+            ));
+        }
+    };
+    let act = l.next("an action: `audit`, `throttle` or `freeze`")?;
+    let action = match &act.kind {
+        TokenKind::Ident(w) if w == "audit" => Action::Audit,
+        TokenKind::Ident(w) if w == "throttle" => Action::Throttle,
+        TokenKind::Ident(w) if w == "freeze" => Action::Freeze,
+        _ => {
+            return Err(l.err(
+                act.span,
+                "expected an action: `audit`, `throttle` or `freeze`",
+            ));
+        }
+    };
+    let watch = Watch { rule, action };
+    watch.check().map_err(|e| l.err(span, e.to_string()))?;
+    Ok(Stmt::PolicyWatch(watch))
 }
 
 #[cfg(test)]
@@ -680,12 +804,64 @@ mod tests {
             ("polyeval p = [c0 c1]", 1, 14, "expected an operand"),
             ("add y = x 1 2", 1, 13, "unexpected text"),
             ("policy rate 0 per minute", 1, 13, "positive"),
+            ("policy watch", 1, 13, "expected a rule"),
+            ("policy watch spike 5x audit", 1, 14, "expected a rule"),
+            ("policy watch rate 5 audit", 1, 19, "such as `5x`"),
+            ("policy watch rate 1x audit", 1, 19, "at least 2x"),
+            ("policy watch rate 2.5x audit", 1, 19, "whole number"),
+            ("policy watch edges 50 audit", 1, 23, "expected `%`"),
+            ("policy watch near 50%", 1, 22, "expected an action"),
+            ("policy watch near 0% audit", 1, 19, "between 1% and 100%"),
+            ("policy watch edges 101% audit", 1, 20, "1% and 100%"),
+            ("policy watch sweep 3 freeze", 1, 20, "between 4 and 32"),
+            ("policy watch sweep 33 freeze", 1, 20, "between 4 and 32"),
+            ("policy watch sweep 12 ban", 1, 23, "expected an action"),
+            ("policy watch sweep 12 freeze now", 1, 30, "unexpected text"),
+            ("const c = 5x", 1, 11, "run into a name"),
         ];
         for (src, line, col, needle) in cases {
             let e = parse(src).unwrap_err();
             assert_eq!((e.span.line, e.span.col), (line, col), "{src}: {e}");
             assert!(e.message.contains(needle), "{src}: {}", e.message);
         }
+    }
+
+    #[test]
+    fn watch_lines_parse_in_order() {
+        let src = "policy watch sweep 12 freeze\npolicy watch edges 50% throttle\n\
+                   policy watch near 50 % audit   # the sign may stand apart\n\
+                   policy watch rate 5x freeze\n";
+        let watches: Vec<Watch> = parse(src)
+            .unwrap()
+            .into_iter()
+            .map(|s| match s {
+                Stmt::PolicyWatch(w) => w,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let want = [
+            (Rule::Sweep { length: 12 }, Action::Freeze),
+            (Rule::Edges { percent: 50 }, Action::Throttle),
+            (Rule::NearDuplicates { percent: 50 }, Action::Audit),
+            (Rule::Rate { factor: 5 }, Action::Freeze),
+        ]
+        .map(|(rule, action)| Watch { rule, action });
+        assert_eq!(watches, want);
+    }
+
+    /// Every `policy watch` line lands in the manifest, in order; without one there are none.
+    #[test]
+    fn watch_lines_reach_the_manifest() {
+        let body = "input x in 0..10\noutput x\n";
+        let bare = crate::compile::compile(body, "w").unwrap();
+        assert!(bare.manifest.policy.watch.is_empty());
+        let src = format!("policy watch sweep 4 audit\npolicy watch sweep 4 audit\n{body}");
+        let p = crate::compile::compile(&src, "w").unwrap();
+        let sweep = Watch {
+            rule: Rule::Sweep { length: 4 },
+            action: Action::Audit,
+        };
+        assert_eq!(p.manifest.policy.watch, [sweep, sweep]);
     }
 
     #[test]

@@ -150,6 +150,10 @@ pub struct Policy {
     /// Token bucket: at most `rate_limit` evaluations per `rate_window_secs` (and as a burst).
     pub rate_limit: u32,
     pub rate_window_secs: u32,
+    /// Anomaly rules over each identity's queries, in the source's order. Omitted when empty,
+    /// so a manifest without them serializes exactly as before the rules existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub watch: Vec<Watch>,
 }
 
 impl Default for Policy {
@@ -159,8 +163,116 @@ impl Default for Policy {
             budget_per_identity: 1000,
             rate_limit: 60,
             rate_window_secs: 60,
+            watch: Vec::new(),
         }
     }
+}
+
+impl Policy {
+    /// What a host checks of an untrusted manifest's policy: a usable rate limit and rules whose
+    /// parameters are in range.
+    pub fn check(&self) -> Result<(), CircuitError> {
+        if self.rate_limit == 0 || self.rate_window_secs == 0 {
+            return Err(CircuitError::BadPolicy);
+        }
+        for watch in &self.watch {
+            watch.check()?;
+        }
+        Ok(())
+    }
+}
+
+/// How many recent queries of one identity on one program the window rules look at: enough for
+/// a percentage to mean something, small enough to keep per identity.
+pub const WINDOW: usize = 32;
+/// The fewest queries in a minute that can count as a burst: below it, a quiet identity's
+/// second query of the day would be "ten times its average".
+pub const MIN_BURST: u32 = 10;
+/// How much history an identity needs before [`Rule::Rate`] judges it: an average over less
+/// means little, and a new identity is held by the rate limit alone.
+pub const WARMUP_MS: u64 = 60 * 60 * 1000;
+/// "Near" a value, and "at an edge" of a range: within this percentage of the range's width.
+pub const TOLERANCE_PERCENT: i128 = 1;
+/// The smallest [`Rule::Rate`] factor: at 1x every identity is always at its own average.
+pub const MIN_FACTOR: u32 = 2;
+/// The shortest [`Rule::Sweep`]: three monotone values happen by chance all the time.
+pub const MIN_SWEEP: u32 = 4;
+
+/// An anomaly rule and what to do when it fires: the publisher's say on how extraction of
+/// their model is to be noticed, since what is normal traffic depends on the program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Watch {
+    pub rule: Rule,
+    pub action: Action,
+}
+
+impl Watch {
+    /// Whether the rule's parameter is in range: a host runs this on an untrusted manifest.
+    pub fn check(&self) -> Result<(), WatchError> {
+        match self.rule {
+            Rule::Rate { factor } if factor < MIN_FACTOR => Err(WatchError::Factor(factor)),
+            Rule::Edges { percent } | Rule::NearDuplicates { percent }
+                if !(1..=100).contains(&percent) =>
+            {
+                Err(WatchError::Percent(percent))
+            }
+            Rule::Sweep { length } if !(MIN_SWEEP..=WINDOW as u32).contains(&length) => {
+                Err(WatchError::Length(length))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The shapes extraction attacks take, each measured over one identity's queries of one program
+/// (its visible inputs only: nothing else is seen in the clear).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "rule", rename_all = "snake_case")]
+pub enum Rule {
+    /// The identity's count of this program's queries over the last minute is at least
+    /// `factor` times its own average per minute so far, and at least [`MIN_BURST`]; only once
+    /// the identity has [`WARMUP_MS`] of history here. Extraction needs many queries, so a
+    /// harvest shows as a sudden burst against the identity's own habit.
+    Rate { factor: u32 },
+    /// At least `percent` % of the visible input values of the last [`WINDOW`] queries lie at an
+    /// edge of their declared range (within [`TOLERANCE_PERCENT`] of the range's width of min
+    /// or max). Probing the extremes maps a model's saturation and clamping; real values rarely
+    /// sit there. An input with no interior (a 0/1 flag) is always at an edge and is not
+    /// counted. Needs a full window.
+    Edges { percent: u32 },
+    /// At least `percent` % of the last [`WINDOW`] queries are near-duplicates: every visible
+    /// input within [`TOLERANCE_PERCENT`] of its range's width of the same input of an earlier
+    /// query in the window. Finite differences (a query and a tiny perturbation of it) read a
+    /// model's gradient. Needs a full window.
+    NearDuplicates { percent: u32 },
+    /// The last `length` queries vary exactly one input, strictly monotonically (all up or all
+    /// down), while every other visible input stays exactly the same: a sweep, which traces the
+    /// model's response to that input. (For a one-input program: `length` strictly monotone
+    /// values.)
+    Sweep { length: u32 },
+}
+
+/// What a firing rule asks the host to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Record the firing in the audit log only: for rules still being tuned.
+    Audit,
+    /// Slow the identity down on this program for a while: cheap to undo if it was innocent.
+    Throttle,
+    /// Stop the identity until an operator looks: for shapes no honest caller makes.
+    Freeze,
+}
+
+/// A [`Watch`] whose parameter is out of range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WatchError {
+    #[error("a rate factor must be at least {MIN_FACTOR}x, not {0}x")]
+    Factor(u32),
+    #[error("a percentage must be between 1% and 100%, not {0}%")]
+    Percent(u32),
+    #[error("a sweep length must be between {MIN_SWEEP} and {WINDOW} queries, not {0}")]
+    Length(u32),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -243,6 +355,8 @@ pub enum CircuitError {
     BadName(String),
     #[error("the rate limit needs a positive count and window")]
     BadPolicy,
+    #[error("policy watch: {0}")]
+    BadWatch(#[from] WatchError),
 }
 
 /// A closed interval of raw values a wire is known to lie in.
@@ -589,10 +703,7 @@ impl Manifest {
                 return Err(CircuitError::DuplicateName(decl.name.clone()));
             }
         }
-        if self.policy.rate_limit == 0 || self.policy.rate_window_secs == 0 {
-            return Err(CircuitError::BadPolicy);
-        }
-        Ok(())
+        self.policy.check()
     }
 }
 
@@ -731,5 +842,70 @@ mod tests {
             c.check(&m),
             Err(CircuitError::RangeOverflow { gate: 4, .. })
         ));
+    }
+
+    /// A manifest without rules serializes as it did before they existed (so its hash does
+    /// not move); rules serialize tagged, in snake case.
+    #[test]
+    fn watch_rules_serialize_only_when_present() {
+        let (_, mut m) = square();
+        let plain = serde_json::to_string(&m.policy).unwrap();
+        assert_eq!(
+            plain,
+            r#"{"cost_per_eval":1,"budget_per_identity":1000,"rate_limit":60,"rate_window_secs":60}"#
+        );
+        assert_eq!(serde_json::from_str::<Policy>(&plain).unwrap(), m.policy);
+        m.policy.watch = vec![
+            Watch {
+                rule: Rule::Sweep { length: 12 },
+                action: Action::Freeze,
+            },
+            Watch {
+                rule: Rule::NearDuplicates { percent: 50 },
+                action: Action::Audit,
+            },
+        ];
+        let json = serde_json::to_string(&m.policy.watch).unwrap();
+        assert_eq!(
+            json,
+            r#"[{"rule":{"rule":"sweep","length":12},"action":"freeze"},{"rule":{"rule":"near_duplicates","percent":50},"action":"audit"}]"#
+        );
+        let back: Manifest = serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
+        assert_eq!(back, m);
+    }
+
+    #[test]
+    fn watch_parameters_are_checked() {
+        let check = |rule| {
+            let (_, mut m) = square();
+            m.policy.watch.push(Watch {
+                rule,
+                action: Action::Audit,
+            });
+            m.check()
+        };
+        let ok = [
+            Rule::Rate { factor: 2 },
+            Rule::Edges { percent: 1 },
+            Rule::NearDuplicates { percent: 100 },
+            Rule::Sweep { length: 4 },
+            Rule::Sweep { length: 32 },
+        ];
+        for rule in ok {
+            assert_eq!(check(rule), Ok(()), "{rule:?}");
+        }
+        let bad = [
+            (Rule::Rate { factor: 1 }, WatchError::Factor(1)),
+            (Rule::Edges { percent: 0 }, WatchError::Percent(0)),
+            (
+                Rule::NearDuplicates { percent: 101 },
+                WatchError::Percent(101),
+            ),
+            (Rule::Sweep { length: 3 }, WatchError::Length(3)),
+            (Rule::Sweep { length: 33 }, WatchError::Length(33)),
+        ];
+        for (rule, e) in bad {
+            assert_eq!(check(rule), Err(CircuitError::BadWatch(e)), "{rule:?}");
+        }
     }
 }

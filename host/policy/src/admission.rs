@@ -158,6 +158,7 @@ mod tests {
             budget_per_identity: budget,
             rate_limit: rate,
             rate_window_secs: window_secs,
+            ..Policy::default()
         }
     }
 

@@ -8,17 +8,21 @@
 //!   so a crash can never leave a charge without its entry, or an entry without its charge;
 //!   [`admit_in`] does the same inside a caller's transaction, e.g. a batched
 //!   [`quorumvm_ledger::Writer`] job.
+//! - [`anomaly`]: the manifest's `policy watch` rules over each identity's recent queries
+//!   (sweeps, edge probing, near-duplicates, bursts), in memory: a [`Watcher`] says which fire.
 //!
 //! The budget and bucket arithmetic is pure (time is passed in as milliseconds), so it is tested
 //! exhaustively without a clock; only [`admission`] and [`identity`] touch the ledger.
 
 pub mod admission;
+pub mod anomaly;
 pub mod budget;
 mod error;
 pub mod identity;
 pub mod rate;
 
 pub use admission::{Admitted, EvalRequest, admit_eval, admit_in};
+pub use anomaly::{Firing, Watcher};
 pub use budget::Budget;
 pub use error::PolicyError;
 pub use identity::{IdentityKey, KeyHash, add_identity, authenticate, check_name};

@@ -2,7 +2,9 @@
 //! and check that the circuit it returns is well formed and matches its manifest.
 
 use crate::engine::{Limits, Sandbox, Unloadable, describe_trap};
-use quorumvm_core::circuit::{Circuit, CircuitError, Gate, Manifest, Policy, ValueDecl};
+use quorumvm_core::circuit::{
+    Action, Circuit, CircuitError, Gate, Manifest, Policy, Rule, ValueDecl, Watch,
+};
 
 wasmtime::component::bindgen!({
     path: "../../wit/program.wit",
@@ -90,8 +92,25 @@ fn convert_manifest(m: wit::Manifest) -> Manifest {
             budget_per_identity: m.policy.budget_per_identity,
             rate_limit: m.policy.rate_limit,
             rate_window_secs: m.policy.rate_window_secs,
+            watch: m.watch.into_iter().map(watch).collect(),
         },
         depth: m.depth,
+    }
+}
+
+fn watch(w: wit::Watch) -> Watch {
+    Watch {
+        rule: match w.rule {
+            wit::Rule::Rate(factor) => Rule::Rate { factor },
+            wit::Rule::Edges(percent) => Rule::Edges { percent },
+            wit::Rule::NearDuplicates(percent) => Rule::NearDuplicates { percent },
+            wit::Rule::Sweep(length) => Rule::Sweep { length },
+        },
+        action: match w.action {
+            wit::Action::Audit => Action::Audit,
+            wit::Action::Throttle => Action::Throttle,
+            wit::Action::Freeze => Action::Freeze,
+        },
     }
 }
 
