@@ -112,6 +112,9 @@ fn the_demo_runs_end_to_end() {
         "score = 453.276850",
         "score after the refresh: 453.276850 (the same)",
         "now at share epoch 1",
+        "froze it there: the next evaluation ran on custodians [2, 3]",
+        "nobody serves it",
+        "approved the unfreeze: served again",
         "budget_exhausted",
         "rate_limited",
         "ACTIVE",
@@ -380,10 +383,110 @@ fn post_approval(
     })
 }
 
-/// `quorumvm identity suspend|unsuspend|revoke` and `quorumvm retire`, run as their parties
-/// would: each takes effect at once, and only k operators revoke or retire.
+/// A program whose policy watches for sweeps (freeze) and near-duplicate queries (throttle).
+const WATCHED: &str = "program watched\nversion 1\npolicy budget 100000\npolicy rate 100000 per second\n\
+policy watch sweep 8 freeze\npolicy watch near 50% throttle\n\
+input x in 0..1000\ninput y in 0..1000\nadd s = x y\noutput s\n";
+
+/// An extraction campaign, one identity sweeping `x` over its range while `y` stays fixed, trips
+/// the sweep rule at the 8th query and is frozen (the coordinator, which sees every request,
+/// fires first); another identity's ordinary queries of the same program trip nothing and stay
+/// served; k operators unfreeze the campaigner.
 #[test]
-fn suspension_revocation_and_retirement_through_the_cli() {
+fn an_extraction_sweep_is_frozen_while_ordinary_traffic_is_served() {
+    let c = Cluster::start();
+    let alice = c.identity("alice");
+    let mallory = c.identity("mallory");
+    let rt = runtime();
+    let v = c.publish("watched", WATCHED, &[]);
+    for i in [1, 2] {
+        ok(c.approve(&v.package_id, i));
+    }
+    let query = |who: &Caller, x: u32, y: u32| {
+        let (status, body) = rt.block_on(c.eval(
+            who,
+            "watched",
+            &[("x", x.to_string()), ("y", y.to_string())],
+        ));
+        let code = body["error"]["code"].as_str().unwrap_or("").to_string();
+        (status, code, body)
+    };
+    rt.block_on(c.eval_ready(&alice, "watched", &[("x", "1".into()), ("y", "2".into())]));
+    // Ordinary traffic: scattered values, nothing repeated.
+    let ordinary = |i: u32| ((i * 7919 + 13) % 1000, (i * 104_729 + 7) % 1000);
+    for i in 0..40 {
+        let (x, y) = ordinary(i);
+        let (status, _, body) = query(&alice, x, y);
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["outputs"]["s"], format!("{}", x + y), "{body}");
+    }
+    // The campaign: x = 0, 25, 50, ... with y fixed.
+    for step in 0..7 {
+        let (status, _, body) = query(&mallory, step * 25, 500);
+        assert_eq!(status, 200, "query {step}: {body}");
+    }
+    let (status, code, body) = query(&mallory, 7 * 25, 500);
+    assert_eq!((status, code.as_str()), (403, "frozen"), "{body}");
+    // Frozen as an identity: any query of hers is refused now, alice's are not.
+    let (status, code, _) = query(&mallory, 3, 911);
+    assert_eq!((status, code.as_str()), (403, "frozen"));
+    let (x, y) = ordinary(41);
+    assert_eq!(query(&alice, x, y).0, 200);
+    // Audited, with the evidence, and counted.
+    let fired = c.audit_entries("coordinator/coordinator.db", "anomaly.fired");
+    assert_eq!(fired.len(), 1, "{fired:?}");
+    assert_eq!(
+        (fired[0]["identity"].as_str(), fired[0]["action"].as_str()),
+        (Some("mallory"), Some("freeze"))
+    );
+    assert!(
+        fired[0]["evidence"]
+            .as_str()
+            .unwrap()
+            .contains("`x` swept upward over 8 queries"),
+        "{fired:?}"
+    );
+    let metrics = rt.block_on(async {
+        reqwest::get(format!("{}/metrics", c.coordinator_url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    assert!(
+        metrics.contains("quorumvm_anomaly_firings_total 1"),
+        "{metrics}"
+    );
+    // k operators lift it.
+    let config = |i: u32| c.path(&format!("custodian-{i}.toml"));
+    let first: serde_json::Value = serde_json::from_str(&ok(quorumvm(&[
+        "unfreeze",
+        "--identity",
+        "mallory",
+        "--json",
+        "--config",
+        config(1).to_str().unwrap(),
+    ])))
+    .unwrap();
+    let at = first["unfreeze"]["time_ms"].to_string();
+    ok(quorumvm(&[
+        "unfreeze",
+        "--identity",
+        "mallory",
+        "--at",
+        &at,
+        "--config",
+        config(2).to_str().unwrap(),
+    ]));
+    assert_eq!(query(&mallory, 3, 911).0, 200);
+}
+
+/// `quorumvm freeze|unfreeze`, `quorumvm identity revoke` and `quorumvm retire`, run as their
+/// parties would: a freeze takes effect at once at its party; only k operators unfreeze, revoke
+/// or retire.
+#[test]
+fn freezes_revocation_and_retirement_through_the_cli() {
     let c = Cluster::start();
     let alice = c.identity("alice");
     let rt = runtime();
@@ -405,33 +508,60 @@ fn suspension_revocation_and_retirement_through_the_cli() {
             body["error"]["code"].as_str().unwrap_or("").to_string(),
         )
     };
+    // k operators' unfreeze: the first fixes the time, the second passes it with --at.
+    let unfreeze = |target: &[&str], approvers: [u32; 2]| -> serde_json::Value {
+        let first = governance(
+            &[&["unfreeze"], target].concat(),
+            &format!("custodian-{}.toml", approvers[0]),
+        );
+        assert_eq!(first["lifted"], false, "{first}");
+        let at = first["unfreeze"]["time_ms"].to_string();
+        governance(
+            &[&["unfreeze"], target, &["--at", &at]].concat(),
+            &format!("custodian-{}.toml", approvers[1]),
+        )
+    };
 
-    // The coordinator's own suspension: refused at once, served again at once when lifted.
-    let s = governance(&["identity", "suspend", "alice"], "coordinator.toml");
+    // The coordinator's own freeze: refused at once; one operator cannot lift it, two do.
+    let s = governance(&["freeze", "--identity", "alice"], "coordinator.toml");
     assert_eq!(
-        (s["at"].as_str(), s["suspended"].as_bool()),
+        (s["at"].as_str(), s["frozen"].as_bool()),
         (Some("coordinator"), Some(true))
     );
-    assert_eq!(code(eval()), (403, "identity_suspended".into()));
-    governance(&["identity", "unsuspend", "alice"], "coordinator.toml");
+    assert_eq!(code(eval()), (403, "frozen".into()));
+    let first = governance(&["unfreeze", "--identity", "alice"], "custodian-1.toml");
+    assert_eq!(
+        (first["approvals"].as_u64(), first["lifted"].as_bool()),
+        (Some(1), Some(false))
+    );
+    assert_eq!(
+        code(eval()),
+        (403, "frozen".into()),
+        "one operator lifts nothing"
+    );
+    let at = first["unfreeze"]["time_ms"].to_string();
+    let lifted = governance(
+        &["unfreeze", "--identity", "alice", "--at", &at],
+        "custodian-3.toml",
+    );
+    assert_eq!(lifted["lifted"], true, "{lifted}");
+    assert_eq!(lifted["taken_by"], serde_json::json!([1, 2, 3]));
     assert_eq!(eval().0, 200);
 
-    // Custodian 1's operator suspends her at custodian 1, which refuses her sessions: the
-    // coordinator serves her without custodian 1.
-    let s = governance(&["identity", "suspend", "alice"], "custodian-1.toml");
+    // Custodian 1's operator freezes her at custodian 1, which refuses her sessions from the
+    // next request on: the coordinator serves her without custodian 1.
+    let s = governance(&["freeze", "--identity", "alice"], "custodian-1.toml");
     assert_eq!(s["at"], serde_json::json!({ "custodian": 1 }));
     let (status, body) = eval();
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["custodians"], serde_json::json!([2, 3]), "{body}");
-    // Custodian 2's operator too: fewer than k custodians are willing, so nobody serves her.
-    governance(&["identity", "suspend", "alice"], "custodian-2.toml");
-    assert_eq!(code(eval()), (403, "identity_suspended".into()));
-    for i in [1, 2] {
-        governance(
-            &["identity", "unsuspend", "alice"],
-            &format!("custodian-{i}.toml"),
-        );
-    }
+    // Custodian 2's operator freezes the version: fewer than k custodians are willing, so
+    // nobody serves her.
+    governance(&["freeze", "--version", &v1.package_id], "custodian-2.toml");
+    assert_eq!(code(eval()), (403, "frozen".into()));
+    unfreeze(&["--identity", "alice"], [2, 3]);
+    let lifted = unfreeze(&["--version", &v1.package_id], [1, 3]);
+    assert_eq!(lifted["taken_by"], serde_json::json!([1, 2, 3]), "{lifted}");
     let (status, body) = eval();
     assert_eq!(
         (status, &body["custodians"]),

@@ -6,7 +6,10 @@
 //! per multiplication layer: `2 + depth` round trips in sequence. The floor is that many bare
 //! round trips (`GET /v1/health`) one after another.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use rand::Rng as _;
 
 use quorumvm_wire::config::PoolConfig;
 
@@ -32,8 +35,11 @@ const SQUARE: &str = "program bench_square\nversion 1\npolicy budget 1000000000\
 const PRIVATE_SQUARE: &str = "program bench_private\nversion 1\npolicy budget 1000000000\npolicy rate 1000000 per second\nprivate x in -1000..1000\nadd t = x 7\nmul y = t t\noutput y\n";
 
 /// A 10-feature linear model: secret weights times visible features, each product a share
-/// times a public value, so local (zero rounds).
+/// times a public value, so local (zero rounds). It declares every anomaly rule (audit only):
+/// its traffic, features drawn afresh for each request, is the normal traffic the rules'
+/// false positives are counted on.
 const LINEAR: &str = "program bench_linear\nversion 1\npolicy budget 1000000000\npolicy rate 1000000 per second\n\
+policy watch sweep 12 audit\npolicy watch edges 50% audit\npolicy watch near 50% audit\npolicy watch rate 5x audit\n\
 input f1 in 0..1000\ninput f2 in 0..1000\ninput f3 in 0..1000\ninput f4 in 0..1000\ninput f5 in 0..1000\n\
 input f6 in 0..1000\ninput f7 in 0..1000\ninput f8 in 0..1000\ninput f9 in 0..1000\ninput f10 in 0..1000\n\
 secret w1 in -10..10 scale 2\nsecret w2 in -10..10 scale 2\nsecret w3 in -10..10 scale 2\nsecret w4 in -10..10 scale 2\n\
@@ -118,6 +124,21 @@ async fn publish_and_approve(
         approvals += 1;
     }
     Ok(info.package_id)
+}
+
+/// Where a measured call takes its inputs from: the same each time, or drawn afresh.
+type Inputs = Arc<dyn Fn() -> Vec<(String, String)> + Send + Sync>;
+
+/// How many anomaly rules fired at the server `client` talks to, by its `/metrics`.
+async fn firings(client: &Client) -> Result<u64> {
+    Ok(client
+        .metrics()
+        .await
+        .map_err(fail)?
+        .iter()
+        .filter(|(name, _)| name.contains("anomaly_firings_total"))
+        .map(|(_, v)| *v as u64)
+        .sum())
 }
 
 async fn wait_for_kits(client: &Client, package: &str, want: f64) -> Result<()> {
@@ -240,18 +261,15 @@ async fn bench(layout: &Layout, o: &Options) -> Result<()> {
     };
     let one = sequential(o.requests, ping.clone()).await?;
 
-    let linear_inputs: Vec<(String, String)> = (1..=10)
-        .map(|i| (format!("f{i}"), format!("{}", 100 + i * 37)))
-        .collect();
-    // One evaluation of `target` with `inputs`, as a call the measurements repeat.
-    let evaluator = |target: crate::client::Target, inputs: Vec<(String, String)>| {
+    // One evaluation of `target` with inputs from `inputs`, as a call the measurements repeat.
+    let evaluator = |target: crate::client::Target, inputs: Inputs| {
         let (client, caller, pinned) = (client.clone(), caller.clone(), pinned.clone());
         move || {
             let (client, caller, target, inputs, pinned) = (
                 client.clone(),
                 caller.clone(),
                 target.clone(),
-                inputs.clone(),
+                inputs(),
                 pinned.clone(),
             );
             async move {
@@ -265,22 +283,25 @@ async fn bench(layout: &Layout, o: &Options) -> Result<()> {
     };
     let mut summary = Vec::new();
     let mut square_rate = 0.0;
+    let x_is_3: Inputs = Arc::new(|| vec![("x".to_string(), "3".to_string())]);
+    let features: Inputs = Arc::new(|| {
+        let mut rng = rand::thread_rng();
+        (1..=10)
+            .map(|i| (format!("f{i}"), rng.gen_range(0..=1000).to_string()))
+            .collect()
+    });
     for (name, program, inputs) in [
-        (
-            "(x+7)^2",
-            square.clone(),
-            vec![("x".to_string(), "3".to_string())],
-        ),
-        ("10-feature linear model", linear.clone(), linear_inputs),
+        ("(x+7)^2", square.clone(), x_is_3.clone()),
+        ("10-feature linear model", linear.clone(), features),
         (
             "private x: (x+7)^2, sealed answer",
             private.clone(),
-            vec![("x".to_string(), "3".to_string())],
+            x_is_3.clone(),
         ),
     ] {
         let target = client.target(&program, &sandbox).await.map_err(fail)?;
         let probe = client
-            .eval(&caller, &target, &inputs, Some(&pinned))
+            .eval(&caller, &target, &inputs(), Some(&pinned))
             .await
             .map_err(fail)?;
         let rounds = probe.rounds as usize;
@@ -337,6 +358,24 @@ async fn bench(layout: &Layout, o: &Options) -> Result<()> {
         );
     }
 
+    // The anomaly rules the linear model declares, over its traffic: at the coordinator (every
+    // request) and at each custodian (the sessions it was in).
+    let mut fired = vec![firings(&client).await?];
+    for i in 1..=layout.custodians.len() as u32 {
+        let config = layout.custodian_config(i)?;
+        let cluster = config.cluster().map_err(Failure::data)?;
+        let member = cluster
+            .member(i)
+            .ok_or_else(|| fail("a custodian missing from its config"))?;
+        fired.push(firings(&Client::new(&member.url)).await?);
+    }
+    println!(
+        "\nAnomaly rules (sweep 12, edges 50%, near-duplicates 50%, rate 5x) on the linear model's \
+         traffic, features drawn at random: fired {} times at the coordinator, {:?} at the custodians",
+        fired[0],
+        &fired[1..]
+    );
+
     // Proactive resharing: a refresh of every serving version's shares, with a version of 100
     // secrets among them, idle and then while the clients evaluate.
     let hundred =
@@ -352,7 +391,7 @@ async fn bench(layout: &Layout, o: &Options) -> Result<()> {
         idle.epoch
     );
     let target = client.target(&square, &sandbox).await.map_err(fail)?;
-    let square_call = evaluator(target, vec![("x".to_string(), "3".to_string())]);
+    let square_call = evaluator(target, x_is_3);
     let during = tokio::spawn(concurrent(o.clients, o.seconds, square_call));
     tokio::time::sleep(Duration::from_secs(1)).await;
     let busy = crate::governance::reshare(&coordinator).await?;

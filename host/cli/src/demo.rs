@@ -10,10 +10,12 @@ use quorumvm_package::{PackageId, package_id};
 use quorumvm_sandbox::Sandbox;
 use quorumvm_wire::api::{ApproveRequest, EvalResponse, VersionState};
 use quorumvm_wire::config::{Cluster, PoolConfig};
+use quorumvm_wire::freeze::Target as FreezeTarget;
 
 use crate::client::{CallError, Caller, Client, Target};
 use crate::cluster::{Layout, Running};
 use crate::exit::{Code, Failure, Result, read_text};
+use crate::governance::Party;
 use crate::publish;
 
 fn step(n: usize, text: &str) {
@@ -464,6 +466,48 @@ async fn tour(packages: &Path, layout: &Layout) -> Result<()> {
 
     step(
         10,
+        "Emergency freeze: one custodian operator stops the credit score at its custodian at once; lifting it takes k = 2 operators",
+    );
+    let version = FreezeTarget::Version(cs.to_string());
+    let custodian = |i: u32| -> Result<Party> { Ok(Party::Custodian(layout.custodian_config(i)?)) };
+    crate::governance::freeze(&custodian(1)?, version.clone()).await?;
+    let served = eval(&at, &key, "credit_score", score_inputs).await?;
+    check(
+        !served.custodians.contains(&1) && served.outputs["score"] == score_want,
+        format!("served without custodian 1: {:?}", served.custodians),
+    )?;
+    println!(
+        "    custodian 1's operator froze it there: the next evaluation ran on custodians {:?} (score {})",
+        served.custodians, served.outputs["score"]
+    );
+    crate::governance::freeze(&custodian(2)?, version.clone()).await?;
+    let e = expect_refusal(
+        call(&at, &key, "credit_score", score_inputs).await,
+        "frozen",
+    )?;
+    println!("    custodian 2's operator too: fewer than k willing, so nobody serves it: {e}");
+    let first =
+        crate::governance::unfreeze(&layout.custodian_config(1)?, version.clone(), None).await?;
+    check(!first.lifted, "one operator's unfreeze lifts nothing")?;
+    let lifted = crate::governance::unfreeze(
+        &layout.custodian_config(3)?,
+        version,
+        Some(first.unfreeze.time_ms),
+    )
+    .await?;
+    check(lifted.lifted, "two operators' unfreeze lifts it")?;
+    let again = eval(&at, &key, "credit_score", score_inputs).await?;
+    check(
+        again.outputs["score"] == score_want,
+        format!("score {} after the unfreeze", again.outputs["score"]),
+    )?;
+    println!(
+        "    operators 1 and 3 approved the unfreeze: served again by custodians {:?}, score {}",
+        again.custodians, again.outputs["score"]
+    );
+
+    step(
+        11,
         "Audit: every server's hash chain verifies (entries name identities and request ids, never values)",
     );
     let coordinator_db = layout.dir.join("coordinator/coordinator.db");

@@ -1,10 +1,10 @@
 //! A custodian operator's and the coordinator's governance of callers and versions:
-//! suspending an identity at one party (`identity suspend`, `identity unsuspend`), approving
-//! its revocation (`identity revoke`), approving a version's retirement (`retire`), clearing a
+//! freezing an identity or a version at one party (`freeze`), approving an unfreeze
+//! (`unfreeze`), approving an identity's revocation (`identity revoke`), approving a version's retirement (`retire`), clearing a
 //! custodian the coordinator holds suspect (`clear-suspect`) and refreshing the shares
 //! (`reshare`).
 //!
-//! A suspension is signed with the key of the party it binds and posted straight to that
+//! A freeze is signed with the key of the party it binds and posted straight to that
 //! party: an operator's to its own custodian (so the coordinator can neither withhold nor
 //! forge it), the coordinator's to the coordinator. Revocations and retirements are approvals
 //! like any other: one operator's signature, collected by the coordinator, which sends every
@@ -14,14 +14,14 @@ use std::path::Path;
 
 use quorumvm_package::{PackageId, SecretKey};
 use quorumvm_wire::api::{
-    ApproveRequest, ClearanceState, ErrorBody, IdentityInfo, ReshareReport, SuspensionState,
-    VersionInfo,
+    ApproveRequest, ClearanceState, ErrorBody, FreezeState, IdentityInfo, ReshareReport,
+    UnfreezeApproval, UnfreezeState, VersionInfo,
 };
 use quorumvm_wire::approval::Subject;
 use quorumvm_wire::clearance::{Clearance, ReshareRequest};
 use quorumvm_wire::config::{CoordinatorConfig, CustodianConfig};
+use quorumvm_wire::freeze::{Authority, Freeze, Target, Unfreeze};
 use quorumvm_wire::now_ms;
-use quorumvm_wire::suspension::{Authority, Suspension};
 use reqwest::StatusCode;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -80,16 +80,36 @@ impl Party {
     }
 }
 
-/// Suspends `name` at `party` (or lifts the party's own suspension), at once.
-pub async fn suspend(party: &Party, name: &str, suspended: bool) -> Result<SuspensionState> {
+/// Freezes `target` at `party`, at once.
+pub async fn freeze(party: &Party, target: Target) -> Result<FreezeState> {
     let (at, url, key) = party.authority()?;
-    let statement = Suspension {
-        identity: name.to_string(),
+    let statement = Freeze {
+        target,
         at,
-        suspended,
         time_ms: now_ms(),
     };
-    Ok(post(&url, "/v1/suspensions", &statement.sign(&key)).await?)
+    Ok(post(&url, "/v1/freezes", &statement.sign(&key)).await?)
+}
+
+/// One operator's approval of lifting `target`'s freezes older than `at` (now, if none is
+/// given: the first approval fixes the time the others sign), sent to the coordinator.
+pub async fn unfreeze(
+    config: &CustodianConfig,
+    target: Target,
+    at: Option<u64>,
+) -> Result<UnfreezeState> {
+    let key = operator_key(config)?;
+    let unfreeze = Unfreeze {
+        target,
+        time_ms: at.unwrap_or_else(now_ms),
+    };
+    let signature = quorumvm_wire::approval::sign(&key, &Subject::Unfreeze(&unfreeze));
+    let request = UnfreezeApproval {
+        unfreeze,
+        custodian: config.index,
+        signature: hex::encode(signature),
+    };
+    Ok(post(&config.coordinator_url, "/v1/unfreezes", &request).await?)
 }
 
 /// Clears custodian `index` at the coordinator, signed with the coordinator's key.

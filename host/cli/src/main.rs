@@ -137,7 +137,7 @@ enum Command {
         json: bool,
     },
     /// Manage the identities that may evaluate: propose (coordinator), approve and revoke
-    /// (custodian operators), suspend (either, each at itself).
+    /// (custodian operators).
     Identity {
         #[command(subcommand)]
         command: IdentityCommand,
@@ -176,6 +176,34 @@ enum Command {
     Retire {
         /// The package id (hex).
         package: String,
+        /// The custodian's config (its index, data directory and coordinator URL).
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Freeze an identity or a version at once: with the coordinator's config, at the
+    /// coordinator (it admits none of its requests); with a custodian's, at that custodian only
+    /// (signed with its operator key and sent to it directly). With fewer than k custodians
+    /// willing, the cluster stops serving it. Lifting takes k operators (`unfreeze`).
+    Freeze {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// The coordinator's config, or a custodian's.
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve lifting the freezes of an identity or a version, as a custodian operator. The
+    /// first operator's approval fixes the unfreeze's time; the others pass it with `--at`. At
+    /// k approvals every freeze of the target older than that time is lifted, everywhere.
+    Unfreeze {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// The time (ms since the epoch) of the unfreeze another operator proposed.
+        #[arg(long)]
+        at: Option<u64>,
         /// The custodian's config (its index, data directory and coordinator URL).
         #[arg(long)]
         config: PathBuf,
@@ -273,26 +301,6 @@ enum IdentityCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Suspend an identity at once: with the coordinator's config, at the coordinator (it
-    /// admits none of its requests); with a custodian's, at that custodian only (signed with
-    /// its operator key and sent to it directly).
-    Suspend {
-        name: String,
-        /// The coordinator's config, or a custodian's.
-        #[arg(long)]
-        config: PathBuf,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Lift the suspension that `identity suspend` with the same config made.
-    Unsuspend {
-        name: String,
-        /// The coordinator's config, or a custodian's.
-        #[arg(long)]
-        config: PathBuf,
-        #[arg(long)]
-        json: bool,
-    },
     /// Approve revoking an identity as a custodian operator (signs its name); at k approvals
     /// it never serves again, and its name is never registered again.
     Revoke {
@@ -371,12 +379,6 @@ fn main() -> ExitCode {
             command: IdentityCommand::Approve { name, config, json },
         } => servers::identity_approve(&name, &config, json),
         Command::Identity {
-            command: IdentityCommand::Suspend { name, config, json },
-        } => servers::identity_suspend(&name, &config, true, json),
-        Command::Identity {
-            command: IdentityCommand::Unsuspend { name, config, json },
-        } => servers::identity_suspend(&name, &config, false, json),
-        Command::Identity {
             command: IdentityCommand::Revoke { name, config, json },
         } => servers::identity_revoke(&name, &config, json),
         Command::Retire {
@@ -384,6 +386,17 @@ fn main() -> ExitCode {
             config,
             json,
         } => servers::retire(&package, &config, json),
+        Command::Freeze {
+            target,
+            config,
+            json,
+        } => servers::freeze(target.into(), &config, json),
+        Command::Unfreeze {
+            target,
+            at,
+            config,
+            json,
+        } => servers::unfreeze(target.into(), at, &config, json),
         Command::Install {
             package,
             key,
@@ -449,6 +462,28 @@ fn main() -> ExitCode {
         Err(failure) => {
             eprintln!("{failure}");
             ExitCode::from(failure.code as u8)
+        }
+    }
+}
+
+/// What `freeze` and `unfreeze` act on: exactly one of an identity and a version.
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct TargetArgs {
+    /// A caller identity's name.
+    #[arg(long)]
+    identity: Option<String>,
+    /// A version's package id (hex).
+    #[arg(long)]
+    version: Option<String>,
+}
+
+impl From<TargetArgs> for quorumvm_wire::freeze::Target {
+    fn from(t: TargetArgs) -> Self {
+        match (t.identity, t.version) {
+            (Some(name), _) => quorumvm_wire::freeze::Target::Identity(name),
+            (None, Some(id)) => quorumvm_wire::freeze::Target::Version(id.to_ascii_lowercase()),
+            (None, None) => unreachable!("clap requires one of --identity and --version"),
         }
     }
 }

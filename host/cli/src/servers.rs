@@ -1,11 +1,12 @@
 //! The cluster commands: the two servers, `dev`, and the operator and caller commands
-//! (`identity add|approve|suspend|unsuspend|revoke`, `install`, `approve`, `retire`, `eval`,
+//! (`identity add|approve|revoke`, `install`, `approve`, `retire`, `freeze`, `unfreeze`, `eval`,
 //! `audit verify`).
 
 use std::path::Path;
 
 use quorumvm_ledger::Ledger;
 use quorumvm_wire::config::{CoordinatorConfig, CustodianConfig, PoolConfig};
+use quorumvm_wire::freeze::Target;
 use serde_json::json;
 
 use quorumvm_package::{PublicKey, SecretKey};
@@ -152,23 +153,50 @@ pub fn identity_approve(name: &str, config: &Path, as_json: bool) -> Result<()> 
     Ok(())
 }
 
-pub fn identity_suspend(name: &str, config: &Path, suspended: bool, as_json: bool) -> Result<()> {
+pub fn freeze(target: Target, config: &Path, as_json: bool) -> Result<()> {
+    target.check().map_err(Failure::data)?;
     let party = Party::load(config)?;
-    let state = runtime()?.block_on(governance::suspend(&party, name, suspended))?;
+    let state = runtime()?.block_on(governance::freeze(&party, target))?;
     if as_json {
         println!("{}", serde_json::to_string(&state).expect("json"));
     } else {
-        let done = if suspended {
-            "suspended"
-        } else {
-            "lifted its suspension of"
-        };
         let known = if state.known {
             ""
         } else {
-            " (not registered there yet; it holds once it is)"
+            " (not known there yet; it holds once it is)"
         };
-        println!("{} {done} identity {}{known}", state.at, state.identity);
+        println!(
+            "{} froze {}{known}; lifting it takes k operators (quorumvm unfreeze)",
+            state.at, state.target
+        );
+    }
+    Ok(())
+}
+
+pub fn unfreeze(target: Target, at: Option<u64>, config: &Path, as_json: bool) -> Result<()> {
+    target.check().map_err(Failure::data)?;
+    let config = CustodianConfig::load(config).map_err(Failure::data)?;
+    let state = runtime()?.block_on(governance::unfreeze(&config, target, at))?;
+    if as_json {
+        println!("{}", serde_json::to_string(&state).expect("json"));
+        return Ok(());
+    }
+    let u = &state.unfreeze;
+    if state.lifted {
+        println!(
+            "{} unfrozen: {} of {} approvals; the custodians that took it: {:?}",
+            u.target, state.approvals, state.needed, state.taken_by
+        );
+    } else {
+        let flag = match &u.target {
+            Target::Identity(name) => format!("--identity {name}"),
+            Target::Version(id) => format!("--version {id}"),
+        };
+        println!(
+            "approved the unfreeze of {} at {} ms: {} of {} approvals; the other operators \
+             run: quorumvm unfreeze {flag} --at {} --config <their custodian.toml>",
+            u.target, u.time_ms, state.approvals, state.needed, u.time_ms
+        );
     }
     Ok(())
 }

@@ -5,8 +5,10 @@
 use std::sync::Arc;
 
 use axum::http::StatusCode;
+use quorumvm_core::circuit::Policy;
 use quorumvm_policy::EvalRequest as Admission;
 use quorumvm_server::{Bug, Env};
+use quorumvm_wire::freeze::Target;
 use quorumvm_wire::request::{self, CallerRequest, claimed_identity};
 use quorumvm_wire::signed::Signed;
 
@@ -17,7 +19,7 @@ use crate::store;
 
 /// The caller's signed request, checked as every custodian will check it: signed by the
 /// API key's identity with the key its approvals name, that identity active (k approvals, not
-/// revoked, not suspended here), fresh, and with a well-formed request id.
+/// revoked, not frozen here), fresh, and with a well-formed request id.
 pub async fn check_request(
     state: &State,
     identity: &str,
@@ -33,6 +35,9 @@ pub async fn check_request(
     }
     let caller = state.identities.caller(identity).await?;
     caller.admit(state.custodians.cluster.threshold())?;
+    state
+        .freezes
+        .admit(&Target::Identity(caller.name.clone()), "the coordinator")?;
     request::open(signed, &caller.key, state.env.now_ms()).map_err(ApiError::from)
 }
 
@@ -91,6 +96,7 @@ pub async fn admit(
     version: &Arc<Version>,
     identity: &str,
     request_id: &str,
+    mut policy: Policy,
 ) -> Result<((u64, u64), Committing), ApiError> {
     let (v, identity, request_id) = (
         Arc::clone(version),
@@ -99,7 +105,6 @@ pub async fn admit(
     );
     let (decided, decision) = tokio::sync::oneshot::channel();
     let (writer, env) = (state.writer.clone(), state.env.clone());
-    let mut policy = version.manifest.policy.clone();
     if env.planted(Bug::BudgetUnchecked) {
         policy.budget_per_identity = u64::MAX;
     }

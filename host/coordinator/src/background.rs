@@ -1,7 +1,7 @@
 //! What the coordinator does on its own: health checks (a dead custodian is noticed within one
 //! interval, or at once when a call to it fails), bringing active versions up on custodians
 //! that do not serve them yet (activation, then the custodians' joint check of the shares),
-//! pushing registrations, revocations, retirements and the commits of refreshes of the shares
+//! pushing registrations, revocations, retirements, unfreezes and the commits of refreshes of the shares
 //! to custodians that missed them, and keeping each active version's pool of preprocessed kits
 //! filled.
 
@@ -77,6 +77,9 @@ async fn health_loop(state: Arc<State>) {
                         for v in &retired {
                             order_on(&state, i, retirement(v)).await;
                         }
+                    }
+                    for order in state.unfreezes.missed(&health.frozen) {
+                        order_on(&state, i, order).await;
                     }
                 }
             });
@@ -274,7 +277,7 @@ fn send_to_everyone(
 }
 
 /// Sends `order` to every custodian at once; their answers by index.
-async fn order_everyone(
+pub(crate) async fn order_everyone(
     state: &Arc<State>,
     order: Order,
 ) -> Vec<(u32, Result<OrderResponse, CallError>)> {

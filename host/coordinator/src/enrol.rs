@@ -26,7 +26,7 @@ pub async fn show(
     Path(name): Path<String>,
 ) -> Result<Json<IdentityInfo>, ApiError> {
     let caller = state.identities.caller(&name).await?;
-    Ok(Json(caller.info(state.custodians.cluster.threshold())))
+    Ok(Json(state.identity_info(&caller)))
 }
 
 pub async fn approve(
@@ -60,7 +60,7 @@ pub async fn approve(
         tracing::info!(identity = %name, "identity active");
         background::push_identity(Arc::clone(&state), Arc::clone(&caller)).await;
     }
-    Ok(Json(caller.info(k)))
+    Ok(Json(state.identity_info(&caller)))
 }
 
 pub async fn revoke(
@@ -84,5 +84,5 @@ pub async fn revoke(
         tracing::info!(identity = %name, "identity revoked");
         background::push_revocation(Arc::clone(&state), Arc::clone(&caller)).await;
     }
-    Ok(Json(caller.info(k)))
+    Ok(Json(state.identity_info(&caller)))
 }

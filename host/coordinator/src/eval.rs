@@ -14,10 +14,12 @@ use axum::response::{IntoResponse, Response};
 use quorumvm_core::eval::{decode_outputs, encode_values};
 use quorumvm_core::field::Fp;
 use quorumvm_core::shares::open_outputs;
+use quorumvm_server::anomaly;
 use quorumvm_server::{Body, Bug};
 use quorumvm_wire::api::{EvalResponse, OutputShares, SessionResponse};
 use quorumvm_wire::code::ErrorCode;
 use quorumvm_wire::elements;
+use quorumvm_wire::freeze::Target;
 use quorumvm_wire::order::{Order, Ticket};
 use quorumvm_wire::request::Terms;
 use quorumvm_wire::signed::Signed;
@@ -57,8 +59,12 @@ pub async fn handle(
     let version = state
         .registry
         .serving(&caller.package_id, &caller.program)?;
+    state.freezes.admit(
+        &Target::Version(version.package_id.clone()),
+        "the coordinator",
+    )?;
     // Refused here early; every custodian checks the same again itself.
-    encode_values("input", &version.manifest.inputs, &caller.input_texts())
+    let inputs = encode_values("input", &version.manifest.inputs, &caller.input_texts())
         .map_err(|e| ApiError::bad_request("bad_input", e.to_string()))?;
     if caller.private.is_some() == version.manifest.private_inputs.is_empty() {
         return Err(ApiError::bad_request(
@@ -76,9 +82,17 @@ pub async fn handle(
     state.custodians.checked_once(FIRST_CHECKS).await;
     wait_until_ready(&state, &version).await;
     quorum_at_epoch(&state, &version, &[]).await?;
+    let query = anomaly::Query {
+        at: "the coordinator",
+        identity: &identity,
+        manifest: &version.manifest,
+        inputs: &inputs,
+        now_ms: state.env.now_ms(),
+    };
+    let policy = anomaly::screen(&state.anomalies, &state.freezes, &state.writer, &query).await?;
     let request_id = caller.request_id.clone();
-    let ((kit, remaining), committed) = match admit(&state, &version, &identity, &request_id).await
-    {
+    let admitted = admit(&state, &version, &identity, &request_id, policy).await;
+    let ((kit, remaining), committed) = match admitted {
         Ok(admitted) => admitted,
         Err(e) => {
             if e.status == StatusCode::TOO_MANY_REQUESTS {
@@ -199,7 +213,7 @@ async fn run(
             }
             Err(Attempt::Without(index, e)) => {
                 so_far.refusing.push(index);
-                // Fewer than k custodians willing: the suspension binds the cluster.
+                // Fewer than k custodians willing: the freeze binds the cluster.
                 if quorum(state, version, &so_far.refusing).is_err() {
                     return Err(e);
                 }
@@ -242,7 +256,7 @@ async fn run(
 /// What the attempts of one request so far leave to the next.
 #[derive(Default)]
 struct SoFar {
-    /// Custodians that refuse this caller themselves (their own operator suspended it there):
+    /// Custodians that refuse this request themselves (the caller or the version is frozen there):
     /// the rest of the cluster may still serve it.
     refusing: Vec<u32>,
     /// Quorums of this request that held a deviating custodian: the next attempts run on
@@ -456,9 +470,9 @@ struct Checked<'a> {
 /// is a custodian failing: final, 502.
 fn refusal(index: u32, status: u16, code: &str, reason: String) -> Attempt {
     match ErrorCode::parse(code) {
-        Some(ErrorCode::IdentitySuspended) => Attempt::Without(
+        Some(ErrorCode::Frozen) => Attempt::Without(
             index,
-            ApiError::new(StatusCode::FORBIDDEN, "identity_suspended", reason),
+            ApiError::new(StatusCode::FORBIDDEN, "frozen", reason),
         ),
         Some(c) if c.is_retryable() => {
             Attempt::Retry(ApiError::unavailable("custodian_failed", reason))

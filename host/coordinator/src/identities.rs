@@ -23,15 +23,13 @@ use quorumvm_wire::order::ApprovalSignature;
 use crate::error::{ApiError, policy_refusal};
 use crate::store::{self, StoredIdentity};
 
-/// One caller identity: its key, the approvals counted so far (of it, and of its
-/// revocation), and the coordinator's own suspension.
+/// One caller identity: its key, and the approvals counted so far (of it, and of its
+/// revocation).
 pub struct Caller {
     pub name: String,
     pub key: PublicKey,
     pub approvals: Mutex<Vec<(u32, String)>>,
     pub revocations: Mutex<Vec<(u32, String)>>,
-    /// The coordinator's last statement about it: (suspended, the statement's time).
-    suspension: Mutex<(bool, u64)>,
 }
 
 impl Caller {
@@ -44,7 +42,6 @@ impl Caller {
             key,
             approvals: Mutex::new(stored.approvals),
             revocations: Mutex::new(stored.revocations),
-            suspension: Mutex::new(stored.suspension.unwrap_or((false, 0))),
         })
     }
 
@@ -66,21 +63,8 @@ impl Caller {
         self.revocations.lock().expect("revocations lock").len() >= threshold
     }
 
-    pub fn is_suspended(&self) -> bool {
-        self.suspension.lock().expect("suspension lock").0
-    }
-
-    /// Records the coordinator's statement if it is later than the one held (the ledger
-    /// applied it under the same rule; this keeps memory in that order under races).
-    pub fn set_suspension(&self, suspended: bool, time_ms: u64) {
-        let mut held = self.suspension.lock().expect("suspension lock");
-        if time_ms > held.1 {
-            *held = (suspended, time_ms);
-        }
-    }
-
-    /// Whether the coordinator admits its requests: approved by k operators, not revoked, not
-    /// suspended here (403 with the reason otherwise).
+    /// Whether the coordinator admits its requests: approved by k operators and not revoked
+    /// (403 with the reason otherwise; its freezes are checked apart).
     pub fn admit(&self, threshold: usize) -> Result<(), ApiError> {
         let refuse =
             |code, message: String| Err(ApiError::new(StatusCode::FORBIDDEN, code, message));
@@ -93,12 +77,6 @@ impl Caller {
                 ),
             );
         }
-        if self.is_suspended() {
-            return refuse(
-                "identity_suspended",
-                format!("identity `{name}` is suspended by the coordinator"),
-            );
-        }
         if !self.is_active(threshold) {
             return refuse(
                 "identity_pending",
@@ -108,7 +86,8 @@ impl Caller {
         Ok(())
     }
 
-    pub fn info(&self, threshold: usize) -> IdentityInfo {
+    /// What the coordinator knows of it; `frozen`: whether it is frozen here.
+    pub fn info(&self, threshold: usize, frozen: bool) -> IdentityInfo {
         let approvals: Vec<u32> = self
             .approvals
             .lock()
@@ -130,7 +109,7 @@ impl Caller {
             approvals,
             revoked: revocations.len() >= threshold,
             revocations,
-            suspended: self.is_suspended(),
+            frozen,
         }
     }
 }

@@ -13,6 +13,7 @@ mod custodians;
 mod enrol;
 mod error;
 mod eval;
+mod freeze;
 mod identities;
 mod install;
 mod metrics;
@@ -24,7 +25,6 @@ mod routes;
 mod state;
 mod store;
 mod suspects;
-mod suspension;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -47,8 +47,8 @@ pub struct CoordinatorPublicKeys {
     pub exchange_key: String,
 }
 
-/// The coordinator's ed25519 key, for `quorumvm identity suspend --config coordinator.toml`
-/// on the coordinator's machine (the coordinator admits a suspension only under this key).
+/// The coordinator's ed25519 key, for `quorumvm freeze --config coordinator.toml` on the
+/// coordinator's machine (the coordinator admits a freeze only under this key).
 pub fn signing_key(config: &CoordinatorConfig) -> anyhow::Result<SecretKey> {
     let path = state::key_path(&config.data_dir);
     let text = keys::read(&path).context("cannot read the coordinator's key")?;

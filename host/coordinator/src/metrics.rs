@@ -109,6 +109,12 @@ impl Metrics {
 pub async fn serve(AxumState(state): AxumState<Arc<State>>) -> Response {
     let mut out = String::new();
     state.metrics.render(&mut out);
+    counter(
+        &mut out,
+        "quorumvm_anomaly_firings_total",
+        "Anomaly rules of the policies that fired on the requests admitted here.",
+        state.anomalies.fired_total(),
+    );
     let per_custodian = |value: fn(&crate::custodians::Custodian) -> bool| {
         state
             .custodians

@@ -12,7 +12,7 @@ use quorumvm_wire::api::{ClusterInfo, CustodianInfo};
 use crate::State;
 use crate::error::ApiError;
 use crate::{
-    approve, enrol, eval, install, metrics, packages, reshare, retirement, suspects, suspension,
+    approve, enrol, eval, freeze, install, metrics, packages, reshare, retirement, suspects,
 };
 
 type Shared = AxumState<Arc<State>>;
@@ -37,7 +37,8 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/v1/identities/{name}", get(enrol::show))
         .route("/v1/identities/{name}/approvals", post(enrol::approve))
         .route("/v1/identities/{name}/revocations", post(enrol::revoke))
-        .route("/v1/suspensions", post(suspension::suspend))
+        .route("/v1/freezes", post(freeze::freeze))
+        .route("/v1/unfreezes", post(freeze::unfreeze))
         .route("/v1/custodians/clearances", post(suspects::clear))
         .route("/v1/reshares", post(reshare::handle))
         .route(

@@ -9,11 +9,16 @@ use quorumvm_ledger::{Ledger, Writer};
 use quorumvm_package::{PublicKey, SecretKey};
 use quorumvm_sandbox::Sandbox;
 use quorumvm_sealing::CustodianSecretKey;
+use quorumvm_server::anomaly::Anomalies;
+use quorumvm_server::freeze::Freezes;
 use quorumvm_server::{Env, keys};
+use quorumvm_wire::api::IdentityInfo;
 use quorumvm_wire::config::{CoordinatorConfig, PoolConfig};
+use quorumvm_wire::freeze::Target;
 
 use crate::custodians::Custodians;
-use crate::identities::Identities;
+use crate::freeze::Unfreezes;
+use crate::identities::{Caller, Identities};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::reshare::Epochs;
@@ -43,6 +48,22 @@ pub(crate) struct State {
     pub bare_turn: std::sync::atomic::AtomicUsize,
     /// The refreshes of the shares every custodian verified, and the epoch they make.
     pub epochs: Epochs,
+    /// What is frozen here.
+    pub freezes: Freezes,
+    /// The unfreezes k operators approved.
+    pub unfreezes: Unfreezes,
+    /// The policies' anomaly rules, over every request admitted here.
+    pub anomalies: Anomalies,
+}
+
+impl State {
+    /// What the coordinator knows of `caller`.
+    pub fn identity_info(&self, caller: &Caller) -> IdentityInfo {
+        let frozen = self
+            .freezes
+            .is_frozen(&Target::Identity(caller.name.clone()));
+        caller.info(self.custodians.cluster.threshold(), frozen)
+    }
 }
 
 impl State {
@@ -74,6 +95,11 @@ impl State {
         let stored_identities = store::load_identities(reader.connection())?;
         let suspects = store::load_suspects(reader.connection())?;
         let epochs = Epochs::load(store::load_certificates(reader.connection())?);
+        let freezes = Freezes::load(&reader)?;
+        let unfreezes = Unfreezes::load(store::load_unfreezes(
+            reader.connection(),
+            cluster.threshold(),
+        )?);
         let reader = Arc::new(Mutex::new(reader));
         let identities = Identities::new(&env, Arc::clone(&reader));
         identities.load(stored_identities)?;
@@ -96,6 +122,9 @@ impl State {
             suspects: Suspects::default(),
             bare_turn: Default::default(),
             epochs,
+            freezes,
+            unfreezes,
+            anomalies: Anomalies::default(),
             env,
         }))
     }
@@ -140,6 +169,7 @@ pub(crate) fn open_ledger(data_dir: &Path) -> anyhow::Result<Ledger> {
     let mut ledger =
         Ledger::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
     ledger.apply_schema(&quorumvm_policy::SCHEMA)?;
+    ledger.apply_schema(&quorumvm_server::freeze::SCHEMA)?;
     ledger.apply_schema(&store::SCHEMA)?;
     Ok(ledger)
 }

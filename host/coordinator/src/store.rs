@@ -4,7 +4,10 @@
 use quorumvm_core::circuit::Manifest;
 use quorumvm_ledger::rusqlite::{self, OptionalExtension, Transaction, params};
 use quorumvm_ledger::{NewEntry, Schema, audit};
+use std::collections::BTreeMap;
+
 use quorumvm_wire::api::{SealedShares, VersionState};
+use quorumvm_wire::freeze::{Target, Unfreeze};
 use quorumvm_wire::order::Attestations;
 use quorumvm_wire::signed::Signed;
 
@@ -162,6 +165,21 @@ pub const SCHEMA: Schema = Schema {
             started_ms INTEGER NOT NULL
         ) STRICT;
     ",
+        "
+        -- The coordinator's suspensions of identities are freezes now (quorumvm_server::freeze,
+        -- whose schema is applied first).
+        INSERT INTO freezes (target, frozen, time_ms, statement)
+            SELECT 'identity/' || name, suspended, time_ms, statement FROM suspensions;
+        DROP TABLE suspensions;
+        -- Operators' approvals of an unfreeze (`unfreeze`: the target's key, `@`, the time).
+        CREATE TABLE unfreeze_approvals (
+            unfreeze TEXT NOT NULL,
+            custodian INTEGER NOT NULL,
+            signature TEXT NOT NULL,
+            approved_ms INTEGER NOT NULL,
+            PRIMARY KEY (unfreeze, custodian)
+        ) STRICT;
+    ",
     ],
 };
 
@@ -281,6 +299,7 @@ pub enum Approved {
     Identity,
     Revocation,
     Retirement,
+    Unfreeze,
 }
 
 impl Approved {
@@ -322,6 +341,13 @@ impl Approved {
                 "retirement.approved",
                 "package_id",
                 "the retirement of package",
+            ),
+            Approved::Unfreeze => (
+                "unfreeze_approvals",
+                "unfreeze",
+                "unfreeze.approved",
+                "unfreeze",
+                "the unfreeze",
             ),
         }
     }
@@ -365,7 +391,7 @@ pub fn approve(
 }
 
 /// The approvals of `subject` of one kind, by custodian.
-fn approvals_of(
+pub fn approvals_of(
     conn: &rusqlite::Connection,
     kind: Approved,
     subject: &str,
@@ -478,14 +504,12 @@ pub fn propose_identity(
     )
 }
 
-/// A caller identity as stored: its key, approvals, approvals of its revocation, and the
-/// coordinator's last suspension statement about it (suspended, its time).
+/// A caller identity as stored: its key, approvals, and approvals of its revocation.
 pub struct StoredIdentity {
     pub name: String,
     pub public_key: String,
     pub approvals: Vec<(u32, String)>,
     pub revocations: Vec<(u32, String)>,
-    pub suspension: Option<(bool, u64)>,
 }
 
 pub fn load_identities(conn: &rusqlite::Connection) -> Result<Vec<StoredIdentity>, StoreError> {
@@ -495,14 +519,9 @@ pub fn load_identities(conn: &rusqlite::Connection) -> Result<Vec<StoredIdentity
         .collect::<Result<_, _>>()?;
     let mut out = Vec::with_capacity(keys.len());
     for (name, public_key) in keys {
-        let suspension = conn
-            .prepare_cached("SELECT suspended, time_ms FROM suspensions WHERE name = ?1")?
-            .query_row([&name], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
         out.push(StoredIdentity {
             approvals: approvals_of(conn, Approved::Identity, &name)?,
             revocations: approvals_of(conn, Approved::Revocation, &name)?,
-            suspension,
             name,
             public_key,
         });
@@ -510,45 +529,49 @@ pub fn load_identities(conn: &rusqlite::Connection) -> Result<Vec<StoredIdentity
     Ok(out)
 }
 
-/// Applies the coordinator's suspension statement about `name` (`identity.suspended` or
-/// `identity.unsuspended`) if it is later than the last one applied; otherwise returns that
-/// last time and changes nothing.
-pub fn apply_suspension(
-    tx: &Transaction<'_>,
-    name: &str,
-    suspended: bool,
-    time_ms: u64,
-    statement: &str,
-    now_ms: u64,
-) -> Result<Result<(), u64>, StoreError> {
-    let last: Option<u64> = tx
-        .query_row(
-            "SELECT time_ms FROM suspensions WHERE name = ?1",
-            [name],
-            |r| r.get(0),
-        )
-        .optional()?;
-    if let Some(last) = last.filter(|&last| time_ms <= last) {
-        return Ok(Err(last));
+/// The key an unfreeze's approvals are stored under: the target's key, `@`, the time.
+pub fn unfreeze_key(unfreeze: &Unfreeze) -> String {
+    format!("{}@{}", unfreeze.target.key(), unfreeze.time_ms)
+}
+
+/// An unfreeze and its approvals, by custodian.
+pub type CertifiedUnfreeze = (Unfreeze, Vec<(u32, String)>);
+
+/// Every unfreeze that k operators approved, with the approvals: the latest per target.
+pub fn load_unfreezes(
+    conn: &rusqlite::Connection,
+    threshold: usize,
+) -> Result<Vec<CertifiedUnfreeze>, StoreError> {
+    let keys: Vec<String> = conn
+        .prepare("SELECT unfreeze FROM unfreeze_approvals GROUP BY unfreeze HAVING COUNT(*) >= ?1")?
+        .query_map([threshold as i64], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut latest: BTreeMap<Target, Unfreeze> = BTreeMap::new();
+    for key in keys {
+        let parsed = key.rsplit_once('@').and_then(|(target, time)| {
+            Some(Unfreeze {
+                target: Target::from_key(target)?,
+                time_ms: time.parse().ok()?,
+            })
+        });
+        let u = parsed.ok_or_else(|| StoreError::Corrupt {
+            what: "unfreeze approvals",
+            package_id: key.clone(),
+            reason: "not a target's key, `@`, and a time".into(),
+        })?;
+        if latest
+            .get(&u.target)
+            .is_none_or(|held| u.time_ms > held.time_ms)
+        {
+            latest.insert(u.target.clone(), u);
+        }
     }
-    tx.execute(
-        "INSERT INTO suspensions (name, suspended, time_ms, statement) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (name) DO UPDATE SET suspended = excluded.suspended,
-             time_ms = excluded.time_ms, statement = excluded.statement",
-        params![name, suspended, time_ms, statement],
-    )?;
-    audit(
-        tx,
-        now_ms,
-        "operator",
-        if suspended {
-            "identity.suspended"
-        } else {
-            "identity.unsuspended"
-        },
-        serde_json::json!({ "identity": name, "statement_ms": time_ms }),
-    )?;
-    Ok(Ok(()))
+    let mut out = Vec::with_capacity(latest.len());
+    for u in latest.into_values() {
+        let approvals = approvals_of(conn, Approved::Unfreeze, &unfreeze_key(&u))?;
+        out.push((u, approvals));
+    }
+    Ok(out)
 }
 
 /// Marks `custodian` suspect with the failing quorums that prove it (`custodian.suspected`);

@@ -1,6 +1,5 @@
 //! The caller identities this custodian accepts requests from, in memory: name → the ed25519
-//! key k operators approved for it; the names k operators revoked; and this custodian's
-//! operator's suspensions. Loaded from the ledger at start (approvals checked again), changed
+//! key k operators approved for it, and the names k operators revoked. Loaded from the ledger at start (approvals checked again), changed
 //! only after the change committed.
 
 use std::collections::{HashMap, HashSet};
@@ -16,15 +15,6 @@ pub(crate) struct Callers {
     by_name: RwLock<HashMap<String, PublicKey>>,
     /// Revoked by k operators: never served nor registered again, under any key.
     revoked: RwLock<HashSet<String>>,
-    /// This custodian's operator's last statement per name: (suspended, its time).
-    suspensions: RwLock<HashMap<String, (bool, u64)>>,
-}
-
-/// Why a named identity is refused here before anything else is looked at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Barred {
-    Revoked,
-    Suspended,
 }
 
 impl Callers {
@@ -46,43 +36,17 @@ impl Callers {
         read(&self.revoked).contains(name)
     }
 
-    /// Records the operator's statement about `name` if it is later than the one held (the
-    /// ledger applied it under the same rule; this keeps memory in that order under races).
-    pub fn set_suspension(&self, name: String, suspended: bool, time_ms: u64) {
-        let mut held = write(&self.suspensions);
-        if held.get(&name).is_none_or(|&(_, last)| time_ms > last) {
-            held.insert(name, (suspended, time_ms));
-        }
-    }
-
-    pub fn barred(&self, name: &str) -> Option<Barred> {
+    /// Refuses a request in `name`'s name if the name is revoked.
+    pub fn admit(&self, name: &str) -> Result<(), ApiError> {
         if self.is_revoked(name) {
-            Some(Barred::Revoked)
-        } else if read(&self.suspensions)
-            .get(name)
-            .is_some_and(|&(suspended, _)| suspended)
-        {
-            Some(Barred::Suspended)
-        } else {
-            None
-        }
-    }
-
-    /// Refuses a request in `name`'s name if the name is revoked, or suspended here.
-    pub fn admit(&self, name: &str, me: u32) -> Result<(), ApiError> {
-        match self.barred(name) {
-            None => Ok(()),
-            Some(Barred::Revoked) => Err(ApiError::of(
+            return Err(ApiError::of(
                 ErrorCode::IdentityRevoked,
                 format!(
                     "identity `{name}` is revoked by k custodian operators: never served again"
                 ),
-            )),
-            Some(Barred::Suspended) => Err(ApiError::of(
-                ErrorCode::IdentitySuspended,
-                format!("identity `{name}` is suspended at custodian {me} by its operator"),
-            )),
+            ));
         }
+        Ok(())
     }
 
     /// Registered identities, revoked ones excluded.

@@ -1,84 +1,130 @@
-//! `POST /v1/suspensions`: this custodian's operator suspends an identity here, or lifts its
-//! own suspension, at once.
+//! Freezing a caller identity or a version at this custodian, and lifting a freeze.
 //!
-//! The statement comes straight from the operator (`quorumvm identity suspend --config
-//! custodian.toml` posts it to this custodian), not through the coordinator: a suspension is
-//! how an operator acts without, or against, the coordinator, which could otherwise withhold
-//! it. Whoever delivers it, only the signature counts: it must verify under this custodian's
-//! operator key from its own configuration, name this custodian, be fresh, and be later than
-//! the last statement applied for the identity, so neither the coordinator nor another
-//! custodian's operator can suspend or lift anything here, and an old statement replayed
-//! cannot undo a newer one. It is applied durably with its audit entry, then at once to every
-//! later session.
+//! `POST /v1/freezes`: this custodian's operator freezes a target here, at once. The statement
+//! comes straight from the operator (`quorumvm freeze --config custodian.toml` posts it to this
+//! custodian), not through the coordinator, which could otherwise withhold it. Whoever
+//! delivers it, only the signature counts: it must verify under this custodian's operator key
+//! from its own configuration, name this custodian, be fresh, and be later than the last
+//! statement applied about the target. It is applied durably with its audit entry, then at once
+//! to every later session.
+//!
+//! `Unfreeze` (an order the coordinator relays once k operators approved): this custodian
+//! checks the k approvals itself and lifts its freeze of the target if the unfreeze is later
+//! than it; a freeze signed after the unfreeze stays. The coordinator can relay an unfreeze but
+//! cannot make one.
 
 use std::sync::Arc;
 
 use axum::http::StatusCode;
-use quorumvm_wire::api::SuspensionState;
+use quorumvm_server::freeze::{NewFreeze, superseded};
+use quorumvm_wire::api::{FreezeState, OrderResponse};
+use quorumvm_wire::approval::{self, Subject};
+use quorumvm_wire::freeze::{Authority, Freeze, FreezeError, Target, Unfreeze};
+use quorumvm_wire::order::ApprovalSignature;
 use quorumvm_wire::signed::Signed;
-use quorumvm_wire::suspension::{Authority, Suspension, SuspensionError};
 
-use crate::error::ApiError;
+use crate::error::{self, ApiError};
 use crate::state::Custodian;
-use crate::store::{self, NewSuspension};
+use crate::store::{self, StoreError};
+use crate::versions::parse_package_id;
 
 /// A statement this custodian does not take.
-fn refused(err: SuspensionError) -> ApiError {
+fn refused(err: FreezeError) -> ApiError {
     let (status, code) = match err {
-        SuspensionError::Malformed(_) => (StatusCode::BAD_REQUEST, "bad_statement"),
-        SuspensionError::BadSignature(_) | SuspensionError::Elsewhere { .. } => {
+        FreezeError::Malformed(_) => (StatusCode::BAD_REQUEST, "bad_statement"),
+        FreezeError::BadSignature(_) | FreezeError::Elsewhere { .. } => {
             (StatusCode::FORBIDDEN, "not_the_operator")
         }
-        SuspensionError::Stale(_) => (StatusCode::UNAUTHORIZED, "stale_statement"),
+        FreezeError::Stale(_) => (StatusCode::UNAUTHORIZED, "stale_statement"),
     };
     ApiError::new(status, code, err.to_string())
 }
 
-pub(crate) async fn suspend(
-    c: &Arc<Custodian>,
-    signed: Signed,
-) -> Result<SuspensionState, ApiError> {
+/// The operator's freeze: applied before it is answered.
+pub(crate) async fn freeze(c: &Arc<Custodian>, signed: Signed) -> Result<FreezeState, ApiError> {
     let here = Authority::Custodian(c.me);
     let operator = c
         .cluster
         .member(c.me)
         .expect("a configured member")
         .signing_key;
-    let statement = Suspension::open(&signed, &operator, here, c.env.now_ms()).map_err(refused)?;
-    quorumvm_policy::check_name(&statement.identity)
-        .map_err(|e| ApiError::bad_request("bad_identity", e.to_string()))?;
-    let record = NewSuspension {
-        name: statement.identity.clone(),
-        suspended: statement.suspended,
+    let statement = Freeze::open(&signed, &operator, here, c.env.now_ms()).map_err(refused)?;
+    let record = NewFreeze {
+        target: statement.target.clone(),
+        frozen: true,
         time_ms: statement.time_ms,
         statement: serde_json::to_string(&signed).expect("statements serialize"),
+        actor: store::OPERATOR,
         now_ms: c.env.now_ms(),
     };
-    if let Err(last) = c
-        .writer
-        .run(move |tx| store::apply_suspension(tx, &record))
-        .await?
-    {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "superseded_statement",
-            format!(
-                "a statement about `{}` signed at {last} ms was applied here already; only a \
-                 later one counts (this one: {} ms)",
-                statement.identity, statement.time_ms
-            ),
-        ));
-    }
-    tracing::info!(identity = %statement.identity, suspended = statement.suspended, "operator's suspension applied");
-    c.callers.set_suspension(
-        statement.identity.clone(),
-        statement.suspended,
-        statement.time_ms,
-    );
-    Ok(SuspensionState {
-        known: c.callers.key(&statement.identity).is_some(),
-        identity: statement.identity,
+    apply(c, record).await?;
+    tracing::info!(target = %statement.target, "operator's freeze applied");
+    Ok(FreezeState {
+        known: known(c, &statement.target),
+        target: statement.target,
         at: here,
-        suspended: statement.suspended,
+        frozen: true,
     })
+}
+
+/// Handles an `Unfreeze` order: k valid approvals, not dated in the future; idempotent.
+pub(crate) async fn unfreeze(
+    c: &Arc<Custodian>,
+    unfreeze: Unfreeze,
+    approvals: Vec<ApprovalSignature>,
+) -> Result<OrderResponse, ApiError> {
+    unfreeze
+        .target
+        .check()
+        .map_err(|e| ApiError::bad_request("bad_target", e))?;
+    unfreeze.check_time(c.env.now_ms()).map_err(refused)?;
+    approval::check_threshold(&c.cluster, &Subject::Unfreeze(&unfreeze), &approvals)
+        .map_err(error::bad_approvals)?;
+    let record = NewFreeze {
+        target: unfreeze.target.clone(),
+        frozen: false,
+        time_ms: unfreeze.time_ms,
+        statement: serde_json::json!({ "unfreeze": unfreeze, "approvals": approvals }).to_string(),
+        actor: store::COORDINATOR,
+        now_ms: c.env.now_ms(),
+    };
+    let status = match apply(c, record).await {
+        Ok(()) => {
+            tracing::info!(target = %unfreeze.target, "unfreeze applied");
+            "unfrozen"
+        }
+        // A later statement holds: this unfreeze was taken before, or a freeze came after it.
+        Err(e) if e.code == "superseded_statement" => "superseded",
+        Err(e) => return Err(e),
+    };
+    Ok(OrderResponse {
+        status: status.into(),
+        kits: 0,
+        ..Default::default()
+    })
+}
+
+/// Applies a freeze or an unfreeze durably if it is the latest about its target, then in
+/// memory; a superseded one is answered 409 `superseded_statement`.
+pub(crate) async fn apply(c: &Arc<Custodian>, record: NewFreeze) -> Result<(), ApiError> {
+    let (target, frozen, time_ms) = (record.target.clone(), record.frozen, record.time_ms);
+    let applied = c
+        .writer
+        .run(move |tx| quorumvm_server::freeze::apply(tx, &record).map_err(StoreError::from))
+        .await?;
+    if let Err(last) = applied {
+        return Err(superseded(&target, last, time_ms));
+    }
+    c.freezes.set(target, frozen, time_ms);
+    Ok(())
+}
+
+/// Whether this custodian knows the target: an identity registered here, a version held.
+fn known(c: &Custodian, target: &Target) -> bool {
+    match target {
+        Target::Identity(name) => c.callers.key(name).is_some(),
+        Target::Version(id) => {
+            parse_package_id(id).is_some_and(|id| c.versions.held(&id).is_some())
+        }
+    }
 }

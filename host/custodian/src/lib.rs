@@ -12,18 +12,21 @@
 //! - `mailbox`: round messages from peers, buffered until the session that waits for them.
 //! - `peers`: sending round messages, and encrypting the secret ones; `layers`: a layer of
 //!   secret field elements, sealed to each peer (preprocessing, the check of shares).
-//! - `callers`: the caller identities it accepts signed requests from, and those it refuses
-//!   (revoked by k operators, or suspended here by its own operator).
+//! - `callers`: the caller identities it accepts signed requests from, and those k operators
+//!   revoked; `freezes`: the identities and versions frozen here (by its own operator or an
+//!   anomaly rule).
 //! - `activation`, `share_check`, `register`, `preprocess`, and `revoke`, `retire` (decisions
 //!   of k operators): the coordinator's orders (a version serves once activated and its shares
 //!   checked by all n custodians together); `session`: an evaluation of a caller's signed
-//!   request, on the coordinator's ticket; `suspend`: its own operator's suspensions.
+//!   request, on the coordinator's ticket; `freeze`: its own operator's freezes, and the
+//!   unfreezes k operators approved.
 //! - `routes`: the HTTP API; `error`: its error bodies; `metrics`: `GET /metrics`.
 //! - `state`: everything a running custodian holds, and how it starts.
 
 mod activation;
 mod callers;
 mod error;
+mod freeze;
 mod keys;
 mod layers;
 mod mailbox;
@@ -39,7 +42,6 @@ mod session;
 mod share_check;
 mod state;
 mod store;
-mod suspend;
 mod versions;
 
 use std::sync::Arc;

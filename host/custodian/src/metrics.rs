@@ -24,10 +24,17 @@ impl Metrics {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// The exposition text. `kits` is every active version's unused kit count.
-    pub fn render(&self, index: u32, writer: WriterStats, kits: &[(String, u64)]) -> String {
+    /// The exposition text. `kits` is every active version's unused kit count; `anomalies`
+    /// how many anomaly rules fired here.
+    pub fn render(
+        &self,
+        index: u32,
+        writer: WriterStats,
+        kits: &[(String, u64)],
+        anomalies: u64,
+    ) -> String {
         let mut out = String::new();
-        let counters: [(&str, &str, u64); 8] = [
+        let counters: [(&str, &str, u64); 9] = [
             (
                 "sessions_started_total",
                 "Evaluation sessions admitted and started.",
@@ -62,6 +69,11 @@ impl Metrics {
                 "kits_consumed_total",
                 "Kits taken by evaluation sessions.",
                 self.kits_consumed.load(Ordering::Relaxed),
+            ),
+            (
+                "anomaly_firings_total",
+                "Anomaly rules of the policies that fired on the queries seen here.",
+                anomalies,
             ),
             (
                 "ledger_commits_total",

@@ -1,6 +1,6 @@
 //! The custodian's HTTP API (see [`quorumvm_wire::api`]). Its callers are the coordinator
 //! (orders, sessions, health, metrics), the other custodians (round messages) and its own
-//! operator (suspensions). Every error
+//! operator (freezes). Every error
 //! is an [`quorumvm_wire::api::ErrorBody`]; a refused request changes nothing.
 
 use std::future::Future;
@@ -16,8 +16,9 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use quorumvm_server::{body_error, json};
 use quorumvm_wire::api::{
-    CustodianHealth, OrderResponse, SessionRequest, SessionResponse, SuspensionState, VersionKits,
+    CustodianHealth, FreezeState, OrderResponse, SessionRequest, SessionResponse, VersionKits,
 };
+use quorumvm_wire::freeze::Target;
 use quorumvm_wire::order::{Order, SignedOrder};
 use quorumvm_wire::peer::{Frame, FrameRefusal, FrameResult, SENDER_HEADER, decode_frames};
 use quorumvm_wire::request::claimed_identity;
@@ -29,7 +30,7 @@ use crate::metrics::Metrics;
 use crate::peers::valid_session_id;
 use crate::preprocess::{self, Batch};
 use crate::state::Custodian;
-use crate::{activation, register, reshare, retire, revoke, session, share_check, suspend};
+use crate::{activation, freeze, register, reshare, retire, revoke, session, share_check};
 
 /// The largest round message: a preprocessing layer carries `2 · count · terms` elements to
 /// each peer, and the coordinator sizes its batches under this.
@@ -56,8 +57,8 @@ pub(crate) fn router(custodian: Arc<Custodian>) -> Router {
             post(rounds).layer(DefaultBodyLimit::max(ROUND_BODY_LIMIT)),
         )
         .route(
-            "/v1/suspensions",
-            post(suspensions).layer(DefaultBodyLimit::max(ORDER_BODY_LIMIT)),
+            "/v1/freezes",
+            post(freezes).layer(DefaultBodyLimit::max(ORDER_BODY_LIMIT)),
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -77,6 +78,7 @@ async fn health(State(c): State<Arc<Custodian>>) -> Json<CustodianHealth> {
         revocations: c.callers.revocations() as u64,
         retirements: c.versions.retirements() as u64,
         epoch: c.versions.epoch(),
+        frozen: c.freezes.frozen(),
     })
 }
 
@@ -85,6 +87,7 @@ async fn metrics(State(c): State<Arc<Custodian>>) -> Response {
         c.me,
         c.writer.stats(),
         &c.versions.kit_counts(),
+        c.anomalies.fired_total(),
     ))
 }
 
@@ -162,6 +165,10 @@ async fn orders(
             package_id,
             approvals,
         } => detached(async move { retire::retire(&c, &package_id, approvals).await }).await,
+        Order::Unfreeze {
+            unfreeze,
+            approvals,
+        } => detached(async move { freeze::unfreeze(&c, unfreeze, approvals).await }).await,
         Order::Abort { session } => {
             if !valid_session_id(&session) {
                 return Err(ApiError::bad_request(
@@ -186,23 +193,25 @@ async fn sessions(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<SessionResponse>, ApiError> {
     let request: SessionRequest = json(body)?;
-    // A revoked or suspended name is refused before anything else (an unreadable request is
-    // the session's to refuse).
+    // A revoked or frozen name is refused before anything else (an unreadable request is the
+    // session's to refuse).
     if let Ok(identity) = claimed_identity(&request.request) {
-        c.callers.admit(&identity, c.me)?;
+        c.callers.admit(&identity)?;
+        c.freezes
+            .admit(&Target::Identity(identity), &format!("custodian {}", c.me))?;
     }
     detached(async move { session::evaluate(&c, request).await })
         .await
         .map(Json)
 }
 
-/// The operator's own statement: applied before it is answered.
-async fn suspensions(
+/// The operator's own freeze: applied before it is answered.
+async fn freezes(
     State(c): State<Arc<Custodian>>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<SuspensionState>, ApiError> {
+) -> Result<Json<FreezeState>, ApiError> {
     let signed: Signed = json(body)?;
-    detached(async move { suspend::suspend(&c, signed).await })
+    detached(async move { freeze::freeze(&c, signed).await })
         .await
         .map(Json)
 }

@@ -32,9 +32,11 @@ use quorumvm_sandbox::{PluginError, PluginSession};
 use quorumvm_sealing::{
     CustodianPublicKey, InputsBinding, OutputsBinding, open_inputs, seal_outputs,
 };
+use quorumvm_server::anomaly;
 use quorumvm_server::{Bug, Lie};
 use quorumvm_wire::api::{OutputShares, SessionRequest, SessionResponse};
 use quorumvm_wire::elements::{self, from_bytes, to_bytes, to_hex};
+use quorumvm_wire::freeze::Target;
 use quorumvm_wire::order::Ticket;
 use quorumvm_wire::request::{self, CallerRequest, Terms, claimed_identity};
 use quorumvm_wire::signed::Signed;
@@ -57,6 +59,10 @@ pub(crate) async fn evaluate(
         .open(&request, c.env.now_ms())
         .map_err(error::bad_order)?;
     let version = c.versions.serving(&ticket.package_id)?;
+    c.freezes.admit(
+        &Target::Version(version.id_hex.clone()),
+        &format!("custodian {}", c.me),
+    )?;
     check_quorum(c, &ticket.quorum)?;
     let caller = check_request(c, &request.request, &version)?;
     let terms = Terms {
@@ -89,6 +95,14 @@ pub(crate) async fn evaluate(
     let inputs = encode_values("input", &version.manifest.inputs, &caller.input_texts())
         .map_err(|e| ApiError::of(ErrorCode::BadInput, e.to_string()))?;
     let private = open_private(c, &caller, &version)?;
+    let query = anomaly::Query {
+        at: &format!("custodian {}", c.me),
+        identity: &caller.identity,
+        manifest: &version.manifest,
+        inputs: &inputs,
+        now_ms: c.env.now_ms(),
+    };
+    let policy = anomaly::screen(&c.anomalies, &c.freezes, &c.writer, &query).await?;
     // Claimed before the kit is spent: a session refused for lack of room costs nothing.
     let _slot = c.session_slots.try_acquire().map_err(|_| {
         ApiError::of(
@@ -107,7 +121,7 @@ pub(crate) async fn evaluate(
         kit: ticket.kit,
         epoch,
         attempt: ticket.attempt,
-        policy: version.manifest.policy.clone(),
+        policy,
         now_ms: c.env.now_ms(),
     };
     let admitted = if c.env.planted(Bug::AnswerBeforeCommit) {

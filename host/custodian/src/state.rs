@@ -23,6 +23,8 @@ use crate::peers::Peers;
 use crate::store::{Decision, SharesChecked};
 use crate::versions::{Version, Versions, parse_package_id};
 use crate::{register, retire, revoke, store};
+use quorumvm_server::anomaly::Anomalies;
+use quorumvm_server::freeze::Freezes;
 
 /// What one call into the evaluator plugin may use. A layer of a large circuit is a few ms;
 /// the deadline only stops a plugin that has gone wrong (under Winch, fuel does).
@@ -61,6 +63,10 @@ pub(crate) struct Custodian {
     pub versions: Versions,
     /// The caller identities k operators approved.
     pub callers: Callers,
+    /// What is frozen here.
+    pub freezes: Freezes,
+    /// The policies' anomaly rules, over the queries this custodian sees.
+    pub anomalies: Anomalies,
     pub mailbox: Mailbox,
     pub metrics: Metrics,
     /// Held for the whole of an activation or registration: they are rare and must not race
@@ -108,6 +114,7 @@ impl Custodian {
 
         let db = data_dir.join("custodian.db");
         let mut ledger = Ledger::open(&db).with_context(|| format!("opening {}", db.display()))?;
+        ledger.apply_schema(&quorumvm_server::freeze::SCHEMA)?;
         ledger.apply_schema(&store::SCHEMA)?;
         ledger.apply_schema(&quorumvm_policy::SCHEMA)?;
 
@@ -181,9 +188,7 @@ impl Custodian {
                 .with_context(|| format!("revocation of {} in {}", stored.subject, db.display()))?;
             callers.revoke(stored.subject);
         }
-        for (name, suspended, time_ms) in store::load_suspensions(&ledger)? {
-            callers.set_suspension(name, suspended, time_ms);
-        }
+        let freezes = Freezes::load(&ledger)?;
         for stored in store::load_callers(&ledger)? {
             if callers.is_revoked(&stored.name) {
                 continue;
@@ -201,6 +206,8 @@ impl Custodian {
         Ok(Custodian {
             me,
             callers,
+            freezes,
+            anomalies: Anomalies::default(),
             coordinator_url: config.coordinator_url.trim_end_matches('/').to_string(),
             coordinator_key,
             tickets: TicketKey::new(&keys.sealing, config.coordinator_exchange_key()?),

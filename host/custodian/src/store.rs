@@ -24,8 +24,8 @@
 //! - `sessions`: every session id this custodian started, so that no restart reopens one.
 //! - `revocations`, `retirements`: identities and versions k operators decided to stop for
 //!   good, with their approvals (checked again at every start).
-//! - `suspensions`: the last statement this custodian's operator signed about each identity
-//!   (suspended or lifted), with its time: only a later one counts.
+//! - `freezes` (`quorumvm_server::freeze`): the last freeze or unfreeze of each identity or
+//!   version, with its time: only a later one counts.
 //!
 //! The per-(identity, program name) budget counters and rate buckets are the policy crate's
 //! `budget_spent` and `rate_buckets` tables.
@@ -137,6 +137,13 @@ pub(crate) const SCHEMA: Schema = Schema {
             PRIMARY KEY (reshare, package_id, secret)
         ) STRICT;
     ",
+        "
+        -- The operator's suspensions of identities are freezes now (quorumvm_server::freeze,
+        -- whose schema is applied first).
+        INSERT INTO freezes (target, frozen, time_ms, statement)
+            SELECT 'identity/' || name, suspended, time_ms, statement FROM suspensions;
+        DROP TABLE suspensions;
+    ",
     ],
 };
 
@@ -147,9 +154,9 @@ pub(crate) const SCHEMA: Schema = Schema {
 pub(crate) const MAX_ATTEMPTS: u32 = 3;
 
 /// Who the audit entries of coordinator orders name as their actor.
-const COORDINATOR: &str = "coordinator";
+pub(crate) const COORDINATOR: &str = "coordinator";
 /// Who the audit entries of this custodian's operator's own statements name as their actor.
-const OPERATOR: &str = "operator";
+pub(crate) const OPERATOR: &str = "operator";
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum StoreError {
@@ -546,63 +553,6 @@ pub(crate) fn load_decisions(
         decisions.push(StoredDecision { subject, approvals });
     }
     Ok(decisions)
-}
-
-/// An operator's suspension statement that passed its signature and freshness checks.
-pub(crate) struct NewSuspension {
-    pub name: String,
-    pub suspended: bool,
-    pub time_ms: u64,
-    /// The signed statement (JSON of a wire `Signed`), for the record.
-    pub statement: String,
-    pub now_ms: u64,
-}
-
-/// Applies a suspension statement (`identity.suspended` or `identity.unsuspended`) if it is
-/// later than the last one applied for the identity; otherwise returns that last time and
-/// changes nothing.
-pub(crate) fn apply_suspension(
-    tx: &Transaction<'_>,
-    s: &NewSuspension,
-) -> Result<Result<(), u64>, StoreError> {
-    let last: Option<u64> = tx
-        .query_row(
-            "SELECT time_ms FROM suspensions WHERE name = ?1",
-            [&s.name],
-            |row| row.get(0),
-        )
-        .optional()?;
-    if let Some(last) = last.filter(|&last| s.time_ms <= last) {
-        return Ok(Err(last));
-    }
-    tx.execute(
-        "INSERT INTO suspensions (name, suspended, time_ms, statement) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (name) DO UPDATE SET suspended = excluded.suspended,
-             time_ms = excluded.time_ms, statement = excluded.statement",
-        params![s.name, s.suspended, s.time_ms, s.statement],
-    )?;
-    audit::append(
-        tx,
-        &NewEntry {
-            timestamp_ms: s.now_ms,
-            actor: OPERATOR,
-            kind: if s.suspended {
-                "identity.suspended"
-            } else {
-                "identity.unsuspended"
-            },
-            details: &json!({ "identity": s.name, "statement_ms": s.time_ms }),
-        },
-    )?;
-    Ok(Ok(()))
-}
-
-/// Every identity's last suspension statement: (name, suspended, time).
-pub(crate) fn load_suspensions(ledger: &Ledger) -> Result<Vec<(String, bool, u64)>, StoreError> {
-    let conn = ledger.connection();
-    let mut rows = conn.prepare("SELECT name, suspended, time_ms FROM suspensions")?;
-    let listed = rows.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
-    Ok(listed.collect::<Result<_, _>>()?)
 }
 
 /// A caller identity as stored.
@@ -1065,6 +1015,9 @@ mod tests {
 
     fn ledger(dir: &std::path::Path) -> Ledger {
         let mut ledger = Ledger::open(dir.join("custodian.db")).unwrap();
+        ledger
+            .apply_schema(&quorumvm_server::freeze::SCHEMA)
+            .unwrap();
         ledger.apply_schema(&SCHEMA).unwrap();
         ledger.apply_schema(&quorumvm_policy::SCHEMA).unwrap();
         ledger

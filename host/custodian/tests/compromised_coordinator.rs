@@ -17,6 +17,7 @@ use quorumvm_wire::api::SealedShares;
 use quorumvm_wire::approval::{self, Subject};
 use quorumvm_wire::config::Engine;
 use quorumvm_wire::deal::{Deal, share_digest};
+use quorumvm_wire::freeze::Target;
 use quorumvm_wire::now_ms;
 use quorumvm_wire::order::{ApprovalSignature, Order};
 use quorumvm_wire::request::CallerRequest;
@@ -594,75 +595,111 @@ async fn a_revocation_needs_k_operators_and_then_holds_for_good() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_operators_suspension_binds_its_custodian_at_once_and_only_its_operator_lifts_it() {
+async fn one_operators_freeze_binds_its_custodian_at_once_and_only_k_operators_lift_it() {
     let mut cluster = Cluster::start(ENGINES, 1_000).await;
     let program = cluster.publish(PROGRAM, &SECRET);
     all_ok(&cluster.activate(&program, &[1, 2]).await);
-    all_ok(&cluster.preprocess(&program, 0, 6).await);
+    all_ok(&cluster.preprocess(&program, 0, 8).await);
     let alice = cluster.register("alice").await;
+    let her = Target::Identity("alice".into());
+    let version = Target::Version(program.id_hex.clone());
 
-    // A lift signed earlier, which the coordinator kept; then the suspension.
+    // An unfreeze k operators approved earlier, which the coordinator kept; then the freeze.
     let t = now_ms();
-    let old_lift = cluster.suspension(1, "alice", false, t - 1_000, &cluster.node(1).signing);
-    let suspended = cluster
-        .suspend(
+    let old_unfreeze = cluster.unfreeze(&her, t - 1_000, &[1, 2]);
+    let frozen = cluster
+        .freeze(
             1,
-            &cluster.suspension(1, "alice", true, t, &cluster.node(1).signing),
+            &cluster.freeze_statement(1, &her, t, &cluster.node(1).signing),
         )
         .await;
-    assert_eq!(suspended.status, StatusCode::OK, "{}", suspended.body);
-    assert_eq!(suspended.body["suspended"], true);
+    assert_eq!(frozen.status, StatusCode::OK, "{}", frozen.body);
+    assert_eq!(frozen.body["frozen"], true);
     // Custodian 1 refuses her at once; the others still serve her.
     let request = alice.request(&program, &[("x", "3")]);
     let ticket = cluster.ticket(&program, &request, &[1, 3], 0, 0);
     all_refuse(
         &cluster.send_sessions(&ticket, &[1], &request).await,
         403,
-        "identity_suspended",
+        "frozen",
     );
     cluster
         .evaluate(&program, &[2, 3], &[("x", "3")], 1, &alice)
         .await
         .unwrap_or_else(|a| panic!("{:?}", codes(&a)));
 
-    // Lifting it: the coordinator's own key, another operator's key, a statement addressed to
-    // another custodian, and the old lift replayed are all refused.
-    let refusals = [
+    // Nobody else freezes at custodian 1: the coordinator's key, another operator's key, a
+    // statement addressed to another custodian.
+    let mut later = now_ms();
+    for (statement, status, code) in [
         (
-            cluster.suspension(1, "alice", false, now_ms(), &cluster.coordinator),
+            cluster.freeze_statement(1, &version, later, &cluster.coordinator),
             403,
             "not_the_operator",
         ),
         (
-            cluster.suspension(1, "alice", false, now_ms(), &cluster.node(2).signing),
+            cluster.freeze_statement(1, &version, later, &cluster.node(2).signing),
             403,
             "not_the_operator",
         ),
         (
-            cluster.suspension(2, "alice", false, now_ms(), &cluster.node(1).signing),
+            cluster.freeze_statement(2, &version, later, &cluster.node(1).signing),
             403,
             "not_the_operator",
         ),
-        (old_lift, 409, "superseded_statement"),
-    ];
-    for (statement, status, code) in refusals {
-        let a = cluster.suspend(1, &statement).await;
+    ] {
+        let a = cluster.freeze(1, &statement).await;
         assert_eq!((a.status.as_u16(), a.code()), (status, code), "{}", a.body);
     }
-    // Still suspended, also after a restart.
+    // A coordinator cannot lift it: one operator's approval, a forged one, the old unfreeze
+    // replayed (older than the freeze: it lifts nothing), another target's unfreeze.
+    later += 1;
+    let mut forged = cluster.unfreeze(&her, later, &[1]);
+    if let Order::Unfreeze { approvals, .. } = &mut forged {
+        let mut second = approvals[0].clone();
+        second.custodian = 2;
+        approvals.push(second);
+    }
+    let refusals = [
+        (
+            cluster.unfreeze(&her, later, &[1]),
+            403,
+            "not_enough_approvals",
+        ),
+        (forged, 403, "bad_approval"),
+    ];
+    for (order, status, code) in refusals {
+        let a = cluster.order(1, order).await;
+        assert_eq!((a.status.as_u16(), a.code()), (status, code), "{}", a.body);
+    }
+    let replayed = cluster.order(1, old_unfreeze).await;
+    assert_eq!(replayed.body["status"], "superseded", "{}", replayed.body);
+    let other = cluster
+        .order(1, cluster.unfreeze(&version, later, &[1, 2]))
+        .await;
+    assert_eq!(other.body["status"], "unfrozen", "{}", other.body);
+    // Still frozen, also after a restart.
     cluster.restart(1).await;
     let request = alice.request(&program, &[("x", "3")]);
     let ticket = cluster.ticket(&program, &request, &[1, 3], 2, 0);
     all_refuse(
         &cluster.send_sessions(&ticket, &[1], &request).await,
         403,
-        "identity_suspended",
+        "frozen",
     );
-    // Operator 2 suspends her too: fewer than k custodians are willing, no quorum serves her.
+    assert_eq!(
+        cluster.health(1).await.frozen,
+        vec![quorumvm_wire::api::Frozen {
+            target: her.clone(),
+            since_ms: t
+        }]
+    );
+
+    // Operator 2 freezes the version at custodian 2: no quorum without 1 or 2 serves her now.
     let a = cluster
-        .suspend(
+        .freeze(
             2,
-            &cluster.suspension(2, "alice", true, now_ms(), &cluster.node(2).signing),
+            &cluster.freeze_statement(2, &version, now_ms(), &cluster.node(2).signing),
         )
         .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
@@ -671,21 +708,86 @@ async fn an_operators_suspension_binds_its_custodian_at_once_and_only_its_operat
             .evaluate(&program, &quorum, &[("x", "3")], kit, &alice)
             .await
             .unwrap_err();
-        assert_eq!(
-            codes(&refused)[0],
-            (quorum[0], 403, "identity_suspended".into())
-        );
+        assert_eq!(codes(&refused)[0], (quorum[0], 403, "frozen".into()));
     }
-    // Her own operator lifts custodian 1's suspension: served there again.
-    let a = cluster
-        .suspend(
-            1,
-            &cluster.suspension(1, "alice", false, now_ms(), &cluster.node(1).signing),
-        )
-        .await;
-    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    // k operators lift both: served everywhere again.
+    let lifted = now_ms() + 1;
+    all_ok(
+        &cluster
+            .order_all(&[1, 2, 3], cluster.unfreeze(&her, lifted, &[1, 3]))
+            .await,
+    );
+    all_ok(
+        &cluster
+            .order_all(&[1, 2, 3], cluster.unfreeze(&version, lifted, &[2, 3]))
+            .await,
+    );
     cluster
-        .evaluate(&program, &[1, 3], &[("x", "3")], 5, &alice)
+        .evaluate(&program, &[1, 2], &[("x", "3")], 5, &alice)
+        .await
+        .unwrap_or_else(|a| panic!("{:?}", codes(&a)));
+    assert!(cluster.health(1).await.frozen.is_empty());
+}
+
+/// `PROGRAM` with a policy that freezes a sweep of six queries.
+const WATCHED: &str = "program watched_square
+policy watch sweep 6 freeze
+input x in 0..100
+secret w in -10..10 scale 2
+mul y = x w
+add z = y 7
+mul q = z z
+output q
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_custodian_freezes_an_extraction_sweep_itself_whatever_the_coordinator_relays() {
+    let cluster = Cluster::start(ENGINES, 1_000).await;
+    let program = cluster.publish(WATCHED, &SECRET);
+    all_ok(&cluster.activate(&program, &[1, 2]).await);
+    all_ok(&cluster.preprocess(&program, 0, 10).await);
+    let alice = cluster.register("alice").await;
+    // The coordinator (the test) relays a sweep of x, skipping any rule of its own: each
+    // custodian sees the queries and fires by itself at the sixth.
+    for (kit, x) in [10, 20, 30, 40, 50].into_iter().enumerate() {
+        cluster
+            .evaluate(
+                &program,
+                &[1, 2, 3],
+                &[("x", &x.to_string())],
+                kit as u64,
+                &alice,
+            )
+            .await
+            .unwrap_or_else(|a| panic!("{:?}", codes(&a)));
+    }
+    let swept = cluster
+        .evaluate(&program, &[1, 2, 3], &[("x", "60")], 5, &alice)
+        .await
+        .unwrap_err();
+    for i in 1..=3 {
+        assert_eq!(codes(&swept)[i - 1], (i as u32, 403, "frozen".into()));
+    }
+    // Frozen as an identity at every custodian, whatever she asks next.
+    let later = cluster
+        .evaluate(&program, &[1, 2], &[("x", "3")], 6, &alice)
+        .await
+        .unwrap_err();
+    assert_eq!(codes(&later)[0], (1, 403, "frozen".into()));
+    let her = Target::Identity("alice".into());
+    for i in 1..=3 {
+        let frozen = cluster.health(i).await.frozen;
+        assert_eq!(frozen.len(), 1, "custodian {i}");
+        assert_eq!(frozen[0].target, her);
+    }
+    // k operators lift it everywhere.
+    all_ok(
+        &cluster
+            .order_all(&[1, 2, 3], cluster.unfreeze(&her, now_ms() + 1, &[1, 2]))
+            .await,
+    );
+    cluster
+        .evaluate(&program, &[1, 2], &[("x", "3")], 7, &alice)
         .await
         .unwrap_or_else(|a| panic!("{:?}", codes(&a)));
 }

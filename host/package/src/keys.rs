@@ -90,9 +90,11 @@ pub enum Domain {
     Revocation,
     /// A custodian operator approves retiring a package version, for good.
     Retirement,
-    /// The coordinator, or one custodian's operator, suspends a caller identity at itself (or
-    /// lifts its own suspension).
-    Suspension,
+    /// The coordinator, or one custodian's operator, freezes a caller identity or a version at
+    /// itself.
+    Freeze,
+    /// A custodian operator approves lifting the freezes of an identity or a version.
+    Unfreeze,
     /// The coordinator's operator clears a custodian the coordinator holds suspect.
     Clearance,
     /// The coordinator's operator asks for a refresh of the custodians' shares now.
@@ -109,7 +111,8 @@ impl Domain {
             Domain::Request => b"quorumvm caller request v1\0",
             Domain::Revocation => b"quorumvm identity revocation v1\0",
             Domain::Retirement => b"quorumvm version retirement v1\0",
-            Domain::Suspension => b"quorumvm identity suspension v1\0",
+            Domain::Freeze => b"quorumvm freeze v1\0",
+            Domain::Unfreeze => b"quorumvm unfreeze approval v1\0",
             Domain::Clearance => b"quorumvm custodian clearance v1\0",
             Domain::Reshare => b"quorumvm reshare request v1\0",
         };

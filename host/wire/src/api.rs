@@ -5,16 +5,17 @@
 //! `GET /v1/packages/{id}/deal`, `POST /v1/packages/{id}/approvals`,
 //! `POST /v1/packages/{id}/retirements`, `GET /v1/identities/{name}`,
 //! `POST /v1/identities/{name}/approvals`, `POST /v1/identities/{name}/revocations`,
-//! `POST /v1/suspensions` (a [`crate::suspension::Suspension`] signed with the coordinator's
-//! key), `POST /v1/eval` (a
+//! `POST /v1/freezes` (a [`crate::freeze::Freeze`] signed with the coordinator's key; its
+//! answer is a [`FreezeState`]), `POST /v1/unfreezes` (an [`UnfreezeApproval`]),
+//! `POST /v1/eval` (a
 //! [`crate::signed::Signed`] [`crate::request::CallerRequest`] with
 //! `Authorization: Bearer <api key>`), `GET /metrics`. Custodian `i` only (with a
 //! [`FETCH_AUTH_HEADER`]): `GET /v1/packages/{id}/shares/{i}`.
 //!
 //! Custodian (coordinator and peers only): `GET /v1/health`, `POST /v1/orders` (a
-//! [`SignedOrder`]: activate, preprocess, abort, register, revoke, retire), `POST /v1/sessions`
-//! ([`SessionRequest`]), `POST /v1/suspensions` (a [`crate::suspension::Suspension`] signed
-//! with the custodian's operator key; its answer is a [`SuspensionState`]),
+//! [`SignedOrder`]: activate, preprocess, abort, register, revoke, retire, unfreeze, ...),
+//! `POST /v1/sessions` ([`SessionRequest`]), `POST /v1/freezes` (a [`crate::freeze::Freeze`]
+//! signed with the custodian's operator key; its answer is a [`FreezeState`]),
 //! `POST /v1/rounds/{session}/{layer}` (binary, see [`crate::peer`]), `GET /metrics`.
 //!
 //! Every error is [`ErrorBody`] with a fitting status.
@@ -147,9 +148,9 @@ pub struct IdentityInfo {
     /// Whether k custodians approved its revocation: it never serves again.
     #[serde(default)]
     pub revoked: bool,
-    /// Whether the coordinator suspended it (it admits none of its requests).
+    /// Whether it is frozen at the coordinator (which admits none of its requests).
     #[serde(default)]
-    pub suspended: bool,
+    pub frozen: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -237,6 +238,17 @@ pub struct CustodianHealth {
     /// Its share epoch: how many refreshes of the shares it committed.
     #[serde(default)]
     pub epoch: u64,
+    /// What is frozen here, and since when (the time of the freeze): the coordinator sends
+    /// again an unfreeze it holds that is later, which the custodian missed.
+    #[serde(default)]
+    pub frozen: Vec<Frozen>,
+}
+
+/// A target frozen at a party, since the time of the freeze statement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Frozen {
+    pub target: crate::freeze::Target,
+    pub since_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -245,7 +257,6 @@ pub struct VersionKits {
     pub kits: u64,
 }
 
-/// A party's answer to a suspension statement it applied.
 /// A custodian's standing after `POST /v1/custodians/clearances`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClearanceState {
@@ -255,14 +266,39 @@ pub struct ClearanceState {
     pub cleared: bool,
 }
 
+/// A party's answer to a freeze it applied.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SuspensionState {
-    pub identity: String,
-    pub at: crate::suspension::Authority,
-    pub suspended: bool,
-    /// Whether the party knows the identity (a custodian: registered there; a suspension of a
-    /// name not registered yet still holds when it is).
+pub struct FreezeState {
+    pub target: crate::freeze::Target,
+    pub at: crate::freeze::Authority,
+    pub frozen: bool,
+    /// Whether the party knows the target (an identity registered there, a version installed
+    /// there); a freeze of one not known yet still holds when it is.
     pub known: bool,
+}
+
+/// `POST /v1/unfreezes` at the coordinator: one operator's approval of an unfreeze.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnfreezeApproval {
+    pub unfreeze: crate::freeze::Unfreeze,
+    pub custodian: u32,
+    /// Hex of the operator's ed25519 signature ([`crate::approval::Subject::Unfreeze`]).
+    pub signature: String,
+}
+
+/// The coordinator's answer to an unfreeze approval: how many distinct operators approved
+/// this unfreeze, how many are needed, and, once they are, what the custodians said.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnfreezeState {
+    pub unfreeze: crate::freeze::Unfreeze,
+    pub approvals: usize,
+    pub needed: usize,
+    /// Whether k approved: the freezes are lifted at the coordinator and at every custodian
+    /// that took the order (a custodian down now gets it when it is seen again).
+    pub lifted: bool,
+    /// The custodians that took the unfreeze (empty until `lifted`).
+    pub taken_by: Vec<u32>,
 }
 
 /// `POST /v1/reshares`: what a refresh of the shares did.

@@ -41,6 +41,7 @@ pub enum Subject<'a> {
     Retirement {
         package: &'a PackageId,
     },
+    Unfreeze(&'a crate::freeze::Unfreeze),
 }
 
 impl Subject<'_> {
@@ -50,12 +51,13 @@ impl Subject<'_> {
             Subject::Identity { .. } => Domain::Identity,
             Subject::Revocation { .. } => Domain::Revocation,
             Subject::Retirement { .. } => Domain::Retirement,
+            Subject::Unfreeze(_) => Domain::Unfreeze,
         }
     }
 
     /// The bytes an approval signs. A version: package id, SHA-256 of the manifest's JSON,
     /// deal digest. An identity: its key, then its name. A revocation: the name. A retirement:
-    /// the package id.
+    /// the package id. An unfreeze: [`crate::freeze::Unfreeze::statement`].
     pub fn statement(&self) -> Vec<u8> {
         match self {
             Subject::Version {
@@ -78,6 +80,7 @@ impl Subject<'_> {
             }
             Subject::Revocation { name } => name.as_bytes().to_vec(),
             Subject::Retirement { package } => package.0.to_vec(),
+            Subject::Unfreeze(unfreeze) => unfreeze.statement(),
         }
     }
 }

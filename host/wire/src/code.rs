@@ -23,8 +23,9 @@ pub enum ErrorCode {
     Retired,
     RateLimited,
     BudgetExhausted,
-    /// This custodian's own operator suspended the caller here: other custodians may serve it.
-    IdentitySuspended,
+    /// The caller or the version is frozen at this custodian (by its operator or by a rule):
+    /// other custodians may serve it.
+    Frozen,
     // The session could not run now; another attempt (a fresh kit, the custodians still up)
     // can succeed.
     Busy,
@@ -59,7 +60,7 @@ const ALL: [ErrorCode; 26] = [
     Retired,
     RateLimited,
     BudgetExhausted,
-    IdentitySuspended,
+    Frozen,
     Busy,
     Aborted,
     PeerUnreachable,
@@ -91,7 +92,7 @@ impl ErrorCode {
             Retired => "retired",
             RateLimited => "rate_limited",
             BudgetExhausted => "budget_exhausted",
-            IdentitySuspended => "identity_suspended",
+            Frozen => "frozen",
             Busy => "busy",
             Aborted => "aborted",
             PeerUnreachable => "peer_unreachable",
@@ -117,7 +118,7 @@ impl ErrorCode {
         match self {
             BadRequest | BadRequestId | BadInput | BadPrivateInputs | BadTerms => 400,
             BadRequestSignature | StaleRequest => 401,
-            UnknownIdentity | IdentityRevoked | IdentitySuspended => 403,
+            UnknownIdentity | IdentityRevoked | Frozen => 403,
             ReplayedRequest | Aborted | KitUnavailable | DuplicateSession | SessionClosed
             | SharesUnchecked | EpochMismatch => 409,
             Retired => 410,
@@ -150,7 +151,7 @@ impl ErrorCode {
     /// Whether the custodian refuses the caller's request itself, so that no other quorum
     /// would take it either.
     pub fn refuses_caller(self) -> bool {
-        !self.is_retryable() && self != IdentitySuspended
+        !self.is_retryable() && self != Frozen
     }
 }
 
@@ -168,11 +169,7 @@ mod tests {
     fn every_code_parses_back_and_has_one_meaning() {
         for code in ALL {
             assert_eq!(ErrorCode::parse(code.as_str()), Some(code));
-            let kinds = [
-                code.is_retryable(),
-                code.refuses_caller(),
-                code == IdentitySuspended,
-            ];
+            let kinds = [code.is_retryable(), code.refuses_caller(), code == Frozen];
             assert_eq!(kinds.iter().filter(|&&k| k).count(), 1, "{code}");
         }
         assert_eq!(ErrorCode::parse("no_such_code"), None);

@@ -8,8 +8,8 @@
 //! - [`approval`]: the statement a custodian operator signs to approve a package version, a
 //!   caller identity, or the revocation of one or the retirement of the other, and the count of
 //!   distinct valid approvals.
-//! - [`suspension`]: a caller identity suspended (or the suspension lifted) at one party, by
-//!   that party's own key.
+//! - [`freeze`]: a caller identity or a version frozen at one party by that party's own key,
+//!   and the unfreeze that k operators approve.
 //! - [`peer`]: round messages between custodians, authenticated with a pairwise key.
 //! - [`signed`]: a signed JSON statement; [`deal`]: the publisher's signed deal of the sealed
 //!   shares; [`request`]: a caller's signed request and the terms of the session serving it.
@@ -22,11 +22,11 @@ pub mod code;
 pub mod config;
 pub mod deal;
 pub mod elements;
+pub mod freeze;
 pub mod order;
 pub mod peer;
 pub mod request;
 pub mod signed;
-pub mod suspension;
 
 /// Milliseconds since the Unix epoch: the one clock every signed expiry is measured on.
 pub fn now_ms() -> u64 {

@@ -121,6 +121,12 @@ pub enum Order {
         package_id: String,
         approvals: Vec<ApprovalSignature>,
     },
+    /// k operators approved lifting the freezes of a target older than the unfreeze: the
+    /// custodian checks them itself (see [`crate::freeze`]).
+    Unfreeze {
+        unfreeze: crate::freeze::Unfreeze,
+        approvals: Vec<ApprovalSignature>,
+    },
 }
 
 /// Every custodian's attestations of a refresh: `0[i][j]` is custodian i's tag for custodian j.

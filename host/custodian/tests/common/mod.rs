@@ -30,13 +30,13 @@ use quorumvm_wire::approval::{self, Subject};
 use quorumvm_wire::config::{CustodianConfig, CustodianEntry, Engine};
 use quorumvm_wire::deal::{Deal, Dealt, share_digest};
 use quorumvm_wire::elements::from_hex;
+use quorumvm_wire::freeze::{Authority, Freeze, Target, Unfreeze};
 use quorumvm_wire::now_ms;
 use quorumvm_wire::order::{
     ApprovalSignature, Attestations, Order, SignedOrder, Ticket, TicketKey,
 };
 use quorumvm_wire::request::{CallerRequest, Decimal, Terms};
 use quorumvm_wire::signed::Signed;
-use quorumvm_wire::suspension::{Authority, Suspension};
 use serde_json::Value;
 use tempfile::TempDir;
 use tokio::net::TcpListener;
@@ -538,28 +538,38 @@ impl Cluster {
         self.order_all(&[1, 2, 3], order).await
     }
 
-    /// A suspension statement (or its lifting) about `name`, addressed to custodian `at`,
-    /// signed at `time_ms` with `key`.
-    pub fn suspension(
+    /// A freeze of `target`, addressed to custodian `at`, signed at `time_ms` with `key`.
+    pub fn freeze_statement(
         &self,
         at: u32,
-        name: &str,
-        suspended: bool,
+        target: &Target,
         time_ms: u64,
         key: &SecretKey,
     ) -> Signed {
-        Suspension {
-            identity: name.to_string(),
+        Freeze {
+            target: target.clone(),
             at: Authority::Custodian(at),
-            suspended,
             time_ms,
         }
         .sign(key)
     }
 
-    /// Posts a suspension statement to custodian `index`, as its operator's CLI does.
-    pub async fn suspend(&self, index: u32, statement: &Signed) -> Answer {
-        self.post(index, "/v1/suspensions", statement).await
+    /// Posts a freeze to custodian `index`, as its operator's CLI does.
+    pub async fn freeze(&self, index: u32, statement: &Signed) -> Answer {
+        self.post(index, "/v1/freezes", statement).await
+    }
+
+    /// The `Unfreeze` order of `target` at `time_ms`, approved by the operators of `approvers`.
+    pub fn unfreeze(&self, target: &Target, time_ms: u64, approvers: &[u32]) -> Order {
+        let unfreeze = Unfreeze {
+            target: target.clone(),
+            time_ms,
+        };
+        let approvals = self.sign_subject(&Subject::Unfreeze(&unfreeze), approvers);
+        Order::Unfreeze {
+            unfreeze,
+            approvals,
+        }
     }
 
     pub fn sign(&self, order: Order) -> SignedOrder {

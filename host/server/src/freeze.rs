@@ -1,0 +1,229 @@
+//! What is frozen at one party (the coordinator or a custodian), kept the same way at both: per
+//! target (an identity or a version, [`Target`]) the last statement applied, a freeze or an
+//! unfreeze, with its time. Only a later statement counts (see [`quorumvm_wire::freeze`]).
+//!
+//! [`SCHEMA`] holds the `freezes` table; [`apply`] writes a statement with its audit entry in
+//! the caller's transaction; [`Freezes`] is the same record in memory, loaded at start and
+//! changed only after a change committed, which every request is checked against.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use quorumvm_ledger::rusqlite::{OptionalExtension, Transaction, params};
+use quorumvm_ledger::{Ledger, LedgerError, NewEntry, Schema, audit, rusqlite};
+use quorumvm_wire::api::Frozen;
+use quorumvm_wire::code::ErrorCode;
+use quorumvm_wire::freeze::Target;
+
+use crate::ApiError;
+
+/// Apply with `ledger.apply_schema(&quorumvm_server::freeze::SCHEMA)` before a component's own
+/// schema (which may move older records into it).
+pub const SCHEMA: Schema = Schema {
+    component: "freeze",
+    migrations: &["
+        -- `target`: `identity/NAME` or `version/ID` (wire::freeze::Target::key); `statement`:
+        -- what decided it (JSON): the signed freeze, the unfreeze with its approvals, or the
+        -- anomaly rule that fired.
+        CREATE TABLE freezes (
+            target TEXT PRIMARY KEY,
+            frozen INTEGER NOT NULL CHECK (frozen IN (0, 1)),
+            time_ms INTEGER NOT NULL,
+            statement TEXT NOT NULL
+        ) STRICT;
+    "],
+};
+
+/// A freeze or an unfreeze that passed its checks, to apply if it is the latest.
+pub struct NewFreeze {
+    pub target: Target,
+    pub frozen: bool,
+    pub time_ms: u64,
+    /// What decided it, for the record (JSON).
+    pub statement: String,
+    /// Who the audit entry names: an operator, the coordinator, a rule.
+    pub actor: &'static str,
+    pub now_ms: u64,
+}
+
+/// Applies a freeze or an unfreeze (`frozen` or `unfrozen` in the audit log) if it is later
+/// than the last statement applied about its target; otherwise returns that last time and
+/// changes nothing.
+pub fn apply(tx: &Transaction<'_>, f: &NewFreeze) -> Result<Result<(), u64>, LedgerError> {
+    let key = f.target.key();
+    let last: Option<u64> = tx
+        .query_row(
+            "SELECT time_ms FROM freezes WHERE target = ?1",
+            [&key],
+            |row| row.get(0),
+        )
+        .optional()?;
+    if let Some(last) = last.filter(|&last| f.time_ms <= last) {
+        return Ok(Err(last));
+    }
+    tx.execute(
+        "INSERT INTO freezes (target, frozen, time_ms, statement) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (target) DO UPDATE SET frozen = excluded.frozen,
+             time_ms = excluded.time_ms, statement = excluded.statement",
+        params![key, f.frozen, f.time_ms, f.statement],
+    )?;
+    audit::append(
+        tx,
+        &NewEntry {
+            timestamp_ms: f.now_ms,
+            actor: f.actor,
+            kind: if f.frozen { "frozen" } else { "unfrozen" },
+            details: &serde_json::json!({ "target": key, "statement_ms": f.time_ms }),
+        },
+    )?;
+    Ok(Ok(()))
+}
+
+/// The 409 that answers a statement older than the last one applied about its target.
+pub fn superseded(target: &Target, last_ms: u64, time_ms: u64) -> ApiError {
+    ApiError::conflict(
+        "superseded_statement",
+        format!(
+            "a statement about {target} dated {last_ms} ms was applied here already; only a \
+             later one counts (this one: {time_ms} ms)"
+        ),
+    )
+}
+
+/// What is frozen at this party, in memory.
+#[derive(Default)]
+pub struct Freezes {
+    /// Target → (frozen, the time of the statement that said so).
+    last: RwLock<HashMap<Target, (bool, u64)>>,
+}
+
+impl Freezes {
+    /// Every target's last statement, from the ledger.
+    pub fn load(ledger: &Ledger) -> Result<Freezes, LedgerError> {
+        let freezes = Freezes::default();
+        let conn = ledger.connection();
+        let mut rows = conn.prepare("SELECT target, frozen, time_ms FROM freezes")?;
+        let listed = rows.query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get(1)?, row.get(2)?))
+        })?;
+        for row in listed {
+            let (key, frozen, time_ms) = row?;
+            let target = Target::from_key(&key).ok_or_else(|| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    0,
+                    rusqlite::types::Type::Text,
+                    format!("`{key}` is not a frozen target").into(),
+                )
+            })?;
+            freezes.set(target, frozen, time_ms);
+        }
+        Ok(freezes)
+    }
+
+    /// Records a statement about `target` if it is later than the one held (the ledger applied
+    /// it under the same rule; this keeps memory in that order under races).
+    pub fn set(&self, target: Target, frozen: bool, time_ms: u64) {
+        let mut last = self.last.write().unwrap_or_else(|p| p.into_inner());
+        if last.get(&target).is_none_or(|&(_, t)| time_ms > t) {
+            last.insert(target, (frozen, time_ms));
+        }
+    }
+
+    pub fn is_frozen(&self, target: &Target) -> bool {
+        self.read().get(target).is_some_and(|&(frozen, _)| frozen)
+    }
+
+    /// Refuses a request of a frozen target, saying where it is frozen (`at`, e.g. "custodian
+    /// 2") and how a freeze is lifted.
+    pub fn admit(&self, target: &Target, at: &str) -> Result<(), ApiError> {
+        if self.is_frozen(target) {
+            return Err(ApiError::of(
+                ErrorCode::Frozen,
+                format!(
+                    "{target} is frozen at {at}; lifting it takes k operators' approvals \
+                     (quorumvm unfreeze)"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Every frozen target and the time of its freeze.
+    pub fn frozen(&self) -> Vec<Frozen> {
+        let mut out: Vec<Frozen> = self
+            .read()
+            .iter()
+            .filter(|(_, (frozen, _))| *frozen)
+            .map(|(target, &(_, since_ms))| Frozen {
+                target: target.clone(),
+                since_ms,
+            })
+            .collect();
+        out.sort_by(|a, b| a.target.cmp(&b.target));
+        out
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Target, (bool, u64)>> {
+        self.last.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_later_statement_counts_in_the_ledger_and_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::open(dir.path().join("l.db")).unwrap();
+        ledger.apply_schema(&SCHEMA).unwrap();
+        let alice = Target::Identity("alice".into());
+        let statement = |frozen, time_ms| NewFreeze {
+            target: alice.clone(),
+            frozen,
+            time_ms,
+            statement: "{}".into(),
+            actor: "operator",
+            now_ms: time_ms,
+        };
+        let mut run = |f: NewFreeze| {
+            ledger
+                .transaction(|tx| apply(tx, &f))
+                .expect("a transaction")
+        };
+        assert_eq!(run(statement(true, 10)), Ok(()));
+        assert_eq!(
+            run(statement(false, 5)),
+            Err(10),
+            "an older unfreeze is superseded"
+        );
+        assert_eq!(
+            run(statement(false, 10)),
+            Err(10),
+            "so is one of the same time"
+        );
+        assert_eq!(run(statement(false, 20)), Ok(()));
+        assert_eq!(
+            run(statement(true, 15)),
+            Err(20),
+            "an older freeze is superseded"
+        );
+        let loaded = Freezes::load(&ledger).unwrap();
+        assert!(!loaded.is_frozen(&alice));
+        loaded.set(alice.clone(), true, 19);
+        assert!(!loaded.is_frozen(&alice), "memory keeps the same order");
+        loaded.set(alice.clone(), true, 21);
+        assert!(loaded.is_frozen(&alice));
+        assert_eq!(
+            loaded.admit(&alice, "custodian 1").unwrap_err().code,
+            "frozen"
+        );
+        assert_eq!(
+            loaded.frozen(),
+            vec![Frozen {
+                target: alice,
+                since_ms: 21
+            }]
+        );
+    }
+}
