@@ -16,9 +16,8 @@ use std::sync::{Arc, Mutex};
 
 use axum::Json;
 use axum::extract::State as AxumState;
-use axum::http::StatusCode;
 use quorumvm_server::Body;
-use quorumvm_server::freeze::{NewFreeze, superseded};
+use quorumvm_server::freeze::NewFreeze;
 use quorumvm_wire::api::{ApproveRequest, FreezeState, Frozen, UnfreezeApproval, UnfreezeState};
 use quorumvm_wire::approval::Subject;
 use quorumvm_wire::freeze::{Authority, Freeze, FreezeError, Target, Unfreeze};
@@ -189,31 +188,14 @@ pub async fn unfreeze(
     }))
 }
 
-/// Applies a freeze or an unfreeze durably if it is the latest about its target, then in
-/// memory.
+/// Applies a freeze or an unfreeze (see [`quorumvm_server::freeze::commit`]).
 async fn apply(state: &State, record: NewFreeze) -> Result<(), ApiError> {
-    let (target, frozen, time_ms) = (record.target.clone(), record.frozen, record.time_ms);
-    let applied = state
-        .writer
-        .run(move |tx| quorumvm_server::freeze::apply(tx, &record).map_err(store::StoreError::from))
-        .await?;
-    if let Err(last) = applied {
-        return Err(superseded(&target, last, time_ms));
-    }
-    state.freezes.set(target, frozen, time_ms);
-    Ok(())
+    quorumvm_server::freeze::commit(&state.writer, &state.freezes, record).await
 }
 
 /// A statement the coordinator does not take.
 fn refused(err: FreezeError) -> ApiError {
-    let (status, code) = match err {
-        FreezeError::Malformed(_) => (StatusCode::BAD_REQUEST, "bad_statement"),
-        FreezeError::BadSignature(_) | FreezeError::Elsewhere { .. } => {
-            (StatusCode::FORBIDDEN, "not_the_coordinator")
-        }
-        FreezeError::Stale(_) => (StatusCode::UNAUTHORIZED, "stale_statement"),
-    };
-    ApiError::new(status, code, err.to_string())
+    quorumvm_server::freeze::refused(err, "not_the_coordinator")
 }
 
 #[cfg(test)]

@@ -15,8 +15,7 @@
 
 use std::sync::Arc;
 
-use axum::http::StatusCode;
-use quorumvm_server::freeze::{NewFreeze, superseded};
+use quorumvm_server::freeze::NewFreeze;
 use quorumvm_wire::api::{FreezeState, OrderResponse};
 use quorumvm_wire::approval::{self, Subject};
 use quorumvm_wire::freeze::{Authority, Freeze, FreezeError, Target, Unfreeze};
@@ -25,19 +24,12 @@ use quorumvm_wire::signed::Signed;
 
 use crate::error::{self, ApiError};
 use crate::state::Custodian;
-use crate::store::{self, StoreError};
+use crate::store;
 use crate::versions::parse_package_id;
 
 /// A statement this custodian does not take.
 fn refused(err: FreezeError) -> ApiError {
-    let (status, code) = match err {
-        FreezeError::Malformed(_) => (StatusCode::BAD_REQUEST, "bad_statement"),
-        FreezeError::BadSignature(_) | FreezeError::Elsewhere { .. } => {
-            (StatusCode::FORBIDDEN, "not_the_operator")
-        }
-        FreezeError::Stale(_) => (StatusCode::UNAUTHORIZED, "stale_statement"),
-    };
-    ApiError::new(status, code, err.to_string())
+    quorumvm_server::freeze::refused(err, "not_the_operator")
 }
 
 /// The operator's freeze: applied before it is answered.
@@ -104,19 +96,9 @@ pub(crate) async fn unfreeze(
     })
 }
 
-/// Applies a freeze or an unfreeze durably if it is the latest about its target, then in
-/// memory; a superseded one is answered 409 `superseded_statement`.
-pub(crate) async fn apply(c: &Arc<Custodian>, record: NewFreeze) -> Result<(), ApiError> {
-    let (target, frozen, time_ms) = (record.target.clone(), record.frozen, record.time_ms);
-    let applied = c
-        .writer
-        .run(move |tx| quorumvm_server::freeze::apply(tx, &record).map_err(StoreError::from))
-        .await?;
-    if let Err(last) = applied {
-        return Err(superseded(&target, last, time_ms));
-    }
-    c.freezes.set(target, frozen, time_ms);
-    Ok(())
+/// Applies a freeze or an unfreeze (see [`quorumvm_server::freeze::commit`]).
+async fn apply(c: &Custodian, record: NewFreeze) -> Result<(), ApiError> {
+    quorumvm_server::freeze::commit(&c.writer, &c.freezes, record).await
 }
 
 /// Whether this custodian knows the target: an identity registered here, a version held.

@@ -9,11 +9,12 @@
 use std::collections::HashMap;
 use std::sync::RwLock;
 
+use axum::http::StatusCode;
 use quorumvm_ledger::rusqlite::{OptionalExtension, Transaction, params};
-use quorumvm_ledger::{Ledger, LedgerError, NewEntry, Schema, audit, rusqlite};
+use quorumvm_ledger::{Ledger, LedgerError, NewEntry, Schema, Writer, audit, rusqlite};
 use quorumvm_wire::api::Frozen;
 use quorumvm_wire::code::ErrorCode;
-use quorumvm_wire::freeze::Target;
+use quorumvm_wire::freeze::{FreezeError, Target};
 
 use crate::ApiError;
 
@@ -79,15 +80,38 @@ pub fn apply(tx: &Transaction<'_>, f: &NewFreeze) -> Result<Result<(), u64>, Led
     Ok(Ok(()))
 }
 
-/// The 409 that answers a statement older than the last one applied about its target.
-pub fn superseded(target: &Target, last_ms: u64, time_ms: u64) -> ApiError {
-    ApiError::conflict(
-        "superseded_statement",
-        format!(
-            "a statement about {target} dated {last_ms} ms was applied here already; only a \
-             later one counts (this one: {time_ms} ms)"
-        ),
-    )
+/// Applies a freeze or an unfreeze durably if it is the latest about its target, then in
+/// `freezes`; one older than the last statement applied is answered 409
+/// `superseded_statement` and changes nothing.
+pub async fn commit(writer: &Writer, freezes: &Freezes, record: NewFreeze) -> Result<(), ApiError> {
+    let (target, frozen, time_ms) = (record.target.clone(), record.frozen, record.time_ms);
+    if let Err(last_ms) = writer
+        .run(move |tx| apply(tx, &record).map_err(ApiError::from))
+        .await?
+    {
+        return Err(ApiError::conflict(
+            "superseded_statement",
+            format!(
+                "a statement about {target} dated {last_ms} ms was applied here already; only a \
+                 later one counts (this one: {time_ms} ms)"
+            ),
+        ));
+    }
+    freezes.set(target, frozen, time_ms);
+    Ok(())
+}
+
+/// A freeze or an unfreeze this party does not take; `not_ours` is the code of one signed
+/// with another key or addressed to another party (`not_the_operator`, `not_the_coordinator`).
+pub fn refused(err: FreezeError, not_ours: &'static str) -> ApiError {
+    let (status, code) = match err {
+        FreezeError::Malformed(_) => (StatusCode::BAD_REQUEST, "bad_statement"),
+        FreezeError::BadSignature(_) | FreezeError::Elsewhere { .. } => {
+            (StatusCode::FORBIDDEN, not_ours)
+        }
+        FreezeError::Stale(_) => (StatusCode::UNAUTHORIZED, "stale_statement"),
+    };
+    ApiError::new(status, code, err.to_string())
 }
 
 /// What is frozen at this party, in memory.
