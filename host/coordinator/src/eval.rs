@@ -91,7 +91,19 @@ pub async fn handle(
     };
     let policy = anomaly::screen(&state.anomalies, &state.freezes, &state.writer, &query).await?;
     let request_id = caller.request_id.clone();
-    let admitted = admit(&state, &version, &identity, &request_id, policy).await;
+    // The pool may be emptied between the wait and the admission (a refresh of the shares
+    // switching the epoch, seen by the bench): a refused admission changed nothing, so the
+    // request waits for kits again, within the same bound.
+    let ready_by = tokio::time::Instant::now() + READY_WAIT;
+    let admitted = loop {
+        match admit(&state, &version, &identity, &request_id, policy.clone()).await {
+            Err(e) if e.code == "no_preprocessing" && tokio::time::Instant::now() < ready_by => {
+                tokio::time::sleep(READY_POLL).await;
+                wait_until_ready(&state, &version).await;
+            }
+            other => break other,
+        }
+    };
     let ((kit, remaining), committed) = match admitted {
         Ok(admitted) => admitted,
         Err(e) => {
