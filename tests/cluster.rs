@@ -383,6 +383,82 @@ fn post_approval(
     })
 }
 
+/// `quorumvm dev` keeps its cluster up: a custodian killed with `kill -9` is reported, the
+/// other servers keep running and serving, and it is started again (and serves again).
+#[test]
+fn quorumvm_dev_starts_a_killed_custodian_again() {
+    let c = Cluster::init(|_, t| t);
+    let out = c.path("dev.out");
+    let mut dev = Command::new(BIN)
+        .args(["dev", "--dir", c.dir.path().to_str().unwrap()])
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let said = |text: &str| {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .contains(text)
+    };
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !done() {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {}",
+                std::fs::read_to_string(&out).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_for("the cluster starts", &|| said("running; logs in"));
+    // custodian 2's process, by its command line.
+    let config = c.path("custodian-2.toml");
+    let pid = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(config.to_str().unwrap()))
+                .unwrap_or(false)
+        })
+        .expect("custodian 2 runs");
+    let killed = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    wait_for("the death is reported", &|| said("custodian-2 exited"));
+    assert!(said("the other servers keep running"));
+    assert!(dev.try_wait().unwrap().is_none(), "quorumvm dev stopped");
+    let custodian_2 = c.custodian_config(2).listen;
+    let health = |addr: std::net::SocketAddr| {
+        let rt = runtime();
+        rt.block_on(async {
+            reqwest::get(format!("http://{addr}/v1/health"))
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        })
+    };
+    assert!(
+        health(c.custodian_config(1).listen),
+        "the others keep serving"
+    );
+    wait_for("custodian 2 is started again", &|| {
+        said("custodian-2 started again")
+    });
+    wait_for("custodian 2 answers again", &|| health(custodian_2));
+    assert!(dev.try_wait().unwrap().is_none(), "quorumvm dev stopped");
+    // Ctrl-C (SIGINT): everything stops.
+    Command::new("kill")
+        .args(["-INT", &dev.id().to_string()])
+        .status()
+        .unwrap();
+    let status = dev.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(said("cluster stopped (SIGINT)"));
+}
+
 /// A program whose policy watches for sweeps (freeze) and near-duplicate queries (throttle).
 const WATCHED: &str = "program watched\nversion 1\npolicy budget 100000\npolicy rate 100000 per second\n\
 policy watch sweep 8 freeze\npolicy watch near 50% throttle\n\

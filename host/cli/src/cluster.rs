@@ -217,17 +217,30 @@ pub enum Hosts {
     Compose,
 }
 
-/// Why [`Running::wait`] returned.
-pub enum Stopped {
-    /// This process received the signal named.
-    Asked(&'static str),
-    /// A server stopped on its own (or was killed): which, and how.
-    Exited(String),
+/// The first wait before a dead server is started again; each failure in a row doubles it, up
+/// to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A server that stays up this long is healthy again: its next death waits [`FIRST_BACKOFF`].
+const STAYS_UP: Duration = Duration::from_secs(60);
+
+/// One server process of the cluster, and how to start it again.
+struct Server {
+    role: String,
+    config: PathBuf,
+    child: Option<Child>,
+    started: Instant,
+    /// How long to wait after its next death.
+    backoff: Duration,
+    /// When a dead server is to be started again.
+    restart_at: Option<Instant>,
 }
 
 /// The four server processes; dropping this stops them.
 pub struct Running {
-    children: Vec<(String, Child)>,
+    exe: PathBuf,
+    logs: PathBuf,
+    servers: Vec<Server>,
 }
 
 impl Running {
@@ -237,75 +250,125 @@ impl Running {
         let exe = std::env::current_exe().map_err(|e| io("cannot find this executable", e))?;
         let logs = layout.dir.join("logs");
         std::fs::create_dir_all(&logs).map_err(|e| io("cannot create the log directory", e))?;
-        let mut running = Running { children: vec![] };
+        let mut running = Running {
+            exe,
+            logs,
+            servers: vec![],
+        };
         let mut urls = vec![layout.coordinator_url.clone()];
-        running.spawn(&exe, &logs, "coordinator", &layout.coordinator)?;
+        running.add("coordinator", &layout.coordinator)?;
         for (i, path) in layout.custodians.iter().enumerate() {
-            running.spawn(&exe, &logs, &format!("custodian-{}", i + 1), path)?;
+            running.add(&format!("custodian-{}", i + 1), path)?;
             urls.push(format!(
                 "http://{}",
                 layout.custodian_config(i as u32 + 1)?.listen
             ));
         }
-        for (url, (name, _)) in urls.iter().zip(&running.children) {
-            wait_healthy(url, name, &logs).await?;
+        for (url, server) in urls.iter().zip(&running.servers) {
+            wait_healthy(url, &server.role, &running.logs).await?;
         }
         Ok(running)
     }
 
-    fn spawn(&mut self, exe: &Path, logs: &Path, role: &str, config: &Path) -> Result<()> {
-        let log = std::fs::File::create(logs.join(format!("{role}.log")))
-            .map_err(|e| io("cannot create a log file", e))?;
-        let command = if role == "coordinator" {
-            "coordinator"
-        } else {
-            "custodian"
+    fn add(&mut self, role: &str, config: &Path) -> Result<()> {
+        let mut server = Server {
+            role: role.to_string(),
+            config: config.to_path_buf(),
+            child: None,
+            started: Instant::now(),
+            backoff: FIRST_BACKOFF,
+            restart_at: None,
         };
-        let child = Command::new(exe)
-            .arg(command)
-            .arg("--config")
-            .arg(config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(|e| io("log file", e))?)
-            .stderr(log)
-            .spawn()
-            .map_err(|e| io(&format!("cannot start the {role}"), e))?;
-        self.children.push((role.to_string(), child));
+        spawn(&self.exe, &self.logs, &mut server)?;
+        self.servers.push(server);
         Ok(())
     }
 
-    /// Waits until a server exits (a crash, or a signal to it; its name and status) or this
-    /// process is told to stop (SIGINT, SIGTERM). Either way the caller then drops `self`,
-    /// which stops the rest: no server outlives `quorumvm dev`.
-    pub async fn wait(&mut self) -> Stopped {
-        let Ok(mut term) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        else {
-            return Stopped::Exited("cannot watch for SIGTERM".into());
-        };
+    /// Keeps the cluster running until this process is told to stop (SIGINT, SIGTERM; the
+    /// signal's name is returned): a server that dies (a crash, a `kill -9`) is reported, the
+    /// others keep running, and it is started again after a back-off that doubles while it
+    /// keeps dying (1 s up to 30 s). The caller then drops `self`, which stops every server:
+    /// none outlives `quorumvm dev`.
+    pub async fn supervise(&mut self) -> Result<&'static str> {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| io("cannot watch for SIGTERM", e))?;
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => return Stopped::Asked("SIGINT"),
-                _ = term.recv() => return Stopped::Asked("SIGTERM"),
-                _ = tick.tick() => {
-                    for (name, child) in &mut self.children {
-                        if let Ok(Some(status)) = child.try_wait() {
-                            return Stopped::Exited(format!("{name} exited ({status})"));
-                        }
-                    }
-                }
+                _ = tokio::signal::ctrl_c() => return Ok("SIGINT"),
+                _ = term.recv() => return Ok("SIGTERM"),
+                _ = tick.tick() => self.look_after()?,
             }
         }
     }
+
+    /// Notices the servers that died since the last look and starts those whose back-off ran
+    /// out.
+    fn look_after(&mut self) -> Result<()> {
+        let now = Instant::now();
+        for server in &mut self.servers {
+            if let Some(child) = &mut server.child
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                server.child = None;
+                if server.started.elapsed() >= STAYS_UP {
+                    server.backoff = FIRST_BACKOFF;
+                }
+                println!(
+                    "{} exited ({status}); the other servers keep running; starting it again in {} s",
+                    server.role,
+                    server.backoff.as_secs()
+                );
+                server.restart_at = Some(now + server.backoff);
+                server.backoff = (server.backoff * 2).min(MAX_BACKOFF);
+            }
+            if server.child.is_none() && server.restart_at.is_some_and(|at| now >= at) {
+                server.restart_at = None;
+                spawn(&self.exe, &self.logs, server)?;
+                println!(
+                    "{} started again (its log: {}/{}.log)",
+                    server.role,
+                    self.logs.display(),
+                    server.role
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Starts `server`'s process with executable `exe`, its output appended to its log in `logs`.
+fn spawn(exe: &Path, logs: &Path, server: &mut Server) -> Result<()> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(logs.join(format!("{}.log", server.role)))
+        .map_err(|e| io("cannot open a log file", e))?;
+    let command = if server.role == "coordinator" {
+        "coordinator"
+    } else {
+        "custodian"
+    };
+    let child = Command::new(exe)
+        .arg(command)
+        .arg("--config")
+        .arg(&server.config)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(|e| io("log file", e))?)
+        .stderr(log)
+        .spawn()
+        .map_err(|e| io(&format!("cannot start the {}", server.role), e))?;
+    server.child = Some(child);
+    server.started = Instant::now();
+    Ok(())
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        for (_, child) in &mut self.children {
+        for child in self.servers.iter_mut().filter_map(|s| s.child.as_mut()) {
             let _ = child.kill();
         }
-        for (_, child) in &mut self.children {
+        for child in self.servers.iter_mut().filter_map(|s| s.child.as_mut()) {
             let _ = child.wait();
         }
     }

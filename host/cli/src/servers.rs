@@ -13,7 +13,7 @@ use quorumvm_package::{PublicKey, SecretKey};
 use quorumvm_sandbox::Sandbox;
 
 use crate::client::{Caller, Client};
-use crate::cluster::{Hosts, Layout, Running, Stopped};
+use crate::cluster::{Hosts, Layout, Running};
 use crate::exit::{Code, Failure, Result, read, read_text};
 use crate::governance::{self, Party};
 use crate::publish;
@@ -90,21 +90,14 @@ pub fn dev(dir: &Path, port: u16, init_only: bool, compose: bool) -> Result<()> 
     runtime()?.block_on(async {
         let mut running = Running::start(&layout).await?;
         println!(
-            "running; logs in {}/logs (Ctrl-C stops the cluster)",
+            "running; logs in {}/logs (a server that dies is started again; Ctrl-C stops the \
+             cluster)",
             layout.dir.display()
         );
-        let stopped = running.wait().await;
+        let signal = running.supervise().await?;
         drop(running);
-        match stopped {
-            Stopped::Asked(signal) => {
-                println!("cluster stopped ({signal})");
-                Ok(())
-            }
-            Stopped::Exited(why) => Err(Failure::new(
-                Code::Unavailable,
-                format!("the cluster stopped: {why}"),
-            )),
-        }
+        println!("cluster stopped ({signal})");
+        Ok(())
     })
 }
 
