@@ -729,21 +729,15 @@ async fn one_operators_freeze_binds_its_custodian_at_once_and_only_k_operators_l
     assert!(cluster.health(1).await.frozen.is_empty());
 }
 
-/// `PROGRAM` with a policy that freezes a sweep of six queries.
-const WATCHED: &str = "program watched_square
-policy watch sweep 6 freeze
-input x in 0..100
-secret w in -10..10 scale 2
-mul y = x w
-add z = y 7
-mul q = z z
-output q
-";
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn each_custodian_freezes_an_extraction_sweep_itself_whatever_the_coordinator_relays() {
     let cluster = Cluster::start(ENGINES, 1_000).await;
-    let program = cluster.publish(WATCHED, &SECRET);
+    // `PROGRAM` with a policy that freezes a sweep of six queries.
+    let watched = PROGRAM.replace(
+        "program affine_square",
+        "program watched_square\npolicy watch sweep 6 freeze",
+    );
+    let program = cluster.publish(&watched, &SECRET);
     all_ok(&cluster.activate(&program, &[1, 2]).await);
     all_ok(&cluster.preprocess(&program, 0, 10).await);
     let alice = cluster.register("alice").await;
