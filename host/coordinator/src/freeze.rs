@@ -25,6 +25,7 @@ use quorumvm_wire::order::{ApprovalSignature, Order};
 use quorumvm_wire::signed::Signed;
 
 use crate::error::ApiError;
+use crate::registry::signature_list;
 use crate::{State, approve, background, store};
 
 /// The latest unfreeze k operators approved, per target, with its approvals: what a custodian
@@ -36,7 +37,7 @@ impl Unfreezes {
     pub fn load(stored: Vec<store::CertifiedUnfreeze>) -> Unfreezes {
         let held = Unfreezes::default();
         for (u, approvals) in stored {
-            held.certify(u, signatures(approvals));
+            held.certify(u, signature_list(&approvals));
         }
         held
     }
@@ -65,16 +66,6 @@ impl Unfreezes {
             })
             .collect()
     }
-}
-
-fn signatures(approvals: Vec<(u32, String)>) -> Vec<ApprovalSignature> {
-    approvals
-        .into_iter()
-        .map(|(custodian, signature)| ApprovalSignature {
-            custodian,
-            signature,
-        })
-        .collect()
 }
 
 pub async fn freeze(
@@ -165,7 +156,7 @@ pub async fn unfreeze(
             let conn = state.reader.lock().expect("reader lock");
             store::approvals_of(conn.connection(), store::Approved::Unfreeze, &key)?
         };
-        let approvals = signatures(approvals);
+        let approvals = signature_list(&approvals);
         state.unfreezes.certify(u.clone(), approvals.clone());
         let order = Order::Unfreeze {
             unfreeze: u.clone(),
@@ -242,7 +233,7 @@ mod tests {
                     target: target("a"),
                     time_ms: 100
                 },
-                approvals: signatures(vec![(1, "s1".into()), (2, "s2".into())]),
+                approvals: signature_list(&[(1, "s1".into()), (2, "s2".into())]),
             }]
         );
     }

@@ -45,9 +45,12 @@ pub struct ShareChecks {
 
 /// Approvals as the coordinator keeps them, (custodian, signature hex), as orders carry them.
 pub fn signatures(approvals: &Mutex<Vec<(u32, String)>>) -> Vec<ApprovalSignature> {
+    signature_list(&approvals.lock().expect("approvals lock"))
+}
+
+/// [`signatures`] of a list held outside a lock (as the store returns it).
+pub fn signature_list(approvals: &[(u32, String)]) -> Vec<ApprovalSignature> {
     approvals
-        .lock()
-        .expect("approvals lock")
         .iter()
         .map(|(custodian, signature)| ApprovalSignature {
             custodian: *custodian,
