@@ -1311,8 +1311,10 @@ fn a_custodian_lying_in_preprocessing_spoils_no_kit() {
         .unwrap_or_default()
         .to_string();
     assert!(report.contains("the batch fails its check"), "{report}");
+    // Each request waits for a kit (the pool is refilling, so one may come) before it is
+    // refused: a few show it as well as many.
     let rt = runtime();
-    for i in 0..20 {
+    for i in 0..3 {
         let (status, body) = rt.block_on(c.eval(&key, &model, &model_inputs(i)));
         assert_eq!(status, 503, "{body}");
         assert_eq!(body["error"]["code"], "no_preprocessing", "{body}");

@@ -49,12 +49,13 @@ pub const READY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// How often the wait looks again at the custodians' epochs (a kit batch wakes it at once).
 pub const READY_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// Waits, at most [`READY_WAIT`], until `v` has k custodians at the cluster's epoch and a kit,
-/// if they are coming: at least k custodians up and serving it (those behind the epoch are
+/// Waits, until `deadline` at most, until `v` has k custodians at the cluster's epoch and a
+/// kit, if they are coming: at least k custodians up and serving it (those behind the epoch are
 /// sent its commit), and a batch being made or all n up to make one. Returns at once
-/// otherwise: the quorum or the admission then says what is missing.
-pub async fn wait_until_ready(state: &State, v: &Version) {
-    let deadline = tokio::time::Instant::now() + READY_WAIT;
+/// otherwise: the quorum or the admission then says what is missing. A request's waits share
+/// one deadline ([`READY_WAIT`] after it arrived), so one that is never served is refused in
+/// that time, however often it waits.
+pub async fn wait_until_ready(state: &State, v: &Version, deadline: tokio::time::Instant) {
     let k = state.custodians.cluster.threshold();
     loop {
         // Registered before the pool is looked at, so that a batch added in between wakes it.

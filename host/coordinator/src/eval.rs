@@ -80,7 +80,8 @@ pub async fn handle(
     // Refuse before charging anything when a quorum is out of reach anyway (right after a
     // restart, once the custodians have been checked).
     state.custodians.checked_once(FIRST_CHECKS).await;
-    wait_until_ready(&state, &version).await;
+    let ready_by = tokio::time::Instant::now() + READY_WAIT;
+    wait_until_ready(&state, &version, ready_by).await;
     quorum_at_epoch(&state, &version, &[]).await?;
     let query = anomaly::Query {
         at: "the coordinator",
@@ -94,12 +95,11 @@ pub async fn handle(
     // The pool may be emptied between the wait and the admission (a refresh of the shares
     // switching the epoch, seen by the bench): a refused admission changed nothing, so the
     // request waits for kits again, within the same bound.
-    let ready_by = tokio::time::Instant::now() + READY_WAIT;
     let admitted = loop {
         match admit(&state, &version, &identity, &request_id, policy.clone()).await {
             Err(e) if e.code == "no_preprocessing" && tokio::time::Instant::now() < ready_by => {
                 tokio::time::sleep(READY_POLL).await;
-                wait_until_ready(&state, &version).await;
+                wait_until_ready(&state, &version, ready_by).await;
             }
             other => break other,
         }
@@ -245,7 +245,7 @@ async fn run(
         // A fresh kit: the failed attempt may have opened masks of the old one. Audited, as
         // the first kit is in the request's `eval.accepted` entry. (The pool may be refilling
         // after a refresh of the shares emptied it.)
-        wait_until_ready(state, version).await;
+        wait_until_ready(state, version, tokio::time::Instant::now() + READY_WAIT).await;
         let (v, env, now) = (Arc::clone(version), state.env.clone(), state.env.now_ms());
         let request = request_id.to_string();
         kit = state
