@@ -5,7 +5,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -134,7 +134,66 @@ fn approvals_activate_at_k_and_versions_move_forward_only() {
     let v1 = c.publish("square", SQUARE, &[]);
     assert_eq!(v1.state, quorumvm_wire::api::VersionState::Pending);
 
-    // Fewer than k approvals: pending, and evaluation says so (409).
+    // Operator keys are off the servers: whoever copies custodian 1's whole data directory
+    // (keys, database, everything the server holds) approves nothing, whatever file is tried as
+    // the key.
+    let mut files = Vec::new();
+    let mut dirs = vec![c.path("custodian-1")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    assert!(files.len() >= 2, "{files:?}");
+    for file in &files {
+        let out = quorumvm(&[
+            "approve",
+            &v1.package_id,
+            "--key",
+            file.to_str().unwrap(),
+            "--coordinator",
+            &c.coordinator_url,
+        ]);
+        assert!(!out.status.success(), "{} approved", file.display());
+    }
+    // Nor does the server start with an operator's key among its files.
+    c.kill("custodian-1");
+    let misplaced = c.path("custodian-1/signing.key");
+    std::fs::copy(c.path("operators/custodian-1.key"), &misplaced).unwrap();
+    let config = c.path("custodian-1.toml");
+    let mut server = Command::new(common::BIN)
+        .args(["custodian", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = server.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            server.kill().unwrap();
+            panic!("the custodian runs with an operator key in its data directory");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut server.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(
+        !status.success() && stderr.contains("operator's approval key"),
+        "{stderr}"
+    );
+    std::fs::remove_file(&misplaced).unwrap();
+    c.start_server("custodian-1");
+
+    // Fewer than k approvals: pending, and evaluation says so (409). Each approval is made
+    // with nothing but the operator's key and the coordinator's URL.
     ok(c.approve(&v1.package_id, 1));
     let (status, body) = rt.block_on(c.eval(&key, "square", &[("x", "3".into())]));
     assert_eq!(
@@ -339,7 +398,7 @@ fn sign_with_id(
     id: quorumvm_package::PackageId,
     manifest: &quorumvm_core::circuit::Manifest,
 ) -> String {
-    let text = std::fs::read_to_string(c.path(&format!("custodian-{i}/signing.key"))).unwrap();
+    let text = std::fs::read_to_string(c.path(&format!("operators/custodian-{i}.key"))).unwrap();
     let key = quorumvm_package::SecretKey::from_file_text(&text).unwrap();
     let deal: Signed = runtime().block_on(async {
         c.http
@@ -535,26 +594,11 @@ fn an_extraction_sweep_is_frozen_while_ordinary_traffic_is_served() {
         "{metrics}"
     );
     // k operators lift it.
-    let config = |i: u32| c.path(&format!("custodian-{i}.toml"));
-    let first: serde_json::Value = serde_json::from_str(&ok(quorumvm(&[
-        "unfreeze",
-        "--identity",
-        "mallory",
-        "--json",
-        "--config",
-        config(1).to_str().unwrap(),
-    ])))
-    .unwrap();
+    let first: serde_json::Value =
+        serde_json::from_str(&ok(c.as_operator(1, &["unfreeze", "--identity", "mallory"])))
+            .unwrap();
     let at = first["unfreeze"]["time_ms"].to_string();
-    ok(quorumvm(&[
-        "unfreeze",
-        "--identity",
-        "mallory",
-        "--at",
-        &at,
-        "--config",
-        config(2).to_str().unwrap(),
-    ]));
+    ok(c.as_operator(2, &["unfreeze", "--identity", "mallory", "--at", &at]));
     assert_eq!(query(&mallory, 3, 911).0, 200);
 }
 
@@ -571,10 +615,31 @@ fn freezes_revocation_and_retirement_through_the_cli() {
         ok(c.approve(&v1.package_id, i));
     }
     rt.block_on(c.eval_ready(&alice, "square", &[("x", "3".into())]));
-    let governance = |args: &[&str], config: &str| -> serde_json::Value {
-        let config = c.path(config);
-        let mut all = args.to_vec();
+    // As custodian i's operator (its key and the coordinator's URL).
+    let governance = |args: &[&str], i: u32| -> serde_json::Value {
+        serde_json::from_str(&ok(c.as_operator(i, args))).expect("json")
+    };
+    // A freeze at the coordinator, on its machine, with its config.
+    let coordinator_freeze = |args: &[&str]| -> serde_json::Value {
+        let config = c.path("coordinator.toml");
+        let mut all = vec!["freeze"];
+        all.extend(args);
         all.extend(["--json", "--config", config.to_str().unwrap()]);
+        serde_json::from_str(&ok(quorumvm(&all))).expect("json")
+    };
+    // A freeze at custodian i, by its operator: signed with the operator's key, sent to it.
+    let custodian_freeze = |args: &[&str], i: u32| -> serde_json::Value {
+        let key = c.path(&format!("operators/custodian-{i}.key"));
+        let url = format!("http://{}", c.custodian_config(i).listen);
+        let mut all = vec!["freeze"];
+        all.extend(args);
+        all.extend([
+            "--json",
+            "--key",
+            key.to_str().unwrap(),
+            "--custodian",
+            &url,
+        ]);
         serde_json::from_str(&ok(quorumvm(&all))).expect("json")
     };
     let eval = || rt.block_on(c.eval(&alice, "square", &[("x", "3".into())]));
@@ -586,26 +651,23 @@ fn freezes_revocation_and_retirement_through_the_cli() {
     };
     // k operators' unfreeze: the first fixes the time, the second passes it with --at.
     let unfreeze = |target: &[&str], approvers: [u32; 2]| -> serde_json::Value {
-        let first = governance(
-            &[&["unfreeze"], target].concat(),
-            &format!("custodian-{}.toml", approvers[0]),
-        );
+        let first = governance(&[&["unfreeze"], target].concat(), approvers[0]);
         assert_eq!(first["lifted"], false, "{first}");
         let at = first["unfreeze"]["time_ms"].to_string();
         governance(
             &[&["unfreeze"], target, &["--at", &at]].concat(),
-            &format!("custodian-{}.toml", approvers[1]),
+            approvers[1],
         )
     };
 
     // The coordinator's own freeze: refused at once; one operator cannot lift it, two do.
-    let s = governance(&["freeze", "--identity", "alice"], "coordinator.toml");
+    let s = coordinator_freeze(&["--identity", "alice"]);
     assert_eq!(
         (s["at"].as_str(), s["frozen"].as_bool()),
         (Some("coordinator"), Some(true))
     );
     assert_eq!(code(eval()), (403, "frozen".into()));
-    let first = governance(&["unfreeze", "--identity", "alice"], "custodian-1.toml");
+    let first = governance(&["unfreeze", "--identity", "alice"], 1);
     assert_eq!(
         (first["approvals"].as_u64(), first["lifted"].as_bool()),
         (Some(1), Some(false))
@@ -616,24 +678,21 @@ fn freezes_revocation_and_retirement_through_the_cli() {
         "one operator lifts nothing"
     );
     let at = first["unfreeze"]["time_ms"].to_string();
-    let lifted = governance(
-        &["unfreeze", "--identity", "alice", "--at", &at],
-        "custodian-3.toml",
-    );
+    let lifted = governance(&["unfreeze", "--identity", "alice", "--at", &at], 3);
     assert_eq!(lifted["lifted"], true, "{lifted}");
     assert_eq!(lifted["taken_by"], serde_json::json!([1, 2, 3]));
     assert_eq!(eval().0, 200);
 
     // Custodian 1's operator freezes her at custodian 1, which refuses her sessions from the
     // next request on: the coordinator serves her without custodian 1.
-    let s = governance(&["freeze", "--identity", "alice"], "custodian-1.toml");
+    let s = custodian_freeze(&["--identity", "alice"], 1);
     assert_eq!(s["at"], serde_json::json!({ "custodian": 1 }));
     let (status, body) = eval();
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["custodians"], serde_json::json!([2, 3]), "{body}");
     // Custodian 2's operator freezes the version: fewer than k custodians are willing, so
     // nobody serves her.
-    governance(&["freeze", "--version", &v1.package_id], "custodian-2.toml");
+    custodian_freeze(&["--version", &v1.package_id], 2);
     assert_eq!(code(eval()), (403, "frozen".into()));
     unfreeze(&["--identity", "alice"], [2, 3]);
     let lifted = unfreeze(&["--version", &v1.package_id], [1, 3]);
@@ -645,10 +704,10 @@ fn freezes_revocation_and_retirement_through_the_cli() {
     );
 
     // One operator's revocation changes nothing; the second revokes her everywhere.
-    let info = governance(&["identity", "revoke", "alice"], "custodian-1.toml");
+    let info = governance(&["identity", "revoke", "alice"], 1);
     assert_eq!(info["revoked"], false);
     assert_eq!(eval().0, 200);
-    let info = governance(&["identity", "revoke", "alice"], "custodian-3.toml");
+    let info = governance(&["identity", "revoke", "alice"], 3);
     assert_eq!(
         (info["revoked"].as_bool(), &info["revocations"]),
         (Some(true), &serde_json::json!([1, 3]))
@@ -658,9 +717,9 @@ fn freezes_revocation_and_retirement_through_the_cli() {
     // Retirement by k operators: the version is refused (410) by the coordinator.
     let bob = c.identity("bob");
     rt.block_on(c.eval_ready(&bob, "square", &[("x", "3".into())]));
-    let info = governance(&["retire", &v1.package_id], "custodian-2.toml");
+    let info = governance(&["retire", &v1.package_id], 2);
     assert_eq!(info["state"], "active");
-    let info = governance(&["retire", &v1.package_id], "custodian-3.toml");
+    let info = governance(&["retire", &v1.package_id], 3);
     assert_eq!(
         (info["state"].as_str(), &info["retirements"]),
         (Some("retired"), &serde_json::json!([2, 3]))
@@ -690,12 +749,7 @@ fn freezes_revocation_and_retirement_through_the_cli() {
         );
     }
     // A malformed package id is refused by the CLI with a clear error.
-    let bad = quorumvm(&[
-        "retire",
-        "abc",
-        "--config",
-        c.path("custodian-1.toml").to_str().unwrap(),
-    ]);
+    let bad = c.as_operator(1, &["retire", "abc"]);
     assert_eq!(bad.status.code(), Some(65));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("not a package id"));
     c.audit_verifies("coordinator/coordinator.db");

@@ -88,6 +88,27 @@ impl Cluster {
         self.dir.path().join(name)
     }
 
+    /// How custodian `i`'s operator reaches the cluster: its key (under `operators/`, not in
+    /// the custodian's data directory) and the coordinator's URL.
+    pub fn operator(&self, i: u32) -> Vec<String> {
+        let key = self.path(&format!("operators/custodian-{i}.key"));
+        vec![
+            "--key".into(),
+            key.to_str().expect("utf-8 path").into(),
+            "--coordinator".into(),
+            self.coordinator_url.clone(),
+        ]
+    }
+
+    /// Runs `quorumvm ARGS... --json` as custodian `i`'s operator.
+    pub fn as_operator(&self, i: u32, args: &[&str]) -> Output {
+        let operator = self.operator(i);
+        let mut all = args.to_vec();
+        all.push("--json");
+        all.extend(operator.iter().map(String::as_str));
+        quorumvm(&all)
+    }
+
     pub fn custodian_config(&self, i: u32) -> CustodianConfig {
         CustodianConfig::load(&self.path(&format!("custodian-{i}.toml"))).expect("config")
     }
@@ -190,14 +211,7 @@ impl Cluster {
         ]));
         let v: serde_json::Value = serde_json::from_str(&out).expect("json");
         for i in [1, 2] {
-            ok(quorumvm(&[
-                "identity",
-                "approve",
-                name,
-                "--json",
-                "--config",
-                self.path(&format!("custodian-{i}.toml")).to_str().unwrap(),
-            ]));
+            ok(self.as_operator(i, &["identity", "approve", name]));
         }
         let key = std::fs::read_to_string(prefix.with_extension("key")).expect("caller key");
         Caller {
@@ -268,14 +282,7 @@ impl Cluster {
     }
 
     pub fn approve(&self, package: &str, custodian: u32) -> Output {
-        let config = self.path(&format!("custodian-{custodian}.toml"));
-        quorumvm(&[
-            "approve",
-            package,
-            "--json",
-            "--config",
-            config.to_str().unwrap(),
-        ])
+        self.as_operator(custodian, &["approve", package])
     }
 
     /// A fresh request for `program`, signed by `caller`, sent with its API key.

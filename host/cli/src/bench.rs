@@ -120,7 +120,7 @@ async fn publish_and_approve(
         if approvals >= info.threshold || info.approvals.contains(&i) {
             continue;
         }
-        publish::approve(&layout.custodian_config(i)?, client, &info.package_id).await?;
+        publish::approve(&layout.operator(i).await?, &info.package_id).await?;
         approvals += 1;
     }
     Ok(info.package_id)
@@ -230,7 +230,7 @@ async fn bench(layout: &Layout, o: &Options) -> Result<()> {
     };
     let client = Client::new(&layout.coordinator_url);
     let name = format!("bench-{}", quorumvm_wire::now_ms());
-    let caller = std::sync::Arc::new(layout.enrol(&client, &name).await?);
+    let caller = std::sync::Arc::new(layout.enrol(&name).await?);
     let weights: Vec<(String, String)> = (1..=10)
         .map(|i| (format!("w{i}"), format!("{}.{:02}", i % 7, (i * 13) % 100)))
         .collect();

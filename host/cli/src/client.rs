@@ -356,16 +356,18 @@ impl Client {
         self.get("/v1/cluster").await
     }
 
+    /// POSTs `body` as JSON: the answer, or the server's error.
+    pub async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> Result<T, CallError> {
+        let request = self.http.post(format!("{}{path}", self.base)).json(body);
+        Ok(Self::answer(request.send().await).await?.0)
+    }
+
     pub async fn install(&self, request: &InstallRequest) -> Result<VersionInfo, CallError> {
-        Ok(Self::answer(
-            self.http
-                .post(format!("{}/v1/packages", self.base))
-                .json(request)
-                .send()
-                .await,
-        )
-        .await?
-        .0)
+        self.post("/v1/packages", request).await
     }
 
     pub async fn approve(
@@ -373,15 +375,8 @@ impl Client {
         package_id: &str,
         request: &ApproveRequest,
     ) -> Result<VersionInfo, CallError> {
-        Ok(Self::answer(
-            self.http
-                .post(format!("{}/v1/packages/{package_id}/approvals", self.base))
-                .json(request)
-                .send()
-                .await,
-        )
-        .await?
-        .0)
+        self.post(&format!("/v1/packages/{package_id}/approvals"), request)
+            .await
     }
 
     pub async fn approve_identity(
@@ -389,15 +384,8 @@ impl Client {
         name: &str,
         request: &ApproveRequest,
     ) -> Result<IdentityInfo, CallError> {
-        Ok(Self::answer(
-            self.http
-                .post(format!("{}/v1/identities/{name}/approvals", self.base))
-                .json(request)
-                .send()
-                .await,
-        )
-        .await?
-        .0)
+        self.post(&format!("/v1/identities/{name}/approvals"), request)
+            .await
     }
 
     /// The version `program` (a name, or a package id) stands for now, which a caller then
@@ -532,7 +520,7 @@ mod tests {
             .map(|(k, index)| CustodianEntry {
                 index,
                 url: format!("http://127.0.0.1:{}", 7100 + index),
-                signing_key: SecretKey::generate().public().to_hex(),
+                operator_key: SecretKey::generate().public().to_hex(),
                 sealing_key: k.public().to_hex(),
             })
             .collect();

@@ -1,7 +1,8 @@
 //! A local cluster for `quorumvm dev`, `demo` and `bench`: one coordinator and three custodians
 //! (k = 2) as separate processes on 127.0.0.1, each with its own SQLite database under one
 //! directory. The directory keeps the keys and configs, so starting again resumes the same
-//! cluster with its state.
+//! cluster with its state. The custodian operators' approval keys are in `operators/`, apart
+//! from the servers' data directories, as they would be on the operators' own machines.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ use quorumvm_wire::config::{
 
 use crate::client::{Caller, Client};
 use crate::exit::{Code, Failure, Result, read_text, write};
+use crate::operator::Operator;
 use crate::publish;
 
 pub const N: u32 = 3;
@@ -25,12 +27,46 @@ pub struct Layout {
     pub dir: PathBuf,
     pub coordinator: PathBuf,
     pub custodians: Vec<PathBuf>,
+    /// Each custodian operator's approval key, in index order.
+    pub operators: Vec<PathBuf>,
     pub publisher_key: PathBuf,
     pub coordinator_url: String,
 }
 
 fn io(what: &str, e: impl std::fmt::Display) -> Failure {
     Failure::new(Code::IoErr, format!("{what}: {e}"))
+}
+
+/// Writes a fresh ed25519 key at `path` (0600) and its public half beside it (`.pub`), as
+/// `quorumvm keygen` does; returns the public half.
+fn key_pair(path: &Path) -> Result<quorumvm_package::PublicKey> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| io(&format!("cannot create {}", parent.display()), e))?;
+    }
+    let key = SecretKey::generate();
+    write(path, key.to_file_text().as_bytes(), true)?;
+    write(
+        &path.with_extension("pub"),
+        key.public().to_file_text().as_bytes(),
+        false,
+    )?;
+    Ok(key.public())
+}
+
+/// A cluster directory made before operator keys left the servers kept each one in its
+/// custodian's data directory (`signing.key`), where the custodian now refuses it: moves it
+/// to `operators/`, where this layout keeps it.
+fn move_operator_keys(dir: &Path, operators: &[PathBuf]) -> Result<()> {
+    for (i, to) in (1..).zip(operators) {
+        let from = dir.join(format!("custodian-{i}/signing.key"));
+        if from.exists() && !to.exists() {
+            std::fs::create_dir_all(dir.join("operators"))
+                .and_then(|()| std::fs::rename(&from, to))
+                .map_err(|e| io(&format!("cannot move {}", from.display()), e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Ports for the four servers: `base..base+4`, or four free ones picked by the OS when `base`
@@ -66,13 +102,18 @@ impl Layout {
         let custodians: Vec<PathBuf> = (1..=N)
             .map(|i| dir.join(format!("custodian-{i}.toml")))
             .collect();
+        let operators: Vec<PathBuf> = (1..=N)
+            .map(|i| dir.join(format!("operators/custodian-{i}.key")))
+            .collect();
         let publisher_key = dir.join("publisher.key");
         if coordinator.exists() {
+            move_operator_keys(dir, &operators)?;
             let config = CoordinatorConfig::load(&coordinator).map_err(Failure::data)?;
             return Ok(Layout {
                 dir: dir.to_path_buf(),
                 coordinator,
                 custodians,
+                operators,
                 publisher_key,
                 coordinator_url: format!("http://{}", config.listen),
             });
@@ -95,30 +136,24 @@ impl Layout {
             }
         };
         let mut entries = Vec::new();
-        for i in 1..=N {
-            let keys = quorumvm_custodian::init_keys(&dir.join(format!("custodian-{i}")))
-                .map_err(|e| io("cannot create custodian keys", format!("{e:#}")))?;
+        for (i, operator) in (1..=N).zip(&operators) {
+            let sealing = quorumvm_custodian::init_key(&dir.join(format!("custodian-{i}")))
+                .map_err(|e| io("cannot create a custodian key", format!("{e:#}")))?;
             entries.push(CustodianEntry {
                 index: i,
                 url: url(ports[i as usize]),
-                signing_key: keys.signing_key,
-                sealing_key: keys.sealing_key,
+                operator_key: key_pair(operator)?.to_hex(),
+                sealing_key: sealing.to_hex(),
             });
         }
         let coordinator_keys = quorumvm_coordinator::init_key(&dir.join("coordinator"))
             .map_err(|e| io("cannot create the coordinator key", format!("{e:#}")))?;
-        let publisher = SecretKey::generate();
-        write(&publisher_key, publisher.to_file_text().as_bytes(), true)?;
-        write(
-            &dir.join("publisher.pub"),
-            publisher.public().to_file_text().as_bytes(),
-            false,
-        )?;
+        let publisher = key_pair(&publisher_key)?;
         let config = CoordinatorConfig {
             listen: listen(ports[0]),
             data_dir: "coordinator".into(),
             threshold: K,
-            publishers: vec![publisher.public().to_hex()],
+            publishers: vec![publisher.to_hex()],
             pool,
             custodians: entries.clone(),
             reshare_interval_s: None,
@@ -146,9 +181,15 @@ impl Layout {
             dir: dir.to_path_buf(),
             coordinator,
             custodians,
+            operators,
             publisher_key,
             coordinator_url: url(ports[0]),
         })
+    }
+
+    /// Custodian `index`'s operator, as `quorumvm approve --key` is.
+    pub async fn operator(&self, index: u32) -> Result<Operator> {
+        Operator::connect(&self.operators[index as usize - 1], &self.coordinator_url).await
     }
 
     pub fn publisher(&self) -> Result<SecretKey> {
@@ -157,6 +198,11 @@ impl Layout {
 
     pub fn custodian_config(&self, index: u32) -> Result<CustodianConfig> {
         CustodianConfig::load(&self.custodians[index as usize - 1]).map_err(Failure::data)
+    }
+
+    /// Where custodian `index` is reached from this machine.
+    pub fn custodian_url(&self, index: u32) -> Result<String> {
+        Ok(format!("http://{}", self.custodian_config(index)?.listen))
     }
 
     pub fn coordinator_config(&self) -> Result<CoordinatorConfig> {
@@ -179,15 +225,10 @@ impl Layout {
 
     /// Has custodian operators `approvers` approve identity `name`; returns whether it is
     /// active.
-    pub async fn approve_identity(
-        &self,
-        client: &Client,
-        name: &str,
-        approvers: &[u32],
-    ) -> Result<bool> {
+    pub async fn approve_identity(&self, name: &str, approvers: &[u32]) -> Result<bool> {
         let mut active = false;
         for &i in approvers {
-            active = publish::approve_identity(&self.custodian_config(i)?, client, name)
+            active = publish::approve_identity(&self.operator(i).await?, name)
                 .await?
                 .active;
         }
@@ -195,11 +236,11 @@ impl Layout {
     }
 
     /// A caller approved by custodians 1..=k, ready to evaluate.
-    pub async fn enrol(&self, client: &Client, name: &str) -> Result<Caller> {
+    pub async fn enrol(&self, name: &str) -> Result<Caller> {
         let caller = self.propose(name)?;
         let k = self.coordinator_config()?.threshold as u32;
         let approvers: Vec<u32> = (1..=k).collect();
-        if !self.approve_identity(client, name, &approvers).await? {
+        if !self.approve_identity(name, &approvers).await? {
             return Err(Failure::new(
                 Code::Rejected,
                 format!("identity {name} is not active after {k} approvals"),

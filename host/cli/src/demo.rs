@@ -15,7 +15,6 @@ use quorumvm_wire::freeze::Target as FreezeTarget;
 use crate::client::{CallError, Caller, Client, Target};
 use crate::cluster::{Layout, Running};
 use crate::exit::{Code, Failure, Result, read_text};
-use crate::governance::Party;
 use crate::publish;
 
 fn step(n: usize, text: &str) {
@@ -99,14 +98,8 @@ async fn publish_program(
     Ok((package_id(&signed), program.manifest))
 }
 
-async fn approve(
-    layout: &Layout,
-    client: &Client,
-    id: &PackageId,
-    index: u32,
-) -> Result<VersionState> {
-    let config = layout.custodian_config(index)?;
-    let (_, info) = publish::approve(&config, client, &id.to_string()).await?;
+async fn approve(layout: &Layout, id: &PackageId, index: u32) -> Result<VersionState> {
+    let (_, info) = publish::approve(&layout.operator(index).await?, &id.to_string()).await?;
     Ok(info.state)
 }
 
@@ -199,12 +192,12 @@ async fn tour(packages: &Path, layout: &Layout) -> Result<()> {
     )?;
     println!("    before any approval: {e}");
     check(
-        !layout.approve_identity(&client, "alice", &[1]).await?,
+        !layout.approve_identity("alice", &[1]).await?,
         "one approval keeps an identity pending",
     )?;
     println!("    custodian 1's operator approved: 1 of 2, still pending");
     check(
-        layout.approve_identity(&client, "alice", &[3]).await?,
+        layout.approve_identity("alice", &[3]).await?,
         "two approvals activate an identity",
     )?;
     println!(
@@ -221,11 +214,11 @@ async fn tour(packages: &Path, layout: &Layout) -> Result<()> {
         "Custodian operators review and approve (ed25519 over package id + manifest + policy + the publisher's deal of the shares)",
     );
     check(
-        approve(layout, &client, &sq, 1).await? == VersionState::Pending,
+        approve(layout, &sq, 1).await? == VersionState::Pending,
         "one approval keeps it pending",
     )?;
     println!("    custodian 1 approved: 1 of 2, still pending");
-    let again = approve(layout, &client, &sq, 1).await;
+    let again = approve(layout, &sq, 1).await;
     let dup = match again {
         Err(f) if f.message.contains("duplicate_approval") => f.message,
         other => {
@@ -243,12 +236,7 @@ async fn tour(packages: &Path, layout: &Layout) -> Result<()> {
         dup.trim_start_matches("quorumvm: ")
     );
     let deal = client.get(&format!("/v1/packages/{sq}/deal")).await?;
-    let forged = publish::approval_signature(
-        &layout.dir.join("custodian-1/signing.key"),
-        &sq,
-        &sq_manifest,
-        &deal,
-    )?;
+    let forged = publish::approval_signature(&layout.operators[0], &sq, &sq_manifest, &deal)?;
     let e = expect_refusal(
         client
             .approve(
@@ -263,7 +251,7 @@ async fn tour(packages: &Path, layout: &Layout) -> Result<()> {
     )?;
     println!("    custodian 1's key posing as custodian 2: refused ({e})");
     check(
-        approve(layout, &client, &sq, 2).await? == VersionState::Active,
+        approve(layout, &sq, 2).await? == VersionState::Active,
         "two approvals activate",
     )?;
     println!("    custodian 2 approved: 2 of 2 → ACTIVE; `square` now names this version");
@@ -328,9 +316,9 @@ async fn tour(packages: &Path, layout: &Layout) -> Result<()> {
     let (cs, cs_manifest) =
         publish_program(&client, layout, &credit, "credit_score", &pairs(secrets)).await?;
     println!("    package {cs}: each custodian received only its HPKE-sealed share of each weight");
-    approve(layout, &client, &cs, 2).await?;
+    approve(layout, &cs, 2).await?;
     check(
-        approve(layout, &client, &cs, 3).await? == VersionState::Active,
+        approve(layout, &cs, 3).await? == VersionState::Active,
         "credit score active",
     )?;
     println!("    approved by custodians 2 and 3 → ACTIVE");
@@ -368,8 +356,8 @@ async fn tour(packages: &Path, layout: &Layout) -> Result<()> {
     let (pv, pv_manifest) =
         publish_program(&client, layout, &private, "salary_check", &pairs(secrets)).await?;
     println!("    package {pv}: {}", publish::describe(&pv_manifest));
-    approve(layout, &client, &pv, 1).await?;
-    approve(layout, &client, &pv, 2).await?;
+    approve(layout, &pv, 1).await?;
+    approve(layout, &pv, 2).await?;
     let answer = eval(&at, &key, "salary_check", inputs).await?;
     for pair in expected.split_whitespace() {
         let (name, want) = pair.split_once('=').unwrap_or((pair, ""));
@@ -405,8 +393,8 @@ async fn tour(packages: &Path, layout: &Layout) -> Result<()> {
     );
     let metered = "program metered\nversion 1\npolicy budget 3\npolicy rate 100 per second\ninput x in 0..100\nmul y = x x\noutput y\n";
     let (m, _) = publish_program(&client, layout, metered, "metered", &[]).await?;
-    approve(layout, &client, &m, 1).await?;
-    approve(layout, &client, &m, 3).await?;
+    approve(layout, &m, 1).await?;
+    approve(layout, &m, 3).await?;
     for i in 1..=3 {
         let a = eval(&at, &key, "metered", "x=4").await?;
         println!(
@@ -418,8 +406,8 @@ async fn tour(packages: &Path, layout: &Layout) -> Result<()> {
     println!("    call 4: {e}");
     let throttled = "program throttled\nversion 1\npolicy rate 2 per minute\ninput x in 0..100\nmul y = x x\noutput y\n";
     let (t, _) = publish_program(&client, layout, throttled, "throttled", &[]).await?;
-    approve(layout, &client, &t, 2).await?;
-    approve(layout, &client, &t, 3).await?;
+    approve(layout, &t, 2).await?;
+    approve(layout, &t, 3).await?;
     for i in 1..=2 {
         eval(&at, &key, "throttled", "x=5").await?;
         println!("    call {i}: accepted");
@@ -469,8 +457,11 @@ async fn tour(packages: &Path, layout: &Layout) -> Result<()> {
         "Emergency freeze: one custodian operator stops the credit score at its custodian at once; lifting it takes k = 2 operators",
     );
     let version = FreezeTarget::Version(cs.to_string());
-    let custodian = |i: u32| -> Result<Party> { Ok(Party::Custodian(layout.custodian_config(i)?)) };
-    crate::governance::freeze(&custodian(1)?, version.clone()).await?;
+    let freeze_at = |i: u32, target: FreezeTarget| async move {
+        let url = layout.custodian_url(i)?;
+        crate::operator::freeze_at(&layout.operators[i as usize - 1], &url, target).await
+    };
+    freeze_at(1, version.clone()).await?;
     let served = eval(&at, &key, "credit_score", score_inputs).await?;
     check(
         !served.custodians.contains(&1) && served.outputs["score"] == score_want,
@@ -480,17 +471,17 @@ async fn tour(packages: &Path, layout: &Layout) -> Result<()> {
         "    custodian 1's operator froze it there: the next evaluation ran on custodians {:?} (score {})",
         served.custodians, served.outputs["score"]
     );
-    crate::governance::freeze(&custodian(2)?, version.clone()).await?;
+    freeze_at(2, version.clone()).await?;
     let e = expect_refusal(
         call(&at, &key, "credit_score", score_inputs).await,
         "frozen",
     )?;
     println!("    custodian 2's operator too: fewer than k willing, so nobody serves it: {e}");
     let first =
-        crate::governance::unfreeze(&layout.custodian_config(1)?, version.clone(), None).await?;
+        crate::governance::unfreeze(&layout.operator(1).await?, version.clone(), None).await?;
     check(!first.lifted, "one operator's unfreeze lifts nothing")?;
     let lifted = crate::governance::unfreeze(
-        &layout.custodian_config(3)?,
+        &layout.operator(3).await?,
         version,
         Some(first.unfreeze.time_ms),
     )

@@ -12,6 +12,7 @@ mod commands;
 mod demo;
 mod exit;
 mod governance;
+mod operator;
 mod publish;
 mod servers;
 mod web;
@@ -67,7 +68,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Make an ed25519 publisher key pair: PREFIX.key (secret) and PREFIX.pub.
+    /// Make an ed25519 key pair: PREFIX.key (secret, 0600) and PREFIX.pub. The same command
+    /// makes a publisher's key, a caller's, and a custodian operator's approval key. An
+    /// operator's key lives on the operator's own machine, never on the custodian's server
+    /// (which refuses to start with one in its data directory); the hex public key it prints is
+    /// that custodian's `operator_key` in every config of the cluster.
     Keygen {
         /// Path prefix of the two key files.
         #[arg(short, long)]
@@ -161,13 +166,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Approve a package version as a custodian operator (signs with the custodian's key).
+    /// Approve a package version as a custodian operator, on the operator's machine (signs with
+    /// the operator's key, which no server holds).
     Approve {
         /// The package id (hex).
         package: String,
-        /// The custodian's config (its index, data directory and coordinator URL).
-        #[arg(long)]
-        config: PathBuf,
+        #[command(flatten)]
+        operator: OperatorArgs,
         #[arg(long)]
         json: bool,
     },
@@ -176,22 +181,28 @@ enum Command {
     Retire {
         /// The package id (hex).
         package: String,
-        /// The custodian's config (its index, data directory and coordinator URL).
-        #[arg(long)]
-        config: PathBuf,
+        #[command(flatten)]
+        operator: OperatorArgs,
         #[arg(long)]
         json: bool,
     },
     /// Freeze an identity or a version at once: with the coordinator's config, at the
-    /// coordinator (it admits none of its requests); with a custodian's, at that custodian only
-    /// (signed with its operator key and sent to it directly). With fewer than k custodians
-    /// willing, the cluster stops serving it. Lifting takes k operators (`unfreeze`).
+    /// coordinator (it admits none of its requests); with an operator's key and its custodian's
+    /// URL, at that custodian only (signed with the operator key and sent to it directly). With
+    /// fewer than k custodians willing, the cluster stops serving it. Lifting takes k operators
+    /// (`unfreeze`).
     Freeze {
         #[command(flatten)]
         target: TargetArgs,
-        /// The coordinator's config, or a custodian's.
-        #[arg(long)]
-        config: PathBuf,
+        /// The coordinator's config (on the coordinator's machine).
+        #[arg(long, conflicts_with_all = ["key", "custodian"], required_unless_present = "key")]
+        config: Option<PathBuf>,
+        /// The operator's key (`quorumvm keygen`, on the operator's machine).
+        #[arg(long, requires = "custodian")]
+        key: Option<PathBuf>,
+        /// The operator's own custodian's URL.
+        #[arg(long, requires = "key")]
+        custodian: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -204,9 +215,8 @@ enum Command {
         /// The time (ms since the epoch) of the unfreeze another operator proposed.
         #[arg(long)]
         at: Option<u64>,
-        /// The custodian's config (its index, data directory and coordinator URL).
-        #[arg(long)]
-        config: PathBuf,
+        #[command(flatten)]
+        operator: OperatorArgs,
         #[arg(long)]
         json: bool,
     },
@@ -295,9 +305,8 @@ enum IdentityCommand {
     /// Approve a proposed identity as a custodian operator (signs its name and key).
     Approve {
         name: String,
-        /// The custodian's config (its index, data directory and coordinator URL).
-        #[arg(long)]
-        config: PathBuf,
+        #[command(flatten)]
+        operator: OperatorArgs,
         #[arg(long)]
         json: bool,
     },
@@ -305,9 +314,8 @@ enum IdentityCommand {
     /// it never serves again, and its name is never registered again.
     Revoke {
         name: String,
-        /// The custodian's config (its index, data directory and coordinator URL).
-        #[arg(long)]
-        config: PathBuf,
+        #[command(flatten)]
+        operator: OperatorArgs,
         #[arg(long)]
         json: bool,
     },
@@ -324,6 +332,7 @@ enum AuditCommand {
     },
 }
 
+use operator::OperatorArgs;
 use servers::Credentials;
 
 fn main() -> ExitCode {
@@ -376,27 +385,46 @@ fn main() -> ExitCode {
                 },
         } => servers::identity_add(&config, &name, &pubkey, json),
         Command::Identity {
-            command: IdentityCommand::Approve { name, config, json },
-        } => servers::identity_approve(&name, &config, json),
+            command:
+                IdentityCommand::Approve {
+                    name,
+                    operator,
+                    json,
+                },
+        } => servers::identity_approve(&name, &operator, json),
         Command::Identity {
-            command: IdentityCommand::Revoke { name, config, json },
-        } => servers::identity_revoke(&name, &config, json),
+            command:
+                IdentityCommand::Revoke {
+                    name,
+                    operator,
+                    json,
+                },
+        } => servers::identity_revoke(&name, &operator, json),
         Command::Retire {
             package,
-            config,
+            operator,
             json,
-        } => servers::retire(&package, &config, json),
+        } => servers::retire(&package, &operator, json),
         Command::Freeze {
             target,
             config,
+            key,
+            custodian,
             json,
-        } => servers::freeze(target.into(), &config, json),
+        } => {
+            let at = match (config, key, custodian) {
+                (Some(config), _, _) => servers::FreezeAt::Coordinator(config),
+                (None, Some(key), Some(url)) => servers::FreezeAt::Custodian { key, url },
+                _ => unreachable!("clap requires --config, or --key with --custodian"),
+            };
+            servers::freeze(target.into(), at, json)
+        }
         Command::Unfreeze {
             target,
             at,
-            config,
+            operator,
             json,
-        } => servers::unfreeze(target.into(), at, &config, json),
+        } => servers::unfreeze(target.into(), at, &operator, json),
         Command::Install {
             package,
             key,
@@ -414,9 +442,9 @@ fn main() -> ExitCode {
         ),
         Command::Approve {
             package,
-            config,
+            operator,
             json,
-        } => servers::approve(&package, &config, json),
+        } => servers::approve(&package, &operator, json),
         Command::Eval {
             program,
             inputs,

@@ -11,7 +11,7 @@ use quorumvm_package::{Domain, PackageId, PublicKey, SecretKey, claimed_signer, 
 use quorumvm_sandbox::Sandbox;
 use quorumvm_sealing::{CustodianPublicKey, ShareBinding, seal_share};
 use quorumvm_wire::api::{
-    ApproveRequest, IdentityInfo, InstallRequest, SealedShares, VersionInfo, encode_bytes,
+    ClusterInfo, IdentityInfo, InstallRequest, SealedShares, VersionInfo, encode_bytes,
 };
 use quorumvm_wire::approval::Subject;
 use quorumvm_wire::config::{Cluster, CoordinatorConfig, CustodianConfig};
@@ -20,6 +20,7 @@ use quorumvm_wire::signed::Signed;
 
 use crate::client::Client;
 use crate::exit::{Code, Failure, Result, read_text};
+use crate::operator::Operator;
 
 pub fn read_manifest(bytes: &[u8]) -> Result<Manifest> {
     let sandbox = Sandbox::new().map_err(|e| Failure::new(Code::IoErr, format!("{e:#}")))?;
@@ -144,12 +145,8 @@ pub fn pinned_cluster(path: &Path) -> Result<Cluster> {
 
 /// A custodian operator's approval: fetch the version, check that its bytes are the id, read
 /// the manifest here (not the coordinator's description of it), sign, submit.
-pub async fn approve(
-    config: &CustodianConfig,
-    client: &Client,
-    package: &str,
-) -> Result<(Manifest, VersionInfo)> {
-    let key = operator_key(config)?;
+pub async fn approve(operator: &Operator, package: &str) -> Result<(Manifest, VersionInfo)> {
+    let client = &operator.coordinator;
     let bytes = client
         .get_bytes(&format!("/v1/packages/{package}/wasm"))
         .await?;
@@ -162,32 +159,22 @@ pub async fn approve(
     }
     let manifest = read_manifest(&bytes)?;
     let deal: Signed = client.get(&format!("/v1/packages/{package}/deal")).await?;
-    check_deal(config, &bytes, &deal)?;
-    let signature = quorumvm_wire::approval::sign(
-        &key,
-        &Subject::Version {
-            package: &id,
-            manifest: &manifest,
-            deal: &deal.digest(),
-        },
-    );
-    let info = client
-        .approve(
-            package,
-            &ApproveRequest {
-                custodian: config.index,
-                signature: hex::encode(signature),
-            },
-        )
-        .await?;
+    check_deal(&operator.cluster, &bytes, &deal)?;
+    let request = operator.approve(&Subject::Version {
+        package: &id,
+        manifest: &manifest,
+        deal: &deal.digest(),
+    });
+    let info = client.approve(package, &request).await?;
     Ok((manifest, info))
 }
 
 /// What an operator can check of a deal without seeing anyone's shares: the package's own
-/// publisher signed it, for this threshold, dealing once to every custodian of the operator's
-/// own configuration under the sealing key it lists there. (Each custodian checks the digests
-/// of its own ciphertexts before opening them.)
-fn check_deal(config: &CustodianConfig, package: &[u8], deal: &Signed) -> Result<()> {
+/// publisher signed it, for the cluster's threshold, dealing once to every custodian under the
+/// sealing key the cluster lists. The cluster is the coordinator's description of it, so this
+/// only catches a mistake early: each custodian checks the deal against its own config and its
+/// own ciphertexts before opening them.
+fn check_deal(cluster: &ClusterInfo, package: &[u8], deal: &Signed) -> Result<()> {
     let refuse = |m: String| Failure::new(Code::Rejected, format!("{m}: not approving"));
     let publisher = claimed_signer(package)
         .and_then(|k| PublicKey::from_bytes(&k).ok())
@@ -195,17 +182,16 @@ fn check_deal(config: &CustodianConfig, package: &[u8], deal: &Signed) -> Result
     let deal: Deal = deal
         .open(Domain::Deal, &publisher)
         .map_err(|e| refuse(format!("the deal of the shares: {e}")))?;
-    let cluster = config.cluster().map_err(Failure::data)?;
-    if deal.threshold != cluster.threshold() || deal.custodians.len() != cluster.n() {
+    if deal.threshold != cluster.threshold || deal.custodians.len() != cluster.custodians.len() {
         return Err(refuse(format!(
             "the deal is for {} custodians at threshold {}, this cluster has {} at {}",
             deal.custodians.len(),
             deal.threshold,
-            cluster.n(),
-            cluster.threshold()
+            cluster.custodians.len(),
+            cluster.threshold
         )));
     }
-    for member in cluster.members() {
+    for member in &cluster.custodians {
         let dealt = deal
             .custodians
             .iter()
@@ -214,10 +200,10 @@ fn check_deal(config: &CustodianConfig, package: &[u8], deal: &Signed) -> Result
         if dealt.len() != 1
             || !dealt[0]
                 .sealing_key
-                .eq_ignore_ascii_case(&member.sealing_key.to_hex())
+                .eq_ignore_ascii_case(&member.sealing_key)
         {
             return Err(refuse(format!(
-                "the deal does not seal custodian {}'s shares to its configured key",
+                "the deal does not seal custodian {}'s shares to its key",
                 member.index
             )));
         }
@@ -227,12 +213,8 @@ fn check_deal(config: &CustodianConfig, package: &[u8], deal: &Signed) -> Result
 
 /// A custodian operator's approval of a caller identity: fetch the proposal, sign its name and
 /// key, submit.
-pub async fn approve_identity(
-    config: &CustodianConfig,
-    client: &Client,
-    name: &str,
-) -> Result<IdentityInfo> {
-    let key = operator_key(config)?;
+pub async fn approve_identity(operator: &Operator, name: &str) -> Result<IdentityInfo> {
+    let client = &operator.coordinator;
     let proposal: IdentityInfo = client.get(&format!("/v1/identities/{name}")).await?;
     if proposal.name != name {
         return Err(Failure::new(
@@ -244,22 +226,8 @@ pub async fn approve_identity(
         ));
     }
     let caller = PublicKey::from_file_text(&proposal.public_key).map_err(Failure::data)?;
-    let signature = quorumvm_wire::approval::sign(&key, &Subject::Identity { name, key: &caller });
-    Ok(client
-        .approve_identity(
-            name,
-            &ApproveRequest {
-                custodian: config.index,
-                signature: hex::encode(signature),
-            },
-        )
-        .await?)
-}
-
-/// The custodian's operator key (`signing.key` in its data directory): it signs approvals.
-pub fn operator_key(config: &CustodianConfig) -> Result<SecretKey> {
-    SecretKey::from_file_text(&read_text(&config.data_dir.join("signing.key"))?)
-        .map_err(Failure::data)
+    let request = operator.approve(&Subject::Identity { name, key: &caller });
+    Ok(client.approve_identity(name, &request).await?)
 }
 
 /// Signs an approval without submitting it (the demo uses it to show a forged one refused).

@@ -15,7 +15,8 @@ use quorumvm_sandbox::Sandbox;
 use crate::client::{Caller, Client};
 use crate::cluster::{Hosts, Layout, Running};
 use crate::exit::{Code, Failure, Result, read, read_text};
-use crate::governance::{self, Party};
+use crate::governance;
+use crate::operator::{Operator, OperatorArgs};
 use crate::publish;
 
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -55,11 +56,11 @@ pub fn coordinator(config: &Path) -> Result<()> {
 pub fn custodian(config: &Path) -> Result<()> {
     tracing_init();
     let config = CustodianConfig::load(config).map_err(Failure::data)?;
-    // First start: make the keys (the cluster's configs must then list their public halves;
-    // `serve` refuses to run with keys the configuration does not name).
-    let keys = quorumvm_custodian::init_keys(&config.data_dir)
+    // First start: make the server's key (the cluster's configs must then list its public
+    // half; `serve` refuses to run with a key the configuration does not name).
+    let sealing_key = quorumvm_custodian::init_key(&config.data_dir)
         .map_err(|e| Failure::new(Code::IoErr, format!("{e:#}")))?;
-    tracing::info!(signing_key = %keys.signing_key, sealing_key = %keys.sealing_key, "custodian keys");
+    tracing::info!(sealing_key = %sealing_key.to_hex(), "custodian key");
     runtime()?.block_on(async {
         let listener = bind(config.listen).await?;
         quorumvm_custodian::serve(config, listener)
@@ -118,7 +119,7 @@ pub fn identity_add(config: &Path, name: &str, pubkey: &Path, as_json: bool) -> 
     } else {
         println!(
             "identity {name} proposed; it serves once {} custodian operators approve it \
-             (`quorumvm identity approve {name} --config custodian.toml`). Its API key (shown \
+             (`quorumvm identity approve {name} --key operator.key`). Its API key (shown \
              once, stored only as a hash):",
             config.threshold
         );
@@ -127,16 +128,25 @@ pub fn identity_add(config: &Path, name: &str, pubkey: &Path, as_json: bool) -> 
     Ok(())
 }
 
-pub fn identity_approve(name: &str, config: &Path, as_json: bool) -> Result<()> {
-    let config = CustodianConfig::load(config).map_err(Failure::data)?;
-    let client = Client::new(&config.coordinator_url);
-    let info = runtime()?.block_on(publish::approve_identity(&config, &client, name))?;
+/// Runs `act` as the operator `args` names: its custodian's index, and what `act` returned.
+fn as_operator<T>(
+    args: &OperatorArgs,
+    act: impl AsyncFnOnce(&Operator) -> Result<T>,
+) -> Result<(u32, T)> {
+    runtime()?.block_on(async {
+        let operator = args.connect().await?;
+        let value = act(&operator).await?;
+        Ok((operator.index, value))
+    })
+}
+
+pub fn identity_approve(name: &str, operator: &OperatorArgs, as_json: bool) -> Result<()> {
+    let (index, info) = as_operator(operator, async |o| publish::approve_identity(o, name).await)?;
     if as_json {
         println!("{}", serde_json::to_string(&info).expect("json"));
     } else {
         println!(
-            "custodian {} approved identity {} (key {}): approvals from {:?}, {}",
-            config.index,
+            "custodian {index}'s operator approved identity {} (key {}): approvals from {:?}, {}",
             info.name,
             info.public_key,
             info.approvals,
@@ -146,10 +156,27 @@ pub fn identity_approve(name: &str, config: &Path, as_json: bool) -> Result<()> 
     Ok(())
 }
 
-pub fn freeze(target: Target, config: &Path, as_json: bool) -> Result<()> {
+/// Where a freeze goes: the coordinator (signed with its key, on its machine), or one
+/// custodian (signed with its operator's key, sent to it directly).
+pub enum FreezeAt {
+    Coordinator(std::path::PathBuf),
+    Custodian {
+        key: std::path::PathBuf,
+        url: String,
+    },
+}
+
+pub fn freeze(target: Target, at: FreezeAt, as_json: bool) -> Result<()> {
     target.check().map_err(Failure::data)?;
-    let party = Party::load(config)?;
-    let state = runtime()?.block_on(governance::freeze(&party, target))?;
+    let state = match at {
+        FreezeAt::Coordinator(config) => {
+            let config = CoordinatorConfig::load(&config).map_err(Failure::data)?;
+            runtime()?.block_on(governance::freeze(&config, target))?
+        }
+        FreezeAt::Custodian { key, url } => {
+            runtime()?.block_on(crate::operator::freeze_at(&key, &url, target))?
+        }
+    };
     if as_json {
         println!("{}", serde_json::to_string(&state).expect("json"));
     } else {
@@ -166,10 +193,16 @@ pub fn freeze(target: Target, config: &Path, as_json: bool) -> Result<()> {
     Ok(())
 }
 
-pub fn unfreeze(target: Target, at: Option<u64>, config: &Path, as_json: bool) -> Result<()> {
+pub fn unfreeze(
+    target: Target,
+    at: Option<u64>,
+    operator: &OperatorArgs,
+    as_json: bool,
+) -> Result<()> {
     target.check().map_err(Failure::data)?;
-    let config = CustodianConfig::load(config).map_err(Failure::data)?;
-    let state = runtime()?.block_on(governance::unfreeze(&config, target, at))?;
+    let (_, state) = as_operator(operator, async |o| {
+        governance::unfreeze(o, target, at).await
+    })?;
     if as_json {
         println!("{}", serde_json::to_string(&state).expect("json"));
         return Ok(());
@@ -187,7 +220,7 @@ pub fn unfreeze(target: Target, at: Option<u64>, config: &Path, as_json: bool) -
         };
         println!(
             "approved the unfreeze of {} at {} ms: {} of {} approvals; the other operators \
-             run: quorumvm unfreeze {flag} --at {} --config <their custodian.toml>",
+             run: quorumvm unfreeze {flag} --at {} --key <their operator key>",
             u.target, u.time_ms, state.approvals, state.needed, u.time_ms
         );
     }
@@ -235,15 +268,13 @@ pub fn reshare(config: &Path, as_json: bool) -> Result<()> {
     Ok(())
 }
 
-pub fn identity_revoke(name: &str, config: &Path, as_json: bool) -> Result<()> {
-    let config = CustodianConfig::load(config).map_err(Failure::data)?;
-    let info = runtime()?.block_on(governance::revoke(&config, name))?;
+pub fn identity_revoke(name: &str, operator: &OperatorArgs, as_json: bool) -> Result<()> {
+    let (index, info) = as_operator(operator, async |o| governance::revoke(o, name).await)?;
     if as_json {
         println!("{}", serde_json::to_string(&info).expect("json"));
     } else {
         println!(
-            "custodian {} approved revoking identity {}: approvals from {:?}, {}",
-            config.index,
+            "custodian {index}'s operator approved revoking identity {}: approvals from {:?}, {}",
             info.name,
             info.revocations,
             if info.revoked {
@@ -256,22 +287,15 @@ pub fn identity_revoke(name: &str, config: &Path, as_json: bool) -> Result<()> {
     Ok(())
 }
 
-pub fn retire(package: &str, config: &Path, as_json: bool) -> Result<()> {
-    let config = CustodianConfig::load(config).map_err(Failure::data)?;
-    let info = runtime()?.block_on(governance::retire(&config, package))?;
+pub fn retire(package: &str, operator: &OperatorArgs, as_json: bool) -> Result<()> {
+    let (index, info) = as_operator(operator, async |o| governance::retire(o, package).await)?;
     if as_json {
         println!("{}", serde_json::to_string(&info).expect("json"));
     } else {
         println!(
-            "custodian {} approved retiring package {} ({} version {}): approvals from {:?} \
-             (threshold {}), {:?}",
-            config.index,
-            info.package_id,
-            info.name,
-            info.version,
-            info.retirements,
-            info.threshold,
-            info.state
+            "custodian {index}'s operator approved retiring package {} ({} version {}): \
+             approvals from {:?} (threshold {}), {:?}",
+            info.package_id, info.name, info.version, info.retirements, info.threshold, info.state
         );
     }
     Ok(())
@@ -313,17 +337,17 @@ pub fn install(
     Ok(())
 }
 
-pub fn approve(package: &str, config: &Path, as_json: bool) -> Result<()> {
-    let config = CustodianConfig::load(config).map_err(Failure::data)?;
-    let client = Client::new(&config.coordinator_url);
-    let (manifest, info) = runtime()?.block_on(publish::approve(&config, &client, package))?;
+pub fn approve(package: &str, operator: &OperatorArgs, as_json: bool) -> Result<()> {
+    let (index, (manifest, info)) =
+        as_operator(operator, async |o| publish::approve(o, package).await)?;
     if as_json {
         println!("{}", serde_json::to_string(&info).expect("json"));
     } else {
         println!("reviewed {}", publish::describe(&manifest));
         println!(
-            "custodian {} approved package {}: {:?} with approvals from {:?} (threshold {})",
-            config.index, info.package_id, info.state, info.approvals, info.threshold
+            "custodian {index}'s operator approved package {}: {:?} with approvals from {:?} \
+             (threshold {})",
+            info.package_id, info.state, info.approvals, info.threshold
         );
     }
     Ok(())

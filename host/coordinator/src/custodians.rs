@@ -289,7 +289,7 @@ mod tests {
             .map(|index| CustodianEntry {
                 index,
                 url: format!("http://127.0.0.1:{}", 7100 + index),
-                signing_key: SecretKey::generate().public().to_hex(),
+                operator_key: SecretKey::generate().public().to_hex(),
                 sealing_key: CustodianSecretKey::generate().public().to_hex(),
             })
             .collect();

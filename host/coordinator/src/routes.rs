@@ -72,7 +72,7 @@ async fn cluster(AxumState(state): Shared) -> Json<ClusterInfo> {
             .map(|x| CustodianInfo {
                 index: x.index(),
                 url: x.member.url.clone(),
-                signing_key: x.member.signing_key.to_hex(),
+                operator_key: x.member.operator_key.to_hex(),
                 sealing_key: x.member.sealing_key.to_hex(),
                 live: x.is_live(),
             })

@@ -39,7 +39,7 @@ pub(crate) async fn freeze(c: &Arc<Custodian>, signed: Signed) -> Result<FreezeS
         .cluster
         .member(c.me)
         .expect("a configured member")
-        .signing_key;
+        .operator_key;
     let statement = Freeze::open(&signed, &operator, here, c.env.now_ms()).map_err(refused)?;
     let record = NewFreeze {
         target: statement.target.clone(),

@@ -6,7 +6,7 @@
 //! Its shares are stored sealed (as the publisher sealed them) and opened into memory only; the
 //! preprocessing it generates with the other custodians never leaves it in the clear.
 //!
-//! - `keys`: the custodian's two key files ([`init_keys`]).
+//! - `keys`: the server's own key file ([`init_key`]); the operator's key is not on the server.
 //! - `store`: its tables in the ledger, and every write (each in one group commit).
 //! - `versions`: the active versions in memory, with their opened shares and kit counts.
 //! - `mailbox`: round messages from peers, buffered until the session that waits for them.
@@ -50,14 +50,14 @@ use axum::serve::Listener;
 use quorumvm_server::Env;
 use quorumvm_wire::config::CustodianConfig;
 
-pub use keys::{CustodianPublicKeys, init_keys};
+pub use keys::init_key;
 
 /// Runs a custodian on `listener` until the process ends (or this future is dropped, which
 /// stops it as a crash would, minus the requests already being answered).
 ///
-/// Refuses to start if the configuration is not a valid cluster, or if the keys in
-/// `config.data_dir` (see [`init_keys`]) are not the ones the configuration lists for this
-/// custodian's index. At start it loads every active version from its ledger (reopening the
+/// Refuses to start if the configuration is not a valid cluster, if the key in
+/// `config.data_dir` (see [`init_key`]) is not the one the configuration lists for this
+/// custodian's index, or if an operator's key is there too. At start it loads every active version from its ledger (reopening the
 /// sealed shares), so a custodian killed at any point serves exactly as before when restarted.
 pub async fn serve(
     config: CustodianConfig,

@@ -384,7 +384,7 @@ mod tests {
             .map(|(s, index)| CustodianEntry {
                 index,
                 url: format!("http://127.0.0.1:{}", 7000 + index),
-                signing_key: SecretKey::generate().public().to_hex(),
+                operator_key: SecretKey::generate().public().to_hex(),
                 sealing_key: s.public().to_hex(),
             })
             .collect();

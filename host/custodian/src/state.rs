@@ -16,7 +16,7 @@ use tokio::sync::{Mutex, Semaphore};
 use crate::activation::{Checker, Shares};
 use crate::callers::Callers;
 use crate::error::ApiError;
-use crate::keys::load_keys;
+use crate::keys::load_key;
 use crate::mailbox::{self, Inbox, Mailbox};
 use crate::metrics::Metrics;
 use crate::peers::Peers;
@@ -93,16 +93,13 @@ impl Custodian {
             .ok_or_else(|| anyhow!("index {me} is not among the configured custodians"))?;
         let coordinator_key = config.coordinator_public_key()?;
         let data_dir = &config.data_dir;
-        let keys = load_keys(data_dir)?;
-        if keys.signing != member.signing_key || keys.sealing.public() != member.sealing_key {
+        let sealing_key = load_key(data_dir)?;
+        if sealing_key.public() != member.sealing_key {
             bail!(
-                "the keys in {} are not custodian {me}'s keys in the configuration \
-                 (signing {} / sealing {} here, signing {} / sealing {} configured): \
-                 wrong data directory or wrong index",
+                "the key in {} is not custodian {me}'s sealing key in the configuration \
+                 ({} here, {} configured): wrong data directory or wrong index",
                 data_dir.display(),
-                keys.signing.to_hex(),
-                keys.sealing.public().to_hex(),
-                member.signing_key.to_hex(),
+                sealing_key.public().to_hex(),
                 member.sealing_key.to_hex(),
             );
         }
@@ -142,7 +139,7 @@ impl Custodian {
             sandbox: &sandbox,
             cluster: &cluster,
             me,
-            key: &keys.sealing,
+            key: &sealing_key,
         };
         for stored in store::load_versions(&ledger)? {
             let loading = || format!("version {} in {}", stored.package_id, db.display());
@@ -210,10 +207,10 @@ impl Custodian {
             anomalies: Anomalies::default(),
             coordinator_url: config.coordinator_url.trim_end_matches('/').to_string(),
             coordinator_key,
-            tickets: TicketKey::new(&keys.sealing, config.coordinator_exchange_key()?),
+            tickets: TicketKey::new(&sealing_key, config.coordinator_exchange_key()?),
             round_timeout,
-            peers: Peers::new(me, &keys.sealing, &cluster, http.clone()),
-            sealing_key: keys.sealing,
+            peers: Peers::new(me, &sealing_key, &cluster, http.clone()),
+            sealing_key,
             http,
             writer: env.writer(ledger, &format!("custodian-{me}-ledger")),
             env,

@@ -408,7 +408,7 @@ async fn a_restarted_custodian_serves_from_its_ledger() {
     }
     assert_eq!(cluster.kits(2, &program).await, Some(7));
 
-    // Another custodian's keys are refused at start.
+    // Another custodian's key is refused at start.
     let mut wrong = cluster.node(3).config.clone();
     wrong.data_dir = cluster.node(1).config.data_dir.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -416,7 +416,7 @@ async fn a_restarted_custodian_serves_from_its_ledger() {
         .await
         .unwrap_err();
     assert!(
-        err.to_string().contains("not custodian 3's keys"),
+        err.to_string().contains("not custodian 3's sealing key"),
         "{err:#}"
     );
 }

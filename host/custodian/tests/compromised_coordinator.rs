@@ -177,7 +177,7 @@ async fn an_identity_the_coordinator_invents_is_refused_by_every_custodian() {
     let mut approvals = vec![quorumvm_wire::order::ApprovalSignature {
         custodian: 1,
         signature: hex::encode(quorumvm_wire::approval::sign(
-            &cluster.node(1).signing,
+            &cluster.node(1).operator,
             &quorumvm_wire::approval::Subject::Identity {
                 name: "mallory",
                 key: &public,
@@ -610,7 +610,7 @@ async fn one_operators_freeze_binds_its_custodian_at_once_and_only_k_operators_l
     let frozen = cluster
         .freeze(
             1,
-            &cluster.freeze_statement(1, &her, t, &cluster.node(1).signing),
+            &cluster.freeze_statement(1, &her, t, &cluster.node(1).operator),
         )
         .await;
     assert_eq!(frozen.status, StatusCode::OK, "{}", frozen.body);
@@ -638,12 +638,12 @@ async fn one_operators_freeze_binds_its_custodian_at_once_and_only_k_operators_l
             "not_the_operator",
         ),
         (
-            cluster.freeze_statement(1, &version, later, &cluster.node(2).signing),
+            cluster.freeze_statement(1, &version, later, &cluster.node(2).operator),
             403,
             "not_the_operator",
         ),
         (
-            cluster.freeze_statement(2, &version, later, &cluster.node(1).signing),
+            cluster.freeze_statement(2, &version, later, &cluster.node(1).operator),
             403,
             "not_the_operator",
         ),
@@ -699,7 +699,7 @@ async fn one_operators_freeze_binds_its_custodian_at_once_and_only_k_operators_l
     let a = cluster
         .freeze(
             2,
-            &cluster.freeze_statement(2, &version, now_ms(), &cluster.node(2).signing),
+            &cluster.freeze_statement(2, &version, now_ms(), &cluster.node(2).operator),
         )
         .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);

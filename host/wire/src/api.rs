@@ -180,7 +180,8 @@ pub struct EvalResponse {
 pub struct CustodianInfo {
     pub index: u32,
     pub url: String,
-    pub signing_key: String,
+    /// The operator's approval key (hex).
+    pub operator_key: String,
     pub sealing_key: String,
     pub live: bool,
 }

@@ -120,7 +120,7 @@ pub fn check(
     hex::decode_to_slice(&approval.signature, &mut sig)
         .map_err(|_| ApprovalError::BadSignature(approval.custodian))?;
     if member
-        .signing_key
+        .operator_key
         .verify_statement(subject.domain(), &subject.statement(), &sig)
     {
         Ok(())
@@ -195,7 +195,7 @@ mod tests {
             .map(|(i, k)| CustodianEntry {
                 index: i as u32 + 1,
                 url: "http://127.0.0.1:1".into(),
-                signing_key: k.public().to_hex(),
+                operator_key: k.public().to_hex(),
                 sealing_key: CustodianSecretKey::generate().public().to_hex(),
             })
             .collect();

@@ -35,8 +35,10 @@ pub struct CustodianEntry {
     pub index: u32,
     /// Where the coordinator and the other custodians reach it, e.g. `http://127.0.0.1:7101`.
     pub url: String,
-    /// Its ed25519 key (hex): approvals.
-    pub signing_key: String,
+    /// Its operator's ed25519 key (hex): approvals. The private half lives on the operator's
+    /// machine (`quorumvm keygen`), never on the custodian's server.
+    #[serde(alias = "signing_key")]
+    pub operator_key: String,
     /// Its X25519 key (hex): shares are sealed to it; peer messages are keyed from it.
     pub sealing_key: String,
 }
@@ -128,7 +130,8 @@ pub struct Cluster {
 pub struct Member {
     pub index: u32,
     pub url: String,
-    pub signing_key: PublicKey,
+    /// Its operator's key: approvals and freezes at this custodian verify under it.
+    pub operator_key: PublicKey,
     pub sealing_key: CustodianPublicKey,
 }
 
@@ -160,14 +163,14 @@ impl Cluster {
                     e.index, e.url
                 )));
             }
-            let signing_key = PublicKey::from_file_text(&e.signing_key)
-                .map_err(|err| bad(format!("custodian {}'s signing_key: {err}", e.index)))?;
+            let operator_key = PublicKey::from_file_text(&e.operator_key)
+                .map_err(|err| bad(format!("custodian {}'s operator_key: {err}", e.index)))?;
             let sealing_key = CustodianPublicKey::from_file_text(&e.sealing_key)
                 .map_err(|err| bad(format!("custodian {}'s sealing_key: {err}", e.index)))?;
             members.push(Member {
                 index: e.index,
                 url: e.url.trim_end_matches('/').to_string(),
-                signing_key,
+                operator_key,
                 sealing_key,
             });
         }
@@ -296,7 +299,7 @@ mod tests {
         CustodianEntry {
             index,
             url: format!("http://127.0.0.1:{}", 7100 + index),
-            signing_key: SecretKey::generate().public().to_hex(),
+            operator_key: SecretKey::generate().public().to_hex(),
             sealing_key: CustodianSecretKey::generate().public().to_hex(),
         }
     }
@@ -321,7 +324,7 @@ mod tests {
         far[2].index = 9;
         assert!(Cluster::new(2, &far).is_err());
         let mut badkey = three.clone();
-        badkey[1].signing_key = "00".into();
+        badkey[1].operator_key = "00".into();
         assert!(
             Cluster::new(2, &badkey)
                 .unwrap_err()

@@ -196,7 +196,7 @@ mod tests {
             .map(|(i, s)| CustodianEntry {
                 index: i as u32 + 1,
                 url: "http://127.0.0.1:1".into(),
-                signing_key: SecretKey::generate().public().to_hex(),
+                operator_key: SecretKey::generate().public().to_hex(),
                 sealing_key: s.public().to_hex(),
             })
             .collect();

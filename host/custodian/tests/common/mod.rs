@@ -11,7 +11,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,7 +21,7 @@ use quorumvm_core::circuit::{Circuit, Manifest};
 use quorumvm_core::eval::{encode_inputs, encode_values, eval_plain};
 use quorumvm_core::field::Fp;
 use quorumvm_core::shamir::{Share, Threshold, reconstruct, share};
-use quorumvm_custodian::{init_keys, serve};
+use quorumvm_custodian::{init_key, serve};
 use quorumvm_package::{Domain, PackageId, SecretKey, package_id};
 use quorumvm_sealing::{CustodianPublicKey, CustodianSecretKey, ShareBinding, seal_share};
 use quorumvm_wire::api::{CustodianHealth, DealtShares, SealedShares, SessionRequest};
@@ -94,8 +93,8 @@ impl Caller {
 pub struct Node {
     pub addr: SocketAddr,
     pub config: CustodianConfig,
-    /// The operator's approval key (read from the custodian's own `signing.key`).
-    pub signing: SecretKey,
+    /// The operator's approval key (the operator's, never in the custodian's data directory).
+    pub operator: SecretKey,
     pub sealing: CustodianPublicKey,
     server: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -189,20 +188,28 @@ impl Cluster {
 
         let mut listeners = Vec::new();
         let mut entries = Vec::new();
+        let mut operators = Vec::new();
         for index in 1..=n as u32 {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let data_dir = dir.path().join(format!("custodian-{index}"));
-            let keys = init_keys(&data_dir).unwrap();
+            let sealing = init_key(&data_dir).unwrap();
+            let operator = SecretKey::generate();
             entries.push(CustodianEntry {
                 index,
                 url: format!("http://{}", listener.local_addr().unwrap()),
-                signing_key: keys.signing_key,
-                sealing_key: keys.sealing_key,
+                operator_key: operator.public().to_hex(),
+                sealing_key: sealing.to_hex(),
             });
+            operators.push(operator);
             listeners.push(listener);
         }
         let mut nodes = Vec::new();
-        for ((listener, entry), engine) in listeners.into_iter().zip(&entries).zip(engines) {
+        for (((listener, entry), engine), operator) in listeners
+            .into_iter()
+            .zip(&entries)
+            .zip(engines)
+            .zip(operators)
+        {
             let data_dir = dir.path().join(format!("custodian-{}", entry.index));
             let config = CustodianConfig {
                 index: entry.index,
@@ -216,14 +223,13 @@ impl Cluster {
                 round_timeout_ms,
                 custodians: entries.clone(),
             };
-            let signing = read_signing_key(&data_dir);
             let sealing = CustodianPublicKey::from_file_text(&entry.sealing_key).unwrap();
             let addr = listener.local_addr().unwrap();
             let server = tokio::spawn(serve(config.clone(), listener));
             nodes.push(Node {
                 addr,
                 config,
-                signing,
+                operator,
                 sealing,
                 server: Some(server),
             });
@@ -424,7 +430,7 @@ impl Cluster {
             .map(|&i| ApprovalSignature {
                 custodian: i,
                 signature: hex::encode(approval::sign(
-                    &self.node(i).signing,
+                    &self.node(i).operator,
                     &Subject::Identity { name, key: &public },
                 )),
             })
@@ -490,7 +496,7 @@ impl Cluster {
             .map(|&i| ApprovalSignature {
                 custodian: i,
                 signature: hex::encode(approval::sign(
-                    &self.node(i).signing,
+                    &self.node(i).operator,
                     &Subject::Version {
                         package: &program.id,
                         manifest: &program.manifest,
@@ -511,7 +517,7 @@ impl Cluster {
             .iter()
             .map(|&i| ApprovalSignature {
                 custodian: i,
-                signature: hex::encode(approval::sign(&self.node(i).signing, subject)),
+                signature: hex::encode(approval::sign(&self.node(i).operator, subject)),
             })
             .collect()
     }
@@ -888,11 +894,6 @@ async fn answer(custodian: u32, response: reqwest::Response) -> Answer {
         status,
         body,
     }
-}
-
-fn read_signing_key(data_dir: &Path) -> SecretKey {
-    let text = std::fs::read_to_string(data_dir.join("signing.key")).unwrap();
-    SecretKey::from_file_text(&text).unwrap()
 }
 
 async fn fake_coordinator(listener: TcpListener, packages: Packages) {

@@ -1,0 +1,123 @@
+//! A custodian operator, on the operator's own machine: the approval key that no server holds
+//! (`quorumvm keygen -o operator`), and the coordinator's URL. That is all an operator needs.
+//!
+//! Approvals (of versions, callers, revocations, retirements, unfreezes) are signed here and sent
+//! to the coordinator, which collects k of them for every custodian to check against the operator
+//! keys of its own config. A freeze is signed here and sent straight to the operator's own
+//! custodian ([`freeze_at`]), so the coordinator can neither withhold nor forge it.
+//!
+//! Which custodian a key operates is read from the coordinator's description of the cluster
+//! (`GET /v1/cluster`), matched by the key's public half. A coordinator that lies there gains
+//! nothing: an approval under the wrong index does not verify at any custodian.
+
+use std::path::{Path, PathBuf};
+
+use quorumvm_package::SecretKey;
+use quorumvm_wire::api::{ApproveRequest, ClusterInfo, CustodianHealth, FreezeState};
+use quorumvm_wire::approval::{self, Subject};
+use quorumvm_wire::freeze::{Authority, Freeze, Target};
+use quorumvm_wire::now_ms;
+
+use crate::client::Client;
+use crate::exit::{Code, Failure, Result, read_text};
+
+/// What every operator command takes: `--key` and `--coordinator`.
+#[derive(clap::Args, Clone)]
+pub struct OperatorArgs {
+    /// The operator's approval key: an ed25519 key made with `quorumvm keygen -o operator` on
+    /// the operator's machine, kept there (never in a custodian's data directory); its public
+    /// half is the custodian's `operator_key` in every config of the cluster.
+    #[arg(long = "key", env = "QUORUMVM_OPERATOR_KEY")]
+    pub key: PathBuf,
+    /// The coordinator's URL.
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:7100",
+        env = "QUORUMVM_COORDINATOR"
+    )]
+    pub coordinator: String,
+}
+
+impl OperatorArgs {
+    pub async fn connect(&self) -> Result<Operator> {
+        Operator::connect(&self.key, &self.coordinator).await
+    }
+}
+
+/// An operator's key, and the custodian it operates in the coordinator's cluster.
+pub struct Operator {
+    key: SecretKey,
+    /// The custodian whose operator key this is.
+    pub index: u32,
+    pub coordinator: Client,
+    /// The cluster as the coordinator describes it.
+    pub cluster: ClusterInfo,
+}
+
+impl Operator {
+    /// Reads the key and finds its custodian in the coordinator's cluster.
+    pub async fn connect(key_file: &Path, coordinator: &str) -> Result<Operator> {
+        let key = read_key(key_file)?;
+        let client = Client::new(coordinator);
+        let cluster = client.cluster().await?;
+        let public = key.public().to_hex();
+        let index = cluster
+            .custodians
+            .iter()
+            .find(|c| c.operator_key.eq_ignore_ascii_case(&public))
+            .map(|c| c.index)
+            .ok_or_else(|| {
+                Failure::new(
+                    Code::Rejected,
+                    format!(
+                        "the cluster at {coordinator} lists no custodian whose operator key is \
+                         {public} (the public half of {}): this key approves nothing there",
+                        key_file.display()
+                    ),
+                )
+            })?;
+        Ok(Operator {
+            key,
+            index,
+            coordinator: client,
+            cluster,
+        })
+    }
+
+    /// This operator's approval of `subject`, as the coordinator collects it.
+    pub fn approve(&self, subject: &Subject<'_>) -> ApproveRequest {
+        ApproveRequest {
+            custodian: self.index,
+            signature: self.sign(subject),
+        }
+    }
+
+    /// This operator's signature of `subject` (hex).
+    pub fn sign(&self, subject: &Subject<'_>) -> String {
+        hex::encode(approval::sign(&self.key, subject))
+    }
+}
+
+/// Freezes `target` at the custodian at `custodian` (a URL), signed with the operator key in
+/// `key_file`: that custodian stops serving it at once, whatever the coordinator does.
+pub async fn freeze_at(key_file: &Path, custodian: &str, target: Target) -> Result<FreezeState> {
+    let key = read_key(key_file)?;
+    let client = Client::new(custodian);
+    // Which index the statement names: the custodian's own word, which it checks again.
+    let health: CustodianHealth = client.get("/v1/health").await?;
+    let statement = Freeze {
+        target,
+        at: Authority::Custodian(health.index),
+        time_ms: now_ms(),
+    };
+    Ok(client.post("/v1/freezes", &statement.sign(&key)).await?)
+}
+
+fn read_key(path: &Path) -> Result<SecretKey> {
+    SecretKey::from_file_text(&read_text(path)?).map_err(|e| {
+        Failure::data(format!(
+            "{}: {e} (an operator key is an ed25519 key from `quorumvm keygen`)",
+            path.display()
+        ))
+    })
+}
