@@ -12,6 +12,13 @@
 # source change recompiles only what changed. The first build compiles wasmtime (with thin LTO):
 # count on well over five minutes on two cores.
 
+# The runtime's base image, and where its binary comes from: `builder` compiles it here;
+# `prebuilt` takes the file `quorumvm` from the build context instead. scripts/check-containers.sh
+# builds the runtime image that way (`--target runtime`, the context a directory holding the
+# binary and packages/, BASE a Debian made with debootstrap), where no registry is reachable.
+ARG BASE=debian:bookworm-slim
+ARG BINARY=builder
+
 FROM rust:1.95-bookworm AS builder
 WORKDIR /src
 
@@ -36,25 +43,28 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     cargo build --release --locked -p quorumvm-cli \
     && install -D -m 0755 target/release/quorumvm /out/quorumvm
 
-FROM debian:bookworm-slim AS runtime
+FROM scratch AS prebuilt
+COPY quorumvm /out/quorumvm
+
+FROM ${BINARY} AS binary
+
+FROM ${BASE} AS runtime
 LABEL org.opencontainers.image.title="quorumvm" \
       org.opencontainers.image.description="Threshold execution of secret parametric functions" \
       org.opencontainers.image.licenses="Apache-2.0"
 
-# ca-certificates only: the binary needs just libc, libm and libgcc_s, which the base image has
-# (SQLite is compiled in). Unpinned (DL3008), so that a rebuild picks up Debian's security fixes.
-# /cluster is created owned by the unprivileged user: Docker copies a mount point's ownership
-# into a named volume when it first mounts the empty volume there, so the servers can write it.
-# hadolint ignore=DL3008
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates \
-    && rm -rf /var/lib/apt/lists/* \
-    && groupadd --system --gid 10001 quorumvm \
+# No packages: the binary needs just libc, libm and libgcc_s, which the base image has (SQLite
+# is compiled in). /cluster and the mount points of docker-compose.yml's volumes under it are
+# created owned by the unprivileged user: Docker and podman copy a mount point's ownership into
+# a named volume when they first mount the empty volume there, so the servers can write it.
+RUN groupadd --system --gid 10001 quorumvm \
     && useradd --system --uid 10001 --gid quorumvm --home-dir /nonexistent --no-create-home \
         --shell /usr/sbin/nologin quorumvm \
-    && install -d -o quorumvm -g quorumvm -m 0700 /cluster
+    && install -d -o quorumvm -g quorumvm -m 0700 /cluster /cluster/coordinator \
+        /cluster/custodian-1 /cluster/custodian-2 /cluster/custodian-3 /cluster/operators \
+        /cluster/publisher
 
-COPY --from=builder /out/quorumvm /usr/local/bin/quorumvm
+COPY --from=binary /out/quorumvm /usr/local/bin/quorumvm
 # The example programs, to compile and install from inside a container.
 COPY packages/ /usr/local/share/quorumvm/packages/
 

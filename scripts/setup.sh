@@ -6,17 +6,25 @@ cd "$(dirname "$0")/.."
 # The pinned toolchain and the wasm targets named in rust-toolchain.toml.
 rustup toolchain install >/dev/null
 
-# The browser demo: the wasm-bindgen CLI of the exact version web/wasm pins, Debian's Chromium
-# for the end-to-end page tests, and the page tests' npm packages.
+# The browser demo: the wasm-bindgen CLI of the exact version web/wasm pins, and the page tests'
+# npm packages.
 if ! wasm-bindgen --version 2>/dev/null | grep -q ' 0.2.129$'; then
     cargo install wasm-bindgen-cli --version 0.2.129 --locked
 fi
-if [ ! -x /usr/bin/chromium ]; then
+(cd web && npm ci --no-audit --no-fund --loglevel=error)
+
+# Debian packages: Chromium for the page tests; podman (with runc) and debootstrap for the
+# container check (scripts/check-containers.sh).
+missing=()
+for tool in /usr/bin/chromium:chromium /usr/bin/podman:podman /usr/sbin/runc:runc \
+    /usr/sbin/debootstrap:debootstrap; do
+    [ -x "${tool%%:*}" ] || missing+=("${tool##*:}")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
-        apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     else
-        echo "scripts/setup.sh: the page tests need Chromium: sudo apt-get install chromium" >&2
+        echo "scripts/setup.sh: needs Debian's ${missing[*]}: sudo apt-get install ${missing[*]}" >&2
         exit 1
     fi
 fi
-(cd web && npm ci --no-audit --no-fund --loglevel=error)

@@ -264,13 +264,13 @@ fn approvals_activate_at_k_and_versions_move_forward_only() {
         "sign",
         w.to_str().unwrap(),
         "--key",
-        c.path("publisher.key").to_str().unwrap(),
+        c.path("publisher/publisher.key").to_str().unwrap(),
     ]));
     let refused = quorumvm(&[
         "install",
         w.to_str().unwrap(),
         "--key",
-        c.path("publisher.key").to_str().unwrap(),
+        c.path("publisher/publisher.key").to_str().unwrap(),
         "--coordinator",
         &c.coordinator_url,
     ]);

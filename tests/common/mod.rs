@@ -260,10 +260,10 @@ impl Cluster {
             "sign",
             w,
             "--key",
-            self.path("publisher.key").to_str().unwrap(),
+            self.path("publisher/publisher.key").to_str().unwrap(),
         ]));
         let pin = self.path("custodian-1.toml");
-        let key = self.path("publisher.key");
+        let key = self.path("publisher/publisher.key");
         let mut args = vec![
             "install",
             w,

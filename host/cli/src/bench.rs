@@ -381,7 +381,7 @@ async fn bench(layout: &Layout, o: &Options) -> Result<()> {
     let hundred =
         publish_and_approve(&client, layout, &hundred_secrets(), &hundred_weights()).await?;
     wait_for_kits(&client, &hundred, 1.0).await?;
-    let coordinator = layout.coordinator_config()?;
+    let coordinator = layout.coordinator_side()?;
     let idle = crate::governance::reshare(&coordinator).await?;
     println!(
         "\nReshare of {} secrets in {} versions (the 100-secret one included), idle: {} ms (epoch {})",

@@ -1,8 +1,9 @@
 //! A local cluster for `quorumvm dev`, `demo` and `bench`: one coordinator and three custodians
 //! (k = 2) as separate processes on 127.0.0.1, each with its own SQLite database under one
 //! directory. The directory keeps the keys and configs, so starting again resumes the same
-//! cluster with its state. The custodian operators' approval keys are in `operators/`, apart
-//! from the servers' data directories, as they would be on the operators' own machines.
+//! cluster with its state. The custodian operators' approval keys are in `operators/` and the
+//! publisher's key in `publisher/`, apart from the servers' data directories, as they would be
+//! on their own machines (docker-compose.yml mounts each into no server's container).
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -54,14 +55,17 @@ fn key_pair(path: &Path) -> Result<quorumvm_package::PublicKey> {
     Ok(key.public())
 }
 
-/// A cluster directory made before operator keys left the servers kept each one in its
-/// custodian's data directory (`signing.key`), where the custodian now refuses it: moves it
-/// to `operators/`, where this layout keeps it.
-fn move_operator_keys(dir: &Path, operators: &[PathBuf]) -> Result<()> {
-    for (i, to) in (1..).zip(operators) {
-        let from = dir.join(format!("custodian-{i}/signing.key"));
+/// A cluster directory made by an earlier version kept each operator's key in its custodian's
+/// data directory (`signing.key`, which the custodian now refuses) and the publisher's at the
+/// top: moves them where this layout keeps them.
+fn move_offline_keys(dir: &Path, operators: &[PathBuf], publisher: &Path) -> Result<()> {
+    let moves = (1..)
+        .zip(operators)
+        .map(|(i, to)| (dir.join(format!("custodian-{i}/signing.key")), to.as_path()))
+        .chain([(dir.join("publisher.key"), publisher)]);
+    for (from, to) in moves {
         if from.exists() && !to.exists() {
-            std::fs::create_dir_all(dir.join("operators"))
+            std::fs::create_dir_all(to.parent().expect("a key's directory"))
                 .and_then(|()| std::fs::rename(&from, to))
                 .map_err(|e| io(&format!("cannot move {}", from.display()), e))?;
         }
@@ -105,17 +109,19 @@ impl Layout {
         let operators: Vec<PathBuf> = (1..=N)
             .map(|i| dir.join(format!("operators/custodian-{i}.key")))
             .collect();
-        let publisher_key = dir.join("publisher.key");
+        let publisher_key = dir.join("publisher/publisher.key");
         if coordinator.exists() {
-            move_operator_keys(dir, &operators)?;
-            let config = CoordinatorConfig::load(&coordinator).map_err(Failure::data)?;
+            move_offline_keys(dir, &operators, &publisher_key)?;
+            // Where the custodians reach the coordinator: this machine's address for it, or
+            // its name on the compose network.
+            let custodian = CustodianConfig::load(&custodians[0]).map_err(Failure::data)?;
             return Ok(Layout {
                 dir: dir.to_path_buf(),
                 coordinator,
                 custodians,
                 operators,
                 publisher_key,
-                coordinator_url: format!("http://{}", config.listen),
+                coordinator_url: custodian.coordinator_url,
             });
         }
         std::fs::create_dir_all(dir)
@@ -200,9 +206,22 @@ impl Layout {
         CustodianConfig::load(&self.custodians[index as usize - 1]).map_err(Failure::data)
     }
 
-    /// Where custodian `index` is reached from this machine.
+    /// The coordinator's own side (its key, from its data directory), reached where this
+    /// layout's clients reach it.
+    pub fn coordinator_side(&self) -> Result<crate::governance::CoordinatorSide> {
+        crate::governance::CoordinatorSide::at(&self.coordinator_config()?, &self.coordinator_url)
+    }
+
+    /// Where custodian `index` is reached (the URL every config lists for it).
     pub fn custodian_url(&self, index: u32) -> Result<String> {
-        Ok(format!("http://{}", self.custodian_config(index)?.listen))
+        let cluster = self
+            .coordinator_config()?
+            .cluster()
+            .map_err(Failure::data)?;
+        let member = cluster.member(index).ok_or_else(|| {
+            Failure::data(format!("custodian {index} is not in the cluster's config"))
+        })?;
+        Ok(member.url.clone())
     }
 
     pub fn coordinator_config(&self) -> Result<CoordinatorConfig> {
@@ -275,6 +294,27 @@ struct Server {
     backoff: Duration,
     /// When a dead server is to be started again.
     restart_at: Option<Instant>,
+}
+
+/// Waits, a minute at most, until the coordinator answers and counts every custodian live (a
+/// cluster started elsewhere, e.g. by compose).
+pub async fn wait_live(client: &Client) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let seen = client.cluster().await;
+        if let Ok(cluster) = &seen
+            && cluster.custodians.iter().all(|c| c.live)
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Failure::new(
+                Code::Unavailable,
+                format!("the cluster is not up after a minute: {seen:?}"),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// The four server processes; dropping this stops them.

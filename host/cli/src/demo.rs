@@ -13,7 +13,7 @@ use quorumvm_wire::config::{Cluster, PoolConfig};
 use quorumvm_wire::freeze::Target as FreezeTarget;
 
 use crate::client::{CallError, Caller, Client, Target};
-use crate::cluster::{Layout, Running};
+use crate::cluster::{Layout, Running, wait_live};
 use crate::exit::{Code, Failure, Result, read_text};
 use crate::publish;
 
@@ -53,7 +53,19 @@ fn expect_refusal<T>(result: std::result::Result<T, CallError>, code: &str) -> R
     }
 }
 
-pub fn run(packages: &Path, work: &Path) -> Result<()> {
+/// Runs the demo on a fresh local cluster under `work`, or on the new cluster already running
+/// from `running` (a `quorumvm dev --dir` directory, or the compose cluster's `/cluster`).
+pub fn run(packages: &Path, work: &Path, running: Option<&Path>) -> Result<()> {
+    if let Some(dir) = running {
+        if !dir.join("coordinator.toml").exists() {
+            return Err(Failure::new(
+                Code::NoInput,
+                format!("{} holds no cluster (no coordinator.toml)", dir.display()),
+            ));
+        }
+        let layout = Layout::init(dir, 0, PoolConfig::default())?;
+        return crate::servers::runtime()?.block_on(tour(packages, &layout, Start::Running));
+    }
     let dir = work.join("cluster");
     if dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(|e| {
@@ -66,7 +78,14 @@ pub fn run(packages: &Path, work: &Path) -> Result<()> {
         target: 4_000,
     };
     let layout = Layout::init(&dir, 0, pool)?;
-    crate::servers::runtime()?.block_on(tour(packages, &layout))
+    crate::servers::runtime()?.block_on(tour(packages, &layout, Start::Processes))
+}
+
+/// Whether the demo starts the cluster's servers itself or finds them running.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Start {
+    Processes,
+    Running,
 }
 
 /// Compiles, signs and installs a program; returns its id.
@@ -143,13 +162,25 @@ async fn eval(
     }
 }
 
-async fn tour(packages: &Path, layout: &Layout) -> Result<()> {
-    step(
-        1,
-        "Start a local cluster: a coordinator and 3 custodians (k = 2), each a process with its own SQLite database",
-    );
-    let _running = Running::start(layout).await?;
+async fn tour(packages: &Path, layout: &Layout, start: Start) -> Result<()> {
     let client = Client::new(&layout.coordinator_url);
+    let _running = match start {
+        Start::Processes => {
+            step(
+                1,
+                "Start a local cluster: a coordinator and 3 custodians (k = 2), each a process with its own SQLite database",
+            );
+            Some(Running::start(layout).await?)
+        }
+        Start::Running => {
+            step(
+                1,
+                "The cluster already running: a coordinator and 3 custodians (k = 2), each with its own SQLite database",
+            );
+            wait_live(&client).await?;
+            None
+        }
+    };
     let at = CallerSide {
         client: client.clone(),
         sandbox: Sandbox::new().map_err(|e| Failure::new(Code::IoErr, format!("{e:#}")))?,
@@ -427,7 +458,7 @@ async fn tour(packages: &Path, layout: &Layout) -> Result<()> {
         9,
         "Proactive resharing: the custodians refresh their shares of every secret; shares from before are useless with shares from after, and the answers do not change",
     );
-    let report = crate::governance::reshare(&layout.coordinator_config()?).await?;
+    let report = crate::governance::reshare(&layout.coordinator_side()?).await?;
     check(
         report.epoch == 1 && report.behind.is_empty(),
         format!("every custodian at epoch 1: {report:?}"),

@@ -10,7 +10,7 @@
 //! like any other: one operator's signature (made on the operator's machine, [`Operator`]),
 //! collected by the coordinator, which sends every custodian the k of them to check.
 
-use quorumvm_package::PackageId;
+use quorumvm_package::{PackageId, SecretKey};
 use quorumvm_wire::api::{
     ClearanceState, FreezeState, IdentityInfo, ReshareReport, UnfreezeApproval, UnfreezeState,
     VersionInfo,
@@ -25,26 +25,44 @@ use crate::client::Client;
 use crate::exit::{Code, Failure, Result};
 use crate::operator::Operator;
 
-/// The coordinator, as its own machine reaches it, and the key it signs its statements with.
-fn coordinator(config: &CoordinatorConfig) -> Result<(Client, quorumvm_package::SecretKey)> {
-    let key = quorumvm_coordinator::signing_key(config)
-        .map_err(|e| Failure::new(Code::NoInput, format!("{e:#}")))?;
-    let mut addr = config.listen;
-    if addr.ip().is_unspecified() {
-        addr.set_ip([127, 0, 0, 1].into());
+/// The coordinator's own side: the key it signs its statements with (in its data directory,
+/// so on its machine) and where it answers.
+pub struct CoordinatorSide {
+    client: Client,
+    key: SecretKey,
+}
+
+impl CoordinatorSide {
+    /// On the coordinator's machine: it answers where it listens.
+    pub fn local(config: &CoordinatorConfig) -> Result<CoordinatorSide> {
+        let mut addr = config.listen;
+        if addr.ip().is_unspecified() {
+            addr.set_ip([127, 0, 0, 1].into());
+        }
+        CoordinatorSide::at(config, &format!("http://{addr}"))
     }
-    Ok((Client::new(&format!("http://{addr}")), key))
+
+    /// With the coordinator's data directory at hand, reaching it at `url` (the demo, from the
+    /// compose network's `tools` service).
+    pub fn at(config: &CoordinatorConfig, url: &str) -> Result<CoordinatorSide> {
+        let key = quorumvm_coordinator::signing_key(config)
+            .map_err(|e| Failure::new(Code::NoInput, format!("{e:#}")))?;
+        Ok(CoordinatorSide {
+            client: Client::new(url),
+            key,
+        })
+    }
 }
 
 /// Freezes `target` at the coordinator, at once: it admits none of its requests.
-pub async fn freeze(config: &CoordinatorConfig, target: Target) -> Result<FreezeState> {
-    let (client, key) = coordinator(config)?;
+pub async fn freeze(coordinator: &CoordinatorSide, target: Target) -> Result<FreezeState> {
+    let CoordinatorSide { client, key } = coordinator;
     let statement = Freeze {
         target,
         at: Authority::Coordinator,
         time_ms: now_ms(),
     };
-    Ok(client.post("/v1/freezes", &statement.sign(&key)).await?)
+    Ok(client.post("/v1/freezes", &statement.sign(key)).await?)
 }
 
 /// One operator's approval of lifting `target`'s freezes older than `at` (now, if none is
@@ -68,22 +86,22 @@ pub async fn unfreeze(
 }
 
 /// Clears custodian `index` at the coordinator, signed with the coordinator's key.
-pub async fn clear_suspect(config: &CoordinatorConfig, index: u32) -> Result<ClearanceState> {
-    let (client, key) = coordinator(config)?;
+pub async fn clear_suspect(coordinator: &CoordinatorSide, index: u32) -> Result<ClearanceState> {
+    let CoordinatorSide { client, key } = coordinator;
     let statement = Clearance {
         custodian: index,
         time_ms: now_ms(),
     };
     Ok(client
-        .post("/v1/custodians/clearances", &statement.sign(&key))
+        .post("/v1/custodians/clearances", &statement.sign(key))
         .await?)
 }
 
 /// Asks the coordinator for a refresh of the shares now, signed with the coordinator's key.
-pub async fn reshare(config: &CoordinatorConfig) -> Result<ReshareReport> {
-    let (client, key) = coordinator(config)?;
+pub async fn reshare(coordinator: &CoordinatorSide) -> Result<ReshareReport> {
+    let CoordinatorSide { client, key } = coordinator;
     let request = ReshareRequest { time_ms: now_ms() };
-    Ok(client.post("/v1/reshares", &request.sign(&key)).await?)
+    Ok(client.post("/v1/reshares", &request.sign(key)).await?)
 }
 
 /// One operator's approval of revoking identity `name`, sent to the coordinator.

@@ -276,6 +276,10 @@ enum Command {
         /// Where to write the demo's files.
         #[arg(long, default_value = "target/demo")]
         work: PathBuf,
+        /// Use the new cluster already running from DIR (`quorumvm dev --dir DIR`, or `/cluster`
+        /// in docker-compose.yml's `tools`) instead of starting one.
+        #[arg(long, value_name = "DIR", conflicts_with = "work")]
+        running: Option<PathBuf>,
     },
     /// Serve the browser demo of the compiler (a static directory).
     Web {
@@ -482,7 +486,11 @@ fn main() -> ExitCode {
             seconds,
             clients,
         }),
-        Command::Demo { packages, work } => demo::run(&packages, &work),
+        Command::Demo {
+            packages,
+            work,
+            running,
+        } => demo::run(&packages, &work, running.as_deref()),
         Command::Web { addr, dir } => web::serve(addr, dir),
     };
     match result {

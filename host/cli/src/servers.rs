@@ -171,7 +171,8 @@ pub fn freeze(target: Target, at: FreezeAt, as_json: bool) -> Result<()> {
     let state = match at {
         FreezeAt::Coordinator(config) => {
             let config = CoordinatorConfig::load(&config).map_err(Failure::data)?;
-            runtime()?.block_on(governance::freeze(&config, target))?
+            let coordinator = governance::CoordinatorSide::local(&config)?;
+            runtime()?.block_on(governance::freeze(&coordinator, target))?
         }
         FreezeAt::Custodian { key, url } => {
             runtime()?.block_on(crate::operator::freeze_at(&key, &url, target))?
@@ -229,7 +230,8 @@ pub fn unfreeze(
 
 pub fn clear_suspect(index: u32, config: &Path, as_json: bool) -> Result<()> {
     let config = CoordinatorConfig::load(config).map_err(Failure::data)?;
-    let state = runtime()?.block_on(governance::clear_suspect(&config, index))?;
+    let coordinator = governance::CoordinatorSide::local(&config)?;
+    let state = runtime()?.block_on(governance::clear_suspect(&coordinator, index))?;
     if as_json {
         println!("{}", serde_json::to_string(&state).expect("json"));
     } else if state.cleared {
@@ -245,7 +247,8 @@ pub fn reshare(config: &Path, as_json: bool) -> Result<()> {
     if !as_json {
         eprintln!("refreshing the custodians' shares of every serving version…");
     }
-    let report = runtime()?.block_on(governance::reshare(&config))?;
+    let coordinator = governance::CoordinatorSide::local(&config)?;
+    let report = runtime()?.block_on(governance::reshare(&coordinator))?;
     if as_json {
         println!("{}", serde_json::to_string(&report).expect("json"));
     } else {
