@@ -2,7 +2,7 @@
 #
 # The `quorumvm` binary (every CLI command, the coordinator and the custodian) in a small Debian
 # image, running as an unprivileged user. docker-compose.yml runs it as the local cluster of
-# `quorumvm dev`; `bash scripts/check-docker.sh` lints this file and validates that one.
+# `quorumvm dev`; `bash scripts/check-deploy.sh` lints this file and validates that one.
 #
 #   docker build -t quorumvm .
 #   docker run --rm quorumvm --help

@@ -100,10 +100,23 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Run a custodian (creates its keys in its data directory on first start).
+    /// Run a custodian (creates its key in its data directory on first start).
     Custodian {
         #[arg(long)]
         config: PathBuf,
+    },
+    /// Make a server's own keys in its data directory (kept if present) and print their
+    /// public halves, which every config of the cluster lists: a custodian's sealing key, or
+    /// the coordinator's signing and exchange keys. Run on the server's machine, before its
+    /// config exists.
+    ServerKeys {
+        #[arg(value_enum)]
+        role: servers::Role,
+        /// The server's data directory (`data_dir` in its config).
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
     },
     /// A whole local cluster: a coordinator and 3 custodians (k = 2) on 127.0.0.1.
     Dev {
@@ -367,6 +380,11 @@ fn main() -> ExitCode {
         } => commands::verify(&package, &pubkey, json),
         Command::Coordinator { config } => servers::coordinator(&config),
         Command::Custodian { config } => servers::custodian(&config),
+        Command::ServerKeys {
+            role,
+            data_dir,
+            json,
+        } => servers::server_keys(role, &data_dir, json),
         Command::Dev {
             dir,
             port,

@@ -69,6 +69,37 @@ pub fn custodian(config: &Path) -> Result<()> {
     })
 }
 
+/// A server of the cluster.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Role {
+    Coordinator,
+    Custodian,
+}
+
+/// `quorumvm server-keys`: the server's own keys, made in `data_dir` if absent; prints the
+/// public halves as a config lists them.
+pub fn server_keys(role: Role, data_dir: &Path, as_json: bool) -> Result<()> {
+    let failed = |e: anyhow::Error| Failure::new(Code::IoErr, format!("{e:#}"));
+    let keys = match role {
+        Role::Coordinator => {
+            let keys = quorumvm_coordinator::init_key(data_dir).map_err(failed)?;
+            json!({ "coordinator_key": keys.signing_key, "coordinator_exchange_key": keys.exchange_key })
+        }
+        Role::Custodian => {
+            let key = quorumvm_custodian::init_key(data_dir).map_err(failed)?;
+            json!({ "sealing_key": key.to_hex() })
+        }
+    };
+    if as_json {
+        println!("{keys}");
+    } else {
+        for (name, value) in keys.as_object().expect("an object") {
+            println!("{name} = {value}");
+        }
+    }
+    Ok(())
+}
+
 /// `quorumvm dev`: creates (or resumes) the cluster in `dir` and runs it until interrupted or
 /// until one server stops.
 pub fn dev(dir: &Path, port: u16, init_only: bool, compose: bool) -> Result<()> {

@@ -306,3 +306,45 @@ fn inspect_reports_depth_and_counts() {
     let text = stdout(&quorumvm(&["inspect", pkg.to_str().unwrap()]));
     assert!(text.contains("NOT checked by the custodians"), "{text}");
 }
+
+/// `server-keys` makes a server's own keys once, on its machine, and prints the public halves a
+/// config lists; run again, it keeps them.
+#[test]
+fn server_keys_are_made_once_and_printed_for_the_configs() {
+    let dir = scratch("server-keys");
+    for (role, fields) in [
+        ("custodian", &["sealing_key"][..]),
+        (
+            "coordinator",
+            &["coordinator_key", "coordinator_exchange_key"][..],
+        ),
+    ] {
+        let data = dir.join(role);
+        let run = || {
+            let o = quorumvm(&[
+                "server-keys",
+                role,
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--json",
+            ]);
+            assert!(o.status.success(), "{}", stderr(&o));
+            serde_json::from_str::<serde_json::Value>(&stdout(&o)).unwrap()
+        };
+        let first = run();
+        for field in fields {
+            assert_eq!(
+                first[field].as_str().map(str::len),
+                Some(64),
+                "{role}: {first}"
+            );
+        }
+        assert_eq!(run(), first, "{role}: present keys are kept");
+    }
+    // The custodian's data directory holds its sealing key only: no operator key.
+    let names: Vec<_> = std::fs::read_dir(dir.join("custodian"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, ["sealing.key"]);
+}
