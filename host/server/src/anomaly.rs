@@ -30,45 +30,51 @@ pub struct Anomalies {
     fired: AtomicU64,
 }
 
+/// What the rules made of one query.
+pub struct Observed {
+    /// The rules that fired on it.
+    pub firings: Vec<Firing>,
+    /// The policy the query is admitted under: the program's own, or, while a throttle holds
+    /// for the identity (one that fired on this very query included), the same with a tenth
+    /// of the rate limit (at least one).
+    pub policy: Policy,
+}
+
 impl Anomalies {
     /// Records one query of `identity` on the program of `manifest` (its visible inputs' raw
-    /// values) and returns the rules that fire on it.
+    /// values): the rules that fire on it and the policy it is admitted under, in one hold of
+    /// the watcher's lock. A program that declares no rule is not watched and takes no lock.
     pub fn observe(
         &self,
         identity: &str,
         manifest: &Manifest,
         values: &[i128],
         now_ms: u64,
-    ) -> Vec<Firing> {
-        let fired = self
-            .watcher
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .observe(
-                identity,
-                &manifest.name,
-                &manifest.policy.watch,
-                values,
-                &manifest.inputs,
-                now_ms,
-            );
-        self.fired.fetch_add(fired.len() as u64, Ordering::Relaxed);
-        fired
-    }
-
-    /// The policy `identity` is admitted under now on the program of `manifest`: its own, or,
-    /// while a throttle holds, the same with a tenth of the rate limit (at least one).
-    pub fn policy(&self, identity: &str, manifest: &Manifest, now_ms: u64) -> Policy {
+    ) -> Observed {
         let mut policy = manifest.policy.clone();
-        let throttled = self
-            .watcher
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .throttled(identity, &manifest.name, now_ms);
+        if policy.watch.is_empty() {
+            return Observed {
+                firings: Vec::new(),
+                policy,
+            };
+        }
+        let mut watcher = self.watcher.lock().unwrap_or_else(|p| p.into_inner());
+        let firings = watcher.observe(
+            identity,
+            &manifest.name,
+            &policy.watch,
+            values,
+            &manifest.inputs,
+            now_ms,
+        );
+        let throttled = watcher.throttled(identity, &manifest.name, now_ms);
+        drop(watcher);
         if throttled {
             policy.rate_limit = (policy.rate_limit / THROTTLE_DIVISOR).max(1);
         }
-        policy
+        self.fired
+            .fetch_add(firings.len() as u64, Ordering::Relaxed);
+        Observed { firings, policy }
     }
 
     pub fn fired_total(&self) -> u64 {
@@ -98,7 +104,7 @@ pub async fn screen(
     q: &Query<'_>,
 ) -> Result<Policy, ApiError> {
     let values: Vec<i128> = q.inputs.iter().map(|x| x.to_i128()).collect();
-    let firings = anomalies.observe(q.identity, q.manifest, &values, q.now_ms);
+    let Observed { firings, policy } = anomalies.observe(q.identity, q.manifest, &values, q.now_ms);
     if !firings.is_empty() {
         for f in &firings {
             tracing::warn!(identity = q.identity, program = %q.manifest.name, at = q.at, action = ?f.action, "anomaly rule fired: {}", f.evidence);
@@ -112,7 +118,7 @@ pub async fn screen(
             freezes.admit(&f.target, q.at)?;
         }
     }
-    Ok(anomalies.policy(q.identity, q.manifest, q.now_ms))
+    Ok(policy)
 }
 
 /// Audits each firing (`anomaly.fired`: identity, program, rule, action, evidence) and applies
@@ -160,4 +166,54 @@ pub fn record(
         }
     }
     Ok(freeze)
+}
+
+#[cfg(test)]
+mod tests {
+    use quorumvm_core::circuit::{Action, WINDOW};
+
+    use super::*;
+
+    fn manifest(policy: &str) -> Manifest {
+        let source = format!(
+            "program p\nversion 1\npolicy rate 100 per minute\n{policy}input x in 0..1000\noutput x\n"
+        );
+        quorumvm_compiler::compile(&source, "p").unwrap().manifest
+    }
+
+    #[test]
+    fn a_throttle_cuts_the_rate_limit_from_the_query_it_fires_on() {
+        let watched = manifest("policy watch near 50% throttle\n");
+        let anomalies = Anomalies::default();
+        let same = |who: &str, t: u64| anomalies.observe(who, &watched, &[500], t);
+        let fired_at = (0..4 * WINDOW as u64)
+            .find(|&t| {
+                let o = same("eve", t * 1_000);
+                let throttle = o.firings.iter().any(|f| f.action == Action::Throttle);
+                if !throttle {
+                    assert_eq!(o.policy.rate_limit, 100, "unthrottled before it fires");
+                }
+                throttle
+            })
+            .expect("repeating one query trips `near`");
+        let after = same("eve", (fired_at + 1) * 1_000);
+        assert_eq!(
+            after.policy.rate_limit, 10,
+            "a tenth, while the throttle holds"
+        );
+        assert_eq!(anomalies.fired_total(), 1);
+        assert_eq!(
+            same("bob", 0).policy.rate_limit,
+            100,
+            "another identity is not"
+        );
+
+        // A program without rules is admitted under its own policy, watched by nobody.
+        let plain = manifest("");
+        for t in 0..4 * WINDOW as u64 {
+            let o = anomalies.observe("eve", &plain, &[500], t * 1_000);
+            assert!(o.firings.is_empty());
+            assert_eq!(o.policy.rate_limit, 100);
+        }
+    }
 }
