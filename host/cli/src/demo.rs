@@ -143,7 +143,9 @@ async fn call(
         .await
 }
 
-/// Evaluates, waiting (a few seconds at most) while the first preprocessing batch is made.
+/// Evaluates, waiting (30 s at most) while the first preprocessing batch is made, or while the
+/// coordinator cannot reach k custodians for a moment (503, as a client retries it: in
+/// containers, a connection to every custodian once timed out for a second).
 async fn eval(
     at: &CallerSide,
     caller: &Caller,
@@ -154,7 +156,10 @@ async fn eval(
     loop {
         match call(at, caller, program, inputs).await {
             // Right after activation: the first kits are being generated.
-            Err(e) if e.code() == "no_preprocessing" && Instant::now() < deadline => {
+            Err(e)
+                if matches!(e.code(), "no_preprocessing" | "too_few_custodians")
+                    && Instant::now() < deadline =>
+            {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             other => return Ok(other?),

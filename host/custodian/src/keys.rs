@@ -37,7 +37,8 @@ pub fn init_key(data_dir: &Path) -> anyhow::Result<CustodianPublicKey> {
 }
 
 /// Loads the sealing key; never creates one (a server that made up a new key would not match
-/// its config, and the operator should learn that from `init`, not from a refusal later).
+/// its config, and the operator should learn that from `server-keys`, not from a refusal
+/// later).
 /// Refuses a data directory that holds an operator key.
 pub(crate) fn load_key(data_dir: &Path) -> anyhow::Result<CustodianSecretKey> {
     let operator = data_dir.join(OPERATOR_FILE);
@@ -57,8 +58,9 @@ pub(crate) fn load_key(data_dir: &Path) -> anyhow::Result<CustodianSecretKey> {
 fn read_secret(path: &Path) -> anyhow::Result<Zeroizing<String>> {
     if !path.exists() {
         bail!(
-            "{} does not exist: create this custodian's key first (`init_key`, which \
-             `quorumvm dev --init-only` runs for a local cluster)",
+            "{} does not exist: create this custodian's key first (`quorumvm server-keys \
+             custodian --data-dir DIR` on its machine, or `quorumvm dev --init-only` for a local \
+             cluster)",
             path.display()
         );
     }
@@ -114,7 +116,10 @@ mod tests {
     fn a_missing_or_foreign_key_or_an_operator_key_is_refused_with_its_path() {
         let dir = tempfile::tempdir().unwrap();
         let err = load_key(dir.path()).err().unwrap().to_string();
-        assert!(err.contains("sealing.key") && err.contains("init"), "{err}");
+        assert!(
+            err.contains("sealing.key") && err.contains("server-keys"),
+            "{err}"
+        );
         init_key(dir.path()).unwrap();
         fs::write(
             dir.path().join(OPERATOR_FILE),
