@@ -150,15 +150,18 @@ fn approvals_activate_at_k_and_versions_move_forward_only() {
         }
     }
     assert!(files.len() >= 2, "{files:?}");
+    let pin = c.pin_args();
     for file in &files {
-        let out = quorumvm(&[
+        let mut args = vec![
             "approve",
             &v1.package_id,
             "--key",
             file.to_str().unwrap(),
             "--coordinator",
             &c.coordinator_url,
-        ]);
+        ];
+        args.extend(pin.iter().map(String::as_str));
+        let out = quorumvm(&args);
         assert!(!out.status.success(), "{} approved", file.display());
     }
     // Nor does the server start with an operator's key among its files.
@@ -266,14 +269,18 @@ fn approvals_activate_at_k_and_versions_move_forward_only() {
         "--key",
         c.path("publisher/publisher.key").to_str().unwrap(),
     ]));
-    let refused = quorumvm(&[
+    let publisher = c.path("publisher/publisher.key");
+    let mut args = vec![
         "install",
         w.to_str().unwrap(),
         "--key",
-        c.path("publisher/publisher.key").to_str().unwrap(),
+        publisher.to_str().unwrap(),
         "--coordinator",
         &c.coordinator_url,
-    ]);
+    ];
+    let pin = c.pin_args();
+    args.extend(pin.iter().map(String::as_str));
+    let refused = quorumvm(&args);
     assert!(
         String::from_utf8_lossy(&refused.stderr).contains("version_conflict"),
         "{refused:?}"
@@ -490,23 +497,22 @@ fn quorumvm_dev_starts_a_killed_custodian_again() {
     wait_for("the death is reported", &|| said("custodian-2 exited"));
     assert!(said("the other servers keep running"));
     assert!(dev.try_wait().unwrap().is_none(), "quorumvm dev stopped");
-    let custodian_2 = c.custodian_config(2).listen;
-    let health = |addr: std::net::SocketAddr| {
+    let health = |i: u32| {
         let rt = runtime();
+        let (url, client) = c.custodian(i);
         rt.block_on(async {
-            reqwest::get(format!("http://{addr}/v1/health"))
+            client
+                .get(format!("{url}/v1/health"))
+                .send()
                 .await
                 .is_ok_and(|r| r.status().is_success())
         })
     };
-    assert!(
-        health(c.custodian_config(1).listen),
-        "the others keep serving"
-    );
+    assert!(health(1), "the others keep serving");
     wait_for("custodian 2 is started again", &|| {
         said("custodian-2 started again")
     });
-    wait_for("custodian 2 answers again", &|| health(custodian_2));
+    wait_for("custodian 2 answers again", &|| health(2));
     assert!(dev.try_wait().unwrap().is_none(), "quorumvm dev stopped");
     // Ctrl-C (SIGINT): everything stops.
     Command::new("kill")
@@ -582,7 +588,9 @@ fn an_extraction_sweep_is_frozen_while_ordinary_traffic_is_served() {
         "{fired:?}"
     );
     let metrics = rt.block_on(async {
-        reqwest::get(format!("{}/metrics", c.coordinator_url))
+        c.http
+            .get(format!("{}/metrics", c.coordinator_url))
+            .send()
             .await
             .unwrap()
             .text()
@@ -630,7 +638,15 @@ fn freezes_revocation_and_retirement_through_the_cli() {
     // A freeze at custodian i, by its operator: signed with the operator's key, sent to it.
     let custodian_freeze = |args: &[&str], i: u32| -> serde_json::Value {
         let key = c.path(&format!("operators/custodian-{i}.key"));
-        let url = format!("http://{}", c.custodian_config(i).listen);
+        let (url, _) = c.custodian(i);
+        let pin = c
+            .custodian_config(i)
+            .cluster()
+            .unwrap()
+            .member(i)
+            .unwrap()
+            .tls;
+        let pin = pin.expect("a TLS cluster").to_hex();
         let mut all = vec!["freeze"];
         all.extend(args);
         all.extend([
@@ -639,6 +655,8 @@ fn freezes_revocation_and_retirement_through_the_cli() {
             key.to_str().unwrap(),
             "--custodian",
             &url,
+            "--pin",
+            &pin,
         ]);
         serde_json::from_str(&ok(quorumvm(&all))).expect("json")
     };
@@ -732,10 +750,11 @@ fn freezes_revocation_and_retirement_through_the_cli() {
     );
     // The custodians hold both decisions themselves.
     for i in 1..=3 {
+        let (url, client) = c.custodian(i);
         let health: quorumvm_wire::api::CustodianHealth = rt
             .block_on(async {
-                c.http
-                    .get(format!("http://{}/v1/health", c.custodian_config(i).listen))
+                client
+                    .get(format!("{url}/v1/health"))
                     .send()
                     .await?
                     .json()
@@ -863,7 +882,8 @@ fn the_coordinator_receives_no_secret_and_no_triple_material() {
     // Everything sent to the coordinator (by callers, the publisher and the custodians) and
     // everything the custodians answer it goes through recording proxies.
     let front_door: Mutex<Option<SocketAddr>> = Mutex::default();
-    let mut c = Cluster::init(|dir, text| {
+    // Plain HTTP, to read what the coordinator receives once TLS is off the wire.
+    let mut c = Cluster::init_insecure(|dir, text| {
         let path = dir.join("coordinator.toml");
         std::fs::write(&path, &text).unwrap();
         let mut config = CoordinatorConfig::load(&path).unwrap();

@@ -6,14 +6,13 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use quorumvm_wire::api::{EvalResponse, VersionInfo};
-use quorumvm_wire::config::{CoordinatorConfig, CustodianConfig};
+use quorumvm_wire::config::{CoordinatorConfig, CustodianConfig, Fingerprint};
 use quorumvm_wire::request::{CallerRequest, Decimal};
 use quorumvm_wire::signed::Signed;
 
@@ -45,8 +44,26 @@ pub fn ok(output: Output) -> String {
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub coordinator_url: String,
+    /// The coordinator's TLS key pin (`None`: an `--insecure-loopback` cluster).
+    pub coordinator_pin: Option<Fingerprint>,
     children: Mutex<BTreeMap<String, Child>>,
+    /// A client of the coordinator, trusting only its pinned key.
     pub http: reqwest::Client,
+}
+
+/// A reqwest client that trusts only the server whose TLS key is `pin` (plain HTTP: `None`).
+pub fn pinned_client(pin: Option<Fingerprint>) -> reqwest::Client {
+    quorumvm_server::tls::install_default_provider();
+    let builder = reqwest::Client::builder();
+    let builder = match pin {
+        Some(pin) => builder.use_preconfigured_tls(
+            quorumvm_server::tls::Trust::Pinned(pin)
+                .client_config()
+                .expect("a TLS client config"),
+        ),
+        None => builder,
+    };
+    builder.build().expect("a client")
 }
 
 /// A kit pool small enough to fill in a moment, large enough for every test's load.
@@ -60,22 +77,58 @@ impl Cluster {
     /// Keys and configs (`quorumvm dev --init-only`), with `edit` applied to the coordinator's
     /// config text.
     pub fn init(edit: impl FnOnce(&Path, String) -> String) -> Cluster {
+        Cluster::init_with(&[], edit)
+    }
+
+    /// [`Cluster::init`] of a cluster that speaks plain HTTP on the loopback, for a test that
+    /// reads what the coordinator receives.
+    pub fn init_insecure(edit: impl FnOnce(&Path, String) -> String) -> Cluster {
+        Cluster::init_with(&["--insecure-loopback"], edit)
+    }
+
+    fn init_with(flags: &[&str], edit: impl FnOnce(&Path, String) -> String) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path().to_str().expect("utf-8 path");
-        ok(quorumvm(&["dev", "--init-only", "--port", "0", "--dir", d]));
+        let mut args = vec!["dev", "--init-only", "--port", "0", "--dir", d];
+        args.extend(flags);
+        ok(quorumvm(&args));
         let path = dir.path().join("coordinator.toml");
         let text = std::fs::read_to_string(&path).expect("coordinator config");
         std::fs::write(&path, edit(dir.path(), small_pool(&text))).expect("write config");
+        let custodian =
+            CustodianConfig::load(&dir.path().join("custodian-1.toml")).expect("config");
+        let coordinator_pin = custodian.coordinator_tls_fingerprint;
+        let scheme = if coordinator_pin.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let coordinator_url = format!(
-            "http://{}",
+            "{scheme}://{}",
             CoordinatorConfig::load(&path).expect("config").listen
         );
         Cluster {
             dir,
             coordinator_url,
+            coordinator_pin,
             children: Mutex::default(),
-            http: reqwest::Client::new(),
+            http: pinned_client(coordinator_pin),
         }
+    }
+
+    /// `--pin` and the coordinator's pin, for a command that calls the coordinator (none in an
+    /// insecure cluster).
+    pub fn pin_args(&self) -> Vec<String> {
+        self.coordinator_pin
+            .map(|pin| vec!["--pin".to_string(), pin.to_hex()])
+            .unwrap_or_default()
+    }
+
+    /// Custodian `i`'s URL, as the configs list it, and a client trusting only its key.
+    pub fn custodian(&self, i: u32) -> (String, reqwest::Client) {
+        let cluster = self.custodian_config(i).cluster().expect("cluster");
+        let member = cluster.member(i).expect("a member");
+        (member.url.clone(), pinned_client(member.tls))
     }
 
     pub fn start() -> Cluster {
@@ -92,12 +145,14 @@ impl Cluster {
     /// the custodian's data directory) and the coordinator's URL.
     pub fn operator(&self, i: u32) -> Vec<String> {
         let key = self.path(&format!("operators/custodian-{i}.key"));
-        vec![
+        let mut args = vec![
             "--key".into(),
             key.to_str().expect("utf-8 path").into(),
             "--coordinator".into(),
             self.coordinator_url.clone(),
-        ]
+        ];
+        args.extend(self.pin_args());
+        args
     }
 
     /// Runs `quorumvm ARGS... --json` as custodian `i`'s operator.
@@ -151,24 +206,21 @@ impl Cluster {
             .lock()
             .unwrap()
             .insert(name.to_string(), child);
-        let url = if name == "coordinator" {
-            self.coordinator_url.clone()
+        let addr = if name == "coordinator" {
+            CoordinatorConfig::load(&self.path("coordinator.toml"))
+                .expect("config")
+                .listen
         } else {
             let i: u32 = name
                 .trim_start_matches("custodian-")
                 .parse()
                 .expect("index");
-            format!("http://{}", self.custodian_config(i).listen)
+            self.custodian_config(i).listen
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let up = std::net::TcpStream::connect_timeout(
-                &url.trim_start_matches("http://")
-                    .parse::<SocketAddr>()
-                    .expect("addr"),
-                Duration::from_millis(200),
-            )
-            .is_ok();
+            let up =
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok();
             if up {
                 return;
             }
@@ -275,6 +327,8 @@ impl Cluster {
             "--cluster-config",
             pin.to_str().unwrap(),
         ];
+        let pin_args = self.pin_args();
+        args.extend(pin_args.iter().map(String::as_str));
         for s in secrets {
             args.extend(["--secret", s]);
         }
@@ -355,6 +409,8 @@ impl Cluster {
                 "--cluster-config",
                 config.to_str().unwrap(),
             ];
+            let pin_args = self.pin_args();
+            args.extend(pin_args.iter().map(String::as_str));
             args.extend_from_slice(inputs);
             let out = quorumvm(&args);
             if out.status.success() {

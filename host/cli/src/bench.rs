@@ -15,6 +15,7 @@ use quorumvm_wire::config::PoolConfig;
 
 use crate::client::Client;
 use crate::cluster::{Layout, Running};
+use crate::endpoint::Endpoint;
 use crate::exit::{Code, Failure, Result};
 use crate::publish;
 
@@ -228,7 +229,7 @@ async fn bench(layout: &Layout, o: &Options) -> Result<()> {
         );
         Some(Running::start(layout).await?)
     };
-    let client = Client::new(&layout.coordinator_url);
+    let client = Client::new(&layout.coordinator_at)?;
     let name = format!("bench-{}", quorumvm_wire::now_ms());
     let caller = std::sync::Arc::new(layout.enrol(&name).await?);
     let weights: Vec<(String, String)> = (1..=10)
@@ -367,7 +368,8 @@ async fn bench(layout: &Layout, o: &Options) -> Result<()> {
         let member = cluster
             .member(i)
             .ok_or_else(|| fail("a custodian missing from its config"))?;
-        fired.push(firings(&Client::new(&member.url)).await?);
+        let at = Endpoint::pinned(member.url.clone(), member.tls);
+        fired.push(firings(&Client::new(&at)?).await?);
     }
     println!(
         "\nAnomaly rules (sweep 12, edges 50%, near-duplicates 50%, rate 5x) on the linear model's \

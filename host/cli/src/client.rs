@@ -22,6 +22,7 @@ use rand::RngCore;
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 
+use crate::endpoint::Endpoint;
 use crate::exit::{Code, Failure};
 
 /// A caller's two credentials: the API key the coordinator admits it by, and the ed25519 key
@@ -267,18 +268,24 @@ impl From<CallError> for Failure {
 }
 
 impl Client {
-    pub fn new(base: &str) -> Client {
-        let http = reqwest::Client::builder()
+    /// A client of the server at `at`, checked as its trust says (see [`Endpoint`]).
+    pub fn new(at: &Endpoint) -> crate::exit::Result<Client> {
+        let builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(60))
             .tcp_nodelay(true)
-            .pool_max_idle_per_host(64)
+            .pool_max_idle_per_host(64);
+        let builder = match at.tls()? {
+            Some(tls) => builder.use_preconfigured_tls(tls).https_only(true),
+            None => builder,
+        };
+        let http = builder
             .build()
-            .expect("a plain HTTP client builds");
-        Client {
+            .map_err(|e| Failure::data(format!("cannot make an HTTP client: {e}")))?;
+        Ok(Client {
             http,
-            base: base.trim_end_matches('/').to_string(),
-        }
+            base: at.url.clone(),
+        })
     }
 
     async fn answer<T: DeserializeOwned>(
@@ -522,6 +529,7 @@ mod tests {
                 url: format!("http://127.0.0.1:{}", 7100 + index),
                 operator_key: SecretKey::generate().public().to_hex(),
                 sealing_key: k.public().to_hex(),
+                tls_fingerprint: None,
             })
             .collect();
         (Cluster::new(2, &entries).unwrap(), keys)

@@ -4,6 +4,9 @@
 //! cluster with its state. The custodian operators' approval keys are in `operators/` and the
 //! publisher's key in `publisher/`, apart from the servers' data directories, as they would be
 //! on their own machines (docker-compose.yml mounts each into no server's container).
+//!
+//! Every link is TLS with the servers' keys pinned in the configs (each server's `tls.key` is
+//! made here with its other keys), unless the cluster is made with `--insecure-loopback`.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -16,6 +19,7 @@ use quorumvm_wire::config::{
 };
 
 use crate::client::{Caller, Client};
+use crate::endpoint::Endpoint;
 use crate::exit::{Code, Failure, Result, read_text, write};
 use crate::operator::Operator;
 use crate::publish;
@@ -31,7 +35,8 @@ pub struct Layout {
     /// Each custodian operator's approval key, in index order.
     pub operators: Vec<PathBuf>,
     pub publisher_key: PathBuf,
-    pub coordinator_url: String,
+    /// Where the CLI reaches the coordinator, with its key's pin.
+    pub coordinator_at: Endpoint,
 }
 
 fn io(what: &str, e: impl std::fmt::Display) -> Failure {
@@ -97,7 +102,7 @@ impl Layout {
     /// Reuses the cluster in `dir`, or creates one: keys for every server and a publisher,
     /// and the four config files.
     pub fn init(dir: &Path, base_port: u16, pool: PoolConfig) -> Result<Layout> {
-        Layout::init_for(dir, base_port, pool, Hosts::Loopback)
+        Layout::init_for(dir, base_port, pool, Hosts::Loopback(Link::Tls))
     }
 
     /// As [`Layout::init`], with the servers' addresses chosen for `hosts`.
@@ -121,39 +126,50 @@ impl Layout {
                 custodians,
                 operators,
                 publisher_key,
-                coordinator_url: custodian.coordinator_url,
+                coordinator_at: Endpoint::pinned(
+                    custodian.coordinator_url,
+                    custodian.coordinator_tls_fingerprint,
+                ),
             });
         }
         std::fs::create_dir_all(dir)
             .map_err(|e| io(&format!("cannot create {}", dir.display()), e))?;
         let ports = ports(base_port)?;
         let port_of = |p: u16| ports.iter().position(|&q| q == p).expect("one of ours");
+        let tls = hosts != Hosts::Loopback(Link::InsecureLoopback);
+        let scheme = if tls { "https" } else { "http" };
         let url = |p: u16| match hosts {
-            Hosts::Loopback => format!("http://127.0.0.1:{p}"),
+            Hosts::Loopback(_) => format!("{scheme}://127.0.0.1:{p}"),
             Hosts::Compose => match port_of(p) {
-                0 => format!("http://coordinator:{p}"),
-                i => format!("http://custodian-{i}:{p}"),
+                0 => format!("{scheme}://coordinator:{p}"),
+                i => format!("{scheme}://custodian-{i}:{p}"),
             },
         };
         let listen = |p: u16| -> std::net::SocketAddr {
             match hosts {
-                Hosts::Loopback => ([127, 0, 0, 1], p).into(),
+                Hosts::Loopback(_) => ([127, 0, 0, 1], p).into(),
                 Hosts::Compose => ([0, 0, 0, 0], p).into(),
             }
         };
+        let failed = |what: &'static str| move |e: anyhow::Error| io(what, format!("{e:#}"));
         let mut entries = Vec::new();
         for (i, operator) in (1..=N).zip(&operators) {
-            let sealing = quorumvm_custodian::init_key(&dir.join(format!("custodian-{i}")))
-                .map_err(|e| io("cannot create a custodian key", format!("{e:#}")))?;
+            let data_dir = dir.join(format!("custodian-{i}"));
+            let sealing = quorumvm_custodian::init_key(&data_dir)
+                .map_err(failed("cannot create a custodian key"))?;
+            let pin = quorumvm_custodian::init_tls_key(&data_dir)
+                .map_err(failed("cannot create a custodian's TLS key"))?;
             entries.push(CustodianEntry {
                 index: i,
                 url: url(ports[i as usize]),
                 operator_key: key_pair(operator)?.to_hex(),
                 sealing_key: sealing.to_hex(),
+                tls_fingerprint: tls.then_some(pin),
             });
         }
         let coordinator_keys = quorumvm_coordinator::init_key(&dir.join("coordinator"))
-            .map_err(|e| io("cannot create the coordinator key", format!("{e:#}")))?;
+            .map_err(failed("cannot create the coordinator key"))?;
+        let coordinator_pin = tls.then_some(coordinator_keys.tls_fingerprint);
         let publisher = key_pair(&publisher_key)?;
         let config = CoordinatorConfig {
             listen: listen(ports[0]),
@@ -163,6 +179,9 @@ impl Layout {
             pool,
             custodians: entries.clone(),
             reshare_interval_s: None,
+            insecure_loopback: !tls,
+            tls_cert: None,
+            tls_key: None,
         };
         write(&coordinator, config.to_toml().as_bytes(), false)?;
         // A mixed quorum: each custodian runs the plugin under another wasmtime engine, and
@@ -179,6 +198,8 @@ impl Layout {
                 threshold: K,
                 engine: engines[i],
                 round_timeout_ms: 2_000,
+                coordinator_tls_fingerprint: coordinator_pin,
+                insecure_loopback: !tls,
                 custodians: entries.clone(),
             };
             write(path, c.to_toml().as_bytes(), false)?;
@@ -189,13 +210,13 @@ impl Layout {
             custodians,
             operators,
             publisher_key,
-            coordinator_url: url(ports[0]),
+            coordinator_at: Endpoint::pinned(url(ports[0]), coordinator_pin),
         })
     }
 
     /// Custodian `index`'s operator, as `quorumvm approve --key` is.
     pub async fn operator(&self, index: u32) -> Result<Operator> {
-        Operator::connect(&self.operators[index as usize - 1], &self.coordinator_url).await
+        Operator::connect(&self.operators[index as usize - 1], &self.coordinator_at).await
     }
 
     pub fn publisher(&self) -> Result<SecretKey> {
@@ -209,11 +230,11 @@ impl Layout {
     /// The coordinator's own side (its key, from its data directory), reached where this
     /// layout's clients reach it.
     pub fn coordinator_side(&self) -> Result<crate::governance::CoordinatorSide> {
-        crate::governance::CoordinatorSide::at(&self.coordinator_config()?, &self.coordinator_url)
+        crate::governance::CoordinatorSide::at(&self.coordinator_config()?, &self.coordinator_at)
     }
 
-    /// Where custodian `index` is reached (the URL every config lists for it).
-    pub fn custodian_url(&self, index: u32) -> Result<String> {
+    /// Where custodian `index` is reached (the URL and pin every config lists for it).
+    pub fn custodian_at(&self, index: u32) -> Result<Endpoint> {
         let cluster = self
             .coordinator_config()?
             .cluster()
@@ -221,7 +242,7 @@ impl Layout {
         let member = cluster.member(index).ok_or_else(|| {
             Failure::data(format!("custodian {index} is not in the cluster's config"))
         })?;
-        Ok(member.url.clone())
+        Ok(Endpoint::pinned(member.url.clone(), member.tls))
     }
 
     pub fn coordinator_config(&self) -> Result<CoordinatorConfig> {
@@ -273,8 +294,17 @@ impl Layout {
 /// (each reaches the others by service name and listens on every interface of its container).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hosts {
-    Loopback,
+    Loopback(Link),
     Compose,
+}
+
+/// How the servers of a cluster on this machine talk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    /// TLS, every server's key pinned in the configs.
+    Tls,
+    /// Plain HTTP on the loopback (`--insecure-loopback`).
+    InsecureLoopback,
 }
 
 /// The first wait before a dead server is started again; each failure in a row doubles it, up
@@ -336,17 +366,14 @@ impl Running {
             logs,
             servers: vec![],
         };
-        let mut urls = vec![layout.coordinator_url.clone()];
+        let mut servers = vec![layout.coordinator_at.clone()];
         running.add("coordinator", &layout.coordinator)?;
-        for (i, path) in layout.custodians.iter().enumerate() {
-            running.add(&format!("custodian-{}", i + 1), path)?;
-            urls.push(format!(
-                "http://{}",
-                layout.custodian_config(i as u32 + 1)?.listen
-            ));
+        for (i, path) in (1..).zip(&layout.custodians) {
+            running.add(&format!("custodian-{i}"), path)?;
+            servers.push(layout.custodian_at(i)?);
         }
-        for (url, server) in urls.iter().zip(&running.servers) {
-            wait_healthy(url, &server.role, &running.logs).await?;
+        for (at, server) in servers.iter().zip(&running.servers) {
+            wait_healthy(at, &server.role, &running.logs).await?;
         }
         Ok(running)
     }
@@ -455,8 +482,8 @@ impl Drop for Running {
     }
 }
 
-async fn wait_healthy(url: &str, name: &str, logs: &Path) -> Result<()> {
-    let client = Client::new(url);
+async fn wait_healthy(at: &Endpoint, name: &str, logs: &Path) -> Result<()> {
+    let client = Client::new(at)?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if client.ping().await.is_ok() {
@@ -466,7 +493,7 @@ async fn wait_healthy(url: &str, name: &str, logs: &Path) -> Result<()> {
             let log = std::fs::read_to_string(logs.join(format!("{name}.log"))).unwrap_or_default();
             return Err(Failure::new(
                 Code::Unavailable,
-                format!("the {name} did not come up at {url}; its log:\n{log}"),
+                format!("the {name} did not come up at {}; its log:\n{log}", at.url),
             ));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -168,7 +168,7 @@ async fn eval(
 }
 
 async fn tour(packages: &Path, layout: &Layout, start: Start) -> Result<()> {
-    let client = Client::new(&layout.coordinator_url);
+    let client = Client::new(&layout.coordinator_at)?;
     let _running = match start {
         Start::Processes => {
             step(
@@ -192,7 +192,7 @@ async fn tour(packages: &Path, layout: &Layout, start: Start) -> Result<()> {
         pinned: publish::pinned_cluster(&layout.coordinator)?,
     };
     let cluster = client.cluster().await?;
-    println!("    coordinator {}", layout.coordinator_url);
+    println!("    coordinator {}", layout.coordinator_at.url);
     for c in &cluster.custodians {
         let engine = layout.custodian_config(c.index)?.engine;
         println!(
@@ -494,8 +494,8 @@ async fn tour(packages: &Path, layout: &Layout, start: Start) -> Result<()> {
     );
     let version = FreezeTarget::Version(cs.to_string());
     let freeze_at = |i: u32, target: FreezeTarget| async move {
-        let url = layout.custodian_url(i)?;
-        crate::operator::freeze_at(&layout.operators[i as usize - 1], &url, target).await
+        let at = layout.custodian_at(i)?;
+        crate::operator::freeze_at(&layout.operators[i as usize - 1], &at, target).await
     };
     freeze_at(1, version.clone()).await?;
     let served = eval(&at, &key, "credit_score", score_inputs).await?;

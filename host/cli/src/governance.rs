@@ -22,6 +22,7 @@ use quorumvm_wire::freeze::{Authority, Freeze, Target, Unfreeze};
 use quorumvm_wire::now_ms;
 
 use crate::client::Client;
+use crate::endpoint::Endpoint;
 use crate::exit::{Code, Failure, Result};
 use crate::operator::Operator;
 
@@ -39,16 +40,19 @@ impl CoordinatorSide {
         if addr.ip().is_unspecified() {
             addr.set_ip([127, 0, 0, 1].into());
         }
-        CoordinatorSide::at(config, &format!("http://{addr}"))
+        let pin = quorumvm_coordinator::tls_fingerprint(config)
+            .map_err(|e| Failure::new(Code::NoInput, format!("{e:#}")))?;
+        let scheme = if pin.is_some() { "https" } else { "http" };
+        CoordinatorSide::at(config, &Endpoint::pinned(format!("{scheme}://{addr}"), pin))
     }
 
-    /// With the coordinator's data directory at hand, reaching it at `url` (the demo, from the
+    /// With the coordinator's data directory at hand, reaching it `at` (the demo, from the
     /// compose network's `tools` service).
-    pub fn at(config: &CoordinatorConfig, url: &str) -> Result<CoordinatorSide> {
+    pub fn at(config: &CoordinatorConfig, at: &Endpoint) -> Result<CoordinatorSide> {
         let key = quorumvm_coordinator::signing_key(config)
             .map_err(|e| Failure::new(Code::NoInput, format!("{e:#}")))?;
         Ok(CoordinatorSide {
-            client: Client::new(url),
+            client: Client::new(at)?,
             key,
         })
     }

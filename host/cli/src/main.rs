@@ -10,6 +10,7 @@ mod client;
 mod cluster;
 mod commands;
 mod demo;
+mod endpoint;
 mod exit;
 mod governance;
 mod operator;
@@ -130,8 +131,13 @@ enum Command {
         #[arg(long)]
         init_only: bool,
         /// Address the servers as docker-compose.yml's services (with --init-only).
-        #[arg(long, requires = "init_only")]
+        #[arg(long, requires = "init_only", conflicts_with = "insecure_loopback")]
         compose: bool,
+        /// Plain HTTP between the servers and to the CLI, all on 127.0.0.1 (the servers
+        /// refuse any other address in this mode). Without it every link is TLS with the
+        /// servers' keys pinned. Applies when the cluster is created.
+        #[arg(long)]
+        insecure_loopback: bool,
     },
     /// Put back into evaluation quorums a custodian the coordinator holds suspect (failed
     /// checks proved it deviated; see `/metrics` and the audit's `custodian.suspected`). Signed
@@ -167,8 +173,14 @@ enum Command {
         /// The publisher's key: the one that signed the package.
         #[arg(long)]
         key: PathBuf,
-        #[arg(long, default_value = "http://127.0.0.1:7100")]
+        #[arg(
+            long,
+            default_value = "https://127.0.0.1:7100",
+            env = "QUORUMVM_COORDINATOR"
+        )]
         coordinator: String,
+        #[command(flatten)]
+        trust: TrustArgs,
         /// Secret coefficients as NAME=VALUE (repeatable); they never leave this machine.
         #[arg(long = "secret", value_name = "NAME=VALUE")]
         secrets: Vec<String>,
@@ -213,9 +225,11 @@ enum Command {
         /// The operator's key (`quorumvm keygen`, on the operator's machine).
         #[arg(long, requires = "custodian")]
         key: Option<PathBuf>,
-        /// The operator's own custodian's URL.
+        /// The operator's own custodian's URL (with `--pin`: its `tls_fingerprint`).
         #[arg(long, requires = "key")]
         custodian: Option<String>,
+        #[command(flatten)]
+        trust: TrustArgs,
         #[arg(long)]
         json: bool,
     },
@@ -240,8 +254,14 @@ enum Command {
         program: String,
         /// Inputs as NAME=VALUE.
         inputs: Vec<String>,
-        #[arg(long, default_value = "http://127.0.0.1:7100")]
+        #[arg(
+            long,
+            default_value = "https://127.0.0.1:7100",
+            env = "QUORUMVM_COORDINATOR"
+        )]
         coordinator: String,
+        #[command(flatten)]
+        trust: TrustArgs,
         /// The API key (or the QUORUMVM_API_KEY environment variable).
         #[arg(long, env = "QUORUMVM_API_KEY", hide_env_values = true)]
         key: String,
@@ -349,11 +369,14 @@ enum AuditCommand {
     },
 }
 
+use cluster::{Hosts, Link};
+use endpoint::TrustArgs;
 use operator::OperatorArgs;
 use servers::Credentials;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    quorumvm_server::tls::install_default_provider();
     let result = match cli.command {
         Command::Compile {
             source,
@@ -390,7 +413,15 @@ fn main() -> ExitCode {
             port,
             init_only,
             compose,
-        } => servers::dev(&dir, port, init_only, compose),
+            insecure_loopback,
+        } => {
+            let hosts = match (compose, insecure_loopback) {
+                (true, _) => Hosts::Compose,
+                (false, true) => Hosts::Loopback(Link::InsecureLoopback),
+                (false, false) => Hosts::Loopback(Link::Tls),
+            };
+            servers::dev(&dir, port, init_only, hosts)
+        }
         Command::ClearSuspect {
             index,
             config,
@@ -432,11 +463,15 @@ fn main() -> ExitCode {
             config,
             key,
             custodian,
+            trust,
             json,
         } => {
             let at = match (config, key, custodian) {
                 (Some(config), _, _) => servers::FreezeAt::Coordinator(config),
-                (None, Some(key), Some(url)) => servers::FreezeAt::Custodian { key, url },
+                (None, Some(key), Some(url)) => servers::FreezeAt::Custodian {
+                    key,
+                    at: trust.at(&url),
+                },
                 _ => unreachable!("clap requires --config, or --key with --custodian"),
             };
             servers::freeze(target.into(), at, json)
@@ -451,13 +486,14 @@ fn main() -> ExitCode {
             package,
             key,
             coordinator,
+            trust,
             secrets,
             cluster_config,
             json,
         } => servers::install(
             &package,
             &key,
-            &coordinator,
+            &trust.at(&coordinator),
             &secrets,
             cluster_config.as_deref(),
             json,
@@ -471,6 +507,7 @@ fn main() -> ExitCode {
             program,
             inputs,
             coordinator,
+            trust,
             key,
             identity,
             caller_key,
@@ -479,7 +516,7 @@ fn main() -> ExitCode {
         } => servers::eval(
             &program,
             &inputs,
-            &coordinator,
+            &trust.at(&coordinator),
             Credentials {
                 api_key: key,
                 identity,

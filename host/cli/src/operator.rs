@@ -19,6 +19,7 @@ use quorumvm_wire::freeze::{Authority, Freeze, Target};
 use quorumvm_wire::now_ms;
 
 use crate::client::Client;
+use crate::endpoint::{Endpoint, TrustArgs};
 use crate::exit::{Code, Failure, Result, read_text};
 
 /// What every operator command takes: `--key` and `--coordinator`.
@@ -32,15 +33,18 @@ pub struct OperatorArgs {
     /// The coordinator's URL.
     #[arg(
         long,
-        default_value = "http://127.0.0.1:7100",
+        default_value = "https://127.0.0.1:7100",
         env = "QUORUMVM_COORDINATOR"
     )]
     pub coordinator: String,
+    /// How the coordinator is checked: its key's pin, or its CA.
+    #[command(flatten)]
+    pub trust: TrustArgs,
 }
 
 impl OperatorArgs {
     pub async fn connect(&self) -> Result<Operator> {
-        Operator::connect(&self.key, &self.coordinator).await
+        Operator::connect(&self.key, &self.trust.at(&self.coordinator)).await
     }
 }
 
@@ -56,9 +60,9 @@ pub struct Operator {
 
 impl Operator {
     /// Reads the key and finds its custodian in the coordinator's cluster.
-    pub async fn connect(key_file: &Path, coordinator: &str) -> Result<Operator> {
+    pub async fn connect(key_file: &Path, coordinator: &Endpoint) -> Result<Operator> {
         let key = read_key(key_file)?;
-        let client = Client::new(coordinator);
+        let client = Client::new(coordinator)?;
         let cluster = client.cluster().await?;
         let public = key.public().to_hex();
         let index = cluster
@@ -70,8 +74,9 @@ impl Operator {
                 Failure::new(
                     Code::Rejected,
                     format!(
-                        "the cluster at {coordinator} lists no custodian whose operator key is \
+                        "the cluster at {} lists no custodian whose operator key is \
                          {public} (the public half of {}): this key approves nothing there",
+                        coordinator.url,
                         key_file.display()
                     ),
                 )
@@ -100,9 +105,13 @@ impl Operator {
 
 /// Freezes `target` at the custodian at `custodian` (a URL), signed with the operator key in
 /// `key_file`: that custodian stops serving it at once, whatever the coordinator does.
-pub async fn freeze_at(key_file: &Path, custodian: &str, target: Target) -> Result<FreezeState> {
+pub async fn freeze_at(
+    key_file: &Path,
+    custodian: &Endpoint,
+    target: Target,
+) -> Result<FreezeState> {
     let key = read_key(key_file)?;
-    let client = Client::new(custodian);
+    let client = Client::new(custodian)?;
     // Which index the statement names: the custodian's own word, which it checks again.
     let health: CustodianHealth = client.get("/v1/health").await?;
     let statement = Freeze {

@@ -14,6 +14,7 @@ use quorumvm_sandbox::Sandbox;
 
 use crate::client::{Caller, Client};
 use crate::cluster::{Hosts, Layout, Running};
+use crate::endpoint::Endpoint;
 use crate::exit::{Code, Failure, Result, read, read_text};
 use crate::governance;
 use crate::operator::{Operator, OperatorArgs};
@@ -58,9 +59,10 @@ pub fn custodian(config: &Path) -> Result<()> {
     let config = CustodianConfig::load(config).map_err(Failure::data)?;
     // First start: make the server's key (the cluster's configs must then list its public
     // half; `serve` refuses to run with a key the configuration does not name).
-    let sealing_key = quorumvm_custodian::init_key(&config.data_dir)
-        .map_err(|e| Failure::new(Code::IoErr, format!("{e:#}")))?;
-    tracing::info!(sealing_key = %sealing_key.to_hex(), "custodian key");
+    let failed = |e: anyhow::Error| Failure::new(Code::IoErr, format!("{e:#}"));
+    let sealing_key = quorumvm_custodian::init_key(&config.data_dir).map_err(failed)?;
+    let tls = quorumvm_custodian::init_tls_key(&config.data_dir).map_err(failed)?;
+    tracing::info!(sealing_key = %sealing_key.to_hex(), tls_fingerprint = %tls, "custodian keys");
     runtime()?.block_on(async {
         let listener = bind(config.listen).await?;
         quorumvm_custodian::serve(config, listener)
@@ -83,11 +85,16 @@ pub fn server_keys(role: Role, data_dir: &Path, as_json: bool) -> Result<()> {
     let keys = match role {
         Role::Coordinator => {
             let keys = quorumvm_coordinator::init_key(data_dir).map_err(failed)?;
-            json!({ "coordinator_key": keys.signing_key, "coordinator_exchange_key": keys.exchange_key })
+            json!({
+                "coordinator_key": keys.signing_key,
+                "coordinator_exchange_key": keys.exchange_key,
+                "coordinator_tls_fingerprint": keys.tls_fingerprint,
+            })
         }
         Role::Custodian => {
             let key = quorumvm_custodian::init_key(data_dir).map_err(failed)?;
-            json!({ "sealing_key": key.to_hex() })
+            let pin = quorumvm_custodian::init_tls_key(data_dir).map_err(failed)?;
+            json!({ "sealing_key": key.to_hex(), "tls_fingerprint": pin })
         }
     };
     if as_json {
@@ -102,18 +109,16 @@ pub fn server_keys(role: Role, data_dir: &Path, as_json: bool) -> Result<()> {
 
 /// `quorumvm dev`: creates (or resumes) the cluster in `dir` and runs it until interrupted or
 /// until one server stops.
-pub fn dev(dir: &Path, port: u16, init_only: bool, compose: bool) -> Result<()> {
-    let hosts = if compose {
-        Hosts::Compose
-    } else {
-        Hosts::Loopback
-    };
+pub fn dev(dir: &Path, port: u16, init_only: bool, hosts: Hosts) -> Result<()> {
     let layout = Layout::init_for(dir, port, PoolConfig::default(), hosts)?;
     println!("cluster directory: {}", layout.dir.display());
-    println!("coordinator:       {}", layout.coordinator_url);
+    println!("coordinator:       {}", layout.coordinator_at.url);
     for i in 1..=crate::cluster::N {
-        let c = layout.custodian_config(i)?;
-        println!("custodian {i}:       http://{} ({:?})", c.listen, c.engine);
+        let (c, at) = (layout.custodian_config(i)?, layout.custodian_at(i)?);
+        println!("custodian {i}:       {} ({:?})", at.url, c.engine);
+    }
+    if let crate::endpoint::Trust::Pin(pin) = layout.coordinator_at.trust {
+        println!("coordinator's TLS key pin (--pin, QUORUMVM_PIN): {pin}");
     }
     println!("publisher key:     {}", layout.publisher_key.display());
     if init_only {
@@ -193,7 +198,7 @@ pub enum FreezeAt {
     Coordinator(std::path::PathBuf),
     Custodian {
         key: std::path::PathBuf,
-        url: String,
+        at: Endpoint,
     },
 }
 
@@ -205,8 +210,8 @@ pub fn freeze(target: Target, at: FreezeAt, as_json: bool) -> Result<()> {
             let coordinator = governance::CoordinatorSide::local(&config)?;
             runtime()?.block_on(governance::freeze(&coordinator, target))?
         }
-        FreezeAt::Custodian { key, url } => {
-            runtime()?.block_on(crate::operator::freeze_at(&key, &url, target))?
+        FreezeAt::Custodian { key, at } => {
+            runtime()?.block_on(crate::operator::freeze_at(&key, &at, target))?
         }
     };
     if as_json {
@@ -338,7 +343,7 @@ pub fn retire(package: &str, operator: &OperatorArgs, as_json: bool) -> Result<(
 pub fn install(
     package: &Path,
     key: &Path,
-    coordinator: &str,
+    coordinator: &Endpoint,
     secrets: &[String],
     cluster_config: Option<&Path>,
     as_json: bool,
@@ -347,7 +352,7 @@ pub fn install(
     let publisher = SecretKey::from_file_text(&read_text(key)?).map_err(Failure::data)?;
     let secrets = crate::commands::pairs("secret", secrets)?;
     let pinned = cluster_config.map(publish::pinned_cluster).transpose()?;
-    let client = Client::new(coordinator);
+    let client = Client::new(coordinator)?;
     let info = runtime()?.block_on(publish::install(
         &client,
         &signed,
@@ -397,7 +402,7 @@ pub struct Credentials {
 pub fn eval(
     program: &str,
     inputs: &[String],
-    coordinator: &str,
+    coordinator: &Endpoint,
     credentials: Credentials,
     cluster_config: Option<&Path>,
     as_json: bool,
@@ -413,7 +418,7 @@ pub fn eval(
         .map(crate::publish::pinned_cluster)
         .transpose()?;
     let sandbox = Sandbox::new().map_err(|e| Failure::new(Code::IoErr, format!("{e:#}")))?;
-    let client = Client::new(coordinator);
+    let client = Client::new(coordinator)?;
     let answer = runtime()?.block_on(async {
         let target = client.target(program, &sandbox).await?;
         client

@@ -313,10 +313,14 @@ fn inspect_reports_depth_and_counts() {
 fn server_keys_are_made_once_and_printed_for_the_configs() {
     let dir = scratch("server-keys");
     for (role, fields) in [
-        ("custodian", &["sealing_key"][..]),
+        ("custodian", &["sealing_key", "tls_fingerprint"][..]),
         (
             "coordinator",
-            &["coordinator_key", "coordinator_exchange_key"][..],
+            &[
+                "coordinator_key",
+                "coordinator_exchange_key",
+                "coordinator_tls_fingerprint",
+            ][..],
         ),
     ] {
         let data = dir.join(role);
@@ -341,10 +345,11 @@ fn server_keys_are_made_once_and_printed_for_the_configs() {
         }
         assert_eq!(run(), first, "{role}: present keys are kept");
     }
-    // The custodian's data directory holds its sealing key only: no operator key.
-    let names: Vec<_> = std::fs::read_dir(dir.join("custodian"))
+    // The custodian's data directory holds its own keys only: no operator key.
+    let mut names: Vec<_> = std::fs::read_dir(dir.join("custodian"))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
-    assert_eq!(names, ["sealing.key"]);
+    names.sort();
+    assert_eq!(names, ["sealing.key", "tls.key"]);
 }

@@ -291,6 +291,7 @@ mod tests {
                 url: format!("http://127.0.0.1:{}", 7100 + index),
                 operator_key: SecretKey::generate().public().to_hex(),
                 sealing_key: CustodianSecretKey::generate().public().to_hex(),
+                tls_fingerprint: None,
             })
             .collect();
         let cluster = Cluster::new(2, &entries).unwrap();

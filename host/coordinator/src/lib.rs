@@ -32,7 +32,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use axum::serve::Listener;
 use quorumvm_package::{PublicKey, SecretKey};
-use quorumvm_server::{Env, keys};
+use quorumvm_server::{Env, keys, tls};
 use quorumvm_wire::config::CoordinatorConfig;
 
 pub(crate) use crate::state::State;
@@ -45,6 +45,8 @@ pub struct CoordinatorPublicKeys {
     pub signing_key: String,
     /// X25519 (hex): session tickets (see `quorumvm_wire::order::TicketKey`).
     pub exchange_key: String,
+    /// Its TLS key's pin (`tls.key`; a chain named by `tls_cert` has its own).
+    pub tls_fingerprint: quorumvm_wire::fingerprint::Fingerprint,
 }
 
 /// The coordinator's ed25519 key, for `quorumvm freeze --config coordinator.toml` on the
@@ -56,12 +58,33 @@ pub fn signing_key(config: &CoordinatorConfig) -> anyhow::Result<SecretKey> {
         .with_context(|| format!("{} is not a coordinator key", path.display()))
 }
 
-/// Loads the coordinator's keys from `data_dir`, creating them (0600) on first use.
+/// The pin of the key the coordinator presents (`None` for an `insecure_loopback` cluster):
+/// for a client on its own machine (`quorumvm freeze --config`).
+pub fn tls_fingerprint(
+    config: &CoordinatorConfig,
+) -> anyhow::Result<Option<quorumvm_wire::fingerprint::Fingerprint>> {
+    if config.insecure_loopback {
+        return Ok(None);
+    }
+    Ok(Some(tls_identity(config)?.fingerprint()))
+}
+
+/// The chain the config names, or the self-signed certificate of `tls.key`.
+fn tls_identity(config: &CoordinatorConfig) -> anyhow::Result<tls::Identity> {
+    match (&config.tls_cert, &config.tls_key) {
+        (Some(chain), Some(key)) => tls::Identity::from_files(chain, key),
+        _ => tls::Identity::load(&config.data_dir, "quorumvm-coordinator"),
+    }
+}
+
+/// Loads the coordinator's keys from `data_dir` (signing, exchange, TLS), creating them (0600)
+/// on first use.
 pub fn init_key(data_dir: &Path) -> anyhow::Result<CoordinatorPublicKeys> {
     let (signing, exchange) = state::load_or_create_keys(data_dir)?;
     Ok(CoordinatorPublicKeys {
         signing_key: signing.public().to_hex(),
         exchange_key: exchange.public().to_hex(),
+        tls_fingerprint: tls::Identity::init(data_dir)?,
     })
 }
 
@@ -85,12 +108,25 @@ pub fn add_identity(
     Ok(key)
 }
 
-/// Runs the coordinator on `listener` until the process ends.
+/// Runs the coordinator on `listener` until the process ends: over TLS, with the key in its
+/// data directory (or the chain its config names) and the custodians' keys pinned, unless the
+/// config says `insecure_loopback`.
 pub async fn serve(
     config: CoordinatorConfig,
     listener: tokio::net::TcpListener,
 ) -> anyhow::Result<()> {
-    run(Env::system(), config, quorumvm_server::no_delay(listener)).await
+    if config.insecure_loopback {
+        return run(Env::system(), config, quorumvm_server::no_delay(listener)).await;
+    }
+    let identity = tls_identity(&config)?;
+    let cluster = config.cluster()?;
+    let parties: Vec<_> = cluster
+        .members()
+        .iter()
+        .filter_map(|m| Some((m.url.as_str(), m.tls?)))
+        .collect();
+    let (env, listener) = tls::serving(&identity, &parties, listener)?;
+    run(env, config, listener).await
 }
 
 /// Runs the coordinator in `env` (a real process's, or a simulation's) on `listener`, until

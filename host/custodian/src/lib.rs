@@ -47,8 +47,8 @@ mod versions;
 use std::sync::Arc;
 
 use axum::serve::Listener;
-use quorumvm_server::Env;
-use quorumvm_wire::config::CustodianConfig;
+use quorumvm_server::{Env, tls};
+use quorumvm_wire::config::{CustodianConfig, Fingerprint};
 
 pub use keys::init_key;
 
@@ -59,11 +59,46 @@ pub use keys::init_key;
 /// `config.data_dir` (see [`init_key`]) is not the one the configuration lists for this
 /// custodian's index, or if an operator's key is there too. At start it loads every active version from its ledger (reopening the
 /// sealed shares), so a custodian killed at any point serves exactly as before when restarted.
+///
+/// Over TLS (unless the config says `insecure_loopback`) with the key in its data directory,
+/// which must be the one the config pins for it, and the coordinator's and peers' keys pinned.
 pub async fn serve(
     config: CustodianConfig,
     listener: tokio::net::TcpListener,
 ) -> anyhow::Result<()> {
-    run(Env::system(), config, quorumvm_server::no_delay(listener)).await
+    if config.insecure_loopback {
+        return run(Env::system(), config, quorumvm_server::no_delay(listener)).await;
+    }
+    let name = format!("quorumvm-custodian-{}", config.index);
+    let identity = tls::Identity::load(&config.data_dir, &name)?;
+    let cluster = config.cluster()?;
+    let pinned = cluster.member(config.index).and_then(|m| m.tls);
+    if pinned != Some(identity.fingerprint()) {
+        anyhow::bail!(
+            "the TLS key in {} is {}, but the config pins {:?} for custodian {}",
+            config.data_dir.display(),
+            identity.fingerprint(),
+            pinned,
+            config.index
+        );
+    }
+    let coordinator = config
+        .coordinator_tls_fingerprint
+        .map(|pin| (config.coordinator_url.as_str(), pin));
+    let peers = cluster
+        .members()
+        .iter()
+        .filter(|m| m.index != config.index)
+        .filter_map(|m| Some((m.url.as_str(), m.tls?)));
+    let parties: Vec<_> = coordinator.into_iter().chain(peers).collect();
+    let (env, listener) = tls::serving(&identity, &parties, listener)?;
+    run(env, config, listener).await
+}
+
+/// Creates this custodian's TLS key in `data_dir` if absent; returns its pin, which every
+/// config lists as this custodian's `tls_fingerprint`.
+pub fn init_tls_key(data_dir: &std::path::Path) -> anyhow::Result<Fingerprint> {
+    tls::Identity::init(data_dir)
 }
 
 /// [`serve`] in `env` (a real process's, or a simulation's), on `listener`.

@@ -125,6 +125,12 @@ impl Env {
         }
     }
 
+    /// This environment, its connections opened by `dial` (TLS, [`crate::tls::TlsDial`]).
+    pub fn with_dial(mut self, dial: Arc<dyn Dial>) -> Env {
+        self.dial = dial;
+        self
+    }
+
     /// A host of a simulation: `clock` and `dial` are the simulation's, and nothing runs on
     /// another thread.
     pub fn simulated(clock: Clock, dial: Arc<dyn Dial>) -> Env {

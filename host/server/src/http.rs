@@ -238,7 +238,12 @@ impl tower_service::Service<Uri> for Connector {
                 .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no host in the URL"))?
                 .trim_matches(|c| c == '[' || c == ']')
                 .to_string();
-            let port = uri.port_u16().unwrap_or(80);
+            let default = if uri.scheme_str() == Some("https") {
+                443
+            } else {
+                80
+            };
+            let port = uri.port_u16().unwrap_or(default);
             let stream = dial.dial(host, port).await?;
             Ok(Conn(TokioIo::new(stream)))
         })

@@ -3,7 +3,7 @@
 //! blocking work, the ledger's writer), their HTTP client ([`http`]), the JSON error every route
 //! answers with ([`ApiError`]), the JSON body extractor that answers its rejections the same
 //! way ([`Body`]), Prometheus text ([`metrics`]), the listener's socket options ([`no_delay`])
-//! key files ([`keys`]), what is frozen at the
+//! key files ([`keys`]), TLS with pinned keys ([`tls`]), what is frozen at the
 //! party ([`freeze`]) and the policy's anomaly rules there ([`anomaly`]).
 //!
 //! What each server means by its errors (which code a refusal gets) stays in that server.
@@ -16,6 +16,7 @@ pub mod freeze;
 pub mod http;
 pub mod keys;
 pub mod metrics;
+pub mod tls;
 
 use axum::serve::{Listener, ListenerExt as _};
 

@@ -197,6 +197,7 @@ mod tests {
                 url: "http://127.0.0.1:1".into(),
                 operator_key: k.public().to_hex(),
                 sealing_key: CustodianSecretKey::generate().public().to_hex(),
+                tls_fingerprint: None,
             })
             .collect();
         let cluster = Cluster::new(2, &entries).unwrap();

@@ -14,6 +14,8 @@ use quorumvm_package::PublicKey;
 use quorumvm_sealing::CustodianPublicKey;
 use serde::{Deserialize, Serialize};
 
+pub use crate::fingerprint::Fingerprint;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
@@ -41,6 +43,10 @@ pub struct CustodianEntry {
     pub operator_key: String,
     /// Its X25519 key (hex): shares are sealed to it; peer messages are keyed from it.
     pub sealing_key: String,
+    /// Its TLS key's pin: the coordinator and the other custodians connect to `url` only if
+    /// the server there holds this key. Required unless the cluster runs `insecure_loopback`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_fingerprint: Option<Fingerprint>,
 }
 
 /// How many preprocessed kits the coordinator keeps ready per active program version.
@@ -80,6 +86,17 @@ pub struct CoordinatorConfig {
     /// asks (`quorumvm reshare`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reshare_interval_s: Option<u64>,
+    /// Plain HTTP, for a cluster whose every server is on this machine's loopback: refused
+    /// with any other address. Without it every connection is TLS.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_loopback: bool,
+    /// The certificate chain (PEM) callers see, e.g. issued by the organization's CA, and its
+    /// key; absent: the self-signed `tls.crt` and `tls.key` in `data_dir`. The custodians pin
+    /// the key, so either serves them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Which wasmtime engine runs a custodian's evaluator plugin.
@@ -112,6 +129,12 @@ pub struct CustodianConfig {
     /// How long a session waits for a peer's round message before giving up.
     #[serde(default = "default_round_timeout_ms")]
     pub round_timeout_ms: u64,
+    /// The coordinator's TLS key's pin. Required unless `insecure_loopback`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coordinator_tls_fingerprint: Option<Fingerprint>,
+    /// See [`CoordinatorConfig::insecure_loopback`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_loopback: bool,
     pub custodians: Vec<CustodianEntry>,
 }
 
@@ -133,6 +156,8 @@ pub struct Member {
     /// Its operator's key: approvals and freezes at this custodian verify under it.
     pub operator_key: PublicKey,
     pub sealing_key: CustodianPublicKey,
+    /// Its TLS key's pin; `None` only in an `insecure_loopback` cluster.
+    pub tls: Option<Fingerprint>,
 }
 
 impl Cluster {
@@ -172,6 +197,7 @@ impl Cluster {
                 url: e.url.trim_end_matches('/').to_string(),
                 operator_key,
                 sealing_key,
+                tls: e.tls_fingerprint,
             });
         }
         members.sort_by_key(|m| m.index);
@@ -203,8 +229,21 @@ impl CoordinatorConfig {
     pub fn load(path: &Path) -> Result<CoordinatorConfig, ConfigError> {
         let mut config: CoordinatorConfig = read_toml(path)?;
         config.data_dir = relative_to(path, &config.data_dir);
+        config.tls_cert = config.tls_cert.map(|p| relative_to(path, &p));
+        config.tls_key = config.tls_key.map(|p| relative_to(path, &p));
+        if config.tls_cert.is_some() != config.tls_key.is_some() {
+            return Err(ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: "tls_cert and tls_key go together".into(),
+            });
+        }
         config.cluster()?;
         config.publisher_keys()?;
+        let urls = config
+            .custodians
+            .iter()
+            .map(|e| (&e.url, e.tls_fingerprint));
+        check_transport(config.insecure_loopback, config.listen, urls)?;
         if config.pool.batch == 0 || config.pool.low_water > config.pool.target {
             return Err(ConfigError::Parse {
                 path: path.to_path_buf(),
@@ -246,6 +285,16 @@ impl CustodianConfig {
         }
         config.coordinator_public_key()?;
         config.coordinator_exchange_key()?;
+        let coordinator = (&config.coordinator_url, config.coordinator_tls_fingerprint);
+        let urls = config
+            .custodians
+            .iter()
+            .map(|e| (&e.url, e.tls_fingerprint));
+        check_transport(
+            config.insecure_loopback,
+            config.listen,
+            std::iter::once(coordinator).chain(urls),
+        )?;
         Ok(config)
     }
 
@@ -266,6 +315,63 @@ impl CustodianConfig {
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("a config serializes")
     }
+}
+
+/// Every link TLS with a pinned key, or (`insecure_loopback`) every server on this machine's
+/// loopback speaking plain HTTP: nothing in between, so a config cannot send shares in clear
+/// across a network by mistake.
+fn check_transport<'a>(
+    insecure_loopback: bool,
+    listen: SocketAddr,
+    urls: impl IntoIterator<Item = (&'a String, Option<Fingerprint>)>,
+) -> Result<(), ConfigError> {
+    let bad = |m: String| Err(ConfigError::Cluster(m));
+    if insecure_loopback && !listen.ip().is_loopback() {
+        return bad(format!(
+            "insecure_loopback: listen address {listen} is not a loopback address"
+        ));
+    }
+    for (url, pin) in urls {
+        match (insecure_loopback, url.split_once("://")) {
+            (true, Some(("http", rest))) if is_loopback_host(rest) => {}
+            (true, _) => {
+                return bad(format!(
+                    "insecure_loopback: `{url}` is not http:// to a loopback address"
+                ));
+            }
+            (false, Some(("https", _))) if pin.is_some() => {}
+            (false, Some(("https", _))) => {
+                return bad(format!("`{url}` has no TLS key pin (tls_fingerprint)"));
+            }
+            (false, _) => {
+                return bad(format!(
+                    "`{url}` is not https://: plain HTTP needs insecure_loopback = true, and \
+                     only on this machine's loopback"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `url` (`scheme://host[:port]/...`) names a loopback address.
+pub fn is_loopback_url(url: &str) -> bool {
+    url.split_once("://")
+        .is_some_and(|(_, rest)| is_loopback_host(rest))
+}
+
+/// Whether the authority of a URL (after `scheme://`) names a loopback address.
+fn is_loopback_host(rest: &str) -> bool {
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.rsplit_once(':') {
+        Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host,
+        _ => authority,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
@@ -301,7 +407,42 @@ mod tests {
             url: format!("http://127.0.0.1:{}", 7100 + index),
             operator_key: SecretKey::generate().public().to_hex(),
             sealing_key: CustodianSecretKey::generate().public().to_hex(),
+            tls_fingerprint: None,
         }
+    }
+
+    #[test]
+    fn every_link_is_pinned_tls_or_all_on_the_loopback() {
+        let listen: SocketAddr = "127.0.0.1:7100".parse().unwrap();
+        let pin = Some(Fingerprint([7; 32]));
+        let url = |u: &str| u.to_string();
+        let check = |insecure, listen, u: &str, pin| {
+            let u = url(u);
+            check_transport(insecure, listen, [(&u, pin)]).map_err(|e| e.to_string())
+        };
+        assert!(check(false, listen, "https://10.0.0.7:7101", pin).is_ok());
+        assert!(
+            check(false, listen, "https://custodian-1:7101", None)
+                .unwrap_err()
+                .contains("no TLS key pin")
+        );
+        assert!(
+            check(false, listen, "http://127.0.0.1:7101", pin)
+                .unwrap_err()
+                .contains("insecure_loopback")
+        );
+        assert!(check(true, listen, "http://127.0.0.1:7101", None).is_ok());
+        assert!(check(true, listen, "http://localhost:7101/", None).is_ok());
+        assert!(check(true, listen, "http://[::1]:7101", None).is_ok());
+        assert!(check(true, listen, "http://10.0.0.7:7101", None).is_err());
+        assert!(check(true, listen, "http://127.0.0.1.evil.com:7101", None).is_err());
+        assert!(check(true, listen, "https://127.0.0.1:7101", pin).is_err());
+        let everywhere: SocketAddr = "0.0.0.0:7100".parse().unwrap();
+        assert!(
+            check(true, everywhere, "http://127.0.0.1:7101", None)
+                .unwrap_err()
+                .contains("listen address")
+        );
     }
 
     #[test]
@@ -347,6 +488,8 @@ mod tests {
             threshold: 2,
             engine: Engine::Winch,
             round_timeout_ms: 1500,
+            coordinator_tls_fingerprint: None,
+            insecure_loopback: true,
             custodians: (1..=3).map(entry).collect(),
         };
         let path = dir.join("custodian-2.toml");

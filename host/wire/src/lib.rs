@@ -14,6 +14,7 @@
 //! - [`signed`]: a signed JSON statement; [`deal`]: the publisher's signed deal of the sealed
 //!   shares; [`request`]: a caller's signed request and the terms of the session serving it.
 //! - [`elements`]: field elements on the wire (hex in JSON, 16 bytes each in binary bodies).
+//! - [`fingerprint`]: a party's TLS key as the configs pin it.
 
 pub mod api;
 pub mod approval;
@@ -22,6 +23,7 @@ pub mod code;
 pub mod config;
 pub mod deal;
 pub mod elements;
+pub mod fingerprint;
 pub mod freeze;
 pub mod order;
 pub mod peer;

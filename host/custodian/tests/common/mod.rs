@@ -199,6 +199,7 @@ impl Cluster {
                 url: format!("http://{}", listener.local_addr().unwrap()),
                 operator_key: operator.public().to_hex(),
                 sealing_key: sealing.to_hex(),
+                tls_fingerprint: None,
             });
             operators.push(operator);
             listeners.push(listener);
@@ -221,6 +222,8 @@ impl Cluster {
                 threshold: k,
                 engine: *engine,
                 round_timeout_ms,
+                coordinator_tls_fingerprint: None,
+                insecure_loopback: true,
                 custodians: entries.clone(),
             };
             let sealing = CustodianPublicKey::from_file_text(&entry.sealing_key).unwrap();
@@ -240,7 +243,7 @@ impl Cluster {
             exchange,
             nodes,
             packages,
-            http: reqwest::Client::new(),
+            http: plain_http(),
             next_session: Default::default(),
             epoch: Default::default(),
             k,
@@ -309,7 +312,7 @@ impl Cluster {
         };
         node.server = Some(tokio::spawn(serve(node.config.clone(), listener)));
         // Pooled connections went with the old server: a request on one would fail.
-        self.http = reqwest::Client::new();
+        self.http = plain_http();
         self.wait_until_up(index).await;
     }
 
@@ -928,4 +931,11 @@ async fn fake_coordinator(listener: TcpListener, packages: Packages) {
         .route("/v1/packages/{id}/shares/{custodian}", get(shares))
         .with_state(packages);
     axum::serve(listener, app).await.unwrap();
+}
+
+/// A client of these tests' plain-HTTP servers (reqwest is built with rustls, which needs its
+/// provider chosen even for plain HTTP).
+fn plain_http() -> reqwest::Client {
+    quorumvm_server::tls::install_default_provider();
+    reqwest::Client::new()
 }

@@ -1,0 +1,458 @@
+//! TLS on every connection between the parties (docs/tls.md), with rustls (TLS 1.3, ring):
+//! callers → coordinator, coordinator → custodian, custodian → custodian and custodian →
+//! coordinator.
+//!
+//! No public CA stands between the parties: each server's key is **pinned** in the cluster's
+//! configs ([`Fingerprint`], the SHA-256 of its SubjectPublicKeyInfo) and checked by our own
+//! verifiers, so a server whose key is not the one its config names is refused by every other
+//! party, whatever certificate it shows. The link between servers is **mutual**: the
+//! connecting server presents its own certificate, and a server refuses a client certificate
+//! whose key its config does not pin. A client may also present none (a caller, an operator's
+//! freeze, a health probe): what needs a party is authenticated again by its signatures (orders
+//! by the coordinator's key, round messages by pairwise keys).
+//!
+//! A server's key is one file, `tls.key` (PKCS#8 PEM, 0600) in its data directory; its
+//! certificate is self-signed from it at each start, since only the key is pinned. A
+//! coordinator may present a chain its organization's CA issued instead (`tls_cert`,
+//! `tls_key`), so callers can verify it the usual way; the custodians pin that chain's key.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::http::Uri;
+use quorumvm_wire::fingerprint::Fingerprint;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, ServerConfig,
+    SignatureScheme,
+};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use zeroize::Zeroizing;
+
+use crate::http::{Dial, Dialing, Stream, Tcp};
+use crate::keys;
+
+/// A server's TLS key, in its data directory.
+pub const KEY_FILE: &str = "tls.key";
+
+/// How long a TLS handshake may take, on either side; a connection that has not finished one
+/// by then is closed (a client that opens connections and sends nothing holds no server task).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Handshaken connections waiting for the server to take them.
+const ACCEPT_QUEUE: usize = 256;
+
+/// Makes ring the process's rustls provider, for clients built without a configuration of
+/// ours (reqwest's for plain HTTP on the loopback still builds a TLS stack).
+pub fn install_default_provider() {
+    // Already installed (by an earlier call) is as good.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn algorithms() -> WebPkiSupportedAlgorithms {
+    rustls::crypto::ring::default_provider().signature_verification_algorithms
+}
+
+/// A party's TLS identity: the certificate chain it presents, its key, and the key's pin.
+pub struct Identity {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    fingerprint: Fingerprint,
+}
+
+impl Identity {
+    /// Creates `tls.key` (ECDSA P-256) in `data_dir` if absent and returns its pin: what the
+    /// cluster's configs list for this server.
+    pub fn init(data_dir: &Path) -> anyhow::Result<Fingerprint> {
+        keys::create_if_absent(&data_dir.join(KEY_FILE), || {
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+                .expect("ring makes a P-256 key");
+            Zeroizing::new(key.serialize_pem())
+        })?;
+        Ok(Identity::load(data_dir, "quorumvm")?.fingerprint)
+    }
+
+    /// The key in `data_dir` (never created here: a server that made up a key would not match
+    /// its pin), with a certificate self-signed for `name`.
+    pub fn load(data_dir: &Path, name: &str) -> anyhow::Result<Identity> {
+        let path = data_dir.join(KEY_FILE);
+        if !path.exists() {
+            anyhow::bail!(
+                "{} does not exist: create the server's keys first (`quorumvm server-keys`, \
+                 or `quorumvm dev --init-only` for a local cluster)",
+                path.display()
+            );
+        }
+        let pem = keys::read(&path)?;
+        let key = rcgen::KeyPair::from_pem(&pem)
+            .with_context(|| format!("{} is not a TLS key", path.display()))?;
+        let mut params = rcgen::CertificateParams::new(vec![name.to_string()])?;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.not_before = rcgen::date_time_ymd(2025, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2125, 1, 1);
+        let certificate = params.self_signed(&key)?;
+        Ok(Identity {
+            fingerprint: spki_pin(certificate.der())?,
+            chain: vec![certificate.der().clone()],
+            key: PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        })
+    }
+
+    /// A chain (PEM, leaf first) and its key (PEM) from files, e.g. issued by a CA.
+    pub fn from_files(chain: &Path, key: &Path) -> anyhow::Result<Identity> {
+        let chain = CertificateDer::pem_file_iter(chain)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .with_context(|| format!("cannot read the certificates in {}", chain.display()))?;
+        let leaf = chain.first().context("no certificate in tls_cert")?;
+        let fingerprint = spki_pin(leaf).map_err(|e| anyhow::anyhow!("tls_cert: {e}"))?;
+        let key = PrivateKeyDer::from_pem_file(key)
+            .with_context(|| format!("cannot read the key in {}", key.display()))?;
+        Ok(Identity {
+            chain,
+            key,
+            fingerprint,
+        })
+    }
+
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
+
+    /// How this party serves: its certificate, and client certificates checked against `pins`
+    /// when one is presented.
+    pub fn server_config(&self, pins: Vec<Fingerprint>) -> anyhow::Result<Arc<ServerConfig>> {
+        let verifier = PinnedClients {
+            pins,
+            algorithms: algorithms(),
+        };
+        let mut config = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(Arc::new(verifier))
+            .with_single_cert(self.chain.clone(), self.key.clone_key())?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// How this party connects to a server whose key is `pin`, presenting its own certificate.
+    pub fn client_config(&self, pin: Fingerprint) -> anyhow::Result<Arc<ClientConfig>> {
+        Ok(Arc::new(pinned_builder(pin)?.with_client_auth_cert(
+            self.chain.clone(),
+            self.key.clone_key(),
+        )?))
+    }
+}
+
+/// How a caller (the CLI) trusts a server: by its key's pin, or by a CA's certificates.
+pub enum Trust {
+    Pinned(Fingerprint),
+    Roots(Vec<CertificateDer<'static>>),
+}
+
+impl Trust {
+    /// The certificates (PEM) of the CA that issued the server's chain.
+    pub fn roots_from(path: &Path) -> anyhow::Result<Trust> {
+        let roots = CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .with_context(|| format!("cannot read the certificates in {}", path.display()))?;
+        anyhow::ensure!(!roots.is_empty(), "no certificate in {}", path.display());
+        Ok(Trust::Roots(roots))
+    }
+
+    /// A client configuration without a client certificate.
+    pub fn client_config(&self) -> anyhow::Result<ClientConfig> {
+        match self {
+            Trust::Pinned(pin) => Ok(pinned_builder(*pin)?.with_no_client_auth()),
+            Trust::Roots(roots) => {
+                let mut store = rustls::RootCertStore::empty();
+                for root in roots {
+                    store.add(root.clone())?;
+                }
+                Ok(ClientConfig::builder_with_provider(provider())
+                    .with_protocol_versions(&[&rustls::version::TLS13])?
+                    .with_root_certificates(store)
+                    .with_no_client_auth())
+            }
+        }
+    }
+}
+
+fn pinned_builder(
+    pin: Fingerprint,
+) -> anyhow::Result<rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>> {
+    let verifier = PinnedServer {
+        pin,
+        algorithms: algorithms(),
+    };
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier)))
+}
+
+/// The pin of a certificate's key.
+fn spki_pin(cert: &CertificateDer<'_>) -> Result<Fingerprint, rustls::Error> {
+    let parsed = webpki::EndEntityCert::try_from(cert)
+        .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+    Ok(Fingerprint::of_spki(&parsed.subject_public_key_info()))
+}
+
+/// Refuses a certificate whose key is not among `pins`.
+fn check_pin(cert: &CertificateDer<'_>, pins: &[Fingerprint]) -> Result<(), rustls::Error> {
+    let pin = spki_pin(cert)?;
+    if pins.contains(&pin) {
+        Ok(())
+    } else {
+        Err(rustls::Error::InvalidCertificate(
+            CertificateError::ApplicationVerificationFailure,
+        ))
+    }
+}
+
+/// Accepts exactly one server key. Names and dates are not checked: the pin is the identity,
+/// and a pinned key is replaced by changing the configs, not by expiry.
+#[derive(Debug)]
+struct PinnedServer {
+    pin: Fingerprint,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for PinnedServer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        check_pin(end_entity, &[self.pin]).map(|()| ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// Asks every client for a certificate and refuses one whose key is not pinned; a client may
+/// present none.
+#[derive(Debug)]
+struct PinnedClients {
+    pins: Vec<Fingerprint>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ClientCertVerifier for PinnedClients {
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        check_pin(end_entity, &self.pins).map(|()| ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// The host and port a URL names (443 by default for `https`).
+pub fn host_port(url: &str) -> anyhow::Result<(String, u16)> {
+    let uri: Uri = url
+        .parse()
+        .with_context(|| format!("`{url}` is not a URL"))?;
+    let host = uri
+        .host()
+        .with_context(|| format!("`{url}` names no host"))?
+        .trim_matches(|c| c == '[' || c == ']')
+        .to_string();
+    let default = if uri.scheme_str() == Some("https") {
+        443
+    } else {
+        80
+    };
+    Ok((host, uri.port_u16().unwrap_or(default)))
+}
+
+/// TLS connections to the servers this party knows, each checked against its own pin; a
+/// destination without a pin is refused before a byte is sent.
+pub struct TlsDial {
+    links: HashMap<(String, u16), TlsConnector>,
+}
+
+impl TlsDial {
+    /// Connections from `identity` to each `(url, pin)`.
+    pub fn new<'a>(
+        identity: &Identity,
+        servers: impl IntoIterator<Item = (&'a str, Fingerprint)>,
+    ) -> anyhow::Result<TlsDial> {
+        let mut links = HashMap::new();
+        for (url, pin) in servers {
+            let connector = TlsConnector::from(identity.client_config(pin)?);
+            links.insert(host_port(url)?, connector);
+        }
+        Ok(TlsDial { links })
+    }
+}
+
+impl Dial for TlsDial {
+    fn dial(&self, host: String, port: u16) -> Dialing {
+        let connector = self.links.get(&(host.clone(), port)).cloned();
+        Box::pin(async move {
+            let connector = connector.ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!("no pinned TLS key for {host}:{port}"),
+                )
+            })?;
+            let name = ServerName::try_from(host.clone())
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            let tcp = Tcp.dial(host, port).await?;
+            let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, tcp))
+                .await
+                .map_err(|_| {
+                    io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
+                })??;
+            Ok(Box::new(tls) as Box<dyn Stream>)
+        })
+    }
+}
+
+/// A real process of a TLS cluster: its environment, whose connections go to `parties` (URL
+/// and pin), and its listener, which admits the client certificates of the same parties.
+pub fn serving(
+    identity: &Identity,
+    parties: &[(&str, Fingerprint)],
+    listener: TcpListener,
+) -> anyhow::Result<(crate::Env, TlsListener)> {
+    let dial = TlsDial::new(identity, parties.iter().copied())?;
+    let pins = parties.iter().map(|(_, pin)| *pin).collect();
+    let listener = TlsListener::new(listener, identity.server_config(pins)?)?;
+    Ok((crate::Env::system().with_dial(Arc::new(dial)), listener))
+}
+
+/// A listener that hands the server only connections whose TLS handshake succeeded. Each
+/// handshake runs in its own task (with [`HANDSHAKE_TIMEOUT`]), so a slow or silent client
+/// delays nobody else's.
+pub struct TlsListener {
+    ready: mpsc::Receiver<(tokio_rustls::server::TlsStream<TcpStream>, SocketAddr)>,
+    local: SocketAddr,
+}
+
+impl TlsListener {
+    pub fn new(listener: TcpListener, config: Arc<ServerConfig>) -> io::Result<TlsListener> {
+        let local = listener.local_addr()?;
+        let (sender, ready) = mpsc::channel(ACCEPT_QUEUE);
+        let acceptor = TlsAcceptor::from(config);
+        tokio::spawn(async move {
+            loop {
+                // The server dropped its listener: stop accepting (and free the port).
+                let accepted = tokio::select! {
+                    () = sender.closed() => return,
+                    accepted = listener.accept() => accepted,
+                };
+                let (tcp, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait rather than spin.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!("cannot set TCP_NODELAY: {e}");
+                }
+                let (acceptor, sender) = (acceptor.clone(), sender.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = sender.send((tls, peer)).await;
+                        }
+                        Ok(Err(e)) => tracing::info!(%peer, "TLS handshake refused: {e}"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        Ok(TlsListener { ready, local })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(accepted) => accepted,
+            // The accepting task never ends while this receiver lives.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.local)
+    }
+}
