@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -819,12 +820,17 @@ fn sixteen_clients_times_fifty_evaluations_are_all_correct() {
     );
 }
 
-/// A TCP proxy that records every byte flowing *towards* the coordinator.
+/// Where a recording proxy writes what it relays: the bytes towards its upstream server, and
+/// the bytes back.
+type Log = Arc<Mutex<Vec<u8>>>;
+
+/// A TCP proxy to `upstream` that appends what flows towards it to `to_upstream` and what
+/// flows back to `from_upstream`.
 fn recording_proxy(
     rt: &tokio::runtime::Runtime,
     upstream: SocketAddr,
-    towards_upstream: bool,
-    log: Arc<Mutex<Vec<u8>>>,
+    to_upstream: Option<Log>,
+    from_upstream: Option<Log>,
 ) -> SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = rt
@@ -836,22 +842,21 @@ fn recording_proxy(
             let Ok((inbound, _)) = listener.accept().await else {
                 return;
             };
-            let log = Arc::clone(&log);
+            let (log_up, log_down) = (to_upstream.clone(), from_upstream.clone());
             tokio::spawn(async move {
                 let Ok(outbound) = tokio::net::TcpStream::connect(upstream).await else {
                     return;
                 };
                 let (mut ir, mut iw) = inbound.into_split();
                 let (mut or, mut ow) = outbound.into_split();
-                let (log_up, log_down) = (Arc::clone(&log), log);
                 let up = async move {
                     let mut buf = vec![0u8; 65536];
                     while let Ok(n) = ir.read(&mut buf).await {
                         if n == 0 || ow.write_all(&buf[..n]).await.is_err() {
                             break;
                         }
-                        if towards_upstream {
-                            log_up.lock().unwrap().extend_from_slice(&buf[..n]);
+                        if let Some(log) = &log_up {
+                            log.lock().unwrap().extend_from_slice(&buf[..n]);
                         }
                     }
                     let _ = ow.shutdown().await;
@@ -862,8 +867,8 @@ fn recording_proxy(
                         if n == 0 || iw.write_all(&buf[..n]).await.is_err() {
                             break;
                         }
-                        if !towards_upstream {
-                            log_down.lock().unwrap().extend_from_slice(&buf[..n]);
+                        if let Some(log) = &log_down {
+                            log.lock().unwrap().extend_from_slice(&buf[..n]);
                         }
                     }
                     let _ = iw.shutdown().await;
@@ -890,10 +895,10 @@ fn the_coordinator_receives_no_secret_and_no_triple_material() {
         // `load` resolved it against the directory; the file keeps it relative.
         config.data_dir = "coordinator".into();
         let real = config.listen;
-        let front = recording_proxy(&rt, real, true, Arc::clone(&captured));
+        let front = recording_proxy(&rt, real, Some(Arc::clone(&captured)), None);
         for entry in &mut config.custodians {
             let addr: SocketAddr = entry.url.trim_start_matches("http://").parse().unwrap();
-            let p = recording_proxy(&rt, addr, false, Arc::clone(&captured));
+            let p = recording_proxy(&rt, addr, None, Some(Arc::clone(&captured)));
             entry.url = format!("http://{p}");
         }
         // Custodians reach the coordinator through the front proxy too.
@@ -920,28 +925,7 @@ fn the_coordinator_receives_no_secret_and_no_triple_material() {
     assert_eq!(first.outputs["y"], model_expected(&model_inputs(1)));
     let mut material: Vec<[u8; 16]> = Vec::new();
     for i in 1..=3 {
-        let db =
-            quorumvm_ledger::Ledger::open(c.path(&format!("custodian-{i}/custodian.db"))).unwrap();
-        let mut stmt = db
-            .connection()
-            .prepare("SELECT material FROM kits")
-            .unwrap();
-        let kits: Vec<Vec<u8>> = stmt
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        assert!(!kits.is_empty(), "custodian {i} holds kits");
-        for kit in kits.iter().take(120) {
-            // All but the last value, the share of the kit's MAC key: the receiver of the
-            // outputs (here the coordinator) gets it with the answer to check the outputs'
-            // MACs, once every share was sent; that key serves this one evaluation.
-            let values: Vec<[u8; 16]> = kit
-                .chunks_exact(16)
-                .map(|c| <[u8; 16]>::try_from(c).unwrap())
-                .collect();
-            material.extend(&values[..values.len() - 1]);
-        }
+        material.extend(kit_material(&c, i));
         material.extend(secret_shares(&c, i, &model));
     }
     for n in 0..40 {
@@ -1024,6 +1008,179 @@ fn the_coordinator_receives_no_secret_and_no_triple_material() {
 
 /// Custodian `i`'s plaintext shares of the model's secrets (as dealt), opened here with its
 /// key.
+/// Every link of a cluster under load goes through a recording proxy: callers, the publisher
+/// and the operators to the coordinator, the coordinator to each custodian, each custodian to
+/// the coordinator and to its peers, both directions. What the wire carries is TLS records only:
+/// no API key, no request, no secret, share or kit, no input or output value in clear.
+#[test]
+fn every_connection_is_tls_and_carries_nothing_in_clear() {
+    let rt = runtime();
+    let links: Arc<Mutex<BTreeMap<String, Log>>> = Arc::default();
+    let front_door: Mutex<Option<SocketAddr>> = Mutex::default();
+    let mut c = Cluster::init(|dir, text| {
+        let tap = |name: String, upstream: SocketAddr| {
+            let log = Log::default();
+            links.lock().unwrap().insert(name, Arc::clone(&log));
+            recording_proxy(&rt, upstream, Some(Arc::clone(&log)), Some(log))
+        };
+        let addr = |url: &str| -> SocketAddr { url.split_once("://").unwrap().1.parse().unwrap() };
+        let path = dir.join("coordinator.toml");
+        std::fs::write(&path, &text).unwrap();
+        let mut config = CoordinatorConfig::load(&path).unwrap();
+        config.data_dir = "coordinator".into();
+        let front = tap("to the coordinator".into(), config.listen);
+        // One proxy per custodian, which everyone reaches it through.
+        let proxies: Vec<String> = config
+            .custodians
+            .iter()
+            .map(|e| {
+                format!(
+                    "https://{}",
+                    tap(format!("to custodian {}", e.index), addr(&e.url))
+                )
+            })
+            .collect();
+        for (entry, proxy) in config.custodians.iter_mut().zip(&proxies) {
+            entry.url = proxy.clone();
+        }
+        for i in 1..=3 {
+            let path = dir.join(format!("custodian-{i}.toml"));
+            let mut custodian = quorumvm_wire::config::CustodianConfig::load(&path).unwrap();
+            custodian.data_dir = format!("custodian-{i}").into();
+            custodian.coordinator_url = format!("https://{front}");
+            custodian.custodians = config.custodians.clone();
+            std::fs::write(&path, custodian.to_toml()).unwrap();
+        }
+        *front_door.lock().unwrap() = Some(front);
+        config.to_toml()
+    });
+    c.start_all();
+    let front = front_door.lock().unwrap().expect("the proxies are set up");
+    c.coordinator_url = format!("https://{front}");
+    let caller = c.identity("tls-observer-7781");
+    let model = install_model(&c);
+    let payroll = c.publish("payroll", PRIVATE, &["rate=1.2345"]);
+    for i in [2, 3] {
+        ok(c.approve(&payroll.package_id, i));
+    }
+    // Load: 8 clients at once, each 10 evaluations of the model with its secret weights.
+    let first = rt.block_on(c.eval_ready(&caller, &model, &model_inputs(1)));
+    let mut outputs = vec![first.outputs["y"].clone()];
+    let c = Arc::new(c);
+    rt.block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        for client in 0..8u64 {
+            let (c, caller, model) = (Arc::clone(&c), caller.clone(), model.clone());
+            tasks.spawn(async move {
+                let mut answers = Vec::new();
+                for n in 0..10 {
+                    let inputs = model_inputs(client * 100 + n + 7);
+                    let a = c.eval_ready(&caller, &model, &inputs).await;
+                    assert_eq!(a.outputs["y"], model_expected(&inputs));
+                    answers.push(a.outputs["y"].clone());
+                }
+                answers
+            });
+        }
+        while let Some(answers) = tasks.join_next().await {
+            outputs.extend(answers.expect("a client"));
+        }
+    });
+    // A private input through `quorumvm eval`, as a caller runs it.
+    let (salary, pay) = ("7654321.98", "9449260.484310");
+    let answer = c.eval_cli(&caller, "payroll", &[&format!("salary={salary}")]);
+    assert_eq!(answer.outputs["pay"], pay);
+    let mut material: std::collections::HashSet<Vec<u8>> = Default::default();
+    for i in 1..=3 {
+        let values = kit_material(&c, i)
+            .into_iter()
+            .chain(secret_shares(&c, i, &model));
+        material.extend(values.map(|m| m.to_vec()));
+    }
+    let material_hex: std::collections::HashSet<String> =
+        material.iter().map(hex::encode).collect();
+
+    let links = links.lock().unwrap();
+    let mut needles: Vec<String> = vec![
+        caller.api_key.clone(),
+        caller.name.clone(),
+        "HTTP/1.1".into(),
+        "/v1/".into(),
+        "\"inputs\"".into(),
+        salary.into(),
+        salary.replace('.', ""),
+        pay.into(),
+        pay.replace('.', ""),
+        "1.2345".into(),
+    ];
+    needles.extend(
+        WEIGHTS
+            .iter()
+            .map(|w| w.split_once('=').unwrap().1.to_string()),
+    );
+    needles.extend(outputs.iter().filter(|o| o.len() >= 6).cloned());
+    for (link, log) in links.iter() {
+        let bytes = log.lock().unwrap().clone();
+        assert!(
+            bytes.len() > 2_000,
+            "{link}: only {} bytes seen",
+            bytes.len()
+        );
+        let text = String::from_utf8_lossy(&bytes);
+        for needle in &needles {
+            assert!(
+                !text.contains(needle.as_str()),
+                "{link}: `{needle}` in clear"
+            );
+        }
+        // Every 16-byte window against the set, and every run of 32 hex digits against the
+        // set's hex: one pass each, as the capture holds megabytes of preprocessing.
+        assert!(
+            !bytes.windows(16).any(|w| material.contains(w)),
+            "{link}: share or kit material in clear"
+        );
+        let hex_digits: Vec<char> = text.chars().collect();
+        for run in hex_digits.split(|c| !c.is_ascii_hexdigit()) {
+            for window in run.windows(32) {
+                let window: String = window.iter().collect::<String>().to_lowercase();
+                assert!(
+                    !material_hex.contains(&window),
+                    "{link}: share or kit material in hex"
+                );
+            }
+        }
+        // What the proxy relays is TLS: it opens with a handshake record (type 22, version 3.x).
+        assert_eq!(bytes[..2], [0x16, 0x03], "{link}: not a TLS record");
+    }
+    assert_eq!(links.len(), 4, "a tap on every server");
+}
+
+/// The values of up to 120 of custodian `i`'s kits, but for each kit's last value, the share of
+/// its MAC key: the receiver of the outputs (the coordinator) gets that with the answer to check
+/// the outputs' MACs, once every share was sent; that key serves this one evaluation.
+fn kit_material(c: &Cluster, i: u32) -> Vec<[u8; 16]> {
+    let db = quorumvm_ledger::Ledger::open(c.path(&format!("custodian-{i}/custodian.db"))).unwrap();
+    let mut stmt = db
+        .connection()
+        .prepare("SELECT material FROM kits")
+        .unwrap();
+    let kits: Vec<Vec<u8>> = stmt
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(!kits.is_empty(), "custodian {i} holds kits");
+    let mut material = Vec::new();
+    for kit in kits.iter().take(120) {
+        let values: Vec<[u8; 16]> = kit
+            .chunks_exact(16)
+            .map(|c| <[u8; 16]>::try_from(c).unwrap())
+            .collect();
+        material.extend(&values[..values.len() - 1]);
+    }
+    material
+}
+
 fn secret_shares(c: &Cluster, i: u32, package: &str) -> Vec<[u8; 16]> {
     shares_at(c, i, package, 0)
 }
