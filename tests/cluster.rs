@@ -1766,3 +1766,114 @@ fn scheduled_reshares_move_the_epoch() {
         assert_eq!(answer.outputs["y"], model_expected(&model_inputs(seed)));
     }
 }
+
+/// An impostor at custodian 3's address (its data and config, a TLS key nobody else pins) is
+/// refused by every other party: the coordinator does not count it live and evaluations run on
+/// custodians 1 and 2; its certificate, presented as a client, is refused by the coordinator and
+/// by custodians 1 and 2, which admit the genuine key. A custodian whose own key is not the one
+/// its config pins does not start.
+#[test]
+fn a_server_with_an_unpinned_key_is_refused_by_every_other() {
+    use quorumvm_server::tls::Identity;
+    let c = Cluster::start();
+    let alice = c.identity("alice");
+    let v1 = c.publish("square", SQUARE, &[]);
+    for i in [1, 2] {
+        ok(c.approve(&v1.package_id, i));
+    }
+    let rt = runtime();
+    let x = [("x", "3".to_string())];
+    assert_eq!(
+        rt.block_on(c.eval_ready(&alice, "square", &x)).outputs["y"],
+        "100"
+    );
+
+    // The genuine key, kept aside; custodian 3's data directory gets a new one.
+    c.kill("custodian-3");
+    let genuine = c.path("genuine");
+    std::fs::create_dir_all(&genuine).unwrap();
+    std::fs::rename(c.path("custodian-3/tls.key"), genuine.join("tls.key")).unwrap();
+    let impostor_pin = Identity::init(&c.path("custodian-3")).unwrap();
+    // Its own config still pins the genuine key: it refuses to start.
+    let refused = Command::new(common::BIN)
+        .args(["custodian", "--config"])
+        .arg(c.path("custodian-3.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        !refused.status.success()
+            && String::from_utf8_lossy(&refused.stderr).contains("but the config pins"),
+        "{refused:?}"
+    );
+    // The impostor's own config pins its key; everyone else's still pins the genuine one.
+    let path = c.path("custodian-3.toml");
+    let mut own = c.custodian_config(3);
+    own.data_dir = "custodian-3".into();
+    for entry in own.custodians.iter_mut().filter(|e| e.index == 3) {
+        entry.tls_fingerprint = Some(impostor_pin);
+    }
+    std::fs::write(&path, own.to_toml()).unwrap();
+    c.start_server("custodian-3");
+    std::thread::sleep(Duration::from_secs(2));
+
+    // As a server: the coordinator reaches it, refuses its certificate, and serves without it.
+    let cluster: quorumvm_wire::api::ClusterInfo = rt.block_on(async {
+        let url = format!("{}/v1/cluster", c.coordinator_url);
+        c.http.get(url).send().await.unwrap().json().await.unwrap()
+    });
+    let live: Vec<(u32, bool)> = cluster
+        .custodians
+        .iter()
+        .map(|m| (m.index, m.live))
+        .collect();
+    assert_eq!(live, [(1, true), (2, true), (3, false)]);
+    assert!(
+        c.log("custodian-3").contains("TLS handshake refused"),
+        "the coordinator hung up on it:\n{}",
+        c.log("custodian-3")
+    );
+    let a = rt.block_on(c.eval_ready(&alice, "square", &x));
+    assert_eq!((a.outputs["y"].as_str(), a.custodians), ("100", vec![1, 2]));
+
+    // As a client: each other party refuses the impostor's certificate, admits the genuine one.
+    let impostor = Identity::load(&c.path("custodian-3"), "impostor").unwrap();
+    let genuine = Identity::load(&genuine, "quorumvm-custodian-3").unwrap();
+    let coordinator_pin = c.coordinator_pin.expect("a TLS cluster");
+    let mut others = vec![(
+        "coordinator".to_string(),
+        c.coordinator_url.clone(),
+        coordinator_pin,
+    )];
+    for i in [1, 2] {
+        let (url, _) = c.custodian(i);
+        let pin = c
+            .custodian_config(i)
+            .cluster()
+            .unwrap()
+            .member(i)
+            .unwrap()
+            .tls
+            .unwrap();
+        others.push((format!("custodian {i}"), url, pin));
+    }
+    let health = |identity: &Identity, url: &str, pin| {
+        let dial = quorumvm_server::tls::TlsDial::new(identity, [(url, pin)]).unwrap();
+        let http = quorumvm_server::Env::system()
+            .with_dial(Arc::new(dial))
+            .http();
+        rt.block_on(http.get(format!("{url}/v1/health")).send())
+            .map(|reply| reply.status.as_u16())
+    };
+    for (name, url, pin) in &others {
+        assert_eq!(
+            health(&genuine, url, *pin).ok(),
+            Some(200),
+            "{name} admits the genuine key"
+        );
+        let refused = health(&impostor, url, *pin);
+        assert!(
+            refused.is_err(),
+            "{name} admitted the impostor: {refused:?}"
+        );
+    }
+}
