@@ -119,6 +119,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check a server on its own machine (a container's health check): GET /v1/health where
+    /// its config says it listens, over TLS to its own pinned key. Exit status 0 when it
+    /// answers 200.
+    Health {
+        #[arg(value_enum)]
+        role: servers::Role,
+        /// The server's config.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// A whole local cluster: a coordinator and 3 custodians (k = 2) on 127.0.0.1.
     Dev {
         /// Keys, configs, databases and logs (reused when it already holds a cluster).
@@ -408,6 +418,7 @@ fn main() -> ExitCode {
             data_dir,
             json,
         } => servers::server_keys(role, &data_dir, json),
+        Command::Health { role, config } => servers::health(role, &config),
         Command::Dev {
             dir,
             port,

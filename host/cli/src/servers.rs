@@ -107,6 +107,32 @@ pub fn server_keys(role: Role, data_dir: &Path, as_json: bool) -> Result<()> {
     Ok(())
 }
 
+/// `quorumvm health`: the server of `config`, reached on this machine where it listens, with
+/// its own pin (a coordinator's from its key files; a custodian's from its config's entry).
+pub fn health(role: Role, config: &Path) -> Result<()> {
+    let (mut addr, pin) = match role {
+        Role::Coordinator => {
+            let config = CoordinatorConfig::load(config).map_err(Failure::data)?;
+            let pin = quorumvm_coordinator::tls_fingerprint(&config)
+                .map_err(|e| Failure::new(Code::NoInput, format!("{e:#}")))?;
+            (config.listen, pin)
+        }
+        Role::Custodian => {
+            let config = CustodianConfig::load(config).map_err(Failure::data)?;
+            let cluster = config.cluster().map_err(Failure::data)?;
+            let pin = cluster.member(config.index).and_then(|m| m.tls);
+            (config.listen, pin)
+        }
+    };
+    if addr.ip().is_unspecified() {
+        addr.set_ip([127, 0, 0, 1].into());
+    }
+    let scheme = if pin.is_some() { "https" } else { "http" };
+    let client = Client::new(&Endpoint::pinned(format!("{scheme}://{addr}"), pin))?;
+    runtime()?.block_on(client.ping())?;
+    Ok(())
+}
+
 /// `quorumvm dev`: creates (or resumes) the cluster in `dir` and runs it until interrupted or
 /// until one server stops.
 pub fn dev(dir: &Path, port: u16, init_only: bool, hosts: Hosts) -> Result<()> {
