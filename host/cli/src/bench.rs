@@ -14,7 +14,7 @@ use rand::Rng as _;
 use quorumvm_wire::config::PoolConfig;
 
 use crate::client::Client;
-use crate::cluster::{Layout, Running};
+use crate::cluster::{Hosts, Layout, Link, Running};
 use crate::endpoint::Endpoint;
 use crate::exit::{Code, Failure, Result};
 use crate::publish;
@@ -27,6 +27,9 @@ pub struct Options {
     pub requests: usize,
     pub seconds: u64,
     pub clients: usize,
+    /// How the fresh cluster's servers talk (TLS unless `--insecure-loopback`): run both to
+    /// see what TLS costs.
+    pub link: Link,
 }
 
 const SQUARE: &str = "program bench_square\nversion 1\npolicy budget 1000000000\npolicy rate 1000000 per second\ninput x in -1000..1000\nadd t = x 7\nmul y = t t\noutput y\n";
@@ -93,7 +96,7 @@ pub fn run(options: Options) -> Result<()> {
         batch: 5_000,
         target: 60_000,
     };
-    let layout = Layout::init(&options.dir, 0, pool)?;
+    let layout = Layout::init_for(&options.dir, 0, pool, Hosts::Loopback(options.link))?;
     crate::servers::runtime()?.block_on(bench(&layout, &options))
 }
 

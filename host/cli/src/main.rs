@@ -310,6 +310,10 @@ enum Command {
         /// Concurrent clients.
         #[arg(long, default_value_t = 8)]
         clients: usize,
+        /// Plain HTTP on the loopback instead of TLS (a fresh cluster only): compare the two
+        /// runs to see what TLS costs.
+        #[arg(long, conflicts_with = "running")]
+        insecure_loopback: bool,
     },
     /// The reference demo on a fresh local cluster, step by step.
     Demo {
@@ -545,12 +549,18 @@ fn main() -> ExitCode {
             requests,
             seconds,
             clients,
+            insecure_loopback,
         } => bench::run(bench::Options {
             dir,
             running,
             requests,
             seconds,
             clients,
+            link: if insecure_loopback {
+                Link::InsecureLoopback
+            } else {
+                Link::Tls
+            },
         }),
         Command::Demo {
             packages,
