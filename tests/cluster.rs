@@ -1876,4 +1876,29 @@ fn a_server_with_an_unpinned_key_is_refused_by_every_other() {
             "{name} admitted the impostor: {refused:?}"
         );
     }
+    // Without a certificate, a client reaches a custodian's public routes but not the parties'.
+    let (url, anonymous) = c.custodian(1);
+    rt.block_on(async {
+        let health = anonymous
+            .get(format!("{url}/v1/health"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(health.status(), 200);
+        for route in ["/v1/orders", "/v1/sessions", "/v1/rounds"] {
+            let r = anonymous
+                .post(format!("{url}{route}"))
+                .body("{}")
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(
+                (status, body["error"]["code"].as_str()),
+                (403, Some("not_a_party")),
+                "{route}"
+            );
+        }
+    });
 }

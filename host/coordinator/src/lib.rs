@@ -133,7 +133,8 @@ pub async fn serve(
 /// this future is dropped (which stops it as a crash would: only what it committed remains).
 pub async fn run<L>(env: Env, config: CoordinatorConfig, listener: L) -> anyhow::Result<()>
 where
-    L: Listener<Addr = std::net::SocketAddr>,
+    L: Listener,
+    L::Addr: std::fmt::Display + std::fmt::Debug,
 {
     let state = State::start(env, &config)?;
     background::start(Arc::clone(&state));

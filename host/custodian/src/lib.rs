@@ -102,11 +102,16 @@ pub fn init_tls_key(data_dir: &std::path::Path) -> anyhow::Result<Fingerprint> {
 }
 
 /// [`serve`] in `env` (a real process's, or a simulation's), on `listener`.
+///
+/// Over TLS (`L::Addr` is a [`tls::Peer`]), the coordinator's orders and sessions and the
+/// peers' round messages are admitted only from a client that presented a pinned certificate.
 pub async fn run<L>(env: Env, config: CustodianConfig, listener: L) -> anyhow::Result<()>
 where
-    L: Listener<Addr = std::net::SocketAddr>,
+    L: Listener,
+    L::Addr: Into<tls::Peer>,
 {
     let custodian = Arc::new(state::Custodian::start(env, config).await?);
+    let listener = tls::PeerListener(listener);
     let address = listener.local_addr()?;
     tracing::info!(
         index = custodian.me,
@@ -118,7 +123,8 @@ where
     // listener closes and idle keep-alive connections (peers pool them) are closed too, so a
     // stopped custodian stops answering instead of lingering on connections already open.
     let (_running, stopped) = tokio::sync::oneshot::channel::<()>();
-    axum::serve(listener, routes::router(custodian))
+    let app = routes::router(custodian).into_make_service_with_connect_info::<tls::Peer>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = stopped.await;
         })

@@ -10,10 +10,13 @@ use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::IntoResponse as _;
 use axum::response::Response;
 use axum::routing::{get, post};
+use quorumvm_server::tls::Peer;
 use quorumvm_server::{body_error, json};
 use quorumvm_wire::api::{
     CustodianHealth, FreezeState, OrderResponse, SessionRequest, SessionResponse, VersionKits,
@@ -46,15 +49,21 @@ pub(crate) fn router(custodian: Arc<Custodian>) -> Router {
         .route("/metrics", get(metrics))
         .route(
             "/v1/orders",
-            post(orders).layer(DefaultBodyLimit::max(ORDER_BODY_LIMIT)),
+            post(orders)
+                .layer(DefaultBodyLimit::max(ORDER_BODY_LIMIT))
+                .layer(middleware::from_fn(parties_only)),
         )
         .route(
             "/v1/sessions",
-            post(sessions).layer(DefaultBodyLimit::max(SESSION_BODY_LIMIT)),
+            post(sessions)
+                .layer(DefaultBodyLimit::max(SESSION_BODY_LIMIT))
+                .layer(middleware::from_fn(parties_only)),
         )
         .route(
             "/v1/rounds",
-            post(rounds).layer(DefaultBodyLimit::max(ROUND_BODY_LIMIT)),
+            post(rounds)
+                .layer(DefaultBodyLimit::max(ROUND_BODY_LIMIT))
+                .layer(middleware::from_fn(parties_only)),
         )
         .route(
             "/v1/freezes",
@@ -63,6 +72,26 @@ pub(crate) fn router(custodian: Arc<Custodian>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(custodian)
+}
+
+/// The coordinator's orders and sessions and the peers' round messages come from a client that
+/// presented a pinned certificate (the listener refused any other); over TLS, a connection
+/// without one is refused here, before its body is read. Their signatures are checked as well.
+async fn parties_only(
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if peer.is_anonymous() {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "not_a_party",
+            "this route serves the cluster's coordinator and custodians: connect with the \
+             certificate of a key the cluster's configs pin",
+        )
+        .into_response();
+    }
+    next.run(request).await
 }
 
 async fn health(State(c): State<Arc<Custodian>>) -> Json<CustodianHealth> {

@@ -392,12 +392,80 @@ pub fn serving(
     Ok((crate::Env::system().with_dial(Arc::new(dial)), listener))
 }
 
+/// Who is at the other end of a connection, as the listener saw it (axum's `ConnectInfo`).
+#[derive(Debug, Clone, Copy)]
+pub enum Peer {
+    /// Plain HTTP (an `insecure_loopback` cluster, a simulation): there is no certificate to
+    /// check.
+    Plain(SocketAddr),
+    /// TLS; `party` is the pin of the client certificate it presented (one of the pins the
+    /// listener admits), `None` if it presented none.
+    Tls {
+        addr: SocketAddr,
+        party: Option<Fingerprint>,
+    },
+}
+
+impl Peer {
+    /// A TLS client that presented no certificate: a caller, an operator, a probe; not a party
+    /// of the cluster.
+    pub fn is_anonymous(&self) -> bool {
+        matches!(self, Peer::Tls { party: None, .. })
+    }
+}
+
+impl From<SocketAddr> for Peer {
+    fn from(addr: SocketAddr) -> Peer {
+        Peer::Plain(addr)
+    }
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Peer::Plain(addr) | Peer::Tls { addr, .. } => write!(f, "{addr}"),
+        }
+    }
+}
+
+/// A listener whose connections say who is at the other end ([`Peer`], as axum's
+/// `ConnectInfo`): a [`TlsListener`], or a plain one.
+pub struct PeerListener<L>(pub L);
+
+impl<L> axum::serve::Listener for PeerListener<L>
+where
+    L: axum::serve::Listener,
+    L::Addr: Into<Peer>,
+{
+    type Io = L::Io;
+    type Addr = Peer;
+
+    async fn accept(&mut self) -> (Self::Io, Peer) {
+        let (io, addr) = self.0.accept().await;
+        (io, addr.into())
+    }
+
+    fn local_addr(&self) -> io::Result<Peer> {
+        self.0.local_addr().map(Into::into)
+    }
+}
+
+impl<L> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, PeerListener<L>>>
+    for Peer
+where
+    PeerListener<L>: axum::serve::Listener<Addr = Peer>,
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, PeerListener<L>>) -> Peer {
+        *stream.remote_addr()
+    }
+}
+
 /// A listener that hands the server only connections whose TLS handshake succeeded. Each
 /// handshake runs in its own task (with [`HANDSHAKE_TIMEOUT`]), so a slow or silent client
 /// delays nobody else's.
 pub struct TlsListener {
-    ready: mpsc::Receiver<(tokio_rustls::server::TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
+    ready: mpsc::Receiver<(tokio_rustls::server::TlsStream<TcpStream>, Peer)>,
+    local: Peer,
 }
 
 impl TlsListener {
@@ -428,6 +496,14 @@ impl TlsListener {
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(tls)) => {
+                            // The verifier admitted only a pinned key, if any.
+                            let party = tls
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|chain| chain.first())
+                                .and_then(|leaf| spki_pin(leaf).ok());
+                            let peer = Peer::Tls { addr: peer, party };
                             let _ = sender.send((tls, peer)).await;
                         }
                         Ok(Err(e)) => tracing::info!(%peer, "TLS handshake refused: {e}"),
@@ -436,13 +512,17 @@ impl TlsListener {
                 });
             }
         });
+        let local = Peer::Tls {
+            addr: local,
+            party: None,
+        };
         Ok(TlsListener { ready, local })
     }
 }
 
 impl axum::serve::Listener for TlsListener {
     type Io = tokio_rustls::server::TlsStream<TcpStream>;
-    type Addr = SocketAddr;
+    type Addr = Peer;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         match self.ready.recv().await {
@@ -452,7 +532,7 @@ impl axum::serve::Listener for TlsListener {
         }
     }
 
-    fn local_addr(&self) -> io::Result<SocketAddr> {
+    fn local_addr(&self) -> io::Result<Peer> {
         Ok(self.local)
     }
 }
