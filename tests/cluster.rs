@@ -640,14 +640,7 @@ fn freezes_revocation_and_retirement_through_the_cli() {
     let custodian_freeze = |args: &[&str], i: u32| -> serde_json::Value {
         let key = c.path(&format!("operators/custodian-{i}.key"));
         let (url, _) = c.custodian(i);
-        let pin = c
-            .custodian_config(i)
-            .cluster()
-            .unwrap()
-            .member(i)
-            .unwrap()
-            .tls;
-        let pin = pin.expect("a TLS cluster").to_hex();
+        let pin = c.custodian_pin(i).expect("a TLS cluster").to_hex();
         let mut all = vec!["freeze"];
         all.extend(args);
         all.extend([
@@ -1846,14 +1839,7 @@ fn a_server_with_an_unpinned_key_is_refused_by_every_other() {
     )];
     for i in [1, 2] {
         let (url, _) = c.custodian(i);
-        let pin = c
-            .custodian_config(i)
-            .cluster()
-            .unwrap()
-            .member(i)
-            .unwrap()
-            .tls
-            .unwrap();
+        let pin = c.custodian_pin(i).expect("a TLS cluster");
         others.push((format!("custodian {i}"), url, pin));
     }
     let health = |identity: &Identity, url: &str, pin| {

@@ -131,6 +131,12 @@ impl Cluster {
         (member.url.clone(), pinned_client(member.tls))
     }
 
+    /// Custodian `i`'s TLS key pin, as the configs list it (`None`: an insecure cluster).
+    pub fn custodian_pin(&self, i: u32) -> Option<Fingerprint> {
+        let cluster = self.custodian_config(i).cluster().expect("cluster");
+        cluster.member(i).expect("a member").tls
+    }
+
     pub fn start() -> Cluster {
         let c = Cluster::init(|_, t| t);
         c.start_all();

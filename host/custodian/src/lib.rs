@@ -74,11 +74,11 @@ pub async fn serve(
     let cluster = config.cluster()?;
     let pinned = cluster.member(config.index).and_then(|m| m.tls);
     if pinned != Some(identity.fingerprint()) {
+        let pinned = pinned.map_or("no key".to_string(), |pin| pin.to_hex());
         anyhow::bail!(
-            "the TLS key in {} is {}, but the config pins {:?} for custodian {}",
+            "the TLS key in {} is {}, but the config pins {pinned} for custodian {}",
             config.data_dir.display(),
             identity.fingerprint(),
-            pinned,
             config.index
         );
     }
