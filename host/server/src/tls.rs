@@ -536,3 +536,98 @@ impl axum::serve::Listener for TlsListener {
         Ok(self.local)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{
+        BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, PKCS_ECDSA_P256_SHA256,
+        PublicKeyData as _,
+    };
+
+    /// A CA (its certificate, and an issuer for leaves).
+    fn ca(name: &str) -> (rcgen::Certificate, Issuer<'static, KeyPair>) {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let certificate = params.self_signed(&key).unwrap();
+        (certificate, Issuer::new(params, key))
+    }
+
+    /// Serves `identity` on the loopback with `pins` admitted; returns its address.
+    async fn serve(identity: &Identity, pins: Vec<Fingerprint>) -> SocketAddr {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut listener = TlsListener::new(tcp, identity.server_config(pins).unwrap()).unwrap();
+        let addr = match axum::serve::Listener::local_addr(&listener).unwrap() {
+            Peer::Tls { addr, .. } | Peer::Plain(addr) => addr,
+        };
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = axum::serve::Listener::accept(&mut listener).await;
+                drop(stream);
+            }
+        });
+        addr
+    }
+
+    async fn handshake(config: ClientConfig, addr: SocketAddr) -> io::Result<()> {
+        let tcp = TcpStream::connect(addr).await?;
+        let name = ServerName::try_from("localhost").unwrap();
+        TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await?;
+        Ok(())
+    }
+
+    /// A coordinator presenting its organization's chain: callers verify it with the CA
+    /// (`--ca`), a CA they do not hold is refused, and the custodians' pin is the leaf's key.
+    #[tokio::test]
+    async fn a_chain_from_a_ca_serves_callers_and_pins_by_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (org_ca, org) = ca("organization CA");
+        let (other_ca, _) = ca("someone else's CA");
+        let leaf_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let leaf = CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &org)
+            .unwrap();
+        let (chain, key, ca_file, other_file) = (
+            dir.path().join("chain.pem"),
+            dir.path().join("key.pem"),
+            dir.path().join("ca.pem"),
+            dir.path().join("other.pem"),
+        );
+        std::fs::write(&chain, leaf.pem()).unwrap();
+        std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
+        std::fs::write(&ca_file, org_ca.pem()).unwrap();
+        std::fs::write(&other_file, other_ca.pem()).unwrap();
+
+        let identity = Identity::from_files(&chain, &key).unwrap();
+        assert_eq!(
+            identity.fingerprint(),
+            Fingerprint::of_spki(&leaf_key.subject_public_key_info())
+        );
+        let addr = serve(&identity, vec![]).await;
+        let with = |trust: Trust| trust.client_config().unwrap();
+        handshake(with(Trust::roots_from(&ca_file).unwrap()), addr)
+            .await
+            .expect("the organization's CA verifies the chain");
+        handshake(with(Trust::Pinned(identity.fingerprint())), addr)
+            .await
+            .expect("the leaf's key pin admits it");
+        assert!(
+            handshake(with(Trust::roots_from(&other_file).unwrap()), addr)
+                .await
+                .is_err()
+        );
+        let stranger = Fingerprint::of_spki(b"another key");
+        assert!(
+            handshake(with(Trust::Pinned(stranger)), addr)
+                .await
+                .is_err()
+        );
+    }
+}
