@@ -1060,25 +1060,63 @@ fn every_connection_is_tls_and_carries_nothing_in_clear() {
     let first = rt.block_on(c.eval_ready(&caller, &model, &model_inputs(1)));
     let mut outputs = vec![first.outputs["y"].clone()];
     let c = Arc::new(c);
-    rt.block_on(async {
-        let mut tasks = tokio::task::JoinSet::new();
-        for client in 0..8u64 {
-            let (c, caller, model) = (Arc::clone(&c), caller.clone(), model.clone());
-            tasks.spawn(async move {
-                let mut answers = Vec::new();
-                for n in 0..10 {
-                    let inputs = model_inputs(client * 100 + n + 7);
-                    let a = c.eval_ready(&caller, &model, &inputs).await;
-                    assert_eq!(a.outputs["y"], model_expected(&inputs));
-                    answers.push(a.outputs["y"].clone());
-                }
-                answers
-            });
-        }
-        while let Some(answers) = tasks.join_next().await {
-            outputs.extend(answers.expect("a client"));
-        }
-    });
+    // 8 clients × 10 evaluations at once, every answer checked; `round` varies the inputs.
+    let load = |round: u64| {
+        rt.block_on(async {
+            let mut tasks = tokio::task::JoinSet::new();
+            for client in 0..8u64 {
+                let (c, caller, model) = (Arc::clone(&c), caller.clone(), model.clone());
+                tasks.spawn(async move {
+                    let mut answers = Vec::new();
+                    for n in 0..10 {
+                        let inputs = model_inputs(round * 1000 + client * 100 + n + 7);
+                        let a = c.eval_ready(&caller, &model, &inputs).await;
+                        assert_eq!(a.outputs["y"], model_expected(&inputs));
+                        answers.push(a.outputs["y"].clone());
+                    }
+                    answers
+                });
+            }
+            let mut outputs = Vec::new();
+            while let Some(answers) = tasks.join_next().await {
+                outputs.extend(answers.expect("a client"));
+            }
+            outputs
+        })
+    };
+    // The handshakes all four servers accepted, read on connections kept open for it.
+    let readers: Vec<(String, reqwest::Client)> =
+        std::iter::once((c.coordinator_url.clone(), c.http.clone()))
+            .chain((1..=3).map(|i| c.custodian(i)))
+            .collect();
+    let handshakes = || -> u64 {
+        rt.block_on(async {
+            let mut total = 0;
+            for (url, client) in &readers {
+                let text = client
+                    .get(format!("{url}/metrics"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap();
+                let line = text
+                    .lines()
+                    .find(|l| l.starts_with("quorumvm_tls_handshakes_total "))
+                    .expect("the TLS counter");
+                total += line.rsplit(' ').next().unwrap().parse::<u64>().unwrap();
+            }
+            total
+        })
+    };
+    outputs.extend(load(1));
+    // Once the pools hold a connection per concurrent call, the same load opens (almost) none:
+    // the handshake is off the evaluation's path.
+    let before = handshakes();
+    outputs.extend(load(2));
+    let opened = handshakes() - before;
+    assert!(opened < 20, "{opened} TLS handshakes for 80 evaluations");
     // A private input through `quorumvm eval`, as a caller runs it.
     let (salary, pay) = ("7654321.98", "9449260.484310");
     let answer = c.eval_cli(&caller, "payroll", &[&format!("salary={salary}")]);

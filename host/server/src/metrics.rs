@@ -6,8 +6,16 @@ use std::fmt::Write as _;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
-/// The answer to `GET /metrics`.
-pub fn response(text: String) -> Response {
+/// The answer to `GET /metrics`: the server's own families in `text`, then those every server
+/// has (the TLS handshakes this process accepted: with connections pooled and reused, they
+/// grow with connections, not with evaluations).
+pub fn response(mut text: String) -> Response {
+    counter(
+        &mut text,
+        "quorumvm_tls_handshakes_total",
+        "TLS handshakes this server accepted (one per connection).",
+        crate::tls::handshakes(),
+    );
     (
         [(
             header::CONTENT_TYPE,

@@ -21,6 +21,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -52,6 +53,14 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Handshaken connections waiting for the server to take them.
 const ACCEPT_QUEUE: usize = 256;
+
+/// TLS handshakes accepted by this process's listeners (a process runs one server).
+static HANDSHAKES: AtomicU64 = AtomicU64::new(0);
+
+/// How many TLS handshakes this process's listeners have accepted (`GET /metrics`).
+pub fn handshakes() -> u64 {
+    HANDSHAKES.load(Ordering::Relaxed)
+}
 
 /// Makes ring the process's rustls provider, for clients built without a configuration of
 /// ours (reqwest's for plain HTTP on the loopback still builds a TLS stack).
@@ -496,6 +505,7 @@ impl TlsListener {
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(tls)) => {
+                            HANDSHAKES.fetch_add(1, Ordering::Relaxed);
                             // The verifier admitted only a pinned key, if any.
                             let party = tls
                                 .get_ref()
