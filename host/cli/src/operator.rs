@@ -1,5 +1,6 @@
 //! A custodian operator, on the operator's own machine: the approval key that no server holds
-//! (`quorumvm keygen -o operator`), and the coordinator's URL. That is all an operator needs.
+//! (`quorumvm keygen -o operator`), and the coordinator's URL and TLS key pin. That is all an
+//! operator needs.
 //!
 //! Approvals (of versions, callers, revocations, retirements, unfreezes) are signed here and sent
 //! to the coordinator, which collects k of them for every custodian to check against the operator
@@ -22,7 +23,7 @@ use crate::client::Client;
 use crate::endpoint::{Endpoint, TrustArgs};
 use crate::exit::{Code, Failure, Result, read_text};
 
-/// What every operator command takes: `--key` and `--coordinator`.
+/// What every operator command takes: `--key`, `--coordinator` and `--pin` (or `--ca`).
 #[derive(clap::Args, Clone)]
 pub struct OperatorArgs {
     /// The operator's approval key: an ed25519 key made with `quorumvm keygen -o operator` on
