@@ -217,6 +217,21 @@ fn describe(err: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// The host (without an IPv6 address's brackets) and port (the scheme's default if none) a
+/// URL names: what the [`Dial`] is asked to open, and so what a pinned TLS dial is keyed by.
+pub fn destination(uri: &Uri) -> Option<(String, u16)> {
+    let host = uri
+        .host()?
+        .trim_matches(|c| c == '[' || c == ']')
+        .to_string();
+    let default = if uri.scheme_str() == Some("https") {
+        443
+    } else {
+        80
+    };
+    Some((host, uri.port_u16().unwrap_or(default)))
+}
+
 /// hyper's connector: the URL's host and port, opened by the [`Dial`].
 #[derive(Clone)]
 struct Connector(Arc<dyn Dial>);
@@ -233,17 +248,8 @@ impl tower_service::Service<Uri> for Connector {
     fn call(&mut self, uri: Uri) -> Self::Future {
         let dial = Arc::clone(&self.0);
         Box::pin(async move {
-            let host = uri
-                .host()
-                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no host in the URL"))?
-                .trim_matches(|c| c == '[' || c == ']')
-                .to_string();
-            let default = if uri.scheme_str() == Some("https") {
-                443
-            } else {
-                80
-            };
-            let port = uri.port_u16().unwrap_or(default);
+            let (host, port) = destination(&uri)
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no host in the URL"))?;
             let stream = dial.dial(host, port).await?;
             Ok(Conn(TokioIo::new(stream)))
         })

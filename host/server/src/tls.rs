@@ -326,22 +326,12 @@ impl ClientCertVerifier for PinnedClients {
     }
 }
 
-/// The host and port a URL names (443 by default for `https`).
+/// The host and port a URL names, as the servers' client dials it ([`crate::http::destination`]).
 pub fn host_port(url: &str) -> anyhow::Result<(String, u16)> {
     let uri: Uri = url
         .parse()
         .with_context(|| format!("`{url}` is not a URL"))?;
-    let host = uri
-        .host()
-        .with_context(|| format!("`{url}` names no host"))?
-        .trim_matches(|c| c == '[' || c == ']')
-        .to_string();
-    let default = if uri.scheme_str() == Some("https") {
-        443
-    } else {
-        80
-    };
-    Ok((host, uri.port_u16().unwrap_or(default)))
+    crate::http::destination(&uri).with_context(|| format!("`{url}` names no host"))
 }
 
 /// TLS connections to the servers this party knows, each checked against its own pin; a
