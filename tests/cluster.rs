@@ -1926,3 +1926,264 @@ fn a_server_with_an_unpinned_key_is_refused_by_every_other() {
         }
     });
 }
+
+/// One evaluation of `program` (package `package`) at the coordinator replica at `url`; `None`
+/// when the replica does not answer at all (killed).
+async fn eval_at(
+    c: &Cluster,
+    url: &str,
+    caller: &Caller,
+    (program, package): (&str, &str),
+    inputs: &[(&str, String)],
+) -> Option<(String, u16, serde_json::Value)> {
+    let request = caller.sign(program, package, inputs);
+    let id =
+        serde_json::from_str::<serde_json::Value>(&request.body).expect("a request")["request_id"]
+            .as_str()
+            .expect("an id")
+            .to_string();
+    let r = c
+        .http
+        .post(format!("{url}/v1/eval"))
+        .bearer_auth(&caller.api_key)
+        .json(&request)
+        .send()
+        .await
+        .ok()?;
+    let status = r.status().as_u16();
+    Some((id, status, r.json().await.ok()?))
+}
+
+/// Two replicas of the coordinator ("a", the one the custodians call, and "b") share one
+/// PostgreSQL database, a real server this test starts. 16 clients × 50 evaluations of the
+/// model are spread over both, and replica b is killed with SIGKILL mid-load (its clients go on
+/// at a). The identity's budget is 700 evaluations, fewer than are asked for.
+///
+/// Every answer is correct; every answered evaluation is on record (`eval.accepted`, in the
+/// shared database); exactly 700 are admitted and 700 units spent, however the two replicas
+/// interleaved; no kit is handed out twice; the audit log is one chain that verifies; b
+/// restarted serves again and finds the budget spent.
+#[test]
+fn two_coordinator_replicas_on_one_postgres_serve_one_cluster() {
+    let pg = quorumvm_ledger::postgres::testing::Server::start();
+    let db = pg.url();
+    let c =
+        Cluster::init(|_, text| format!("{text}\n[database]\nurl = \"{db}\"\nreplica = \"a\"\n"));
+    let mut b = CoordinatorConfig::load(&c.path("coordinator.toml")).expect("config");
+    b.listen = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    b.database.as_mut().expect("a database").replica = "b".into();
+    std::fs::write(c.path("coordinator-b.toml"), b.to_toml()).expect("b's config");
+    c.start_all();
+    c.start_server("coordinator-b");
+    let urls = [c.coordinator_url.clone(), format!("https://{}", b.listen)];
+
+    let key = c.identity("replicated");
+    let source = MODEL.replace("policy budget 100000", "policy budget 700");
+    let info = c.publish("model", &source, &WEIGHTS);
+    // One operator approves at a, the other at b (which learns of the version from the
+    // database first): the version activates at k, counted across both.
+    ok(c.approve(&info.package_id, 1));
+    let at_b = |i: u32| {
+        let mut args = vec![
+            "approve".to_string(),
+            info.package_id.clone(),
+            "--json".into(),
+        ];
+        args.extend(c.operator(i));
+        let at = args
+            .iter()
+            .position(|a| a == "--coordinator")
+            .expect("a URL")
+            + 1;
+        args[at] = urls[1].clone();
+        quorumvm(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let approved = loop {
+        let out = at_b(3);
+        if out.status.success() || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let approved: VersionInfo = serde_json::from_str(&ok(approved)).expect("version info");
+    assert_eq!(approved.state, quorumvm_wire::api::VersionState::Active);
+    let target = ("model".to_string(), info.package_id.clone());
+    let rt = runtime();
+    let c = Arc::new(c);
+    // Replica b learns of the version and the identity from the database, and orders kits of
+    // its own: both serve.
+    let mut answered = Vec::new();
+    for url in &urls {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let inputs = model_inputs(answered.len() as u64);
+            let (id, status, body) = rt
+                .block_on(eval_at(&c, url, &key, (&target.0, &target.1), &inputs))
+                .expect("both replicas answer");
+            if status == 200 {
+                assert_eq!(body["outputs"]["y"], model_expected(&inputs).as_str());
+                answered.push(id);
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{url} does not serve: {status} {body}\n{}",
+                c.log("coordinator-b")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (results, wrong) = rt.block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        for client in 0..16u64 {
+            let (c, key, target, urls, done) = (
+                Arc::clone(&c),
+                key.clone(),
+                target.clone(),
+                urls.clone(),
+                Arc::clone(&done),
+            );
+            tasks.spawn(async move {
+                let (mut results, mut wrong) = (Vec::new(), Vec::new());
+                let mut at = (client % 2) as usize;
+                for i in 0..50u64 {
+                    let inputs = model_inputs(client * 1000 + i + 7);
+                    let target = (target.0.as_str(), target.1.as_str());
+                    let answer = match eval_at(&c, &urls[at], &key, target, &inputs).await {
+                        Some(answer) => answer,
+                        // Replica b is gone: its clients go on at a, as behind a load
+                        // balancer, with a new request.
+                        None => {
+                            at = 0;
+                            eval_at(&c, &urls[0], &key, target, &inputs)
+                                .await
+                                .expect("replica a answers")
+                        }
+                    };
+                    let (id, status, body) = answer;
+                    let want = model_expected(&inputs);
+                    let fine = match status {
+                        200 => body["outputs"]["y"] == want.as_str(),
+                        // Refused by the coordinator's budget, or by a custodian's own: the
+                        // custodians also count the evaluations replica b had started and not
+                        // yet committed when it was killed, so theirs can run out a few
+                        // evaluations before the shared one does.
+                        429 => {
+                            body["error"]["code"] == "budget_exhausted"
+                                || body["error"]["code"] == "custodian_budget_exhausted"
+                        }
+                        _ => false,
+                    };
+                    if !fine {
+                        wrong.push(format!("client {client} call {i} at {at}: {status} {body}"));
+                    }
+                    results.push((id, status, at));
+                    done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                (results, wrong)
+            });
+        }
+        let killer = {
+            let (c, done) = (Arc::clone(&c), Arc::clone(&done));
+            tokio::spawn(async move {
+                while done.load(std::sync::atomic::Ordering::Relaxed) < 250 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                c.kill("coordinator-b");
+            })
+        };
+        let (mut results, mut wrong) = (Vec::new(), Vec::new());
+        while let Some(r) = tasks.join_next().await {
+            let (r, w) = r.unwrap();
+            results.extend(r);
+            wrong.extend(w);
+        }
+        killer.await.unwrap();
+        (results, wrong)
+    });
+    assert!(
+        wrong.is_empty(),
+        "{} wrong:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+    let by = |at| {
+        results
+            .iter()
+            .filter(|(_, s, a)| *s == 200 && *a == at)
+            .count()
+    };
+    assert!(
+        by(0) > 0 && by(1) > 0,
+        "both replicas served: a {} b {}",
+        by(0),
+        by(1)
+    );
+    answered.extend(
+        results
+            .iter()
+            .filter(|(_, s, _)| *s == 200)
+            .map(|(id, ..)| id.clone()),
+    );
+
+    let pg_conn = quorumvm_ledger::Postgres::connect(&db).expect("the database");
+    use quorumvm_ledger::Sql as _;
+    let accepted: Vec<serde_json::Value> = pg_conn
+        .query(
+            "SELECT details FROM audit_log WHERE kind = 'eval.accepted' ORDER BY seq",
+            &[],
+        )
+        .expect("the log")
+        .iter()
+        .map(|r| serde_json::from_str(&r.text(0).unwrap()).unwrap())
+        .collect();
+    let on_record: std::collections::HashSet<&str> = accepted
+        .iter()
+        .map(|d| d["request"].as_str().expect("a request id"))
+        .collect();
+    let lost: Vec<_> = answered
+        .iter()
+        .filter(|id| !on_record.contains(id.as_str()))
+        .collect();
+    assert!(lost.is_empty(), "answered but not on record: {lost:?}");
+    assert_eq!(accepted.len(), 700, "exactly the budget is admitted");
+    let spent = pg_conn
+        .query(
+            "SELECT spent FROM budget_spent WHERE identity = ?1",
+            quorumvm_ledger::sql_params!["replicated"],
+        )
+        .expect("the budget");
+    assert_eq!(spent[0].int(0).unwrap(), 700);
+    let kits: std::collections::HashSet<u64> = accepted
+        .iter()
+        .map(|d| d["kit"].as_u64().expect("a kit id"))
+        .collect();
+    assert_eq!(kits.len(), accepted.len(), "a kit handed out twice");
+    let chain = quorumvm_ledger::audit::verify_chain(&pg_conn).expect("one chain that verifies");
+    assert!(chain.entries > 700);
+
+    // Restarted, replica b serves again, under the budget both spent.
+    c.start_server("coordinator-b");
+    let inputs = model_inputs(99);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = rt.block_on(eval_at(&c, &urls[1], &key, (&target.0, &target.1), &inputs));
+        // Not up yet, or no kits of its own yet (it orders them first).
+        let waiting = answer.as_ref().is_none_or(|(_, status, _)| *status == 503);
+        if !waiting {
+            let (_, status, body) = answer.expect("an answer");
+            assert_eq!(
+                (status, &body["error"]["code"]),
+                (429, &"budget_exhausted".into())
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "b did not come back: {answer:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

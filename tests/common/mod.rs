@@ -189,7 +189,8 @@ impl Cluster {
     /// [`Cluster::start_server`] with these environment variables (e.g. `QUORUMVM_LIE`, which
     /// the test build's custodian reads to deviate on purpose).
     pub fn start_server_with(&self, name: &str, vars: &[(&str, &str)]) {
-        let role = if name == "coordinator" {
+        // `coordinator`, or another replica of it (`coordinator-b`, with a config of its own).
+        let role = if name.starts_with("coordinator") {
             "coordinator"
         } else {
             "custodian"
@@ -212,8 +213,8 @@ impl Cluster {
             .lock()
             .unwrap()
             .insert(name.to_string(), child);
-        let addr = if name == "coordinator" {
-            CoordinatorConfig::load(&self.path("coordinator.toml"))
+        let addr = if role == "coordinator" {
+            CoordinatorConfig::load(&self.path(&format!("{name}.toml")))
                 .expect("config")
                 .listen
         } else {

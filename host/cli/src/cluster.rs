@@ -182,6 +182,7 @@ impl Layout {
             insecure_loopback: !tls,
             tls_cert: None,
             tls_key: None,
+            database: None,
         };
         write(&coordinator, config.to_toml().as_bytes(), false)?;
         // A mixed quorum: each custodian runs the plugin under another wasmtime engine, and

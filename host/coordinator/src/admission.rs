@@ -2,6 +2,7 @@
 //! will check it, then rate limit, budget, audit entry and the first kit in one savepoint of a
 //! group commit. Every custodian checks and charges again itself.
 
+use quorumvm_ledger::Commit as _;
 use std::sync::Arc;
 
 use axum::http::StatusCode;
@@ -105,14 +106,14 @@ pub async fn admit(
         request_id.to_string(),
     );
     let (decided, decision) = tokio::sync::oneshot::channel();
-    let (writer, env) = (state.writer.clone(), state.env.clone());
+    let (writer, env) = (state.storage.clone(), state.env.clone());
     if env.planted(Bug::BudgetUnchecked) {
         policy.budget_per_identity = u64::MAX;
     }
     let now = state.env.now_ms();
     let committing = tokio::spawn(async move {
         writer
-            .run(move |tx| {
+            .commit(move |tx| {
                 if !store::record_request(tx, &identity, &request_id, now)? {
                     return Err(ApiError::conflict(
                         "replayed_request",
@@ -164,11 +165,7 @@ pub async fn admit(
 pub type Committing = tokio::task::JoinHandle<Result<(u64, u64), ApiError>>;
 
 /// The next kit id of `v`, persisting the reservation watermark first when it moves.
-pub fn take_kit(
-    tx: &quorumvm_ledger::rusqlite::Transaction<'_>,
-    v: &Version,
-    env: &Env,
-) -> Result<u64, ApiError> {
+pub fn take_kit(tx: &dyn quorumvm_ledger::Sql, v: &Version, env: &Env) -> Result<u64, ApiError> {
     let taken = v.kits.lock().expect("kits lock").take();
     let (kit, reserve) = taken.ok_or_else(|| no_kits(v))?;
     if let Some(up_to) = reserve

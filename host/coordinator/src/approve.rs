@@ -3,11 +3,12 @@
 //! goes through here (versions, identities, revocations, retirements). The coordinator counts
 //! approvals but cannot make one: each custodian checks the k signatures again itself.
 
+use quorumvm_ledger::Commit as _;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, State as AxumState};
-use quorumvm_ledger::rusqlite::Transaction;
+use quorumvm_ledger::Sql;
 use quorumvm_server::Body;
 use quorumvm_wire::api::{ApproveRequest, VersionInfo, VersionState};
 use quorumvm_wire::approval::{ApprovalError, Subject};
@@ -56,7 +57,7 @@ pub async fn record_then<T: Send + 'static>(
     kind: store::Approved,
     key: &str,
     request: &ApproveRequest,
-    then: impl FnOnce(&Transaction<'_>, &str, usize, u64) -> Result<T, StoreError> + Send + 'static,
+    then: impl FnOnce(&dyn Sql, &str, usize, u64) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<(usize, T), ApiError> {
     let (key, custodian, signature) = (
         key.to_string(),
@@ -65,8 +66,8 @@ pub async fn record_then<T: Send + 'static>(
     );
     let now = state.env.now_ms();
     state
-        .writer
-        .run(move |tx| {
+        .storage
+        .commit(move |tx| {
             let count = store::approve(tx, kind, &key, custodian, &signature, now)?;
             let then = then(tx, &key, count, now)?;
             Ok::<_, StoreError>((count, then))
@@ -87,8 +88,8 @@ async fn refused_approval(
     details["reason"] = serde_json::json!(reason);
     let now = state.env.now_ms();
     let logged = state
-        .writer
-        .run(move |tx| store::audit(tx, now, "coordinator", kind, details))
+        .storage
+        .commit(move |tx| store::audit(tx, now, "coordinator", kind, details))
         .await;
     match logged {
         Ok(()) => ApiError::bad_request("bad_approval", reason),
@@ -118,20 +119,15 @@ pub async fn approve(
         &id,
         &request,
         move |tx, id, count, now| {
-            let pending = *job_version.state.lock().expect("state lock") == VersionState::Pending;
-            if count >= k && pending {
-                store::activate(tx, id, &job_version.manifest, now).map(Some)
+            if count >= k {
+                store::activate(tx, id, &job_version.manifest, now)
             } else {
                 Ok(None)
             }
         },
     )
     .await?;
-    version
-        .approvals
-        .lock()
-        .expect("approvals lock")
-        .push((request.custodian, request.signature));
+    crate::registry::hold_approval(&version.approvals, request.custodian, request.signature);
     tracing::info!(package = %id, custodian = request.custodian, count, "approval accepted");
     match activated {
         None => {}

@@ -5,6 +5,7 @@
 //! to custodians that missed them, and keeping each active version's pool of preprocessed kits
 //! filled.
 
+use quorumvm_ledger::Commit as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -242,8 +243,10 @@ async fn check_shares(state: &Arc<State>, version: &Version) {
         });
         let now = state.env.now_ms();
         let _ = state
-            .writer
-            .run(move |tx| store::audit(tx, now, "coordinator", "version.shares_refused", details))
+            .storage
+            .commit(move |tx| {
+                store::audit(tx, now, "coordinator", "version.shares_refused", details)
+            })
             .await;
     }
 }
@@ -378,14 +381,7 @@ pub(crate) fn everyone_ready(state: &State, v: &Version) -> bool {
 
 async fn fill(state: Arc<State>, v: Arc<Version>) {
     loop {
-        let first = {
-            let mut kits = v.kits.lock().expect("kits lock");
-            let first = kits.next_batch;
-            kits.next_batch += state.pool.batch;
-            first
-        };
-        let count = state.pool.batch;
-        let stored = run_batch(&state, &v, first, count).await;
+        let stored = run_batch(&state, &v, state.pool.batch).await;
         let more = {
             let kits = v.kits.lock().expect("kits lock");
             stored && kits.available() < state.pool.target
@@ -397,16 +393,20 @@ async fn fill(state: Arc<State>, v: Arc<Version>) {
     v.kits.lock().expect("kits lock").generating = false;
 }
 
-async fn run_batch(state: &Arc<State>, v: &Arc<Version>, first: u64, count: u64) -> bool {
-    let id = v.package_id.clone();
+/// Orders a batch of `count` kits from every custodian; whether they all stored it.
+async fn run_batch(state: &Arc<State>, v: &Arc<Version>, count: u64) -> bool {
+    let (id, owner) = (v.package_id.clone(), state.replica.clone());
     let recorded = state
-        .writer
-        .run(move |tx| store::order_batch(tx, &id, first, count))
+        .storage
+        .commit(move |tx| store::order_batch(tx, &id, count, &owner))
         .await;
-    if let Err(e) = recorded {
-        tracing::warn!(package = %v.package_id, "cannot record a preprocessing batch: {e}");
-        return false;
-    }
+    let first = match recorded {
+        Ok(first) => first,
+        Err(e) => {
+            tracing::warn!(package = %v.package_id, "cannot record a preprocessing batch: {e}");
+            return false;
+        }
+    };
     let started = std::time::Instant::now();
     let session = format!("prep-{}-{first}", &v.package_id[..16]);
     let epoch = state.epochs.current();
@@ -442,8 +442,8 @@ async fn run_batch(state: &Arc<State>, v: &Arc<Version>, first: u64, count: u64)
                 });
                 let now = state.env.now_ms();
                 let audited = state
-                    .writer
-                    .run(move |tx| {
+                    .storage
+                    .commit(move |tx| {
                         store::audit(tx, now, "coordinator", "preprocess.refused", details)
                     })
                     .await;
@@ -461,8 +461,8 @@ async fn run_batch(state: &Arc<State>, v: &Arc<Version>, first: u64, count: u64)
     let ok = ok && state.epochs.current() == epoch;
     let id = v.package_id.clone();
     let finished = state
-        .writer
-        .run(move |tx| store::finish_batch(tx, &id, first, ok))
+        .storage
+        .commit(move |tx| store::finish_batch(tx, &id, first, ok))
         .await;
     let metrics = &state.metrics;
     use std::sync::atomic::Ordering::Relaxed;

@@ -50,11 +50,7 @@ pub async fn approve(
     .await?;
     let k = state.custodians.cluster.threshold();
     let count = approve::record(&state, store::Approved::Identity, &name, &request).await?;
-    caller
-        .approvals
-        .lock()
-        .expect("approvals lock")
-        .push((request.custodian, request.signature));
+    crate::registry::hold_approval(&caller.approvals, request.custodian, request.signature);
     tracing::info!(identity = %name, custodian = request.custodian, count, "identity approval accepted");
     if count == k {
         tracing::info!(identity = %name, "identity active");
@@ -74,11 +70,7 @@ pub async fn revoke(
     approve::check(&state, &subject, &request, "revocation.rejected", details).await?;
     let k = state.custodians.cluster.threshold();
     let count = approve::record(&state, store::Approved::Revocation, &name, &request).await?;
-    caller
-        .revocations
-        .lock()
-        .expect("revocations lock")
-        .push((request.custodian, request.signature));
+    crate::registry::hold_approval(&caller.revocations, request.custodian, request.signature);
     tracing::info!(identity = %name, custodian = request.custodian, count, "revocation approval accepted");
     if count == k {
         tracing::info!(identity = %name, "identity revoked");

@@ -42,8 +42,10 @@ impl From<StoreError> for ApiError {
             StoreError::DuplicateApproval { .. } => {
                 ApiError::conflict("duplicate_approval", err.to_string())
             }
+            StoreError::ReshareUnderWay { .. } => {
+                ApiError::conflict("reshare_under_way", err.to_string())
+            }
             StoreError::Ledger(l) => l.into(),
-            StoreError::Sql(e) => e.into(),
             StoreError::Corrupt { .. } => ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "storage",

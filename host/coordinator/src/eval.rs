@@ -2,6 +2,7 @@
 //! reconstruct from every output share (or, for a request with private inputs, relay the
 //! output shares the custodians sealed to the caller), answer.
 
+use quorumvm_ledger::Commit as _;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -90,7 +91,7 @@ pub async fn handle(
         inputs: &inputs,
         now_ms: state.env.now_ms(),
     };
-    let policy = anomaly::screen(&state.anomalies, &state.freezes, &state.writer, &query).await?;
+    let policy = anomaly::screen(&state.anomalies, &state.freezes, &state.storage, &query).await?;
     let request_id = caller.request_id.clone();
     // The pool may be emptied between the wait and the admission (a refresh of the shares
     // switching the epoch, seen by the bench): a refused admission changed nothing, so the
@@ -249,8 +250,8 @@ async fn run(
         let (v, env, now) = (Arc::clone(version), state.env.clone(), state.env.now_ms());
         let request = request_id.to_string();
         kit = state
-            .writer
-            .run(move |tx| {
+            .storage
+            .commit(move |tx| {
                 let kit = take_kit(tx, &v, &env)?;
                 let details = serde_json::json!({
                     "request": request,
@@ -690,14 +691,14 @@ fn reconstruct(
             .fetch_add(inconsistent.len() as u64, Relaxed);
         tracing::warn!(request = request_id, custodians = ?inconsistent, "inconsistent output shares");
         let (writer, request_id, bad, now) = (
-            state.writer.clone(),
+            state.storage.clone(),
             request_id.to_string(),
             inconsistent.clone(),
             state.env.now_ms(),
         );
         tokio::spawn(async move {
             let _ = writer
-                .run(move |tx| {
+                .commit(move |tx| {
                     store::audit(
                         tx,
                         now,

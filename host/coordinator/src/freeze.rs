@@ -42,6 +42,13 @@ impl Unfreezes {
         held
     }
 
+    /// Takes the unfreezes certified since (by another replica, say).
+    pub fn refresh(&self, stored: Vec<store::CertifiedUnfreeze>) {
+        for (u, approvals) in stored {
+            self.certify(u, signature_list(&approvals));
+        }
+    }
+
     fn certify(&self, u: Unfreeze, approvals: Vec<ApprovalSignature>) {
         let mut held = self.0.lock().expect("unfreezes lock");
         if held
@@ -152,10 +159,14 @@ pub async fn unfreeze(
         if lifted_here {
             state.freezes.set(u.target.clone(), false, u.time_ms);
         }
-        let approvals = {
-            let conn = state.reader.lock().expect("reader lock");
-            store::approvals_of(conn.connection(), store::Approved::Unfreeze, &key)?
-        };
+        let (storage, held) = (state.storage.clone(), key.clone());
+        let approvals = state
+            .env
+            .blocking(move || {
+                storage.read(|conn| store::approvals_of(conn, store::Approved::Unfreeze, &held))
+            })
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))??;
         let approvals = signature_list(&approvals);
         state.unfreezes.certify(u.clone(), approvals.clone());
         let order = Order::Unfreeze {
@@ -181,7 +192,7 @@ pub async fn unfreeze(
 
 /// Applies a freeze or an unfreeze (see [`quorumvm_server::freeze::commit`]).
 async fn apply(state: &State, record: NewFreeze) -> Result<(), ApiError> {
-    quorumvm_server::freeze::commit(&state.writer, &state.freezes, record).await
+    quorumvm_server::freeze::commit(&state.storage, &state.freezes, record).await
 }
 
 /// A statement the coordinator does not take.

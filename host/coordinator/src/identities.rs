@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use axum::http::{HeaderMap, StatusCode, header};
-use quorumvm_ledger::Ledger;
+use quorumvm_ledger::Storage;
 use quorumvm_package::PublicKey;
 use quorumvm_policy::{KeyHash, PolicyError};
 use quorumvm_server::Env;
@@ -118,17 +118,17 @@ pub struct Identities {
     /// SHA-256 of an API key → identity name. Only hashes: a key is never held.
     known: RwLock<HashMap<[u8; 32], String>>,
     callers: RwLock<HashMap<String, Arc<Caller>>>,
-    reader: Arc<Mutex<Ledger>>,
+    storage: Storage,
     /// Where the blocking reads run.
     env: Env,
 }
 
 impl Identities {
-    pub fn new(env: &Env, reader: Arc<Mutex<Ledger>>) -> Identities {
+    pub fn new(env: &Env, storage: Storage) -> Identities {
         Identities {
             known: RwLock::new(HashMap::new()),
             callers: RwLock::new(HashMap::new()),
-            reader,
+            storage,
             env: env.clone(),
         }
     }
@@ -156,15 +156,10 @@ impl Identities {
         }
         // Unknown here: perhaps added since. `authenticate` compares every stored hash in
         // constant time.
-        let reader = Arc::clone(&self.reader);
+        let storage = self.storage.clone();
         let name = self
             .env
-            .blocking(move || {
-                quorumvm_policy::authenticate(
-                    reader.lock().expect("reader lock").connection(),
-                    &token,
-                )
-            })
+            .blocking(move || storage.read(|conn| quorumvm_policy::authenticate(conn, &token)))
             .await
             .map_err(|e| ApiError::internal(e.to_string()))?
             .map_err(policy_refusal)?;
@@ -180,12 +175,10 @@ impl Identities {
         if let Some(c) = self.callers.read().expect("callers lock").get(name) {
             return Ok(Arc::clone(c));
         }
-        let reader = Arc::clone(&self.reader);
+        let storage = self.storage.clone();
         let stored = self
             .env
-            .blocking(move || {
-                store::load_identities(reader.lock().expect("reader lock").connection())
-            })
+            .blocking(move || storage.read(store::load_identities))
             .await
             .map_err(|e| ApiError::internal(e.to_string()))??;
         let mut callers = self.callers.write().expect("callers lock");
@@ -213,12 +206,21 @@ impl Identities {
             .collect()
     }
 
-    /// Loads every stored identity (at startup).
-    pub fn load(&self, stored: Vec<StoredIdentity>) -> Result<(), ApiError> {
+    /// Loads every stored identity (at startup), or takes their approvals and revocations
+    /// again (what another replica may have counted since).
+    pub fn refresh(&self, stored: Vec<StoredIdentity>) -> Result<(), ApiError> {
         let mut callers = self.callers.write().expect("callers lock");
         for s in stored {
-            let caller = Caller::from_stored(s)?;
-            callers.insert(caller.name.clone(), Arc::new(caller));
+            match callers.get(&s.name) {
+                Some(held) => {
+                    *held.approvals.lock().expect("approvals lock") = s.approvals;
+                    *held.revocations.lock().expect("revocations lock") = s.revocations;
+                }
+                None => {
+                    let caller = Caller::from_stored(s)?;
+                    callers.insert(caller.name.clone(), Arc::new(caller));
+                }
+            }
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 //! package's own signer and list exactly the ciphertexts uploaded; the same name and version
 //! with other bytes is refused.
 
+use quorumvm_ledger::Commit as _;
 use std::sync::Arc;
 
 use axum::Json;
@@ -70,8 +71,8 @@ pub async fn install(
     let job_deal = deal.clone();
     let now = state.env.now_ms();
     let outcome = state
-        .writer
-        .run(move |tx| {
+        .storage
+        .commit(move |tx| {
             store::install(
                 tx,
                 &store::NewVersion {

@@ -19,6 +19,7 @@ mod install;
 mod metrics;
 mod packages;
 mod registry;
+mod replicas;
 mod reshare;
 mod retirement;
 mod routes;
@@ -97,14 +98,17 @@ pub fn add_identity(
     name: &str,
     caller_key: &PublicKey,
 ) -> anyhow::Result<IdentityKey> {
-    let mut ledger = state::open_ledger(&config.data_dir)?;
     let now = quorumvm_wire::now_ms();
     let (key, hash) = IdentityKey::generate();
-    ledger.transaction(|tx| {
+    let propose = |tx: &dyn quorumvm_ledger::Sql| {
         quorumvm_policy::identity::insert(tx, "operator", name, &hash, now)
             .map_err(error::policy_refusal)?;
         store::propose_identity(tx, name, &caller_key.to_hex(), now).map_err(error::ApiError::from)
-    })?;
+    };
+    match &config.database {
+        None => state::open_ledger(&config.data_dir)?.transaction(|tx| propose(tx))?,
+        Some(db) => state::open_postgres(db)?.transaction(|tx| propose(tx))?,
+    }
     Ok(key)
 }
 
@@ -138,6 +142,9 @@ where
 {
     let state = State::start(env, &config)?;
     background::start(Arc::clone(&state));
+    if config.database.is_some() {
+        tokio::spawn(replicas::follow(Arc::clone(&state)));
+    }
     if let Some(seconds) = config.reshare_interval_s {
         let interval = std::time::Duration::from_secs(seconds.max(1));
         tokio::spawn(reshare::schedule(Arc::clone(&state), interval));

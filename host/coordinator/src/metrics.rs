@@ -170,7 +170,7 @@ pub async fn serve(AxumState(state): AxumState<Arc<State>>) -> Response {
         "Preprocessed kits ready per active version.",
         &kits,
     );
-    let w = state.writer.stats();
+    let w = state.storage.stats();
     metrics::counter(
         &mut out,
         "quorumvm_ledger_commits_total",

@@ -48,12 +48,10 @@ pub async fn show(
 
 pub async fn wasm(AxumState(state): Shared, Path(id): Path<String>) -> Result<Response, ApiError> {
     known(&state, &id)?;
-    let reader = Arc::clone(&state.reader);
+    let storage = state.storage.clone();
     let bytes = state
         .env
-        .blocking(move || {
-            store::package_bytes(reader.lock().expect("reader lock").connection(), &id)
-        })
+        .blocking(move || storage.read(|conn| store::package_bytes(conn, &id)))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))??
         .ok_or_else(|| ApiError::internal("a registered package has no bytes"))?;
@@ -90,16 +88,10 @@ pub async fn shares(
             format!("sealed shares are served to custodian {custodian} only"),
         ));
     }
-    let reader = Arc::clone(&state.reader);
+    let storage = state.storage.clone();
     let shares = state
         .env
-        .blocking(move || {
-            store::sealed_shares(
-                reader.lock().expect("reader lock").connection(),
-                &id,
-                custodian,
-            )
-        })
+        .blocking(move || storage.read(|conn| store::sealed_shares(conn, &id, custodian)))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))??;
     // Ciphertexts only: the coordinator cannot open them, and neither can anyone but

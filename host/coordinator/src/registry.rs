@@ -48,6 +48,15 @@ pub fn signatures(approvals: &Mutex<Vec<(u32, String)>>) -> Vec<ApprovalSignatur
     signature_list(&approvals.lock().expect("approvals lock"))
 }
 
+/// Adds a committed approval to the list held in memory, unless it is there already (a
+/// replica may have loaded it from the database meanwhile).
+pub fn hold_approval(approvals: &Mutex<Vec<(u32, String)>>, custodian: u32, signature: String) {
+    let mut held = approvals.lock().expect("approvals lock");
+    if held.iter().all(|(c, _)| *c != custodian) {
+        held.push((custodian, signature));
+    }
+}
+
 /// [`signatures`] of a list held outside a lock (as the store returns it).
 pub fn signature_list(approvals: &[(u32, String)]) -> Vec<ApprovalSignature> {
     approvals
@@ -79,7 +88,6 @@ impl Version {
 pub struct KitPool {
     next: u64,
     reserved: u64,
-    pub next_batch: u64,
     /// Stored batches `[start, end)` not yet used up, in order.
     ranges: VecDeque<(u64, u64)>,
     /// A batch is being generated (at most one per version at a time).
@@ -87,15 +95,12 @@ pub struct KitPool {
 }
 
 impl KitPool {
-    /// The pool after a restart. New batches start at the watermark too: kits below it are
-    /// never handed out, so generating them would only fill the custodians' disks (found by the
-    /// simulation, whose small batches made a restarted coordinator generate hundreds of
-    /// batches before it had one kit to hand out).
-    pub fn resume(reserved: u64, next_batch: u64, batches: &[(u64, u64)]) -> KitPool {
+    /// The pool after a restart. (New batches start at the watermark too: see
+    /// [`crate::store::order_batch`].)
+    pub fn resume(reserved: u64, batches: &[(u64, u64)]) -> KitPool {
         KitPool {
             next: reserved,
             reserved,
-            next_batch: next_batch.max(reserved),
             ranges: batches.iter().map(|&(s, c)| (s, s + c)).collect(),
             generating: false,
         }
@@ -141,8 +146,8 @@ impl KitPool {
     }
 
     /// Gives up every kit not handed out yet: a refresh of the shares made them useless (the
-    /// custodians delete theirs as they commit it). Ids are never reused: new batches go on
-    /// from `next_batch`.
+    /// custodians delete theirs as they commit it). Ids are never reused: the database allocates
+    /// new batches' ids after every id allocated before.
     pub fn discard(&mut self) {
         self.ranges.clear();
     }
@@ -159,29 +164,49 @@ pub struct Registry {
     inner: RwLock<Inner>,
 }
 
+impl Version {
+    fn from_stored(v: StoredVersion) -> Version {
+        Version {
+            kits: Mutex::new(KitPool::resume(v.kits_reserved, &v.batches)),
+            package_id: v.package_id,
+            manifest: v.manifest,
+            publisher: v.publisher,
+            deal: v.deal,
+            state: Mutex::new(v.state),
+            approvals: Mutex::new(v.approvals),
+            retirements: Mutex::new(v.retirements),
+            kits_added: Default::default(),
+            checks: ShareChecks::default(),
+        }
+    }
+}
+
 impl Registry {
     pub fn load(versions: Vec<StoredVersion>, aliases: Vec<(String, String)>) -> Registry {
         let registry = Registry::default();
-        {
-            let mut inner = registry.inner.write().expect("registry lock");
-            for v in versions {
-                let version = Version {
-                    kits: Mutex::new(KitPool::resume(v.kits_reserved, v.next_batch, &v.batches)),
-                    package_id: v.package_id.clone(),
-                    manifest: v.manifest,
-                    publisher: v.publisher,
-                    deal: v.deal,
-                    state: Mutex::new(v.state),
-                    approvals: Mutex::new(v.approvals),
-                    retirements: Mutex::new(v.retirements),
-                    kits_added: Default::default(),
-                    checks: ShareChecks::default(),
-                };
-                inner.versions.insert(v.package_id, Arc::new(version));
-            }
-            inner.aliases = aliases.into_iter().collect();
-        }
+        registry.refresh(versions, aliases);
         registry
+    }
+
+    /// Takes the stored versions' states, approvals and aliases (what another replica may have
+    /// changed), adding the versions not held yet; the kit pools held stay as they are (this
+    /// replica's own, and newer here than in the database).
+    pub fn refresh(&self, versions: Vec<StoredVersion>, aliases: Vec<(String, String)>) {
+        let mut inner = self.inner.write().expect("registry lock");
+        for v in versions {
+            match inner.versions.get(&v.package_id) {
+                Some(held) => {
+                    *held.state.lock().expect("state lock") = v.state;
+                    *held.approvals.lock().expect("approvals lock") = v.approvals;
+                    *held.retirements.lock().expect("retirements lock") = v.retirements;
+                }
+                None => {
+                    let id = v.package_id.clone();
+                    inner.versions.insert(id, Arc::new(Version::from_stored(v)));
+                }
+            }
+        }
+        inner.aliases = aliases.into_iter().collect();
     }
 
     pub fn insert(&self, version: Version) -> Arc<Version> {
@@ -305,7 +330,7 @@ mod tests {
 
     #[test]
     fn kits_are_handed_out_once_in_order_skipping_gaps() {
-        let mut pool = KitPool::resume(0, 0, &[(0, 3), (10, 2)]);
+        let mut pool = KitPool::resume(0, &[(0, 3), (10, 2)]);
         assert_eq!(pool.available(), 5);
         assert_eq!(pool.take(), Some((0, Some(RESERVE_STEP))));
         assert_eq!(pool.take(), Some((1, None)));
@@ -319,23 +344,20 @@ mod tests {
     #[test]
     fn a_restart_resumes_above_the_reservation() {
         // Kits 0..4096 may have been handed out before the crash: none is handed out again.
-        let mut pool = KitPool::resume(RESERVE_STEP, 0, &[(0, 5000)]);
+        let mut pool = KitPool::resume(RESERVE_STEP, &[(0, 5000)]);
         assert_eq!(pool.available(), 5000 - RESERVE_STEP);
         assert_eq!(pool.take(), Some((RESERVE_STEP, Some(2 * RESERVE_STEP))));
     }
 
     #[test]
-    fn a_restart_generates_no_kit_below_the_reservation() {
-        let pool = KitPool::resume(RESERVE_STEP, 24, &[(0, 24)]);
-        assert_eq!(pool.next_batch, RESERVE_STEP);
+    fn a_restart_hands_out_no_kit_below_the_reservation() {
+        let pool = KitPool::resume(RESERVE_STEP, &[(0, 24)]);
         assert_eq!(pool.peek(), None);
-        let pool = KitPool::resume(RESERVE_STEP, RESERVE_STEP + 100, &[]);
-        assert_eq!(pool.next_batch, RESERVE_STEP + 100);
     }
 
     #[test]
     fn peek_names_the_kit_take_hands_out() {
-        let mut pool = KitPool::resume(0, 0, &[(0, 2), (10, 1)]);
+        let mut pool = KitPool::resume(0, &[(0, 2), (10, 1)]);
         for _ in 0..3 {
             let next = pool.peek();
             assert_eq!(pool.take().map(|(kit, _)| kit), next);

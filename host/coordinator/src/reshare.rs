@@ -21,6 +21,7 @@
 //! ticket names the old epoch) and are retried on the new epoch with a fresh kit, after waiting
 //! for the commits and the refilled pool ([`crate::admission::wait_until_ready`]).
 
+use quorumvm_ledger::Commit as _;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -56,6 +57,17 @@ impl Epochs {
             certificates: std::sync::Mutex::new(certificates),
             running: Default::default(),
         }
+    }
+
+    /// Takes the certified refreshes as stored (another replica may have certified one since);
+    /// whether the epoch moved.
+    pub fn refresh(&self, certificates: Vec<Certificate>) -> bool {
+        let mut held = self.certificates.lock().expect("certificates lock");
+        let moved = certificates.len() > held.len();
+        if moved {
+            *held = certificates;
+        }
+        moved
     }
 
     /// The epoch evaluation quorums and preprocessing are taken at.
@@ -157,9 +169,10 @@ pub async fn reshare(state: &Arc<State>) -> Result<ReshareReport, ApiError> {
     rand::thread_rng().fill_bytes(&mut nonce);
     let session = format!("reshare-{from}-{}", hex::encode(nonce));
     let (id, list, now) = (session.clone(), packages.clone(), state.env.now_ms());
+    let owner = state.replica.clone();
     state
-        .writer
-        .run(move |tx| store::start_reshare(tx, &id, from, &list, now))
+        .storage
+        .commit(move |tx| store::start_reshare(tx, &id, from, &list, &owner, now))
         .await?;
     tracing::info!(%session, from, versions = packages.len(), secrets, "reshare started");
 
@@ -179,8 +192,8 @@ pub async fn reshare(state: &Arc<State>) -> Result<ReshareReport, ApiError> {
             abort_everywhere(state, &at_epoch(&session, from)).await;
             let (id, why, now) = (session.clone(), reason.clone(), state.env.now_ms());
             state
-                .writer
-                .run(move |tx| store::fail_reshare(tx, &id, &why, now))
+                .storage
+                .commit(move |tx| store::fail_reshare(tx, &id, &why, now))
                 .await?;
             state.metrics.reshares_failed.fetch_add(1, Relaxed);
             tracing::warn!(%session, "reshare failed: {reason}");
@@ -201,8 +214,8 @@ pub async fn reshare(state: &Arc<State>) -> Result<ReshareReport, ApiError> {
     };
     let (cert, now) = (certificate.clone(), state.env.now_ms());
     state
-        .writer
-        .run(move |tx| store::attest_reshare(tx, &cert, now))
+        .storage
+        .commit(move |tx| store::attest_reshare(tx, &cert, now))
         .await?;
     // The new epoch serves from now on: the old kits are gone as each custodian commits.
     state

@@ -41,11 +41,7 @@ pub async fn approve(
         },
     )
     .await?;
-    version
-        .retirements
-        .lock()
-        .expect("retirements lock")
-        .push((request.custodian, request.signature));
+    crate::registry::hold_approval(&version.retirements, request.custodian, request.signature);
     tracing::info!(package = %id, custodian = request.custodian, count, "retirement approval accepted");
     if count == k {
         *version.state.lock().expect("state lock") = VersionState::Retired;

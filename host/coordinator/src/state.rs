@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
-use quorumvm_ledger::{Ledger, Writer};
+use quorumvm_ledger::{Ledger, Postgres, Sql, Storage, Writer};
 use quorumvm_package::{PublicKey, SecretKey};
 use quorumvm_sandbox::Sandbox;
 use quorumvm_sealing::CustodianSecretKey;
@@ -13,7 +13,7 @@ use quorumvm_server::anomaly::Anomalies;
 use quorumvm_server::freeze::Freezes;
 use quorumvm_server::{Env, keys};
 use quorumvm_wire::api::IdentityInfo;
-use quorumvm_wire::config::{CoordinatorConfig, PoolConfig};
+use quorumvm_wire::config::{CoordinatorConfig, Database, PoolConfig};
 use quorumvm_wire::freeze::Target;
 
 use crate::custodians::Custodians;
@@ -22,7 +22,7 @@ use crate::identities::{Caller, Identities};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::reshare::Epochs;
-use crate::store;
+use crate::store::{self, StoreError};
 use crate::suspects::Suspects;
 
 const KEY_FILE: &str = "coordinator.key";
@@ -36,9 +36,12 @@ pub(crate) struct State {
     pub custodians: Custodians,
     pub registry: Registry,
     pub identities: Identities,
-    pub writer: Writer,
-    /// A second connection for reads (WAL: never blocked by the writer).
-    pub reader: Arc<Mutex<Ledger>>,
+    /// Its database (SQLite, or PostgreSQL shared with other replicas): a writer, and a second
+    /// connection for reads (which never wait for the writer).
+    pub storage: Storage,
+    /// This replica's name among those sharing a PostgreSQL database ('' with SQLite): the
+    /// preprocessing batches it orders are its own.
+    pub replica: String,
     pub sandbox: Sandbox,
     pub publishers: Vec<PublicKey>,
     pub pool: PoolConfig,
@@ -72,37 +75,38 @@ impl State {
     pub fn start(env: Env, config: &CoordinatorConfig) -> anyhow::Result<Arc<State>> {
         let (key, exchange) = load_or_create_keys(&config.data_dir)?;
         let cluster = config.cluster()?;
-        let mut ledger = open_ledger(&config.data_dir)?;
-        let failed = ledger.transaction(store::fail_unfinished_batches)?;
-        if failed > 0 {
+        let replica = config
+            .database
+            .as_ref()
+            .map_or(String::new(), |db| db.replica.clone());
+        let owner = replica.clone();
+        let (storage, failed) = open_storage(&env, config, move |tx| {
+            Ok((
+                store::fail_unfinished_batches(tx, &owner)?,
+                store::fail_unfinished_reshares(tx, &owner)?,
+            ))
+        })?;
+        if failed.0 > 0 {
             tracing::info!(
-                failed,
+                failed = failed.0,
                 "preprocessing batches interrupted by the last stop are abandoned"
             );
         }
-        let failed = ledger.transaction(store::fail_unfinished_reshares)?;
-        if failed > 0 {
+        if failed.1 > 0 {
             tracing::info!(
-                failed,
+                failed = failed.1,
                 "a reshare interrupted by the last stop is abandoned"
             );
         }
-        let reader = open_ledger(&config.data_dir)?;
-        let registry = Registry::load(
-            store::load_versions(reader.connection())?,
-            store::aliases(reader.connection())?,
-        );
-        let stored_identities = store::load_identities(reader.connection())?;
-        let suspects = store::load_suspects(reader.connection())?;
-        let epochs = Epochs::load(store::load_certificates(reader.connection())?);
-        let freezes = Freezes::load(&reader)?;
-        let unfreezes = Unfreezes::load(store::load_unfreezes(
-            reader.connection(),
-            cluster.threshold(),
-        )?);
-        let reader = Arc::new(Mutex::new(reader));
-        let identities = Identities::new(&env, Arc::clone(&reader));
-        identities.load(stored_identities)?;
+        let threshold = cluster.threshold();
+        let owner = replica.clone();
+        let shared = storage.read(move |conn| store::load_shared(conn, &owner, threshold))?;
+        let registry = Registry::load(shared.versions, shared.aliases);
+        let epochs = Epochs::load(shared.certificates);
+        let unfreezes = Unfreezes::load(shared.unfreezes);
+        let (freezes, suspects) = (shared.freezes, shared.suspects);
+        let identities = Identities::new(&env, storage.clone());
+        identities.refresh(shared.identities)?;
         let custodians = Custodians::new(&env, cluster, key, &exchange);
         for index in suspects {
             if let Some(c) = custodians.get(index) {
@@ -113,8 +117,8 @@ impl State {
             custodians,
             registry,
             identities,
-            writer: env.writer(ledger, "coordinator-ledger"),
-            reader,
+            storage,
+            replica,
             sandbox: Sandbox::new().map_err(|e| anyhow::anyhow!("{e:#}"))?,
             publishers: config.publisher_keys()?,
             pool: config.pool,
@@ -128,6 +132,43 @@ impl State {
             env,
         }))
     }
+}
+
+/// The coordinator's database: `coordinator.db` in its data directory, or the PostgreSQL
+/// database its config names, with every schema applied and `first` committed on the writer's
+/// connection before the writer starts.
+pub(crate) fn open_storage<T: Send>(
+    env: &Env,
+    config: &CoordinatorConfig,
+    first: impl FnOnce(&dyn Sql) -> Result<T, StoreError> + Send,
+) -> anyhow::Result<(Storage, T)> {
+    let Some(db) = &config.database else {
+        let mut ledger = open_ledger(&config.data_dir)?;
+        let done = ledger.transaction(|tx| first(tx))?;
+        let reader = open_ledger(&config.data_dir)?;
+        let storage = Storage::Sqlite {
+            writer: env.writer(ledger, "coordinator-ledger"),
+            reader: Arc::new(Mutex::new(reader)),
+        };
+        return Ok((storage, done));
+    };
+    let mut writer = open_postgres(db)?;
+    let done = writer.transaction(|tx| first(tx))?;
+    let storage = Storage::Postgres {
+        writer: Writer::spawn(writer, "coordinator-ledger"),
+        reader: Arc::new(Mutex::new(open_postgres(db)?)),
+    };
+    Ok((storage, done))
+}
+
+/// A connection to the replicas' PostgreSQL database, every schema applied.
+pub(crate) fn open_postgres(db: &Database) -> anyhow::Result<Postgres> {
+    let mut pg = Postgres::connect(&db.url)
+        .with_context(|| format!("cannot reach the coordinator's database at {}", db.url))?;
+    pg.apply_schema(&quorumvm_policy::POSTGRES_SCHEMA)?;
+    pg.apply_schema(&quorumvm_server::freeze::POSTGRES_SCHEMA)?;
+    pg.apply_schema(&store::POSTGRES_SCHEMA)?;
+    Ok(pg)
 }
 
 /// The path of the coordinator's signing key in `data_dir`.

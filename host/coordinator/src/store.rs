@@ -2,8 +2,8 @@
 //! (one savepoint of a group commit) or on the read connection at startup.
 
 use quorumvm_core::circuit::Manifest;
-use quorumvm_ledger::rusqlite::{self, OptionalExtension, Transaction, params};
-use quorumvm_ledger::{NewEntry, Schema, audit};
+use quorumvm_ledger::sql::Row;
+use quorumvm_ledger::{LedgerError, NewEntry, Schema, Sql, audit, sql_params};
 use std::collections::BTreeMap;
 
 use quorumvm_wire::api::{SealedShares, VersionState};
@@ -28,10 +28,12 @@ pub enum StoreError {
         noun: &'static str,
         subject: String,
     },
+    #[error(
+        "a refresh from epoch {from_epoch} was started already (by another replica of this coordinator, or it is done)"
+    )]
+    ReshareUnderWay { from_epoch: u64 },
     #[error("the ledger: {0}")]
     Ledger(#[from] quorumvm_ledger::LedgerError),
-    #[error("the database: {0}")]
-    Sql(#[from] rusqlite::Error),
     #[error("stored {what} of {package_id} does not read: {reason}")]
     Corrupt {
         what: &'static str,
@@ -180,7 +182,122 @@ pub const SCHEMA: Schema = Schema {
             PRIMARY KEY (unfreeze, custodian)
         ) STRICT;
     ",
+        "
+        -- Replicas sharing a database (PostgreSQL): who ordered a batch or started a refresh
+        -- ('' for a coordinator of its own). A replica hands out only its own batches' kits, and
+        -- at its start gives up only what it had left unfinished.
+        ALTER TABLE kit_batches ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+        ALTER TABLE reshares ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+        UPDATE reshares SET state = 'failed' WHERE state = 'started';
+        -- One refresh per epoch, whichever replica starts it.
+        CREATE UNIQUE INDEX one_reshare_per_epoch ON reshares (from_epoch)
+            WHERE state != 'failed';
+    ",
     ],
+};
+
+/// [`SCHEMA`] for PostgreSQL, where a coordinator's replicas share it: the same tables as
+/// SQLite's migrations make, in one step.
+pub const POSTGRES_SCHEMA: Schema = Schema {
+    component: "coordinator",
+    migrations: &["
+        CREATE TABLE versions (
+            package_id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            version BIGINT NOT NULL,
+            publisher TEXT NOT NULL,
+            package BYTEA NOT NULL,
+            manifest TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('pending', 'active')),
+            installed_ms BIGINT NOT NULL,
+            kits_reserved BIGINT NOT NULL DEFAULT 0,
+            next_batch BIGINT NOT NULL DEFAULT 0,
+            deal TEXT NOT NULL DEFAULT '',
+            retired_ms BIGINT,
+            UNIQUE (name, version)
+        );
+        CREATE TABLE sealed_shares (
+            package_id TEXT NOT NULL REFERENCES versions (package_id),
+            custodian BIGINT NOT NULL,
+            secret TEXT NOT NULL,
+            sealed BYTEA NOT NULL,
+            PRIMARY KEY (package_id, custodian, secret)
+        );
+        CREATE TABLE approvals (
+            package_id TEXT NOT NULL REFERENCES versions (package_id),
+            custodian BIGINT NOT NULL,
+            signature TEXT NOT NULL,
+            approved_ms BIGINT NOT NULL,
+            PRIMARY KEY (package_id, custodian)
+        );
+        CREATE TABLE aliases (
+            name TEXT PRIMARY KEY,
+            package_id TEXT NOT NULL REFERENCES versions (package_id)
+        );
+        CREATE TABLE kit_batches (
+            package_id TEXT NOT NULL REFERENCES versions (package_id),
+            first_kit BIGINT NOT NULL,
+            count BIGINT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('ordered', 'stored', 'failed')),
+            owner TEXT NOT NULL DEFAULT '',
+            PRIMARY KEY (package_id, first_kit)
+        );
+        CREATE TABLE caller_keys (
+            name TEXT PRIMARY KEY,
+            public_key TEXT NOT NULL,
+            created_ms BIGINT NOT NULL
+        );
+        CREATE TABLE identity_approvals (
+            name TEXT NOT NULL REFERENCES caller_keys (name),
+            custodian BIGINT NOT NULL,
+            signature TEXT NOT NULL,
+            approved_ms BIGINT NOT NULL,
+            PRIMARY KEY (name, custodian)
+        );
+        CREATE TABLE requests (
+            identity TEXT NOT NULL,
+            request_id TEXT NOT NULL,
+            admitted_ms BIGINT NOT NULL,
+            PRIMARY KEY (identity, request_id)
+        );
+        CREATE TABLE revocation_approvals (
+            name TEXT NOT NULL REFERENCES caller_keys (name),
+            custodian BIGINT NOT NULL,
+            signature TEXT NOT NULL,
+            approved_ms BIGINT NOT NULL,
+            PRIMARY KEY (name, custodian)
+        );
+        CREATE TABLE retirement_approvals (
+            package_id TEXT NOT NULL REFERENCES versions (package_id),
+            custodian BIGINT NOT NULL,
+            signature TEXT NOT NULL,
+            approved_ms BIGINT NOT NULL,
+            PRIMARY KEY (package_id, custodian)
+        );
+        CREATE TABLE suspects (
+            custodian BIGINT PRIMARY KEY,
+            since_ms BIGINT NOT NULL,
+            evidence TEXT NOT NULL
+        );
+        CREATE TABLE reshares (
+            session TEXT PRIMARY KEY,
+            from_epoch BIGINT NOT NULL,
+            packages TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('started', 'attested', 'failed')),
+            attestations TEXT,
+            started_ms BIGINT NOT NULL,
+            owner TEXT NOT NULL DEFAULT ''
+        );
+        CREATE UNIQUE INDEX one_reshare_per_epoch ON reshares (from_epoch)
+            WHERE state != 'failed';
+        CREATE TABLE unfreeze_approvals (
+            unfreeze TEXT NOT NULL,
+            custodian BIGINT NOT NULL,
+            signature TEXT NOT NULL,
+            approved_ms BIGINT NOT NULL,
+            PRIMARY KEY (unfreeze, custodian)
+        );
+    "],
 };
 
 /// A version as stored.
@@ -194,13 +311,12 @@ pub struct StoredVersion {
     /// Approvals of its retirement (at k it is retired).
     pub retirements: Vec<(u32, String)>,
     pub kits_reserved: u64,
-    pub next_batch: u64,
     /// Stored batches at or above `kits_reserved`, in order.
     pub batches: Vec<(u64, u64)>,
 }
 
 pub fn audit(
-    tx: &Transaction<'_>,
+    tx: &dyn Sql,
     now_ms: u64,
     actor: &str,
     kind: &str,
@@ -234,14 +350,14 @@ pub struct NewVersion<'a> {
     pub now_ms: u64,
 }
 
-pub fn install(tx: &Transaction<'_>, v: &NewVersion<'_>) -> Result<Installed, StoreError> {
-    let exists: Option<String> = tx
-        .query_row(
+pub fn install(tx: &dyn Sql, v: &NewVersion<'_>) -> Result<Installed, StoreError> {
+    let exists = tx
+        .query_opt(
             "SELECT package_id FROM versions WHERE package_id = ?1 OR (name = ?2 AND version = ?3)",
-            params![v.package_id, v.manifest.name, v.manifest.version],
-            |r| r.get(0),
-        )
-        .optional()?;
+            sql_params![v.package_id, &v.manifest.name, v.manifest.version],
+        )?
+        .map(|r| r.text(0))
+        .transpose()?;
     match exists {
         Some(id) if id == v.package_id => return Ok(Installed::AlreadyInstalled),
         Some(id) => {
@@ -257,24 +373,25 @@ pub fn install(tx: &Transaction<'_>, v: &NewVersion<'_>) -> Result<Installed, St
         "INSERT INTO versions (package_id, name, version, publisher, package, manifest, state,
                                installed_ms, deal)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?8)",
-        params![
+        sql_params![
             v.package_id,
-            v.manifest.name,
+            &v.manifest.name,
             v.manifest.version,
             v.publisher,
             v.package,
-            serde_json::to_string(v.manifest).expect("manifests serialize"),
+            &serde_json::to_string(v.manifest).expect("manifests serialize"),
             v.now_ms,
-            serde_json::to_string(v.deal).expect("deals serialize"),
+            &serde_json::to_string(v.deal).expect("deals serialize"),
         ],
-    )?;
-    let mut insert = tx.prepare_cached(
-        "INSERT INTO sealed_shares (package_id, custodian, secret, sealed) VALUES (?1, ?2, ?3, ?4)",
     )?;
     for s in v.shares {
         for (secret, sealed) in &s.sealed {
             let bytes = hex::decode(sealed).expect("checked before the job");
-            insert.execute(params![v.package_id, s.custodian, secret, bytes])?;
+            tx.execute(
+                "INSERT INTO sealed_shares (package_id, custodian, secret, sealed)
+                 VALUES (?1, ?2, ?3, ?4)",
+                sql_params![v.package_id, s.custodian, secret, &bytes],
+            )?;
         }
     }
     audit(
@@ -356,7 +473,7 @@ impl Approved {
 /// Records one valid approval of `subject` (a package id or an identity name) with its audit
 /// entry; returns how many distinct custodians have approved it so far.
 pub fn approve(
-    tx: &Transaction<'_>,
+    tx: &dyn Sql,
     kind: Approved,
     subject: &str,
     custodian: u32,
@@ -364,12 +481,13 @@ pub fn approve(
     now_ms: u64,
 ) -> Result<usize, StoreError> {
     let (table, column, entry, key, noun) = kind.names();
-    let inserted = tx
-        .prepare_cached(&format!(
+    let inserted = tx.execute(
+        &format!(
             "INSERT INTO {table} ({column}, custodian, signature, approved_ms)
              VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING"
-        ))?
-        .execute(params![subject, custodian, signature, now_ms])?;
+        ),
+        sql_params![subject, custodian, signature, now_ms],
+    )?;
     if inserted == 0 {
         return Err(StoreError::DuplicateApproval {
             custodian,
@@ -377,6 +495,10 @@ pub fn approve(
             subject: subject.to_string(),
         });
     }
+    // The audit entry first: appending it takes the chain's tip, which replicas sharing a
+    // database take in turns to the end of their transactions, so the count below sees every
+    // approval committed before, and of two replicas recording the k-th approvals at once, the
+    // second counts both.
     audit(
         tx,
         now_ms,
@@ -384,25 +506,27 @@ pub fn approve(
         entry,
         serde_json::json!({ key: subject, "custodian": custodian }),
     )?;
-    let count: i64 = tx
-        .prepare_cached(&format!("SELECT COUNT(*) FROM {table} WHERE {column} = ?1"))?
-        .query_row([subject], |r| r.get(0))?;
-    Ok(count as usize)
+    let count = tx.query(
+        &format!("SELECT COUNT(*) FROM {table} WHERE {column} = ?1"),
+        sql_params![subject],
+    )?;
+    Ok(count[0].uint(0)? as usize)
 }
 
 /// The approvals of `subject` of one kind, by custodian.
 pub fn approvals_of(
-    conn: &rusqlite::Connection,
+    conn: &dyn Sql,
     kind: Approved,
     subject: &str,
 ) -> Result<Vec<(u32, String)>, StoreError> {
     let (table, column, ..) = kind.names();
-    Ok(conn
-        .prepare_cached(&format!(
-            "SELECT custodian, signature FROM {table} WHERE {column} = ?1 ORDER BY custodian"
-        ))?
-        .query_map([subject], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?)
+    conn.query(
+        &format!("SELECT custodian, signature FROM {table} WHERE {column} = ?1 ORDER BY custodian"),
+        sql_params![subject],
+    )?
+    .iter()
+    .map(|r| Ok((custodian(r, 0)?, r.text(1)?)))
+    .collect()
 }
 
 /// What an activation did to the name's versions.
@@ -413,18 +537,22 @@ pub enum Activated {
     Superseded,
 }
 
-/// Marks a version active. If it is the highest active version of its name, the name moves to
-/// it and the lower active versions are retired; otherwise it is retired itself.
+/// Marks a pending version active. If it is the highest active version of its name, the name
+/// moves to it and the lower active versions are retired; otherwise it is retired itself.
+/// `None` if it was not pending (another replica activated it).
 pub fn activate(
-    tx: &Transaction<'_>,
+    tx: &dyn Sql,
     package_id: &str,
     manifest: &Manifest,
     now_ms: u64,
-) -> Result<Activated, StoreError> {
-    tx.execute(
-        "UPDATE versions SET state = 'active' WHERE package_id = ?1",
-        [package_id],
+) -> Result<Option<Activated>, StoreError> {
+    let pending = tx.execute(
+        "UPDATE versions SET state = 'active' WHERE package_id = ?1 AND state = 'pending'",
+        sql_params![package_id],
     )?;
+    if pending == 0 {
+        return Ok(None);
+    }
     audit(
         tx,
         now_ms,
@@ -432,31 +560,33 @@ pub fn activate(
         "version.activated",
         serde_json::json!({ "package_id": package_id, "name": manifest.name, "version": manifest.version }),
     )?;
-    let current: Option<u32> = tx
-        .query_row(
+    let current = tx
+        .query_opt(
             "SELECT v.version FROM aliases a JOIN versions v ON v.package_id = a.package_id WHERE a.name = ?1",
-            [&manifest.name],
-            |r| r.get(0),
-        )
-        .optional()?;
-    if current.is_some_and(|c| c >= manifest.version) {
+            sql_params![&manifest.name],
+        )?
+        .map(|r| r.uint(0))
+        .transpose()?;
+    if current.is_some_and(|c| c >= u64::from(manifest.version)) {
         retire(tx, package_id, now_ms)?;
-        return Ok(Activated::Superseded);
+        return Ok(Some(Activated::Superseded));
     }
-    let retired: Vec<String> = tx
-        .prepare(
+    let retired = tx
+        .query(
             "SELECT package_id FROM versions
              WHERE name = ?1 AND state = 'active' AND retired_ms IS NULL AND package_id != ?2",
+            sql_params![&manifest.name, package_id],
         )?
-        .query_map(params![manifest.name, package_id], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
+        .iter()
+        .map(|r| r.text(0))
+        .collect::<Result<Vec<_>, _>>()?;
     for old in &retired {
         retire(tx, old, now_ms)?;
     }
     tx.execute(
         "INSERT INTO aliases (name, package_id) VALUES (?1, ?2)
          ON CONFLICT (name) DO UPDATE SET package_id = excluded.package_id",
-        params![manifest.name, package_id],
+        sql_params![&manifest.name, package_id],
     )?;
     audit(
         tx,
@@ -465,14 +595,14 @@ pub fn activate(
         "alias.moved",
         serde_json::json!({ "name": manifest.name, "package_id": package_id, "version": manifest.version }),
     )?;
-    Ok(Activated::Current { retired })
+    Ok(Some(Activated::Current { retired }))
 }
 
 /// Marks a version retired, for good (superseded, or retired by k operators).
-pub fn retire(tx: &Transaction<'_>, package_id: &str, now_ms: u64) -> Result<(), StoreError> {
+pub fn retire(tx: &dyn Sql, package_id: &str, now_ms: u64) -> Result<(), StoreError> {
     tx.execute(
         "UPDATE versions SET retired_ms = ?2 WHERE package_id = ?1",
-        params![package_id, now_ms],
+        sql_params![package_id, now_ms],
     )?;
     audit(
         tx,
@@ -486,14 +616,14 @@ pub fn retire(tx: &Transaction<'_>, package_id: &str, now_ms: u64) -> Result<(),
 /// Records a proposed caller identity's key (its API key hash is stored beside it by
 /// `quorumvm_policy::add_identity`, in the same transaction).
 pub fn propose_identity(
-    tx: &Transaction<'_>,
+    tx: &dyn Sql,
     name: &str,
     public_key: &str,
     now_ms: u64,
 ) -> Result<(), StoreError> {
     tx.execute(
         "INSERT INTO caller_keys (name, public_key, created_ms) VALUES (?1, ?2, ?3)",
-        params![name, public_key, now_ms],
+        sql_params![name, public_key, now_ms],
     )?;
     audit(
         tx,
@@ -512,11 +642,15 @@ pub struct StoredIdentity {
     pub revocations: Vec<(u32, String)>,
 }
 
-pub fn load_identities(conn: &rusqlite::Connection) -> Result<Vec<StoredIdentity>, StoreError> {
-    let keys: Vec<(String, String)> = conn
-        .prepare("SELECT name, public_key FROM caller_keys ORDER BY name")?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
+pub fn load_identities(conn: &dyn Sql) -> Result<Vec<StoredIdentity>, StoreError> {
+    let keys = conn
+        .query(
+            "SELECT name, public_key FROM caller_keys ORDER BY name",
+            &[],
+        )?
+        .iter()
+        .map(|r| Ok((r.text(0)?, r.text(1)?)))
+        .collect::<Result<Vec<_>, StoreError>>()?;
     let mut out = Vec::with_capacity(keys.len());
     for (name, public_key) in keys {
         out.push(StoredIdentity {
@@ -539,13 +673,17 @@ pub type CertifiedUnfreeze = (Unfreeze, Vec<(u32, String)>);
 
 /// Every unfreeze that k operators approved, with the approvals: the latest per target.
 pub fn load_unfreezes(
-    conn: &rusqlite::Connection,
+    conn: &dyn Sql,
     threshold: usize,
 ) -> Result<Vec<CertifiedUnfreeze>, StoreError> {
-    let keys: Vec<String> = conn
-        .prepare("SELECT unfreeze FROM unfreeze_approvals GROUP BY unfreeze HAVING COUNT(*) >= ?1")?
-        .query_map([threshold as i64], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
+    let keys = conn
+        .query(
+            "SELECT unfreeze FROM unfreeze_approvals GROUP BY unfreeze HAVING COUNT(*) >= ?1",
+            sql_params![threshold as u64],
+        )?
+        .iter()
+        .map(|r| r.text(0))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut latest: BTreeMap<Target, Unfreeze> = BTreeMap::new();
     for key in keys {
         let parsed = key.rsplit_once('@').and_then(|(target, time)| {
@@ -577,7 +715,7 @@ pub fn load_unfreezes(
 /// Marks `custodian` suspect with the failing quorums that prove it (`custodian.suspected`);
 /// `false` if it was suspect already.
 pub fn mark_suspect(
-    tx: &Transaction<'_>,
+    tx: &dyn Sql,
     custodian: u32,
     evidence: &[Vec<u32>],
     now_ms: u64,
@@ -586,7 +724,7 @@ pub fn mark_suspect(
     let added = tx.execute(
         "INSERT INTO suspects (custodian, since_ms, evidence) VALUES (?1, ?2, ?3)
          ON CONFLICT (custodian) DO NOTHING",
-        params![custodian, now_ms, text],
+        sql_params![custodian, now_ms, &text],
     )?;
     if added > 0 {
         let details = serde_json::json!({ "custodian": custodian, "failing_quorums": evidence });
@@ -598,7 +736,7 @@ pub fn mark_suspect(
 /// Clears `custodian` (`custodian.cleared`, with the operator's statement) if it was suspected
 /// before `signed_ms`, when the statement was signed; `false` otherwise.
 pub fn clear_suspect(
-    tx: &Transaction<'_>,
+    tx: &dyn Sql,
     custodian: u32,
     signed_ms: u64,
     statement: &str,
@@ -606,7 +744,7 @@ pub fn clear_suspect(
 ) -> Result<bool, StoreError> {
     let removed = tx.execute(
         "DELETE FROM suspects WHERE custodian = ?1 AND since_ms < ?2",
-        params![custodian, signed_ms],
+        sql_params![custodian, signed_ms],
     )?;
     if removed > 0 {
         let details = serde_json::json!({ "custodian": custodian, "statement": statement });
@@ -615,10 +753,11 @@ pub fn clear_suspect(
     Ok(removed > 0)
 }
 
-pub fn load_suspects(conn: &rusqlite::Connection) -> Result<Vec<u32>, StoreError> {
-    let mut stmt = conn.prepare("SELECT custodian FROM suspects ORDER BY custodian")?;
-    let rows = stmt.query_map([], |r| r.get(0))?;
-    Ok(rows.collect::<Result<_, _>>()?)
+pub fn load_suspects(conn: &dyn Sql) -> Result<Vec<u32>, StoreError> {
+    conn.query("SELECT custodian FROM suspects ORDER BY custodian", &[])?
+        .iter()
+        .map(|r| custodian(r, 0))
+        .collect()
 }
 
 /// A refresh every custodian verified: what its commit order carries.
@@ -631,19 +770,27 @@ pub struct Certificate {
 }
 
 /// Records a refresh as started (`reshare.started`), before any custodian hears of it.
+///
+/// One refresh per epoch: a replica sharing the database that started one from the same
+/// epoch, unfinished or attested, makes this one [`StoreError::ReshareUnderWay`].
 pub fn start_reshare(
-    tx: &Transaction<'_>,
+    tx: &dyn Sql,
     session: &str,
     from_epoch: u64,
     packages: &[String],
+    owner: &str,
     now_ms: u64,
 ) -> Result<(), StoreError> {
     let list = serde_json::to_string(packages).expect("ids serialize");
-    tx.execute(
-        "INSERT INTO reshares (session, from_epoch, packages, state, started_ms)
-         VALUES (?1, ?2, ?3, 'started', ?4)",
-        params![session, from_epoch as i64, list, now_ms as i64],
+    let started = tx.execute(
+        "INSERT INTO reshares (session, from_epoch, packages, state, started_ms, owner)
+         VALUES (?1, ?2, ?3, 'started', ?4, ?5)
+         ON CONFLICT (from_epoch) WHERE state != 'failed' DO NOTHING",
+        sql_params![session, from_epoch, &list, now_ms, owner],
     )?;
+    if started == 0 {
+        return Err(StoreError::ReshareUnderWay { from_epoch });
+    }
     audit(
         tx,
         now_ms,
@@ -657,7 +804,7 @@ pub fn start_reshare(
 /// the next epoch, and every preprocessing batch stored so far is given up (the custodians
 /// delete their kits when they commit).
 pub fn attest_reshare(
-    tx: &Transaction<'_>,
+    tx: &dyn Sql,
     certificate: &Certificate,
     now_ms: u64,
 ) -> Result<(), StoreError> {
@@ -665,16 +812,19 @@ pub fn attest_reshare(
         serde_json::to_string(&certificate.attestations).expect("attestations serialize");
     tx.execute(
         "UPDATE reshares SET state = 'attested', attestations = ?2 WHERE session = ?1",
-        params![certificate.session, attestations],
+        sql_params![&certificate.session, &attestations],
     )?;
     let discarded = tx.execute(
         "UPDATE kit_batches SET state = 'failed' WHERE state IN ('stored', 'ordered')",
-        [],
+        &[],
     )?;
     // The publisher's ciphertexts are shares of the old epoch: every custodian serves these
     // versions already, so none needs them again, and kept they would outlive the refresh.
     for package in &certificate.packages {
-        tx.execute("DELETE FROM sealed_shares WHERE package_id = ?1", [package])?;
+        tx.execute(
+            "DELETE FROM sealed_shares WHERE package_id = ?1",
+            sql_params![package],
+        )?;
     }
     audit(
         tx,
@@ -691,14 +841,14 @@ pub fn attest_reshare(
 
 /// Records that a refresh did not complete (`reshare.failed`): the cluster stays on its epoch.
 pub fn fail_reshare(
-    tx: &Transaction<'_>,
+    tx: &dyn Sql,
     session: &str,
     reason: &str,
     now_ms: u64,
 ) -> Result<(), StoreError> {
     tx.execute(
         "UPDATE reshares SET state = 'failed' WHERE session = ?1 AND state = 'started'",
-        [session],
+        sql_params![session],
     )?;
     audit(
         tx,
@@ -711,30 +861,24 @@ pub fn fail_reshare(
 
 /// Refreshes left `started` by a crash never reached their attestations: failed (every
 /// custodian stays on, or is told to stay on, the epoch it had).
-pub fn fail_unfinished_reshares(tx: &Transaction<'_>) -> Result<usize, StoreError> {
+pub fn fail_unfinished_reshares(tx: &dyn Sql, owner: &str) -> Result<usize, StoreError> {
     Ok(tx.execute(
-        "UPDATE reshares SET state = 'failed' WHERE state = 'started'",
-        [],
-    )?)
+        "UPDATE reshares SET state = 'failed' WHERE state = 'started' AND owner = ?1",
+        sql_params![owner],
+    )? as usize)
 }
 
 /// Every attested refresh, by starting epoch: the cluster's epoch is one past the last.
-pub fn load_certificates(conn: &rusqlite::Connection) -> Result<Vec<Certificate>, StoreError> {
-    let mut stmt = conn.prepare(
+pub fn load_certificates(conn: &dyn Sql) -> Result<Vec<Certificate>, StoreError> {
+    let rows = conn.query(
         "SELECT session, from_epoch, packages, attestations FROM reshares
          WHERE state = 'attested' ORDER BY from_epoch",
+        &[],
     )?;
-    let rows = stmt.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, i64>(1)? as u64,
-            r.get::<_, String>(2)?,
-            r.get::<_, String>(3)?,
-        ))
-    })?;
     let mut out = Vec::new();
-    for row in rows {
-        let (session, from_epoch, packages, attestations) = row?;
+    for r in rows {
+        let (session, from_epoch, packages, attestations) =
+            (r.text(0)?, r.uint(1)?, r.text(2)?, r.text(3)?);
         let corrupt = |reason: String| StoreError::Corrupt {
             what: "reshare",
             package_id: session.clone(),
@@ -753,119 +897,118 @@ pub fn load_certificates(conn: &rusqlite::Connection) -> Result<Vec<Certificate>
 
 /// Records a caller's request id; `false` if it was admitted before (a replay).
 pub fn record_request(
-    tx: &Transaction<'_>,
+    tx: &dyn Sql,
     identity: &str,
     request_id: &str,
     now_ms: u64,
 ) -> Result<bool, StoreError> {
-    Ok(tx
-        .prepare_cached(
-            "INSERT INTO requests (identity, request_id, admitted_ms) VALUES (?1, ?2, ?3)
-             ON CONFLICT DO NOTHING",
-        )?
-        .execute(params![identity, request_id, now_ms])?
-        == 1)
+    Ok(tx.execute(
+        "INSERT INTO requests (identity, request_id, admitted_ms) VALUES (?1, ?2, ?3)
+         ON CONFLICT DO NOTHING",
+        sql_params![identity, request_id, now_ms],
+    )? == 1)
 }
 
-pub fn reserve_kits(tx: &Transaction<'_>, package_id: &str, up_to: u64) -> Result<(), StoreError> {
-    tx.prepare_cached(
-        "UPDATE versions SET kits_reserved = max(kits_reserved, ?2) WHERE package_id = ?1",
-    )?
-    .execute(params![package_id, up_to as i64])?;
+pub fn reserve_kits(tx: &dyn Sql, package_id: &str, up_to: u64) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE versions SET kits_reserved = ?2 WHERE package_id = ?1 AND kits_reserved < ?2",
+        sql_params![package_id, up_to],
+    )?;
     Ok(())
 }
 
-/// Records a batch as ordered and moves `next_batch` past it, before any custodian hears of it.
+/// Allocates the kit ids of a batch of `count` and records it as ordered by `owner` (this
+/// replica), before any custodian hears of it; returns its first kit id. Ids are allocated in
+/// the database, so replicas sharing it never order the same ids, and at or above the
+/// reservation watermark: kits below it are never handed out, so generating them would only fill
+/// the custodians' disks (found by the simulation, whose small batches made a restarted
+/// coordinator generate hundreds of batches before it had one kit to hand out).
 pub fn order_batch(
-    tx: &Transaction<'_>,
+    tx: &dyn Sql,
     package_id: &str,
-    first_kit: u64,
     count: u64,
-) -> Result<(), StoreError> {
+    owner: &str,
+) -> Result<u64, StoreError> {
+    let end = tx
+        .query(
+            "UPDATE versions SET next_batch =
+                 CASE WHEN next_batch > kits_reserved THEN next_batch ELSE kits_reserved END + ?2
+             WHERE package_id = ?1 RETURNING next_batch",
+            sql_params![package_id, count],
+        )?
+        .first()
+        .ok_or_else(|| StoreError::Corrupt {
+            what: "version",
+            package_id: package_id.to_string(),
+            reason: "not stored".into(),
+        })?
+        .uint(0)?;
+    let first_kit = end - count;
     tx.execute(
-        "INSERT INTO kit_batches (package_id, first_kit, count, state) VALUES (?1, ?2, ?3, 'ordered')",
-        params![package_id, first_kit as i64, count as i64],
+        "INSERT INTO kit_batches (package_id, first_kit, count, state, owner)
+         VALUES (?1, ?2, ?3, 'ordered', ?4)",
+        sql_params![package_id, first_kit, count, owner],
     )?;
-    tx.execute(
-        "UPDATE versions SET next_batch = ?2 WHERE package_id = ?1",
-        params![package_id, (first_kit + count) as i64],
-    )?;
-    Ok(())
+    Ok(first_kit)
 }
 
 pub fn finish_batch(
-    tx: &Transaction<'_>,
+    tx: &dyn Sql,
     package_id: &str,
     first_kit: u64,
     stored: bool,
 ) -> Result<(), StoreError> {
     tx.execute(
         "UPDATE kit_batches SET state = ?3 WHERE package_id = ?1 AND first_kit = ?2",
-        params![
+        sql_params![
             package_id,
-            first_kit as i64,
+            first_kit,
             if stored { "stored" } else { "failed" }
         ],
     )?;
     Ok(())
 }
 
-pub fn package_bytes(
-    conn: &rusqlite::Connection,
-    package_id: &str,
-) -> Result<Option<Vec<u8>>, StoreError> {
+pub fn package_bytes(conn: &dyn Sql, package_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
     Ok(conn
-        .query_row(
+        .query_opt(
             "SELECT package FROM versions WHERE package_id = ?1",
-            [package_id],
-            |r| r.get(0),
-        )
-        .optional()?)
+            sql_params![package_id],
+        )?
+        .map(|r| r.bytes(0))
+        .transpose()?)
 }
 
 pub fn sealed_shares(
-    conn: &rusqlite::Connection,
+    conn: &dyn Sql,
     package_id: &str,
     custodian: u32,
 ) -> Result<SealedShares, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT secret, sealed FROM sealed_shares WHERE package_id = ?1 AND custodian = ?2",
-    )?;
-    let sealed = stmt
-        .query_map(params![package_id, custodian], |r| {
-            Ok((r.get::<_, String>(0)?, hex::encode(r.get::<_, Vec<u8>>(1)?)))
-        })?
-        .collect::<Result<_, _>>()?;
+    let sealed = conn
+        .query(
+            "SELECT secret, sealed FROM sealed_shares WHERE package_id = ?1 AND custodian = ?2",
+            sql_params![package_id, custodian],
+        )?
+        .iter()
+        .map(|r| Ok((r.text(0)?, hex::encode(r.bytes(1)?))))
+        .collect::<Result<_, StoreError>>()?;
     Ok(SealedShares { custodian, sealed })
 }
 
-/// Every version, for the registry at startup.
-pub fn load_versions(conn: &rusqlite::Connection) -> Result<Vec<StoredVersion>, StoreError> {
-    let mut stmt = conn.prepare(
-        "SELECT package_id, publisher, manifest, state, kits_reserved, next_batch, deal,
+/// Every version, for the registry at startup, with the stored batches `owner` (this replica)
+/// ordered.
+pub fn load_versions(conn: &dyn Sql, owner: &str) -> Result<Vec<StoredVersion>, StoreError> {
+    let rows = conn.query(
+        "SELECT package_id, publisher, manifest, state, kits_reserved, deal,
                 retired_ms IS NOT NULL
          FROM versions ORDER BY installed_ms",
+        &[],
     )?;
-    let rows = stmt.query_map([], |r| {
-        Ok((
-            (
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-            ),
-            (
-                r.get::<_, i64>(4)?,
-                r.get::<_, i64>(5)?,
-                r.get::<_, String>(6)?,
-                r.get::<_, bool>(7)?,
-            ),
-        ))
-    })?;
     let mut out = Vec::new();
-    for row in rows {
-        let ((package_id, publisher, manifest, state), (reserved, next_batch, deal, retired)) =
-            row?;
+    for r in rows {
+        let (package_id, publisher, manifest, state) =
+            (r.text(0)?, r.text(1)?, r.text(2)?, r.text(3)?);
+        let (reserved, deal, retired) = (r.uint(4)?, r.text(5)?, r.int(6)? != 0);
         let manifest: Manifest =
             serde_json::from_str(&manifest).map_err(|e| StoreError::Corrupt {
                 what: "manifest",
@@ -885,15 +1028,16 @@ pub fn load_versions(conn: &rusqlite::Connection) -> Result<Vec<StoredVersion>, 
         let approvals = approvals_of(conn, Approved::Version, &package_id)?;
         let retirements = approvals_of(conn, Approved::Retirement, &package_id)?;
         let batches = conn
-            .prepare_cached(
+            .query(
                 "SELECT first_kit, count FROM kit_batches
                  WHERE package_id = ?1 AND state = 'stored' AND first_kit + count > ?2
+                   AND owner = ?3
                  ORDER BY first_kit",
+                sql_params![&package_id, reserved, owner],
             )?
-            .query_map(params![package_id, reserved], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
-            })?
-            .collect::<Result<_, _>>()?;
+            .iter()
+            .map(|r| Ok((r.uint(0)?, r.uint(1)?)))
+            .collect::<Result<_, StoreError>>()?;
         out.push(StoredVersion {
             package_id,
             publisher,
@@ -902,26 +1046,155 @@ pub fn load_versions(conn: &rusqlite::Connection) -> Result<Vec<StoredVersion>, 
             state,
             approvals,
             retirements,
-            kits_reserved: reserved as u64,
-            next_batch: next_batch as u64,
+            kits_reserved: reserved,
             batches,
         });
     }
     Ok(out)
 }
 
-pub fn aliases(conn: &rusqlite::Connection) -> Result<Vec<(String, String)>, StoreError> {
-    Ok(conn
-        .prepare("SELECT name, package_id FROM aliases")?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?)
+pub fn aliases(conn: &dyn Sql) -> Result<Vec<(String, String)>, StoreError> {
+    conn.query("SELECT name, package_id FROM aliases", &[])?
+        .iter()
+        .map(|r| Ok((r.text(0)?, r.text(1)?)))
+        .collect()
 }
 
 /// Batches left `ordered` by a crash are failed: some custodians may hold them, but the
 /// coordinator never hands their kits out.
-pub fn fail_unfinished_batches(tx: &Transaction<'_>) -> Result<usize, StoreError> {
+pub fn fail_unfinished_batches(tx: &dyn Sql, owner: &str) -> Result<usize, StoreError> {
     Ok(tx.execute(
-        "UPDATE kit_batches SET state = 'failed' WHERE state = 'ordered'",
-        [],
-    )?)
+        "UPDATE kit_batches SET state = 'failed' WHERE state = 'ordered' AND owner = ?1",
+        sql_params![owner],
+    )? as usize)
+}
+
+/// What a coordinator holds in memory, as stored: what it loads at start, and what a replica
+/// loads again when another replica changed it.
+pub struct Shared {
+    /// With the stored batches `owner` ordered.
+    pub versions: Vec<StoredVersion>,
+    pub aliases: Vec<(String, String)>,
+    pub identities: Vec<StoredIdentity>,
+    pub suspects: Vec<u32>,
+    pub certificates: Vec<Certificate>,
+    pub freezes: quorumvm_server::freeze::Freezes,
+    /// The unfreezes `threshold` operators approved.
+    pub unfreezes: Vec<CertifiedUnfreeze>,
+}
+
+pub fn load_shared(conn: &dyn Sql, owner: &str, threshold: usize) -> Result<Shared, StoreError> {
+    Ok(Shared {
+        versions: load_versions(conn, owner)?,
+        aliases: aliases(conn)?,
+        identities: load_identities(conn)?,
+        suspects: load_suspects(conn)?,
+        certificates: load_certificates(conn)?,
+        freezes: quorumvm_server::freeze::Freezes::load(conn)?,
+        unfreezes: load_unfreezes(conn, threshold)?,
+    })
+}
+
+/// A custodian's index as stored.
+fn custodian(row: &Row, i: usize) -> Result<u32, StoreError> {
+    u32::try_from(row.uint(i)?).map_err(|_| {
+        LedgerError::Column {
+            index: i,
+            reason: "not a custodian's index".into(),
+        }
+        .into()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Barrier};
+    use std::time::Duration;
+
+    use quorumvm_ledger::postgres::testing::Server;
+    use quorumvm_ledger::{Ledger, Postgres};
+
+    use super::*;
+
+    fn postgres(url: &str) -> Postgres {
+        let mut db = Postgres::connect(url).unwrap();
+        db.apply_schema(&quorumvm_policy::POSTGRES_SCHEMA).unwrap();
+        db.apply_schema(&quorumvm_server::freeze::POSTGRES_SCHEMA)
+            .unwrap();
+        db.apply_schema(&POSTGRES_SCHEMA).unwrap();
+        db
+    }
+
+    /// Two replicas record the two approvals an identity needs (k = 2) at the same moment, each
+    /// in a transaction that stays open a while: the approvals are counted in turns, so one of
+    /// them counts 2 and the identity is approved. (Counted side by side, each would see only
+    /// its own approval and count 1, and nobody would ever act on the second.)
+    #[test]
+    fn approvals_recorded_at_once_by_two_replicas_reach_k() {
+        let server = Server::start();
+        let mut db = postgres(&server.url());
+        db.transaction(|tx| propose_identity(tx, "alice", "key", 1))
+            .unwrap();
+        let start = Arc::new(Barrier::new(2));
+        let replicas: Vec<_> = [1u32, 2]
+            .into_iter()
+            .map(|custodian| {
+                let (url, start) = (server.url(), Arc::clone(&start));
+                std::thread::spawn(move || {
+                    let mut db = postgres(&url);
+                    start.wait();
+                    db.transaction(|tx| {
+                        let count = approve(tx, Approved::Identity, "alice", custodian, "sig", 2)?;
+                        std::thread::sleep(Duration::from_millis(300));
+                        Ok::<_, StoreError>(count)
+                    })
+                    .unwrap()
+                })
+            })
+            .collect();
+        let mut counts: Vec<usize> = replicas.into_iter().map(|r| r.join().unwrap()).collect();
+        counts.sort_unstable();
+        assert_eq!(counts, [1, 2]);
+    }
+
+    /// Batches' kit ids come from the database, after every id allocated before and at or
+    /// above the reservation watermark: after a restart no batch generates kits that are never
+    /// handed out.
+    #[test]
+    fn batches_are_allocated_above_every_id_before_and_the_watermark() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::open(dir.path().join("c.db")).unwrap();
+        ledger.apply_schema(&quorumvm_policy::SCHEMA).unwrap();
+        ledger
+            .apply_schema(&quorumvm_server::freeze::SCHEMA)
+            .unwrap();
+        ledger.apply_schema(&SCHEMA).unwrap();
+        ledger
+            .connection()
+            .execute_batch(
+                "INSERT INTO versions (package_id, name, version, publisher, package, manifest,
+                                       state, installed_ms)
+                 VALUES ('p', 'n', 1, 'k', x'00', '{}', 'active', 0)",
+            )
+            .unwrap();
+        let order = |ledger: &mut Ledger, count, owner| {
+            ledger
+                .transaction(|tx| order_batch(tx, "p", count, owner))
+                .unwrap()
+        };
+        assert_eq!(order(&mut ledger, 24, "a"), 0);
+        assert_eq!(order(&mut ledger, 10, "b"), 24);
+        ledger
+            .transaction(|tx| reserve_kits(tx, "p", 4096))
+            .unwrap();
+        let above = order(&mut ledger, 5, "a");
+        assert_eq!(above, 4096, "nothing below the watermark");
+        assert_eq!(order(&mut ledger, 5, "a"), 4101);
+        let owners = ledger
+            .connection()
+            .query("SELECT owner FROM kit_batches ORDER BY first_kit", &[])
+            .unwrap();
+        let owners: Vec<String> = owners.iter().map(|r| r.text(0).unwrap()).collect();
+        assert_eq!(owners, ["a", "b", "a", "a"]);
+    }
 }

@@ -17,6 +17,7 @@
 //!
 //! [`open_outputs`]: quorumvm_core::shares::open_outputs
 
+use quorumvm_ledger::Commit as _;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::Ordering::Relaxed;
@@ -71,8 +72,8 @@ pub async fn record(state: &Arc<State>, failed: Vec<Vec<u32>>) {
             .collect();
         let now = state.env.now_ms();
         let marked = state
-            .writer
-            .run(move |tx| store::mark_suspect(tx, index, &relevant, now))
+            .storage
+            .commit(move |tx| store::mark_suspect(tx, index, &relevant, now))
             .await;
         match marked {
             Ok(_) => {
@@ -105,8 +106,8 @@ pub async fn clear(
     let text = serde_json::to_string(&signed).expect("statements serialize");
     let (now, signed_ms) = (state.env.now_ms(), statement.time_ms);
     let cleared = state
-        .writer
-        .run(move |tx| store::clear_suspect(tx, index, signed_ms, &text, now))
+        .storage
+        .commit(move |tx| store::clear_suspect(tx, index, signed_ms, &text, now))
         .await?;
     if cleared {
         state

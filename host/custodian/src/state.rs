@@ -185,7 +185,7 @@ impl Custodian {
                 .with_context(|| format!("revocation of {} in {}", stored.subject, db.display()))?;
             callers.revoke(stored.subject);
         }
-        let freezes = Freezes::load(&ledger)?;
+        let freezes = Freezes::load(ledger.connection())?;
         for stored in store::load_callers(&ledger)? {
             if callers.is_revoked(&stored.name) {
                 continue;

@@ -14,11 +14,11 @@
 //! read by auditors and copied off the machine; record identities, program ids, request ids,
 //! counts and decisions. Nothing here can tell a secret from an id, so this is the caller's duty.
 
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::{LedgerError, Schema};
+use crate::sql::{Lock, Row, Sql};
+use crate::{LedgerError, Schema, sql_params};
 
 pub(crate) const SCHEMA: Schema = Schema {
     component: "audit",
@@ -36,6 +36,29 @@ pub(crate) const SCHEMA: Schema = Schema {
         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
         CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    "],
+};
+
+/// [`SCHEMA`] for PostgreSQL: the same columns, and one trigger function that refuses changes
+/// (`TRUNCATE` too, which row triggers do not see).
+pub(crate) const POSTGRES_SCHEMA: Schema = Schema {
+    component: "audit",
+    migrations: &["
+        CREATE TABLE audit_log (
+            seq BIGINT PRIMARY KEY CHECK (seq >= 1),
+            timestamp_ms BIGINT NOT NULL,
+            actor TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            details TEXT NOT NULL,
+            prev_hash BYTEA NOT NULL CHECK (length(prev_hash) = 32),
+            hash BYTEA NOT NULL CHECK (length(hash) = 32)
+        );
+        CREATE FUNCTION audit_log_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION 'the audit log is append-only'; END $$;
+        CREATE TRIGGER audit_log_no_change BEFORE UPDATE OR DELETE ON audit_log
+        FOR EACH ROW EXECUTE FUNCTION audit_log_append_only();
+        CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
+        FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only();
     "],
 };
 
@@ -134,20 +157,24 @@ pub fn entry_hash(
 
 /// Appends an entry inside the caller's transaction, so that it commits with the change it
 /// describes or not at all.
-pub fn append(tx: &Transaction<'_>, entry: &NewEntry<'_>) -> Result<AuditEntry, LedgerError> {
+///
+/// Processes that share a PostgreSQL database append to one chain: each append first takes the
+/// chain's lock ([`Lock::AuditChain`], held to the end of the transaction), so the tip it reads is
+/// the last committed one and no two transactions link to the same entry. On SQLite the
+/// database's write lock already does that.
+pub fn append(tx: &dyn Sql, entry: &NewEntry<'_>) -> Result<AuditEntry, LedgerError> {
     if !entry.details.is_object() {
         return Err(LedgerError::DetailsNotObject);
     }
     let details = entry.details.to_string();
-    // Cached statements: appends are on every request's path, and parsing SQL anew each time
-    // cost more than running it.
-    let tip: Option<(u64, [u8; 32])> = tx
-        .prepare_cached("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")?
-        .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
-        .optional()?;
+    Lock::AuditChain.take(tx)?;
+    let tip = tx.query_opt(
+        "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
+        &[],
+    )?;
     let (seq, prev_hash) = match tip {
         None => (1, GENESIS),
-        Some((seq, hash)) => (seq + 1, hash),
+        Some(row) => (row.uint(0)? + 1, row.bytes32(1)?),
     };
     let hash = entry_hash(
         seq,
@@ -157,19 +184,19 @@ pub fn append(tx: &Transaction<'_>, entry: &NewEntry<'_>) -> Result<AuditEntry, 
         &details,
         &prev_hash,
     );
-    tx.prepare_cached(
+    tx.execute(
         "INSERT INTO audit_log (seq, timestamp_ms, actor, kind, details, prev_hash, hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?
-    .execute(params![
-        seq,
-        entry.timestamp_ms,
-        entry.actor,
-        entry.kind,
-        details,
-        prev_hash,
-        hash
-    ])?;
+        sql_params![
+            seq,
+            entry.timestamp_ms,
+            entry.actor,
+            entry.kind,
+            &details,
+            &prev_hash,
+            &hash
+        ],
+    )?;
     Ok(AuditEntry {
         seq,
         timestamp_ms: entry.timestamp_ms,
@@ -243,60 +270,64 @@ impl ChainVerifier {
 const SELECT_ENTRIES: &str =
     "SELECT seq, timestamp_ms, actor, kind, details, prev_hash, hash FROM audit_log";
 
-fn read_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<AuditEntry> {
+fn read_row(row: &Row) -> Result<AuditEntry, LedgerError> {
     Ok(AuditEntry {
-        seq: row.get(0)?,
-        timestamp_ms: row.get(1)?,
-        actor: row.get(2)?,
-        kind: row.get(3)?,
-        details: row.get(4)?,
-        prev_hash: row.get(5)?,
-        hash: row.get(6)?,
+        seq: row.uint(0)?,
+        timestamp_ms: row.uint(1)?,
+        actor: row.text(2)?,
+        kind: row.text(3)?,
+        details: row.text(4)?,
+        prev_hash: row.bytes32(5)?,
+        hash: row.bytes32(6)?,
     })
 }
 
-/// Whether a row failed to read because a stored value has the wrong shape (a negative number,
-/// a hash of the wrong length, a wrong type), which only happens if someone rewrote the table.
-fn is_malformed(err: &rusqlite::Error) -> bool {
-    matches!(
-        err,
-        rusqlite::Error::IntegralValueOutOfRange(..)
-            | rusqlite::Error::FromSqlConversionFailure(..)
-            | rusqlite::Error::InvalidColumnType(..)
+/// The rows of up to `limit` entries with `seq > after`, oldest first.
+fn page(conn: &dyn Sql, after: u64, limit: u32) -> Result<Vec<Row>, LedgerError> {
+    conn.query(
+        &format!("{SELECT_ENTRIES} WHERE seq > ?1 ORDER BY seq LIMIT ?2"),
+        sql_params![after, limit],
     )
 }
 
 /// Up to `limit` entries with `seq > after`, oldest first.
-pub fn entries(conn: &Connection, after: u64, limit: u32) -> Result<Vec<AuditEntry>, LedgerError> {
-    let mut stmt = conn.prepare(&format!(
-        "{SELECT_ENTRIES} WHERE seq > ?1 ORDER BY seq LIMIT ?2"
-    ))?;
-    let rows = stmt.query_map(params![after, limit], read_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+pub fn entries(conn: &dyn Sql, after: u64, limit: u32) -> Result<Vec<AuditEntry>, LedgerError> {
+    page(conn, after, limit)?.iter().map(read_row).collect()
 }
 
-/// Walks the whole log (one statement, so one consistent snapshot even while a server keeps
-/// appending) and reports the first broken link.
-pub fn verify_chain(conn: &Connection) -> Result<ChainReport, VerifyError> {
+/// Entries read per statement while verifying: the log may be far larger than memory.
+const VERIFY_PAGE: u32 = 4096;
+
+/// Walks the whole log, oldest first, and reports the first broken link. The log is read in
+/// pages; since entries are only ever appended, a page read later only sees more of them.
+pub fn verify_chain(conn: &dyn Sql) -> Result<ChainReport, VerifyError> {
     let mut verifier = ChainVerifier::default();
-    let mut stmt = conn
-        .prepare(&format!("{SELECT_ENTRIES} ORDER BY seq"))
-        .map_err(LedgerError::from)?;
-    let rows = stmt.query_map([], read_row).map_err(LedgerError::from)?;
-    for row in rows {
-        match row {
-            Ok(entry) => verifier.push(&entry)?,
-            Err(err) if is_malformed(&err) => {
-                return Err(BrokenLink {
-                    seq: verifier.next_seq,
-                    reason: BreakReason::Malformed(err.to_string()),
-                }
-                .into());
-            }
-            Err(err) => return Err(LedgerError::from(err).into()),
+    let mut after = 0;
+    loop {
+        let rows = page(conn, after, VERIFY_PAGE)?;
+        let Some(last) = rows.last() else {
+            return Ok(verifier.finish());
+        };
+        // The page's last sequence number, read as an integer whatever else is wrong with it.
+        after = last.uint(0).map_err(|e| malformed(&verifier, e))?;
+        for row in &rows {
+            let entry = read_row(row).map_err(|e| malformed(&verifier, e))?;
+            verifier.push(&entry)?;
         }
     }
-    Ok(verifier.finish())
+}
+
+/// A row that does not read (a negative number, a hash of the wrong length, a wrong type),
+/// which only happens if someone rewrote the table: the chain breaks where it stands.
+fn malformed(verifier: &ChainVerifier, err: LedgerError) -> VerifyError {
+    match err {
+        LedgerError::Column { .. } => BrokenLink {
+            seq: verifier.next_seq,
+            reason: BreakReason::Malformed(err.to_string()),
+        }
+        .into(),
+        other => other.into(),
+    }
 }
 
 /// Hashes travel as hex in JSON, as everywhere else in QuorumVM.

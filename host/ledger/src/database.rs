@@ -12,6 +12,9 @@ use crate::{LedgerError, Schema};
 /// are short, so this is only ever reached when something is stuck.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Prepared statements kept per connection (rusqlite keeps 16 by default).
+const STATEMENT_CACHE: usize = 128;
+
 /// One connection to a server's database. It is `Send` but not `Sync`, and every commit waits for
 /// an fsync: an async server hands the connection it writes with to a [`crate::Writer`], which
 /// commits many writes with one fsync, and reads through another `Ledger` of its own (in WAL mode
@@ -40,6 +43,9 @@ impl Ledger {
         // shares deletes the old ones, which a copy of the file taken later must not hold.
         conn.pragma_update(None, "secure_delete", "FAST")?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
+        // Statements go through the cache (`Sql` prepares every one there): room for every
+        // statement a server runs, so the hot ones are never parsed again.
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         let mut ledger = Ledger { conn };
         ledger.apply_schema(&audit::SCHEMA)?;
         Ok(ledger)

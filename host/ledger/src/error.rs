@@ -2,6 +2,11 @@
 pub enum LedgerError {
     #[error("storage: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("storage (PostgreSQL): {}", postgres_message(.0))]
+    Postgres(#[from] postgres::Error),
+    /// A column read back is not what the statement's reader expects of it.
+    #[error("column {index} of a stored row: {reason}")]
+    Column { index: usize, reason: String },
     #[error("the database could not be put in write-ahead-log mode (it reports `{0}`)")]
     NoWal(String),
     #[error(
@@ -27,4 +32,12 @@ pub enum LedgerError {
     /// whether this write committed is unknown.
     #[error("the ledger's writer thread has stopped; the write may or may not have committed")]
     WriterStopped,
+}
+
+/// The server's own message where there is one: `postgres::Error` alone displays "db error".
+fn postgres_message(err: &postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => err.to_string(),
+    }
 }

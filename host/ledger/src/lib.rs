@@ -16,7 +16,10 @@
 pub mod audit;
 mod database;
 mod error;
+pub mod postgres;
 mod schema;
+pub mod sql;
+mod storage;
 mod writer;
 
 pub use audit::{
@@ -24,8 +27,11 @@ pub use audit::{
 };
 pub use database::Ledger;
 pub use error::LedgerError;
+pub use postgres::{PgTx, Postgres};
 /// The SQLite binding our transactions are made of, re-exported so that dependent crates use the
 /// very same version.
 pub use rusqlite;
 pub use schema::Schema;
-pub use writer::{MAX_BATCH, Writer, WriterStats};
+pub use sql::{Dialect, Sql};
+pub use storage::{Commit, Storage};
+pub use writer::{Engine, MAX_BATCH, Writer, WriterStats};

@@ -7,9 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
-use rusqlite::{Connection, Transaction, TransactionBehavior};
+use rusqlite::{Transaction, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::postgres::{PgTx, Postgres};
 use crate::{Ledger, LedgerError};
 
 /// At most this many jobs share a transaction, which bounds how long the first job of a batch
@@ -62,18 +63,84 @@ const ROLL_BACK: &str = "ROLLBACK TO quorumvm_writer_job; RELEASE quorumvm_write
 ///
 /// [`Writer::inline`] is the same writer without the thread, for a deterministic simulation:
 /// each job runs in the task that calls [`Writer::run`], as a batch of one.
-#[derive(Clone)]
-pub struct Writer {
-    queue: Queue,
+pub struct Writer<E: Engine = Ledger> {
+    queue: Queue<E>,
     counters: Arc<Counters>,
 }
 
-#[derive(Clone)]
-enum Queue {
+impl<E: Engine> Clone for Writer<E> {
+    fn clone(&self) -> Self {
+        Writer {
+            queue: self.queue.clone(),
+            counters: Arc::clone(&self.counters),
+        }
+    }
+}
+
+enum Queue<E: Engine> {
     /// Jobs for the writer thread.
-    Thread(mpsc::Sender<Box<dyn Job>>),
+    Thread(mpsc::Sender<Box<dyn Job<E>>>),
     /// No thread: the caller commits, one job at a time.
-    Inline(Arc<Mutex<Ledger>>),
+    Inline(Arc<Mutex<E>>),
+}
+
+impl<E: Engine> Clone for Queue<E> {
+    fn clone(&self) -> Self {
+        match self {
+            Queue::Thread(jobs) => Queue::Thread(jobs.clone()),
+            Queue::Inline(engine) => Queue::Inline(Arc::clone(engine)),
+        }
+    }
+}
+
+/// A database a [`Writer`] commits batches to: a SQLite [`Ledger`] (every server's default) or
+/// a [`Postgres`] connection (a coordinator's replicas). A batch is one transaction, each job in
+/// a savepoint of its own.
+pub trait Engine: Send + Sized + 'static {
+    /// What a job is handed: the batch's transaction.
+    type Tx<'c>;
+
+    /// Begins a batch's transaction, taking the write lock at once where the engine has one.
+    fn begin(&mut self) -> Result<Self::Tx<'_>, String>;
+
+    /// Runs statements without parameters in `tx`: the savepoints of the jobs.
+    fn statements(tx: &Self::Tx<'_>, sql: &str) -> Result<(), String>;
+
+    fn commit(tx: Self::Tx<'_>) -> Result<(), String>;
+}
+
+impl Engine for Ledger {
+    type Tx<'c> = Transaction<'c>;
+
+    fn begin(&mut self) -> Result<Transaction<'_>, String> {
+        self.connection_mut()
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| e.to_string())
+    }
+
+    fn statements(tx: &Transaction<'_>, sql: &str) -> Result<(), String> {
+        tx.execute_batch(sql).map_err(|e| e.to_string())
+    }
+
+    fn commit(tx: Transaction<'_>) -> Result<(), String> {
+        tx.commit().map_err(|e| e.to_string())
+    }
+}
+
+impl Engine for Postgres {
+    type Tx<'c> = PgTx<'c>;
+
+    fn begin(&mut self) -> Result<PgTx<'_>, String> {
+        self.begin().map_err(|e| e.to_string())
+    }
+
+    fn statements(tx: &PgTx<'_>, sql: &str) -> Result<(), String> {
+        crate::Sql::execute_batch(tx, sql).map_err(|e| e.to_string())
+    }
+
+    fn commit(tx: PgTx<'_>) -> Result<(), String> {
+        tx.commit().map_err(|e| e.to_string())
+    }
 }
 
 #[derive(Debug, Default)]
@@ -94,7 +161,7 @@ pub struct WriterStats {
     pub queued: u64,
 }
 
-impl Writer {
+impl<E: Engine> Writer<E> {
     /// Starts the thread, named `name`, that owns `ledger` (whose schemas the caller has already
     /// applied) and runs every job sent to it.
     ///
@@ -102,7 +169,7 @@ impl Writer {
     ///
     /// As [`std::thread::spawn`] does, if the operating system cannot start a thread, and if
     /// `name` contains a NUL byte.
-    pub fn spawn(ledger: Ledger, name: &str) -> Writer {
+    pub fn spawn(ledger: E, name: &str) -> Writer<E> {
         let (jobs, queue) = mpsc::channel(QUEUE_CAPACITY);
         let counters = Arc::new(Counters::default());
         let thread_counters = Arc::clone(&counters);
@@ -118,8 +185,9 @@ impl Writer {
 
     /// A writer without a thread: every job commits on its own, in the task that runs it, so a
     /// simulation that drives every task on one thread schedules the commits too. Same
-    /// guarantees as [`Writer::spawn`], batches of one.
-    pub fn inline(ledger: Ledger) -> Writer {
+    /// guarantees as [`Writer::spawn`], batches of one. (For a [`Ledger`]: PostgreSQL's
+    /// synchronous client cannot run inside an async task.)
+    pub fn inline(ledger: E) -> Writer<E> {
         Writer {
             queue: Queue::Inline(Arc::new(Mutex::new(ledger))),
             counters: Arc::default(),
@@ -131,16 +199,16 @@ impl Writer {
     ///
     /// Dropping the returned future once the job is queued does not withdraw the job: it still
     /// runs and may commit, and nobody is told.
-    pub async fn run<T, E>(
+    pub async fn run<T, Err>(
         &self,
-        job: impl FnOnce(&Transaction<'_>) -> Result<T, E> + Send + 'static,
-    ) -> Result<T, E>
+        job: impl FnOnce(&E::Tx<'_>) -> Result<T, Err> + Send + 'static,
+    ) -> Result<T, Err>
     where
         T: Send + 'static,
-        E: From<LedgerError> + Send + 'static,
+        Err: From<LedgerError> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
-        let job: Box<dyn Job> = Box::new(Queued { job, reply });
+        let job: Box<dyn Job<E>> = Box::new(Queued { job, reply });
         match &self.queue {
             Queue::Thread(jobs) => jobs
                 .send(job)
@@ -158,16 +226,16 @@ impl Writer {
     ///
     /// When called from inside an async runtime, where blocking would stall one of its worker
     /// threads: use [`Writer::run`] there.
-    pub fn run_blocking<T, E>(
+    pub fn run_blocking<T, Err>(
         &self,
-        job: impl FnOnce(&Transaction<'_>) -> Result<T, E> + Send + 'static,
-    ) -> Result<T, E>
+        job: impl FnOnce(&E::Tx<'_>) -> Result<T, Err> + Send + 'static,
+    ) -> Result<T, Err>
     where
         T: Send + 'static,
-        E: From<LedgerError> + Send + 'static,
+        Err: From<LedgerError> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
-        let job: Box<dyn Job> = Box::new(Queued { job, reply });
+        let job: Box<dyn Job<E>> = Box::new(Queued { job, reply });
         match &self.queue {
             Queue::Thread(jobs) => jobs
                 .blocking_send(job)
@@ -196,9 +264,9 @@ impl Writer {
 }
 
 /// A job as it waits in the queue, its result type erased so that one queue holds them all.
-trait Job: Send {
+trait Job<E: Engine>: Send {
     /// Runs the job (catching a panic) and keeps its result until the batch's outcome is known.
-    fn run(self: Box<Self>, tx: &Transaction<'_>) -> Box<dyn Ran>;
+    fn run(self: Box<Self>, tx: &E::Tx<'_>) -> Box<dyn Ran>;
 
     /// Tells the caller that the job will not run, as no transaction could be started for it.
     fn abandon(self: Box<Self>, reason: &str);
@@ -223,13 +291,14 @@ struct Done<T, E> {
     reply: oneshot::Sender<Result<T, E>>,
 }
 
-impl<F, T, E> Job for Queued<F, T, E>
+impl<En, F, T, E> Job<En> for Queued<F, T, E>
 where
-    F: FnOnce(&Transaction<'_>) -> Result<T, E> + Send + 'static,
+    En: Engine,
+    F: FnOnce(&En::Tx<'_>) -> Result<T, E> + Send + 'static,
     T: Send + 'static,
     E: From<LedgerError> + Send + 'static,
 {
-    fn run(self: Box<Self>, tx: &Transaction<'_>) -> Box<dyn Ran> {
+    fn run(self: Box<Self>, tx: &En::Tx<'_>) -> Box<dyn Ran> {
         let Queued { job, reply } = *self;
         // Asserting unwind safety is sound: what a panicking job wrote through `tx` is rolled
         // back with its savepoint, and nothing else it could have left half-changed outlives it.
@@ -277,18 +346,18 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
 }
 
 /// Commits `job` as a batch of its own, in the calling thread ([`Writer::inline`]).
-fn commit_alone(ledger: &Mutex<Ledger>, job: Box<dyn Job>, counters: &Counters) {
+fn commit_alone<E: Engine>(ledger: &Mutex<E>, job: Box<dyn Job<E>>, counters: &Counters) {
     // A job that panicked was caught inside the batch: the lock is never poisoned by one.
     let mut ledger = ledger.lock().unwrap_or_else(|p| p.into_inner());
-    commit_batch(
-        ledger.connection_mut(),
-        &mut VecDeque::from([job]),
-        counters,
-    );
+    commit_batch(&mut *ledger, &mut VecDeque::from([job]), counters);
 }
 
 /// The writer thread: batch after batch until every [`Writer`] is gone and the queue is empty.
-fn serve(mut ledger: Ledger, mut queue: mpsc::Receiver<Box<dyn Job>>, counters: &Counters) {
+fn serve<E: Engine>(
+    mut ledger: E,
+    mut queue: mpsc::Receiver<Box<dyn Job<E>>>,
+    counters: &Counters,
+) {
     let mut batch = VecDeque::with_capacity(MAX_BATCH);
     loop {
         if batch.is_empty() {
@@ -303,15 +372,19 @@ fn serve(mut ledger: Ledger, mut queue: mpsc::Receiver<Box<dyn Job>>, counters: 
                 Err(_) => break,
             }
         }
-        commit_batch(ledger.connection_mut(), &mut batch, counters);
+        commit_batch(&mut ledger, &mut batch, counters);
     }
 }
 
 /// Runs the jobs of `batch`, front first, in one transaction, commits it and answers every job
 /// that ran. If the transaction ends before every job ran, the jobs not yet run are left in
 /// `batch` for the next one.
-fn commit_batch(conn: &mut Connection, batch: &mut VecDeque<Box<dyn Job>>, counters: &Counters) {
-    let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+fn commit_batch<E: Engine>(
+    engine: &mut E,
+    batch: &mut VecDeque<Box<dyn Job<E>>>,
+    counters: &Counters,
+) {
+    let tx = match engine.begin() {
         Ok(tx) => tx,
         Err(err) => {
             let reason = format!("the batch's transaction could not begin: {err}");
@@ -324,14 +397,14 @@ fn commit_batch(conn: &mut Connection, batch: &mut VecDeque<Box<dyn Job>>, count
     let mut ran: Vec<Box<dyn Ran>> = Vec::with_capacity(batch.len());
     let mut ended_early = None;
     while let Some(job) = batch.pop_front() {
-        if let Err(err) = tx.execute_batch(SAVEPOINT) {
+        if let Err(err) = E::statements(&tx, SAVEPOINT) {
             let reason = format!("the job's savepoint could not be opened: {err}");
             job.abandon(&reason);
             ended_early = Some(reason);
             break;
         }
         let done = job.run(&tx);
-        let closed = tx.execute_batch(if done.succeeded() { RELEASE } else { ROLL_BACK });
+        let closed = E::statements(&tx, if done.succeeded() { RELEASE } else { ROLL_BACK });
         ran.push(done);
         // The savepoint is gone only if the transaction is: the job ended it, or SQLite rolled
         // it back on its own.
@@ -349,9 +422,7 @@ fn commit_batch(conn: &mut Connection, batch: &mut VecDeque<Box<dyn Job>>, count
             Err(reason)
         }
         // A failed COMMIT leaves the transaction open; dropping it rolls it back.
-        None => tx
-            .commit()
-            .map_err(|err| format!("the batch's COMMIT failed: {err}")),
+        None => E::commit(tx).map_err(|err| format!("the batch's COMMIT failed: {err}")),
     };
     if outcome.is_ok() {
         counters.commits.fetch_add(1, Ordering::Relaxed);

@@ -1,8 +1,7 @@
 //! Admitting one evaluation: rate limit, budget and audit entry, in one transaction.
 
 use quorumvm_core::circuit::Policy;
-use quorumvm_ledger::rusqlite::{OptionalExtension, Transaction, params, types::Type};
-use quorumvm_ledger::{Ledger, NewEntry, audit, rusqlite};
+use quorumvm_ledger::{Ledger, LedgerError, NewEntry, Sql, audit, sql_params};
 use serde_json::json;
 
 use crate::{Budget, PolicyError, RateLimit, TokenBucket};
@@ -58,49 +57,47 @@ pub fn admit_eval(ledger: &mut Ledger, req: &EvalRequest<'_>) -> Result<Admitted
 /// whose rate limit is invalid ([`PolicyError::InvalidRateLimit`], found before anything is
 /// written). A job returns it as its own `Err`, so that its savepoint is rolled back.
 pub fn admit_in(
-    tx: &Transaction<'_>,
+    tx: &dyn Sql,
     req: &EvalRequest<'_>,
 ) -> Result<Result<Admitted, PolicyError>, PolicyError> {
     let limit = RateLimit::new(req.policy.rate_limit, req.policy.rate_window_secs)?;
-    let key = params![req.identity, req.program];
-    let mut bucket = tx
-        .prepare_cached(
-            "SELECT level, updated_ms FROM rate_buckets WHERE identity = ?1 AND program = ?2",
-        )?
-        .query_row(key, |row| {
-            let level: String = row.get(0)?;
-            let level = level.parse::<u128>().map_err(|e| {
-                rusqlite::Error::FromSqlConversionFailure(0, Type::Text, Box::new(e))
-            })?;
-            Ok(TokenBucket {
-                level,
-                updated_ms: row.get(1)?,
-            })
-        })
-        .optional()?
-        .unwrap_or_else(|| TokenBucket::full(&limit, req.now_ms));
+    // The budget's row lock comes first: it also serializes the bucket's read and write below
+    // among processes sharing the database.
     let mut budget = Budget::load(
         tx,
         req.identity,
         req.program,
         req.policy.budget_per_identity,
     )?;
+    let key = sql_params![req.identity, req.program];
+    let mut bucket = match tx.query_opt(
+        "SELECT level, updated_ms FROM rate_buckets WHERE identity = ?1 AND program = ?2",
+        key,
+    )? {
+        Some(row) => TokenBucket {
+            level: row
+                .text(0)?
+                .parse::<u128>()
+                .map_err(|e| LedgerError::Column {
+                    index: 0,
+                    reason: format!("a bucket's level: {e}"),
+                })?,
+            updated_ms: row.uint(1)?,
+        },
+        None => TokenBucket::full(&limit, req.now_ms),
+    };
 
     let decision = bucket
         .take(&limit, req.now_ms)
         .and_then(|()| budget.charge(req.policy.cost_per_eval));
 
-    tx.prepare_cached(
+    let level = bucket.level.to_string();
+    tx.execute(
         "INSERT INTO rate_buckets (identity, program, level, updated_ms) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (identity, program)
          DO UPDATE SET level = excluded.level, updated_ms = excluded.updated_ms",
-    )?
-    .execute(params![
-        req.identity,
-        req.program,
-        bucket.level.to_string(),
-        bucket.updated_ms
-    ])?;
+        sql_params![req.identity, req.program, &level, bucket.updated_ms],
+    )?;
     budget.save(tx, req.identity, req.program)?;
 
     let mut details = json!({
@@ -371,5 +368,46 @@ mod tests {
             })
         ));
         assert_eq!(ledger.verify_chain().unwrap().entries, 0);
+    }
+
+    /// Two coordinator replicas on one PostgreSQL database charge one identity's budget at
+    /// once: exactly the budget is admitted, never more, and each admission and refusal is one
+    /// entry of one chain.
+    #[test]
+    fn replicas_sharing_postgres_never_overspend_a_budget() {
+        let server = quorumvm_ledger::postgres::testing::Server::start();
+        let mut db = quorumvm_ledger::Postgres::connect(&server.url()).unwrap();
+        db.apply_schema(&crate::POSTGRES_SCHEMA).unwrap();
+        let replicas: Vec<_> = (0..2)
+            .map(|_| {
+                let url = server.url();
+                std::thread::spawn(move || {
+                    let mut db = quorumvm_ledger::Postgres::connect(&url).unwrap();
+                    db.apply_schema(&crate::POSTGRES_SCHEMA).unwrap();
+                    let p = policy(1, 50, 1_000_000, 1);
+                    let mut admitted = 0;
+                    for n in 0..60 {
+                        let outcome = db
+                            .transaction(|tx| admit_in(tx, &request("alice", &p, n)))
+                            .unwrap();
+                        match outcome {
+                            Ok(_) => admitted += 1,
+                            Err(PolicyError::BudgetExhausted { .. }) => {}
+                            Err(other) => panic!("{other}"),
+                        }
+                    }
+                    admitted
+                })
+            })
+            .collect();
+        let admitted: u32 = replicas.into_iter().map(|r| r.join().unwrap()).sum();
+        assert_eq!(admitted, 50, "the budget is 50 units of 1");
+        let spent = db
+            .query_opt("SELECT spent FROM budget_spent", &[])
+            .unwrap()
+            .unwrap();
+        assert_eq!(spent.int(0).unwrap(), 50);
+        let chain = quorumvm_ledger::audit::verify_chain(&db).unwrap();
+        assert_eq!(chain.entries, 120);
     }
 }

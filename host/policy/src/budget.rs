@@ -1,6 +1,6 @@
 //! Budget units spent per (identity, program version).
 
-use quorumvm_ledger::rusqlite::{self, OptionalExtension, Transaction, params};
+use quorumvm_ledger::{LedgerError, Sql, sql_params};
 
 use crate::PolicyError;
 
@@ -27,33 +27,40 @@ impl Budget {
         Ok(())
     }
 
-    /// The stored counter of (`identity`, `program`), against `limit`. (Plain SQL errors: a
-    /// custodian's and the coordinator's transactions both call it.)
+    /// The stored counter of (`identity`, `program`), against `limit`, locked to the end of the
+    /// transaction: processes sharing a PostgreSQL database (coordinator replicas) charge one
+    /// budget in turns, each reading what the one before it committed. The row is made first if
+    /// it is new, so that there is a row to lock even for the first charge.
     pub fn load(
-        tx: &Transaction<'_>,
+        tx: &dyn Sql,
         identity: &str,
         program: &str,
         limit: u64,
-    ) -> Result<Budget, rusqlite::Error> {
-        let spent = tx
-            .prepare_cached("SELECT spent FROM budget_spent WHERE identity = ?1 AND program = ?2")?
-            .query_row(params![identity, program], |row| row.get(0))
-            .optional()?
-            .unwrap_or(0);
+    ) -> Result<Budget, LedgerError> {
+        tx.execute(
+            "INSERT INTO budget_spent (identity, program, spent) VALUES (?1, ?2, 0)
+             ON CONFLICT (identity, program) DO NOTHING",
+            sql_params![identity, program],
+        )?;
+        let row = tx.query_opt(
+            &format!(
+                "SELECT spent FROM budget_spent WHERE identity = ?1 AND program = ?2{}",
+                tx.dialect().for_update()
+            ),
+            sql_params![identity, program],
+        )?;
+        let spent = match row {
+            Some(row) => row.uint(0)?,
+            None => 0,
+        };
         Ok(Budget { limit, spent })
     }
 
-    pub fn save(
-        &self,
-        tx: &Transaction<'_>,
-        identity: &str,
-        program: &str,
-    ) -> Result<(), rusqlite::Error> {
-        tx.prepare_cached(
-            "INSERT INTO budget_spent (identity, program, spent) VALUES (?1, ?2, ?3)
-             ON CONFLICT (identity, program) DO UPDATE SET spent = excluded.spent",
-        )?
-        .execute(params![identity, program, self.spent])?;
+    pub fn save(&self, tx: &dyn Sql, identity: &str, program: &str) -> Result<(), LedgerError> {
+        tx.execute(
+            "UPDATE budget_spent SET spent = ?3 WHERE identity = ?1 AND program = ?2",
+            sql_params![identity, program, self.spent],
+        )?;
         Ok(())
     }
 }

@@ -19,9 +19,3 @@ pub enum PolicyError {
     #[error(transparent)]
     Ledger(#[from] LedgerError),
 }
-
-impl From<quorumvm_ledger::rusqlite::Error> for PolicyError {
-    fn from(err: quorumvm_ledger::rusqlite::Error) -> PolicyError {
-        PolicyError::Ledger(err.into())
-    }
-}

@@ -6,8 +6,7 @@
 //! password hashes (argon2, scrypt) only help keys a person chose; here they would only slow
 //! down every request.
 
-use quorumvm_ledger::rusqlite::{Connection, Transaction, params};
-use quorumvm_ledger::{Ledger, NewEntry, audit};
+use quorumvm_ledger::{Ledger, NewEntry, Sql, audit, sql_params};
 use rand_core::{OsRng, RngCore};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -108,25 +107,21 @@ pub fn add_identity(
 /// Creates identity `name` with the key whose hash is `hash`, audited, in the caller's
 /// transaction.
 pub fn insert(
-    tx: &Transaction<'_>,
+    tx: &dyn Sql,
     actor: &str,
     name: &str,
     hash: &KeyHash,
     now_ms: u64,
 ) -> Result<(), PolicyError> {
     check_name(name)?;
-    let exists: bool = tx.query_row(
-        "SELECT EXISTS (SELECT 1 FROM identities WHERE name = ?1)",
-        [name],
-        |row| row.get(0),
+    let added = tx.execute(
+        "INSERT INTO identities (name, key_hash, created_ms) VALUES (?1, ?2, ?3)
+         ON CONFLICT (name) DO NOTHING",
+        sql_params![name, &hash.0, now_ms],
     )?;
-    if exists {
+    if added == 0 {
         return Err(PolicyError::IdentityExists(name.to_owned()));
     }
-    tx.execute(
-        "INSERT INTO identities (name, key_hash, created_ms) VALUES (?1, ?2, ?3)",
-        params![name, hash.0, now_ms],
-    )?;
     audit::append(
         tx,
         &NewEntry {
@@ -143,15 +138,13 @@ pub fn insert(
 /// the time taken does not reveal how much of a stored hash a guess matched. (Identities are
 /// few; were there many, an indexed lookup by hash would also be safe, since the hash of a
 /// 256-bit random key gives nothing away, but it would no longer be constant-time.)
-pub fn authenticate(conn: &Connection, bearer: &str) -> Result<String, PolicyError> {
+pub fn authenticate(conn: &dyn Sql, bearer: &str) -> Result<String, PolicyError> {
     let presented = KeyHash::of(bearer);
-    let mut stmt = conn.prepare_cached("SELECT name, key_hash FROM identities")?;
-    let mut rows = stmt.query([])?;
     let mut found = None;
-    while let Some(row) = rows.next()? {
-        let stored = KeyHash(row.get(1)?);
+    for row in conn.query("SELECT name, key_hash FROM identities", &[])? {
+        let stored = KeyHash(row.bytes32(1)?);
         if bool::from(stored.ct_eq(&presented)) {
-            found = Some(row.get(0)?);
+            found = Some(row.text(0)?);
         }
     }
     found.ok_or(PolicyError::Unauthenticated)

@@ -56,3 +56,28 @@ pub const SCHEMA: quorumvm_ledger::Schema = quorumvm_ledger::Schema {
         ) STRICT;
     "],
 };
+
+/// [`SCHEMA`] for PostgreSQL, where a coordinator's replicas share these tables.
+pub const POSTGRES_SCHEMA: quorumvm_ledger::Schema = quorumvm_ledger::Schema {
+    component: "policy",
+    migrations: &["
+        CREATE TABLE identities (
+            name TEXT PRIMARY KEY,
+            key_hash BYTEA NOT NULL UNIQUE CHECK (length(key_hash) = 32),
+            created_ms BIGINT NOT NULL
+        );
+        CREATE TABLE budget_spent (
+            identity TEXT NOT NULL,
+            program TEXT NOT NULL,
+            spent BIGINT NOT NULL CHECK (spent >= 0),
+            PRIMARY KEY (identity, program)
+        );
+        CREATE TABLE rate_buckets (
+            identity TEXT NOT NULL,
+            program TEXT NOT NULL,
+            level TEXT NOT NULL,
+            updated_ms BIGINT NOT NULL,
+            PRIMARY KEY (identity, program)
+        );
+    "],
+};

@@ -9,8 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use quorumvm_core::circuit::{Action, Manifest, Policy};
 use quorumvm_core::field::Fp;
-use quorumvm_ledger::rusqlite::Transaction;
-use quorumvm_ledger::{LedgerError, NewEntry, Writer, audit};
+use quorumvm_ledger::{Commit, LedgerError, NewEntry, Sql, audit};
 use quorumvm_policy::{Firing, Watcher};
 use quorumvm_wire::freeze::Target;
 
@@ -100,7 +99,7 @@ pub struct Query<'a> {
 pub async fn screen(
     anomalies: &Anomalies,
     freezes: &Freezes,
-    writer: &Writer,
+    writer: &impl Commit,
     q: &Query<'_>,
 ) -> Result<Policy, ApiError> {
     let values: Vec<i128> = q.inputs.iter().map(|x| x.to_i128()).collect();
@@ -111,7 +110,7 @@ pub async fn screen(
         }
         let (who, program, now) = (q.identity.to_string(), q.manifest.name.clone(), q.now_ms);
         let frozen = writer
-            .run(move |tx| record(tx, &who, &program, &firings, now).map_err(ApiError::from))
+            .commit(move |tx| record(tx, &who, &program, &firings, now).map_err(ApiError::from))
             .await?;
         if let Some(f) = frozen {
             freezes.set(f.target.clone(), true, f.time_ms);
@@ -126,7 +125,7 @@ pub async fn screen(
 /// caller's transaction. Returns the freeze applied, if one was, for the caller to hold in
 /// memory once this commits.
 pub fn record(
-    tx: &Transaction<'_>,
+    tx: &dyn Sql,
     identity: &str,
     program: &str,
     firings: &[Firing],

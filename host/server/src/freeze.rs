@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use std::sync::RwLock;
 
 use axum::http::StatusCode;
-use quorumvm_ledger::rusqlite::{OptionalExtension, Transaction, params};
-use quorumvm_ledger::{Ledger, LedgerError, NewEntry, Schema, Writer, audit, rusqlite};
+use quorumvm_ledger::sql::Lock;
+use quorumvm_ledger::{Commit, LedgerError, NewEntry, Schema, Sql, audit, sql_params};
 use quorumvm_wire::api::Frozen;
 use quorumvm_wire::code::ErrorCode;
 use quorumvm_wire::freeze::{FreezeError, Target};
@@ -35,6 +35,19 @@ pub const SCHEMA: Schema = Schema {
     "],
 };
 
+/// [`SCHEMA`] for PostgreSQL (a coordinator's replicas).
+pub const POSTGRES_SCHEMA: Schema = Schema {
+    component: "freeze",
+    migrations: &["
+        CREATE TABLE freezes (
+            target TEXT PRIMARY KEY,
+            frozen BIGINT NOT NULL CHECK (frozen IN (0, 1)),
+            time_ms BIGINT NOT NULL,
+            statement TEXT NOT NULL
+        );
+    "],
+};
+
 /// A freeze or an unfreeze that passed its checks, to apply if it is the latest.
 pub struct NewFreeze {
     pub target: Target,
@@ -50,15 +63,18 @@ pub struct NewFreeze {
 /// Applies a freeze or an unfreeze (`frozen` or `unfrozen` in the audit log) if it is later
 /// than the last statement applied about its target; otherwise returns that last time and
 /// changes nothing.
-pub fn apply(tx: &Transaction<'_>, f: &NewFreeze) -> Result<Result<(), u64>, LedgerError> {
+pub fn apply(tx: &dyn Sql, f: &NewFreeze) -> Result<Result<(), u64>, LedgerError> {
     let key = f.target.key();
-    let last: Option<u64> = tx
-        .query_row(
+    // Replicas sharing a database apply statements in turns (the target may have no row yet
+    // to lock), so that only a later one counts.
+    Lock::Freezes.take(tx)?;
+    let last = tx
+        .query_opt(
             "SELECT time_ms FROM freezes WHERE target = ?1",
-            [&key],
-            |row| row.get(0),
-        )
-        .optional()?;
+            sql_params![&key],
+        )?
+        .map(|row| row.uint(0))
+        .transpose()?;
     if let Some(last) = last.filter(|&last| f.time_ms <= last) {
         return Ok(Err(last));
     }
@@ -66,7 +82,7 @@ pub fn apply(tx: &Transaction<'_>, f: &NewFreeze) -> Result<Result<(), u64>, Led
         "INSERT INTO freezes (target, frozen, time_ms, statement) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (target) DO UPDATE SET frozen = excluded.frozen,
              time_ms = excluded.time_ms, statement = excluded.statement",
-        params![key, f.frozen, f.time_ms, f.statement],
+        sql_params![&key, u64::from(f.frozen), f.time_ms, &f.statement],
     )?;
     audit::append(
         tx,
@@ -83,10 +99,14 @@ pub fn apply(tx: &Transaction<'_>, f: &NewFreeze) -> Result<Result<(), u64>, Led
 /// Applies a freeze or an unfreeze durably if it is the latest about its target, then in
 /// `freezes`; one older than the last statement applied is answered 409
 /// `superseded_statement` and changes nothing.
-pub async fn commit(writer: &Writer, freezes: &Freezes, record: NewFreeze) -> Result<(), ApiError> {
+pub async fn commit(
+    writer: &impl Commit,
+    freezes: &Freezes,
+    record: NewFreeze,
+) -> Result<(), ApiError> {
     let (target, frozen, time_ms) = (record.target.clone(), record.frozen, record.time_ms);
     if let Err(last_ms) = writer
-        .run(move |tx| apply(tx, &record).map_err(ApiError::from))
+        .commit(move |tx| apply(tx, &record).map_err(ApiError::from))
         .await?
     {
         return Err(ApiError::conflict(
@@ -123,25 +143,25 @@ pub struct Freezes {
 
 impl Freezes {
     /// Every target's last statement, from the ledger.
-    pub fn load(ledger: &Ledger) -> Result<Freezes, LedgerError> {
+    pub fn load(conn: &dyn Sql) -> Result<Freezes, LedgerError> {
         let freezes = Freezes::default();
-        let conn = ledger.connection();
-        let mut rows = conn.prepare("SELECT target, frozen, time_ms FROM freezes")?;
-        let listed = rows.query_map([], |row| {
-            Ok((row.get::<_, String>(0)?, row.get(1)?, row.get(2)?))
-        })?;
-        for row in listed {
-            let (key, frozen, time_ms) = row?;
-            let target = Target::from_key(&key).ok_or_else(|| {
-                rusqlite::Error::FromSqlConversionFailure(
-                    0,
-                    rusqlite::types::Type::Text,
-                    format!("`{key}` is not a frozen target").into(),
-                )
+        for row in conn.query("SELECT target, frozen, time_ms FROM freezes", &[])? {
+            let key = row.text(0)?;
+            let target = Target::from_key(&key).ok_or_else(|| LedgerError::Column {
+                index: 0,
+                reason: format!("`{key}` is not a frozen target"),
             })?;
-            freezes.set(target, frozen, time_ms);
+            freezes.set(target, row.int(1)? != 0, row.uint(2)?);
         }
         Ok(freezes)
+    }
+
+    /// Takes every statement `other` holds that is later than the one held here (another
+    /// replica's, loaded from the database they share).
+    pub fn merge(&self, other: &Freezes) {
+        for (target, &(frozen, time_ms)) in other.read().iter() {
+            self.set(target.clone(), frozen, time_ms);
+        }
     }
 
     /// Records a statement about `target` if it is later than the one held (the ledger applied
@@ -195,6 +215,7 @@ impl Freezes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use quorumvm_ledger::Ledger;
 
     #[test]
     fn only_a_later_statement_counts_in_the_ledger_and_in_memory() {
@@ -232,7 +253,7 @@ mod tests {
             Err(20),
             "an older freeze is superseded"
         );
-        let loaded = Freezes::load(&ledger).unwrap();
+        let loaded = Freezes::load(ledger.connection()).unwrap();
         assert!(!loaded.is_frozen(&alice));
         loaded.set(alice.clone(), true, 19);
         assert!(!loaded.is_frozen(&alice), "memory keeps the same order");
@@ -249,5 +270,51 @@ mod tests {
                 since_ms: 21
             }]
         );
+    }
+
+    /// Two replicas of a coordinator sharing a PostgreSQL database apply statements about one
+    /// target at once, the later one first: the earlier one, arriving while the later one's
+    /// transaction is still open, is superseded rather than written over it.
+    #[test]
+    fn replicas_applying_at_once_keep_only_the_later_statement() {
+        use quorumvm_ledger::Postgres;
+        use quorumvm_ledger::postgres::testing::Server;
+        use std::time::Duration;
+
+        let server = Server::start();
+        let connect = |url: &str| {
+            let mut db = Postgres::connect(url).unwrap();
+            db.apply_schema(&POSTGRES_SCHEMA).unwrap();
+            db
+        };
+        connect(&server.url());
+        let statement = |frozen, time_ms| NewFreeze {
+            target: Target::Identity("alice".into()),
+            frozen,
+            time_ms,
+            statement: "{}".into(),
+            actor: "operator",
+            now_ms: time_ms,
+        };
+        let later = {
+            let mut db = connect(&server.url());
+            std::thread::spawn(move || {
+                db.transaction(|tx| {
+                    let applied = apply(tx, &statement(true, 20))?;
+                    std::thread::sleep(Duration::from_millis(500));
+                    Ok::<_, LedgerError>(applied)
+                })
+                .unwrap()
+            })
+        };
+        std::thread::sleep(Duration::from_millis(150));
+        let mut db = connect(&server.url());
+        let earlier = db
+            .transaction(|tx| apply(tx, &statement(false, 10)))
+            .unwrap();
+        assert_eq!(later.join().unwrap(), Ok(()));
+        assert_eq!(earlier, Err(20), "the earlier statement is superseded");
+        let held = Freezes::load(&db).unwrap();
+        assert!(held.is_frozen(&Target::Identity("alice".into())));
     }
 }

@@ -97,6 +97,25 @@ pub struct CoordinatorConfig {
     pub tls_cert: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
+    /// Where the coordinator keeps its state: absent, `coordinator.db` (SQLite) in `data_dir`;
+    /// present, a PostgreSQL database that several replicas share (see [`Database`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<Database>,
+}
+
+/// A PostgreSQL database for a coordinator's replicas. Each replica runs with a config of its
+/// own naming the same database, the same custodians and a copy of the same keys in its
+/// `data_dir`, behind one load balancer (one URL and one pin for callers and custodians).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Database {
+    /// `postgresql://USER@HOST:PORT/DATABASE` (or libpq's `key=value` form), reached without
+    /// TLS: on the loopback or the coordinator organization's own network.
+    pub url: String,
+    /// This replica's name, unique among the replicas sharing the database: the preprocessing
+    /// batches a replica orders are its own to hand out, and a replica that restarts gives up
+    /// only what it had itself left unfinished.
+    pub replica: String,
 }
 
 /// Which wasmtime engine runs a custodian's evaluator plugin.
