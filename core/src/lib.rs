@@ -14,6 +14,7 @@ pub mod field;
 pub mod fixed;
 pub mod mac;
 pub mod preprocess;
+pub mod redeal;
 pub mod reshare;
 pub mod rounds;
 pub mod session;

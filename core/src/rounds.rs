@@ -34,6 +34,13 @@ pub struct Outgoing {
 }
 
 impl Outgoing {
+    /// The messages `(recipient, values)`, in increasing order of recipient, of a protocol
+    /// whose parties are not custodians 1..=n of one threshold (a re-dealing to another set).
+    pub(crate) fn new(mut messages: Vec<(u32, Vec<Fp>)>) -> Outgoing {
+        messages.sort_unstable_by_key(|(x, _)| *x);
+        Outgoing { messages }
+    }
+
     /// `(recipient, values)` for every other custodian, in increasing order of recipient.
     pub fn messages(&self) -> &[(u32, Vec<Fp>)] {
         &self.messages
@@ -81,6 +88,26 @@ fn wipe(messages: &mut [(u32, Vec<Fp>)]) {
 /// Received messages, wiped however the step that reads them ends.
 pub(crate) struct Inbox(pub(crate) Vec<(u32, Vec<Fp>)>);
 
+impl Inbox {
+    /// Checks that this holds exactly one message of `len` values from each of `expected` (in
+    /// increasing order), and sorts it by sender.
+    pub fn check(&mut self, expected: Vec<u32>, len: usize) -> Result<(), MessageError> {
+        self.0.sort_unstable_by_key(|(x, _)| *x);
+        let got: Vec<u32> = self.0.iter().map(|(x, _)| *x).collect();
+        if got != expected {
+            return Err(MessageError::WrongSenders { expected, got });
+        }
+        match self.0.iter().find(|(_, v)| v.len() != len) {
+            Some((sender, v)) => Err(MessageError::WrongLength {
+                sender: *sender,
+                expected: len,
+                got: v.len(),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
 impl Drop for Inbox {
     fn drop(&mut self) {
         wipe(&mut self.0);
@@ -116,20 +143,8 @@ impl Parties {
     /// Checks that `inbox` holds exactly one message of `len` values from each other
     /// custodian, and sorts it by sender.
     pub fn check(&self, inbox: &mut Inbox, len: usize) -> Result<(), MessageError> {
-        inbox.0.sort_unstable_by_key(|(x, _)| *x);
-        let got: Vec<u32> = inbox.0.iter().map(|(x, _)| *x).collect();
         let expected: Vec<u32> = (1..=self.n as u32).filter(|&x| x != self.me).collect();
-        if got != expected {
-            return Err(MessageError::WrongSenders { expected, got });
-        }
-        match inbox.0.iter().find(|(_, v)| v.len() != len) {
-            Some((sender, v)) => Err(MessageError::WrongLength {
-                sender: *sender,
-                expected: len,
-                got: v.len(),
-            }),
-            None => Ok(()),
-        }
+        inbox.check(expected, len)
     }
 
     /// Splits per-custodian shares (index `x − 1`) into this custodian's own and the messages
@@ -160,9 +175,15 @@ pub(crate) struct Dealer {
 
 impl Dealer {
     pub fn new(degree: usize, n: usize) -> Dealer {
+        Dealer::at(degree, (1..=n as u32).collect::<Vec<_>>().as_slice())
+    }
+
+    /// Shares at `degree` among the custodians at the points `xs` (shares are appended in the
+    /// order of `xs`).
+    pub fn at(degree: usize, xs: &[u32]) -> Dealer {
         Dealer {
             coeffs: Zeroizing::new(vec![Fp::ZERO; degree + 1]),
-            xs: (1..=n as u64).map(Fp::from).collect(),
+            xs: xs.iter().map(|&x| Fp::from(x as u64)).collect(),
         }
     }
 
@@ -174,7 +195,8 @@ impl Dealer {
             .collect()
     }
 
-    /// Appends custodian x's share of `secret` to `shares[x − 1]`.
+    /// Appends the share of `secret` of the custodian at the i-th point to `shares[i]`
+    /// (custodian x's to `shares[x − 1]` for a dealer of [`Dealer::new`]).
     pub fn deal(&mut self, secret: Fp, rng: &mut impl RngCore, shares: &mut [Vec<Fp>]) {
         self.coeffs[0] = secret;
         for c in &mut self.coeffs[1..] {
