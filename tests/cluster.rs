@@ -1973,10 +1973,11 @@ fn two_coordinator_replicas_on_one_postgres_serve_one_cluster() {
     b.listen = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port");
-    b.database.as_mut().expect("a database").replica = "b".into();
+    // b is named at start (`--replica b`), a by its config.
+    b.database.as_mut().expect("a database").replica = None;
     std::fs::write(c.path("coordinator-b.toml"), b.to_toml()).expect("b's config");
     c.start_all();
-    c.start_server("coordinator-b");
+    c.start_replica("coordinator-b", "b");
     let urls = [c.coordinator_url.clone(), format!("https://{}", b.listen)];
 
     let key = c.identity("replicated");
@@ -2168,7 +2169,7 @@ fn two_coordinator_replicas_on_one_postgres_serve_one_cluster() {
     assert!(chain.entries > 700);
 
     // Restarted, replica b serves again, under the budget both spent.
-    c.start_server("coordinator-b");
+    c.start_replica("coordinator-b", "b");
     let inputs = model_inputs(99);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

@@ -189,6 +189,17 @@ impl Cluster {
     /// [`Cluster::start_server`] with these environment variables (e.g. `QUORUMVM_LIE`, which
     /// the test build's custodian reads to deviate on purpose).
     pub fn start_server_with(&self, name: &str, vars: &[(&str, &str)]) {
+        self.spawn(name, vars, &[]);
+    }
+
+    /// Starts another replica of the coordinator, `name` with a config `name.toml` of its own
+    /// that leaves the replica's name to its command line (`--replica replica`), as a
+    /// Kubernetes StatefulSet's pods are named.
+    pub fn start_replica(&self, name: &str, replica: &str) {
+        self.spawn(name, &[], &["--replica", replica]);
+    }
+
+    fn spawn(&self, name: &str, vars: &[(&str, &str)], args: &[&str]) {
         // `coordinator`, or another replica of it (`coordinator-b`, with a config of its own).
         let role = if name.starts_with("coordinator") {
             "coordinator"
@@ -203,6 +214,7 @@ impl Cluster {
         let child = Command::new(BIN)
             .args([role, "--config"])
             .arg(self.path(&format!("{name}.toml")))
+            .args(args)
             .envs(vars.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))

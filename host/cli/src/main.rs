@@ -100,6 +100,10 @@ enum Command {
     Coordinator {
         #[arg(long)]
         config: PathBuf,
+        /// This replica's name, for a coordinator on PostgreSQL whose config leaves it out
+        /// (each pod of a Kubernetes StatefulSet passes its own, stable name).
+        #[arg(long)]
+        replica: Option<String>,
     },
     /// Run a custodian (creates its key in its data directory on first start).
     Custodian {
@@ -415,7 +419,7 @@ fn main() -> ExitCode {
             pubkey,
             json,
         } => commands::verify(&package, &pubkey, json),
-        Command::Coordinator { config } => servers::coordinator(&config),
+        Command::Coordinator { config, replica } => servers::coordinator(&config, replica),
         Command::Custodian { config } => servers::custodian(&config),
         Command::ServerKeys {
             role,

@@ -43,9 +43,18 @@ async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener> {
         .map_err(|e| Failure::new(Code::IoErr, format!("cannot listen on {addr}: {e}")))
 }
 
-pub fn coordinator(config: &Path) -> Result<()> {
+pub fn coordinator(config: &Path, replica: Option<String>) -> Result<()> {
     tracing_init();
-    let config = CoordinatorConfig::load(config).map_err(Failure::data)?;
+    let mut config = CoordinatorConfig::load(config).map_err(Failure::data)?;
+    if let Some(name) = replica {
+        let Some(db) = config.database.as_mut() else {
+            return Err(Failure::data(
+                "--replica names a replica of a coordinator on PostgreSQL; this config has no \
+                 [database]",
+            ));
+        };
+        db.replica = Some(name);
+    }
     runtime()?.block_on(async {
         let listener = bind(config.listen).await?;
         quorumvm_coordinator::serve(config, listener)

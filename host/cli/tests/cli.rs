@@ -353,3 +353,53 @@ fn server_keys_are_made_once_and_printed_for_the_configs() {
     names.sort();
     assert_eq!(names, ["sealing.key", "tls.key"]);
 }
+
+#[test]
+fn a_coordinator_on_postgres_needs_a_replica_name_from_its_config_or_its_command() {
+    let dir = scratch("replica-name");
+    let o = quorumvm(&[
+        "dev",
+        "--init-only",
+        "--port",
+        "0",
+        "--dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let config = dir.join("coordinator.toml");
+    let plain = std::fs::read_to_string(&config).unwrap();
+    let start = |extra: &[&str]| {
+        let mut args = vec!["coordinator", "--config", config.to_str().unwrap()];
+        args.extend(extra);
+        quorumvm(&args)
+    };
+    // SQLite: there are no replicas to name.
+    let o = start(&["--replica", "a"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("this config has no [database]"),
+        "{}",
+        stderr(&o)
+    );
+    // A database that nothing listens on (port 1): the name is asked for before it is reached.
+    std::fs::write(
+        &config,
+        format!("{plain}\n[database]\nurl = \"postgresql://quorumvm@127.0.0.1:1/quorumvm\"\n"),
+    )
+    .unwrap();
+    let o = start(&[]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("needs its replica's name"),
+        "{}",
+        stderr(&o)
+    );
+    // Named at start, it goes on to the database.
+    let o = start(&["--replica", "coordinator-0"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("cannot reach the coordinator's database"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -15,6 +15,7 @@ use quorumvm_server::{Env, keys};
 use quorumvm_wire::api::IdentityInfo;
 use quorumvm_wire::config::{CoordinatorConfig, Database, PoolConfig};
 use quorumvm_wire::freeze::Target;
+use zeroize::Zeroizing;
 
 use crate::custodians::Custodians;
 use crate::freeze::Unfreezes;
@@ -75,10 +76,13 @@ impl State {
     pub fn start(env: Env, config: &CoordinatorConfig) -> anyhow::Result<Arc<State>> {
         let (key, exchange) = load_or_create_keys(&config.data_dir)?;
         let cluster = config.cluster()?;
-        let replica = config
-            .database
-            .as_ref()
-            .map_or(String::new(), |db| db.replica.clone());
+        let replica = match &config.database {
+            None => String::new(),
+            Some(db) => db.replica.clone().filter(|r| !r.is_empty()).context(
+                "a coordinator on PostgreSQL needs its replica's name: `replica` in [database], \
+                 or `quorumvm coordinator --replica NAME`",
+            )?,
+        };
         let owner = replica.clone();
         let (storage, failed) = open_storage(&env, config, move |tx| {
             Ok((
@@ -163,7 +167,16 @@ pub(crate) fn open_storage<T: Send>(
 
 /// A connection to the replicas' PostgreSQL database, every schema applied.
 pub(crate) fn open_postgres(db: &Database) -> anyhow::Result<Postgres> {
-    let mut pg = Postgres::connect(&db.url)
+    let password = match &db.password_file {
+        Some(path) => Some(Zeroizing::new(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the database password {}", path.display()))?
+                .trim_end_matches(['\r', '\n'])
+                .to_string(),
+        )),
+        None => None,
+    };
+    let mut pg = Postgres::connect_with_password(&db.url, password.as_deref().map(String::as_str))
         .with_context(|| format!("cannot reach the coordinator's database at {}", db.url))?;
     pg.apply_schema(&quorumvm_policy::POSTGRES_SCHEMA)?;
     pg.apply_schema(&quorumvm_server::freeze::POSTGRES_SCHEMA)?;
@@ -213,4 +226,45 @@ pub(crate) fn open_ledger(data_dir: &Path) -> anyhow::Result<Ledger> {
     ledger.apply_schema(&quorumvm_server::freeze::SCHEMA)?;
     ledger.apply_schema(&store::SCHEMA)?;
     Ok(ledger)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quorumvm_ledger::postgres::testing::Server;
+
+    fn database(url: String, password_file: Option<std::path::PathBuf>) -> Database {
+        Database {
+            url,
+            password_file,
+            replica: Some("a".into()),
+        }
+    }
+
+    #[test]
+    fn the_database_password_comes_from_its_file_not_the_url() {
+        let server = Server::start_with_password("from a secret");
+        let dir = tempfile::tempdir().unwrap();
+        let (right, wrong) = (dir.path().join("right"), dir.path().join("wrong"));
+        // As a mounted secret holds it, with a newline at the end.
+        std::fs::write(&right, "from a secret\n").unwrap();
+        std::fs::write(&wrong, "guess\n").unwrap();
+        open_postgres(&database(server.url(), Some(right))).expect("the password from its file");
+        for refused in [
+            database(server.url(), None),
+            database(server.url(), Some(wrong)),
+        ] {
+            let error = format!("{:#}", open_postgres(&refused).err().expect("refused"));
+            assert!(
+                error.contains("cannot reach the coordinator's database"),
+                "{error}"
+            );
+        }
+        let missing = database(server.url(), Some(dir.path().join("absent")));
+        let error = format!("{:#}", open_postgres(&missing).err().expect("refused"));
+        assert!(
+            error.contains("cannot read the database password"),
+            "{error}"
+        );
+    }
 }

@@ -30,8 +30,21 @@ impl Postgres {
     /// Connects to `url` (`postgresql://user@host:port/database`, or libpq's `key=value`
     /// form) and brings the audit log's schema up to date.
     pub fn connect(url: &str) -> Result<Postgres, LedgerError> {
+        Postgres::connect_with_password(url, None)
+    }
+
+    /// As [`Postgres::connect`], with the user's password given apart from the URL (read from
+    /// a secret's file, say), when there is one.
+    pub fn connect_with_password(
+        url: &str,
+        password: Option<&str>,
+    ) -> Result<Postgres, LedgerError> {
         let client = off_runtime(|| {
-            let mut client = Client::connect(url, NoTls)?;
+            let mut config: postgres::Config = url.parse()?;
+            if let Some(password) = password {
+                config.password(password);
+            }
+            let mut client = config.connect(NoTls)?;
             // Not the notices of `CREATE TABLE IF NOT EXISTS` at every start: warnings only.
             client.batch_execute("SET client_min_messages TO warning")?;
             Ok::<_, postgres::Error>(client)
@@ -257,7 +270,17 @@ pub mod testing {
     }
 
     impl Server {
+        /// A server that trusts every connection from the loopback.
         pub fn start() -> Server {
+            Server::launch(None)
+        }
+
+        /// A server whose user `quorumvm` must give `password` (SCRAM-SHA-256).
+        pub fn start_with_password(password: &str) -> Server {
+            Server::launch(Some(password))
+        }
+
+        fn launch(password: Option<&str>) -> Server {
             let bin = binaries();
             let dir = tempfile::tempdir().unwrap();
             let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -266,6 +289,10 @@ pub mod testing {
                 .unwrap()
                 .port();
             let server = Server { dir, bin, port };
+            let pwfile = server.dir.path().join("password");
+            if let Some(password) = password {
+                std::fs::write(&pwfile, password).unwrap();
+            }
             if is_root() {
                 run(Command::new("chown")
                     .arg("-R")
@@ -273,11 +300,15 @@ pub mod testing {
                     .arg(server.dir.path()));
             }
             let data = server.data();
-            run(server
-                .command("initdb")
-                .args(["--auth=trust", "--username=quorumvm", "--encoding=UTF8"])
-                .arg("--pgdata")
-                .arg(&data));
+            let mut initdb = server.command("initdb");
+            initdb.args(["--username=quorumvm", "--encoding=UTF8"]);
+            match password {
+                None => initdb.arg("--auth=trust"),
+                Some(_) => initdb
+                    .arg("--auth=scram-sha-256")
+                    .arg(format!("--pwfile={}", pwfile.display())),
+            };
+            run(initdb.arg("--pgdata").arg(&data));
             let options = format!(
                 "-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={}",
                 server.dir.path().display()
@@ -370,6 +401,20 @@ mod tests {
 
     fn entry(n: u64, actor: &str) -> serde_json::Value {
         serde_json::json!({ "n": n, "actor": actor })
+    }
+
+    #[test]
+    fn a_password_given_apart_from_the_url_is_the_one_sent() {
+        let server = Server::start_with_password("s3cret pass");
+        let url = server.url();
+        for refused in [None, Some("wrong")] {
+            assert!(
+                Postgres::connect_with_password(&url, refused).is_err(),
+                "{refused:?} admitted"
+            );
+        }
+        let mut db = Postgres::connect_with_password(&url, Some("s3cret pass")).unwrap();
+        assert_eq!(db.apply_schema(&audit::POSTGRES_SCHEMA).unwrap(), 0);
     }
 
     #[test]

@@ -112,10 +112,17 @@ pub struct Database {
     /// `postgresql://USER@HOST:PORT/DATABASE` (or libpq's `key=value` form), reached without
     /// TLS: on the loopback or the coordinator organization's own network.
     pub url: String,
-    /// This replica's name, unique among the replicas sharing the database: the preprocessing
-    /// batches a replica orders are its own to hand out, and a replica that restarts gives up
-    /// only what it had itself left unfinished.
-    pub replica: String,
+    /// A file holding the database user's password (a mounted secret), so that the URL, which
+    /// travels with the rest of the config, carries none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// This replica's name, unique among the replicas sharing the database and the same at
+    /// every start: the preprocessing batches a replica orders are its own to hand out, and a
+    /// replica that restarts gives up only what it had itself left unfinished. Absent here, it
+    /// is given at start (`quorumvm coordinator --replica NAME`), as Kubernetes gives each pod
+    /// of a StatefulSet its stable name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
 }
 
 /// Which wasmtime engine runs a custodian's evaluator plugin.
