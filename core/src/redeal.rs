@@ -68,9 +68,8 @@
 use rand_core::{CryptoRng, RngCore};
 use zeroize::Zeroizing;
 
-use crate::decode::open_unanimous;
 use crate::field::Fp;
-use crate::rounds::{Dealer, Inbox, MessageError, Outgoing};
+use crate::rounds::{Dealer, Inbox, MessageError, Outgoing, open_broadcast};
 use crate::shamir::lagrange_coefficients;
 
 /// How many layers of round messages a re-dealing takes: the dealings (old to new), the
@@ -365,12 +364,8 @@ fn open_all(
     mine: Fp,
     step: &'static str,
 ) -> Result<Fp, RedealError> {
-    let mut inbox = Inbox(received);
-    inbox.check(members.others(me), 1)?;
-    let mut points: Vec<(u32, Fp)> = inbox.0.iter().map(|(x, v)| (*x, v[0])).collect();
-    points.push((me, mine));
-    points.sort_unstable_by_key(|(x, _)| *x);
-    open_unanimous(&points, members.k).map_err(|culprits| RedealError::Refused { step, culprits })
+    open_broadcast(received, members.others(me), me, mine, members.k)?
+        .map_err(|culprits| RedealError::Refused { step, culprits })
 }
 
 #[cfg(test)]

@@ -56,9 +56,8 @@
 use rand_core::{CryptoRng, RngCore};
 use zeroize::Zeroizing;
 
-use crate::decode::open_unanimous;
 use crate::field::Fp;
-use crate::rounds::{Dealer, Inbox, MessageError, Outgoing, Parties, PartyError};
+use crate::rounds::{Dealer, Inbox, MessageError, Outgoing, Parties, PartyError, open_broadcast};
 
 /// How many layers of round messages a refresh takes: the dealings, the challenge's opening,
 /// the check's opening.
@@ -251,12 +250,8 @@ fn open_all(
     mine: Fp,
     step: &'static str,
 ) -> Result<Fp, ReshareError> {
-    let mut inbox = Inbox(received);
-    parties.check(&mut inbox, 1)?;
-    let mut points: Vec<(u32, Fp)> = inbox.0.iter().map(|(x, v)| (*x, v[0])).collect();
-    points.push((parties.me, mine));
-    points.sort_unstable_by_key(|(x, _)| *x);
-    open_unanimous(&points, k).map_err(|culprits| ReshareError::Refused { step, culprits })
+    open_broadcast(received, parties.others(), parties.me, mine, k)?
+        .map_err(|culprits| ReshareError::Refused { step, culprits })
 }
 
 #[cfg(test)]

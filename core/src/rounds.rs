@@ -9,6 +9,7 @@
 use rand_core::RngCore;
 use zeroize::{Zeroize, Zeroizing};
 
+use crate::decode::open_unanimous;
 use crate::field::Fp;
 use crate::shamir::{Threshold, eval_poly};
 
@@ -143,8 +144,12 @@ impl Parties {
     /// Checks that `inbox` holds exactly one message of `len` values from each other
     /// custodian, and sorts it by sender.
     pub fn check(&self, inbox: &mut Inbox, len: usize) -> Result<(), MessageError> {
-        let expected: Vec<u32> = (1..=self.n as u32).filter(|&x| x != self.me).collect();
-        inbox.check(expected, len)
+        inbox.check(self.others(), len)
+    }
+
+    /// Every custodian but this one, in increasing order.
+    pub fn others(&self) -> Vec<u32> {
+        (1..=self.n as u32).filter(|&x| x != self.me).collect()
     }
 
     /// Splits per-custodian shares (index `x − 1`) into this custodian's own and the messages
@@ -163,6 +168,25 @@ impl Parties {
             .collect();
         Outgoing { messages }
     }
+}
+
+/// Opens a value that `me` and each of `others` broadcast (one value from each), accepting only
+/// when every point lies on one polynomial of degree below k: the checks among all parties (a
+/// refresh, a re-dealing) go ahead only when nobody deviated. `Ok(Err(culprits))`: the points
+/// do not, and `culprits` are the senders proven off (none when that cannot be told).
+pub(crate) fn open_broadcast(
+    received: Vec<(u32, Vec<Fp>)>,
+    others: Vec<u32>,
+    me: u32,
+    mine: Fp,
+    k: usize,
+) -> Result<Result<Fp, Vec<u32>>, MessageError> {
+    let mut inbox = Inbox(received);
+    inbox.check(others, 1)?;
+    let mut points: Vec<(u32, Fp)> = inbox.0.iter().map(|(x, v)| (*x, v[0])).collect();
+    points.push((me, mine));
+    points.sort_unstable_by_key(|(x, _)| *x);
+    Ok(open_unanimous(&points, k))
 }
 
 /// Shares values at a fixed degree among custodians 1..=n. Each polynomial is evaluated by
