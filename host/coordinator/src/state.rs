@@ -160,13 +160,23 @@ pub(crate) fn open_storage<T: Send>(
     let done = writer.transaction(|tx| first(tx))?;
     let storage = Storage::Postgres {
         writer: Writer::spawn(writer, "coordinator-ledger"),
-        reader: Arc::new(Mutex::new(open_postgres(db)?)),
+        // The writer's connection has applied every schema: the reader's only connects.
+        reader: Arc::new(Mutex::new(connect_postgres(db)?)),
     };
     Ok((storage, done))
 }
 
 /// A connection to the replicas' PostgreSQL database, every schema applied.
 pub(crate) fn open_postgres(db: &Database) -> anyhow::Result<Postgres> {
+    let mut pg = connect_postgres(db)?;
+    pg.apply_schema(&quorumvm_policy::POSTGRES_SCHEMA)?;
+    pg.apply_schema(&quorumvm_server::freeze::POSTGRES_SCHEMA)?;
+    pg.apply_schema(&store::POSTGRES_SCHEMA)?;
+    Ok(pg)
+}
+
+/// A connection to the replicas' PostgreSQL database, with the password from its file.
+fn connect_postgres(db: &Database) -> anyhow::Result<Postgres> {
     let password = match &db.password_file {
         Some(path) => Some(Zeroizing::new(
             std::fs::read_to_string(path)
@@ -176,12 +186,8 @@ pub(crate) fn open_postgres(db: &Database) -> anyhow::Result<Postgres> {
         )),
         None => None,
     };
-    let mut pg = Postgres::connect_with_password(&db.url, password.as_deref().map(String::as_str))
-        .with_context(|| format!("cannot reach the coordinator's database at {}", db.url))?;
-    pg.apply_schema(&quorumvm_policy::POSTGRES_SCHEMA)?;
-    pg.apply_schema(&quorumvm_server::freeze::POSTGRES_SCHEMA)?;
-    pg.apply_schema(&store::POSTGRES_SCHEMA)?;
-    Ok(pg)
+    Postgres::connect_with_password(&db.url, password.as_deref().map(String::as_str))
+        .with_context(|| format!("cannot reach the coordinator's database at {}", db.url))
 }
 
 /// The path of the coordinator's signing key in `data_dir`.
