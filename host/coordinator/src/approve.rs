@@ -102,7 +102,7 @@ pub async fn approve(
     Path(id): Path<String>,
     Body(request): Body<ApproveRequest>,
 ) -> Result<Json<VersionInfo>, ApiError> {
-    let version = known(&state, &id)?;
+    let version = known(&state, &id).await?;
     let package = parse_id(&id)?;
     let subject = Subject::Version {
         package: &package,

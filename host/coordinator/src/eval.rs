@@ -31,7 +31,7 @@ use crate::admission::{READY_POLL, READY_WAIT, admit, check_request, take_kit, w
 use crate::custodians::CallError;
 use crate::error::ApiError;
 use crate::registry::Version;
-use crate::{store, suspects};
+use crate::{replicas, store, suspects};
 
 /// A failed attempt is retried this many times on the custodians still standing.
 const RETRIES: u32 = 2;
@@ -57,9 +57,15 @@ pub async fn handle(
     let identity = state.identities.authenticate(&headers).await?;
     let Body(signed) = Body::<Signed>::from_request(request, &()).await?;
     let caller = check_request(&state, &identity, &signed).await?;
-    let version = state
-        .registry
-        .serving(&caller.package_id, &caller.program)?;
+    let serving = || state.registry.serving(&caller.package_id, &caller.program);
+    // Unknown or pending here may be installed or activated at another replica a moment ago.
+    let version = match serving() {
+        Ok(version) => version,
+        Err(_) => {
+            replicas::catch_up(&state).await?;
+            serving()?
+        }
+    };
     state.freezes.admit(
         &Target::Version(version.package_id.clone()),
         "the coordinator",

@@ -26,7 +26,7 @@ use quorumvm_wire::signed::Signed;
 
 use crate::error::ApiError;
 use crate::registry::signature_list;
-use crate::{State, approve, background, store};
+use crate::{State, approve, background, replicas, store};
 
 /// The latest unfreeze k operators approved, per target, with its approvals: what a custodian
 /// that missed it is sent again.
@@ -88,7 +88,12 @@ pub async fn freeze(
     .map_err(refused)?;
     let known = match &statement.target {
         Target::Identity(name) => state.identities.caller(name).await.is_ok(),
-        Target::Version(id) => state.registry.get(id).is_some(),
+        Target::Version(id) => {
+            if state.registry.get(id).is_none() {
+                replicas::catch_up(&state).await?;
+            }
+            state.registry.get(id).is_some()
+        }
     };
     let record = NewFreeze {
         target: statement.target.clone(),

@@ -106,7 +106,7 @@ pub async fn install(
         }
         store::Installed::AlreadyInstalled => StatusCode::OK,
     };
-    let v = known(&state, &package_id)?;
+    let v = known(&state, &package_id).await?;
     Ok((status, Json(info(&state, &v))).into_response())
 }
 

@@ -142,9 +142,7 @@ where
 {
     let state = State::start(env, &config)?;
     background::start(Arc::clone(&state));
-    if config.database.is_some() {
-        tokio::spawn(replicas::follow(Arc::clone(&state)));
-    }
+    tokio::spawn(replicas::follow(Arc::clone(&state)));
     if let Some(seconds) = config.reshare_interval_s {
         let interval = std::time::Duration::from_secs(seconds.max(1));
         tokio::spawn(reshare::schedule(Arc::clone(&state), interval));

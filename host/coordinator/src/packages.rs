@@ -13,7 +13,7 @@ use quorumvm_wire::signed::Signed;
 
 use crate::error::ApiError;
 use crate::registry::Version;
-use crate::{State, store};
+use crate::{State, replicas, store};
 
 type Shared = AxumState<Arc<State>>;
 
@@ -32,7 +32,12 @@ pub async fn list(AxumState(state): Shared) -> Json<Vec<VersionInfo>> {
     )
 }
 
-pub(crate) fn known(state: &State, id: &str) -> Result<Arc<Version>, ApiError> {
+/// The installed version `id`, looked for among what other replicas installed before it is
+/// said to be unknown.
+pub(crate) async fn known(state: &State, id: &str) -> Result<Arc<Version>, ApiError> {
+    if state.registry.get(id).is_none() {
+        replicas::catch_up(state).await?;
+    }
     state.registry.get(id).ok_or_else(|| {
         ApiError::not_found("unknown_package", format!("no package {id} is installed"))
     })
@@ -42,12 +47,12 @@ pub async fn show(
     AxumState(state): Shared,
     Path(id): Path<String>,
 ) -> Result<Json<VersionInfo>, ApiError> {
-    let v = known(&state, &id)?;
+    let v = known(&state, &id).await?;
     Ok(Json(info(&state, &v)))
 }
 
 pub async fn wasm(AxumState(state): Shared, Path(id): Path<String>) -> Result<Response, ApiError> {
-    known(&state, &id)?;
+    known(&state, &id).await?;
     let storage = state.storage.clone();
     let bytes = state
         .env
@@ -62,7 +67,7 @@ pub async fn deal(
     AxumState(state): Shared,
     Path(id): Path<String>,
 ) -> Result<Json<Signed>, ApiError> {
-    Ok(Json(known(&state, &id)?.deal.clone()))
+    Ok(Json(known(&state, &id).await?.deal.clone()))
 }
 
 /// Custodian `custodian`'s sealed shares and the deal, to that custodian only: the request
@@ -72,7 +77,7 @@ pub async fn shares(
     Path((id, custodian)): Path<(String, u32)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let version = known(&state, &id)?;
+    let version = known(&state, &id).await?;
     let c = state.custodians.get(custodian).ok_or_else(|| {
         ApiError::not_found("unknown_custodian", format!("no custodian {custodian}"))
     })?;

@@ -10,13 +10,16 @@
 //! What a replica keeps in memory to serve fast (versions and their approvals, identities,
 //! freezes, unfreezes, suspects, the certified refreshes) it loads at start and changes as its
 //! own requests commit; what another replica changed it learns here. Every such change commits
-//! with an audit entry, so a replica watches the log: every [`POLL`] it looks for entries
-//! appended since it last looked that are not an evaluation's own (`eval.*`), and if there are
-//! any, loads those tables again. Until it does, a replica may refuse what another already
-//! allows (a version activated elsewhere answers `pending`) or, for at most [`POLL`], still
-//! serve an identity or version another replica just froze: every custodian checks approvals,
-//! revocations, retirements and its own freezes for itself, so no request the cluster must refuse
-//! is answered because of it.
+//! with an audit entry, so a replica watches the log: every [`POLL`] (the config's `poll_ms`)
+//! it looks for entries appended since it last looked that are not an evaluation's own
+//! (`eval.*`), and if there are any, loads those tables again. A request naming a version this
+//! replica does not know, or knows as pending, looks at once before it is refused
+//! ([`catch_up`]), so a client that installs a version through one replica and approves or
+//! evaluates it through another, behind a load balancer, is never told that it does not exist.
+//! What only the poll brings is what makes a replica refuse: for at most one interval, it may
+//! still serve an identity or version another replica just froze or retired. Every custodian
+//! checks approvals, revocations, retirements and its own freezes for itself, so no request the
+//! cluster must refuse is answered because of it.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -28,27 +31,61 @@ use crate::State;
 use crate::error::ApiError;
 use crate::store::{self, StoreError};
 
-/// How often a replica looks for the others' changes.
+/// How often a replica looks for the others' changes unless its config says otherwise.
 pub const POLL: Duration = Duration::from_millis(200);
+
+/// What this replica last saw of the shared log. One look at a time: a request that missed
+/// waits for the look in progress and then makes its own, cheap unless the log moved.
+pub struct Follower {
+    seen: tokio::sync::Mutex<Option<u64>>,
+    poll: Duration,
+}
+
+impl Follower {
+    pub fn new(poll: Duration) -> Follower {
+        Follower {
+            seen: tokio::sync::Mutex::new(None),
+            poll,
+        }
+    }
+
+    /// Loads what the other replicas committed since the last look, now.
+    pub async fn catch_up(&self, state: &State) -> Result<(), ApiError> {
+        let mut seen = self.seen.lock().await;
+        *seen = Some(look(state, *seen).await?);
+        Ok(())
+    }
+}
 
 /// Follows the other replicas' changes until the process ends.
 pub async fn follow(state: Arc<State>) {
-    let mut seen = None;
-    let mut tick = tokio::time::interval(POLL);
+    let Some(follower) = &state.follower else {
+        return;
+    };
+    let mut tick = tokio::time::interval(follower.poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match look(&state, seen).await {
-            Ok(head) => seen = Some(head),
-            Err(e) => tracing::warn!("cannot follow the other replicas' changes: {e}"),
+        if let Err(e) = follower.catch_up(&state).await {
+            tracing::warn!("cannot follow the other replicas' changes: {e}");
         }
+    }
+}
+
+/// Before a request is refused because this replica does not know what it names (or knows it
+/// as pending): what another replica committed a moment ago, which the client may have just
+/// been answered, is loaded first. Nothing with SQLite, where there is no other replica.
+pub async fn catch_up(state: &State) -> Result<(), ApiError> {
+    match &state.follower {
+        Some(follower) => follower.catch_up(state).await,
+        None => Ok(()),
     }
 }
 
 /// The audit log's head; if entries other than evaluations' were appended after `seen`, with
 /// everything they may have changed loaded again. (The first look loads everything again: a
 /// change may have committed between the start's load and this look.)
-async fn look(state: &Arc<State>, seen: Option<u64>) -> Result<u64, ApiError> {
+async fn look(state: &State, seen: Option<u64>) -> Result<u64, ApiError> {
     let storage = state.storage.clone();
     let (head, changed) = state
         .env
@@ -84,7 +121,7 @@ fn changes(conn: &dyn Sql, seen: Option<u64>) -> Result<(u64, bool), StoreError>
 }
 
 /// Loads the shared tables again into what this replica holds.
-async fn reload(state: &Arc<State>) -> Result<(), ApiError> {
+async fn reload(state: &State) -> Result<(), ApiError> {
     let storage = state.storage.clone();
     let owner = state.replica.clone();
     let threshold = state.custodians.cluster.threshold();

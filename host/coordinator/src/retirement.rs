@@ -22,7 +22,7 @@ pub async fn approve(
     Path(id): Path<String>,
     Body(request): Body<ApproveRequest>,
 ) -> Result<Json<VersionInfo>, ApiError> {
-    let version = known(&state, &id)?;
+    let version = known(&state, &id).await?;
     let package = parse_id(&id)?;
     let subject = Subject::Retirement { package: &package };
     let details = serde_json::json!({ "package_id": id, "custodian": request.custodian });

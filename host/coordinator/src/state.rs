@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use quorumvm_ledger::{Ledger, Postgres, Sql, Storage, Writer};
@@ -22,6 +23,7 @@ use crate::freeze::Unfreezes;
 use crate::identities::{Caller, Identities};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
+use crate::replicas::{Follower, POLL};
 use crate::reshare::Epochs;
 use crate::store::{self, StoreError};
 use crate::suspects::Suspects;
@@ -58,6 +60,8 @@ pub(crate) struct State {
     pub unfreezes: Unfreezes,
     /// The policies' anomaly rules, over every request admitted here.
     pub anomalies: Anomalies,
+    /// What this replica has seen of the others' changes (none with SQLite: no others).
+    pub follower: Option<Follower>,
 }
 
 impl State {
@@ -82,6 +86,17 @@ impl State {
                 "a coordinator on PostgreSQL needs its replica's name: `replica` in [database], \
                  or `quorumvm coordinator --replica NAME`",
             )?,
+        };
+        let follower = match &config.database {
+            None => None,
+            Some(db) => {
+                let poll = db.poll_ms.map_or(POLL, Duration::from_millis);
+                anyhow::ensure!(
+                    poll >= Duration::from_millis(10),
+                    "[database] poll_ms must be at least 10 (milliseconds)"
+                );
+                Some(Follower::new(poll))
+            }
         };
         let owner = replica.clone();
         let (storage, failed) = open_storage(&env, config, move |tx| {
@@ -133,6 +148,7 @@ impl State {
             freezes,
             unfreezes,
             anomalies: Anomalies::default(),
+            follower,
             env,
         }))
     }
@@ -244,6 +260,7 @@ mod tests {
             url,
             password_file,
             replica: Some("a".into()),
+            poll_ms: None,
         }
     }
 

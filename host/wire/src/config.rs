@@ -123,6 +123,13 @@ pub struct Database {
     /// of a StatefulSet its stable name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replica: Option<String>,
+    /// How often, in milliseconds, this replica looks in the shared audit log for what the
+    /// others changed (versions, approvals, identities, freezes, refreshes); 200 if absent. A
+    /// request naming a version this replica does not know, or knows as pending, looks at once
+    /// whatever this says, so it only bounds how long a freeze or retirement made at another
+    /// replica goes unseen here (the custodians refuse what they froze themselves meanwhile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub poll_ms: Option<u64>,
 }
 
 /// Which wasmtime engine runs a custodian's evaluator plugin.
