@@ -561,6 +561,75 @@ mod tests {
         );
     }
 
+    /// Two replicas' writers whose batches lock the same row and append to the chain in
+    /// opposite orders: batch a appends, then waits (up to a second) for batch b to lock the row
+    /// before locking it itself; batch b locks the row, then appends. Were batches to take the
+    /// chain only at their first entry, each would wait for the other and PostgreSQL would fail
+    /// one of them as a deadlock; they take turns from their start, and both commit.
+    #[test]
+    fn writers_whose_batches_lock_in_opposite_orders_both_commit() {
+        use std::sync::mpsc;
+        use std::time::Duration;
+
+        let server = Server::start();
+        let setup = Postgres::connect(&server.url()).unwrap();
+        setup
+            .execute_batch(
+                "CREATE TABLE counters (id BIGINT PRIMARY KEY, n BIGINT NOT NULL);
+                 INSERT INTO counters VALUES (1, 0)",
+            )
+            .unwrap();
+        let writer = |name: &str| {
+            crate::Writer::spawn(Postgres::connect(&server.url()).unwrap(), name)
+        };
+        let (a, b) = (writer("replica-a"), writer("replica-b"));
+        let (chain_taken, on_chain) = mpsc::channel::<()>();
+        let (row_taken, on_row) = mpsc::channel::<()>();
+        let bump = |tx: &dyn Sql| {
+            tx.execute("UPDATE counters SET n = n + 1 WHERE id = 1", &[])
+                .map(drop)
+        };
+        let append = |tx: &dyn Sql, actor: &str| {
+            let details = entry(1, actor);
+            audit::append(
+                tx,
+                &NewEntry {
+                    timestamp_ms: 1,
+                    actor,
+                    kind: "k",
+                    details: &details,
+                },
+            )
+            .map(drop)
+        };
+        let first = std::thread::spawn(move || {
+            a.run_blocking(move |tx| {
+                append(tx, "a")?;
+                chain_taken.send(()).unwrap();
+                let _ = on_row.recv_timeout(Duration::from_secs(1));
+                bump(tx)
+            })
+        });
+        on_chain.recv().unwrap();
+        let second = std::thread::spawn(move || {
+            b.run_blocking(move |tx| {
+                bump(tx)?;
+                let _ = row_taken.send(());
+                append(tx, "b")
+            })
+        });
+        let results: Vec<Result<(), LedgerError>> = [first, second]
+            .into_iter()
+            .map(|t| t.join().expect("a writer's thread"))
+            .collect();
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        let n = setup
+            .query("SELECT n FROM counters WHERE id = 1", &[])
+            .unwrap();
+        assert_eq!(n, [Row(vec![Value::Int(2)])]);
+        assert_eq!(audit::verify_chain(&setup).unwrap().entries, 2);
+    }
+
     /// Processes that start together on a fresh database: one runs each migration, the others
     /// find it done.
     #[test]

@@ -11,6 +11,7 @@ use rusqlite::{Transaction, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::postgres::{PgTx, Postgres};
+use crate::sql::Lock;
 use crate::{Ledger, LedgerError};
 
 /// At most this many jobs share a transaction, which bounds how long the first job of a batch
@@ -130,8 +131,18 @@ impl Engine for Ledger {
 impl Engine for Postgres {
     type Tx<'c> = PgTx<'c>;
 
+    /// Begins a batch holding the audit chain's lock ([`Lock::AuditChain`]), so that the
+    /// batches of processes sharing the database run one at a time. A batch holds every row
+    /// lock its jobs took until it commits, and the jobs of two processes' batches take them in
+    /// whatever order their requests came: taken in turns only from a batch's first audit entry
+    /// on, as before, a batch that locked a row and then waited for the chain could deadlock with
+    /// one that held the chain and then wanted the row, and PostgreSQL would fail one of their
+    /// jobs. Almost every job appends to the chain, so batches already took turns for most of
+    /// their length: this costs two replicas no concurrency they had.
     fn begin(&mut self) -> Result<PgTx<'_>, String> {
-        self.begin().map_err(|e| e.to_string())
+        let tx = self.begin().map_err(|e| e.to_string())?;
+        Lock::AuditChain.take(&tx).map_err(|e| e.to_string())?;
+        Ok(tx)
     }
 
     fn statements(tx: &PgTx<'_>, sql: &str) -> Result<(), String> {
