@@ -579,9 +579,8 @@ mod tests {
                  INSERT INTO counters VALUES (1, 0)",
             )
             .unwrap();
-        let writer = |name: &str| {
-            crate::Writer::spawn(Postgres::connect(&server.url()).unwrap(), name)
-        };
+        let writer =
+            |name: &str| crate::Writer::spawn(Postgres::connect(&server.url()).unwrap(), name);
         let (a, b) = (writer("replica-a"), writer("replica-b"));
         let (chain_taken, on_chain) = mpsc::channel::<()>();
         let (row_taken, on_row) = mpsc::channel::<()>();

@@ -99,6 +99,9 @@ pub enum Domain {
     Clearance,
     /// The coordinator's operator asks for a refresh of the custodians' shares now.
     Reshare,
+    /// A custodian operator approves a change of the cluster's membership (who the custodians
+    /// are, and k).
+    Membership,
 }
 
 impl Domain {
@@ -115,6 +118,7 @@ impl Domain {
             Domain::Unfreeze => b"quorumvm unfreeze approval v1\0",
             Domain::Clearance => b"quorumvm custodian clearance v1\0",
             Domain::Reshare => b"quorumvm reshare request v1\0",
+            Domain::Membership => b"quorumvm membership approval v1\0",
         };
         let mut out = Vec::with_capacity(tag.len() + message.len());
         out.extend_from_slice(tag);

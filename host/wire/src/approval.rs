@@ -12,7 +12,9 @@
 //!
 //! Governance by the same k: a revocation's statement is an identity's name (every key it ever
 //! had: a revoked name never serves again), a retirement's is a package id. Each kind of
-//! statement has its own [`Domain`], so no approval counts as another kind's.
+//! statement has its own [`Domain`], so no approval counts as another kind's. A change of the
+//! cluster's membership ([`crate::membership`]) is approved by k operators of the current
+//! cluster.
 
 use quorumvm_core::circuit::Manifest;
 use quorumvm_package::{Domain, PackageId, PublicKey, SecretKey};
@@ -42,6 +44,7 @@ pub enum Subject<'a> {
         package: &'a PackageId,
     },
     Unfreeze(&'a crate::freeze::Unfreeze),
+    Membership(&'a crate::membership::Change),
 }
 
 impl Subject<'_> {
@@ -52,12 +55,14 @@ impl Subject<'_> {
             Subject::Revocation { .. } => Domain::Revocation,
             Subject::Retirement { .. } => Domain::Retirement,
             Subject::Unfreeze(_) => Domain::Unfreeze,
+            Subject::Membership(_) => Domain::Membership,
         }
     }
 
     /// The bytes an approval signs. A version: package id, SHA-256 of the manifest's JSON,
     /// deal digest. An identity: its key, then its name. A revocation: the name. A retirement:
-    /// the package id. An unfreeze: [`crate::freeze::Unfreeze::statement`].
+    /// the package id. An unfreeze: [`crate::freeze::Unfreeze::statement`]. A change of
+    /// membership: [`crate::membership::Change::statement`].
     pub fn statement(&self) -> Vec<u8> {
         match self {
             Subject::Version {
@@ -81,6 +86,7 @@ impl Subject<'_> {
             Subject::Revocation { name } => name.as_bytes().to_vec(),
             Subject::Retirement { package } => package.0.to_vec(),
             Subject::Unfreeze(unfreeze) => unfreeze.statement(),
+            Subject::Membership(change) => change.statement(),
         }
     }
 }

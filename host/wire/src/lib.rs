@@ -10,6 +10,8 @@
 //!   distinct valid approvals.
 //! - [`freeze`]: a caller identity or a version frozen at one party by that party's own key,
 //!   and the unfreeze that k operators approve.
+//! - [`membership`]: the custodians and threshold a rotation moves the cluster to, as k
+//!   current operators approve them, and what that changes (who deals, who joins, who leaves).
 //! - [`peer`]: round messages between custodians, authenticated with a pairwise key.
 //! - [`signed`]: a signed JSON statement; [`deal`]: the publisher's signed deal of the sealed
 //!   shares; [`request`]: a caller's signed request and the terms of the session serving it.
@@ -25,6 +27,7 @@ pub mod deal;
 pub mod elements;
 pub mod fingerprint;
 pub mod freeze;
+pub mod membership;
 pub mod order;
 pub mod peer;
 pub mod request;
