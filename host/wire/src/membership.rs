@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use quorumvm_core::redeal::{Members, MembersError, Transition};
+use quorumvm_core::redeal::{Members, Transition};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -54,22 +54,18 @@ pub enum ChangeError {
     SharedOperatorKey(Vec<u32>),
     #[error("the statement changes nothing: the same machines at the same indices and threshold")]
     Nothing,
-    #[error("the re-dealing cannot run between these sets: {0}")]
-    Members(#[from] MembersError),
 }
 
-/// A membership statement seen against the current cluster.
+/// A membership statement seen against the current cluster: made only by [`Change::new`], so
+/// every `Change` is one that can run.
 #[derive(Debug, Clone)]
 pub struct Change {
-    pub from_epoch: u64,
-    pub old: Cluster,
-    pub new: Cluster,
-    /// Each kept machine: its index in the new set and its index now.
-    pub kept: BTreeMap<u32, u32>,
-    /// The indices in the new set of the machines that join.
-    pub joining: Vec<u32>,
-    /// The current indices of the machines that leave.
-    pub leaving: Vec<u32>,
+    from_epoch: u64,
+    current: Cluster,
+    next: Cluster,
+    kept: BTreeMap<u32, u32>,
+    joining: Vec<u32>,
+    leaving: Vec<u32>,
 }
 
 impl Change {
@@ -113,12 +109,42 @@ impl Change {
         }
         Ok(Change {
             from_epoch: next.from_epoch,
-            old: current.clone(),
-            new,
+            current: current.clone(),
+            next: new,
             kept,
             joining,
             leaving,
         })
+    }
+
+    /// The epoch the change moves from.
+    pub fn from_epoch(&self) -> u64 {
+        self.from_epoch
+    }
+
+    /// The cluster now, whose operators approve the change and whose members deal.
+    pub fn current(&self) -> &Cluster {
+        &self.current
+    }
+
+    /// The cluster after the change.
+    pub fn next(&self) -> &Cluster {
+        &self.next
+    }
+
+    /// Each kept machine: its index in the new set and its index now.
+    pub fn kept(&self) -> &BTreeMap<u32, u32> {
+        &self.kept
+    }
+
+    /// The indices in the new set of the machines that join.
+    pub fn joining(&self) -> &[u32] {
+        &self.joining
+    }
+
+    /// The current indices of the machines that leave.
+    pub fn leaving(&self) -> &[u32] {
+        &self.leaving
     }
 
     /// The bytes an operator's approval signs: the epoch, the threshold and every new member
@@ -129,9 +155,9 @@ impl Change {
         let mut h = Sha256::new();
         h.update(b"quorumvm membership v1\0");
         h.update(self.from_epoch.to_be_bytes());
-        h.update((self.new.threshold() as u64).to_be_bytes());
-        h.update((self.new.n() as u64).to_be_bytes());
-        for m in self.new.members() {
+        h.update((self.next.threshold() as u64).to_be_bytes());
+        h.update((self.next.n() as u64).to_be_bytes());
+        for m in self.next.members() {
             h.update(m.index.to_be_bytes());
             h.update((m.url.len() as u64).to_be_bytes());
             h.update(m.url.as_bytes());
@@ -149,11 +175,15 @@ impl Change {
     }
 
     /// The re-dealing's sets: every current custodian deals, every new one receives.
-    pub fn transition(&self) -> Result<Transition, ChangeError> {
-        Ok(Transition {
-            old: Members::new(self.old.indices(), self.old.threshold())?,
-            new: Members::new(self.new.indices(), self.new.threshold())?,
-        })
+    pub fn transition(&self) -> Transition {
+        // A cluster's indices are 1..=n, distinct, with n >= 2k - 1: what `Members` requires.
+        let members = |c: &Cluster| {
+            Members::new(c.indices(), c.threshold()).expect("a cluster's members can re-deal")
+        };
+        Transition {
+            old: members(&self.current),
+            new: members(&self.next),
+        }
     }
 
     /// The roles of the machine with this sealing key: its index now, and in the new set.
@@ -165,8 +195,8 @@ impl Change {
                 .map(|m| m.index)
         };
         Roles {
-            old: find(&self.old),
-            new: find(&self.new),
+            old: find(&self.current),
+            new: find(&self.next),
         }
     }
 }
@@ -247,11 +277,8 @@ mod tests {
         let [a, b, c, d] = [machine(), machine(), machine(), machine()];
         let now = cluster(2, &[&a, &b, &c]);
         let change = Change::new(&now, &membership(2, &[&a, &b, &d])).expect("a change");
-        assert_eq!(change.kept, BTreeMap::from([(1, 1), (2, 2)]));
-        assert_eq!(
-            (change.joining.clone(), change.leaving.clone()),
-            (vec![3], vec![3])
-        );
+        assert_eq!(change.kept(), &BTreeMap::from([(1, 1), (2, 2)]));
+        assert_eq!((change.joining(), change.leaving()), (&[3][..], &[3][..]));
         let key = |m: &Machine| {
             quorumvm_sealing::CustodianPublicKey::from_file_text(&m.sealing)
                 .expect("a key")
@@ -279,7 +306,7 @@ mod tests {
                 new: Some(3)
             }
         );
-        let t = change.transition().expect("a transition");
+        let t = change.transition();
         assert_eq!((t.old.xs(), t.new.xs()), (&[1, 2, 3][..], &[1, 2, 3][..]));
     }
 
@@ -289,18 +316,15 @@ mod tests {
         let three = cluster(2, &[&m[0], &m[1], &m[2]]);
         let grow = Change::new(&three, &membership(3, &[&m[0], &m[1], &m[2], &m[3], &m[4]]))
             .expect("grow 2-of-3 to 3-of-5");
-        assert_eq!(
-            (grow.joining.clone(), grow.leaving.clone()),
-            (vec![4, 5], vec![])
-        );
-        assert_eq!(grow.transition().expect("sets").new.k(), 3);
+        assert_eq!((grow.joining(), grow.leaving()), (&[4, 5][..], &[][..]));
+        assert_eq!(grow.transition().new.k(), 3);
         // Custodian 2 removed: custodian 3's machine takes index 2.
         let shrink = Change::new(&three, &membership(1, &[&m[0], &m[2]])).expect("remove one");
-        assert_eq!(shrink.kept, BTreeMap::from([(1, 1), (2, 3)]));
-        assert_eq!((shrink.joining, shrink.leaving), (vec![], vec![2]));
+        assert_eq!(shrink.kept(), &BTreeMap::from([(1, 1), (2, 3)]));
+        assert_eq!((shrink.joining(), shrink.leaving()), (&[][..], &[2][..]));
         // Only the indices change.
         let swap = Change::new(&three, &membership(2, &[&m[1], &m[0], &m[2]])).expect("renumber");
-        assert_eq!(swap.kept, BTreeMap::from([(1, 2), (2, 1), (3, 3)]));
+        assert_eq!(swap.kept(), &BTreeMap::from([(1, 2), (2, 1), (3, 3)]));
     }
 
     #[test]
