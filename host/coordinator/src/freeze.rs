@@ -25,8 +25,9 @@ use quorumvm_wire::order::{ApprovalSignature, Order};
 use quorumvm_wire::signed::Signed;
 
 use crate::error::ApiError;
+use crate::packages::installed;
 use crate::registry::signature_list;
-use crate::{State, approve, background, replicas, store};
+use crate::{State, approve, background, store};
 
 /// The latest unfreeze k operators approved, per target, with its approvals: what a custodian
 /// that missed it is sent again.
@@ -88,12 +89,7 @@ pub async fn freeze(
     .map_err(refused)?;
     let known = match &statement.target {
         Target::Identity(name) => state.identities.caller(name).await.is_ok(),
-        Target::Version(id) => {
-            if state.registry.get(id).is_none() {
-                replicas::catch_up(&state).await?;
-            }
-            state.registry.get(id).is_some()
-        }
+        Target::Version(id) => installed(&state, id).await?.is_some(),
     };
     let record = NewFreeze {
         target: statement.target.clone(),

@@ -32,13 +32,18 @@ pub async fn list(AxumState(state): Shared) -> Json<Vec<VersionInfo>> {
     )
 }
 
-/// The installed version `id`, looked for among what other replicas installed before it is
-/// said to be unknown.
-pub(crate) async fn known(state: &State, id: &str) -> Result<Arc<Version>, ApiError> {
+/// The installed version `id`, if any, looked for among what other replicas installed before
+/// it is said to be absent.
+pub(crate) async fn installed(state: &State, id: &str) -> Result<Option<Arc<Version>>, ApiError> {
     if state.registry.get(id).is_none() {
         replicas::catch_up(state).await?;
     }
-    state.registry.get(id).ok_or_else(|| {
+    Ok(state.registry.get(id))
+}
+
+/// The installed version `id`, else `404 unknown_package`.
+pub(crate) async fn known(state: &State, id: &str) -> Result<Arc<Version>, ApiError> {
+    installed(state, id).await?.ok_or_else(|| {
         ApiError::not_found("unknown_package", format!("no package {id} is installed"))
     })
 }

@@ -80,22 +80,19 @@ impl State {
     pub fn start(env: Env, config: &CoordinatorConfig) -> anyhow::Result<Arc<State>> {
         let (key, exchange) = load_or_create_keys(&config.data_dir)?;
         let cluster = config.cluster()?;
-        let replica = match &config.database {
-            None => String::new(),
-            Some(db) => db.replica.clone().filter(|r| !r.is_empty()).context(
-                "a coordinator on PostgreSQL needs its replica's name: `replica` in [database], \
-                 or `quorumvm coordinator --replica NAME`",
-            )?,
-        };
-        let follower = match &config.database {
-            None => None,
+        let (replica, follower) = match &config.database {
+            None => (String::new(), None),
             Some(db) => {
+                let replica = db.replica.clone().filter(|r| !r.is_empty()).context(
+                    "a coordinator on PostgreSQL needs its replica's name: `replica` in \
+                     [database], or `quorumvm coordinator --replica NAME`",
+                )?;
                 let poll = db.poll_ms.map_or(POLL, Duration::from_millis);
                 anyhow::ensure!(
                     poll >= Duration::from_millis(10),
                     "[database] poll_ms must be at least 10 (milliseconds)"
                 );
-                Some(Follower::new(poll))
+                (replica, Some(Follower::new(poll)))
             }
         };
         let owner = replica.clone();
