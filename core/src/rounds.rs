@@ -57,6 +57,13 @@ impl Outgoing {
         }
     }
 
+    /// Takes out the values meant for custodian `x`, if any: what a party that is also a
+    /// recipient keeps for itself (a re-dealing's dealer that is in the new set).
+    pub fn take(&mut self, x: u32) -> Option<Zeroizing<Vec<Fp>>> {
+        let at = self.messages.iter().position(|(r, _)| *r == x)?;
+        Some(Zeroizing::new(self.messages.remove(at).1))
+    }
+
     /// The values meant for custodian `x`; `None` for this custodian itself or a stranger.
     pub fn to(&self, x: u32) -> Option<&[Fp]> {
         self.messages

@@ -276,9 +276,11 @@ pub(crate) async fn activate(
     }
 
     let checking = Arc::clone(c);
+    let current = c.current();
+    let cluster = Arc::clone(&current.cluster);
     let (checked, package, sealed, approvals, deal) = c
         .off_thread("checking the version", move || {
-            let checked = checking.checker().check(
+            let checked = checking.checker(&cluster).check(
                 &id,
                 &package,
                 &approvals,
@@ -322,6 +324,7 @@ pub(crate) async fn activate(
         approvals,
         deal,
         sealed,
+        generation: current.generation,
         now_ms: c.env.now_ms(),
     };
     c.writer

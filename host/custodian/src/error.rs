@@ -58,6 +58,7 @@ impl From<StoreError> for ApiError {
             StoreError::SessionUsed(_) => (StatusCode::CONFLICT, "duplicate_session"),
             StoreError::EpochMoved { .. } => (StatusCode::CONFLICT, "epoch_mismatch"),
             StoreError::NotVerified(_) => (StatusCode::CONFLICT, "reshare_not_verified"),
+            StoreError::GenerationMoved { .. } => (StatusCode::CONFLICT, "membership_moved"),
             StoreError::Ledger(_) | StoreError::Corrupt(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "storage")
             }

@@ -15,6 +15,7 @@
 
 use std::sync::Arc;
 
+use axum::http::StatusCode;
 use quorumvm_server::freeze::NewFreeze;
 use quorumvm_wire::api::{FreezeState, OrderResponse};
 use quorumvm_wire::approval::{self, Subject};
@@ -35,11 +36,18 @@ fn refused(err: FreezeError) -> ApiError {
 /// The operator's freeze: applied before it is answered.
 pub(crate) async fn freeze(c: &Arc<Custodian>, signed: Signed) -> Result<FreezeState, ApiError> {
     let here = Authority::Custodian(c.me);
+    // None once this custodian left the cluster in a rotation: it serves nothing to freeze.
     let operator = c
-        .cluster
+        .cluster()
         .member(c.me)
-        .expect("a configured member")
-        .operator_key;
+        .map(|m| m.operator_key)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::GONE,
+                "not_a_member",
+                format!("custodian {} left the cluster in a rotation", c.me),
+            )
+        })?;
     let statement = Freeze::open(&signed, &operator, here, c.env.now_ms()).map_err(refused)?;
     let record = NewFreeze {
         target: statement.target.clone(),
@@ -70,7 +78,7 @@ pub(crate) async fn unfreeze(
         .check()
         .map_err(|e| ApiError::bad_request("bad_target", e))?;
     unfreeze.check_time(c.env.now_ms()).map_err(refused)?;
-    approval::check_threshold(&c.cluster, &Subject::Unfreeze(&unfreeze), &approvals)
+    approval::check_threshold(&c.cluster(), &Subject::Unfreeze(&unfreeze), &approvals)
         .map_err(error::bad_approvals)?;
     let record = NewFreeze {
         target: unfreeze.target.clone(),

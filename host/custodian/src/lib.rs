@@ -37,6 +37,7 @@ mod register;
 mod reshare;
 mod retire;
 mod revoke;
+mod rotation;
 mod routes;
 mod session;
 mod share_check;

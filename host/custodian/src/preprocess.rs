@@ -74,9 +74,10 @@ pub(crate) async fn preprocess(
     let version = c.versions.serving(&package_id)?;
     let shape = KitShape::of(&version.circuit);
     let kits = check_batch(&shape, first_kit, count)?;
-    let everyone = c.cluster.indices();
+    let cluster = c.cluster();
+    let everyone = cluster.indices();
     let peers = c.others(&everyone);
-    let (me, n, k) = (c.me, c.cluster.n(), c.cluster.threshold());
+    let (me, n, k) = (c.me, cluster.n(), cluster.threshold());
     let timeout = c.round_timeout.max(MIN_LAYER_TIMEOUT);
     let (at, shares) = c.versions.shares(&version);
     if at != epoch {

@@ -68,7 +68,8 @@ pub(crate) async fn register(
     public_key: String,
     approvals: Vec<ApprovalSignature>,
 ) -> Result<OrderResponse, ApiError> {
-    let key = check(&c.cluster, &name, &public_key, &approvals)?;
+    let current = c.current();
+    let key = check(&current.cluster, &name, &public_key, &approvals)?;
     // Registrations are rare; one at a time, so two keys for one name cannot race.
     let _one = c.activation.lock().await;
     if c.callers.is_revoked(&name) {
@@ -88,6 +89,7 @@ pub(crate) async fn register(
         name: name.clone(),
         public_key: key.to_hex(),
         approvals,
+        generation: current.generation,
     };
     let now = c.env.now_ms();
     c.writer

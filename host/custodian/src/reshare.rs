@@ -52,7 +52,7 @@ use crate::versions::{Refreshed, Version, parse_package_id};
 use quorumvm_wire::order::{Attestations, at_epoch};
 
 /// The layer number attestations are tagged under: after the protocol's last.
-const ATTESTATION_LAYER: u32 = LAYERS + 1;
+pub(crate) const ATTESTATION_LAYER: u32 = LAYERS + 1;
 
 /// What the coordinator orders.
 pub(crate) struct Order {
@@ -63,25 +63,8 @@ pub(crate) struct Order {
 }
 
 impl Order {
-    /// The round messages' session name, bound to the epoch, after checking the order's form.
     fn label(&self) -> Result<String, ApiError> {
-        let label = at_epoch(&self.session, self.epoch);
-        if !valid_session_id(&self.session) || !valid_session_id(&label) {
-            return Err(ApiError::bad_request(
-                "bad_session_id",
-                "the order's session id is invalid",
-            ));
-        }
-        let mut sorted = self.packages.clone();
-        sorted.sort();
-        sorted.dedup();
-        if self.packages.is_empty() || sorted.len() != self.packages.len() {
-            return Err(ApiError::bad_request(
-                "bad_reshare",
-                "a reshare names one or more versions, each once",
-            ));
-        }
-        Ok(label)
+        label(&self.session, self.epoch, &self.packages)
     }
 
     /// What an attestation tags: the session, the epochs and the versions, each
@@ -101,6 +84,28 @@ impl Order {
     }
 }
 
+/// The round messages' session name of a refresh or rotation from `epoch`, bound to the epoch,
+/// after checking the order's form: a valid session id, one or more versions, each once.
+pub(crate) fn label(session: &str, epoch: u64, packages: &[String]) -> Result<String, ApiError> {
+    let label = at_epoch(session, epoch);
+    if !valid_session_id(session) || !valid_session_id(&label) {
+        return Err(ApiError::bad_request(
+            "bad_session_id",
+            "the order's session id is invalid",
+        ));
+    }
+    let mut sorted = packages.to_vec();
+    sorted.sort();
+    sorted.dedup();
+    if packages.is_empty() || sorted.len() != packages.len() {
+        return Err(ApiError::bad_request(
+            "bad_reshare",
+            "a reshare or rotation names one or more versions, each once",
+        ));
+    }
+    Ok(label)
+}
+
 /// Runs the refresh with every other custodian and keeps the new shares aside; answers with
 /// this custodian's attestations.
 pub(crate) async fn reshare(c: &Arc<Custodian>, order: Order) -> Result<OrderResponse, ApiError> {
@@ -109,21 +114,11 @@ pub(crate) async fn reshare(c: &Arc<Custodian>, order: Order) -> Result<OrderRes
     if at != order.epoch {
         return Err(epoch_mismatch(c, order.epoch, at));
     }
-    let mut versions = Vec::with_capacity(order.packages.len());
-    let mut shares = Zeroizing::new(Vec::new());
-    for package in &order.packages {
-        let version = c.versions.serving(package)?;
-        let (epoch, mine) = c.versions.shares(&version);
-        let mine = Zeroizing::new(mine);
-        if epoch != order.epoch {
-            return Err(epoch_mismatch(c, order.epoch, epoch));
-        }
-        shares.extend_from_slice(&mine);
-        versions.push(version);
-    }
-    let everyone = c.cluster.indices();
+    let (versions, shares) = gather(c, &order.packages, order.epoch)?;
+    let cluster = c.cluster();
+    let everyone = cluster.indices();
     let peers = c.others(&everyone);
-    let (me, n, k) = (c.me, c.cluster.n(), c.cluster.threshold());
+    let (me, n, k) = (c.me, cluster.n(), cluster.threshold());
     let inbox = c.mailbox.open(&label)?;
     tracing::info!(session = %order.session, epoch = order.epoch, secrets = shares.len(), "reshare started");
 
@@ -176,6 +171,7 @@ pub(crate) async fn reshare(c: &Arc<Custodian>, order: Order) -> Result<OrderRes
             store::insert_pending(
                 tx,
                 &Pending {
+                    kind: "reshare.verified",
                     reshare: &session,
                     from_epoch: from,
                     packages: &packages,
@@ -202,8 +198,30 @@ pub(crate) async fn reshare(c: &Arc<Custodian>, order: Order) -> Result<OrderRes
     })
 }
 
+/// The serving versions `packages` and this custodian's shares of all their secrets, in order,
+/// all at `epoch`.
+pub(crate) fn gather(
+    c: &Custodian,
+    packages: &[String],
+    epoch: u64,
+) -> Result<(Vec<Arc<Version>>, Zeroizing<Vec<Fp>>), ApiError> {
+    let mut versions = Vec::with_capacity(packages.len());
+    let mut shares = Zeroizing::new(Vec::new());
+    for package in packages {
+        let version = c.versions.serving(package)?;
+        let (at, mine) = c.versions.shares(&version);
+        let mine = Zeroizing::new(mine);
+        if at != epoch {
+            return Err(epoch_mismatch(c, epoch, at));
+        }
+        shares.extend_from_slice(&mine);
+        versions.push(version);
+    }
+    Ok((versions, shares))
+}
+
 /// Seals each new share to this custodian's own key, bound to its version, secret and epoch.
-fn seal_fresh(
+pub(crate) fn seal_fresh(
     c: &Custodian,
     versions: &[Arc<Version>],
     fresh: &[Fp],
@@ -238,7 +256,7 @@ pub(crate) async fn commit(
     let label = order.label()?;
     let statement = order.statement();
     let missing: Vec<u32> = c
-        .others(&c.cluster.indices())
+        .others(&c.cluster().indices())
         .into_iter()
         .filter(|&peer| {
             let tag = attestations.0.get(&peer).and_then(|tags| tags.get(&c.me));
@@ -279,7 +297,7 @@ pub(crate) async fn commit(
 
 /// Opens the committed shares into memory, per version in its manifest's order (versions no
 /// longer held here, retired meanwhile, are skipped: their shares are in the ledger only).
-fn open_fresh(
+pub(crate) fn open_fresh(
     c: &Custodian,
     rows: Vec<(String, String, Vec<u8>)>,
     epoch: u64,

@@ -37,12 +37,14 @@ pub(crate) async fn retire(
     let id = parse_package_id(package_id).ok_or_else(|| {
         ApiError::bad_request("bad_package_id", "a package id is 64 hexadecimal digits")
     })?;
-    check(&c.cluster, &id, &approvals).map_err(error::bad_approvals)?;
+    let current = c.current();
+    check(&current.cluster, &id, &approvals).map_err(error::bad_approvals)?;
     // Under the activation lock: the version cannot be activated halfway through.
     let _one = c.activation.lock().await;
     let decision = StoredDecision {
         subject: id.to_string(),
         approvals,
+        generation: current.generation,
     };
     let now = c.env.now_ms();
     let added = c

@@ -32,7 +32,8 @@ pub(crate) async fn revoke(
     name: String,
     approvals: Vec<ApprovalSignature>,
 ) -> Result<OrderResponse, ApiError> {
-    check(&c.cluster, &name, &approvals).map_err(error::bad_approvals)?;
+    let current = c.current();
+    check(&current.cluster, &name, &approvals).map_err(error::bad_approvals)?;
     // Under the registration lock: a registration cannot slip in after the revocation.
     let _one = c.activation.lock().await;
     let revoked = || OrderResponse {
@@ -46,6 +47,7 @@ pub(crate) async fn revoke(
     let decision = StoredDecision {
         subject: name.clone(),
         approvals,
+        generation: current.generation,
     };
     let now = c.env.now_ms();
     c.writer

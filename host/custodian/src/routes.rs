@@ -33,7 +33,9 @@ use crate::metrics::Metrics;
 use crate::peers::valid_session_id;
 use crate::preprocess::{self, Batch};
 use crate::state::Custodian;
-use crate::{activation, freeze, register, reshare, retire, revoke, session, share_check};
+use crate::{
+    activation, freeze, register, reshare, retire, revoke, rotation, session, share_check,
+};
 
 /// The largest round message: a preprocessing layer carries `2 · count · terms` elements to
 /// each peer, and the coordinator sizes its batches under this.
@@ -187,6 +189,35 @@ async fn orders(
             };
             detached(async move { reshare::commit(&c, order, attestations).await }).await
         }
+        Order::Redeal {
+            session,
+            membership,
+            approvals,
+            packages,
+        } => {
+            let order = rotation::Order {
+                session,
+                membership,
+                approvals,
+                packages,
+            };
+            detached(async move { rotation::redeal(&c, order).await }).await
+        }
+        Order::CommitRedeal {
+            session,
+            membership,
+            approvals,
+            packages,
+            attestations,
+        } => {
+            let order = rotation::Order {
+                session,
+                membership,
+                approvals,
+                packages,
+            };
+            detached(async move { rotation::commit(&c, order, attestations).await }).await
+        }
         Order::RevokeIdentity { name, approvals } => {
             detached(async move { revoke::revoke(&c, name, approvals).await }).await
         }
@@ -255,7 +286,7 @@ async fn rounds(
         .get(SENDER_HEADER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u32>().ok())
-        .filter(|&s| s != c.me && c.cluster.member(s).is_some())
+        .filter(|&s| s != c.me && c.cluster().member(s).is_some())
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::UNAUTHORIZED,

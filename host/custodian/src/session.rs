@@ -309,7 +309,8 @@ fn check_quorum(c: &Custodian, quorum: &[u32]) -> Result<(), ApiError> {
             "quorum {quorum:?} is not sorted and distinct"
         )));
     }
-    if let Some(x) = quorum.iter().find(|&&x| c.cluster.member(x).is_none()) {
+    let cluster = c.cluster();
+    if let Some(x) = quorum.iter().find(|&&x| cluster.member(x).is_none()) {
         return Err(refuse(format!(
             "custodian {x} is not a member of this cluster"
         )));
@@ -320,7 +321,7 @@ fn check_quorum(c: &Custodian, quorum: &[u32]) -> Result<(), ApiError> {
             c.me
         )));
     }
-    let k = c.cluster.threshold();
+    let k = cluster.threshold();
     if quorum.len() < k {
         return Err(refuse(format!(
             "a quorum of {} cannot reach threshold {k}",
@@ -366,7 +367,7 @@ async fn run(
         circuit: version.circuit.clone(),
         me: c.me,
         quorum: ticket.quorum.clone(),
-        threshold: c.cluster.threshold(),
+        threshold: c.cluster().threshold(),
         secrets: std::mem::take(&mut *secrets),
         inputs: std::mem::take(&mut leaves.visible),
         private_inputs: std::mem::take(&mut *leaves.private),

@@ -55,7 +55,8 @@ pub(crate) async fn check_shares(
         Some(Standing::Retired) => return Err(retired(&id)),
         None => return Err(error::unknown_version(package_id)),
     };
-    let everyone = c.cluster.indices();
+    let cluster = c.cluster();
+    let everyone = cluster.indices();
     let peers = c.others(&everyone);
     let gamma = challenge(&id.0, &version.deal_digest, &session);
     let inbox = c.mailbox.open(&session)?;
@@ -65,8 +66,8 @@ pub(crate) async fn check_shares(
     let shares = Zeroizing::new(c.versions.shares(&version).1);
     let setup = Setup {
         me: c.me,
-        n: c.cluster.n(),
-        k: c.cluster.threshold(),
+        n: cluster.n(),
+        k: cluster.threshold(),
         challenge: gamma,
         shares: &shares,
     };

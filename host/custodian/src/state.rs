@@ -1,5 +1,6 @@
 //! Everything a running custodian holds, and how it starts.
 
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
@@ -22,7 +23,7 @@ use crate::metrics::Metrics;
 use crate::peers::Peers;
 use crate::store::{Decision, SharesChecked};
 use crate::versions::{Version, Versions, parse_package_id};
-use crate::{register, retire, revoke, store};
+use crate::{register, retire, revoke, rotation, store};
 use quorumvm_server::anomaly::Anomalies;
 use quorumvm_server::freeze::Freezes;
 
@@ -39,10 +40,23 @@ const SANDBOX_INSTANCES: u32 = 128;
 /// packages at activation, so a burst of sessions cannot block an activation.
 const SESSION_SLOTS: usize = 120;
 
+/// The cluster this custodian belongs to now: the configured one until a rotation commits
+/// another ([`crate::rotation`]). `generation` counts the rotations committed; every decision
+/// recorded here (a version, an identity, a retirement or revocation) records the generation
+/// whose operators approved it, and is checked against that generation's cluster again at
+/// every start.
+#[derive(Clone)]
+pub(crate) struct Current {
+    pub generation: u64,
+    pub cluster: Arc<Cluster>,
+}
+
 pub(crate) struct Custodian {
     /// This custodian's index (Shamir x-coordinate).
     pub me: u32,
-    pub cluster: Cluster,
+    /// Read through [`Custodian::current`] / [`Custodian::cluster`]; replaced only when a
+    /// rotation commits.
+    current: RwLock<Current>,
     pub coordinator_url: String,
     /// Every order must verify under this key.
     pub coordinator_key: PublicKey,
@@ -86,23 +100,10 @@ impl Custodian {
     }
 
     fn start_blocking(env: Env, config: CustodianConfig) -> anyhow::Result<Custodian> {
-        let cluster = config.cluster()?;
         let me = config.index;
-        let member = cluster
-            .member(me)
-            .ok_or_else(|| anyhow!("index {me} is not among the configured custodians"))?;
         let coordinator_key = config.coordinator_public_key()?;
         let data_dir = &config.data_dir;
         let sealing_key = load_key(data_dir)?;
-        if sealing_key.public() != member.sealing_key {
-            bail!(
-                "the key in {} is not custodian {me}'s sealing key in the configuration \
-                 ({} here, {} configured): wrong data directory or wrong index",
-                data_dir.display(),
-                sealing_key.public().to_hex(),
-                member.sealing_key.to_hex(),
-            );
-        }
         if config.round_timeout_ms == 0 {
             bail!("round_timeout_ms must be positive");
         }
@@ -114,6 +115,40 @@ impl Custodian {
         ledger.apply_schema(&quorumvm_server::freeze::SCHEMA)?;
         ledger.apply_schema(&store::SCHEMA)?;
         ledger.apply_schema(&quorumvm_policy::SCHEMA)?;
+
+        // The configured cluster, then each rotation committed here, each checked against the
+        // cluster before it: what runs now is what k operators approved, step by step.
+        let generations = rotation::history(config.cluster()?, store::load_memberships(&ledger)?)
+            .with_context(|| format!("the rotations recorded in {}", db.display()))?;
+        let generation = generations.len() as u64 - 1;
+        let cluster = Arc::clone(generations.last().expect("the configured cluster"));
+        let Some(member) = cluster.member(me) else {
+            bail!(
+                "custodian {me} is not a member of this cluster{}",
+                if generation == 0 {
+                    " (not among the configured custodians)".to_string()
+                } else {
+                    format!(
+                        ": it left in rotation {generation}, and holds no shares; its data \
+                         directory can be destroyed"
+                    )
+                }
+            );
+        };
+        if sealing_key.public() != member.sealing_key {
+            bail!(
+                "the key in {} is not custodian {me}'s sealing key in the configuration \
+                 ({} here, {} configured): wrong data directory or wrong index",
+                data_dir.display(),
+                sealing_key.public().to_hex(),
+                member.sealing_key.to_hex(),
+            );
+        }
+        let at = |g: u64, what: &dyn Fn() -> String| -> anyhow::Result<&Arc<Cluster>> {
+            generations
+                .get(g as usize)
+                .ok_or_else(|| anyhow!("{} names rotation {g}, which is not recorded", what()))
+        };
 
         let sandbox = Sandbox::with_config(SandboxConfig {
             engine: engine_kind(config.engine),
@@ -132,15 +167,10 @@ impl Custodian {
             let id = parse_package_id(&stored.subject)
                 .ok_or_else(|| anyhow!("the package id is not 64 hex digits"))
                 .with_context(loading)?;
-            retire::check(&cluster, &id, &stored.approvals).with_context(loading)?;
+            retire::check(at(stored.generation, &loading)?, &id, &stored.approvals)
+                .with_context(loading)?;
             versions.retire_for_good(id);
         }
-        let checker = Checker {
-            sandbox: &sandbox,
-            cluster: &cluster,
-            me,
-            key: &sealing_key,
-        };
         for stored in store::load_versions(&ledger)? {
             let loading = || format!("version {} in {}", stored.package_id, db.display());
             let id = parse_package_id(&stored.package_id)
@@ -154,6 +184,12 @@ impl Custodian {
                 versions.refuse(id);
                 continue;
             }
+            let checker = Checker {
+                sandbox: &sandbox,
+                cluster: at(stored.generation, &loading)?,
+                me,
+                key: &sealing_key,
+            };
             let checked = checker
                 .check(
                     &id,
@@ -181,8 +217,13 @@ impl Custodian {
 
         let callers = Callers::default();
         for stored in store::load_decisions(&ledger, Decision::Revocation)? {
-            revoke::check(&cluster, &stored.subject, &stored.approvals)
-                .with_context(|| format!("revocation of {} in {}", stored.subject, db.display()))?;
+            let loading = || format!("revocation of {} in {}", stored.subject, db.display());
+            revoke::check(
+                at(stored.generation, &loading)?,
+                &stored.subject,
+                &stored.approvals,
+            )
+            .with_context(loading)?;
             callers.revoke(stored.subject);
         }
         let freezes = Freezes::load(ledger.connection())?;
@@ -190,13 +231,14 @@ impl Custodian {
             if callers.is_revoked(&stored.name) {
                 continue;
             }
+            let loading = || format!("identity {} in {}", stored.name, db.display());
             let key = register::check(
-                &cluster,
+                at(stored.generation, &loading)?,
                 &stored.name,
                 &stored.public_key,
                 &stored.approvals,
             )
-            .with_context(|| format!("identity {} in {}", stored.name, db.display()))?;
+            .with_context(loading)?;
             callers.insert(stored.name, key);
         }
 
@@ -221,14 +263,36 @@ impl Custodian {
             mailbox: Mailbox::new(mailbox::LIMITS),
             metrics: Metrics::default(),
             activation: Mutex::new(()),
-            cluster,
+            current: RwLock::new(Current {
+                generation,
+                cluster,
+            }),
         })
     }
 
-    pub fn checker(&self) -> Checker<'_> {
+    /// The cluster now and its generation.
+    pub fn current(&self) -> Current {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The cluster now.
+    pub fn cluster(&self) -> Arc<Cluster> {
+        self.current().cluster
+    }
+
+    /// Moves to the cluster a rotation committed.
+    pub fn move_to(&self, next: Current) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = next;
+    }
+
+    /// A checker of versions against `cluster`.
+    pub fn checker<'a>(&'a self, cluster: &'a Cluster) -> Checker<'a> {
         Checker {
             sandbox: &self.sandbox,
-            cluster: &self.cluster,
+            cluster,
             me: self.me,
             key: &self.sealing_key,
         }

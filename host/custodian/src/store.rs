@@ -36,6 +36,7 @@ use quorumvm_core::circuit::Policy;
 use quorumvm_ledger::rusqlite::{self, ErrorCode, OptionalExtension, Transaction, params};
 use quorumvm_ledger::{Ledger, LedgerError, NewEntry, Schema, audit};
 use quorumvm_policy::PolicyError;
+use quorumvm_wire::membership::Membership;
 use quorumvm_wire::order::ApprovalSignature;
 use quorumvm_wire::signed::Signed;
 use serde_json::json;
@@ -144,6 +145,22 @@ pub(crate) const SCHEMA: Schema = Schema {
             SELECT 'identity/' || name, suspended, time_ms, statement FROM suspensions;
         DROP TABLE suspensions;
     ",
+        "
+        -- Rotations committed here (crate::rotation), in order: generation g is the cluster
+        -- after the g-th; 0 is the configured one. Each decision records the generation whose
+        -- operators approved it, against which it is checked again at start.
+        CREATE TABLE memberships (
+            generation INTEGER PRIMARY KEY CHECK (generation > 0),
+            session TEXT NOT NULL,
+            membership TEXT NOT NULL,
+            approvals TEXT NOT NULL,
+            committed_ms INTEGER NOT NULL
+        ) STRICT;
+        ALTER TABLE versions ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE callers ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE revocations ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE retirements ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
+    ",
     ],
 };
 
@@ -176,6 +193,11 @@ pub(crate) enum StoreError {
     EpochMoved { expected: u64, at: u64 },
     #[error("reshare {0} was not verified here: there are no new shares of it to commit")]
     NotVerified(String),
+    #[error(
+        "the cluster changed (rotation {now}) since this was checked against rotation {checked}: \
+         ask again"
+    )]
+    GenerationMoved { checked: u64, now: u64 },
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -206,6 +228,8 @@ pub(crate) struct StoredVersion {
     /// Secret name → (epoch, sealed share bytes) of the last refresh that covered it.
     pub refreshed: BTreeMap<String, (u64, Vec<u8>)>,
     pub kits: u64,
+    /// The cluster generation whose operators approved it.
+    pub generation: u64,
 }
 
 /// Every stored version with its sealed shares and unused kit count.
@@ -214,7 +238,7 @@ pub(crate) fn load_versions(ledger: &Ledger) -> Result<Vec<StoredVersion>, Store
     let mut versions = Vec::new();
     let mut rows = conn.prepare(
         "SELECT package_id, package, approvals, deal, retired_ms IS NOT NULL,
-                shares_checked_ms IS NOT NULL, shares_refused_ms IS NOT NULL
+                shares_checked_ms IS NOT NULL, shares_refused_ms IS NOT NULL, generation
          FROM versions ORDER BY activated_ms, package_id",
     )?;
     let listed = rows.query_map([], |row| {
@@ -230,10 +254,11 @@ pub(crate) fn load_versions(ledger: &Ledger) -> Result<Vec<StoredVersion>, Store
             row.get::<_, String>(3)?,
             row.get::<_, bool>(4)?,
             checked,
+            row.get::<_, u64>(7)?,
         ))
     })?;
     for row in listed {
-        let (package_id, package, approvals, deal, retired, checked) = row?;
+        let (package_id, package, approvals, deal, retired, checked, generation) = row?;
         let approvals: Vec<ApprovalSignature> = serde_json::from_str(&approvals)
             .map_err(|e| StoreError::Corrupt(format!("approvals of {package_id}: {e}")))?;
         let deal: Signed = serde_json::from_str(&deal)
@@ -266,6 +291,7 @@ pub(crate) fn load_versions(ledger: &Ledger) -> Result<Vec<StoredVersion>, Store
             sealed,
             refreshed,
             kits,
+            generation,
         });
     }
     Ok(versions)
@@ -281,6 +307,8 @@ pub(crate) struct NewVersion {
     pub approvals: Vec<ApprovalSignature>,
     pub deal: Signed,
     pub sealed: BTreeMap<String, Vec<u8>>,
+    /// The cluster generation its approvals were checked against.
+    pub generation: u64,
     pub now_ms: u64,
 }
 
@@ -298,14 +326,23 @@ pub(crate) fn insert_version(tx: &Transaction<'_>, v: &NewVersion) -> Result<boo
     if known.is_some() {
         return Ok(false);
     }
+    // A version checked against the cluster before a rotation was dealt for that cluster: its
+    // shares do not fit the one that serves now.
+    let now = current_generation(tx)?;
+    if now != v.generation {
+        return Err(StoreError::GenerationMoved {
+            checked: v.generation,
+            now,
+        });
+    }
     let approvals = serde_json::to_string(&v.approvals)
         .map_err(|e| StoreError::Corrupt(format!("approvals do not serialize: {e}")))?;
     let deal = serde_json::to_string(&v.deal)
         .map_err(|e| StoreError::Corrupt(format!("the deal does not serialize: {e}")))?;
     tx.execute(
         "INSERT INTO versions (package_id, package, manifest, approvals, activated_ms, deal,
-                               name, version)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                               name, version, generation)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         params![
             v.package_id,
             v.package,
@@ -314,7 +351,8 @@ pub(crate) fn insert_version(tx: &Transaction<'_>, v: &NewVersion) -> Result<boo
             v.now_ms,
             deal,
             v.name,
-            v.version
+            v.version,
+            v.generation
         ],
     )?;
     let mut insert = tx.prepare_cached(
@@ -462,20 +500,20 @@ impl Decision {
     fn insert_sql(self) -> &'static str {
         match self {
             Decision::Revocation => {
-                "INSERT INTO revocations (name, approvals, revoked_ms) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (name) DO NOTHING"
+                "INSERT INTO revocations (name, approvals, revoked_ms, generation)
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT (name) DO NOTHING"
             }
             Decision::Retirement => {
-                "INSERT INTO retirements (package_id, approvals, retired_ms) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (package_id) DO NOTHING"
+                "INSERT INTO retirements (package_id, approvals, retired_ms, generation)
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT (package_id) DO NOTHING"
             }
         }
     }
 
     fn load_sql(self) -> &'static str {
         match self {
-            Decision::Revocation => "SELECT name, approvals FROM revocations",
-            Decision::Retirement => "SELECT package_id, approvals FROM retirements",
+            Decision::Revocation => "SELECT name, approvals, generation FROM revocations",
+            Decision::Retirement => "SELECT package_id, approvals, generation FROM retirements",
         }
     }
 
@@ -498,6 +536,8 @@ impl Decision {
 pub(crate) struct StoredDecision {
     pub subject: String,
     pub approvals: Vec<ApprovalSignature>,
+    /// The cluster generation whose operators approved it.
+    pub generation: u64,
 }
 
 /// Records a decision with its audit entry (`identity.revoked`, `version.retired`); `false` if
@@ -514,7 +554,7 @@ pub(crate) fn insert_decision(
         .map_err(|e| StoreError::Corrupt(format!("approvals do not serialize: {e}")))?;
     let added = tx.execute(
         decision.insert_sql(),
-        params![stored.subject, approvals, now_ms],
+        params![stored.subject, approvals, now_ms, stored.generation],
     )?;
     if added == 0 {
         return Ok(false);
@@ -543,14 +583,22 @@ pub(crate) fn load_decisions(
     let conn = ledger.connection();
     let mut rows = conn.prepare(decision.load_sql())?;
     let listed = rows.query_map([], |row| {
-        Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, String>(1)?,
+            row.get::<_, u64>(2)?,
+        ))
     })?;
     let mut decisions = Vec::new();
     for row in listed {
-        let (subject, approvals) = row?;
+        let (subject, approvals, generation) = row?;
         let approvals = serde_json::from_str(&approvals)
             .map_err(|e| StoreError::Corrupt(format!("approvals of {subject}: {e}")))?;
-        decisions.push(StoredDecision { subject, approvals });
+        decisions.push(StoredDecision {
+            subject,
+            approvals,
+            generation,
+        });
     }
     Ok(decisions)
 }
@@ -560,6 +608,8 @@ pub(crate) struct StoredCaller {
     pub name: String,
     pub public_key: String,
     pub approvals: Vec<ApprovalSignature>,
+    /// The cluster generation whose operators approved it.
+    pub generation: u64,
 }
 
 /// Records a caller identity that passed its approvals (`identity.registered`); `false` if it
@@ -573,9 +623,15 @@ pub(crate) fn insert_caller(
     let approvals = serde_json::to_string(&caller.approvals)
         .map_err(|e| StoreError::Corrupt(format!("approvals do not serialize: {e}")))?;
     let added = tx.execute(
-        "INSERT INTO callers (name, public_key, approvals, registered_ms) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (name) DO NOTHING",
-        params![caller.name, caller.public_key, approvals, now_ms],
+        "INSERT INTO callers (name, public_key, approvals, registered_ms, generation)
+         VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (name) DO NOTHING",
+        params![
+            caller.name,
+            caller.public_key,
+            approvals,
+            now_ms,
+            caller.generation
+        ],
     )?;
     if added == 0 {
         return Ok(false);
@@ -599,23 +655,25 @@ pub(crate) fn insert_caller(
 
 pub(crate) fn load_callers(ledger: &Ledger) -> Result<Vec<StoredCaller>, StoreError> {
     let conn = ledger.connection();
-    let mut rows = conn.prepare("SELECT name, public_key, approvals FROM callers")?;
+    let mut rows = conn.prepare("SELECT name, public_key, approvals, generation FROM callers")?;
     let listed = rows.query_map([], |row| {
         Ok((
             row.get::<_, String>(0)?,
             row.get::<_, String>(1)?,
             row.get::<_, String>(2)?,
+            row.get::<_, u64>(3)?,
         ))
     })?;
     let mut callers = Vec::new();
     for row in listed {
-        let (name, public_key, approvals) = row?;
+        let (name, public_key, approvals, generation) = row?;
         let approvals = serde_json::from_str(&approvals)
             .map_err(|e| StoreError::Corrupt(format!("approvals of identity {name}: {e}")))?;
         callers.push(StoredCaller {
             name,
             public_key,
             approvals,
+            generation,
         });
     }
     Ok(callers)
@@ -827,6 +885,8 @@ pub(crate) fn current_epoch(conn: &rusqlite::Connection) -> Result<u64, StoreErr
 /// A refresh verified here ([`crate::reshare`]): this custodian's new shares, sealed to itself
 /// and bound to `from_epoch + 1`.
 pub(crate) struct Pending<'a> {
+    /// `reshare.verified` or `membership.verified`.
+    pub kind: &'static str,
     pub reshare: &'a str,
     pub from_epoch: u64,
     pub packages: &'a [String],
@@ -869,7 +929,7 @@ pub(crate) fn insert_pending(tx: &Transaction<'_>, p: &Pending<'_>) -> Result<()
         &NewEntry {
             timestamp_ms: p.now_ms,
             actor: COORDINATOR,
-            kind: "reshare.verified",
+            kind: p.kind,
             details: &json!({
                 "session": p.reshare,
                 "from_epoch": p.from_epoch,
@@ -890,6 +950,20 @@ pub(crate) enum Committed {
     Already,
 }
 
+/// A rotation committed here ([`crate::rotation`]).
+pub(crate) struct NewMembership<'a> {
+    pub session: &'a str,
+    pub from_epoch: u64,
+    /// One more than the generation the rotation was checked against.
+    pub generation: u64,
+    pub membership: &'a Membership,
+    pub approvals: &'a [ApprovalSignature],
+    /// The versions re-dealt: every other version here stops serving.
+    pub packages: &'a [String],
+    /// Whether this custodian is in the new set (it kept new shares aside) or leaves it.
+    pub stays: bool,
+}
+
 /// Moves to the new shares of a verified refresh, all in one transaction with its
 /// `shares.refreshed` entry: each replaces the share it refreshes (the dealt one is deleted),
 /// the epoch moves up by one, and every kit is deleted (kits hold shares of the old epoch's
@@ -899,6 +973,29 @@ pub(crate) fn commit_reshare(
     tx: &Transaction<'_>,
     reshare: &str,
     from_epoch: u64,
+    now_ms: u64,
+) -> Result<Committed, StoreError> {
+    commit(tx, reshare, from_epoch, None, now_ms)
+}
+
+/// Moves to a rotation's membership and new shares, as [`commit_reshare`] moves to a refresh's,
+/// in one transaction with its `membership.changed` entry; besides, the membership is recorded
+/// as the next generation, a version the rotation did not re-deal stops serving here for good
+/// (its shares belong to the old cluster), and a custodian that leaves deletes every share it
+/// holds.
+pub(crate) fn commit_membership(
+    tx: &Transaction<'_>,
+    m: &NewMembership<'_>,
+    now_ms: u64,
+) -> Result<Committed, StoreError> {
+    commit(tx, m.session, m.from_epoch, Some(m), now_ms)
+}
+
+fn commit(
+    tx: &Transaction<'_>,
+    reshare: &str,
+    from_epoch: u64,
+    rotation: Option<&NewMembership<'_>>,
     now_ms: u64,
 ) -> Result<Committed, StoreError> {
     let at = current_epoch(tx)?;
@@ -925,10 +1022,45 @@ pub(crate) fn commit_reshare(
             Ok((row.get(0)?, row.get(1)?, row.get(2)?))
         })?
         .collect::<Result<Vec<(String, String, Vec<u8>)>, _>>()?;
-    if shares.is_empty() {
+    if shares.is_empty() && rotation.is_none_or(|m| m.stays) {
         return Err(StoreError::NotVerified(reshare.to_string()));
     }
     let epoch = from_epoch + 1;
+    let mut refused = 0;
+    if let Some(m) = rotation {
+        let now = current_generation(tx)?;
+        if now + 1 != m.generation {
+            return Err(StoreError::GenerationMoved {
+                checked: m.generation - 1,
+                now,
+            });
+        }
+        let live: Vec<String> = tx
+            .prepare(
+                "SELECT package_id FROM versions
+                 WHERE retired_ms IS NULL AND shares_refused_ms IS NULL",
+            )?
+            .query_map([], |row| row.get(0))?
+            .collect::<Result<_, _>>()?;
+        let mut refuse =
+            tx.prepare_cached("UPDATE versions SET shares_refused_ms = ?2 WHERE package_id = ?1")?;
+        for package in live.iter().filter(|p| !m.packages.contains(p)) {
+            refused += refuse.execute(params![package, now_ms])?;
+        }
+        if !m.stays {
+            tx.execute("DELETE FROM sealed_shares", [])?;
+            tx.execute("DELETE FROM refreshed_shares", [])?;
+        }
+        let membership = serde_json::to_string(m.membership)
+            .map_err(|e| StoreError::Corrupt(format!("the membership does not serialize: {e}")))?;
+        let approvals = serde_json::to_string(m.approvals)
+            .map_err(|e| StoreError::Corrupt(format!("approvals do not serialize: {e}")))?;
+        tx.execute(
+            "INSERT INTO memberships (generation, session, membership, approvals, committed_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![m.generation, reshare, membership, approvals, now_ms],
+        )?;
+    }
     let mut dealt =
         tx.prepare_cached("DELETE FROM sealed_shares WHERE package_id = ?1 AND secret = ?2")?;
     let mut refreshed = tx.prepare_cached(
@@ -952,22 +1084,91 @@ pub(crate) fn commit_reshare(
         "DELETE FROM pending_shares WHERE from_epoch <= ?1",
         [from_epoch],
     )?;
+    let (kind, mut details) = match rotation {
+        None => ("shares.refreshed", json!({})),
+        Some(m) => (
+            "membership.changed",
+            json!({
+                "generation": m.generation,
+                "threshold": m.membership.threshold,
+                "custodians": m.membership.custodians.iter().map(|c| c.index).collect::<Vec<_>>(),
+                "approvals": m.approvals.iter().map(|a| a.custodian).collect::<Vec<_>>(),
+                "stays": m.stays,
+                "versions_refused": refused,
+            }),
+        ),
+    };
+    details["session"] = json!(reshare);
+    details["epoch"] = json!(epoch);
+    details["packages"] = json!(packages);
+    details["shares"] = json!(shares.len());
+    details["kits_discarded"] = json!(kits);
     audit::append(
         tx,
         &NewEntry {
             timestamp_ms: now_ms,
             actor: COORDINATOR,
-            kind: "shares.refreshed",
-            details: &json!({
-                "session": reshare,
-                "epoch": epoch,
-                "packages": packages,
-                "shares": shares.len(),
-                "kits_discarded": kits,
-            }),
+            kind,
+            details: &details,
         },
     )?;
     Ok(Committed::Now(shares))
+}
+
+/// Whether this custodian committed refresh or rotation `session` from `from_epoch` last.
+pub(crate) fn committed(
+    conn: &rusqlite::Connection,
+    session: &str,
+    from_epoch: u64,
+) -> Result<bool, StoreError> {
+    let last: Option<(u64, String)> = conn
+        .query_row("SELECT epoch, reshare FROM epoch", [], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })
+        .optional()?;
+    Ok(last.is_some_and(|(epoch, last)| epoch == from_epoch + 1 && last == session))
+}
+
+/// How many rotations were committed here: the generation of the cluster in force.
+pub(crate) fn current_generation(conn: &rusqlite::Connection) -> Result<u64, StoreError> {
+    Ok(conn.query_row(
+        "SELECT COALESCE(MAX(generation), 0) FROM memberships",
+        [],
+        |row| row.get(0),
+    )?)
+}
+
+/// A rotation as recorded, to be checked again at start.
+pub(crate) struct StoredMembership {
+    pub generation: u64,
+    pub membership: Membership,
+    pub approvals: Vec<ApprovalSignature>,
+}
+
+/// Every rotation committed here, in order.
+pub(crate) fn load_memberships(ledger: &Ledger) -> Result<Vec<StoredMembership>, StoreError> {
+    let conn = ledger.connection();
+    let mut rows = conn
+        .prepare("SELECT generation, membership, approvals FROM memberships ORDER BY generation")?;
+    let listed = rows.query_map([], |row| {
+        Ok((
+            row.get::<_, u64>(0)?,
+            row.get::<_, String>(1)?,
+            row.get::<_, String>(2)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in listed {
+        let (generation, membership, approvals) = row?;
+        let corrupt =
+            |e: serde_json::Error| StoreError::Corrupt(format!("rotation {generation}: {e}"));
+        out.push(StoredMembership {
+            generation,
+            membership: serde_json::from_str(&membership).map_err(corrupt)?,
+            approvals: serde_json::from_str(&approvals).map_err(corrupt)?,
+        });
+    }
+    Ok(out)
 }
 
 /// Refuses a replayed attempt, with its `eval.replayed` entry (committed; nothing else is).

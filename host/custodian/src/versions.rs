@@ -193,6 +193,14 @@ impl Versions {
         self.read().get(id).map(|h| Arc::clone(&h.version))
     }
 
+    /// The id of every activated version, serving or not, in order.
+    pub fn held_ids(&self) -> Vec<String> {
+        self.read()
+            .values()
+            .map(|h| h.version.id_hex.clone())
+            .collect()
+    }
+
     /// The activated versions named `name`, serving or not.
     pub fn named(&self, name: &str) -> Vec<Arc<Version>> {
         self.read()

@@ -100,6 +100,27 @@ pub enum Order {
         packages: Vec<String>,
         attestations: Attestations,
     },
+    /// Re-deal every secret of `packages` (every version the custodian holds, in that order)
+    /// to the cluster `membership` names, which k operators of the current cluster approved
+    /// ([`crate::membership`]): the custodian checks the approvals itself, deals as a current
+    /// member and, as a member of the new set, checks the dealings with the other new members
+    /// and keeps its new shares aside until [`Order::CommitRedeal`]; the answer attests, to
+    /// each other new member, that it holds them.
+    Redeal {
+        session: String,
+        membership: crate::membership::Membership,
+        approvals: Vec<ApprovalSignature>,
+        packages: Vec<String>,
+    },
+    /// Move to the membership and shares of re-dealing `session`, given every new member's
+    /// attestation that it holds its own.
+    CommitRedeal {
+        session: String,
+        membership: crate::membership::Membership,
+        approvals: Vec<ApprovalSignature>,
+        packages: Vec<String>,
+        attestations: Attestations,
+    },
     /// Give up a session (a member died); its waits end at once.
     Abort { session: String },
     /// A caller identity reached its approvals: the custodian checks them itself, then accepts

@@ -1,0 +1,394 @@
+//! `Redeal` and `CommitRedeal`: a rotation of the cluster's membership (change k, remove
+//! custodians), re-dealing every secret of every version from the current custodians to the
+//! new set ([`quorumvm_core::redeal`], Desmedt–Jajodia with parity checks of the old sharing),
+//! then the move to the new membership once every new member holds its shares. The design, and
+//! what is not built yet, is in `docs/rotation.md`.
+//!
+//! Every custodian checks for itself that k operators of its **current** cluster approved the
+//! new membership, bound to its current epoch ([`Subject::Membership`]); without that a
+//! coordinator could name a set of its own and be dealt every secret. The commit is the
+//! refresh's two-phase commit ([`crate::reshare`]): each new member keeps its new shares aside,
+//! sealed to itself and bound to the next epoch, and attests so to every other custodian of the
+//! change; a custodian moves (new membership, new shares, epoch up by one, kits deleted, in one
+//! transaction) only when every other new member's attestation to it verifies. A custodian that
+//! leaves only deals; at the commit it deletes every share it holds.
+//!
+//! The rotation becomes this custodian's state: recorded as the next *generation* of the
+//! cluster, it wins over the configuration at every start, where the chain of rotations is
+//! checked again from the configured cluster ([`history`]), and every decision recorded here is
+//! checked against the generation that approved it.
+//!
+//! **Not built yet:** machines that join (a new sealing key) and renumbering (a kept machine
+//! at another index) are refused with `rotation_unsupported`: both need round messages routed
+//! by role between two tables of peers and, for a joining machine, its bootstrap.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail};
+use axum::http::StatusCode;
+use quorumvm_core::field::Fp;
+use quorumvm_core::redeal::{self, RedealError};
+use quorumvm_server::Lie;
+use quorumvm_wire::api::OrderResponse;
+use quorumvm_wire::approval::{self, Subject};
+use quorumvm_wire::code::ErrorCode;
+use quorumvm_wire::config::Cluster;
+use quorumvm_wire::membership::{Change, Membership};
+use quorumvm_wire::order::{ApprovalSignature, Attestations};
+use sha2::{Digest, Sha256};
+
+use crate::error::{self, ApiError};
+use crate::layers::{open_layer, seal_layer};
+use crate::preprocess::epoch_mismatch;
+use crate::reshare::{ATTESTATION_LAYER, gather, label, open_fresh, seal_fresh};
+use crate::state::{Current, Custodian};
+use crate::store::{self, Committed, NewMembership, Pending, StoredMembership};
+use crate::versions::parse_package_id;
+
+/// What the coordinator orders.
+pub(crate) struct Order {
+    pub session: String,
+    pub membership: Membership,
+    pub approvals: Vec<ApprovalSignature>,
+    /// Every version held here, each once.
+    pub packages: Vec<String>,
+}
+
+impl Order {
+    fn from_epoch(&self) -> u64 {
+        self.membership.from_epoch
+    }
+
+    fn label(&self) -> Result<String, ApiError> {
+        label(&self.session, self.from_epoch(), &self.packages)
+    }
+
+    /// What an attestation tags: the session, the membership statement (epoch included) and
+    /// the versions, each length-prefixed or of fixed width.
+    fn statement(&self, change: &Change) -> Vec<u8> {
+        let mut h = Sha256::new();
+        h.update(b"quorumvm rotation attestation v1\0");
+        h.update((self.session.len() as u64).to_be_bytes());
+        h.update(self.session.as_bytes());
+        h.update(change.statement());
+        h.update((self.packages.len() as u64).to_be_bytes());
+        for p in &self.packages {
+            h.update((p.len() as u64).to_be_bytes());
+            h.update(p.as_bytes());
+        }
+        h.finalize().to_vec()
+    }
+}
+
+/// The change the order makes, checked here: a valid membership, approved by k operators of
+/// this custodian's current cluster, of a kind this build runs.
+fn check(c: &Custodian, order: &Order) -> Result<(Current, Change), ApiError> {
+    let current = c.current();
+    let change = Change::new(&current.cluster, &order.membership)
+        .map_err(|e| ApiError::bad_request("bad_membership", e.to_string()))?;
+    approval::check_threshold(
+        &current.cluster,
+        &Subject::Membership(&change),
+        &order.approvals,
+    )
+    .map_err(error::bad_approvals)?;
+    let unsupported = |what: String| {
+        ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "rotation_unsupported",
+            format!(
+                "{what}: this build rotates among the current machines at their indices only \
+                 (change k, remove the highest indices)"
+            ),
+        )
+    };
+    if !change.joining().is_empty() {
+        return Err(unsupported(format!(
+            "custodians {:?} would join",
+            change.joining()
+        )));
+    }
+    if let Some((new, old)) = change.kept().iter().find(|(new, old)| new != old) {
+        return Err(unsupported(format!(
+            "custodian {old} would move to index {new}"
+        )));
+    }
+    Ok((current, change))
+}
+
+/// Deals this custodian's shares to the new set and, as a member of it, checks the dealings
+/// with the other new members and keeps its new shares aside; answers with its attestations.
+pub(crate) async fn redeal(c: &Arc<Custodian>, order: Order) -> Result<OrderResponse, ApiError> {
+    let label = order.label()?;
+    let from = order.from_epoch();
+    let at = c.versions.epoch();
+    if at != from {
+        return Err(epoch_mismatch(c, from, at));
+    }
+    let (_, change) = check(c, &order)?;
+    // A version left out would keep shares of the old cluster, which the new one cannot use.
+    let held = c.versions.held_ids();
+    let mut named = order.packages.clone();
+    named.sort();
+    if named != held {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "bad_redeal",
+            format!(
+                "a rotation re-deals every version held here ({held:?}); the order names \
+                 {named:?}"
+            ),
+        ));
+    }
+    let (versions, shares) = gather(c, &order.packages, from)?;
+    let secrets = shares.len();
+    let transition = change.transition();
+    let stays = change
+        .roles(&c.sealing_key.public().to_bytes())
+        .new
+        .is_some();
+    let everyone: Vec<u32> = transition.old.xs().to_vec();
+    let new_set: Vec<u32> = transition.new.xs().to_vec();
+    let inbox = c.mailbox.open(&label)?;
+    tracing::info!(session = %order.session, epoch = from, secrets, "rotation started");
+
+    // Layer 1: every current member deals to every new one.
+    let mut out =
+        redeal::deal(&transition, c.me, &shares, &mut rand::thread_rng()).map_err(refused)?;
+    drop(shares);
+    if c.env.lies(Lie::Refresh) {
+        out.shift_first(Fp::ONE);
+    }
+    let own = out.take(c.me);
+    let sealed = seal_layer(&c.peers, &label, 1, &out)?;
+    drop(out);
+    let dealers = if stays {
+        c.others(&everyone)
+    } else {
+        Vec::new()
+    };
+    let received = c
+        .exchange(&inbox, &label, 1, sealed, &dealers, c.round_timeout)
+        .await?;
+    let Some(mut own) = own.filter(|_| stays) else {
+        tracing::info!(session = %order.session, "rotation: dealt; this custodian leaves");
+        return Ok(OrderResponse {
+            status: "dealt".into(),
+            epoch: from,
+            ..Default::default()
+        });
+    };
+    let mut dealt = open_layer(&c.peers, &label, 1, received)?;
+    dealt.push((c.me, std::mem::take(&mut *own)));
+
+    // Layers 2 and 3, among the new members: the joint challenge, then the check.
+    let peers = c.others(&new_set);
+    let (challenging, out) = redeal::receive(transition, c.me, secrets, dealt).map_err(refused)?;
+    let sealed = seal_layer(&c.peers, &label, 2, &out)?;
+    let received = c
+        .exchange(&inbox, &label, 2, sealed, &peers, c.round_timeout)
+        .await?;
+    let (checking, out) = challenging
+        .check(open_layer(&c.peers, &label, 2, received)?)
+        .map_err(refused)?;
+    let sealed = seal_layer(&c.peers, &label, 3, &out)?;
+    let received = c
+        .exchange(&inbox, &label, 3, sealed, &peers, c.round_timeout)
+        .await?;
+    let fresh = checking
+        .finish(open_layer(&c.peers, &label, 3, received)?)
+        .map_err(refused)?;
+    drop(inbox);
+
+    let sealed = seal_fresh(c, &versions, &fresh, from + 1)?;
+    drop(fresh);
+    let (session, packages, now) = (
+        order.session.clone(),
+        order.packages.clone(),
+        c.env.now_ms(),
+    );
+    c.writer
+        .run(move |tx| {
+            store::insert_pending(
+                tx,
+                &Pending {
+                    kind: "membership.verified",
+                    reshare: &session,
+                    from_epoch: from,
+                    packages: &packages,
+                    shares: sealed,
+                    now_ms: now,
+                },
+            )
+        })
+        .await?;
+    // To every other custodian of the change, those that leave included: each moves only once
+    // every new member holds its shares.
+    let statement = order.statement(&change);
+    let attestations: BTreeMap<u32, String> = c
+        .others(&everyone)
+        .into_iter()
+        .filter_map(|peer| {
+            let tag = c.peers.tag(peer, &label, ATTESTATION_LAYER, &statement)?;
+            Some((peer, tag))
+        })
+        .collect();
+    tracing::info!(session = %order.session, epoch = from, "rotation verified: new shares kept aside");
+    Ok(OrderResponse {
+        status: "verified".into(),
+        attestations,
+        epoch: from,
+        ..Default::default()
+    })
+}
+
+/// Moves to the new membership and shares once every other new member's attestation verifies.
+pub(crate) async fn commit(
+    c: &Arc<Custodian>,
+    order: Order,
+    attestations: Attestations,
+) -> Result<OrderResponse, ApiError> {
+    let label = order.label()?;
+    let from = order.from_epoch();
+    let committed = || OrderResponse {
+        status: "committed".into(),
+        epoch: from + 1,
+        ..Default::default()
+    };
+    // No activation or registration between the check and the move.
+    let _one = c.activation.lock().await;
+    let at = c.versions.epoch();
+    if at == from + 1 {
+        let session = order.session.clone();
+        let done = c
+            .writer
+            .run(move |tx| store::committed(tx, &session, from))
+            .await?;
+        if done {
+            return Ok(committed());
+        }
+    }
+    if at != from {
+        return Err(epoch_mismatch(c, from, at));
+    }
+    let (current, change) = check(c, &order)?;
+    let statement = order.statement(&change);
+    let missing: Vec<u32> = c
+        .others(&change.next().indices())
+        .into_iter()
+        .filter(|&peer| {
+            let tag = attestations.0.get(&peer).and_then(|tags| tags.get(&c.me));
+            !tag.is_some_and(|tag| {
+                c.peers
+                    .check(peer, &label, ATTESTATION_LAYER, &statement, tag)
+            })
+        })
+        .collect();
+    if !missing.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "bad_attestation",
+            format!(
+                "custodians {missing:?} did not attest holding their shares of rotation {}: \
+                 nothing changes here",
+                order.session
+            ),
+        ));
+    }
+    let stays = change.next().member(c.me).is_some();
+    let generation = current.generation + 1;
+    let now = c.env.now_ms();
+    let moved = c
+        .writer
+        .run(move |tx| {
+            store::commit_membership(
+                tx,
+                &NewMembership {
+                    session: &order.session,
+                    from_epoch: from,
+                    generation,
+                    membership: &order.membership,
+                    approvals: &order.approvals,
+                    packages: &order.packages,
+                    stays,
+                },
+                now,
+            )
+            .map(|committed| (committed, order))
+        })
+        .await?;
+    let (Committed::Now(rows), order) = moved else {
+        return Ok(committed());
+    };
+    let fresh = if stays {
+        open_fresh(c, rows, from + 1)?
+    } else {
+        Vec::new()
+    };
+    for id in c.versions.held_ids() {
+        if !stays || !order.packages.contains(&id) {
+            let id = parse_package_id(&id).expect("a held version's id parses");
+            c.versions.refuse(id);
+        }
+    }
+    c.move_to(Current {
+        generation,
+        cluster: Arc::new(change.next().clone()),
+    });
+    c.versions.refresh(from + 1, fresh);
+    tracing::info!(
+        session = %order.session,
+        generation,
+        epoch = from + 1,
+        stays,
+        "membership changed"
+    );
+    Ok(committed())
+}
+
+/// The clusters this custodian has belonged to: the configured one (generation 0), then each
+/// rotation recorded here, checked against the cluster before it as when it was committed
+/// (a valid change, k approvals of that cluster's operators, the next epoch after the last).
+pub(crate) fn history(
+    configured: Cluster,
+    stored: Vec<StoredMembership>,
+) -> anyhow::Result<Vec<Arc<Cluster>>> {
+    let mut generations = vec![Arc::new(configured)];
+    let mut after = 0;
+    for (g, m) in (1..).zip(stored) {
+        if m.generation != g {
+            bail!(
+                "rotation {g} is missing (the next recorded is {})",
+                m.generation
+            );
+        }
+        let current = generations.last().expect("the configured cluster");
+        let change =
+            Change::new(current, &m.membership).map_err(|e| anyhow!("rotation {g}: {e}"))?;
+        if g > 1 && change.from_epoch() < after {
+            bail!(
+                "rotation {g} moves from epoch {}, before rotation {} ended",
+                change.from_epoch(),
+                g - 1
+            );
+        }
+        approval::check_threshold(current, &Subject::Membership(&change), &m.approvals)
+            .map_err(|e| anyhow!("rotation {g}: {e}"))?;
+        after = change.from_epoch() + 1;
+        generations.push(Arc::new(change.next().clone()));
+    }
+    Ok(generations)
+}
+
+/// The rotation did not complete: the peers' messages were missing or malformed, or its check
+/// refused them (nothing is kept; the custodians stay on their membership and epoch).
+fn refused(err: RedealError) -> ApiError {
+    match err {
+        RedealError::Messages(e) => ApiError::of(ErrorCode::BadPeerMessage, e.to_string()),
+        RedealError::Refused { .. } => {
+            ApiError::new(StatusCode::BAD_GATEWAY, "rotation_refused", err.to_string())
+        }
+        other => ApiError::internal(other.to_string()),
+    }
+}
