@@ -114,7 +114,7 @@ pub(crate) async fn reshare(c: &Arc<Custodian>, order: Order) -> Result<OrderRes
     if at != order.epoch {
         return Err(epoch_mismatch(c, order.epoch, at));
     }
-    let (versions, shares) = gather(c, &order.packages, order.epoch)?;
+    let Gathered { versions, shares } = gather(c, &order.packages, order.epoch)?;
     let cluster = c.cluster();
     let everyone = cluster.indices();
     let peers = c.others(&everyone);
@@ -198,13 +198,16 @@ pub(crate) async fn reshare(c: &Arc<Custodian>, order: Order) -> Result<OrderRes
     })
 }
 
+/// The versions a refresh or rotation covers and this custodian's shares of their secrets.
+pub(crate) struct Gathered {
+    pub versions: Vec<Arc<Version>>,
+    /// Every secret of every version, in order.
+    pub shares: Zeroizing<Vec<Fp>>,
+}
+
 /// The serving versions `packages` and this custodian's shares of all their secrets, in order,
 /// all at `epoch`.
-pub(crate) fn gather(
-    c: &Custodian,
-    packages: &[String],
-    epoch: u64,
-) -> Result<(Vec<Arc<Version>>, Zeroizing<Vec<Fp>>), ApiError> {
+pub(crate) fn gather(c: &Custodian, packages: &[String], epoch: u64) -> Result<Gathered, ApiError> {
     let mut versions = Vec::with_capacity(packages.len());
     let mut shares = Zeroizing::new(Vec::new());
     for package in packages {
@@ -217,7 +220,7 @@ pub(crate) fn gather(
         shares.extend_from_slice(&mine);
         versions.push(version);
     }
-    Ok((versions, shares))
+    Ok(Gathered { versions, shares })
 }
 
 /// Seals each new share to this custodian's own key, bound to its version, secret and epoch.

@@ -41,7 +41,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{self, ApiError};
 use crate::layers::{open_layer, seal_layer};
 use crate::preprocess::epoch_mismatch;
-use crate::reshare::{ATTESTATION_LAYER, gather, label, open_fresh, seal_fresh};
+use crate::reshare::{ATTESTATION_LAYER, Gathered, gather, label, open_fresh, seal_fresh};
 use crate::state::{Current, Custodian};
 use crate::store::{self, Committed, NewMembership, Pending, StoredMembership};
 use crate::versions::parse_package_id;
@@ -56,12 +56,12 @@ pub(crate) struct Order {
 }
 
 impl Order {
-    fn from_epoch(&self) -> u64 {
+    fn epoch(&self) -> u64 {
         self.membership.from_epoch
     }
 
     fn label(&self) -> Result<String, ApiError> {
-        label(&self.session, self.from_epoch(), &self.packages)
+        label(&self.session, self.epoch(), &self.packages)
     }
 
     /// What an attestation tags: the session, the membership statement (epoch included) and
@@ -121,7 +121,7 @@ fn check(c: &Custodian, order: &Order) -> Result<(Current, Change), ApiError> {
 /// with the other new members and keeps its new shares aside; answers with its attestations.
 pub(crate) async fn redeal(c: &Arc<Custodian>, order: Order) -> Result<OrderResponse, ApiError> {
     let label = order.label()?;
-    let from = order.from_epoch();
+    let from = order.epoch();
     let at = c.versions.epoch();
     if at != from {
         return Err(epoch_mismatch(c, from, at));
@@ -141,7 +141,7 @@ pub(crate) async fn redeal(c: &Arc<Custodian>, order: Order) -> Result<OrderResp
             ),
         ));
     }
-    let (versions, shares) = gather(c, &order.packages, from)?;
+    let Gathered { versions, shares } = gather(c, &order.packages, from)?;
     let secrets = shares.len();
     let transition = change.transition();
     let stays = change
@@ -250,7 +250,7 @@ pub(crate) async fn commit(
     attestations: Attestations,
 ) -> Result<OrderResponse, ApiError> {
     let label = order.label()?;
-    let from = order.from_epoch();
+    let from = order.epoch();
     let committed = || OrderResponse {
         status: "committed".into(),
         epoch: from + 1,

@@ -1240,6 +1240,7 @@ mod tests {
                 signature: "00".into(),
             },
             sealed: BTreeMap::from([("w".to_string(), vec![9; 4])]),
+            generation: 0,
             now_ms: 5,
         }
     }
@@ -1275,6 +1276,42 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap()
+    }
+
+    /// A version checked against the cluster before a rotation was dealt for that cluster:
+    /// recorded after the rotation committed, it is refused, and nothing is written.
+    #[test]
+    fn a_version_checked_before_a_rotation_is_refused_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = ledger(dir.path());
+        db.transaction(|tx| {
+            tx.execute(
+                "INSERT INTO memberships (generation, session, membership, approvals, committed_ms)
+                 VALUES (1, 'r', '{}', '[]', 1)",
+                [],
+            )
+            .map_err(StoreError::from)
+        })
+        .unwrap();
+        assert_eq!(current_generation(db.connection()).unwrap(), 1);
+        let refused = db.transaction(|tx| insert_version(tx, &version("p", 1)));
+        assert!(
+            matches!(
+                refused,
+                Err(StoreError::GenerationMoved { checked: 0, now: 1 })
+            ),
+            "{refused:?}"
+        );
+        let stored: i64 = db
+            .connection()
+            .query_row("SELECT COUNT(*) FROM versions", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(stored, 0);
+        let checked = NewVersion {
+            generation: 1,
+            ..version("p", 1)
+        };
+        assert!(db.transaction(|tx| insert_version(tx, &checked)).unwrap());
     }
 
     #[test]

@@ -138,6 +138,14 @@ async fn a_rotation_runs_only_as_approved_and_serves_the_same_answers() {
         403,
         "bad_approval",
     );
+    // Approved, the same swap is still refused: this build does not run joining machines.
+    let approved = approve(&cluster, (2, &entries), &swap, &[1, 2]);
+    let joining = redeal("rotate-swap", &swap, &approved, &packages);
+    all_refuse(
+        &cluster.order_all(&everyone, joining).await,
+        501,
+        "rotation_unsupported",
+    );
     for i in everyone.iter().copied() {
         assert_eq!(count(&cluster, i, "pending_shares"), 0, "custodian {i}");
     }
