@@ -19,7 +19,8 @@
 //!   of k operators): the coordinator's orders (a version serves once activated and its shares
 //!   checked by all n custodians together); `session`: an evaluation of a caller's signed
 //!   request, on the coordinator's ticket; `freeze`: its own operator's freezes, and the
-//!   unfreezes k operators approved.
+//!   unfreezes k operators approved; `reshare`: the proactive refresh of the shares;
+//!   `rotation`: a change of the membership k operators approved.
 //! - `routes`: the HTTP API; `error`: its error bodies; `metrics`: `GET /metrics`.
 //! - `state`: everything a running custodian holds, and how it starts.
 
