@@ -112,11 +112,14 @@ pub(crate) struct Shares<'a> {
     pub refreshed: &'a BTreeMap<String, (u64, Vec<u8>)>,
 }
 
-/// What a custodian needs to check a version: its sandbox, cluster and key.
+/// What a custodian needs to check a version: its sandbox, the cluster that approved the
+/// version and the custodian's index in it (where its dealt shares are), its index now (where
+/// its refreshed shares are: a rotation may have moved it) and its key.
 pub(crate) struct Checker<'a> {
     pub sandbox: &'a Sandbox,
     pub cluster: &'a Cluster,
     pub me: u32,
+    pub now: u32,
     pub key: &'a CustodianSecretKey,
 }
 
@@ -184,13 +187,14 @@ impl Checker<'_> {
         }
         let mut secrets = Zeroizing::new(Vec::with_capacity(manifest.secrets.len()));
         for decl in &manifest.secrets {
-            let (epoch, bytes) = match refreshed.get(&decl.name) {
-                Some((epoch, bytes)) => (*epoch, bytes),
+            let (epoch, bytes, at) = match refreshed.get(&decl.name) {
+                Some((epoch, bytes)) => (*epoch, bytes, self.now),
                 None => (
                     0,
                     sealed
                         .get(&decl.name)
                         .ok_or_else(|| VersionError::MissingShare(decl.name.clone()))?,
+                    self.me,
                 ),
             };
             let refused = |reason: String| VersionError::BadShare {
@@ -200,13 +204,13 @@ impl Checker<'_> {
             let sealed = SealedShare::from_bytes(bytes).map_err(|e| refused(e.to_string()))?;
             let binding = ShareBinding {
                 package: *id,
-                custodian: self.me,
+                custodian: at,
                 secret: &decl.name,
                 epoch,
             };
             let share =
                 open_share(self.key, &binding, &sealed).map_err(|e| refused(e.to_string()))?;
-            if share.x != self.me {
+            if share.x != at {
                 return Err(refused(format!(
                     "it is custodian {}'s share, not this custodian's",
                     share.x
@@ -245,7 +249,7 @@ pub(crate) async fn activate(
     let id_hex = id.to_string();
     let base = format!("/v1/packages/{id_hex}");
     let package = fetch(c, &format!("{base}/wasm"), MAX_PACKAGE_BYTES).await?;
-    let shares = fetch(c, &format!("{base}/shares/{}", c.me), MAX_SHARES_BYTES).await?;
+    let shares = fetch(c, &format!("{base}/shares/{}", c.me()), MAX_SHARES_BYTES).await?;
     let DealtShares { shares, deal } = serde_json::from_slice(&shares).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_GATEWAY,
@@ -253,13 +257,14 @@ pub(crate) async fn activate(
             format!("the coordinator's sealed shares are unreadable: {e}"),
         )
     })?;
-    if shares.custodian != c.me {
+    if shares.custodian != c.me() {
         return Err(ApiError::new(
             StatusCode::BAD_GATEWAY,
             "bad_shares",
             format!(
                 "the coordinator sent custodian {}'s sealed shares to custodian {}",
-                shares.custodian, c.me
+                shares.custodian,
+                c.me()
             ),
         ));
     }
@@ -277,10 +282,10 @@ pub(crate) async fn activate(
 
     let checking = Arc::clone(c);
     let current = c.current();
-    let cluster = Arc::clone(&current.cluster);
+    let snapshot = current.clone();
     let (checked, package, sealed, approvals, deal) = c
         .off_thread("checking the version", move || {
-            let checked = checking.checker(&cluster).check(
+            let checked = checking.checker(&snapshot).check(
                 &id,
                 &package,
                 &approvals,

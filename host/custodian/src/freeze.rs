@@ -35,17 +35,17 @@ fn refused(err: FreezeError) -> ApiError {
 
 /// The operator's freeze: applied before it is answered.
 pub(crate) async fn freeze(c: &Arc<Custodian>, signed: Signed) -> Result<FreezeState, ApiError> {
-    let here = Authority::Custodian(c.me);
+    let here = Authority::Custodian(c.me());
     // None once this custodian left the cluster in a rotation: it serves nothing to freeze.
     let operator = c
         .cluster()
-        .member(c.me)
+        .member(c.me())
         .map(|m| m.operator_key)
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::GONE,
                 "not_a_member",
-                format!("custodian {} left the cluster in a rotation", c.me),
+                format!("custodian {} left the cluster in a rotation", c.me()),
             )
         })?;
     let statement = Freeze::open(&signed, &operator, here, c.env.now_ms()).map_err(refused)?;

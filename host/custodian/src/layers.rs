@@ -18,13 +18,26 @@ pub(crate) fn seal_layer(
     layer: u32,
     out: &Outgoing,
 ) -> Result<Vec<(u32, Vec<u8>)>, ApiError> {
+    seal_layer_to(peers, session, layer, out, |x| x)
+}
+
+/// [`seal_layer`] for a protocol whose parties are numbered otherwise than the peers: the
+/// message for party `x` goes to peer `peer_of(x)` (a rotation that renumbers custodians).
+pub(crate) fn seal_layer_to(
+    peers: &Peers,
+    session: &str,
+    layer: u32,
+    out: &Outgoing,
+    peer_of: impl Fn(u32) -> u32,
+) -> Result<Vec<(u32, Vec<u8>)>, ApiError> {
     out.messages()
         .iter()
         .map(|(to, values)| {
             let plain = Zeroizing::new(elements::to_bytes(values));
+            let to = peer_of(*to);
             peers
-                .seal(*to, session, layer, &plain)
-                .map(|sealed| (*to, sealed))
+                .seal(to, session, layer, &plain)
+                .map(|sealed| (to, sealed))
                 .map_err(|e| ApiError::internal(e.to_string()))
         })
         .collect()

@@ -116,7 +116,7 @@ where
     let listener = tls::PeerListener(listener);
     let address = listener.local_addr()?;
     tracing::info!(
-        index = custodian.me,
+        index = custodian.me(),
         %address,
         versions = custodian.versions.len(),
         "custodian serving"

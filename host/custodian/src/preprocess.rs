@@ -77,7 +77,7 @@ pub(crate) async fn preprocess(
     let cluster = c.cluster();
     let everyone = cluster.indices();
     let peers = c.others(&everyone);
-    let (me, n, k) = (c.me, cluster.n(), cluster.threshold());
+    let (me, n, k) = (c.me(), cluster.n(), cluster.threshold());
     let timeout = c.round_timeout.max(MIN_LAYER_TIMEOUT);
     let (at, shares) = c.versions.shares(&version);
     if at != epoch {
@@ -108,7 +108,7 @@ pub(crate) async fn preprocess(
             let (batch, out) =
                 Preprocessing::begin(shape, kits, (me, n, k), &secrets, &mut rand::thread_rng())
                     .map_err(|e| ApiError::bad_request("bad_batch", e.to_string()))?;
-            Ok::<_, ApiError>((batch, seal_layer(&custodian.peers, &id, 1, &out)?))
+            Ok::<_, ApiError>((batch, seal_layer(&custodian.peers(), &id, 1, &out)?))
         })
         .await??;
     let mut layer = 1;
@@ -120,7 +120,7 @@ pub(crate) async fn preprocess(
         let id = session.clone();
         let progress = c
             .off_thread("preprocessing", move || {
-                let received = open_layer(&custodian.peers, &id, layer, received)?;
+                let received = open_layer(&custodian.peers(), &id, layer, received)?;
                 let next = match batch
                     .step(received, &mut rand::thread_rng())
                     .map_err(peer_error)?
@@ -129,7 +129,7 @@ pub(crate) async fn preprocess(
                         if custodian.env.lies(Lie::Reshare) && layer + 1 == 2 {
                             out.shift_first(Fp::ONE);
                         }
-                        let sealed = seal_layer(&custodian.peers, &id, layer + 1, &out)?;
+                        let sealed = seal_layer(&custodian.peers(), &id, layer + 1, &out)?;
                         Next::Layer(batch, sealed)
                     }
                     Progress::Done(kits) => Next::Kits(
@@ -173,7 +173,7 @@ pub(crate) fn epoch_mismatch(c: &Custodian, ordered: u64, at: u64) -> ApiError {
         ErrorCode::EpochMismatch,
         format!(
             "the order is for share epoch {ordered}; custodian {} is at epoch {at}",
-            c.me
+            c.me()
         ),
     )
 }

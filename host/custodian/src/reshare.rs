@@ -118,7 +118,7 @@ pub(crate) async fn reshare(c: &Arc<Custodian>, order: Order) -> Result<OrderRes
     let cluster = c.cluster();
     let everyone = cluster.indices();
     let peers = c.others(&everyone);
-    let (me, n, k) = (c.me, cluster.n(), cluster.threshold());
+    let (me, n, k) = (c.me(), cluster.n(), cluster.threshold());
     let inbox = c.mailbox.open(&label)?;
     tracing::info!(session = %order.session, epoch = order.epoch, secrets = shares.len(), "reshare started");
 
@@ -133,32 +133,32 @@ pub(crate) async fn reshare(c: &Arc<Custodian>, order: Order) -> Result<OrderRes
     if c.env.lies(Lie::Refresh) {
         out.shift_first(Fp::ONE);
     }
-    let sealed = seal_layer(&c.peers, &label, 1, &out)?;
+    let sealed = seal_layer(&c.peers(), &label, 1, &out)?;
     drop(out);
     let received = c
         .exchange(&inbox, &label, 1, sealed, &peers, c.round_timeout)
         .await?;
     let (challenging, out) = dealt
-        .challenge(open_layer(&c.peers, &label, 1, received)?)
+        .challenge(open_layer(&c.peers(), &label, 1, received)?)
         .map_err(refused)?;
-    let sealed = seal_layer(&c.peers, &label, 2, &out)?;
+    let sealed = seal_layer(&c.peers(), &label, 2, &out)?;
     let received = c
         .exchange(&inbox, &label, 2, sealed, &peers, c.round_timeout)
         .await?;
     let (checking, out) = challenging
-        .check(open_layer(&c.peers, &label, 2, received)?)
+        .check(open_layer(&c.peers(), &label, 2, received)?)
         .map_err(refused)?;
-    let sealed = seal_layer(&c.peers, &label, 3, &out)?;
+    let sealed = seal_layer(&c.peers(), &label, 3, &out)?;
     let received = c
         .exchange(&inbox, &label, 3, sealed, &peers, c.round_timeout)
         .await?;
     let fresh = checking
-        .finish(open_layer(&c.peers, &label, 3, received)?)
+        .finish(open_layer(&c.peers(), &label, 3, received)?)
         .map_err(refused)?;
     drop(inbox);
 
     let next = order.epoch + 1;
-    let sealed = seal_fresh(c, &versions, &fresh, next)?;
+    let sealed = seal_fresh(c, &versions, &fresh, (next, me))?;
     drop(fresh);
     let (session, from, packages, now) = (
         order.session.clone(),
@@ -185,7 +185,7 @@ pub(crate) async fn reshare(c: &Arc<Custodian>, order: Order) -> Result<OrderRes
     let attestations: BTreeMap<u32, String> = peers
         .iter()
         .filter_map(|&peer| {
-            let tag = c.peers.tag(peer, &label, ATTESTATION_LAYER, &statement)?;
+            let tag = c.peers().tag(peer, &label, ATTESTATION_LAYER, &statement)?;
             Some((peer, tag))
         })
         .collect();
@@ -223,12 +223,13 @@ pub(crate) fn gather(c: &Custodian, packages: &[String], epoch: u64) -> Result<G
     Ok(Gathered { versions, shares })
 }
 
-/// Seals each new share to this custodian's own key, bound to its version, secret and epoch.
+/// Seals each new share, at point `index`, to this custodian's own key, bound to its version,
+/// secret, epoch and index (a rotation may move the custodian to another index).
 pub(crate) fn seal_fresh(
     c: &Custodian,
     versions: &[Arc<Version>],
     fresh: &[Fp],
-    epoch: u64,
+    (epoch, index): (u64, u32),
 ) -> Result<Vec<(String, String, Vec<u8>)>, ApiError> {
     let mut shares = fresh.iter();
     let mut sealed = Vec::with_capacity(fresh.len());
@@ -237,11 +238,11 @@ pub(crate) fn seal_fresh(
             let y = *shares.next().expect("one new share per secret");
             let binding = ShareBinding {
                 package: version.id,
-                custodian: c.me,
+                custodian: index,
                 secret: &decl.name,
                 epoch,
             };
-            let bytes = seal_share(c.sealing_key.public(), &binding, &Share { x: c.me, y })
+            let bytes = seal_share(c.sealing_key.public(), &binding, &Share { x: index, y })
                 .map_err(|e| ApiError::internal(e.to_string()))?
                 .to_bytes();
             sealed.push((version.id_hex.clone(), decl.name.clone(), bytes.to_vec()));
@@ -262,9 +263,9 @@ pub(crate) async fn commit(
         .others(&c.cluster().indices())
         .into_iter()
         .filter(|&peer| {
-            let tag = attestations.0.get(&peer).and_then(|tags| tags.get(&c.me));
+            let tag = attestations.0.get(&peer).and_then(|tags| tags.get(&c.me()));
             !tag.is_some_and(|tag| {
-                c.peers
+                c.peers()
                     .check(peer, &label, ATTESTATION_LAYER, &statement, tag)
             })
         })
@@ -287,7 +288,7 @@ pub(crate) async fn commit(
         .await?;
     let next = order.epoch + 1;
     if let Committed::Now(rows) = committed {
-        let fresh = open_fresh(c, rows, next)?;
+        let fresh = open_fresh(c, rows, (next, c.me()))?;
         c.versions.refresh(next, fresh);
         tracing::info!(session = %order.session, epoch = next, "shares refreshed: the new epoch serves");
     }
@@ -303,7 +304,7 @@ pub(crate) async fn commit(
 pub(crate) fn open_fresh(
     c: &Custodian,
     rows: Vec<(String, String, Vec<u8>)>,
-    epoch: u64,
+    (epoch, index): (u64, u32),
 ) -> Result<Vec<Refreshed>, ApiError> {
     let mut by_version: BTreeMap<String, BTreeMap<String, Vec<u8>>> = BTreeMap::new();
     for (package, secret, sealed) in rows {
@@ -333,7 +334,7 @@ pub(crate) fn open_fresh(
             })?;
             let binding = ShareBinding {
                 package: id,
-                custodian: c.me,
+                custodian: index,
                 secret: &decl.name,
                 epoch,
             };

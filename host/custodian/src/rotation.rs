@@ -39,7 +39,8 @@ use quorumvm_wire::order::{ApprovalSignature, Attestations};
 use sha2::{Digest, Sha256};
 
 use crate::error::{self, ApiError};
-use crate::layers::{open_layer, seal_layer};
+use crate::layers::{open_layer, seal_layer_to};
+use crate::peers::Peers;
 use crate::preprocess::epoch_mismatch;
 use crate::reshare::{ATTESTATION_LAYER, Gathered, gather, label, open_fresh, seal_fresh};
 use crate::state::{Current, Custodian};
@@ -98,8 +99,8 @@ fn check(c: &Custodian, order: &Order) -> Result<(Current, Change), ApiError> {
             StatusCode::NOT_IMPLEMENTED,
             "rotation_unsupported",
             format!(
-                "{what}: this build rotates among the current machines at their indices only \
-                 (change k, remove the highest indices)"
+                "{what}: this build rotates among the current machines only (change k, \
+                 remove or renumber custodians)"
             ),
         )
     };
@@ -107,11 +108,6 @@ fn check(c: &Custodian, order: &Order) -> Result<(Current, Change), ApiError> {
         return Err(unsupported(format!(
             "custodians {:?} would join",
             change.joining()
-        )));
-    }
-    if let Some((new, old)) = change.kept().iter().find(|(new, old)| new != old) {
-        return Err(unsupported(format!(
-            "custodian {old} would move to index {new}"
         )));
     }
     Ok((current, change))
@@ -126,7 +122,7 @@ pub(crate) async fn redeal(c: &Arc<Custodian>, order: Order) -> Result<OrderResp
     if at != from {
         return Err(epoch_mismatch(c, from, at));
     }
-    let (_, change) = check(c, &order)?;
+    let (current, change) = check(c, &order)?;
     // A version left out would keep shares of the old cluster, which the new one cannot use.
     let held = c.versions.held_ids();
     let mut named = order.packages.clone();
@@ -144,34 +140,41 @@ pub(crate) async fn redeal(c: &Arc<Custodian>, order: Order) -> Result<OrderResp
     let Gathered { versions, shares } = gather(c, &order.packages, from)?;
     let secrets = shares.len();
     let transition = change.transition();
-    let stays = change
-        .roles(&c.sealing_key.public().to_bytes())
-        .new
-        .is_some();
+    let me = current.me;
+    let me_next = change.roles(&c.sealing_key.public().to_bytes()).new;
     let everyone: Vec<u32> = transition.old.xs().to_vec();
-    let new_set: Vec<u32> = transition.new.xs().to_vec();
+    // No machine joins: every party is a current member, so messages go to and come from the
+    // current peers at their current indices, while the protocol numbers the new set by its
+    // new indices.
+    let peer_of = |x: u32| change.kept()[&x];
+    let party_of: BTreeMap<u32, u32> = change.kept().iter().map(|(&n, &o)| (o, n)).collect();
+    let as_parties = |opened: Vec<(u32, Vec<Fp>)>| -> Vec<(u32, Vec<Fp>)> {
+        opened
+            .into_iter()
+            .map(|(sender, values)| (party_of[&sender], values))
+            .collect()
+    };
     let inbox = c.mailbox.open(&label)?;
     tracing::info!(session = %order.session, epoch = from, secrets, "rotation started");
 
     // Layer 1: every current member deals to every new one.
     let mut out =
-        redeal::deal(&transition, c.me, &shares, &mut rand::thread_rng()).map_err(refused)?;
+        redeal::deal(&transition, me, &shares, &mut rand::thread_rng()).map_err(refused)?;
     drop(shares);
     if c.env.lies(Lie::Refresh) {
         out.shift_first(Fp::ONE);
     }
-    let own = out.take(c.me);
-    let sealed = seal_layer(&c.peers, &label, 1, &out)?;
+    let own = me_next.and_then(|x| out.take(x));
+    let sealed = seal_layer_to(&current.peers, &label, 1, &out, peer_of)?;
     drop(out);
-    let dealers = if stays {
-        c.others(&everyone)
-    } else {
-        Vec::new()
+    let dealers = match me_next {
+        Some(_) => c.others(&everyone),
+        None => Vec::new(),
     };
     let received = c
         .exchange(&inbox, &label, 1, sealed, &dealers, c.round_timeout)
         .await?;
-    let Some(mut own) = own.filter(|_| stays) else {
+    let (Some(me_next), Some(mut own)) = (me_next, own) else {
         tracing::info!(session = %order.session, "rotation: dealt; this custodian leaves");
         return Ok(OrderResponse {
             status: "dealt".into(),
@@ -179,29 +182,31 @@ pub(crate) async fn redeal(c: &Arc<Custodian>, order: Order) -> Result<OrderResp
             ..Default::default()
         });
     };
-    let mut dealt = open_layer(&c.peers, &label, 1, received)?;
-    dealt.push((c.me, std::mem::take(&mut *own)));
+    let mut dealt = open_layer(&current.peers, &label, 1, received)?;
+    dealt.push((me, std::mem::take(&mut *own)));
 
     // Layers 2 and 3, among the new members: the joint challenge, then the check.
-    let peers = c.others(&new_set);
-    let (challenging, out) = redeal::receive(transition, c.me, secrets, dealt).map_err(refused)?;
-    let sealed = seal_layer(&c.peers, &label, 2, &out)?;
+    let staying: Vec<u32> = transition.new.xs().iter().map(|&x| peer_of(x)).collect();
+    let peers = c.others(&staying);
+    let (challenging, out) =
+        redeal::receive(transition, me_next, secrets, dealt).map_err(refused)?;
+    let sealed = seal_layer_to(&current.peers, &label, 2, &out, peer_of)?;
     let received = c
         .exchange(&inbox, &label, 2, sealed, &peers, c.round_timeout)
         .await?;
     let (checking, out) = challenging
-        .check(open_layer(&c.peers, &label, 2, received)?)
+        .check(as_parties(open_layer(&current.peers, &label, 2, received)?))
         .map_err(refused)?;
-    let sealed = seal_layer(&c.peers, &label, 3, &out)?;
+    let sealed = seal_layer_to(&current.peers, &label, 3, &out, peer_of)?;
     let received = c
         .exchange(&inbox, &label, 3, sealed, &peers, c.round_timeout)
         .await?;
     let fresh = checking
-        .finish(open_layer(&c.peers, &label, 3, received)?)
+        .finish(as_parties(open_layer(&current.peers, &label, 3, received)?))
         .map_err(refused)?;
     drop(inbox);
 
-    let sealed = seal_fresh(c, &versions, &fresh, from + 1)?;
+    let sealed = seal_fresh(c, &versions, &fresh, (from + 1, me_next))?;
     drop(fresh);
     let (session, packages, now) = (
         order.session.clone(),
@@ -230,7 +235,9 @@ pub(crate) async fn redeal(c: &Arc<Custodian>, order: Order) -> Result<OrderResp
         .others(&everyone)
         .into_iter()
         .filter_map(|peer| {
-            let tag = c.peers.tag(peer, &label, ATTESTATION_LAYER, &statement)?;
+            let tag = current
+                .peers
+                .tag(peer, &label, ATTESTATION_LAYER, &statement)?;
             Some((peer, tag))
         })
         .collect();
@@ -274,13 +281,19 @@ pub(crate) async fn commit(
     }
     let (current, change) = check(c, &order)?;
     let statement = order.statement(&change);
-    let missing: Vec<u32> = c
-        .others(&change.next().indices())
-        .into_iter()
+    let me = current.me;
+    let me_next = change.roles(&c.sealing_key.public().to_bytes()).new;
+    // Each other new member, at its current index: who must attest.
+    let missing: Vec<u32> = change
+        .kept()
+        .iter()
+        .filter(|&(&new, _)| Some(new) != me_next)
+        .map(|(_, &old)| old)
         .filter(|&peer| {
-            let tag = attestations.0.get(&peer).and_then(|tags| tags.get(&c.me));
+            let tag = attestations.0.get(&peer).and_then(|tags| tags.get(&me));
             !tag.is_some_and(|tag| {
-                c.peers
+                current
+                    .peers
                     .check(peer, &label, ATTESTATION_LAYER, &statement, tag)
             })
         })
@@ -296,7 +309,7 @@ pub(crate) async fn commit(
             ),
         ));
     }
-    let stays = change.next().member(c.me).is_some();
+    let stays = me_next.is_some();
     let generation = current.generation + 1;
     let now = c.env.now_ms();
     let moved = c
@@ -321,10 +334,10 @@ pub(crate) async fn commit(
     let (Committed::Now(rows), order) = moved else {
         return Ok(committed());
     };
-    let fresh = if stays {
-        open_fresh(c, rows, from + 1)?
-    } else {
-        Vec::new()
+    let next = Arc::new(change.next().clone());
+    let fresh = match me_next {
+        Some(index) => open_fresh(c, rows, (from + 1, index))?,
+        None => Vec::new(),
     };
     for id in c.versions.held_ids() {
         if !stays || !order.packages.contains(&id) {
@@ -332,9 +345,19 @@ pub(crate) async fn commit(
             c.versions.refuse(id);
         }
     }
-    c.move_to(Current {
-        generation,
-        cluster: Arc::new(change.next().clone()),
+    c.move_to(match me_next {
+        Some(index) => Current {
+            generation,
+            me: index,
+            peers: Arc::new(Peers::new(index, &c.sealing_key, &next, c.http.clone())),
+            cluster: next,
+        },
+        // It left: it is a member of nothing, and refuses every session and order that needs one.
+        None => Current {
+            generation,
+            cluster: next,
+            ..current
+        },
     });
     c.versions.refresh(from + 1, fresh);
     tracing::info!(

@@ -98,7 +98,7 @@ async fn parties_only(
 
 async fn health(State(c): State<Arc<Custodian>>) -> Json<CustodianHealth> {
     Json(CustodianHealth {
-        index: c.me,
+        index: c.me(),
         versions: c
             .versions
             .kit_counts()
@@ -115,7 +115,7 @@ async fn health(State(c): State<Arc<Custodian>>) -> Json<CustodianHealth> {
 
 async fn metrics(State(c): State<Arc<Custodian>>) -> Response {
     quorumvm_server::metrics::response(c.metrics.render(
-        c.me,
+        c.me(),
         c.writer.stats(),
         &c.versions.kit_counts(),
         c.anomalies.fired_total(),
@@ -257,8 +257,10 @@ async fn sessions(
     // session's to refuse).
     if let Ok(identity) = claimed_identity(&request.request) {
         c.callers.admit(&identity)?;
-        c.freezes
-            .admit(&Target::Identity(identity), &format!("custodian {}", c.me))?;
+        c.freezes.admit(
+            &Target::Identity(identity),
+            &format!("custodian {}", c.me()),
+        )?;
     }
     detached(async move { session::evaluate(&c, request).await })
         .await
@@ -286,7 +288,7 @@ async fn rounds(
         .get(SENDER_HEADER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u32>().ok())
-        .filter(|&s| s != c.me && c.cluster().member(s).is_some())
+        .filter(|&s| s != c.me() && c.cluster().member(s).is_some())
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -320,7 +322,7 @@ fn deliver(c: &Custodian, sender: u32, frame: Frame) -> Result<(), FrameRefusal>
         ));
     }
     if !c
-        .peers
+        .peers()
         .check(sender, &frame.session, frame.layer, &frame.body, &frame.tag)
     {
         return Err(refuse(

@@ -61,7 +61,7 @@ pub(crate) async fn evaluate(
     let version = c.versions.serving(&ticket.package_id)?;
     c.freezes.admit(
         &Target::Version(version.id_hex.clone()),
-        &format!("custodian {}", c.me),
+        &format!("custodian {}", c.me()),
     )?;
     check_quorum(c, &ticket.quorum)?;
     let caller = check_request(c, &request.request, &version)?;
@@ -87,7 +87,8 @@ pub(crate) async fn evaluate(
             ErrorCode::EpochMismatch,
             format!(
                 "the ticket is for share epoch {}; custodian {} is at epoch {epoch}",
-                ticket.epoch, c.me
+                ticket.epoch,
+                c.me()
             ),
         ));
     }
@@ -96,7 +97,7 @@ pub(crate) async fn evaluate(
         .map_err(|e| ApiError::of(ErrorCode::BadInput, e.to_string()))?;
     let private = open_private(c, &caller, &version)?;
     let query = anomaly::Query {
-        at: &format!("custodian {}", c.me),
+        at: &format!("custodian {}", c.me()),
         identity: &caller.identity,
         manifest: &version.manifest,
         inputs: &inputs,
@@ -166,7 +167,7 @@ pub(crate) async fn evaluate(
     let outputs_to = |reply| {
         let binding = OutputsBinding {
             request: request.request.digest(),
-            custodian: c.me,
+            custodian: c.me(),
         };
         (reply, binding)
     };
@@ -210,7 +211,7 @@ fn check_request(
             format!(
                 "identity `{identity}` is not registered at custodian {}: k custodian operators \
                  must approve it first",
-                c.me
+                c.me()
             ),
         )
     })?;
@@ -263,17 +264,17 @@ fn open_private(
     };
     let sealed = private
         .sealed
-        .get(&c.me)
-        .ok_or_else(|| refuse(format!("no envelope for custodian {}", c.me)))?;
+        .get(&c.me())
+        .ok_or_else(|| refuse(format!("no envelope for custodian {}", c.me())))?;
     let sealed = hex::decode(sealed)
-        .map_err(|_| refuse(format!("custodian {}'s envelope is not hex", c.me)))?;
+        .map_err(|_| refuse(format!("custodian {}'s envelope is not hex", c.me())))?;
     let binding = InputsBinding {
         request_id: &caller.request_id,
         package: version.id,
-        custodian: c.me,
+        custodian: c.me(),
     };
     let shares = open_inputs(&c.sealing_key, &binding, &sealed)
-        .map_err(|e| refuse(format!("custodian {}'s envelope: {e}", c.me)))?;
+        .map_err(|e| refuse(format!("custodian {}'s envelope: {e}", c.me())))?;
     if shares.len() != declared {
         return Err(refuse(format!(
             "the envelope holds {} share(s) for {declared} private input(s)",
@@ -315,10 +316,10 @@ fn check_quorum(c: &Custodian, quorum: &[u32]) -> Result<(), ApiError> {
             "custodian {x} is not a member of this cluster"
         )));
     }
-    if !quorum.contains(&c.me) {
+    if !quorum.contains(&c.me()) {
         return Err(refuse(format!(
             "custodian {} is not in the quorum {quorum:?}",
-            c.me
+            c.me()
         )));
     }
     let k = cluster.threshold();
@@ -365,7 +366,7 @@ async fn run(
     }
     let setup = Setup {
         circuit: version.circuit.clone(),
-        me: c.me,
+        me: c.me(),
         quorum: ticket.quorum.clone(),
         threshold: c.cluster().threshold(),
         secrets: std::mem::take(&mut *secrets),

@@ -65,7 +65,7 @@ pub(crate) async fn check_shares(
     // Layer 1: deal a random mask (a single value per peer: no need to leave the async thread).
     let shares = Zeroizing::new(c.versions.shares(&version).1);
     let setup = Setup {
-        me: c.me,
+        me: c.me(),
         n: cluster.n(),
         k: cluster.threshold(),
         challenge: gamma,
@@ -73,20 +73,20 @@ pub(crate) async fn check_shares(
     };
     let (masking, out) = Masking::begin(setup, &mut rand::thread_rng()).map_err(check_error)?;
     drop(shares);
-    let messages = seal_layer(&c.peers, &session, 1, &out)?;
+    let messages = seal_layer(&c.peers(), &session, 1, &out)?;
     drop(out);
     let received = c
         .exchange(&inbox, &session, 1, messages, &peers, c.round_timeout)
         .await?;
 
     // Layer 2: open the masked combination to everyone.
-    let opened = open_layer(&c.peers, &session, 1, received)?;
+    let opened = open_layer(&c.peers(), &session, 1, received)?;
     let (opening, out) = masking.open(opened).map_err(check_error)?;
-    let messages = seal_layer(&c.peers, &session, 2, &out)?;
+    let messages = seal_layer(&c.peers(), &session, 2, &out)?;
     let received = c
         .exchange(&inbox, &session, 2, messages, &peers, c.round_timeout)
         .await?;
-    let opened = open_layer(&c.peers, &session, 2, received)?;
+    let opened = open_layer(&c.peers(), &session, 2, received)?;
     let verdict = opening.finish(opened).map_err(check_error)?;
     drop(inbox);
 

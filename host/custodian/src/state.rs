@@ -49,11 +49,13 @@ const SESSION_SLOTS: usize = 120;
 pub(crate) struct Current {
     pub generation: u64,
     pub cluster: Arc<Cluster>,
+    /// This custodian's index (Shamir x-coordinate) in `cluster`: where its sealing key is.
+    pub me: u32,
+    /// The other members of `cluster`, with their pairwise keys.
+    pub peers: Arc<Peers>,
 }
 
 pub(crate) struct Custodian {
-    /// This custodian's index (Shamir x-coordinate).
-    pub me: u32,
     /// Read through [`Custodian::current`] / [`Custodian::cluster`]; replaced only when a
     /// rotation commits.
     current: RwLock<Current>,
@@ -65,7 +67,6 @@ pub(crate) struct Custodian {
     /// How long a session waits for a layer's messages.
     pub round_timeout: Duration,
     pub sealing_key: CustodianSecretKey,
-    pub peers: Peers,
     /// For the coordinator (activation fetches); [`Peers`] holds a clone (one pool).
     pub http: HttpClient,
     /// The clock, connections and blocking work this custodian is given.
@@ -100,7 +101,6 @@ impl Custodian {
     }
 
     fn start_blocking(env: Env, config: CustodianConfig) -> anyhow::Result<Custodian> {
-        let me = config.index;
         let coordinator_key = config.coordinator_public_key()?;
         let data_dir = &config.data_dir;
         let sealing_key = load_key(data_dir)?;
@@ -122,28 +122,28 @@ impl Custodian {
             .with_context(|| format!("the rotations recorded in {}", db.display()))?;
         let generation = generations.len() as u64 - 1;
         let cluster = Arc::clone(generations.last().expect("the configured cluster"));
-        let Some(member) = cluster.member(me) else {
+        // The configured index names this machine in the configured cluster; a rotation may
+        // have moved it since, or removed it.
+        let configured = &generations[0];
+        if configured
+            .member(config.index)
+            .is_none_or(|m| m.sealing_key != sealing_key.public())
+        {
             bail!(
-                "custodian {me} is not a member of this cluster{}",
-                if generation == 0 {
-                    " (not among the configured custodians)".to_string()
-                } else {
-                    format!(
-                        ": it left in rotation {generation}, and holds no shares; its data \
-                         directory can be destroyed"
-                    )
-                }
-            );
-        };
-        if sealing_key.public() != member.sealing_key {
-            bail!(
-                "the key in {} is not custodian {me}'s sealing key in the configuration \
-                 ({} here, {} configured): wrong data directory or wrong index",
+                "the key in {} ({}) is not custodian {}'s sealing key in the configuration: \
+                 wrong data directory or wrong index",
                 data_dir.display(),
                 sealing_key.public().to_hex(),
-                member.sealing_key.to_hex(),
+                config.index,
             );
         }
+        let Some(me) = index_of(&cluster, &sealing_key) else {
+            bail!(
+                "custodian {} left the cluster in rotation {generation} and holds no shares: its \
+                 data directory can be destroyed",
+                config.index
+            );
+        };
         let at = |g: u64, what: &dyn Fn() -> String| -> anyhow::Result<&Arc<Cluster>> {
             generations
                 .get(g as usize)
@@ -184,10 +184,14 @@ impl Custodian {
                 versions.refuse(id);
                 continue;
             }
+            let approved = at(stored.generation, &loading)?;
             let checker = Checker {
                 sandbox: &sandbox,
-                cluster: at(stored.generation, &loading)?,
-                me,
+                cluster: approved,
+                me: index_of(approved, &sealing_key)
+                    .ok_or_else(|| anyhow!("this custodian was not a member when it was approved"))
+                    .with_context(loading)?,
+                now: me,
                 key: &sealing_key,
             };
             let checked = checker
@@ -242,8 +246,8 @@ impl Custodian {
             callers.insert(stored.name, key);
         }
 
+        let peers = Arc::new(Peers::new(me, &sealing_key, &cluster, http.clone()));
         Ok(Custodian {
-            me,
             callers,
             freezes,
             anomalies: Anomalies::default(),
@@ -251,7 +255,6 @@ impl Custodian {
             coordinator_key,
             tickets: TicketKey::new(&sealing_key, config.coordinator_exchange_key()?),
             round_timeout,
-            peers: Peers::new(me, &sealing_key, &cluster, http.clone()),
             sealing_key,
             http,
             writer: env.writer(ledger, &format!("custodian-{me}-ledger")),
@@ -265,6 +268,8 @@ impl Custodian {
             activation: Mutex::new(()),
             current: RwLock::new(Current {
                 generation,
+                me,
+                peers,
                 cluster,
             }),
         })
@@ -283,24 +288,37 @@ impl Custodian {
         self.current().cluster
     }
 
+    /// This custodian's index now.
+    pub fn me(&self) -> u32 {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).me
+    }
+
+    /// The peers now.
+    pub fn peers(&self) -> Arc<Peers> {
+        self.current().peers
+    }
+
     /// Moves to the cluster a rotation committed.
     pub fn move_to(&self, next: Current) {
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = next;
     }
 
-    /// A checker of versions against `cluster`.
-    pub fn checker<'a>(&'a self, cluster: &'a Cluster) -> Checker<'a> {
+    /// A checker of versions against the cluster `current` (a snapshot: a rotation that
+    /// commits meanwhile does not change what one check sees).
+    pub fn checker<'a>(&'a self, current: &'a Current) -> Checker<'a> {
         Checker {
             sandbox: &self.sandbox,
-            cluster,
-            me: self.me,
+            cluster: &current.cluster,
+            me: current.me,
+            now: current.me,
             key: &self.sealing_key,
         }
     }
 
     /// The other members of `members`, in order: who a layer's messages go to and come from.
     pub fn others(&self, members: &[u32]) -> Vec<u32> {
-        members.iter().copied().filter(|&x| x != self.me).collect()
+        let me = self.me();
+        members.iter().copied().filter(|&x| x != me).collect()
     }
 
     /// One layer of a protocol: sends each peer its message, then waits for the layer's
@@ -322,7 +340,7 @@ impl Custodian {
         // (found by the simulation once refreshes of the shares emptied kit pools mid-partition).
         let largest = messages.iter().map(|(_, m)| m.len()).max().unwrap_or(0);
         let send = (self.round_timeout + Duration::from_micros(largest as u64 / 10)).min(timeout);
-        self.peers.send(session, layer, messages, send).await?;
+        self.peers().send(session, layer, messages, send).await?;
         Metrics::add(&self.metrics.rounds_sent, sent);
         Ok(inbox.wait(layer, from, timeout).await?)
     }
@@ -362,6 +380,16 @@ impl Custodian {
             .await
             .map_err(|e| ApiError::task_failed(what, e))
     }
+}
+
+/// The index of the member with this custodian's sealing key, if it is one.
+pub(crate) fn index_of(cluster: &Cluster, key: &CustodianSecretKey) -> Option<u32> {
+    let public = key.public();
+    cluster
+        .members()
+        .iter()
+        .find(|m| m.sealing_key == public)
+        .map(|m| m.index)
 }
 
 fn engine_kind(engine: Engine) -> EngineKind {
