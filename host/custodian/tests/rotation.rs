@@ -151,6 +151,20 @@ async fn a_rotation_runs_only_as_approved_and_serves_the_same_answers() {
         assert_eq!(count(&cluster, i, "pending_shares"), 0, "custodian {i}");
     }
 
+    // A custodian down during the re-dealing: the others' rounds fail, and nothing is kept.
+    cluster.stop(3).await;
+    let order = redeal("rotate-0", &raise, &approvals, &packages);
+    let answers = cluster.order_all(&[1, 2, 4, 5], order).await;
+    assert!(
+        answers.iter().all(|a| !a.status.is_success()),
+        "{:?}",
+        answers.iter().map(|a| &a.body).collect::<Vec<_>>()
+    );
+    for i in [1, 2, 4, 5] {
+        assert_eq!(count(&cluster, i, "pending_shares"), 0, "custodian {i}");
+    }
+    cluster.restart(3).await;
+
     // The approved rotation: every custodian re-deals and keeps its new shares aside.
     let answers = cluster
         .order_all(&everyone, redeal("rotate-1", &raise, &approvals, &packages))
@@ -178,6 +192,10 @@ async fn a_rotation_runs_only_as_approved_and_serves_the_same_answers() {
     );
     all_say(&cluster.order_all(&[1, 2, 3, 4], order).await, "committed");
     assert_eq!(epochs(&cluster, &everyone).await, [1, 1, 1, 1, 0]);
+    // Custodian 5 crashes before the commit reaches it; restarted, it still holds its new
+    // shares aside, and takes the commit late.
+    cluster.restart(5).await;
+    assert_eq!(epochs(&cluster, &[5]).await, [0]);
     let order = commit("rotate-1", &raise, &approvals, &packages, attestations);
     all_say(&cluster.order_all(&[5, 1], order).await, "committed");
     assert_eq!(epochs(&cluster, &everyone).await, [1; 5]);
