@@ -267,6 +267,16 @@ async fn a_rotation_runs_only_as_approved_and_serves_the_same_answers() {
         "{:?}",
         refused.iter().map(|a| &a.body).collect::<Vec<_>>()
     );
+    // It left: started again, it refuses, and says its data can go.
+    cluster.stop(5).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let failed = quorumvm_custodian::serve(cluster.node(5).config.clone(), listener)
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{failed:#}").contains("left the cluster in rotation 2"),
+        "{failed:#}"
+    );
 
     // 2-of-4 to 2-of-3: custodian 2 leaves and custodian 4 takes its index (its new shares
     // are at point 2; the rounds still reach it at 4, where the others know it until the
