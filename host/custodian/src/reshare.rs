@@ -44,7 +44,7 @@ use zeroize::Zeroizing;
 
 use crate::error::ApiError;
 use crate::layers::{open_layer, seal_layer};
-use crate::peers::valid_session_id;
+use crate::peers::{Peers, valid_session_id};
 use crate::preprocess::epoch_mismatch;
 use crate::state::Custodian;
 use crate::store::{self, Committed, Pending};
@@ -251,6 +251,53 @@ pub(crate) fn seal_fresh(
     Ok(sealed)
 }
 
+/// Who checks attestations, and of what: this custodian's peers and index, and the session
+/// label and statement they tag.
+pub(crate) struct Attested<'a> {
+    pub peers: &'a Peers,
+    pub me: u32,
+    pub session: (&'a str, &'a [u8]),
+}
+
+impl Attested<'_> {
+    /// Whether each of `attesters` (peers, at their indices in [`Attested::peers`]) attested
+    /// to this custodian: the check on which a custodian moves to new shares, refused naming
+    /// those that did not (`what` names the refresh or rotation).
+    pub fn by(
+        &self,
+        attesters: &[u32],
+        attestations: &Attestations,
+        what: &str,
+    ) -> Result<(), ApiError> {
+        let (label, statement) = self.session;
+        let missing: Vec<u32> = attesters
+            .iter()
+            .copied()
+            .filter(|&peer| {
+                let tag = attestations
+                    .0
+                    .get(&peer)
+                    .and_then(|tags| tags.get(&self.me));
+                !tag.is_some_and(|tag| {
+                    self.peers
+                        .check(peer, label, ATTESTATION_LAYER, statement, tag)
+                })
+            })
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "bad_attestation",
+            format!(
+                "custodians {missing:?} did not attest holding their shares of {what}: nothing \
+                 changes here"
+            ),
+        ))
+    }
+}
+
 /// Moves to the refresh's new shares once every other custodian's attestation verifies.
 pub(crate) async fn commit(
     c: &Arc<Custodian>,
@@ -259,28 +306,17 @@ pub(crate) async fn commit(
 ) -> Result<OrderResponse, ApiError> {
     let label = order.label()?;
     let statement = order.statement();
-    let missing: Vec<u32> = c
-        .others(&c.cluster().indices())
-        .into_iter()
-        .filter(|&peer| {
-            let tag = attestations.0.get(&peer).and_then(|tags| tags.get(&c.me()));
-            !tag.is_some_and(|tag| {
-                c.peers()
-                    .check(peer, &label, ATTESTATION_LAYER, &statement, tag)
-            })
-        })
-        .collect();
-    if !missing.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "bad_attestation",
-            format!(
-                "custodians {missing:?} did not attest holding their shares of reshare {}: \
-                 nothing changes here",
-                order.session
-            ),
-        ));
-    }
+    let current = c.current();
+    let attested = Attested {
+        peers: &current.peers,
+        me: current.me,
+        session: (&label, &statement),
+    };
+    attested.by(
+        &c.others(&current.cluster.indices()),
+        &attestations,
+        &format!("reshare {}", order.session),
+    )?;
     let (session, from, now) = (order.session.clone(), order.epoch, c.env.now_ms());
     let committed = c
         .writer

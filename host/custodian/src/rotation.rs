@@ -42,7 +42,9 @@ use crate::error::{self, ApiError};
 use crate::layers::{open_layer, seal_layer_to};
 use crate::peers::Peers;
 use crate::preprocess::epoch_mismatch;
-use crate::reshare::{ATTESTATION_LAYER, Gathered, gather, label, open_fresh, seal_fresh};
+use crate::reshare::{
+    ATTESTATION_LAYER, Attested, Gathered, gather, label, open_fresh, seal_fresh,
+};
 use crate::state::{Current, Custodian};
 use crate::store::{self, Committed, NewMembership, Pending, StoredMembership};
 use crate::versions::parse_package_id;
@@ -284,31 +286,22 @@ pub(crate) async fn commit(
     let me = current.me;
     let me_next = change.roles(&c.sealing_key.public().to_bytes()).new;
     // Each other new member, at its current index: who must attest.
-    let missing: Vec<u32> = change
+    let attesters: Vec<u32> = change
         .kept()
         .iter()
         .filter(|&(&new, _)| Some(new) != me_next)
         .map(|(_, &old)| old)
-        .filter(|&peer| {
-            let tag = attestations.0.get(&peer).and_then(|tags| tags.get(&me));
-            !tag.is_some_and(|tag| {
-                current
-                    .peers
-                    .check(peer, &label, ATTESTATION_LAYER, &statement, tag)
-            })
-        })
         .collect();
-    if !missing.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "bad_attestation",
-            format!(
-                "custodians {missing:?} did not attest holding their shares of rotation {}: \
-                 nothing changes here",
-                order.session
-            ),
-        ));
-    }
+    let attested = Attested {
+        peers: &current.peers,
+        me,
+        session: (&label, &statement),
+    };
+    attested.by(
+        &attesters,
+        &attestations,
+        &format!("rotation {}", order.session),
+    )?;
     let stays = me_next.is_some();
     let generation = current.generation + 1;
     let now = c.env.now_ms();
