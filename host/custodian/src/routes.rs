@@ -97,8 +97,9 @@ async fn parties_only(
 }
 
 async fn health(State(c): State<Arc<Custodian>>) -> Json<CustodianHealth> {
+    let current = c.current();
     Json(CustodianHealth {
-        index: c.me(),
+        index: current.me,
         versions: c
             .versions
             .kit_counts()
@@ -109,6 +110,9 @@ async fn health(State(c): State<Arc<Custodian>>) -> Json<CustodianHealth> {
         revocations: c.callers.revocations() as u64,
         retirements: c.versions.retirements() as u64,
         epoch: c.versions.epoch(),
+        generation: current.generation,
+        threshold: current.cluster.threshold(),
+        members: current.cluster.indices(),
         frozen: c.freezes.frozen(),
     })
 }

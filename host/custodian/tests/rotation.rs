@@ -200,6 +200,11 @@ async fn a_rotation_runs_only_as_approved_and_serves_the_same_answers() {
     all_say(&cluster.order_all(&[5, 1], order).await, "committed");
     assert_eq!(epochs(&cluster, &everyone).await, [1; 5]);
 
+    let health = cluster.health(4).await;
+    assert_eq!(
+        (health.generation, health.threshold, health.members),
+        (1, 3, vec![1, 2, 3, 4, 5])
+    );
     // Threshold 3 now: two custodians are not a quorum; three serve the same answer.
     // (This test is the coordinator: it reconstructs answers with the new threshold too.)
     cluster.epoch.store(1, std::sync::atomic::Ordering::Relaxed);
@@ -327,6 +332,11 @@ async fn a_rotation_runs_only_as_approved_and_serves_the_same_answers() {
     assert_eq!(eval(&cluster, &[2, 3], 61).await.unwrap(), want);
     // Restarted, the renumbered machine finds itself at index 2 (its config still says 4).
     cluster.restart(2).await;
+    let health = cluster.health(2).await;
+    assert_eq!(
+        (health.index, health.generation, health.members),
+        (2, 3, vec![1, 2, 3])
+    );
     assert_eq!(eval(&cluster, &[2, 3], 62).await.unwrap(), want);
 
     for i in [1, 3] {

@@ -236,9 +236,18 @@ pub struct CustodianHealth {
     /// How many versions it holds retired by k approvals.
     #[serde(default)]
     pub retirements: u64,
-    /// Its share epoch: how many refreshes of the shares it committed.
+    /// Its share epoch: how many refreshes and rotations of the shares it committed.
     #[serde(default)]
     pub epoch: u64,
+    /// How many rotations of the membership it committed (0: the cluster its config names).
+    #[serde(default)]
+    pub generation: u64,
+    /// The threshold of the cluster in force here, and its members' indices (this custodian
+    /// is not among them once it left).
+    #[serde(default)]
+    pub threshold: usize,
+    #[serde(default)]
+    pub members: Vec<u32>,
     /// What is frozen here, and since when (the time of the freeze): the coordinator sends
     /// again an unfreeze it holds that is later, which the custodian missed.
     #[serde(default)]
