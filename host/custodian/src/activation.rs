@@ -247,9 +247,13 @@ pub(crate) async fn activate(
         return Ok(known);
     }
     let id_hex = id.to_string();
+    // One view of the cluster for the whole activation: the version is checked against it and
+    // recorded with its generation (refused if a rotation commits meanwhile).
+    let current = c.current();
+    let me = current.me;
     let base = format!("/v1/packages/{id_hex}");
     let package = fetch(c, &format!("{base}/wasm"), MAX_PACKAGE_BYTES).await?;
-    let shares = fetch(c, &format!("{base}/shares/{}", c.me()), MAX_SHARES_BYTES).await?;
+    let shares = fetch(c, &format!("{base}/shares/{me}"), MAX_SHARES_BYTES).await?;
     let DealtShares { shares, deal } = serde_json::from_slice(&shares).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_GATEWAY,
@@ -257,14 +261,13 @@ pub(crate) async fn activate(
             format!("the coordinator's sealed shares are unreadable: {e}"),
         )
     })?;
-    if shares.custodian != c.me() {
+    if shares.custodian != me {
         return Err(ApiError::new(
             StatusCode::BAD_GATEWAY,
             "bad_shares",
             format!(
-                "the coordinator sent custodian {}'s sealed shares to custodian {}",
-                shares.custodian,
-                c.me()
+                "the coordinator sent custodian {}'s sealed shares to custodian {me}",
+                shares.custodian
             ),
         ));
     }
@@ -281,7 +284,6 @@ pub(crate) async fn activate(
     }
 
     let checking = Arc::clone(c);
-    let current = c.current();
     let snapshot = current.clone();
     let (checked, package, sealed, approvals, deal) = c
         .off_thread("checking the version", move || {
