@@ -61,8 +61,8 @@ pub enum Lie {
     Withhold,
     /// Sends, in each layer, what it sent in the same layer of its previous session.
     Replay,
-    /// In a refresh of the shares, deals a sharing of one, not of zero, for the first secret:
-    /// it would change the secret.
+    /// In a refresh of the shares, deals a sharing of one, not of zero, for the first secret;
+    /// in a rotation, re-deals its share plus one: either would change the secret.
     Refresh,
 }
 
