@@ -408,16 +408,7 @@ fn sign_with_id(
 ) -> String {
     let text = std::fs::read_to_string(c.path(&format!("operators/custodian-{i}.key"))).unwrap();
     let key = quorumvm_package::SecretKey::from_file_text(&text).unwrap();
-    let deal: Signed = runtime().block_on(async {
-        c.http
-            .get(format!("{}/v1/packages/{package}/deal", c.coordinator_url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    });
+    let deal: Signed = runtime().block_on(c.get_json(&format!("/v1/packages/{package}/deal")));
     hex::encode(quorumvm_wire::approval::sign(
         &key,
         &quorumvm_wire::approval::Subject::Version {
@@ -2183,4 +2174,101 @@ fn two_coordinator_replicas_on_one_postgres_serve_one_cluster() {
         assert!(Instant::now() < deadline, "b did not come back: {answer:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// `quorumvm custodian remove` by two operators: the coordinator runs the rotation at the
+/// second approval. Custodian 2 leaves (its shares deleted; started again, it refuses), the
+/// machine that was custodian 3 serves at index 2, and the answers stay the same, across a
+/// restart of the coordinator too. (The dev cluster is 2-of-3, so the only smaller cluster is
+/// 1-of-2: a test of the mechanics, not a threshold anyone should run.)
+#[test]
+fn operators_remove_a_custodian_and_the_cluster_serves_the_same_answers() {
+    let c = Cluster::start();
+    let key = c.identity("steady");
+    let model = install_model(&c);
+    let rt = runtime();
+    rt.block_on(c.eval_ready(&key, &model, &model_inputs(0)));
+    let remove = |operator: u32| {
+        let (url, _) = c.custodian(operator);
+        let mut args = vec![
+            "custodian".to_string(),
+            "remove".into(),
+            "2".into(),
+            "--threshold".into(),
+            "1".into(),
+            "--custodian".into(),
+            url,
+        ];
+        if let Some(pin) = c.custodian_pin(operator) {
+            args.extend(["--custodian-pin".to_string(), pin.to_hex()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = ok(c.as_operator(operator, &args));
+        serde_json::from_str::<quorumvm_wire::api::MembershipState>(&out).unwrap()
+    };
+
+    // One operator's approval changes nothing yet.
+    let first = remove(1);
+    assert_eq!((&first.approvals[..], first.needed), (&[1u32][..], 2));
+    assert!(first.rotation.is_none());
+    let answer = rt.block_on(c.eval_ready(&key, &model, &model_inputs(1)));
+    assert_eq!(answer.outputs["y"], model_expected(&model_inputs(1)));
+
+    // The second runs the rotation.
+    let second = remove(3);
+    let report = second.rotation.expect("the k-th approval rotates");
+    eprintln!(
+        "rotation of {} version(s): {} ms",
+        report.packages.len(),
+        report.ms
+    );
+    assert_eq!(
+        (report.generation, report.epoch, report.threshold),
+        (1, 1, 1)
+    );
+    assert_eq!(report.members, [1, 2]);
+    assert_eq!(report.committed, [1, 2, 3]);
+    for seed in 2..=6 {
+        let answer = rt.block_on(c.eval_ready(&key, &model, &model_inputs(seed)));
+        assert_eq!(answer.outputs["y"], model_expected(&model_inputs(seed)));
+    }
+    let cluster: quorumvm_wire::api::ClusterInfo = rt.block_on(c.get_json("/v1/cluster"));
+    let at_two = &cluster.custodians[1];
+    let (three, _) = c.custodian(3);
+    assert_eq!((cluster.threshold, cluster.custodians.len()), (1, 2));
+    assert_eq!((at_two.index, &at_two.url), (2, &three));
+
+    // Custodian 2 left: nothing of the secrets stays with it, and it will not start again.
+    let rows = |table: &str| -> i64 {
+        quorumvm_ledger::Ledger::open(c.path("custodian-2/custodian.db"))
+            .unwrap()
+            .connection()
+            .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!((rows("sealed_shares"), rows("refreshed_shares")), (0, 0));
+    c.kill("custodian-2");
+    let out = Command::new(BIN)
+        .args(["custodian", "--config"])
+        .arg(c.path("custodian-2.toml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("left the cluster in rotation 1"),
+        "{stderr}"
+    );
+
+    // The coordinator keeps the membership across a restart.
+    c.kill("coordinator");
+    c.start_server("coordinator");
+    for seed in 7..=9 {
+        let answer = rt.block_on(c.eval_ready(&key, &model, &model_inputs(seed)));
+        assert_eq!(answer.outputs["y"], model_expected(&model_inputs(seed)));
+    }
+    assert_eq!(
+        c.audit_entries("coordinator/coordinator.db", "membership.approved")
+            .len(),
+        2
+    );
 }

@@ -292,18 +292,22 @@ impl Cluster {
         }
     }
 
-    /// The package a request for `program` names: the id itself, or the name's current (else
-    /// highest) version; an unknown name gets an id no package has.
-    pub async fn target(&self, program: &str) -> (String, String) {
-        let versions: Vec<VersionInfo> = self
-            .http
-            .get(format!("{}/v1/packages", self.coordinator_url))
+    /// `GET path` at the coordinator, read as JSON.
+    pub async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        self.http
+            .get(format!("{}{path}", self.coordinator_url))
             .send()
             .await
             .expect("the coordinator answers")
             .json()
             .await
-            .expect("versions");
+            .expect("a JSON answer")
+    }
+
+    /// The package a request for `program` names: the id itself, or the name's current (else
+    /// highest) version; an unknown name gets an id no package has.
+    pub async fn target(&self, program: &str) -> (String, String) {
+        let versions: Vec<VersionInfo> = self.get_json("/v1/packages").await;
         let chosen = versions
             .iter()
             .find(|v| v.package_id == program)

@@ -105,10 +105,14 @@ enum Command {
         #[arg(long)]
         replica: Option<String>,
     },
-    /// Run a custodian (creates its key in its data directory on first start).
+    /// Run a custodian (creates its key in its data directory on first start); or, as its
+    /// operator, approve a change of the cluster's membership (`remove`, `threshold`).
+    #[command(subcommand_negates_reqs = true, args_conflicts_with_subcommands = true)]
     Custodian {
-        #[arg(long)]
-        config: PathBuf,
+        #[arg(long, required = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: Option<MembershipCommand>,
     },
     /// Make a server's own keys in its data directory (kept if present) and print their
     /// public halves, which every config of the cluster lists: a custodian's sealing key, or
@@ -342,6 +346,28 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum MembershipCommand {
+    /// Approve removing custodian INDEX, as a current custodian operator. The others keep their
+    /// order and are numbered 1..n−1; its shares become useless and it deletes them. At k
+    /// approvals the coordinator runs the rotation: every secret is re-dealt to the new set.
+    Remove {
+        index: u32,
+        /// The threshold after the change (default: k as it is; n − 1 ≥ 2k − 1 must hold).
+        #[arg(long)]
+        threshold: Option<usize>,
+        #[command(flatten)]
+        change: operator::ChangeArgs,
+    },
+    /// Approve moving the same custodians to threshold K (n ≥ 2K − 1), as a current
+    /// custodian operator; at k approvals every secret is re-dealt at the new threshold.
+    Threshold {
+        k: usize,
+        #[command(flatten)]
+        change: operator::ChangeArgs,
+    },
+}
+
+#[derive(clap::Subcommand)]
 enum IdentityCommand {
     /// Propose an identity with the caller's public key; prints its API key once. It serves
     /// once k custodian operators approved it (`identity approve`).
@@ -420,7 +446,27 @@ fn main() -> ExitCode {
             json,
         } => commands::verify(&package, &pubkey, json),
         Command::Coordinator { config, replica } => servers::coordinator(&config, replica),
-        Command::Custodian { config } => servers::custodian(&config),
+        Command::Custodian {
+            config: Some(config),
+            command: None,
+        } => servers::custodian(&config),
+        Command::Custodian {
+            command:
+                Some(MembershipCommand::Remove {
+                    index,
+                    threshold,
+                    change,
+                }),
+            ..
+        } => servers::rotate(servers::Rotate::Remove { index, threshold }, &change),
+        Command::Custodian {
+            command: Some(MembershipCommand::Threshold { k, change }),
+            ..
+        } => servers::rotate(servers::Rotate::Threshold(k), &change),
+        Command::Custodian {
+            config: None,
+            command: None,
+        } => unreachable!("clap requires --config or a subcommand"),
         Command::ServerKeys {
             role,
             data_dir,

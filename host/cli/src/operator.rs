@@ -2,7 +2,7 @@
 //! (`quorumvm keygen -o operator`), and the coordinator's URL and TLS key pin. That is all an
 //! operator needs.
 //!
-//! Approvals (of versions, callers, revocations, retirements, unfreezes) are signed here and sent
+//! Approvals (of versions, callers, revocations, retirements, unfreezes, memberships) are signed here and sent
 //! to the coordinator, which collects k of them for every custodian to check against the operator
 //! keys of its own config. A freeze is signed here and sent straight to the operator's own
 //! custodian ([`freeze_at`]), so the coordinator can neither withhold nor forge it.
@@ -14,9 +14,14 @@
 use std::path::{Path, PathBuf};
 
 use quorumvm_package::SecretKey;
-use quorumvm_wire::api::{ApproveRequest, ClusterInfo, CustodianHealth, FreezeState};
+use quorumvm_wire::api::{
+    ApproveRequest, ClusterInfo, CustodianHealth, FreezeState, MembershipApproval, MembershipInfo,
+    MembershipState,
+};
 use quorumvm_wire::approval::{self, Subject};
+use quorumvm_wire::config::{Cluster, Fingerprint};
 use quorumvm_wire::freeze::{Authority, Freeze, Target};
+use quorumvm_wire::membership::{Change, Membership};
 use quorumvm_wire::now_ms;
 
 use crate::client::Client;
@@ -130,4 +135,67 @@ fn read_key(path: &Path) -> Result<SecretKey> {
             path.display()
         ))
     })
+}
+
+/// What `quorumvm custodian remove|threshold` take beside the operator's key: the operator's
+/// own custodian, which the statement starts from.
+#[derive(clap::Args, Clone)]
+pub struct ChangeArgs {
+    #[command(flatten)]
+    pub operator: OperatorArgs,
+    /// The operator's own custodian's URL. The change is built from the membership that
+    /// machine holds (`GET /v1/membership`), not from the coordinator's word, so an operator
+    /// signs a change of the cluster its own custodian is in.
+    #[arg(long = "custodian", env = "QUORUMVM_CUSTODIAN")]
+    pub custodian: String,
+    /// The pin of that custodian's TLS key (its `tls_fingerprint`); absent, only plain HTTP
+    /// on the loopback (an `--insecure-loopback` cluster).
+    #[arg(long = "custodian-pin")]
+    pub custodian_pin: Option<Fingerprint>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Signs this operator's approval of the membership `build` makes from the cluster its own
+/// custodian holds (and the epoch it is at), and sends it to the coordinator. The approval that
+/// reaches k runs the rotation, and the answer says what it did.
+pub async fn approve_membership(
+    args: &ChangeArgs,
+    build: impl FnOnce(&Cluster, u64) -> Result<Membership>,
+) -> Result<(u32, Change, MembershipState)> {
+    let operator = args.operator.connect().await?;
+    let own = Client::new(&Endpoint::pinned(&args.custodian, args.custodian_pin))?;
+    let held: MembershipInfo = own.get("/v1/membership").await?;
+    let cluster = Cluster::new(held.threshold, &held.custodians).map_err(|e| {
+        Failure::new(
+            Code::Rejected,
+            format!("{}: its membership does not parse: {e}", args.custodian),
+        )
+    })?;
+    let mine = cluster
+        .member(operator.index)
+        .map(|m| m.operator_key.to_hex());
+    if mine.as_deref() != Some(operator.key.public().to_hex().as_str()) {
+        return Err(Failure::new(
+            Code::Rejected,
+            format!(
+                "the coordinator says this key operates custodian {}, but {} (generation {}) \
+                 does not: they disagree on the membership, so nothing is signed",
+                operator.index, args.custodian, held.generation
+            ),
+        ));
+    }
+    let membership = build(&cluster, held.epoch)?;
+    let change = Change::new(&cluster, &membership)
+        .map_err(|e| Failure::new(Code::Rejected, e.to_string()))?;
+    let request = MembershipApproval {
+        custodian: operator.index,
+        signature: operator.sign(&Subject::Membership(&change)),
+        membership,
+    };
+    let state = operator
+        .coordinator
+        .post("/v1/memberships", &request)
+        .await?;
+    Ok((operator.index, change, state))
 }

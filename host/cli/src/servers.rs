@@ -516,3 +516,71 @@ pub fn audit_verify(db: &Path, as_json: bool) -> Result<()> {
         Err(e) => Err(Failure::new(Code::IoErr, format!("{}: {e}", db.display()))),
     }
 }
+
+/// The membership change `quorumvm custodian remove|threshold` approves.
+pub enum Rotate {
+    /// Remove custodian `index`, at `threshold` (absent: k as it is).
+    Remove {
+        index: u32,
+        threshold: Option<usize>,
+    },
+    /// The same custodians at threshold k.
+    Threshold(usize),
+}
+
+pub fn rotate(rotate: Rotate, args: &crate::operator::ChangeArgs) -> Result<()> {
+    use quorumvm_wire::membership::Membership;
+    let build = |cluster: &quorumvm_wire::config::Cluster, epoch: u64| match rotate {
+        Rotate::Remove { index, threshold } => {
+            let k = threshold.unwrap_or(cluster.threshold());
+            Membership::without(cluster, epoch, index, k).map_err(Failure::data)
+        }
+        Rotate::Threshold(k) => Ok(Membership::rethreshold(cluster, epoch, k)),
+    };
+    if !args.json {
+        eprintln!(
+            "approving the change; the k-th approval runs the rotation (every secret is re-dealt \
+             to the new membership), which this waits for…"
+        );
+    }
+    let (index, change, state) =
+        runtime()?.block_on(crate::operator::approve_membership(args, build))?;
+    if args.json {
+        println!("{}", serde_json::to_string(&state).expect("json"));
+        return Ok(());
+    }
+    let next = change.next();
+    println!(
+        "custodian {index}'s operator approved {}-of-{} {:?} from epoch {} (leaving: {:?}): \
+         approvals from {:?}, {} needed",
+        next.threshold(),
+        next.n(),
+        next.indices(),
+        state.from_epoch,
+        change.leaving(),
+        state.approvals,
+        state.needed
+    );
+    if let Some(r) = state.rotation {
+        println!(
+            "rotated: generation {}, epoch {}, {}-of-{} custodians {:?}, {} version(s) re-dealt \
+             in {} ms (session {})",
+            r.generation,
+            r.epoch,
+            r.threshold,
+            r.members.len(),
+            r.members,
+            r.packages.len(),
+            r.ms,
+            r.session
+        );
+        if !r.behind.is_empty() {
+            println!(
+                "custodians {:?} (their indices before) did not take the commit yet: the \
+                 coordinator sends it again when they answer",
+                r.behind
+            );
+        }
+    }
+    Ok(())
+}

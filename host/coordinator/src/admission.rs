@@ -35,7 +35,7 @@ pub async fn check_request(
         ));
     }
     let caller = state.identities.caller(identity).await?;
-    caller.admit(state.custodians.cluster.threshold())?;
+    caller.admit(state.custodians.roster().threshold())?;
     state
         .freezes
         .admit(&Target::Identity(caller.name.clone()), "the coordinator")?;
@@ -57,12 +57,13 @@ pub const READY_POLL: std::time::Duration = std::time::Duration::from_millis(20)
 /// one deadline ([`READY_WAIT`] after it arrived), so one that is never served is refused in
 /// that time, however often it waits.
 pub async fn wait_until_ready(state: &State, v: &Version, deadline: tokio::time::Instant) {
-    let k = state.custodians.cluster.threshold();
     loop {
         // Registered before the pool is looked at, so that a batch added in between wakes it.
         let added = v.kits_added.notified();
         let epoch = state.epochs.current();
-        let serving: Vec<_> = state.custodians.willing(&v.package_id, &[]).collect();
+        let roster = state.custodians.roster();
+        let k = roster.threshold();
+        let serving: Vec<_> = roster.willing(&v.package_id, &[]).collect();
         let at_epoch = serving.iter().filter(|c| c.epoch() == epoch).count();
         let (kits, generating) = {
             let kits = v.kits.lock().expect("kits lock");
@@ -71,7 +72,7 @@ pub async fn wait_until_ready(state: &State, v: &Version, deadline: tokio::time:
         if at_epoch >= k && kits {
             return;
         }
-        let refill = kits || generating || serving.len() == state.custodians.all.len();
+        let refill = kits || generating || serving.len() == roster.all.len();
         if serving.len() < k || !refill {
             return;
         }

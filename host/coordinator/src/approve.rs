@@ -32,7 +32,7 @@ pub async fn check(
         custodian: request.custodian,
         signature: request.signature.clone(),
     };
-    match quorumvm_wire::approval::check(&state.custodians.cluster, subject, &approval) {
+    match quorumvm_wire::approval::check(&state.custodians.roster().cluster, subject, &approval) {
         Ok(_) => Ok(()),
         Err(e) => Err(refused_approval(state, refused, details, e).await),
     }
@@ -111,7 +111,7 @@ pub async fn approve(
     };
     let details = serde_json::json!({ "package_id": id, "custodian": request.custodian });
     check(&state, &subject, &request, "approval.rejected", details).await?;
-    let k = state.custodians.cluster.threshold();
+    let k = state.custodians.roster().threshold();
     let job_version = Arc::clone(&version);
     let (count, activated) = record_then(
         &state,

@@ -15,7 +15,7 @@ use quorumvm_wire::order::{Order, at_epoch};
 use tokio::task::JoinSet;
 
 use crate::State;
-use crate::custodians::{CallError, HEALTH_INTERVAL};
+use crate::custodians::{CallError, Custodian, HEALTH_INTERVAL, Roster};
 use crate::identities::Caller;
 use crate::registry::Version;
 use crate::store;
@@ -33,24 +33,25 @@ async fn health_loop(state: Arc<State>) {
     loop {
         tick.tick().await;
         let mut checks = JoinSet::new();
-        for i in 0..state.custodians.all.len() {
-            let state = Arc::clone(&state);
+        let roster = state.custodians.roster();
+        for i in 0..roster.all.len() {
+            let (state, roster) = (Arc::clone(&state), Arc::clone(&roster));
             checks.spawn(async move {
-                let c = &state.custodians.all[i];
-                if let Some(health) = state.custodians.check_health(c).await {
+                let c = &roster.all[i];
+                if let Some(health) = state.custodians.check_health(&roster, c).await {
                     // Behind the cluster's epoch: it missed the commit of a refresh. Sent off
                     // this loop, which must not wait on one custodian.
                     if health.epoch < state.epochs.current()
                         && !c.catching_up.swap(true, Ordering::AcqRel)
                     {
-                        let state = Arc::clone(&state);
+                        let (state, roster) = (Arc::clone(&state), Arc::clone(&roster));
                         tokio::spawn(async move {
-                            let c = &state.custodians.all[i];
+                            let c = &roster.all[i];
                             crate::reshare::catch_up(&state, c).await;
                             c.catching_up.store(false, Ordering::Release);
                         });
                     }
-                    let k = state.custodians.cluster.threshold();
+                    let k = roster.threshold();
                     let callers = state.identities.all();
                     let (revoked, active): (Vec<_>, Vec<_>) = callers
                         .into_iter()
@@ -60,12 +61,12 @@ async fn health_loop(state: Arc<State>) {
                     // idempotent, so all of its kind go again.
                     if (health.revocations as usize) < revoked.len() {
                         for caller in &revoked {
-                            order_on(&state, i, revocation(caller)).await;
+                            order_on(&state, c, revocation(caller)).await;
                         }
                     }
                     if (health.identities as usize) < active.len() {
                         for caller in &active {
-                            order_on(&state, i, registration(caller)).await;
+                            order_on(&state, c, registration(caller)).await;
                         }
                     }
                     let retired: Vec<_> = state
@@ -76,11 +77,11 @@ async fn health_loop(state: Arc<State>) {
                         .collect();
                     if (health.retirements as usize) < retired.len() {
                         for v in &retired {
-                            order_on(&state, i, retirement(v)).await;
+                            order_on(&state, c, retirement(v)).await;
                         }
                     }
                     for order in state.unfreezes.missed(&health.frozen) {
-                        order_on(&state, i, order).await;
+                        order_on(&state, c, order).await;
                     }
                 }
             });
@@ -140,10 +141,11 @@ fn retirement(version: &Version) -> Order {
 
 /// Sends `order` to every custodian at once and waits for their answers.
 async fn push_to_all(state: Arc<State>, order: Order) {
-    let pushes: Vec<_> = (0..state.custodians.all.len())
+    let roster = state.custodians.roster();
+    let pushes: Vec<_> = (0..roster.all.len())
         .map(|i| {
-            let (state, order) = (Arc::clone(&state), order.clone());
-            tokio::spawn(async move { order_on(&state, i, order).await })
+            let (state, roster, order) = (Arc::clone(&state), Arc::clone(&roster), order.clone());
+            tokio::spawn(async move { order_on(&state, &roster.all[i], order).await })
         })
         .collect();
     for p in pushes {
@@ -151,8 +153,7 @@ async fn push_to_all(state: Arc<State>, order: Order) {
     }
 }
 
-async fn order_on(state: &State, i: usize, order: Order) {
-    let c = &state.custodians.all[i];
+async fn order_on(state: &State, c: &Custodian, order: Order) {
     let what = format!("{order:?}");
     if let Err(e) = state.custodians.order(c, order).await {
         tracing::warn!(
@@ -177,8 +178,9 @@ async fn bring_up(state: &Arc<State>, version: &Version) {
         approvals: crate::registry::signatures(&version.approvals),
     };
     let mut everyone_holds = true;
-    for (index, answer) in order_everyone(state, order).await {
-        let c = state.custodians.get(index).expect("a member");
+    let roster = state.custodians.roster();
+    for (index, answer) in order_everyone(state, &roster, order).await {
+        let c = roster.get(index).expect("a member");
         match answer {
             Ok(r) if r.status == "active" => c.mark_serving(&version.package_id),
             Ok(r) if r.status == "unchecked" => {}
@@ -212,10 +214,11 @@ async fn check_shares(state: &Arc<State>, version: &Version) {
     };
     let mut failed = false;
     let mut refusals = Vec::new();
-    for (index, answer) in order_everyone(state, order).await {
+    let roster = state.custodians.roster();
+    for (index, answer) in order_everyone(state, &roster, order).await {
         match answer {
             Ok(r) if r.status == "active" => {
-                let c = state.custodians.get(index).expect("a member");
+                let c = roster.get(index).expect("a member");
                 c.mark_serving(&version.package_id);
                 tracing::info!(custodian = index, package = %version.package_id, "shares checked: the custodian serves the version");
             }
@@ -232,7 +235,7 @@ async fn check_shares(state: &Arc<State>, version: &Version) {
         }
     }
     if failed {
-        abort_everywhere(state, &session).await;
+        abort_everywhere(state, &roster, &session).await;
     }
     if !refusals.is_empty() {
         version.checks.refused.store(true, Ordering::Release);
@@ -262,13 +265,14 @@ fn refuses_shares(e: &CallError) -> bool {
 /// index. One that cannot be reached is marked dead.
 fn send_to_everyone(
     state: &Arc<State>,
+    roster: &Arc<Roster>,
     order: Order,
 ) -> JoinSet<(u32, Result<OrderResponse, CallError>)> {
     let mut calls = JoinSet::new();
-    for i in 0..state.custodians.all.len() {
-        let (state, order) = (Arc::clone(state), order.clone());
+    for i in 0..roster.all.len() {
+        let (state, roster, order) = (Arc::clone(state), Arc::clone(roster), order.clone());
         calls.spawn(async move {
-            let c = &state.custodians.all[i];
+            let c = &roster.all[i];
             let result = state.custodians.order(c, order).await;
             if let Err(CallError::Unreachable(_)) = &result {
                 c.mark_dead();
@@ -282,9 +286,10 @@ fn send_to_everyone(
 /// Sends `order` to every custodian at once; their answers by index.
 pub(crate) async fn order_everyone(
     state: &Arc<State>,
+    roster: &Arc<Roster>,
     order: Order,
 ) -> Vec<(u32, Result<OrderResponse, CallError>)> {
-    let mut calls = send_to_everyone(state, order);
+    let mut calls = send_to_everyone(state, roster, order);
     let mut answers = Vec::new();
     while let Some(joined) = calls.join_next().await {
         match joined {
@@ -302,9 +307,10 @@ pub(crate) async fn order_everyone(
 /// partition of one custodian from the coordinator stopped the kit pool for two minutes).
 pub(crate) async fn order_jointly(
     state: &Arc<State>,
+    roster: &Arc<Roster>,
     order: Order,
 ) -> Result<Vec<(u32, OrderResponse)>, (u32, CallError)> {
-    let mut calls = send_to_everyone(state, order);
+    let mut calls = send_to_everyone(state, roster, order);
     let mut answers = Vec::new();
     while let Some(joined) = calls.join_next().await {
         match joined {
@@ -317,8 +323,8 @@ pub(crate) async fn order_jointly(
 }
 
 /// Peers waiting on a failed member give up at their round timeout; tells them now.
-pub(crate) async fn abort_everywhere(state: &State, session: &str) {
-    for c in &state.custodians.all {
+pub(crate) async fn abort_everywhere(state: &State, roster: &Roster, session: &str) {
+    for c in &roster.all {
         let abort = Order::Abort {
             session: session.to_string(),
         };
@@ -336,7 +342,7 @@ async fn pool_loop(state: Arc<State>) {
                 continue;
             }
             if !everyone_serves(&state, &v) {
-                let all_live = state.custodians.all.iter().all(|c| c.is_live());
+                let all_live = state.custodians.roster().all.iter().all(|c| c.is_live());
                 if all_live && !v.checks.refused.load(Ordering::Acquire) {
                     let state = Arc::clone(&state);
                     tokio::spawn(async move {
@@ -365,15 +371,16 @@ async fn pool_loop(state: Arc<State>) {
 
 /// Whether every custodian serves `v` (else it is brought up).
 fn everyone_serves(state: &State, v: &Version) -> bool {
-    state.custodians.all.iter().all(|c| c.serves(&v.package_id))
+    let roster = state.custodians.roster();
+    roster.all.iter().all(|c| c.serves(&v.package_id))
 }
 
 /// Generation needs every custodian: each deals randomness and takes part in reducing the
 /// products (n >= 2k − 1), and each must store its share of every kit, at the cluster's epoch.
 pub(crate) fn everyone_ready(state: &State, v: &Version) -> bool {
     let epoch = state.epochs.current();
-    state
-        .custodians
+    let roster = state.custodians.roster();
+    roster
         .all
         .iter()
         .all(|c| c.serves(&v.package_id) && c.epoch() == epoch)
@@ -417,7 +424,8 @@ async fn run_batch(state: &Arc<State>, v: &Arc<Version>, count: u64) -> bool {
         count,
         epoch,
     };
-    let ok = match order_jointly(state, order).await {
+    let roster = state.custodians.roster();
+    let ok = match order_jointly(state, &roster, order).await {
         Ok(answers) => {
             let unexpected = answers
                 .iter()
@@ -425,7 +433,7 @@ async fn run_batch(state: &Arc<State>, v: &Arc<Version>, count: u64) -> bool {
             if let Some((index, r)) = unexpected {
                 tracing::warn!(custodian = index, "preprocessing: unexpected answer {r:?}");
             }
-            unexpected.is_none() && answers.len() == state.custodians.all.len()
+            unexpected.is_none() && answers.len() == roster.all.len()
         }
         Err((index, e)) => {
             tracing::warn!(custodian = index, "preprocessing batch failed: {e}");
@@ -455,7 +463,7 @@ async fn run_batch(state: &Arc<State>, v: &Arc<Version>, count: u64) -> bool {
         }
     };
     if !ok {
-        abort_everywhere(state, &at_epoch(&session, epoch)).await;
+        abort_everywhere(state, &roster, &at_epoch(&session, epoch)).await;
     }
     // Stored at an epoch a refresh has ended since: the custodians delete those kits.
     let ok = ok && state.epochs.current() == epoch;

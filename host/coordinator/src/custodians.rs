@@ -2,8 +2,8 @@
 //! the calls the coordinator makes to them (signed orders, session tickets, health checks).
 
 use std::collections::HashSet;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use quorumvm_package::{PublicKey, SecretKey};
@@ -62,6 +62,10 @@ impl Custodian {
                 .expect("serving lock")
                 .contains(package_id)
     }
+    /// The versions it reported or acknowledged serving.
+    pub fn serving_ids(&self) -> HashSet<String> {
+        self.serving.lock().expect("serving lock").clone()
+    }
     pub fn mark_serving(&self, package_id: &str) {
         self.serving
             .lock()
@@ -87,6 +91,39 @@ impl Custodian {
     }
 }
 
+/// The custodians of `cluster`; those `before` knew (by sealing key) keep what it knew of them.
+fn roster(
+    exchange: &CustodianSecretKey,
+    generation: u64,
+    cluster: Cluster,
+    before: Option<&Roster>,
+) -> Roster {
+    let all = cluster
+        .members()
+        .iter()
+        .map(|m| {
+            let known =
+                before.and_then(|r| r.all.iter().find(|c| c.member.sealing_key == m.sealing_key));
+            Custodian {
+                member: m.clone(),
+                tickets: TicketKey::new(exchange, m.sealing_key),
+                live: AtomicBool::new(known.is_some_and(Custodian::is_live)),
+                suspect: AtomicBool::new(known.is_some_and(Custodian::is_suspect)),
+                serving: Mutex::new(known.map_or_else(HashSet::new, |c| {
+                    c.serving.lock().expect("serving lock").clone()
+                })),
+                epoch: AtomicU64::new(known.map_or(0, Custodian::epoch)),
+                catching_up: AtomicBool::new(false),
+            }
+        })
+        .collect();
+    Roster {
+        generation,
+        cluster,
+        all,
+    }
+}
+
 /// Why a call to a custodian failed.
 #[derive(Debug)]
 pub enum CallError {
@@ -107,61 +144,18 @@ impl std::fmt::Display for CallError {
     }
 }
 
-pub struct Custodians {
+/// The custodians of one membership: the configured cluster (generation 0), or the one the
+/// last rotation committed ([`crate::rotation`]). Everything that takes custodians (quorums,
+/// kit batches, approvals, reconstruction with k) takes one roster and keeps to it, so a
+/// rotation committing meanwhile never mixes two memberships in one operation.
+pub struct Roster {
+    /// How many rotations made this membership.
+    pub generation: u64,
     pub cluster: Cluster,
     pub all: Vec<Custodian>,
-    client: HttpClient,
-    /// The clock orders are signed on, and whether a planted bug is on.
-    env: Env,
-    key: SecretKey,
-    /// Whether a first round of health checks has finished since this process started: until
-    /// then, no live custodian means "not known yet", not "down".
-    checked: tokio::sync::watch::Sender<bool>,
 }
 
-impl Custodians {
-    pub fn new(
-        env: &Env,
-        cluster: Cluster,
-        key: SecretKey,
-        exchange: &CustodianSecretKey,
-    ) -> Custodians {
-        let all = cluster
-            .members()
-            .iter()
-            .map(|m| Custodian {
-                member: m.clone(),
-                tickets: TicketKey::new(exchange, m.sealing_key),
-                live: AtomicBool::new(false),
-                suspect: AtomicBool::new(false),
-                serving: Mutex::new(HashSet::new()),
-                epoch: AtomicU64::new(0),
-                catching_up: AtomicBool::new(false),
-            })
-            .collect();
-        Custodians {
-            cluster,
-            all,
-            client: env.http(),
-            env: env.clone(),
-            key,
-            checked: tokio::sync::watch::Sender::new(false),
-        }
-    }
-
-    /// Records that every custodian has been checked once.
-    pub fn first_round_done(&self) {
-        self.checked.send_replace(true);
-    }
-
-    /// Waits, at most `limit`, until every custodian has been checked once since the start:
-    /// right after a restart a request waits for the first health checks instead of being
-    /// refused because no custodian is known to be live yet.
-    pub async fn checked_once(&self, limit: Duration) {
-        let mut checked = self.checked.subscribe();
-        let _ = tokio::time::timeout(limit, checked.wait_for(|done| *done)).await;
-    }
-
+impl Roster {
     /// The custodians that may take part in an evaluation of `package_id`, at any share epoch:
     /// live, serving it, not suspect, and not in `refusing` (those that refuse the caller).
     pub fn willing<'a>(
@@ -178,8 +172,79 @@ impl Custodians {
         self.all.iter().find(|c| c.index() == index)
     }
 
+    /// k of this membership.
+    pub fn threshold(&self) -> usize {
+        self.cluster.threshold()
+    }
+}
+
+pub struct Custodians {
+    roster: RwLock<Arc<Roster>>,
+    /// Derives the session-ticket key shared with each custodian, members to come included.
+    exchange: CustodianSecretKey,
+    client: HttpClient,
+    /// The clock orders are signed on, and whether a planted bug is on.
+    env: Env,
+    key: SecretKey,
+    /// Whether a first round of health checks has finished since this process started: until
+    /// then, no live custodian means "not known yet", not "down".
+    checked: tokio::sync::watch::Sender<bool>,
+}
+
+impl Custodians {
+    pub fn new(
+        env: &Env,
+        generation: u64,
+        cluster: Cluster,
+        key: SecretKey,
+        exchange: CustodianSecretKey,
+    ) -> Custodians {
+        let roster = roster(&exchange, generation, cluster, None);
+        Custodians {
+            roster: RwLock::new(Arc::new(roster)),
+            exchange,
+            client: env.http(),
+            env: env.clone(),
+            key,
+            checked: tokio::sync::watch::Sender::new(false),
+        }
+    }
+
+    /// The membership in force: take it once per operation.
+    pub fn roster(&self) -> Arc<Roster> {
+        Arc::clone(&self.roster.read().expect("roster lock"))
+    }
+
+    /// Moves to the membership of rotation `generation` (a no-op if that one is in force). A
+    /// machine kept (the same sealing key) keeps what this coordinator knows of it: whether it
+    /// is live, suspect, what it serves and its epoch.
+    pub fn move_to(&self, generation: u64, cluster: Cluster) {
+        let mut held = self.roster.write().expect("roster lock");
+        if held.generation >= generation {
+            return;
+        }
+        *held = Arc::new(roster(&self.exchange, generation, cluster, Some(&held)));
+    }
+
+    /// Records that every custodian has been checked once.
+    pub fn first_round_done(&self) {
+        self.checked.send_replace(true);
+    }
+
+    /// Waits, at most `limit`, until every custodian has been checked once since the start:
+    /// right after a restart a request waits for the first health checks instead of being
+    /// refused because no custodian is known to be live yet.
+    pub async fn checked_once(&self, limit: Duration) {
+        let mut checked = self.checked.subscribe();
+        let _ = tokio::time::timeout(limit, checked.wait_for(|done| *done)).await;
+    }
+
     /// Checks one custodian; on success records it live with the versions it serves.
-    pub async fn check_health(&self, c: &Custodian) -> Option<CustodianHealth> {
+    ///
+    /// A machine that missed the commit of a rotation still answers at its index before it
+    /// (a renumbered one at another): it counts as live, behind the cluster's epoch, and is
+    /// sent the commits it missed.
+    pub async fn check_health(&self, roster: &Roster, c: &Custodian) -> Option<CustodianHealth> {
         if self.env.planted(Bug::DeadStaysDead) && !c.is_live() && *self.checked.borrow() {
             return None;
         }
@@ -194,7 +259,7 @@ impl Custodians {
             _ => None,
         };
         match &health {
-            Some(h) if h.index == c.index() => {
+            Some(h) if h.index == c.index() || h.generation < roster.generation => {
                 *c.serving.lock().expect("serving lock") =
                     h.versions.iter().map(|v| v.package_id.clone()).collect();
                 c.set_epoch(h.epoch);
@@ -225,10 +290,11 @@ impl Custodians {
             Order::Preprocess { count, .. } => {
                 PREPROCESS_BASE + PREPROCESS_PER_KIT * count.min(u32::MAX as u64) as u32
             }
-            Order::Activate { .. } | Order::CheckShares { .. } | Order::Reshare { .. } => {
-                PREPROCESS_TIMEOUT
-            }
-            Order::CommitReshare { .. } => COMMIT_TIMEOUT,
+            Order::Activate { .. }
+            | Order::CheckShares { .. }
+            | Order::Reshare { .. }
+            | Order::Redeal { .. } => PREPROCESS_TIMEOUT,
+            Order::CommitReshare { .. } | Order::CommitRedeal { .. } => COMMIT_TIMEOUT,
             _ => HEALTH_TIMEOUT,
         };
         let signed = self.sign(order);
@@ -297,9 +363,10 @@ mod tests {
         let cluster = Cluster::new(2, &entries).unwrap();
         Custodians::new(
             &Env::system(),
+            0,
             cluster,
             SecretKey::generate(),
-            &CustodianSecretKey::generate(),
+            CustodianSecretKey::generate(),
         )
     }
 

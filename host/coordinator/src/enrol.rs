@@ -48,7 +48,7 @@ pub async fn approve(
         details,
     )
     .await?;
-    let k = state.custodians.cluster.threshold();
+    let k = state.custodians.roster().threshold();
     let count = approve::record(&state, store::Approved::Identity, &name, &request).await?;
     crate::registry::hold_approval(&caller.approvals, request.custodian, request.signature);
     tracing::info!(identity = %name, custodian = request.custodian, count, "identity approval accepted");
@@ -68,7 +68,7 @@ pub async fn revoke(
     let subject = Subject::Revocation { name: &caller.name };
     let details = serde_json::json!({ "identity": name, "custodian": request.custodian });
     approve::check(&state, &subject, &request, "revocation.rejected", details).await?;
-    let k = state.custodians.cluster.threshold();
+    let k = state.custodians.roster().threshold();
     let count = approve::record(&state, store::Approved::Revocation, &name, &request).await?;
     crate::registry::hold_approval(&caller.revocations, request.custodian, request.signature);
     tracing::info!(identity = %name, custodian = request.custodian, count, "revocation approval accepted");

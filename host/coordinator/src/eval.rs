@@ -28,7 +28,7 @@ use tokio::task::JoinSet;
 
 use crate::State;
 use crate::admission::{READY_POLL, READY_WAIT, admit, check_request, take_kit, wait_until_ready};
-use crate::custodians::CallError;
+use crate::custodians::{CallError, Roster};
 use crate::error::ApiError;
 use crate::registry::Version;
 use crate::{replicas, store, suspects};
@@ -233,7 +233,8 @@ async fn run(
             Err(Attempt::Without(index, e)) => {
                 so_far.refusing.push(index);
                 // Fewer than k custodians willing: the freeze binds the cluster.
-                if quorum(state, version, &so_far.refusing).is_err() {
+                let roster = state.custodians.roster();
+                if quorum(state, &roster, version, &so_far.refusing).is_err() {
                     return Err(e);
                 }
                 e
@@ -306,14 +307,14 @@ async fn attempt_once(
     kit: u64,
     so_far: &mut SoFar,
 ) -> Result<Outcome, Attempt> {
-    let custodians = &state.custodians;
-    let k = custodians.cluster.threshold();
-    let mut quorum = quorum_at_epoch(state, version, &so_far.refusing)
+    // One membership for the whole attempt: its quorum, its tickets, its k to reconstruct with.
+    let (roster, mut quorum) = quorum_at_epoch(state, version, &so_far.refusing)
         .await
         .map_err(Attempt::Fatal)?;
+    let k = roster.threshold();
     let epoch = state.epochs.current();
     if !so_far.deviated.is_empty() {
-        quorum = bare_quorum(state, &quorum, &so_far.deviated);
+        quorum = bare_quorum(state, k, &quorum, &so_far.deviated);
     }
     let session = Terms {
         request: signed.digest(),
@@ -336,11 +337,11 @@ async fn attempt_once(
     let now = state.env.now_ms();
     let mut calls = JoinSet::new();
     for &index in &quorum {
-        let c = custodians.get(index).expect("a quorum member");
+        let c = roster.get(index).expect("a quorum member");
         let request = c.tickets.seal(ticket.clone(), signed.clone(), now);
-        let state = Arc::clone(state);
+        let (state, roster) = (Arc::clone(state), Arc::clone(&roster));
         calls.spawn(async move {
-            let c = state.custodians.get(index).expect("a quorum member");
+            let c = roster.get(index).expect("a quorum member");
             (index, state.custodians.session(c, &request).await)
         });
     }
@@ -361,12 +362,12 @@ async fn attempt_once(
             Err(e) => {
                 if failure.is_none() {
                     // Stop the others now rather than at their round timeout.
-                    abort(state, &session, &quorum, index);
+                    abort(state, &roster, &session, &quorum, index);
                 }
                 let reason = format!("custodian {index}: {e}");
                 let next = match e {
                     CallError::Unreachable(_) => {
-                        if state.custodians.get(index).is_some_and(|c| c.mark_dead()) {
+                        if roster.get(index).is_some_and(|c| c.mark_dead()) {
                             tracing::warn!(
                                 custodian = index,
                                 "custodian failed during a session: marked dead"
@@ -418,6 +419,7 @@ async fn attempt_once(
     let answered: Vec<u32> = answers.iter().map(|(i, _)| *i).collect();
     let checked = Checked {
         quorum: &quorum,
+        k,
         // Every honest member checked every opening against 2k − 1 points or more: a subset of
         // answers that fails its check holds a liar itself.
         openings_checked: quorum.len() > 2 * (k - 1) && !deviation,
@@ -443,8 +445,7 @@ async fn attempt_once(
 /// A quorum of k among `candidates`, not one of `failed`, taken in turn across requests (so
 /// that the quorums that fail, each holding a liar, soon prove which; see
 /// [`crate::suspects`]); all of `candidates` when every one has failed.
-fn bare_quorum(state: &State, candidates: &[u32], failed: &[Vec<u32>]) -> Vec<u32> {
-    let k = state.custodians.cluster.threshold();
+fn bare_quorum(state: &State, k: usize, candidates: &[u32], failed: &[Vec<u32>]) -> Vec<u32> {
     let untried: Vec<Vec<u32>> = subsets(candidates, k)
         .into_iter()
         .filter(|q| !failed.contains(q))
@@ -479,6 +480,8 @@ fn subsets(set: &[u32], k: usize) -> Vec<Vec<u32>> {
 /// What an attempt's answers can prove about its members.
 struct Checked<'a> {
     quorum: &'a [u32],
+    /// k of the membership the quorum was taken from: what the answers open with.
+    k: usize,
     openings_checked: bool,
 }
 
@@ -517,9 +520,13 @@ fn refusal(index: u32, status: u16, code: &str, reason: String) -> Attempt {
 /// Every live custodian serving `version` but those in `refusing` (all of them take part, so
 /// that every opening and output is checked against the extra shares), or 503 when fewer than
 /// k are.
-fn quorum(state: &State, version: &Version, refusing: &[u32]) -> Result<Vec<u32>, ApiError> {
-    let custodians = &state.custodians;
-    let k = custodians.cluster.threshold();
+fn quorum(
+    state: &State,
+    custodians: &Roster,
+    version: &Version,
+    refusing: &[u32],
+) -> Result<Vec<u32>, ApiError> {
+    let k = custodians.threshold();
     let epoch = state.epochs.current();
     let quorum: Vec<u32> = custodians
         .willing(&version.package_id, refusing)
@@ -569,32 +576,29 @@ async fn quorum_at_epoch(
     state: &State,
     version: &Version,
     refusing: &[u32],
-) -> Result<Vec<u32>, ApiError> {
+) -> Result<(Arc<Roster>, Vec<u32>), ApiError> {
     // The runtime's clock (a simulation's, under test), as every wait of the coordinator.
     let deadline = tokio::time::Instant::now() + READY_WAIT;
-    let k = state.custodians.cluster.threshold();
     loop {
-        let refused = match quorum(state, version, refusing) {
-            Ok(quorum) => return Ok(quorum),
+        let roster = state.custodians.roster();
+        let refused = match quorum(state, &roster, version, refusing) {
+            Ok(quorum) => return Ok((roster, quorum)),
             Err(e) => e,
         };
-        let up = state
-            .custodians
-            .willing(&version.package_id, refusing)
-            .count();
-        if up < k || tokio::time::Instant::now() >= deadline {
+        let up = roster.willing(&version.package_id, refusing).count();
+        if up < roster.threshold() || tokio::time::Instant::now() >= deadline {
             return Err(refused);
         }
         tokio::time::sleep(READY_POLL).await;
     }
 }
 
-fn abort(state: &Arc<State>, session: &str, quorum: &[u32], failed: u32) {
+fn abort(state: &Arc<State>, roster: &Arc<Roster>, session: &str, quorum: &[u32], failed: u32) {
     for &index in quorum.iter().filter(|&&i| i != failed) {
-        let state = Arc::clone(state);
+        let (state, roster) = (Arc::clone(state), Arc::clone(roster));
         let session = session.to_string();
         tokio::spawn(async move {
-            if let Some(c) = state.custodians.get(index) {
+            if let Some(c) = roster.get(index) {
                 let _ = state.custodians.order(c, Order::Abort { session }).await;
             }
         });
@@ -619,7 +623,7 @@ fn reconstruct(
     checked: &Checked<'_>,
     failing: &mut Vec<Vec<u32>>,
 ) -> Result<Outcome, ApiError> {
-    let k = state.custodians.cluster.threshold();
+    let k = checked.k;
     let bad_share = |message: String| ApiError::new(StatusCode::BAD_GATEWAY, "bad_share", message);
     let rounds = answers.iter().map(|(_, a)| a.rounds).max().unwrap_or(0);
     let private = !version.manifest.private_inputs.is_empty();

@@ -132,7 +132,7 @@ pub async fn unfreeze(
         details,
     )
     .await?;
-    let k = state.custodians.cluster.threshold();
+    let k = state.custodians.roster().threshold();
     let lift = NewFreeze {
         target: u.target.clone(),
         frozen: false,
@@ -174,7 +174,9 @@ pub async fn unfreeze(
             unfreeze: u.clone(),
             approvals,
         };
-        for (index, answer) in background::order_everyone(&state, order).await {
+        for (index, answer) in
+            background::order_everyone(&state, &state.custodians.roster(), order).await
+        {
             match answer {
                 Ok(_) => taken_by.push(index),
                 Err(e) => tracing::warn!(custodian = index, "unfreeze not taken: {e}"),

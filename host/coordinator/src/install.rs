@@ -16,6 +16,7 @@ use quorumvm_server::Body;
 use quorumvm_wire::api::{InstallRequest, VersionState, decode_bytes};
 use quorumvm_wire::deal::Deal;
 
+use crate::custodians::Roster;
 use crate::error::ApiError;
 use crate::packages::{info, known};
 use crate::registry::{KitPool, Version};
@@ -61,8 +62,10 @@ pub async fn install(
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
         .map_err(|e| ApiError::bad_request("bad_package", e.to_string()))?;
-    check_shares(&state, &id, &manifest, &request.shares)?;
-    check_deal(&state, &id, publisher, &manifest, &request)?;
+    // One membership for both checks: the shares must be dealt to the cluster in force.
+    let roster = state.custodians.roster();
+    check_shares(&roster, &id, &manifest, &request.shares)?;
+    check_deal(&state, &roster, &id, publisher, &manifest, &request)?;
 
     let publisher_hex = publisher.to_hex();
     let (job_id, job_publisher, job_manifest) =
@@ -113,13 +116,13 @@ pub async fn install(
 /// Every custodian gets exactly one sealed share of every declared secret, well formed.
 /// (Whether it opens only its custodian can tell; it checks at activation.)
 fn check_shares(
-    state: &State,
+    roster: &Roster,
     id: &PackageId,
     manifest: &quorumvm_core::circuit::Manifest,
     shares: &[quorumvm_wire::api::SealedShares],
 ) -> Result<(), ApiError> {
     let bad = |m: String| ApiError::bad_request("bad_shares", m);
-    for c in &state.custodians.all {
+    for c in &roster.all {
         let mut mine = shares.iter().filter(|s| s.custodian == c.index());
         let Some(s) = mine.next() else {
             return Err(bad(format!("no sealed shares for custodian {}", c.index())));
@@ -164,10 +167,7 @@ fn check_shares(
             )));
         }
     }
-    if let Some(s) = shares
-        .iter()
-        .find(|s| state.custodians.get(s.custodian).is_none())
-    {
+    if let Some(s) = shares.iter().find(|s| roster.get(s.custodian).is_none()) {
         return Err(bad(format!(
             "custodian {} is not in this cluster",
             s.custodian
@@ -181,6 +181,7 @@ fn check_shares(
 /// itself before opening; this refuses a broken upload early).
 fn check_deal(
     state: &State,
+    roster: &Roster,
     id: &PackageId,
     publisher: &quorumvm_package::PublicKey,
     manifest: &quorumvm_core::circuit::Manifest,
@@ -193,8 +194,7 @@ fn check_deal(
         .map_err(|e| bad(format!("the deal of the shares: {e}")))?;
     let names: Vec<&str> = manifest.secrets.iter().map(|d| d.name.as_str()).collect();
     for s in &request.shares {
-        let member = state
-            .custodians
+        let member = roster
             .get(s.custodian)
             .expect("check_shares checked the custodians");
         let sealed = s
@@ -209,7 +209,7 @@ fn check_deal(
             .collect();
         deal.check_mine(
             id,
-            state.custodians.cluster.threshold(),
+            state.custodians.roster().threshold(),
             s.custodian,
             &member.member.sealing_key.to_hex(),
             &names,

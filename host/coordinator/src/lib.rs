@@ -22,6 +22,7 @@ mod registry;
 mod replicas;
 mod reshare;
 mod retirement;
+mod rotation;
 mod routes;
 mod state;
 mod store;

@@ -115,9 +115,9 @@ pub async fn serve(AxumState(state): AxumState<Arc<State>>) -> Response {
         "Anomaly rules of the policies that fired on the requests admitted here.",
         state.anomalies.fired_total(),
     );
+    let roster = state.custodians.roster();
     let per_custodian = |value: fn(&crate::custodians::Custodian) -> bool| {
-        state
-            .custodians
+        roster
             .all
             .iter()
             .map(|c| (format!("{{custodian=\"{}\"}}", c.index()), value(c) as u64))
@@ -141,8 +141,7 @@ pub async fn serve(AxumState(state): AxumState<Arc<State>>) -> Response {
         "The cluster's share epoch (refreshes certified), and each custodian's.",
         &std::iter::once((String::new(), state.epochs.current()))
             .chain(
-                state
-                    .custodians
+                roster
                     .all
                     .iter()
                     .map(|c| (format!("{{custodian=\"{}\"}}", c.index()), c.epoch())),

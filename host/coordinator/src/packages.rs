@@ -18,7 +18,9 @@ use crate::{State, replicas, store};
 type Shared = AxumState<Arc<State>>;
 
 pub(crate) fn info(state: &State, v: &Version) -> VersionInfo {
-    state.registry.info(v, state.custodians.cluster.threshold())
+    state
+        .registry
+        .info(v, state.custodians.roster().threshold())
 }
 
 pub async fn list(AxumState(state): Shared) -> Json<Vec<VersionInfo>> {
@@ -83,7 +85,8 @@ pub async fn shares(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let version = known(&state, &id).await?;
-    let c = state.custodians.get(custodian).ok_or_else(|| {
+    let roster = state.custodians.roster();
+    let c = roster.get(custodian).ok_or_else(|| {
         ApiError::not_found("unknown_custodian", format!("no custodian {custodian}"))
     })?;
     let path = format!("/v1/packages/{id}/shares/{custodian}");

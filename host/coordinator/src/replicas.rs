@@ -124,7 +124,7 @@ fn changes(conn: &dyn Sql, seen: Option<u64>) -> Result<(u64, bool), StoreError>
 async fn reload(state: &State) -> Result<(), ApiError> {
     let storage = state.storage.clone();
     let owner = state.replica.clone();
-    let threshold = state.custodians.cluster.threshold();
+    let threshold = state.custodians.roster().threshold();
     let shared = state
         .env
         .blocking(move || storage.read(|conn| store::load_shared(conn, &owner, threshold)))
@@ -133,10 +133,12 @@ async fn reload(state: &State) -> Result<(), ApiError> {
     state.registry.refresh(shared.versions, shared.aliases);
     state.identities.refresh(shared.identities)?;
     let suspects: HashSet<u32> = shared.suspects.into_iter().collect();
-    for c in &state.custodians.all {
+    for c in &state.custodians.roster().all {
         c.set_suspect(suspects.contains(&c.index()));
     }
     if state.epochs.refresh(shared.certificates) {
+        // It may have been a rotation: the membership moves here too.
+        crate::reshare::follow_membership(state);
         // Another replica certified a refresh: the kits of the old epoch are gone, as on it.
         for v in state.registry.all() {
             v.kits.lock().expect("kits lock").discard();

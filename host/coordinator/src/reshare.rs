@@ -33,14 +33,15 @@ use axum::http::StatusCode;
 use quorumvm_server::Body;
 use quorumvm_wire::api::ReshareReport;
 use quorumvm_wire::clearance::ReshareRequest;
+use quorumvm_wire::membership::Membership;
 use quorumvm_wire::order::{Attestations, Order, at_epoch};
 use quorumvm_wire::signed::Signed;
 use rand::RngCore;
 
 use crate::background::{abort_everywhere, order_jointly};
-use crate::custodians::{CallError, Custodian};
+use crate::custodians::{CallError, Custodian, Roster};
 use crate::error::ApiError;
-use crate::store::{self, Certificate};
+use crate::store::{self, Certificate, Rotation};
 use crate::{State, registry};
 
 /// The certified refreshes and the cluster's epoch: one past the last certified.
@@ -79,6 +80,16 @@ impl Epochs {
             .map_or(0, |c| c.from_epoch + 1)
     }
 
+    /// The membership of the last certified rotation and its generation (how many rotations
+    /// made it); `None` while the configured cluster is in force.
+    pub fn membership(&self) -> Option<(u64, Membership)> {
+        let held = self.certificates.lock().expect("certificates lock");
+        let rotations: Vec<&Rotation> = held.iter().filter_map(|c| c.rotation.as_ref()).collect();
+        rotations
+            .last()
+            .map(|r| (rotations.len() as u64, r.membership.clone()))
+    }
+
     /// The certificates that take a custodian at `epoch` to the current one, in order.
     fn from(&self, epoch: u64) -> Vec<Certificate> {
         self.certificates
@@ -104,21 +115,100 @@ pub async fn handle(
 /// Runs one refresh of every serving version's shares; see the module documentation.
 pub async fn reshare(state: &Arc<State>) -> Result<ReshareReport, ApiError> {
     let started = Instant::now();
-    let _one = state.epochs.running.try_lock().map_err(|_| {
+    let _one = one_at_a_time(state)?;
+    let from = state.epochs.current();
+    let roster = state.custodians.roster();
+    everyone_at(state, &roster, from, "a refresh").await?;
+    let versions: Vec<Arc<registry::Version>> = state
+        .registry
+        .all()
+        .into_iter()
+        .filter(|v| {
+            v.is_active()
+                && !v.manifest.secrets.is_empty()
+                && roster.all.iter().all(|c| c.serves(&v.package_id))
+        })
+        .collect();
+    if versions.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "nothing_to_reshare",
+            "no version with secrets is served by every custodian",
+        ));
+    }
+    let packages: Vec<String> = versions.iter().map(|v| v.package_id.clone()).collect();
+    let secrets: usize = versions.iter().map(|v| v.manifest.secrets.len()).sum();
+    let session = session_id("reshare", from);
+    start(state, &session, from, &packages, None).await?;
+    tracing::info!(%session, from, versions = packages.len(), secrets, "reshare started");
+
+    let order = Order::Reshare {
+        session: session.clone(),
+        epoch: from,
+        packages: packages.clone(),
+    };
+    let answers = order_jointly(state, &roster, order).await;
+    let attestations = match answers.map_err(|(index, e)| format!("custodian {index}: {e}")) {
+        Ok(answers) => certify(&roster, answers),
+        Err(reason) => Err(reason),
+    };
+    let attestations = match attestations {
+        Ok(a) => a,
+        Err(reason) => return Err(fail(state, &roster, &session, from, reason).await),
+    };
+    let certificate = Certificate {
+        session: session.clone(),
+        from_epoch: from,
+        packages: packages.clone(),
+        attestations,
+        rotation: None,
+    };
+    let (committed, behind) = certify_and_commit(state, &roster, certificate).await?;
+    let ms = started.elapsed().as_millis() as u64;
+    tracing::info!(%session, epoch = from + 1, ms, ?behind, "reshare committed");
+    Ok(ReshareReport {
+        session,
+        epoch: from + 1,
+        packages,
+        secrets: secrets as u64,
+        committed,
+        behind,
+        ms,
+    })
+}
+
+/// Holds the right to run a refresh or a rotation, which move the epoch: one at a time.
+pub(crate) fn one_at_a_time(state: &State) -> Result<tokio::sync::MutexGuard<'_, ()>, ApiError> {
+    state.epochs.running.try_lock().map_err(|_| {
         ApiError::new(
             StatusCode::CONFLICT,
             "reshare_running",
-            "a refresh of the shares is under way; try again when it ends",
+            "a refresh of the shares or a rotation is under way; try again when it ends",
         )
-    })?;
-    let from = state.epochs.current();
-    for c in &state.custodians.all {
+    })
+}
+
+/// A fresh session id for a refresh or rotation from `from`.
+pub(crate) fn session_id(kind: &str, from: u64) -> String {
+    let mut nonce = [0u8; 8];
+    rand::thread_rng().fill_bytes(&mut nonce);
+    format!("{kind}-{from}-{}", hex::encode(nonce))
+}
+
+/// Sends custodians behind `from` the commits they missed; then every custodian of `roster`
+/// must be live at `from`, or `what` cannot run (503, naming each one missing).
+pub(crate) async fn everyone_at(
+    state: &State,
+    roster: &Roster,
+    from: u64,
+    what: &str,
+) -> Result<(), ApiError> {
+    for c in &roster.all {
         if c.is_live() && c.epoch() < from {
             catch_up(state, c).await;
         }
     }
-    let missing: Vec<String> = state
-        .custodians
+    let missing: Vec<String> = roster
         .all
         .iter()
         .filter_map(|c| {
@@ -139,79 +229,69 @@ pub async fn reshare(state: &Arc<State>) -> Result<ReshareReport, ApiError> {
         return Err(ApiError::unavailable(
             "too_few_custodians",
             format!(
-                "a refresh needs all {} custodians live at epoch {from}: {}",
-                state.custodians.all.len(),
+                "{what} needs all {} custodians live at epoch {from}: {}",
+                roster.all.len(),
                 missing.join("; ")
             ),
         )
         .with_retry_after(1));
     }
-    let versions: Vec<Arc<registry::Version>> = state
-        .registry
-        .all()
-        .into_iter()
-        .filter(|v| {
-            v.is_active()
-                && !v.manifest.secrets.is_empty()
-                && state.custodians.all.iter().all(|c| c.serves(&v.package_id))
-        })
-        .collect();
-    if versions.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "nothing_to_reshare",
-            "no version with secrets is served by every custodian",
-        ));
-    }
-    let packages: Vec<String> = versions.iter().map(|v| v.package_id.clone()).collect();
-    let secrets: usize = versions.iter().map(|v| v.manifest.secrets.len()).sum();
-    let mut nonce = [0u8; 8];
-    rand::thread_rng().fill_bytes(&mut nonce);
-    let session = format!("reshare-{from}-{}", hex::encode(nonce));
-    let (id, list, now) = (session.clone(), packages.clone(), state.env.now_ms());
+    Ok(())
+}
+
+/// Records a refresh or rotation as started, before any custodian hears of it.
+pub(crate) async fn start(
+    state: &State,
+    session: &str,
+    from: u64,
+    packages: &[String],
+    rotation: Option<store::Rotation>,
+) -> Result<(), ApiError> {
+    let (id, list, now) = (session.to_string(), packages.to_vec(), state.env.now_ms());
     let owner = state.replica.clone();
     state
         .storage
-        .commit(move |tx| store::start_reshare(tx, &id, from, &list, &owner, now))
+        .commit(move |tx| {
+            store::start_reshare(tx, &id, from, &list, rotation.as_ref(), (&owner, now))
+        })
         .await?;
-    tracing::info!(%session, from, versions = packages.len(), secrets, "reshare started");
+    Ok(())
+}
 
-    let order = Order::Reshare {
-        session: session.clone(),
-        epoch: from,
-        packages: packages.clone(),
-    };
-    let answers = order_jointly(state, order).await;
-    let attestations = match answers.map_err(|(index, e)| format!("custodian {index}: {e}")) {
-        Ok(answers) => certify(state, answers),
-        Err(reason) => Err(reason),
-    };
-    let attestations = match attestations {
-        Ok(a) => a,
-        Err(reason) => {
-            abort_everywhere(state, &at_epoch(&session, from)).await;
-            let (id, why, now) = (session.clone(), reason.clone(), state.env.now_ms());
-            state
-                .storage
-                .commit(move |tx| store::fail_reshare(tx, &id, &why, now))
-                .await?;
-            state.metrics.reshares_failed.fetch_add(1, Relaxed);
-            tracing::warn!(%session, "reshare failed: {reason}");
-            return Err(ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "reshare_failed",
-                format!(
-                    "the refresh did not complete, every custodian stays at epoch {from}: {reason}"
-                ),
-            ));
-        }
-    };
-    let certificate = Certificate {
-        session: session.clone(),
-        from_epoch: from,
-        packages: packages.clone(),
-        attestations,
-    };
+/// Gives up a refresh or rotation that some custodian did not verify: everyone stays at `from`.
+pub(crate) async fn fail(
+    state: &State,
+    roster: &Roster,
+    session: &str,
+    from: u64,
+    reason: String,
+) -> ApiError {
+    abort_everywhere(state, roster, &at_epoch(session, from)).await;
+    let (id, why, now) = (session.to_string(), reason.clone(), state.env.now_ms());
+    if let Err(e) = state
+        .storage
+        .commit(move |tx| store::fail_reshare(tx, &id, &why, now))
+        .await
+    {
+        return e.into();
+    }
+    state.metrics.reshares_failed.fetch_add(1, Relaxed);
+    tracing::warn!(%session, "refresh or rotation failed: {reason}");
+    ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        "reshare_failed",
+        format!("it did not complete, every custodian stays at epoch {from}: {reason}"),
+    )
+}
+
+/// Stores `certificate` (from then on the cluster's epoch is the next one, and for a rotation
+/// its membership is the cluster's), then sends its commit to every custodian of `roster`
+/// (the membership it moves from); which committed and which are behind, by index in it.
+pub(crate) async fn certify_and_commit(
+    state: &Arc<State>,
+    roster: &Arc<Roster>,
+    certificate: Certificate,
+) -> Result<(Vec<u32>, Vec<u32>), ApiError> {
     let (cert, now) = (certificate.clone(), state.env.now_ms());
     state
         .storage
@@ -224,14 +304,16 @@ pub async fn reshare(state: &Arc<State>) -> Result<ReshareReport, ApiError> {
         .lock()
         .expect("certificates lock")
         .push(certificate.clone());
+    follow_membership(state);
     for v in state.registry.all() {
         v.kits.lock().expect("kits lock").discard();
     }
     let mut calls = tokio::task::JoinSet::new();
-    for i in 0..state.custodians.all.len() {
-        let (state, certificate) = (Arc::clone(state), certificate.clone());
+    for i in 0..roster.all.len() {
+        let (state, roster, certificate) =
+            (Arc::clone(state), Arc::clone(roster), certificate.clone());
         calls.spawn(async move {
-            let c = &state.custodians.all[i];
+            let c = &roster.all[i];
             commit_on(&state, c, &certificate)
                 .await
                 .then_some(c.index())
@@ -244,33 +326,34 @@ pub async fn reshare(state: &Arc<State>) -> Result<ReshareReport, ApiError> {
         }
     }
     committed.sort_unstable();
-    let behind: Vec<u32> = state
-        .custodians
+    let behind: Vec<u32> = roster
         .all
         .iter()
         .map(Custodian::index)
         .filter(|i| !committed.contains(i))
         .collect();
     state.metrics.reshares_committed.fetch_add(1, Relaxed);
-    let ms = started.elapsed().as_millis() as u64;
-    tracing::info!(%session, epoch = from + 1, ms, ?behind, "reshare committed");
-    Ok(ReshareReport {
-        session,
-        epoch: from + 1,
-        packages,
-        secrets: secrets as u64,
-        committed,
-        behind,
-        ms,
-    })
+    Ok((committed, behind))
+}
+
+/// Moves the custodians this coordinator orders to the membership of the last certified
+/// rotation, if it has not yet.
+pub(crate) fn follow_membership(state: &State) {
+    if let Some((generation, membership)) = state.epochs.membership() {
+        match membership.cluster() {
+            Ok(cluster) => state.custodians.move_to(generation, cluster),
+            // Checked before it was certified: only a corrupt database gets here.
+            Err(e) => tracing::error!(generation, "a certified membership does not parse: {e}"),
+        }
+    }
 }
 
 /// Every custodian's attestations, each naming every peer; or why not.
 fn certify(
-    state: &State,
+    roster: &Roster,
     answers: Vec<(u32, quorumvm_wire::api::OrderResponse)>,
 ) -> Result<Attestations, String> {
-    let n = state.custodians.all.len();
+    let n = roster.all.len();
     let mut attestations = BTreeMap::new();
     for (index, answer) in answers {
         if answer.status != "verified" || answer.attestations.len() != n - 1 {
@@ -293,15 +376,19 @@ fn certify(
 
 /// Sends `c` the commit of `certificate`; whether it is at the new epoch now.
 async fn commit_on(state: &State, c: &Custodian, certificate: &Certificate) -> bool {
-    let order = Order::CommitReshare {
-        session: certificate.session.clone(),
-        epoch: certificate.from_epoch,
-        packages: certificate.packages.clone(),
-        attestations: certificate.attestations.clone(),
-    };
-    match state.custodians.order(c, order).await {
+    match state.custodians.order(c, certificate.commit()).await {
         Ok(answer) => {
             c.set_epoch(answer.epoch);
+            // A machine the rotation kept is another entry of the new roster: it knows too.
+            if let Some(kept) = state
+                .custodians
+                .roster()
+                .all
+                .iter()
+                .find(|k| k.member.sealing_key == c.member.sealing_key)
+            {
+                kept.set_epoch(answer.epoch);
+            }
             true
         }
         Err(e) => {

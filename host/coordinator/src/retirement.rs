@@ -27,7 +27,7 @@ pub async fn approve(
     let subject = Subject::Retirement { package: &package };
     let details = serde_json::json!({ "package_id": id, "custodian": request.custodian });
     approve::check(&state, &subject, &request, "retirement.rejected", details).await?;
-    let k = state.custodians.cluster.threshold();
+    let k = state.custodians.roster().threshold();
     let (count, ()) = approve::record_then(
         &state,
         store::Approved::Retirement,

@@ -12,7 +12,8 @@ use quorumvm_wire::api::{ClusterInfo, CustodianInfo};
 use crate::State;
 use crate::error::ApiError;
 use crate::{
-    approve, enrol, eval, freeze, install, metrics, packages, reshare, retirement, suspects,
+    approve, enrol, eval, freeze, install, metrics, packages, reshare, retirement, rotation,
+    suspects,
 };
 
 type Shared = AxumState<Arc<State>>;
@@ -41,6 +42,8 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/v1/unfreezes", post(freeze::unfreeze))
         .route("/v1/custodians/clearances", post(suspects::clear))
         .route("/v1/reshares", post(reshare::handle))
+        .route("/v1/membership", get(rotation::show))
+        .route("/v1/memberships", post(rotation::approve))
         .route(
             "/v1/eval",
             post(eval::handle).layer(DefaultBodyLimit::max(eval::MAX_EVAL_BODY)),
@@ -63,9 +66,9 @@ async fn health() -> Json<serde_json::Value> {
 }
 
 async fn cluster(AxumState(state): Shared) -> Json<ClusterInfo> {
-    let c = &state.custodians;
+    let c = state.custodians.roster();
     Json(ClusterInfo {
-        threshold: c.cluster.threshold(),
+        threshold: c.threshold(),
         custodians: c
             .all
             .iter()

@@ -70,7 +70,7 @@ impl State {
         let frozen = self
             .freezes
             .is_frozen(&Target::Identity(caller.name.clone()));
-        caller.info(self.custodians.cluster.threshold(), frozen)
+        caller.info(self.custodians.roster().threshold(), frozen)
     }
 }
 
@@ -123,9 +123,14 @@ impl State {
         let (freezes, suspects) = (shared.freezes, shared.suspects);
         let identities = Identities::new(&env, storage.clone());
         identities.refresh(shared.identities)?;
-        let custodians = Custodians::new(&env, cluster, key, &exchange);
+        // The membership in force: the configured cluster, or the last rotation's.
+        let (generation, cluster) = match epochs.membership() {
+            None => (0, cluster),
+            Some((generation, membership)) => (generation, membership.cluster()?),
+        };
+        let custodians = Custodians::new(&env, generation, cluster, key, exchange);
         for index in suspects {
-            if let Some(c) = custodians.get(index) {
+            if let Some(c) = custodians.roster().get(index) {
                 c.set_suspect(true);
             }
         }

@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 
 use quorumvm_wire::api::{SealedShares, VersionState};
 use quorumvm_wire::freeze::{Target, Unfreeze};
-use quorumvm_wire::order::Attestations;
+use quorumvm_wire::membership::Membership;
+use quorumvm_wire::order::{ApprovalSignature, Attestations, Order};
 use quorumvm_wire::signed::Signed;
 
 /// Why a query on the coordinator's tables failed.
@@ -193,14 +194,32 @@ pub const SCHEMA: Schema = Schema {
         CREATE UNIQUE INDEX one_reshare_per_epoch ON reshares (from_epoch)
             WHERE state != 'failed';
     ",
+        ROTATIONS,
     ],
 };
+
+/// Rotations (see `rotation`), in both databases: a rotation is a refresh that also moves the
+/// membership, so it is a row of `reshares` whose `rotation` (JSON: the membership and the
+/// operators' approvals) is set. `membership_approvals`: one row per operator's approval of a
+/// membership statement (`statement`: its digest, hex). Written for both engines, so the new
+/// table is not `STRICT` (SQLite's strict tables know no `BIGINT`).
+const ROTATIONS: &str = "
+        ALTER TABLE reshares ADD COLUMN rotation TEXT NOT NULL DEFAULT '';
+        CREATE TABLE membership_approvals (
+            statement TEXT NOT NULL,
+            custodian BIGINT NOT NULL,
+            signature TEXT NOT NULL,
+            approved_ms BIGINT NOT NULL,
+            PRIMARY KEY (statement, custodian)
+        );
+    ";
 
 /// [`SCHEMA`] for PostgreSQL, where a coordinator's replicas share it: the same tables as
 /// SQLite's migrations make, in one step.
 pub const POSTGRES_SCHEMA: Schema = Schema {
     component: "coordinator",
-    migrations: &["
+    migrations: &[
+        "
         CREATE TABLE versions (
             package_id TEXT PRIMARY KEY,
             name TEXT NOT NULL,
@@ -297,7 +316,9 @@ pub const POSTGRES_SCHEMA: Schema = Schema {
             approved_ms BIGINT NOT NULL,
             PRIMARY KEY (unfreeze, custodian)
         );
-    "],
+    ",
+        ROTATIONS,
+    ],
 };
 
 /// A version as stored.
@@ -417,6 +438,7 @@ pub enum Approved {
     Revocation,
     Retirement,
     Unfreeze,
+    Membership,
 }
 
 impl Approved {
@@ -465,6 +487,13 @@ impl Approved {
                 "unfreeze.approved",
                 "unfreeze",
                 "the unfreeze",
+            ),
+            Approved::Membership => (
+                "membership_approvals",
+                "statement",
+                "membership.approved",
+                "statement",
+                "the membership",
             ),
         }
     }
@@ -760,16 +789,49 @@ pub fn load_suspects(conn: &dyn Sql) -> Result<Vec<u32>, StoreError> {
         .collect()
 }
 
-/// A refresh every custodian verified: what its commit order carries.
+/// A refresh or rotation every custodian verified: what its commit order carries.
 #[derive(Debug, Clone)]
 pub struct Certificate {
     pub session: String,
     pub from_epoch: u64,
     pub packages: Vec<String>,
     pub attestations: Attestations,
+    /// The membership a rotation moved to; `None` for a refresh (stored as '').
+    pub rotation: Option<Rotation>,
 }
 
-/// Records a refresh as started (`reshare.started`), before any custodian hears of it.
+/// What k operators approved of a rotation, as every custodian is sent it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Rotation {
+    pub membership: Membership,
+    pub approvals: Vec<ApprovalSignature>,
+}
+
+impl Certificate {
+    /// The order that moves a custodian that verified this refresh or rotation.
+    pub fn commit(&self) -> Order {
+        let (session, packages) = (self.session.clone(), self.packages.clone());
+        let attestations = self.attestations.clone();
+        match &self.rotation {
+            None => Order::CommitReshare {
+                session,
+                epoch: self.from_epoch,
+                packages,
+                attestations,
+            },
+            Some(r) => Order::CommitRedeal {
+                session,
+                membership: r.membership.clone(),
+                approvals: r.approvals.clone(),
+                packages,
+                attestations,
+            },
+        }
+    }
+}
+
+/// Records a refresh (or, with `rotation`, a rotation) as started (`reshare.started`), before
+/// any custodian hears of it.
 ///
 /// One refresh per epoch: a replica sharing the database that started one from the same
 /// epoch, unfinished or attested, makes this one [`StoreError::ReshareUnderWay`].
@@ -778,15 +840,18 @@ pub fn start_reshare(
     session: &str,
     from_epoch: u64,
     packages: &[String],
-    owner: &str,
-    now_ms: u64,
+    rotation: Option<&Rotation>,
+    (owner, now_ms): (&str, u64),
 ) -> Result<(), StoreError> {
     let list = serde_json::to_string(packages).expect("ids serialize");
+    let rotation = rotation.map_or_else(String::new, |r| {
+        serde_json::to_string(r).expect("rotations serialize")
+    });
     let started = tx.execute(
-        "INSERT INTO reshares (session, from_epoch, packages, state, started_ms, owner)
-         VALUES (?1, ?2, ?3, 'started', ?4, ?5)
+        "INSERT INTO reshares (session, from_epoch, packages, state, started_ms, owner, rotation)
+         VALUES (?1, ?2, ?3, 'started', ?4, ?5, ?6)
          ON CONFLICT (from_epoch) WHERE state != 'failed' DO NOTHING",
-        sql_params![session, from_epoch, &list, now_ms, owner],
+        sql_params![session, from_epoch, &list, now_ms, owner, &rotation],
     )?;
     if started == 0 {
         return Err(StoreError::ReshareUnderWay { from_epoch });
@@ -796,7 +861,12 @@ pub fn start_reshare(
         now_ms,
         "coordinator",
         "reshare.started",
-        serde_json::json!({"session": session, "from_epoch": from_epoch, "packages": packages}),
+        serde_json::json!({
+            "session": session,
+            "from_epoch": from_epoch,
+            "packages": packages,
+            "rotation": !rotation.is_empty(),
+        }),
     )
 }
 
@@ -871,7 +941,7 @@ pub fn fail_unfinished_reshares(tx: &dyn Sql, owner: &str) -> Result<usize, Stor
 /// Every attested refresh, by starting epoch: the cluster's epoch is one past the last.
 pub fn load_certificates(conn: &dyn Sql) -> Result<Vec<Certificate>, StoreError> {
     let rows = conn.query(
-        "SELECT session, from_epoch, packages, attestations FROM reshares
+        "SELECT session, from_epoch, packages, attestations, rotation FROM reshares
          WHERE state = 'attested' ORDER BY from_epoch",
         &[],
     )?;
@@ -888,6 +958,10 @@ pub fn load_certificates(conn: &dyn Sql) -> Result<Vec<Certificate>, StoreError>
             packages: serde_json::from_str(&packages).map_err(|e| corrupt(e.to_string()))?,
             attestations: serde_json::from_str(&attestations)
                 .map_err(|e| corrupt(e.to_string()))?,
+            rotation: match r.text(4)?.as_str() {
+                "" => None,
+                text => Some(serde_json::from_str(text).map_err(|e| corrupt(e.to_string()))?),
+            },
             session,
             from_epoch,
         });
@@ -1079,17 +1153,24 @@ pub struct Shared {
     pub suspects: Vec<u32>,
     pub certificates: Vec<Certificate>,
     pub freezes: quorumvm_server::freeze::Freezes,
-    /// The unfreezes `threshold` operators approved.
+    /// The unfreezes k operators approved (k of the last rotation's membership, or
+    /// `configured`'s).
     pub unfreezes: Vec<CertifiedUnfreeze>,
 }
 
-pub fn load_shared(conn: &dyn Sql, owner: &str, threshold: usize) -> Result<Shared, StoreError> {
+pub fn load_shared(conn: &dyn Sql, owner: &str, configured: usize) -> Result<Shared, StoreError> {
+    let certificates = load_certificates(conn)?;
+    let threshold = certificates
+        .iter()
+        .rev()
+        .find_map(|c| c.rotation.as_ref())
+        .map_or(configured, |r| r.membership.threshold);
     Ok(Shared {
         versions: load_versions(conn, owner)?,
         aliases: aliases(conn)?,
         identities: load_identities(conn)?,
         suspects: load_suspects(conn)?,
-        certificates: load_certificates(conn)?,
+        certificates,
         freezes: quorumvm_server::freeze::Freezes::load(conn)?,
         unfreezes: load_unfreezes(conn, threshold)?,
     })

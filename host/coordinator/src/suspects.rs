@@ -46,7 +46,8 @@ pub async fn record(state: &Arc<State>, failed: Vec<Vec<u32>>) {
     if failed.is_empty() {
         return;
     }
-    let bound = state.custodians.cluster.threshold() - 1;
+    let roster = state.custodians.roster();
+    let bound = roster.threshold() - 1;
     let (proven, evidence) = {
         let mut failing = state.suspects.failing.lock().expect("suspects lock");
         for mut set in failed {
@@ -59,7 +60,7 @@ pub async fn record(state: &Arc<State>, failed: Vec<Vec<u32>>) {
         (proven_liars(&failing, bound), failing.clone())
     };
     for index in proven {
-        let Some(c) = state.custodians.get(index) else {
+        let Some(c) = roster.get(index) else {
             continue;
         };
         if c.is_suspect() {
@@ -97,7 +98,8 @@ pub async fn clear(
     let statement = Clearance::open(&signed, &state.custodians.public_key(), state.env.now_ms())
         .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, "bad_clearance", e.to_string()))?;
     let index = statement.custodian;
-    let custodian = state.custodians.get(index).ok_or_else(|| {
+    let roster = state.custodians.roster();
+    let custodian = roster.get(index).ok_or_else(|| {
         ApiError::not_found(
             "unknown_custodian",
             format!("custodian {index} is not in the cluster"),

@@ -19,7 +19,8 @@ use axum::routing::{get, post};
 use quorumvm_server::tls::Peer;
 use quorumvm_server::{body_error, json};
 use quorumvm_wire::api::{
-    CustodianHealth, FreezeState, OrderResponse, SessionRequest, SessionResponse, VersionKits,
+    CustodianHealth, FreezeState, MembershipInfo, OrderResponse, SessionRequest, SessionResponse,
+    VersionKits,
 };
 use quorumvm_wire::freeze::Target;
 use quorumvm_wire::order::{Order, SignedOrder};
@@ -48,6 +49,7 @@ const ORDER_BODY_LIMIT: usize = 1 << 20;
 pub(crate) fn router(custodian: Arc<Custodian>) -> Router {
     Router::new()
         .route("/v1/health", get(health))
+        .route("/v1/membership", get(membership))
         .route("/metrics", get(metrics))
         .route(
             "/v1/orders",
@@ -114,6 +116,18 @@ async fn health(State(c): State<Arc<Custodian>>) -> Json<CustodianHealth> {
         threshold: current.cluster.threshold(),
         members: current.cluster.indices(),
         frozen: c.freezes.frozen(),
+    })
+}
+
+/// The membership in force here: what an operator's `quorumvm custodian` builds its statement
+/// from, so that it signs a change of what its own machine holds.
+async fn membership(State(c): State<Arc<Custodian>>) -> Json<MembershipInfo> {
+    let current = c.current();
+    Json(MembershipInfo {
+        generation: current.generation,
+        epoch: c.versions.epoch(),
+        threshold: current.cluster.threshold(),
+        custodians: current.cluster.entries(),
     })
 }
 

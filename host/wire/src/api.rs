@@ -345,3 +345,61 @@ pub struct OrderResponse {
     #[serde(default)]
     pub epoch: u64,
 }
+
+/// `GET /v1/membership` (custodian and coordinator): the membership in force, as it would be
+/// written in a config, and the epoch a change of it moves from. An operator's
+/// `quorumvm custodian` asks its own custodian, so the statement it signs starts from what
+/// that machine holds, not from what the coordinator says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembershipInfo {
+    /// How many rotations made it: 0 is the configured cluster.
+    pub generation: u64,
+    pub epoch: u64,
+    pub threshold: usize,
+    pub custodians: Vec<crate::config::CustodianEntry>,
+}
+
+/// `POST /v1/memberships`: one operator's approval of a membership statement
+/// ([`crate::approval::Subject::Membership`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MembershipApproval {
+    pub membership: crate::membership::Membership,
+    pub custodian: u32,
+    /// ed25519 signature (hex) over the statement.
+    pub signature: String,
+}
+
+/// What the coordinator holds of a membership statement; the approval that reaches k runs the
+/// rotation and answers with its report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembershipState {
+    /// The statement's digest (hex).
+    pub statement: String,
+    pub from_epoch: u64,
+    /// The current custodians whose approval was counted.
+    pub approvals: Vec<u32>,
+    /// k of the current cluster.
+    pub needed: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<RotationReport>,
+}
+
+/// What a rotation did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotationReport {
+    pub session: String,
+    /// The membership's generation and the cluster's epoch now.
+    pub generation: u64,
+    pub epoch: u64,
+    pub threshold: usize,
+    /// The new set's indices.
+    pub members: Vec<u32>,
+    /// The versions whose secrets were re-dealt.
+    pub packages: Vec<String>,
+    /// The machines that took the commit and those behind, by their index before the rotation
+    /// (those behind get it when they answer again, if they stay members).
+    pub committed: Vec<u32>,
+    pub behind: Vec<u32>,
+    pub ms: u64,
+}

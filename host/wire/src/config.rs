@@ -256,6 +256,20 @@ impl Cluster {
     pub fn indices(&self) -> Vec<u32> {
         self.members.iter().map(|m| m.index).collect()
     }
+
+    /// The members as a config lists them: what [`Cluster::new`] reads back to this cluster.
+    pub fn entries(&self) -> Vec<CustodianEntry> {
+        self.members
+            .iter()
+            .map(|m| CustodianEntry {
+                index: m.index,
+                url: m.url.clone(),
+                operator_key: m.operator_key.to_hex(),
+                sealing_key: m.sealing_key.to_hex(),
+                tls_fingerprint: m.tls,
+            })
+            .collect()
+    }
 }
 
 impl CoordinatorConfig {

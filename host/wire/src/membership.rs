@@ -41,6 +41,44 @@ impl Membership {
     pub fn cluster(&self) -> Result<Cluster, ConfigError> {
         Cluster::new(self.threshold, &self.custodians)
     }
+
+    /// `current` at threshold `threshold`: the same machines at the same indices.
+    pub fn rethreshold(current: &Cluster, from_epoch: u64, threshold: usize) -> Membership {
+        Membership {
+            from_epoch,
+            threshold,
+            custodians: current.entries(),
+        }
+    }
+
+    /// `current` without custodian `index`, at threshold `threshold`: the others keep their
+    /// order and are numbered 1..=n − 1 (those after `index` move down by one), so every
+    /// operator who runs the same removal signs the same statement.
+    pub fn without(
+        current: &Cluster,
+        from_epoch: u64,
+        index: u32,
+        threshold: usize,
+    ) -> Result<Membership, ChangeError> {
+        if current.member(index).is_none() {
+            return Err(ChangeError::Cluster(ConfigError::Cluster(format!(
+                "custodian {index} is not a member (members: {:?})",
+                current.indices()
+            ))));
+        }
+        let custodians = current
+            .entries()
+            .into_iter()
+            .filter(|e| e.index != index)
+            .zip(1..)
+            .map(|(e, index)| CustodianEntry { index, ..e })
+            .collect();
+        Ok(Membership {
+            from_epoch,
+            threshold,
+            custodians,
+        })
+    }
 }
 
 /// Why a membership statement cannot run from the current cluster.

@@ -1,0 +1,263 @@
+//! Rotations of the cluster's membership, as the coordinator drives them: change k, remove a
+//! custodian, renumber the others (`quorumvm custodian threshold|remove`).
+//!
+//! `POST /v1/memberships` takes one operator's approval of a membership statement
+//! ([`MembershipApproval`]), checked against the current cluster as any approval is. The
+//! approval that reaches k of the current operators runs the rotation, in that request:
+//!
+//! 1. `Redeal` to every current custodian. Each checks the statement and the k approvals itself
+//!    (see the custodian's `rotation` module), deals its shares of every secret to the new set
+//!    and, if it is a member of it, keeps its new shares aside and answers with its
+//!    attestations; one that leaves answers `dealt`. Any failure, and the rotation is
+//!    abandoned: nobody moved, and the approvals stay for the next try (the same approval
+//!    posted again runs it again).
+//! 2. With every new member's attestations the rotation is certified, stored as a refresh
+//!    that also carries the membership ([`store::Rotation`]): from then on this coordinator
+//!    orders the new membership ([`crate::custodians::Custodians::move_to`]), reconstructs
+//!    with the new k, serves the new cluster to publishers (`GET /v1/cluster`), and its kit
+//!    pools start again. `CommitRedeal` goes to every machine of the old membership; a member
+//!    that misses it is sent it again by the health checks, as a refresh's commit is.
+//!
+//! The coordinator only carries the approvals and the rounds: it cannot make a custodian deal
+//! to a membership its operators did not approve, or move without every other new member's
+//! attestation. A change that brings in a new machine is refused here, as the custodians of
+//! this build refuse it (`501 rotation_unsupported`).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Json;
+use axum::extract::State as AxumState;
+use axum::http::StatusCode;
+use quorumvm_ledger::Commit as _;
+use quorumvm_server::Body;
+use quorumvm_wire::api::{
+    ApproveRequest, MembershipApproval, MembershipInfo, MembershipState, OrderResponse,
+    RotationReport,
+};
+use quorumvm_wire::approval::Subject;
+use quorumvm_wire::membership::{Change, Membership};
+use quorumvm_wire::order::{ApprovalSignature, Attestations, Order};
+
+use crate::background::order_jointly;
+use crate::custodians::Roster;
+use crate::error::ApiError;
+use crate::reshare;
+use crate::store::{self, Certificate, Rotation, StoreError};
+use crate::{State, approve};
+
+/// `GET /v1/membership`: the membership this coordinator orders.
+pub async fn show(AxumState(state): AxumState<Arc<State>>) -> Json<MembershipInfo> {
+    let roster = state.custodians.roster();
+    Json(MembershipInfo {
+        generation: roster.generation,
+        epoch: state.epochs.current(),
+        threshold: roster.threshold(),
+        custodians: roster.cluster.entries(),
+    })
+}
+
+/// `POST /v1/memberships`: one operator's approval; at k, the rotation.
+pub async fn approve(
+    AxumState(state): AxumState<Arc<State>>,
+    Body(request): Body<MembershipApproval>,
+) -> Result<Json<MembershipState>, ApiError> {
+    let MembershipApproval {
+        membership,
+        custodian,
+        signature,
+    } = request;
+    let roster = state.custodians.roster();
+    let from = state.epochs.current();
+    if membership.from_epoch != from {
+        return Err(stale(membership.from_epoch, from));
+    }
+    let change = Change::new(&roster.cluster, &membership)
+        .map_err(|e| ApiError::bad_request("bad_membership", e.to_string()))?;
+    if !change.joining().is_empty() {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "rotation_unsupported",
+            format!(
+                "custodians {:?} would join: this build rotates among the current machines \
+                 only (change k, remove or renumber custodians)",
+                change.joining()
+            ),
+        ));
+    }
+    let statement = hex::encode(change.statement());
+    let approval = ApproveRequest {
+        custodian,
+        signature,
+    };
+    let details = serde_json::json!({ "statement": statement, "custodian": custodian });
+    approve::check(
+        &state,
+        &Subject::Membership(&change),
+        &approval,
+        "membership.rejected",
+        details,
+    )
+    .await?;
+    // The same approval posted again counts once, and runs a rotation that failed again.
+    let (key, signature, now) = (
+        statement.clone(),
+        approval.signature.clone(),
+        state.env.now_ms(),
+    );
+    let approvals = state
+        .storage
+        .commit(move |tx| {
+            let kind = store::Approved::Membership;
+            match store::approve(tx, kind, &key, custodian, &signature, now) {
+                Ok(_) | Err(StoreError::DuplicateApproval { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            store::approvals_of(tx, kind, &key)
+        })
+        .await?;
+    let approvals: Vec<ApprovalSignature> = approvals
+        .into_iter()
+        .map(|(custodian, signature)| ApprovalSignature {
+            custodian,
+            signature,
+        })
+        .collect();
+    let needed = roster.threshold();
+    tracing::info!(%statement, custodian, count = approvals.len(), needed, "membership approval accepted");
+    let counted = approvals.iter().map(|a| a.custodian).collect();
+    let rotation = if approvals.len() >= needed {
+        Some(rotate(&state, &roster, &change, membership, approvals).await?)
+    } else {
+        None
+    };
+    Ok(Json(MembershipState {
+        statement,
+        from_epoch: from,
+        approvals: counted,
+        needed,
+        rotation,
+    }))
+}
+
+fn stale(statement: u64, now: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "stale_membership",
+        format!(
+            "the statement moves from epoch {statement}, but the cluster is at epoch {now}: \
+             build it again from the membership in force"
+        ),
+    )
+}
+
+/// Runs the rotation k operators approved; see the module documentation.
+async fn rotate(
+    state: &Arc<State>,
+    roster: &Arc<Roster>,
+    change: &Change,
+    membership: Membership,
+    approvals: Vec<ApprovalSignature>,
+) -> Result<RotationReport, ApiError> {
+    let started = Instant::now();
+    let _one = reshare::one_at_a_time(state)?;
+    let from = change.from_epoch();
+    if state.epochs.current() != from {
+        return Err(stale(from, state.epochs.current()));
+    }
+    reshare::everyone_at(state, roster, from, "a rotation").await?;
+    // Every version the custodians hold: each refuses a rotation that leaves one out.
+    let mut packages: Vec<String> = roster
+        .all
+        .first()
+        .map(|c| c.serving_ids())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|id| roster.all.iter().all(|c| c.serves(id)))
+        .collect();
+    packages.sort();
+    if packages.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "nothing_to_redeal",
+            "no version is served by every custodian: a rotation re-deals the versions held",
+        ));
+    }
+    let session = reshare::session_id("rotate", from);
+    let rotation = Rotation {
+        membership,
+        approvals,
+    };
+    reshare::start(state, &session, from, &packages, Some(rotation.clone())).await?;
+    tracing::info!(%session, from, versions = packages.len(), "rotation started");
+    let order = Order::Redeal {
+        session: session.clone(),
+        membership: rotation.membership.clone(),
+        approvals: rotation.approvals.clone(),
+        packages: packages.clone(),
+    };
+    let answers = order_jointly(state, roster, order)
+        .await
+        .map_err(|(index, e)| format!("custodian {index}: {e}"))
+        .and_then(|answers| certify(change, answers));
+    let attestations = match answers {
+        Ok(a) => a,
+        Err(reason) => return Err(reshare::fail(state, roster, &session, from, reason).await),
+    };
+    let certificate = Certificate {
+        session: session.clone(),
+        from_epoch: from,
+        packages: packages.clone(),
+        attestations,
+        rotation: Some(rotation),
+    };
+    let (committed, behind) = reshare::certify_and_commit(state, roster, certificate).await?;
+    let now = state.custodians.roster();
+    let ms = started.elapsed().as_millis() as u64;
+    tracing::info!(%session, generation = now.generation, epoch = from + 1, ms, ?behind, "rotation committed");
+    Ok(RotationReport {
+        session,
+        generation: now.generation,
+        epoch: from + 1,
+        threshold: now.threshold(),
+        members: now.cluster.indices(),
+        packages,
+        committed,
+        behind,
+        ms,
+    })
+}
+
+/// Every new member's attestations, each naming every other current custodian (those that
+/// leave included: each moves only once every new member holds its shares), by its index now;
+/// every leaving one dealt. Or why not.
+fn certify(change: &Change, answers: Vec<(u32, OrderResponse)>) -> Result<Attestations, String> {
+    let staying: Vec<u32> = change.kept().values().copied().collect();
+    let others = change.current().n() - 1;
+    let mut attestations = std::collections::BTreeMap::new();
+    for (index, answer) in answers {
+        let (want, count) = if staying.contains(&index) {
+            ("verified", others)
+        } else {
+            ("dealt", 0)
+        };
+        if answer.status != want || answer.attestations.len() != count {
+            return Err(format!(
+                "custodian {index} answered {:?} with {} attestations, not {want:?} with {count}",
+                answer.status,
+                answer.attestations.len()
+            ));
+        }
+        if count > 0 {
+            attestations.insert(index, answer.attestations);
+        }
+    }
+    if attestations.len() != staying.len() {
+        return Err(format!(
+            "{} of the {} new members answered",
+            attestations.len(),
+            staying.len()
+        ));
+    }
+    Ok(Attestations(attestations))
+}
