@@ -234,23 +234,27 @@ fn a_coordinator_that_gives_up_on_a_custodian_is_caught() {
     planted(Bug::DeadStaysDead, Invariant::Liveness);
 }
 
-/// kill -9 of each server at each moment of a refresh of the shares: the operator asks for one
-/// at 300 ms, and one server crashes (for 400 ms) at 300 + d ms, d stepping through the
-/// refresh's layers, its certificate and its commits. Every schedule keeps every invariant:
-/// every custodian ends at the coordinator's certified epoch, every answer is right.
-#[test]
-fn a_crash_at_every_step_of_a_reshare_converges() {
+/// kill -9 of each server at each moment of something the operators start at 300 ms (`with`
+/// puts it in the plan): one server crashes (for 400 ms) at 300 + d ms, d stepping by `step`
+/// through its layers, its certificate and its commits. Every schedule must keep every
+/// invariant: every custodian ends at the coordinator's certified epoch, every answer is right.
+/// Returns how the last answer of `answers` ended, over the schedules.
+fn crash_at_every_step(
+    name: &str,
+    step: usize,
+    with: impl Fn(Plan) -> Plan,
+    answers: impl Fn(&schedule::Outcome) -> &[schedule::Answer],
+) -> BTreeMap<String, u64> {
     let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
     for host in 0..schedule::SERVERS.len() {
-        for d in (0..=120).step_by(4) {
+        for d in (0..=120).step_by(step) {
             let base = Plan::new(d);
-            let plan = Plan {
+            let plan = with(Plan {
                 faults: vec![(300 + d, Fault::Crash { host, down_ms: 400 })],
-                reshares: vec![300],
                 calm_ms: 700 + d,
                 ..base
-            };
-            let world = World::new(&format!("crash-reshare-{host}-{d}"));
+            });
+            let world = World::new(&format!("crash-{name}-{host}-{d}"));
             let outcome = schedule::run(&plan, None, &world);
             let violations = invariants::check(&outcome, &world);
             assert!(
@@ -258,18 +262,51 @@ fn a_crash_at_every_step_of_a_reshare_converges() {
                 "crash of {} at +{d} ms: {violations:?}",
                 schedule::SERVERS[host]
             );
-            let answer = match &outcome.reshares[..] {
-                [(Some(200), _)] => "certified".to_string(),
-                [(Some(_), body)] => body["error"]["code"].as_str().unwrap_or("?").to_string(),
+            let answer = match answers(&outcome).last() {
+                Some((Some(200), _)) => "certified".to_string(),
+                Some((Some(_), body)) => body["error"]["code"].as_str().unwrap_or("?").to_string(),
                 _ => "no answer".to_string(),
             };
             *outcomes.entry(answer).or_default() += 1;
         }
     }
-    println!("reshare outcomes over the crashes: {outcomes:?}");
+    println!("{name} outcomes over the crashes: {outcomes:?}");
     assert!(
         outcomes.contains_key("certified") && outcomes.len() > 1,
         "{outcomes:?}"
+    );
+    outcomes
+}
+
+/// A refresh of the shares the operator asks for at 300 ms, under a crash at each step.
+#[test]
+fn a_crash_at_every_step_of_a_reshare_converges() {
+    crash_at_every_step(
+        "reshare",
+        4,
+        |plan| Plan {
+            reshares: vec![300],
+            ..plan
+        },
+        |outcome| &outcome.reshares,
+    );
+}
+
+/// A rotation (custodian 2 removed, the machine that was 3 renumbered to 2) that two operators
+/// approve at 300 ms, under a crash at each step: the coordinator, a member that stays, or the
+/// one that leaves (which, once it committed, refuses to start again). Every custodian ends at
+/// the certified epoch, the one that left included, and every answer is right.
+#[test]
+fn a_crash_at_every_step_of_a_rotation_converges() {
+    crash_at_every_step(
+        "rotation",
+        4,
+        |plan| Plan {
+            rotation: Some(300),
+            reshares: vec![],
+            ..plan
+        },
+        |outcome| &outcome.rotation,
     );
 }
 

@@ -81,6 +81,9 @@ pub struct Plan {
     pub sends: BTreeMap<&'static str, Vec<Send>>,
     /// When the operator asks for a refresh of the shares (`quorumvm reshare`), in order.
     pub reshares: Vec<u64>,
+    /// When the operators of custodians 1 and 2 approve, one after the other, removing
+    /// custodian 2 ([`REMOVED`]; the cluster becomes 1-of-2, the only smaller one).
+    pub rotation: Option<u64>,
     /// When the last fault is over.
     pub calm_ms: u64,
 }
@@ -149,6 +152,7 @@ impl Plan {
             faults,
             sends,
             reshares,
+            rotation: None,
             calm_ms,
         }
     }
@@ -187,6 +191,8 @@ pub struct Outcome {
     pub seen: Vec<Seen>,
     /// The operator's refresh requests' answers.
     pub reshares: Vec<Answer>,
+    /// The two approvals' answers of the rotation, if the plan has one.
+    pub rotation: Vec<Answer>,
     /// When the liveness probe got its answer, after the last fault (`None`: never).
     pub served_again_after: Option<Duration>,
     /// A host's software that failed (it could not start again, say).
@@ -224,13 +230,17 @@ pub fn run(plan: &Plan, bug: Option<Bug>, world: &World) -> Outcome {
     });
     for config in &world.custodians {
         let config = config.clone();
+        // The custodian a rotation removes refuses to start once it committed: its host is
+        // done then, not failed.
+        let leaves = plan.rotation.is_some() && config.index == REMOVED;
         sim.host(format!("custodian-{}", config.index), move || {
             let (env, config) = (env(), config.clone());
             async move {
                 let listener = net::Listener::bind().await?;
-                quorumvm_custodian::run(env, config, listener)
-                    .await
-                    .map_err(|e| format!("{e:#}").into())
+                match quorumvm_custodian::run(env, config, listener).await {
+                    Err(e) if leaves && format!("{e:#}").contains("left the cluster") => Ok(()),
+                    other => other.map_err(|e| format!("{e:#}").into()),
+                }
             }
         });
     }
@@ -287,17 +297,26 @@ pub fn run(plan: &Plan, bug: Option<Bug>, world: &World) -> Outcome {
     });
 
     let reshares: Rc<RefCell<Vec<Answer>>> = Rc::default();
+    let rotation: Rc<RefCell<Vec<Answer>>> = Rc::default();
     let operator = Operator::new(world);
     let (times, answers) = (plan.reshares.clone(), Rc::clone(&reshares));
+    let (rotate_at, rotated) = (plan.rotation, Rc::clone(&rotation));
     // Time for the health checks to send every commit a crashed host missed.
-    let settle = Duration::from_millis(plan.calm_ms.max(times.last().copied().unwrap_or(0)))
-        + Duration::from_secs(3);
+    let last = times.iter().chain(&rotate_at).max().copied().unwrap_or(0);
+    let settle = Duration::from_millis(plan.calm_ms.max(last)) + Duration::from_secs(3);
     sim.client("operator", async move {
         let start = tokio::time::Instant::now();
         for at in times {
             tokio::time::sleep_until(start + Duration::from_millis(at)).await;
             let answer = operator.reshare().await;
             answers.borrow_mut().push(answer);
+        }
+        if let Some(at) = rotate_at {
+            tokio::time::sleep_until(start + Duration::from_millis(at)).await;
+            for approver in [1, 2] {
+                let answer = operator.approve_removal(approver).await;
+                rotated.borrow_mut().push(answer);
+            }
         }
         tokio::time::sleep_until(start + settle).await;
         Ok(())
@@ -332,6 +351,7 @@ pub fn run(plan: &Plan, bug: Option<Bug>, world: &World) -> Outcome {
     Outcome {
         seen,
         reshares: reshares.take(),
+        rotation: rotation.take(),
         served_again_after,
         host_failure,
     }
@@ -394,10 +414,16 @@ impl Action {
     }
 }
 
-/// The coordinator's operator inside the simulation: asks for refreshes of the shares as
-/// `quorumvm reshare` does, with the coordinator's key.
+/// The custodian a plan's rotation removes.
+pub const REMOVED: u32 = 2;
+
+/// The operators inside the simulation: the coordinator's, who asks for refreshes of the
+/// shares as `quorumvm reshare` does, with the coordinator's key; and the custodians', who
+/// approve a rotation as `quorumvm custodian remove` does.
 struct Operator {
     key: quorumvm_package::SecretKey,
+    custodians: Vec<quorumvm_package::SecretKey>,
+    cluster: quorumvm_wire::config::Cluster,
     http: HttpClient,
 }
 
@@ -405,8 +431,12 @@ impl Operator {
     fn new(world: &World) -> Operator {
         let text = std::fs::read_to_string(world.coordinator.data_dir.join("coordinator.key"))
             .expect("the coordinator's key");
+        let key =
+            |text: &str| quorumvm_package::SecretKey::from_file_text(text).expect("an ed25519 key");
         Operator {
-            key: quorumvm_package::SecretKey::from_file_text(&text).expect("a coordinator key"),
+            key: key(&text),
+            custodians: world::template().operators.iter().map(|t| key(t)).collect(),
+            cluster: world.coordinator.cluster().expect("the cluster"),
             http: net::env().http(),
         }
     }
@@ -415,10 +445,30 @@ impl Operator {
         let request = quorumvm_wire::clearance::ReshareRequest {
             time_ms: net::now_ms(),
         };
+        self.post("/v1/reshares", &request.sign(&self.key)).await
+    }
+
+    /// Custodian `approver`'s operator's approval of removing custodian [`REMOVED`] from epoch
+    /// 0, to 1-of-2.
+    async fn approve_removal(&self, approver: u32) -> Answer {
+        use quorumvm_wire::membership::{Change, Membership};
+        let membership = Membership::without(&self.cluster, 0, REMOVED, 1).expect("a member");
+        let change = Change::new(&self.cluster, &membership).expect("a change");
+        let key = &self.custodians[approver as usize - 1];
+        let subject = quorumvm_wire::approval::Subject::Membership(&change);
+        let request = quorumvm_wire::api::MembershipApproval {
+            membership,
+            custodian: approver,
+            signature: hex::encode(quorumvm_wire::approval::sign(key, &subject)),
+        };
+        self.post("/v1/memberships", &request).await
+    }
+
+    async fn post(&self, path: &str, body: &impl serde::Serialize) -> Answer {
         let reply = self
             .http
-            .post(format!("{}/v1/reshares", net::url("coordinator")))
-            .json(&request.sign(&self.key))
+            .post(format!("{}{path}", net::url("coordinator")))
+            .json(body)
             .timeout(Duration::from_secs(30))
             .send()
             .await;

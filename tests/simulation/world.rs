@@ -55,6 +55,8 @@ pub struct Template {
     pub custodians: Vec<CustodianConfig>,
     pub callers: Vec<Caller>,
     pub package_id: String,
+    /// Each custodian operator's approval key (the key file's text), by index from 1.
+    pub operators: Vec<String>,
 }
 
 /// The template, made on first use.
@@ -120,6 +122,12 @@ impl Template {
             custodians,
             callers,
             package_id: info.package_id,
+            operators: (1..=3)
+                .map(|i| {
+                    std::fs::read_to_string(cluster.path(&format!("operators/custodian-{i}.key")))
+                        .expect("an operator's key")
+                })
+                .collect(),
         }
     }
 }

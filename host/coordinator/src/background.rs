@@ -86,6 +86,28 @@ async fn health_loop(state: Arc<State>) {
                 }
             });
         }
+        // The machines the last rotation removed, until each took its commit.
+        for i in 0..roster.departed.len() {
+            let (state, roster) = (Arc::clone(&state), Arc::clone(&roster));
+            checks.spawn(async move {
+                let c = &roster.departed[i];
+                if c.epoch() >= roster.since_epoch {
+                    return;
+                }
+                let behind = state
+                    .custodians
+                    .check_health(&roster, c)
+                    .await
+                    .is_some_and(|h| h.epoch < roster.since_epoch);
+                if behind && !c.catching_up.swap(true, Ordering::AcqRel) {
+                    tokio::spawn(async move {
+                        let c = &roster.departed[i];
+                        crate::reshare::catch_up(&state, c).await;
+                        c.catching_up.store(false, Ordering::Release);
+                    });
+                }
+            });
+        }
         while checks.join_next().await.is_some() {}
         state.custodians.first_round_done();
     }

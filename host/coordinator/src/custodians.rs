@@ -91,36 +91,46 @@ impl Custodian {
     }
 }
 
-/// The custodians of `cluster`; those `before` knew (by sealing key) keep what it knew of them.
+/// The custodians of `cluster` (rotation `generation`, which moved to epoch `since_epoch`);
+/// those `before` knew (by sealing key) keep what it knew of them, and those it had that
+/// `cluster` has not are departed.
 fn roster(
     exchange: &CustodianSecretKey,
-    generation: u64,
-    cluster: Cluster,
+    (generation, cluster, since_epoch): (u64, Cluster, u64),
     before: Option<&Roster>,
 ) -> Roster {
-    let all = cluster
-        .members()
-        .iter()
-        .map(|m| {
-            let known =
-                before.and_then(|r| r.all.iter().find(|c| c.member.sealing_key == m.sealing_key));
-            Custodian {
-                member: m.clone(),
-                tickets: TicketKey::new(exchange, m.sealing_key),
-                live: AtomicBool::new(known.is_some_and(Custodian::is_live)),
-                suspect: AtomicBool::new(known.is_some_and(Custodian::is_suspect)),
-                serving: Mutex::new(known.map_or_else(HashSet::new, |c| {
-                    c.serving.lock().expect("serving lock").clone()
-                })),
-                epoch: AtomicU64::new(known.map_or(0, Custodian::epoch)),
-                catching_up: AtomicBool::new(false),
-            }
-        })
-        .collect();
+    let custodian = |m: &Member| {
+        let known =
+            before.and_then(|r| r.all.iter().find(|c| c.member.sealing_key == m.sealing_key));
+        Custodian {
+            member: m.clone(),
+            tickets: TicketKey::new(exchange, m.sealing_key),
+            live: AtomicBool::new(known.is_some_and(Custodian::is_live)),
+            suspect: AtomicBool::new(known.is_some_and(Custodian::is_suspect)),
+            serving: Mutex::new(known.map_or_else(HashSet::new, Custodian::serving_ids)),
+            epoch: AtomicU64::new(known.map_or(0, Custodian::epoch)),
+            catching_up: AtomicBool::new(false),
+        }
+    };
+    let all = cluster.members().iter().map(custodian).collect();
+    let departed = before.map_or_else(Vec::new, |r| {
+        r.all
+            .iter()
+            .filter(|c| {
+                !cluster
+                    .members()
+                    .iter()
+                    .any(|m| m.sealing_key == c.member.sealing_key)
+            })
+            .map(|c| custodian(&c.member))
+            .collect()
+    });
     Roster {
         generation,
         cluster,
         all,
+        departed,
+        since_epoch,
     }
 }
 
@@ -153,6 +163,12 @@ pub struct Roster {
     pub generation: u64,
     pub cluster: Cluster,
     pub all: Vec<Custodian>,
+    /// The machines the rotation that made this membership removed. Each is sent that
+    /// rotation's commit until it takes it (it then deletes its shares and serves nothing), as
+    /// a member behind is; they are in no quorum.
+    pub departed: Vec<Custodian>,
+    /// The epoch that rotation moved to (0 for the configured cluster).
+    pub since_epoch: u64,
 }
 
 impl Roster {
@@ -192,14 +208,14 @@ pub struct Custodians {
 }
 
 impl Custodians {
+    /// The custodians of the configured cluster; [`Custodians::move_to`] applies rotations.
     pub fn new(
         env: &Env,
-        generation: u64,
         cluster: Cluster,
         key: SecretKey,
         exchange: CustodianSecretKey,
     ) -> Custodians {
-        let roster = roster(&exchange, generation, cluster, None);
+        let roster = roster(&exchange, (0, cluster, 0), None);
         Custodians {
             roster: RwLock::new(Arc::new(roster)),
             exchange,
@@ -215,15 +231,21 @@ impl Custodians {
         Arc::clone(&self.roster.read().expect("roster lock"))
     }
 
-    /// Moves to the membership of rotation `generation` (a no-op if that one is in force). A
-    /// machine kept (the same sealing key) keeps what this coordinator knows of it: whether it
-    /// is live, suspect, what it serves and its epoch.
-    pub fn move_to(&self, generation: u64, cluster: Cluster) {
+    /// Moves to the membership of rotation `generation`, which moved the cluster to epoch
+    /// `since_epoch` (a no-op if that one is in force). A machine kept (the same sealing key)
+    /// keeps what this coordinator knows of it: whether it is live, suspect, what it serves and
+    /// its epoch; one removed is [`Roster::departed`].
+    pub fn move_to(&self, generation: u64, cluster: Cluster, since_epoch: u64) {
         let mut held = self.roster.write().expect("roster lock");
         if held.generation >= generation {
             return;
         }
-        *held = Arc::new(roster(&self.exchange, generation, cluster, Some(&held)));
+        let next = roster(
+            &self.exchange,
+            (generation, cluster, since_epoch),
+            Some(&held),
+        );
+        *held = Arc::new(next);
     }
 
     /// Records that every custodian has been checked once.
@@ -363,7 +385,6 @@ mod tests {
         let cluster = Cluster::new(2, &entries).unwrap();
         Custodians::new(
             &Env::system(),
-            0,
             cluster,
             SecretKey::generate(),
             CustodianSecretKey::generate(),

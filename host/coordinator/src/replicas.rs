@@ -138,7 +138,8 @@ async fn reload(state: &State) -> Result<(), ApiError> {
     }
     if state.epochs.refresh(shared.certificates) {
         // It may have been a rotation: the membership moves here too.
-        crate::reshare::follow_membership(state);
+        crate::reshare::follow_membership(&state.epochs, &state.custodians)
+            .map_err(|e| ApiError::internal(format!("{e:#}")))?;
         // Another replica certified a refresh: the kits of the old epoch are gone, as on it.
         for v in state.registry.all() {
             v.kits.lock().expect("kits lock").discard();

@@ -39,9 +39,9 @@ use quorumvm_wire::signed::Signed;
 use rand::RngCore;
 
 use crate::background::{abort_everywhere, order_jointly};
-use crate::custodians::{CallError, Custodian, Roster};
+use crate::custodians::{CallError, Custodian, Custodians, Roster};
 use crate::error::ApiError;
-use crate::store::{self, Certificate, Rotation};
+use crate::store::{self, Certificate};
 use crate::{State, registry};
 
 /// The certified refreshes and the cluster's epoch: one past the last certified.
@@ -80,14 +80,15 @@ impl Epochs {
             .map_or(0, |c| c.from_epoch + 1)
     }
 
-    /// The membership of the last certified rotation and its generation (how many rotations
-    /// made it); `None` while the configured cluster is in force.
-    pub fn membership(&self) -> Option<(u64, Membership)> {
+    /// Every certified rotation in order: its generation (1, 2, …), the membership it moved
+    /// to and the epoch it moved to.
+    pub fn rotations(&self) -> Vec<(u64, Membership, u64)> {
         let held = self.certificates.lock().expect("certificates lock");
-        let rotations: Vec<&Rotation> = held.iter().filter_map(|c| c.rotation.as_ref()).collect();
-        rotations
-            .last()
-            .map(|r| (rotations.len() as u64, r.membership.clone()))
+        held.iter()
+            .filter_map(|c| Some((c.rotation.as_ref()?, c.from_epoch + 1)))
+            .zip(1..)
+            .map(|((r, since), generation)| (generation, r.membership.clone(), since))
+            .collect()
     }
 
     /// The certificates that take a custodian at `epoch` to the current one, in order.
@@ -304,7 +305,8 @@ pub(crate) async fn certify_and_commit(
         .lock()
         .expect("certificates lock")
         .push(certificate.clone());
-    follow_membership(state);
+    follow_membership(&state.epochs, &state.custodians)
+        .map_err(|e| ApiError::internal(format!("{e:#}")))?;
     for v in state.registry.all() {
         v.kits.lock().expect("kits lock").discard();
     }
@@ -336,16 +338,17 @@ pub(crate) async fn certify_and_commit(
     Ok((committed, behind))
 }
 
-/// Moves the custodians this coordinator orders to the membership of the last certified
-/// rotation, if it has not yet.
-pub(crate) fn follow_membership(state: &State) {
-    if let Some((generation, membership)) = state.epochs.membership() {
-        match membership.cluster() {
-            Ok(cluster) => state.custodians.move_to(generation, cluster),
+/// Moves the custodians this coordinator orders through every certified rotation it has not
+/// applied yet, in order (at its start, every one).
+pub(crate) fn follow_membership(epochs: &Epochs, custodians: &Custodians) -> anyhow::Result<()> {
+    for (generation, membership, since) in epochs.rotations() {
+        let cluster = membership.cluster().map_err(|e| {
             // Checked before it was certified: only a corrupt database gets here.
-            Err(e) => tracing::error!(generation, "a certified membership does not parse: {e}"),
-        }
+            anyhow::anyhow!("certified rotation {generation}'s membership does not parse: {e}")
+        })?;
+        custodians.move_to(generation, cluster, since);
     }
+    Ok(())
 }
 
 /// Every custodian's attestations, each naming every peer; or why not.

@@ -123,12 +123,9 @@ impl State {
         let (freezes, suspects) = (shared.freezes, shared.suspects);
         let identities = Identities::new(&env, storage.clone());
         identities.refresh(shared.identities)?;
-        // The membership in force: the configured cluster, or the last rotation's.
-        let (generation, cluster) = match epochs.membership() {
-            None => (0, cluster),
-            Some((generation, membership)) => (generation, membership.cluster()?),
-        };
-        let custodians = Custodians::new(&env, generation, cluster, key, exchange);
+        // The membership in force: the configured cluster, through every certified rotation.
+        let custodians = Custodians::new(&env, cluster, key, exchange);
+        crate::reshare::follow_membership(&epochs, &custodians)?;
         for index in suspects {
             if let Some(c) = custodians.roster().get(index) {
                 c.set_suspect(true);
