@@ -2176,6 +2176,73 @@ fn two_coordinator_replicas_on_one_postgres_serve_one_cluster() {
     }
 }
 
+/// `quorumvm custodian remove 2 --threshold 1 --json` as custodian `operator`'s operator, the
+/// statement built from its own custodian's membership.
+fn remove_custodian_2(c: &Cluster, operator: u32) -> std::process::Output {
+    let (url, _) = c.custodian(operator);
+    let mut args = vec![
+        "custodian".to_string(),
+        "remove".into(),
+        "2".into(),
+        "--threshold".into(),
+        "1".into(),
+        "--custodian".into(),
+        url,
+    ];
+    if let Some(pin) = c.custodian_pin(operator) {
+        args.extend(["--custodian-pin".to_string(), pin.to_hex()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    c.as_operator(operator, &args)
+}
+
+/// A custodian that lies in a rotation (it re-deals its share plus one, which would change
+/// every secret) is caught by every new member: the rotation fails with a clear error, nobody
+/// moves (every custodian at epoch 0, generation 0), and the cluster serves the right answers.
+#[test]
+fn a_custodian_lying_in_a_rotation_changes_nothing() {
+    let c = Cluster::init(|_, text| text);
+    for name in ["coordinator", "custodian-1", "custodian-2"] {
+        c.start_server(name);
+    }
+    c.start_server_with("custodian-3", &[("QUORUMVM_LIE", "refresh")]);
+    let key = c.identity("careful");
+    let model = install_model(&c);
+    let rt = runtime();
+    rt.block_on(c.eval_ready(&key, &model, &model_inputs(0)));
+    ok(remove_custodian_2(&c, 1));
+    let out = remove_custodian_2(&c, 3);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains("reshare_failed")
+            && stderr.contains("stays at epoch 0"),
+        "{stderr}"
+    );
+    for i in 1..=3 {
+        let db = format!("custodian-{i}/custodian.db");
+        assert!(c.audit_entries(&db, "membership.changed").is_empty());
+        let (url, client) = c.custodian(i);
+        let health: quorumvm_wire::api::CustodianHealth = rt.block_on(async {
+            client
+                .get(format!("{url}/v1/health"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap()
+        });
+        assert_eq!((health.epoch, health.generation), (0, 0), "custodian {i}");
+    }
+    let cluster: quorumvm_wire::api::ClusterInfo = rt.block_on(c.get_json("/v1/cluster"));
+    assert_eq!((cluster.threshold, cluster.custodians.len()), (2, 3));
+    for seed in 1..=10 {
+        let answer = rt.block_on(c.eval_ready(&key, &model, &model_inputs(seed)));
+        assert_eq!(answer.outputs["y"], model_expected(&model_inputs(seed)));
+    }
+}
+
 /// `quorumvm custodian remove` by two operators: the coordinator runs the rotation at the
 /// second approval. Custodian 2 leaves (its shares deleted; started again, it refuses), the
 /// machine that was custodian 3 serves at index 2, and the answers stay the same, across a
@@ -2189,21 +2256,7 @@ fn operators_remove_a_custodian_and_the_cluster_serves_the_same_answers() {
     let rt = runtime();
     rt.block_on(c.eval_ready(&key, &model, &model_inputs(0)));
     let remove = |operator: u32| {
-        let (url, _) = c.custodian(operator);
-        let mut args = vec![
-            "custodian".to_string(),
-            "remove".into(),
-            "2".into(),
-            "--threshold".into(),
-            "1".into(),
-            "--custodian".into(),
-            url,
-        ];
-        if let Some(pin) = c.custodian_pin(operator) {
-            args.extend(["--custodian-pin".to_string(), pin.to_hex()]);
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = ok(c.as_operator(operator, &args));
+        let out = ok(remove_custodian_2(&c, operator));
         serde_json::from_str::<quorumvm_wire::api::MembershipState>(&out).unwrap()
     };
 
@@ -2228,6 +2281,10 @@ fn operators_remove_a_custodian_and_the_cluster_serves_the_same_answers() {
     );
     assert_eq!(report.members, [1, 2]);
     assert_eq!(report.committed, [1, 2, 3]);
+    for i in 1..=3 {
+        let db = format!("custodian-{i}/custodian.db");
+        assert_eq!(c.audit_entries(&db, "membership.changed").len(), 1);
+    }
     for seed in 2..=6 {
         let answer = rt.block_on(c.eval_ready(&key, &model, &model_inputs(seed)));
         assert_eq!(answer.outputs["y"], model_expected(&model_inputs(seed)));
