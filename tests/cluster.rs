@@ -2328,4 +2328,24 @@ fn operators_remove_a_custodian_and_the_cluster_serves_the_same_answers() {
             .len(),
         2
     );
+
+    // A version published now is dealt to the new membership (pinned by what custodian 1
+    // holds: the configs still name the first one), and k = 1 operator of it activates it: the one of the machine that was custodian 3,
+    // which approves as custodian 2 now.
+    let source = MODEL.replace("version 1", "version 2");
+    let (url, _) = c.custodian(1);
+    let mut pinned = vec!["--custodian".to_string(), url];
+    if let Some(pin) = c.custodian_pin(1) {
+        pinned.extend(["--custodian-pin".to_string(), pin.to_hex()]);
+    }
+    let info = c.publish_pinned("model-2", &source, &WEIGHTS, &pinned);
+    let approved: VersionInfo = serde_json::from_str(&ok(c.approve(&info.package_id, 3))).unwrap();
+    assert_eq!(approved.approvals, [2]);
+    for seed in 10..=12 {
+        let answer = rt.block_on(c.eval_ready(&key, "model", &model_inputs(seed)));
+        assert_eq!(
+            (answer.version, &answer.outputs["y"]),
+            (2, &model_expected(&model_inputs(seed)))
+        );
+    }
 }

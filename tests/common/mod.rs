@@ -324,8 +324,22 @@ impl Cluster {
         }
     }
 
-    /// Compiles, signs (as the cluster's publisher) and installs `source`; returns its id.
+    /// Compiles, signs (as the cluster's publisher) and installs `source`, with the custodians'
+    /// keys pinned by custodian 1's config; returns its id.
     pub fn publish(&self, name: &str, source: &str, secrets: &[&str]) -> VersionInfo {
+        let config = self.path("custodian-1.toml");
+        let pinned = ["--cluster-config", config.to_str().unwrap()].map(String::from);
+        self.publish_pinned(name, source, secrets, &pinned)
+    }
+
+    /// [`Cluster::publish`], with the custodians' keys pinned by `pinned` (`install`'s options).
+    pub fn publish_pinned(
+        &self,
+        name: &str,
+        source: &str,
+        secrets: &[&str],
+        pinned: &[String],
+    ) -> VersionInfo {
         let src = self.path(&format!("{name}.qvm"));
         std::fs::write(&src, source).expect("source");
         let wasm = self.path(&format!("{name}.wasm"));
@@ -337,7 +351,6 @@ impl Cluster {
             "--key",
             self.path("publisher/publisher.key").to_str().unwrap(),
         ]));
-        let pin = self.path("custodian-1.toml");
         let key = self.path("publisher/publisher.key");
         let mut args = vec![
             "install",
@@ -347,9 +360,8 @@ impl Cluster {
             "--json",
             "--coordinator",
             &self.coordinator_url,
-            "--cluster-config",
-            pin.to_str().unwrap(),
         ];
+        args.extend(pinned.iter().map(String::as_str));
         let pin_args = self.pin_args();
         args.extend(pin_args.iter().map(String::as_str));
         for s in secrets {

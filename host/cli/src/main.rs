@@ -202,10 +202,10 @@ enum Command {
         /// Secret coefficients as NAME=VALUE (repeatable); they never leave this machine.
         #[arg(long = "secret", value_name = "NAME=VALUE")]
         secrets: Vec<String>,
-        /// A cluster config (coordinator's or custodian's) whose custodian keys must match the
-        /// coordinator's: without it the publisher trusts the coordinator's list of keys.
-        #[arg(long)]
-        cluster_config: Option<PathBuf>,
+        /// The custodians' keys the coordinator's must match (a cluster config, or a custodian
+        /// the publisher trusts): without it the publisher trusts the coordinator's list.
+        #[command(flatten)]
+        pinned: publish::PinnedArgs,
         #[arg(long)]
         json: bool,
     },
@@ -289,10 +289,10 @@ enum Command {
         /// The caller's ed25519 key file (`quorumvm keygen`), approved with the identity.
         #[arg(long, env = "QUORUMVM_CALLER_KEY")]
         caller_key: PathBuf,
-        /// A config file listing the custodians' keys (a coordinator's or a custodian's): needed
+        /// The custodians' keys (a cluster config, or a custodian the caller trusts): needed
         /// for a program with private inputs, which are sealed to those keys.
-        #[arg(long, env = "QUORUMVM_CLUSTER_CONFIG")]
-        cluster_config: Option<PathBuf>,
+        #[command(flatten)]
+        pinned: publish::PinnedArgs,
         #[arg(long)]
         json: bool,
     },
@@ -553,14 +553,14 @@ fn main() -> ExitCode {
             coordinator,
             trust,
             secrets,
-            cluster_config,
+            pinned,
             json,
         } => servers::install(
             &package,
             &key,
             &trust.at(&coordinator),
             &secrets,
-            cluster_config.as_deref(),
+            &pinned,
             json,
         ),
         Command::Approve {
@@ -576,7 +576,7 @@ fn main() -> ExitCode {
             key,
             identity,
             caller_key,
-            cluster_config,
+            pinned,
             json,
         } => servers::eval(
             &program,
@@ -587,7 +587,7 @@ fn main() -> ExitCode {
                 identity,
                 key_file: caller_key,
             },
-            cluster_config.as_deref(),
+            &pinned,
             json,
         ),
         Command::Audit {

@@ -2,7 +2,7 @@
 //! the secrets on this machine, sign the deal of the ciphertexts, upload) and `approve` (review
 //! and sign a version, or a caller identity).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use quorumvm_core::circuit::Manifest;
 use quorumvm_core::eval::encode_values;
@@ -11,14 +11,16 @@ use quorumvm_package::{Domain, PackageId, PublicKey, SecretKey, claimed_signer, 
 use quorumvm_sandbox::Sandbox;
 use quorumvm_sealing::{CustodianPublicKey, ShareBinding, seal_share};
 use quorumvm_wire::api::{
-    ClusterInfo, IdentityInfo, InstallRequest, SealedShares, VersionInfo, encode_bytes,
+    ClusterInfo, IdentityInfo, InstallRequest, MembershipInfo, SealedShares, VersionInfo,
+    encode_bytes,
 };
 use quorumvm_wire::approval::Subject;
-use quorumvm_wire::config::{Cluster, CoordinatorConfig, CustodianConfig};
+use quorumvm_wire::config::{Cluster, CoordinatorConfig, CustodianConfig, Fingerprint};
 use quorumvm_wire::deal::{Deal, Dealt, share_digest};
 use quorumvm_wire::signed::Signed;
 
 use crate::client::Client;
+use crate::endpoint::Endpoint;
 use crate::exit::{Code, Failure, Result, read_text};
 use crate::operator::Operator;
 
@@ -65,8 +67,9 @@ pub async fn install(
         if !same {
             return Err(Failure::new(
                 Code::Rejected,
-                "the coordinator describes other custodians or keys than the pinned cluster \
-                 configuration: not sealing any share",
+                "the coordinator describes other custodians or keys than the pinned cluster: not \
+                 sealing any share (a cluster config names the membership as first configured; \
+                 after a rotation, pin the one a custodian holds with --custodian)",
             ));
         }
     }
@@ -129,6 +132,41 @@ pub async fn install(
         deal: Signed::sign(&deal, Domain::Deal, publisher),
     };
     Ok(client.install(&request).await?)
+}
+
+/// Where a publisher or caller takes the custodians' keys from, rather than from the
+/// coordinator: `--cluster-config` (the cluster as configured) or `--custodian` (the membership
+/// a custodian it trusts holds now, which after a rotation is no longer the configs').
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct PinnedArgs {
+    /// A cluster config (a coordinator's or a custodian's) listing every custodian's keys.
+    #[arg(long, env = "QUORUMVM_CLUSTER_CONFIG", conflicts_with = "custodian")]
+    pub cluster_config: Option<PathBuf>,
+    /// A custodian's URL: the keys are those of the membership it holds
+    /// (`GET /v1/membership`).
+    #[arg(long = "custodian")]
+    pub custodian: Option<String>,
+    /// That custodian's TLS key pin (its `tls_fingerprint`); absent, plain HTTP on the loopback.
+    #[arg(long = "custodian-pin", requires = "custodian")]
+    pub custodian_pin: Option<Fingerprint>,
+}
+
+impl PinnedArgs {
+    /// The cluster to check the coordinator's against, if one is given.
+    pub async fn cluster(&self) -> Result<Option<Cluster>> {
+        if let Some(path) = &self.cluster_config {
+            return pinned_cluster(path).map(Some);
+        }
+        let Some(url) = &self.custodian else {
+            return Ok(None);
+        };
+        let held: MembershipInfo = Client::new(&Endpoint::pinned(url, self.custodian_pin))?
+            .get("/v1/membership")
+            .await?;
+        Cluster::new(held.threshold, &held.custodians)
+            .map(Some)
+            .map_err(|e| Failure::data(format!("{url}: its membership does not parse: {e}")))
+    }
 }
 
 /// The cluster a config file describes (a coordinator's or a custodian's: both list every

@@ -380,21 +380,17 @@ pub fn install(
     key: &Path,
     coordinator: &Endpoint,
     secrets: &[String],
-    cluster_config: Option<&Path>,
+    pinned: &publish::PinnedArgs,
     as_json: bool,
 ) -> Result<()> {
     let signed = read(package)?;
     let publisher = SecretKey::from_file_text(&read_text(key)?).map_err(Failure::data)?;
     let secrets = crate::commands::pairs("secret", secrets)?;
-    let pinned = cluster_config.map(publish::pinned_cluster).transpose()?;
     let client = Client::new(coordinator)?;
-    let info = runtime()?.block_on(publish::install(
-        &client,
-        &signed,
-        &publisher,
-        &secrets,
-        pinned.as_ref(),
-    ))?;
+    let info = runtime()?.block_on(async {
+        let pinned = pinned.cluster().await?;
+        publish::install(&client, &signed, &publisher, &secrets, pinned.as_ref()).await
+    })?;
     if as_json {
         println!("{}", serde_json::to_string(&info).expect("json"));
     } else {
@@ -439,7 +435,7 @@ pub fn eval(
     inputs: &[String],
     coordinator: &Endpoint,
     credentials: Credentials,
-    cluster_config: Option<&Path>,
+    pinned: &crate::publish::PinnedArgs,
     as_json: bool,
 ) -> Result<()> {
     let inputs = crate::commands::pairs("input", inputs)?;
@@ -449,12 +445,11 @@ pub fn eval(
         key: SecretKey::from_file_text(&read_text(&credentials.key_file)?)
             .map_err(Failure::data)?,
     };
-    let pinned = cluster_config
-        .map(crate::publish::pinned_cluster)
-        .transpose()?;
     let sandbox = Sandbox::new().map_err(|e| Failure::new(Code::IoErr, format!("{e:#}")))?;
     let client = Client::new(coordinator)?;
-    let answer = runtime()?.block_on(async {
+    let rt = runtime()?;
+    let pinned = rt.block_on(pinned.cluster())?;
+    let answer = rt.block_on(async {
         let target = client.target(program, &sandbox).await?;
         client
             .eval(&caller, &target, &inputs, pinned.as_ref())

@@ -164,7 +164,7 @@ pub async fn reshare(state: &Arc<State>) -> Result<ReshareReport, ApiError> {
         attestations,
         rotation: None,
     };
-    let (committed, behind) = certify_and_commit(state, &roster, certificate).await?;
+    let (committed, behind) = certify_and_commit(state, &roster, certificate, None).await?;
     let ms = started.elapsed().as_millis() as u64;
     tracing::info!(%session, epoch = from + 1, ms, ?behind, "reshare committed");
     Ok(ReshareReport {
@@ -286,18 +286,31 @@ pub(crate) async fn fail(
 }
 
 /// Stores `certificate` (from then on the cluster's epoch is the next one, and for a rotation
-/// its membership is the cluster's), then sends its commit to every custodian of `roster`
-/// (the membership it moves from); which committed and which are behind, by index in it.
+/// its membership is the cluster's, its `kept` machines at their new indices: new → old),
+/// then sends its commit to every custodian of `roster` (the membership it moves from); which
+/// committed and which are behind, by index in it.
 pub(crate) async fn certify_and_commit(
     state: &Arc<State>,
     roster: &Arc<Roster>,
     certificate: Certificate,
+    kept: Option<BTreeMap<u32, u32>>,
 ) -> Result<(Vec<u32>, Vec<u32>), ApiError> {
     let (cert, now) = (certificate.clone(), state.env.now_ms());
+    let renumbered = kept.is_some();
     state
         .storage
-        .commit(move |tx| store::attest_reshare(tx, &cert, now))
+        .commit(move |tx| {
+            store::attest_reshare(tx, &cert, now)?;
+            match &kept {
+                Some(kept) => store::renumber_suspects(tx, kept),
+                None => Ok(()),
+            }
+        })
         .await?;
+    if renumbered {
+        // The quorums that failed name custodians by their old indices.
+        state.suspects.forget();
+    }
     // The new epoch serves from now on: the old kits are gone as each custodian commits.
     state
         .epochs

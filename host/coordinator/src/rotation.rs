@@ -211,7 +211,8 @@ async fn rotate(
         attestations,
         rotation: Some(rotation),
     };
-    let (committed, behind) = reshare::certify_and_commit(state, roster, certificate).await?;
+    let kept = Some(change.kept().clone());
+    let (committed, behind) = reshare::certify_and_commit(state, roster, certificate, kept).await?;
     let now = state.custodians.roster();
     let ms = started.elapsed().as_millis() as u64;
     tracing::info!(%session, generation = now.generation, epoch = from + 1, ms, ?behind, "rotation committed");

@@ -762,6 +762,23 @@ pub fn mark_suspect(
     Ok(added > 0)
 }
 
+/// Moves the suspects to their indices after a rotation (`kept`: each kept machine's new
+/// index and its index before); a machine that left is suspect no more, being in no quorum.
+pub fn renumber_suspects(tx: &dyn Sql, kept: &BTreeMap<u32, u32>) -> Result<(), StoreError> {
+    let rows = tx.query("SELECT custodian, since_ms, evidence FROM suspects", &[])?;
+    tx.execute("DELETE FROM suspects", &[])?;
+    for r in rows {
+        let old = custodian(&r, 0)?;
+        if let Some((&new, _)) = kept.iter().find(|(_, o)| **o == old) {
+            tx.execute(
+                "INSERT INTO suspects (custodian, since_ms, evidence) VALUES (?1, ?2, ?3)",
+                sql_params![new, r.uint(1)?, &r.text(2)?],
+            )?;
+        }
+    }
+    Ok(())
+}
+
 /// Clears `custodian` (`custodian.cleared`, with the operator's statement) if it was suspected
 /// before `signed_ms`, when the statement was signed; `false` otherwise.
 pub fn clear_suspect(
@@ -1277,5 +1294,26 @@ mod tests {
             .unwrap();
         let owners: Vec<String> = owners.iter().map(|r| r.text(0).unwrap()).collect();
         assert_eq!(owners, ["a", "b", "a", "a"]);
+    }
+
+    /// A rotation that removes custodian 2 and moves 3 to index 2: the suspect that was 3 is
+    /// suspect at 2, and the one that left is suspect nowhere.
+    #[test]
+    fn suspects_follow_their_machines_through_a_renumbering() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::open(dir.path().join("c.db")).unwrap();
+        ledger.apply_schema(&quorumvm_policy::SCHEMA).unwrap();
+        ledger
+            .apply_schema(&quorumvm_server::freeze::SCHEMA)
+            .unwrap();
+        ledger.apply_schema(&SCHEMA).unwrap();
+        ledger
+            .transaction(|tx| {
+                mark_suspect(tx, 2, &[vec![1, 2]], 0)?;
+                mark_suspect(tx, 3, &[vec![1, 3]], 0)?;
+                renumber_suspects(tx, &BTreeMap::from([(1, 1), (2, 3)]))
+            })
+            .unwrap();
+        assert_eq!(load_suspects(ledger.connection()).unwrap(), [2]);
     }
 }

@@ -40,6 +40,13 @@ pub struct Suspects {
     failing: Mutex<Vec<Vec<u32>>>,
 }
 
+impl Suspects {
+    /// Drops the failing quorums seen so far (a rotation renumbered their members).
+    pub fn forget(&self) {
+        self.failing.lock().expect("suspects lock").clear();
+    }
+}
+
 /// Records `failed` sets (each holds a deviating custodian) and marks every custodian they now
 /// prove deviated.
 pub async fn record(state: &Arc<State>, failed: Vec<Vec<u32>>) {
