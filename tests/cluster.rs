@@ -2176,16 +2176,21 @@ fn two_coordinator_replicas_on_one_postgres_serve_one_cluster() {
     }
 }
 
-/// `quorumvm custodian remove 2 --threshold 1 --json` as custodian `operator`'s operator, the
-/// statement built from its own custodian's membership.
+/// `quorumvm custodian remove 2 --threshold 1 --json` as custodian `operator`'s operator.
 fn remove_custodian_2(c: &Cluster, operator: u32) -> std::process::Output {
+    remove_custodian(c, 2, 1, operator)
+}
+
+/// `quorumvm custodian remove INDEX --threshold K --json` as custodian `operator`'s operator,
+/// the statement built from its own custodian's membership.
+fn remove_custodian(c: &Cluster, index: u32, k: usize, operator: u32) -> std::process::Output {
     let (url, _) = c.custodian(operator);
     let mut args = vec![
         "custodian".to_string(),
         "remove".into(),
-        "2".into(),
+        index.to_string(),
         "--threshold".into(),
-        "1".into(),
+        k.to_string(),
         "--custodian".into(),
         url,
     ];
@@ -2385,4 +2390,57 @@ fn operators_remove_a_custodian_and_the_cluster_serves_the_same_answers() {
             (2, &model_expected(&model_inputs(seed)))
         );
     }
+}
+
+/// A 3-of-5 cluster shrinks to 2-of-3 in two rotations, each approved by k operators of the
+/// cluster it starts from: custodian 5 leaves (2-of-4), then custodian 2 (the machines that
+/// were 3 and 4 move to 2 and 3). The answers stay the same throughout.
+#[test]
+fn a_3_of_5_cluster_shrinks_to_2_of_3_with_the_same_answers() {
+    let c = Cluster::init_sized(5, 3);
+    c.start_all();
+    let key = c.identity("steady");
+    let info = c.publish("model", MODEL, &WEIGHTS);
+    for i in 1..=3 {
+        ok(c.approve(&info.package_id, i));
+    }
+    let model = info.package_id;
+    let rt = runtime();
+    let answers_stay = |seeds: std::ops::RangeInclusive<u64>| {
+        for seed in seeds {
+            let answer = rt.block_on(c.eval_ready(&key, &model, &model_inputs(seed)));
+            assert_eq!(answer.outputs["y"], model_expected(&model_inputs(seed)));
+        }
+    };
+    answers_stay(0..=2);
+    let remove = |index: u32, k: usize, operator: u32| {
+        let out = ok(remove_custodian(&c, index, k, operator));
+        serde_json::from_str::<quorumvm_wire::api::MembershipState>(&out).unwrap()
+    };
+
+    // 3-of-5 to 2-of-4: three operators of the 3-of-5 cluster.
+    for operator in [1, 2] {
+        assert!(remove(5, 2, operator).rotation.is_none());
+    }
+    let report = remove(5, 2, 3)
+        .rotation
+        .expect("the third approval rotates");
+    assert_eq!(
+        (report.threshold, &report.members[..]),
+        (2, &[1, 2, 3, 4][..])
+    );
+    answers_stay(3..=5);
+
+    // 2-of-4 to 2-of-3: two operators of the 2-of-4 cluster (4 among them).
+    assert!(remove(2, 2, 4).rotation.is_none());
+    let report = remove(2, 2, 1)
+        .rotation
+        .expect("the second approval rotates");
+    assert_eq!((report.threshold, &report.members[..]), (2, &[1, 2, 3][..]));
+    assert_eq!(report.epoch, 2);
+    answers_stay(6..=10);
+    let cluster: quorumvm_wire::api::ClusterInfo = rt.block_on(c.get_json("/v1/cluster"));
+    let urls: Vec<String> = cluster.custodians.iter().map(|m| m.url.clone()).collect();
+    let was: Vec<String> = [1, 3, 4].iter().map(|&i| c.custodian(i).0).collect();
+    assert_eq!((cluster.threshold, urls), (2, was));
 }

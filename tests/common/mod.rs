@@ -80,6 +80,12 @@ impl Cluster {
         Cluster::init_with(&[], edit)
     }
 
+    /// [`Cluster::init`] of a `k`-of-`n` cluster (`quorumvm dev --custodians N --threshold K`).
+    pub fn init_sized(n: u32, k: usize) -> Cluster {
+        let (n, k) = (n.to_string(), k.to_string());
+        Cluster::init_with(&["--custodians", &n, "--threshold", &k], |_, t| t)
+    }
+
     /// [`Cluster::init`] of a cluster that speaks plain HTTP on the loopback, for a test that
     /// reads what the coordinator receives.
     pub fn init_insecure(edit: impl FnOnce(&Path, String) -> String) -> Cluster {
@@ -176,7 +182,11 @@ impl Cluster {
 
     pub fn start_all(&self) {
         self.start_server("coordinator");
-        for i in 1..=3 {
+        let n = CoordinatorConfig::load(&self.path("coordinator.toml"))
+            .expect("config")
+            .custodians
+            .len() as u32;
+        for i in 1..=n {
             self.start_server(&format!("custodian-{i}"));
         }
     }
@@ -281,7 +291,10 @@ impl Cluster {
             self.path("coordinator.toml").to_str().unwrap(),
         ]));
         let v: serde_json::Value = serde_json::from_str(&out).expect("json");
-        for i in [1, 2] {
+        let k = CoordinatorConfig::load(&self.path("coordinator.toml"))
+            .expect("config")
+            .threshold as u32;
+        for i in 1..=k {
             ok(self.as_operator(i, &["identity", "approve", name]));
         }
         let key = std::fs::read_to_string(prefix.with_extension("key")).expect("caller key");

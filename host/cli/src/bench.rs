@@ -96,7 +96,13 @@ pub fn run(options: Options) -> Result<()> {
         batch: 5_000,
         target: 60_000,
     };
-    let layout = Layout::init_for(&options.dir, 0, pool, Hosts::Loopback(options.link))?;
+    let layout = Layout::init_for(
+        &options.dir,
+        0,
+        pool,
+        Hosts::Loopback(options.link),
+        Default::default(),
+    )?;
     crate::servers::runtime()?.block_on(bench(&layout, &options))
 }
 
@@ -120,7 +126,7 @@ async fn publish_and_approve(
     .await?;
     // On a cluster that already has it (a second run with --running), it may be active.
     let mut approvals = info.approvals.len();
-    for i in 1..=crate::cluster::N {
+    for i in 1..=layout.custodians.len() as u32 {
         if approvals >= info.threshold || info.approvals.contains(&i) {
             continue;
         }

@@ -24,8 +24,19 @@ use crate::exit::{Code, Failure, Result, read_text, write};
 use crate::operator::Operator;
 use crate::publish;
 
-pub const N: u32 = 3;
-pub const K: usize = 2;
+/// How many custodians a new local cluster has, and its threshold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size {
+    pub n: u32,
+    pub k: usize,
+}
+
+impl Default for Size {
+    /// 2-of-3: the smallest cluster where one custodian down stops nothing.
+    fn default() -> Size {
+        Size { n: 3, k: 2 }
+    }
+}
 
 /// The files of a local cluster.
 pub struct Layout {
@@ -78,13 +89,13 @@ fn move_offline_keys(dir: &Path, operators: &[PathBuf], publisher: &Path) -> Res
     Ok(())
 }
 
-/// Ports for the four servers: `base..base+4`, or four free ones picked by the OS when `base`
-/// is 0 (bound, read and released; the servers bind them a moment later).
-fn ports(base: u16) -> Result<Vec<u16>> {
+/// Ports for the coordinator and `n` custodians: `base..=base+n`, or free ones picked by the
+/// OS when `base` is 0 (bound, read and released; the servers bind them a moment later).
+fn ports(base: u16, n: u32) -> Result<Vec<u16>> {
     if base != 0 {
-        return Ok((0..=N as u16).map(|i| base + i).collect());
+        return Ok((0..=n as u16).map(|i| base + i).collect());
     }
-    let listeners: Vec<TcpListener> = (0..=N)
+    let listeners: Vec<TcpListener> = (0..=n)
         .map(|_| TcpListener::bind("127.0.0.1:0"))
         .collect::<std::io::Result<_>>()
         .map_err(|e| io("cannot pick free ports", e))?;
@@ -99,19 +110,38 @@ fn ports(base: u16) -> Result<Vec<u16>> {
 }
 
 impl Layout {
-    /// Reuses the cluster in `dir`, or creates one: keys for every server and a publisher,
-    /// and the four config files.
+    /// Reuses the cluster in `dir`, or creates a 2-of-3 one: keys for every server and a
+    /// publisher, and the config files.
     pub fn init(dir: &Path, base_port: u16, pool: PoolConfig) -> Result<Layout> {
-        Layout::init_for(dir, base_port, pool, Hosts::Loopback(Link::Tls))
+        Layout::init_for(
+            dir,
+            base_port,
+            pool,
+            Hosts::Loopback(Link::Tls),
+            Size::default(),
+        )
     }
 
-    /// As [`Layout::init`], with the servers' addresses chosen for `hosts`.
-    pub fn init_for(dir: &Path, base_port: u16, pool: PoolConfig, hosts: Hosts) -> Result<Layout> {
+    /// As [`Layout::init`], with the servers' addresses chosen for `hosts`, and `size` for a
+    /// cluster it creates (one it reuses keeps its own).
+    pub fn init_for(
+        dir: &Path,
+        base_port: u16,
+        pool: PoolConfig,
+        hosts: Hosts,
+        size: Size,
+    ) -> Result<Layout> {
         let coordinator = dir.join("coordinator.toml");
-        let custodians: Vec<PathBuf> = (1..=N)
+        let n = if coordinator.exists() {
+            let config = CoordinatorConfig::load(&coordinator).map_err(Failure::data)?;
+            config.custodians.len() as u32
+        } else {
+            size.n
+        };
+        let custodians: Vec<PathBuf> = (1..=n)
             .map(|i| dir.join(format!("custodian-{i}.toml")))
             .collect();
-        let operators: Vec<PathBuf> = (1..=N)
+        let operators: Vec<PathBuf> = (1..=n)
             .map(|i| dir.join(format!("operators/custodian-{i}.key")))
             .collect();
         let publisher_key = dir.join("publisher/publisher.key");
@@ -134,7 +164,13 @@ impl Layout {
         }
         std::fs::create_dir_all(dir)
             .map_err(|e| io(&format!("cannot create {}", dir.display()), e))?;
-        let ports = ports(base_port)?;
+        if size.k == 0 || (size.n as usize) < 2 * size.k - 1 {
+            return Err(Failure::data(format!(
+                "{} custodians cannot run threshold {}: need k >= 1 and n >= 2k - 1",
+                size.n, size.k
+            )));
+        }
+        let ports = ports(base_port, n)?;
         let port_of = |p: u16| ports.iter().position(|&q| q == p).expect("one of ours");
         let tls = hosts != Hosts::Loopback(Link::InsecureLoopback);
         let scheme = if tls { "https" } else { "http" };
@@ -153,7 +189,7 @@ impl Layout {
         };
         let failed = |what: &'static str| move |e: anyhow::Error| io(what, format!("{e:#}"));
         let mut entries = Vec::new();
-        for (i, operator) in (1..=N).zip(&operators) {
+        for (i, operator) in (1..=n).zip(&operators) {
             let data_dir = dir.join(format!("custodian-{i}"));
             let sealing = quorumvm_custodian::init_key(&data_dir)
                 .map_err(failed("cannot create a custodian key"))?;
@@ -174,7 +210,7 @@ impl Layout {
         let config = CoordinatorConfig {
             listen: listen(ports[0]),
             data_dir: "coordinator".into(),
-            threshold: K,
+            threshold: size.k,
             publishers: vec![publisher.to_hex()],
             pool,
             custodians: entries.clone(),
@@ -185,9 +221,9 @@ impl Layout {
             database: None,
         };
         write(&coordinator, config.to_toml().as_bytes(), false)?;
-        // A mixed quorum: each custodian runs the plugin under another wasmtime engine, and
-        // their shares must still agree.
-        let engines = [Engine::Cranelift, Engine::Winch, Engine::Cranelift];
+        // A mixed quorum: the custodians run the plugin under two wasmtime engines, and their
+        // shares must still agree.
+        let engines = [Engine::Cranelift, Engine::Winch];
         for (i, path) in custodians.iter().enumerate() {
             let c = CustodianConfig {
                 index: i as u32 + 1,
@@ -196,8 +232,8 @@ impl Layout {
                 coordinator_url: url(ports[0]),
                 coordinator_key: coordinator_keys.signing_key.clone(),
                 coordinator_exchange_key: coordinator_keys.exchange_key.clone(),
-                threshold: K,
-                engine: engines[i],
+                threshold: size.k,
+                engine: engines[i % 2],
                 round_timeout_ms: 2_000,
                 coordinator_tls_fingerprint: coordinator_pin,
                 insecure_loopback: !tls,

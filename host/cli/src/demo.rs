@@ -539,7 +539,7 @@ async fn tour(packages: &Path, layout: &Layout, start: Start) -> Result<()> {
     );
     let coordinator_db = layout.dir.join("coordinator/coordinator.db");
     let mut dbs = vec![("coordinator".to_string(), coordinator_db)];
-    for i in 1..=crate::cluster::N {
+    for i in 1..=layout.custodians.len() {
         dbs.push((
             format!("custodian {i}"),
             layout.dir.join(format!("custodian-{i}/custodian.db")),

@@ -142,9 +142,15 @@ enum Command {
         /// Keys, configs, databases and logs (reused when it already holds a cluster).
         #[arg(long, default_value = "target/dev-cluster")]
         dir: PathBuf,
-        /// The coordinator's port; custodians take the next three. 0: any free ports.
+        /// The coordinator's port; custodians take the next ones. 0: any free ports.
         #[arg(long, default_value_t = 7100)]
         port: u16,
+        /// How many custodians a new cluster has (n >= 2k - 1).
+        #[arg(long, default_value_t = 3)]
+        custodians: u32,
+        /// Its threshold k: how many custodians evaluate and approve.
+        #[arg(long, default_value_t = 2)]
+        threshold: usize,
         /// Only write the keys and configs.
         #[arg(long)]
         init_only: bool,
@@ -476,6 +482,8 @@ fn main() -> ExitCode {
         Command::Dev {
             dir,
             port,
+            custodians,
+            threshold,
             init_only,
             compose,
             insecure_loopback,
@@ -485,7 +493,11 @@ fn main() -> ExitCode {
                 (false, true) => Hosts::Loopback(Link::InsecureLoopback),
                 (false, false) => Hosts::Loopback(Link::Tls),
             };
-            servers::dev(&dir, port, init_only, hosts)
+            let size = cluster::Size {
+                n: custodians,
+                k: threshold,
+            };
+            servers::dev(&dir, port, init_only, hosts, size)
         }
         Command::ClearSuspect {
             index,

@@ -13,7 +13,7 @@ use quorumvm_package::{PublicKey, SecretKey};
 use quorumvm_sandbox::Sandbox;
 
 use crate::client::{Caller, Client};
-use crate::cluster::{Hosts, Layout, Running};
+use crate::cluster::{Hosts, Layout, Running, Size};
 use crate::endpoint::Endpoint;
 use crate::exit::{Code, Failure, Result, read, read_text};
 use crate::governance;
@@ -144,11 +144,16 @@ pub fn health(role: Role, config: &Path) -> Result<()> {
 
 /// `quorumvm dev`: creates (or resumes) the cluster in `dir` and runs it until interrupted or
 /// until one server stops.
-pub fn dev(dir: &Path, port: u16, init_only: bool, hosts: Hosts) -> Result<()> {
-    let layout = Layout::init_for(dir, port, PoolConfig::default(), hosts)?;
+pub fn dev(dir: &Path, port: u16, init_only: bool, hosts: Hosts, size: Size) -> Result<()> {
+    if hosts == Hosts::Compose && size != Size::default() {
+        return Err(Failure::data(
+            "docker-compose.yml runs three custodians: --compose makes a 2-of-3 cluster",
+        ));
+    }
+    let layout = Layout::init_for(dir, port, PoolConfig::default(), hosts, size)?;
     println!("cluster directory: {}", layout.dir.display());
     println!("coordinator:       {}", layout.coordinator_at.url);
-    for i in 1..=crate::cluster::N {
+    for i in 1..=layout.custodians.len() as u32 {
         let (c, at) = (layout.custodian_config(i)?, layout.custodian_at(i)?);
         println!("custodian {i}:       {} ({:?})", at.url, c.engine);
     }
