@@ -1,9 +1,9 @@
 //! What the coordinator does on its own: health checks (a dead custodian is noticed within one
 //! interval, or at once when a call to it fails), bringing active versions up on custodians
 //! that do not serve them yet (activation, then the custodians' joint check of the shares),
-//! pushing registrations, revocations, retirements, unfreezes and the commits of refreshes of the shares
-//! to custodians that missed them, and keeping each active version's pool of preprocessed kits
-//! filled.
+//! pushing registrations, revocations, retirements, unfreezes and the commits of refreshes and
+//! rotations to custodians that missed them (the machines a rotation removed included, until
+//! they take it), and keeping each active version's pool of preprocessed kits filled.
 
 use quorumvm_ledger::Commit as _;
 use std::sync::Arc;
