@@ -155,7 +155,10 @@ pub async fn reshare(state: &Arc<State>) -> Result<ReshareReport, ApiError> {
     };
     let attestations = match attestations {
         Ok(a) => a,
-        Err(reason) => return Err(fail(state, &roster, &session, from, reason).await),
+        Err(reason) => {
+            let failed = fail(state, &roster, (&session, from), "reshare_failed", reason);
+            return Err(failed.await);
+        }
     };
     let certificate = Certificate {
         session: session.clone(),
@@ -260,11 +263,12 @@ pub(crate) async fn start(
 }
 
 /// Gives up a refresh or rotation that some custodian did not verify: everyone stays at `from`.
+/// Answered `502 code`.
 pub(crate) async fn fail(
     state: &State,
     roster: &Roster,
-    session: &str,
-    from: u64,
+    (session, from): (&str, u64),
+    code: &'static str,
     reason: String,
 ) -> ApiError {
     abort_everywhere(state, roster, &at_epoch(session, from)).await;
@@ -280,7 +284,7 @@ pub(crate) async fn fail(
     tracing::warn!(%session, "refresh or rotation failed: {reason}");
     ApiError::new(
         StatusCode::BAD_GATEWAY,
-        "reshare_failed",
+        code,
         format!("it did not complete, every custodian stays at epoch {from}: {reason}"),
     )
 }

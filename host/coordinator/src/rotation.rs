@@ -9,7 +9,7 @@
 //!    (see the custodian's `rotation` module), deals its shares of every secret to the new set
 //!    and, if it is a member of it, keeps its new shares aside and answers with its
 //!    attestations; one that leaves answers `dealt`. Any failure, and the rotation is
-//!    abandoned: nobody moved, and the approvals stay for the next try (the same approval
+//!    abandoned (`502 rotation_failed`): nobody moved, and the approvals stay for the next try (the same approval
 //!    posted again runs it again).
 //! 2. With every new member's attestations the rotation is certified, stored as a refresh
 //!    that also carries the membership ([`store::Rotation`]): from then on this coordinator
@@ -202,7 +202,10 @@ async fn rotate(
         .and_then(|answers| certify(change, answers));
     let attestations = match answers {
         Ok(a) => a,
-        Err(reason) => return Err(reshare::fail(state, roster, &session, from, reason).await),
+        Err(reason) => {
+            let failed = reshare::fail(state, roster, (&session, from), "rotation_failed", reason);
+            return Err(failed.await);
+        }
     };
     let certificate = Certificate {
         session: session.clone(),

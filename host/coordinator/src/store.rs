@@ -1223,6 +1223,18 @@ mod tests {
         db
     }
 
+    /// A coordinator's SQLite ledger, with every schema it applies, in a fresh directory.
+    fn sqlite() -> (tempfile::TempDir, Ledger) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::open(dir.path().join("c.db")).unwrap();
+        ledger.apply_schema(&quorumvm_policy::SCHEMA).unwrap();
+        ledger
+            .apply_schema(&quorumvm_server::freeze::SCHEMA)
+            .unwrap();
+        ledger.apply_schema(&SCHEMA).unwrap();
+        (dir, ledger)
+    }
+
     /// Two replicas record the two approvals an identity needs (k = 2) at the same moment, each
     /// in a transaction that stays open a while: the approvals are counted in turns, so one of
     /// them counts 2 and the identity is approved. (Counted side by side, each would see only
@@ -1260,13 +1272,7 @@ mod tests {
     /// handed out.
     #[test]
     fn batches_are_allocated_above_every_id_before_and_the_watermark() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut ledger = Ledger::open(dir.path().join("c.db")).unwrap();
-        ledger.apply_schema(&quorumvm_policy::SCHEMA).unwrap();
-        ledger
-            .apply_schema(&quorumvm_server::freeze::SCHEMA)
-            .unwrap();
-        ledger.apply_schema(&SCHEMA).unwrap();
+        let (_dir, mut ledger) = sqlite();
         ledger
             .connection()
             .execute_batch(
@@ -1300,13 +1306,7 @@ mod tests {
     /// suspect at 2, and the one that left is suspect nowhere.
     #[test]
     fn suspects_follow_their_machines_through_a_renumbering() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut ledger = Ledger::open(dir.path().join("c.db")).unwrap();
-        ledger.apply_schema(&quorumvm_policy::SCHEMA).unwrap();
-        ledger
-            .apply_schema(&quorumvm_server::freeze::SCHEMA)
-            .unwrap();
-        ledger.apply_schema(&SCHEMA).unwrap();
+        let (_dir, mut ledger) = sqlite();
         ledger
             .transaction(|tx| {
                 mark_suspect(tx, 2, &[vec![1, 2]], 0)?;
