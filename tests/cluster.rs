@@ -1710,12 +1710,9 @@ fn a_reshare_under_load_loses_no_evaluation_and_old_shares_are_useless_with_new(
     );
 }
 
-/// A custodian that lies in the refresh (it deals a sharing of one, not of zero, which would
-/// change a secret) is caught by every other: the refresh fails with a clear error, every
-/// custodian stays at epoch 0, and the cluster serves the right answers. With the liar down, a
-/// refresh is refused saying which custodian is missing.
-#[test]
-fn a_custodian_lying_in_a_reshare_changes_nothing() {
+/// The dev cluster with custodian 3 lying whenever it deals in a refresh or a rotation
+/// (`QUORUMVM_LIE=refresh`), serving the model to an approved caller.
+fn serving_with_a_dealer_that_lies() -> (Cluster, Caller, String, tokio::runtime::Runtime) {
     let c = Cluster::init(|_, text| text);
     for name in ["coordinator", "custodian-1", "custodian-2"] {
         c.start_server(name);
@@ -1725,6 +1722,16 @@ fn a_custodian_lying_in_a_reshare_changes_nothing() {
     let model = install_model(&c);
     let rt = runtime();
     rt.block_on(c.eval_ready(&key, &model, &model_inputs(0)));
+    (c, key, model, rt)
+}
+
+/// A custodian that lies in the refresh (it deals a sharing of one, not of zero, which would
+/// change a secret) is caught by every other: the refresh fails with a clear error, every
+/// custodian stays at epoch 0, and the cluster serves the right answers. With the liar down, a
+/// refresh is refused saying which custodian is missing.
+#[test]
+fn a_custodian_lying_in_a_reshare_changes_nothing() {
+    let (c, key, model, rt) = serving_with_a_dealer_that_lies();
     let out = quorumvm(&[
         "reshare",
         "--config",
@@ -2212,15 +2219,7 @@ fn remove_custodian(c: &Cluster, index: u32, k: usize, operator: u32) -> std::pr
 /// moves (every custodian at epoch 0, generation 0), and the cluster serves the right answers.
 #[test]
 fn a_custodian_lying_in_a_rotation_changes_nothing() {
-    let c = Cluster::init(|_, text| text);
-    for name in ["coordinator", "custodian-1", "custodian-2"] {
-        c.start_server(name);
-    }
-    c.start_server_with("custodian-3", &[("QUORUMVM_LIE", "refresh")]);
-    let key = c.identity("careful");
-    let model = install_model(&c);
-    let rt = runtime();
-    rt.block_on(c.eval_ready(&key, &model, &model_inputs(0)));
+    let (c, key, model, rt) = serving_with_a_dealer_that_lies();
     ok(remove_custodian_2(&c, 1));
     let out = remove_custodian_2(&c, 3);
     let stderr = String::from_utf8_lossy(&out.stderr);
