@@ -1210,9 +1210,17 @@ fn secret_shares(c: &Cluster, i: u32, package: &str) -> Vec<[u8; 16]> {
 /// Custodian `i`'s plaintext shares of the model's secrets at share epoch `epoch` (0: as dealt;
 /// else as that refresh made them), in the order of the secrets' names, opened with its key.
 fn shares_at(c: &Cluster, i: u32, package: &str, epoch: u64) -> Vec<[u8; 16]> {
-    let key_text = std::fs::read_to_string(c.path(&format!("custodian-{i}/sealing.key"))).unwrap();
+    shares_of(c, (i, i), package, epoch)
+}
+
+/// [`shares_at`] of machine `custodian-machine`, whose shares are at point `i` (a rotation
+/// may have moved it).
+fn shares_of(c: &Cluster, (machine, i): (u32, u32), package: &str, epoch: u64) -> Vec<[u8; 16]> {
+    let key_text =
+        std::fs::read_to_string(c.path(&format!("custodian-{machine}/sealing.key"))).unwrap();
     let key = quorumvm_sealing::CustodianSecretKey::from_file_text(&key_text).unwrap();
-    let db = quorumvm_ledger::Ledger::open(c.path(&format!("custodian-{i}/custodian.db"))).unwrap();
+    let db = quorumvm_ledger::Ledger::open(c.path(&format!("custodian-{machine}/custodian.db")))
+        .unwrap();
     let query = if epoch == 0 {
         "SELECT secret, sealed FROM sealed_shares WHERE package_id = ?1 ORDER BY secret"
     } else {
@@ -2194,24 +2202,217 @@ fn remove_custodian_2(c: &Cluster, operator: u32) -> std::process::Output {
     remove_custodian(c, 2, 1, operator)
 }
 
-/// `quorumvm custodian remove INDEX --threshold K --json` as custodian `operator`'s operator,
+/// `quorumvm custodian remove INDEX --threshold K --json` as machine `operator`'s operator,
 /// the statement built from its own custodian's membership.
 fn remove_custodian(c: &Cluster, index: u32, k: usize, operator: u32) -> std::process::Output {
-    let (url, _) = c.custodian(operator);
+    change_membership(c, operator, &["remove", &index.to_string()], k)
+}
+
+/// `quorumvm custodian add --url … --json` of `machine` (made by [`Cluster::new_machine`]) at
+/// threshold `k`, as machine `operator`'s operator; its answer.
+fn add_custodian(
+    c: &Cluster,
+    machine: &quorumvm_wire::config::CustodianEntry,
+    k: usize,
+    operator: u32,
+) -> quorumvm_wire::api::MembershipState {
     let mut args = vec![
-        "custodian".to_string(),
-        "remove".into(),
-        index.to_string(),
+        "add",
+        "--url",
+        &machine.url,
+        "--operator-key",
+        &machine.operator_key,
+        "--sealing-key",
+        &machine.sealing_key,
+    ];
+    let pin = machine.tls_fingerprint.map(|p| p.to_hex());
+    if let Some(pin) = &pin {
+        args.extend(["--tls-fingerprint", pin]);
+    }
+    serde_json::from_str(&ok(change_membership(c, operator, &args, k))).unwrap()
+}
+
+/// `quorumvm custodian CHANGE… --threshold K --json` as machine `operator`'s operator, with its
+/// own custodian's URL and pin.
+fn change_membership(
+    c: &Cluster,
+    operator: u32,
+    change: &[&str],
+    k: usize,
+) -> std::process::Output {
+    let (url, _) = c.custodian(operator);
+    let mut args = vec!["custodian".to_string()];
+    args.extend(change.iter().map(|a| a.to_string()));
+    args.extend([
         "--threshold".into(),
         k.to_string(),
         "--custodian".into(),
         url,
-    ];
+    ]);
     if let Some(pin) = c.custodian_pin(operator) {
         args.extend(["--custodian-pin".to_string(), pin.to_hex()]);
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     c.as_operator(operator, &args)
+}
+
+/// Every evaluation of the model with these seeds' inputs answers the plain value.
+fn answers_stay(c: &Cluster, key: &Caller, model: &str, seeds: std::ops::RangeInclusive<u64>) {
+    let rt = runtime();
+    for seed in seeds {
+        let answer = rt.block_on(c.eval_ready(key, model, &model_inputs(seed)));
+        assert_eq!(answer.outputs["y"], model_expected(&model_inputs(seed)));
+    }
+}
+
+/// Two new machines join a 2-of-3 cluster, one at a time (`quorumvm custodian add`), the second
+/// at k = 3 and after the first rotation (it checks the chain of rotations from its configured
+/// cluster); then the cluster shrinks back to 2-of-3. The answers are right throughout, and
+/// with two of the original machines down the three others (two of them new) answer.
+#[test]
+fn operators_grow_a_2_of_3_cluster_to_3_of_5_and_shrink_it_back() {
+    let c = Cluster::start();
+    let key = c.identity("steady");
+    let model = install_model(&c);
+    answers_stay(&c, &key, &model, 0..=1);
+
+    // 2-of-3 to 2-of-4: machine 4 joins, approved by two operators.
+    let four = c.new_machine(4);
+    c.start_server("custodian-4");
+    assert!(add_custodian(&c, &four, 2, 1).rotation.is_none());
+    let report = add_custodian(&c, &four, 2, 2)
+        .rotation
+        .expect("the second approval rotates");
+    assert_eq!(
+        (report.generation, report.threshold, &report.members[..]),
+        (1, 2, &[1, 2, 3, 4][..])
+    );
+    assert_eq!(report.committed, [1, 2, 3, 4]);
+    answers_stay(&c, &key, &model, 2..=3);
+
+    // 2-of-4 to 3-of-5: machine 5 joins; machine 4's operator approves it.
+    let five = c.new_machine(5);
+    c.start_server("custodian-5");
+    assert!(add_custodian(&c, &five, 3, 4).rotation.is_none());
+    let report = add_custodian(&c, &five, 3, 3)
+        .rotation
+        .expect("the second approval rotates");
+    assert_eq!(
+        (report.generation, report.threshold, &report.members[..]),
+        (2, 3, &[1, 2, 3, 4, 5][..])
+    );
+    // The coordinator counts an identity's approvals against k now: at k = 3 it admits the
+    // caller once a third operator approved it (the custodians keep it as they recorded it).
+    ok(c.as_operator(3, &["identity", "approve", "steady"]));
+    answers_stay(&c, &key, &model, 4..=5);
+    // Each new machine recorded its joining once, and every rotation since.
+    for (i, rotations) in [(4, 2), (5, 1)] {
+        let db = format!("custodian-{i}/custodian.db");
+        assert_eq!(c.audit_entries(&db, "membership.joining").len(), 1);
+        assert_eq!(c.audit_entries(&db, "membership.changed").len(), rotations);
+    }
+
+    // The new machines hold working shares: with custodians 1 and 2 down, 3, 4 and 5 answer.
+    c.kill("custodian-1");
+    c.kill("custodian-2");
+    answers_stay(&c, &key, &model, 6..=7);
+    c.start_server("custodian-1");
+    c.start_server("custodian-2");
+    // A joined machine restarts from its own ledger, the chain checked again.
+    c.kill("custodian-5");
+    c.start_server("custodian-5");
+    answers_stay(&c, &key, &model, 8..=9);
+    runtime().block_on(c.all_live());
+
+    // Back to 2-of-3: 5 leaves (three operators of the 3-of-5), then 4 (two of the 2-of-4).
+    for operator in [1, 2] {
+        assert!(
+            ok_state(remove_custodian(&c, 5, 2, operator))
+                .rotation
+                .is_none()
+        );
+    }
+    let report = ok_state(remove_custodian(&c, 5, 2, 4))
+        .rotation
+        .expect("rotates");
+    assert_eq!(
+        (report.threshold, &report.members[..]),
+        (2, &[1, 2, 3, 4][..])
+    );
+    answers_stay(&c, &key, &model, 10..=11);
+    assert!(ok_state(remove_custodian(&c, 4, 2, 1)).rotation.is_none());
+    let report = ok_state(remove_custodian(&c, 4, 2, 3))
+        .rotation
+        .expect("rotates");
+    assert_eq!((report.threshold, &report.members[..]), (2, &[1, 2, 3][..]));
+    answers_stay(&c, &key, &model, 12..=13);
+}
+
+fn ok_state(out: std::process::Output) -> quorumvm_wire::api::MembershipState {
+    serde_json::from_str(&ok(out)).unwrap()
+}
+
+/// Custodian 3 is replaced: a new machine (new keys, new data directory) joins as custodian 4,
+/// then custodian 3 is removed and the new machine takes index 3; the old machine's data
+/// directory is destroyed. The cluster serves the right answers, and the old machine's shares
+/// (had they been stolen before) open nothing with a current custodian's: every candidate
+/// secret is as consistent with the pair as the real one.
+#[test]
+fn operators_replace_custodian_3_and_its_old_shares_open_nothing() {
+    use quorumvm_core::field::Fp;
+    use quorumvm_core::shamir::{Threshold, complete_with_secret, eval_poly, reconstruct};
+
+    let c = Cluster::start();
+    let key = c.identity("steady");
+    let model = install_model(&c);
+    answers_stay(&c, &key, &model, 0..=1);
+    let old: Vec<Vec<[u8; 16]>> = (1..=3).map(|i| secret_shares(&c, i, &model)).collect();
+
+    let new_three = c.new_machine(4);
+    c.start_server("custodian-4");
+    assert!(add_custodian(&c, &new_three, 2, 1).rotation.is_none());
+    assert!(add_custodian(&c, &new_three, 2, 3).rotation.is_some());
+    assert!(ok_state(remove_custodian(&c, 3, 2, 1)).rotation.is_none());
+    // The new machine's operator, at index 4 until this rotation, approves it.
+    let report = ok_state(remove_custodian(&c, 3, 2, 4))
+        .rotation
+        .expect("the second approval rotates");
+    assert_eq!(
+        (report.generation, report.epoch, &report.members[..]),
+        (2, 2, &[1, 2, 3][..])
+    );
+    c.kill("custodian-3");
+    std::fs::remove_dir_all(c.path("custodian-3")).unwrap();
+    let cluster: quorumvm_wire::api::ClusterInfo = runtime().block_on(c.get_json("/v1/cluster"));
+    assert_eq!(cluster.custodians[2].url, new_three.url);
+    answers_stay(&c, &key, &model, 2..=4);
+
+    let new = [
+        shares_of(&c, (1, 1), &model, 2),
+        shares_of(&c, (2, 2), &model, 2),
+        shares_of(&c, (4, 3), &model, 2),
+    ];
+    let t = Threshold::new(2, 3).unwrap();
+    for s in 0..WEIGHTS.len() {
+        let secret = reconstruct(&points(&[(1, &old[0]), (2, &old[1])], s), t).unwrap();
+        // The new machine's share opens the secret with either of the others...
+        for other in [1u32, 2] {
+            let p = points(&[(other, &new[other as usize - 1]), (3, &new[2])], s);
+            assert_eq!(reconstruct(&p, t).unwrap(), secret);
+        }
+        // ...while the old machine's with a current one opens something else, and every
+        // candidate is as consistent with the pair as the secret: each is explained by a
+        // sharing of the candidate before and another after.
+        let mixed = points(&[(3, &old[2]), (1, &new[0])], s);
+        assert_ne!(reconstruct(&mixed, t).unwrap(), secret);
+        for candidate in [secret, Fp::ZERO, Fp::from(1_000_003u64)] {
+            let before = complete_with_secret(&mixed[..1], candidate).unwrap();
+            let after = complete_with_secret(&mixed[1..], candidate).unwrap();
+            assert_eq!(eval_poly(&before, Fp::from(3u64)), mixed[0].y);
+            assert_eq!(eval_poly(&after, Fp::ONE), mixed[1].y);
+            assert_eq!(eval_poly(&before, Fp::ZERO), eval_poly(&after, Fp::ZERO));
+        }
+    }
 }
 
 /// A custodian that lies in a rotation (it re-deals its share plus one, which would change

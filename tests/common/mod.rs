@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use quorumvm_wire::api::{EvalResponse, VersionInfo};
-use quorumvm_wire::config::{CoordinatorConfig, CustodianConfig, Fingerprint};
+use quorumvm_wire::config::{CoordinatorConfig, CustodianConfig, CustodianEntry, Fingerprint};
 use quorumvm_wire::request::{CallerRequest, Decimal};
 use quorumvm_wire::signed::Signed;
 
@@ -130,17 +130,94 @@ impl Cluster {
             .unwrap_or_default()
     }
 
-    /// Custodian `i`'s URL, as the configs list it, and a client trusting only its key.
+    /// Machine `custodian-i`'s URL, as the configs list it (or as [`Cluster::new_machine`]
+    /// made it), and a client trusting only its key.
     pub fn custodian(&self, i: u32) -> (String, reqwest::Client) {
-        let cluster = self.custodian_config(i).cluster().expect("cluster");
-        let member = cluster.member(i).expect("a member");
-        (member.url.clone(), pinned_client(member.tls))
+        let entry = self.entry(i);
+        (entry.url.clone(), pinned_client(entry.tls_fingerprint))
     }
 
-    /// Custodian `i`'s TLS key pin, as the configs list it (`None`: an insecure cluster).
+    /// Machine `custodian-i`'s TLS key pin (`None`: an insecure cluster).
     pub fn custodian_pin(&self, i: u32) -> Option<Fingerprint> {
-        let cluster = self.custodian_config(i).cluster().expect("cluster");
-        cluster.member(i).expect("a member").tls
+        self.entry(i).tls_fingerprint
+    }
+
+    /// Machine `custodian-i` as the configured cluster lists it, or as [`Cluster::new_machine`]
+    /// made it.
+    pub fn entry(&self, i: u32) -> CustodianEntry {
+        let made = self.path(&format!("custodian-{i}.entry.json"));
+        if let Ok(text) = std::fs::read_to_string(&made) {
+            return serde_json::from_str(&text).expect("an entry");
+        }
+        self.custodian_config(i)
+            .custodians
+            .into_iter()
+            .find(|e| e.index == i)
+            .expect("a configured custodian")
+    }
+
+    /// A new machine `custodian-i` as its operator sets one up to join the cluster: an
+    /// operator key (`quorumvm keygen`), server keys in an empty data directory (`quorumvm
+    /// server-keys custodian`), a port, and a config naming the configured cluster (its trust
+    /// root) with `index` `i`. Returns its entry, as the operators approve it.
+    pub fn new_machine(&self, i: u32) -> CustodianEntry {
+        let name = format!("custodian-{i}");
+        let operator = self.path(&format!("operators/{name}"));
+        ok(quorumvm(&["keygen", "-o", operator.to_str().unwrap()]));
+        let public = std::fs::read_to_string(operator.with_extension("pub")).expect("a key");
+        let operator_key = quorumvm_package::PublicKey::from_file_text(&public)
+            .expect("a public key")
+            .to_hex();
+        let data_dir = self.path(&name);
+        let keys: serde_json::Value = serde_json::from_str(&ok(quorumvm(&[
+            "server-keys",
+            "custodian",
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--json",
+        ])))
+        .expect("json");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("a free port")
+            .local_addr()
+            .expect("its address")
+            .port();
+        let first = self.custodian_config(1);
+        let tls = first.coordinator_tls_fingerprint.is_some();
+        let scheme = if tls { "https" } else { "http" };
+        let entry = CustodianEntry {
+            index: i,
+            url: format!("{scheme}://127.0.0.1:{port}"),
+            operator_key,
+            sealing_key: keys["sealing_key"].as_str().expect("a key").to_string(),
+            tls_fingerprint: tls.then(|| {
+                keys["tls_fingerprint"]
+                    .as_str()
+                    .expect("a pin")
+                    .parse()
+                    .expect("a pin")
+            }),
+        };
+        let text = std::fs::read_to_string(self.path("custodian-1.toml")).expect("config");
+        let text = text
+            .replacen("index = 1\n", &format!("index = {i}\n"), 1)
+            .replacen(
+                &format!("listen = \"{}\"", first.listen),
+                &format!("listen = \"127.0.0.1:{port}\""),
+                1,
+            )
+            .replacen(
+                "data_dir = \"custodian-1\"",
+                &format!("data_dir = \"{name}\""),
+                1,
+            );
+        std::fs::write(self.path(&format!("{name}.toml")), text).expect("config");
+        std::fs::write(
+            self.path(&format!("{name}.entry.json")),
+            serde_json::to_string(&entry).expect("json"),
+        )
+        .expect("entry");
+        entry
     }
 
     pub fn start() -> Cluster {
@@ -306,6 +383,20 @@ impl Cluster {
     }
 
     /// `GET path` at the coordinator, read as JSON.
+    /// Waits until the coordinator has seen every custodian of the membership live (after a
+    /// restart: before an operation that needs them all, such as a rotation).
+    pub async fn all_live(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let cluster: quorumvm_wire::api::ClusterInfo = self.get_json("/v1/cluster").await;
+            if cluster.custodians.iter().all(|m| m.live) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "custodians down: {cluster:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
         self.http
             .get(format!("{}{path}", self.coordinator_url))

@@ -353,6 +353,32 @@ enum Command {
 
 #[derive(Subcommand)]
 enum MembershipCommand {
+    /// Approve bringing a new machine in as custodian n + 1, as a current custodian operator.
+    /// Its operator sends the other operators its keys (`quorumvm keygen` for the operator key,
+    /// `quorumvm server-keys custodian` for the others) and URL, and starts it with the
+    /// cluster's config at `index` n + 1. At k approvals the coordinator runs the rotation:
+    /// the new machine checks the chain of rotations and the versions itself, and every secret
+    /// is re-dealt to the new set. To replace a custodian: add the new machine, then remove the
+    /// old one.
+    Add {
+        /// Where the coordinator and the custodians reach the new machine.
+        #[arg(long)]
+        url: String,
+        /// Its operator's public key (hex, as `quorumvm keygen` prints it).
+        #[arg(long)]
+        operator_key: String,
+        /// Its sealing key (hex, as `quorumvm server-keys custodian` prints it).
+        #[arg(long)]
+        sealing_key: String,
+        /// Its TLS key's pin (required unless the cluster runs `insecure_loopback`).
+        #[arg(long)]
+        tls_fingerprint: Option<quorumvm_wire::config::Fingerprint>,
+        /// The threshold after the change (default: k as it is).
+        #[arg(long)]
+        threshold: Option<usize>,
+        #[command(flatten)]
+        change: operator::ChangeArgs,
+    },
     /// Approve removing custodian INDEX, as a current custodian operator. The others keep their
     /// order and are numbered 1..n−1; its shares become useless and it deletes them. At k
     /// approvals the coordinator runs the rotation: every secret is re-dealt to the new set.
@@ -465,6 +491,27 @@ fn main() -> ExitCode {
                 }),
             ..
         } => servers::rotate(servers::Rotate::Remove { index, threshold }, &change),
+        Command::Custodian {
+            command:
+                Some(MembershipCommand::Add {
+                    url,
+                    operator_key,
+                    sealing_key,
+                    tls_fingerprint,
+                    threshold,
+                    change,
+                }),
+            ..
+        } => {
+            let joining = quorumvm_wire::config::CustodianEntry {
+                index: 0,
+                url,
+                operator_key,
+                sealing_key,
+                tls_fingerprint,
+            };
+            servers::rotate(servers::Rotate::Add { joining, threshold }, &change)
+        }
         Command::Custodian {
             command: Some(MembershipCommand::Threshold { k, change }),
             ..

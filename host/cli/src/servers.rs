@@ -517,8 +517,13 @@ pub fn audit_verify(db: &Path, as_json: bool) -> Result<()> {
     }
 }
 
-/// The membership change `quorumvm custodian remove|threshold` approves.
+/// The membership change `quorumvm custodian add|remove|threshold` approves.
 pub enum Rotate {
+    /// Bring `joining` in as custodian n + 1, at `threshold` (absent: k as it is).
+    Add {
+        joining: quorumvm_wire::config::CustodianEntry,
+        threshold: Option<usize>,
+    },
     /// Remove custodian `index`, at `threshold` (absent: k as it is).
     Remove {
         index: u32,
@@ -531,6 +536,10 @@ pub enum Rotate {
 pub fn rotate(rotate: Rotate, args: &crate::operator::ChangeArgs) -> Result<()> {
     use quorumvm_wire::membership::Membership;
     let build = |cluster: &quorumvm_wire::config::Cluster, epoch: u64| match rotate {
+        Rotate::Add { joining, threshold } => {
+            let k = threshold.unwrap_or(cluster.threshold());
+            Ok(Membership::with(cluster, epoch, joining, k))
+        }
         Rotate::Remove { index, threshold } => {
             let k = threshold.unwrap_or(cluster.threshold());
             Membership::without(cluster, epoch, index, k).map_err(Failure::data)
@@ -551,12 +560,13 @@ pub fn rotate(rotate: Rotate, args: &crate::operator::ChangeArgs) -> Result<()> 
     }
     let next = change.next();
     println!(
-        "custodian {index}'s operator approved {}-of-{} {:?} from epoch {} (leaving: {:?}): \
-         approvals from {:?}, {} needed",
+        "custodian {index}'s operator approved {}-of-{} {:?} from epoch {} (joining: {:?}, \
+         leaving: {:?}): approvals from {:?}, {} needed",
         next.threshold(),
         next.n(),
         next.indices(),
         state.from_epoch,
+        change.joining(),
         change.leaving(),
         state.approvals,
         state.needed

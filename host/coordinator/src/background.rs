@@ -52,23 +52,8 @@ async fn health_loop(state: Arc<State>) {
                         });
                     }
                     let k = roster.threshold();
-                    let callers = state.identities.all();
-                    let (revoked, active): (Vec<_>, Vec<_>) = callers
-                        .into_iter()
-                        .filter(|caller| caller.is_active(k) || caller.is_revoked(k))
-                        .partition(|caller| caller.is_revoked(k));
-                    // Fewer there than here: it missed some while down. Each order is
-                    // idempotent, so all of its kind go again.
-                    if (health.revocations as usize) < revoked.len() {
-                        for caller in &revoked {
-                            order_on(&state, c, revocation(caller)).await;
-                        }
-                    }
-                    if (health.identities as usize) < active.len() {
-                        for caller in &active {
-                            order_on(&state, c, registration(caller)).await;
-                        }
-                    }
+                    let held = (health.revocations as usize, health.identities as usize);
+                    send_identities(&state, c, k, held).await;
                     let retired: Vec<_> = state
                         .registry
                         .all()
@@ -110,6 +95,35 @@ async fn health_loop(state: Arc<State>) {
         }
         while checks.join_next().await.is_some() {}
         state.custodians.first_round_done();
+    }
+}
+
+/// Sends custodian `c` the revocations and registrations of caller identities when it holds
+/// fewer than this coordinator (`held`: how many of each it reported), revocations first, so
+/// that a revoked name is never registered in between. Fewer there than here: it missed some
+/// while down, or it is joining the cluster. Each order is idempotent, so all of its kind go
+/// again.
+pub(crate) async fn send_identities(
+    state: &State,
+    c: &Custodian,
+    k: usize,
+    (revocations, identities): (usize, usize),
+) {
+    let (revoked, active): (Vec<_>, Vec<_>) = state
+        .identities
+        .all()
+        .into_iter()
+        .filter(|caller| caller.is_active(k) || caller.is_revoked(k))
+        .partition(|caller| caller.is_revoked(k));
+    if revocations < revoked.len() {
+        for caller in &revoked {
+            order_on(state, c, revocation(caller)).await;
+        }
+    }
+    if identities < active.len() {
+        for caller in &active {
+            order_on(state, c, registration(caller)).await;
+        }
     }
 }
 

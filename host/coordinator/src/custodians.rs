@@ -240,12 +240,33 @@ impl Custodians {
         if held.generation >= generation {
             return;
         }
+        // The configuration pins the configured cluster's TLS keys, not those of machines a
+        // rotation brought in.
+        for m in cluster.members() {
+            if let Some(pin) = m.tls
+                && let Err(e) = self.env.admit(&m.url, pin)
+            {
+                tracing::warn!(custodian = m.index, "its TLS key is not pinned: {e:#}");
+            }
+        }
         let next = roster(
             &self.exchange,
             (generation, cluster, since_epoch),
             Some(&held),
         );
         *held = Arc::new(next);
+    }
+
+    /// The machines of a rotation that brings machines in: the current members (as this
+    /// coordinator knows them) and the joining ones, each at its index in `next`. Every current
+    /// member keeps its index in such a rotation, so the indices name one machine each.
+    pub fn joining(&self, next: &Cluster) -> Arc<Roster> {
+        let held = self.roster();
+        Arc::new(roster(
+            &self.exchange,
+            (held.generation, next.clone(), held.since_epoch),
+            Some(&held),
+        ))
     }
 
     /// Records that every custodian has been checked once.
@@ -315,7 +336,8 @@ impl Custodians {
             Order::Activate { .. }
             | Order::CheckShares { .. }
             | Order::Reshare { .. }
-            | Order::Redeal { .. } => PREPROCESS_TIMEOUT,
+            | Order::Redeal { .. }
+            | Order::Join { .. } => PREPROCESS_TIMEOUT,
             Order::CommitReshare { .. } | Order::CommitRedeal { .. } => COMMIT_TIMEOUT,
             _ => HEALTH_TIMEOUT,
         };

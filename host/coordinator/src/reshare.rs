@@ -91,6 +91,12 @@ impl Epochs {
             .collect()
     }
 
+    /// Every certified rotation in order, as approved: the chain a joining custodian checks.
+    pub fn chain(&self) -> Vec<store::Rotation> {
+        let held = self.certificates.lock().expect("certificates lock");
+        held.iter().filter_map(|c| c.rotation.clone()).collect()
+    }
+
     /// The certificates that take a custodian at `epoch` to the current one, in order.
     fn from(&self, epoch: u64) -> Vec<Certificate> {
         self.certificates

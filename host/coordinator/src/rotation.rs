@@ -1,5 +1,5 @@
-//! Rotations of the cluster's membership, as the coordinator drives them: change k, remove a
-//! custodian, renumber the others (`quorumvm custodian threshold|remove`).
+//! Rotations of the cluster's membership, as the coordinator drives them: change k, add
+//! custodians, remove one and renumber the others (`quorumvm custodian threshold|add|remove`).
 //!
 //! `POST /v1/memberships` takes one operator's approval of a membership statement
 //! ([`MembershipApproval`]), checked against the current cluster as any approval is. The
@@ -18,10 +18,15 @@
 //!    pools start again. `CommitRedeal` goes to every machine of the old membership; a member
 //!    that misses it is sent it again by the health checks, as a refresh's commit is.
 //!
+//! A change that brings in new machines (`quorumvm custodian add`) first sends each of them
+//! `Join`, with the chain of rotations certified so far and the versions to hold (see the
+//! custodian's `join` module); the rotation's orders then go to them too, at their new
+//! indices. Every current member keeps its index in such a change, so one index names one
+//! machine throughout.
+//!
 //! The coordinator only carries the approvals and the rounds: it cannot make a custodian deal
 //! to a membership its operators did not approve, or move without every other new member's
-//! attestation. A change that brings in a new machine is refused here, as the custodians of
-//! this build refuse it (`501 rotation_unsupported`).
+//! attestation.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -37,7 +42,7 @@ use quorumvm_wire::api::{
 };
 use quorumvm_wire::approval::Subject;
 use quorumvm_wire::membership::{Change, Membership};
-use quorumvm_wire::order::{ApprovalSignature, Attestations, Order};
+use quorumvm_wire::order::{ApprovalSignature, Attestations, JoiningVersion, Order};
 
 use crate::background::order_jointly;
 use crate::custodians::Roster;
@@ -74,17 +79,6 @@ pub async fn approve(
     }
     let change = Change::new(&roster.cluster, &membership)
         .map_err(|e| ApiError::bad_request("bad_membership", e.to_string()))?;
-    if !change.joining().is_empty() {
-        return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "rotation_unsupported",
-            format!(
-                "custodians {:?} would join: this build rotates among the current machines \
-                 only (change k, remove or renumber custodians)",
-                change.joining()
-            ),
-        ));
-    }
     let statement = hex::encode(change.statement());
     let approval = ApproveRequest {
         custodian,
@@ -188,6 +182,17 @@ async fn rotate(
         membership,
         approvals,
     };
+    // With machines joining, every order of the rotation goes to them as well.
+    let roster = match change.joining() {
+        [] => Arc::clone(roster),
+        joining => {
+            let everyone = state.custodians.joining(change.next());
+            let k = roster.threshold();
+            let plan = (session.as_str(), &rotation, packages.as_slice());
+            join(state, (&everyone, joining, k), plan).await?;
+            everyone
+        }
+    };
     reshare::start(state, &session, from, &packages, Some(rotation.clone())).await?;
     tracing::info!(%session, from, versions = packages.len(), "rotation started");
     let order = Order::Redeal {
@@ -196,14 +201,14 @@ async fn rotate(
         approvals: rotation.approvals.clone(),
         packages: packages.clone(),
     };
-    let answers = order_jointly(state, roster, order)
+    let answers = order_jointly(state, &roster, order)
         .await
         .map_err(|(index, e)| format!("custodian {index}: {e}"))
         .and_then(|answers| certify(change, answers));
     let attestations = match answers {
         Ok(a) => a,
         Err(reason) => {
-            let failed = reshare::fail(state, roster, (&session, from), "rotation_failed", reason);
+            let failed = reshare::fail(state, &roster, (&session, from), "rotation_failed", reason);
             return Err(failed.await);
         }
     };
@@ -215,8 +220,16 @@ async fn rotate(
         rotation: Some(rotation),
     };
     let kept = Some(change.kept().clone());
-    let (committed, behind) = reshare::certify_and_commit(state, roster, certificate, kept).await?;
+    let (committed, behind) =
+        reshare::certify_and_commit(state, &roster, certificate, kept).await?;
     let now = state.custodians.roster();
+    // What this coordinator knows of a machine that joined starts now: it is checked at once,
+    // so that the next operation (an evaluation, another rotation) finds it live and serving.
+    for &index in change.joining() {
+        if let Some(c) = now.get(index) {
+            state.custodians.check_health(&now, c).await;
+        }
+    }
     let ms = started.elapsed().as_millis() as u64;
     tracing::info!(%session, generation = now.generation, epoch = from + 1, ms, ?behind, "rotation committed");
     Ok(RotationReport {
@@ -232,12 +245,72 @@ async fn rotate(
     })
 }
 
-/// Every new member's attestations, each naming every other current custodian (those that
-/// leave included: each moves only once every new member holds its shares), by its index now;
-/// every leaving one dealt. Or why not.
+/// Sends `Join` to each machine of `joining` (indices in `everyone`): each checks the chain of
+/// rotations, the statement and the versions itself and records them (see the custodian's
+/// `join` module), and takes the new membership's peers before any dealing reaches it; then
+/// the caller identities active under the current k.
+async fn join(
+    state: &Arc<State>,
+    (everyone, joining, k): (&Roster, &[u32], usize),
+    (session, rotation, packages): (&str, &Rotation, &[String]),
+) -> Result<(), ApiError> {
+    let mut versions = Vec::with_capacity(packages.len());
+    for id in packages {
+        let v = state.registry.get(id).ok_or_else(|| {
+            ApiError::internal(format!("version {id} is served but not in the registry"))
+        })?;
+        versions.push(JoiningVersion {
+            package_id: id.clone(),
+            approvals: crate::registry::signatures(&v.approvals),
+        });
+    }
+    for &index in joining {
+        let c = everyone
+            .get(index)
+            .expect("a joining machine of the roster");
+        if let Some(pin) = c.member.tls {
+            state
+                .env
+                .admit(&c.member.url, pin)
+                .map_err(|e| ApiError::internal(format!("pinning custodian {index}: {e:#}")))?;
+        }
+        let order = Order::Join {
+            session: session.to_string(),
+            rotations: state.epochs.chain(),
+            membership: rotation.membership.clone(),
+            approvals: rotation.approvals.clone(),
+            versions: versions.clone(),
+        };
+        state.custodians.order(c, order).await.map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "rotation_failed",
+                format!(
+                    "it did not start, every custodian stays at epoch {}: the joining \
+                     custodian {index} did not take the `Join` order: {e}",
+                    rotation.membership.from_epoch
+                ),
+            )
+        })?;
+        // The caller identities, which it checks against the cluster it joins from, as every
+        // member did.
+        crate::background::send_identities(state, c, k, (0, 0)).await;
+    }
+    Ok(())
+}
+
+/// Every new member's attestations, each naming every other machine of the change (by the
+/// index it answers at now: those that leave included, as each moves only once every new
+/// member holds its shares); every leaving one dealt. Or why not.
 fn certify(change: &Change, answers: Vec<(u32, OrderResponse)>) -> Result<Attestations, String> {
-    let staying: Vec<u32> = change.kept().values().copied().collect();
-    let others = change.current().n() - 1;
+    // A kept machine answers at its current index, a joining one at its new one.
+    let staying: Vec<u32> = change
+        .kept()
+        .values()
+        .chain(change.joining())
+        .copied()
+        .collect();
+    let others = change.current().n() + change.joining().len() - 1;
     let mut attestations = std::collections::BTreeMap::new();
     for (index, answer) in answers {
         let (want, count) = if staying.contains(&index) {

@@ -8,8 +8,7 @@ use std::collections::BTreeMap;
 
 use quorumvm_wire::api::{SealedShares, VersionState};
 use quorumvm_wire::freeze::{Target, Unfreeze};
-use quorumvm_wire::membership::Membership;
-use quorumvm_wire::order::{ApprovalSignature, Attestations, Order};
+use quorumvm_wire::order::{Attestations, Order};
 use quorumvm_wire::signed::Signed;
 
 /// Why a query on the coordinator's tables failed.
@@ -818,11 +817,7 @@ pub struct Certificate {
 }
 
 /// What k operators approved of a rotation, as every custodian is sent it.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct Rotation {
-    pub membership: Membership,
-    pub approvals: Vec<ApprovalSignature>,
-}
+pub use quorumvm_wire::membership::Approved as Rotation;
 
 impl Certificate {
     /// The order that moves a custodian that verified this refresh or rotation.

@@ -48,9 +48,9 @@ use quorumvm_wire::code::ErrorCode;
 /// Fetching from the coordinator: a package may be large, and activation is rare.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest package this custodian downloads.
-const MAX_PACKAGE_BYTES: usize = 64 << 20;
+pub(crate) const MAX_PACKAGE_BYTES: usize = 64 << 20;
 /// Sealed shares are a few hundred bytes per secret.
-const MAX_SHARES_BYTES: usize = 4 << 20;
+pub(crate) const MAX_SHARES_BYTES: usize = 4 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum VersionError {
@@ -113,27 +113,36 @@ pub(crate) struct Shares<'a> {
 }
 
 /// What a custodian needs to check a version: its sandbox, the cluster that approved the
-/// version and the custodian's index in it (where its dealt shares are), its index now (where
-/// its refreshed shares are: a rotation may have moved it) and its key.
+/// version and the custodian's index in it (where its dealt shares are; `None` for a machine
+/// that joined the cluster since, which holds only shares a rotation re-dealt to it), its
+/// index now (where its refreshed shares are: a rotation may have moved it) and its key.
 pub(crate) struct Checker<'a> {
     pub sandbox: &'a Sandbox,
     pub cluster: &'a Cluster,
-    pub me: u32,
+    pub me: Option<u32>,
     pub now: u32,
     pub key: &'a CustodianSecretKey,
 }
 
+/// A version's package read and its approvals and deal checked, before any share.
+pub(crate) struct Approved {
+    pub manifest: Manifest,
+    pub circuit: Circuit,
+    dealt: Deal,
+    approvers: Vec<u32>,
+}
+
 impl Checker<'_> {
-    /// Every check of the module documentation. Blocking: the sandbox compiles the package.
-    pub fn check(
+    /// The checks of a version that need no share of it: the package is the one its id
+    /// names, k operators of `cluster` approved it, and its publisher signed the deal.
+    /// Blocking: the sandbox compiles the package.
+    pub fn approved(
         &self,
         id: &PackageId,
         package: &[u8],
         approvals: &[ApprovalSignature],
         deal: &Signed,
-        shares: Shares<'_>,
-    ) -> Result<CheckedVersion, VersionError> {
-        let Shares { sealed, refreshed } = shares;
+    ) -> Result<Approved, VersionError> {
         let got = package_id(package);
         if got != *id {
             return Err(VersionError::WrongId {
@@ -150,20 +159,6 @@ impl Checker<'_> {
         let dealt: Deal = deal
             .open(Domain::Deal, &publisher)
             .map_err(|_| VersionError::UnsignedDeal)?;
-        let member = self.cluster.member(self.me).expect("a configured member");
-        let names: Vec<&str> = manifest.secrets.iter().map(|d| d.name.as_str()).collect();
-        if refreshed.is_empty() {
-            // Once refreshed, the dealt ciphertexts are deleted: the refresh was checked by
-            // the custodians together when it was made.
-            dealt.check_mine(
-                id,
-                self.cluster.threshold(),
-                self.me,
-                &member.sealing_key.to_hex(),
-                &names,
-                sealed,
-            )?;
-        }
         let subject = Subject::Version {
             package: id,
             manifest: &manifest,
@@ -178,6 +173,46 @@ impl Checker<'_> {
                 need,
             });
         }
+        Ok(Approved {
+            manifest,
+            circuit,
+            dealt,
+            approvers,
+        })
+    }
+
+    /// Every check of the module documentation. Blocking: the sandbox compiles the package.
+    pub fn check(
+        &self,
+        id: &PackageId,
+        package: &[u8],
+        approvals: &[ApprovalSignature],
+        deal: &Signed,
+        shares: Shares<'_>,
+    ) -> Result<CheckedVersion, VersionError> {
+        let Shares { sealed, refreshed } = shares;
+        let Approved {
+            manifest,
+            circuit,
+            dealt,
+            approvers,
+        } = self.approved(id, package, approvals, deal)?;
+        let names: Vec<&str> = manifest.secrets.iter().map(|d| d.name.as_str()).collect();
+        if refreshed.is_empty() {
+            // Once refreshed, the dealt ciphertexts are deleted: the refresh was checked by
+            // the custodians together when it was made.
+            let missing = || VersionError::MissingShare(names.first().unwrap_or(&"").to_string());
+            let me = self.me.ok_or_else(missing)?;
+            let member = self.cluster.member(me).ok_or_else(missing)?;
+            dealt.check_mine(
+                id,
+                self.cluster.threshold(),
+                me,
+                &member.sealing_key.to_hex(),
+                &names,
+                sealed,
+            )?;
+        }
         if let Some(name) = sealed
             .keys()
             .chain(refreshed.keys())
@@ -187,14 +222,13 @@ impl Checker<'_> {
         }
         let mut secrets = Zeroizing::new(Vec::with_capacity(manifest.secrets.len()));
         for decl in &manifest.secrets {
+            let missing = || VersionError::MissingShare(decl.name.clone());
             let (epoch, bytes, at) = match refreshed.get(&decl.name) {
                 Some((epoch, bytes)) => (*epoch, bytes, self.now),
                 None => (
                     0,
-                    sealed
-                        .get(&decl.name)
-                        .ok_or_else(|| VersionError::MissingShare(decl.name.clone()))?,
-                    self.me,
+                    sealed.get(&decl.name).ok_or_else(missing)?,
+                    self.me.ok_or_else(missing)?,
                 ),
             };
             let refused = |reason: String| VersionError::BadShare {
@@ -399,7 +433,7 @@ pub(crate) fn retired(id: &PackageId) -> ApiError {
 
 /// GETs `path` from the coordinator, proving who asks (sealed shares are served only to their
 /// custodian), refusing bodies over `limit` bytes.
-async fn fetch(c: &Custodian, path: &str, limit: usize) -> Result<Vec<u8>, ApiError> {
+pub(crate) async fn fetch(c: &Custodian, path: &str, limit: usize) -> Result<Vec<u8>, ApiError> {
     let unavailable = |message: String| {
         ApiError::new(StatusCode::BAD_GATEWAY, "coordinator_unavailable", message)
     };

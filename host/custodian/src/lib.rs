@@ -28,6 +28,7 @@ mod activation;
 mod callers;
 mod error;
 mod freeze;
+mod join;
 mod keys;
 mod layers;
 mod mailbox;
@@ -74,8 +75,15 @@ pub async fn serve(
     let name = format!("quorumvm-custodian-{}", config.index);
     let identity = tls::Identity::load(&config.data_dir, &name)?;
     let cluster = config.cluster()?;
-    let pinned = cluster.member(config.index).and_then(|m| m.tls);
-    if pinned != Some(identity.fingerprint()) {
+    // A machine that joins later is in no configured entry: the membership statement that
+    // brings it in pins its key for the others
+    // (and may take an index a machine since removed had).
+    let sealing = keys::load_key(&config.data_dir)?.public();
+    let configured = cluster
+        .member(config.index)
+        .filter(|m| m.sealing_key == sealing);
+    let pinned = configured.and_then(|m| m.tls);
+    if configured.is_some() && pinned != Some(identity.fingerprint()) {
         let pinned = pinned.map_or("no key".to_string(), |pin| pin.to_hex());
         anyhow::bail!(
             "the TLS key in {} is {}, but the config pins {pinned} for custodian {}",
@@ -113,6 +121,13 @@ where
     L::Addr: Into<tls::Peer>,
 {
     let custodian = Arc::new(state::Custodian::start(env, config).await?);
+    // The configuration pins the configured cluster's TLS keys; rotations since may have
+    // brought in others.
+    for m in custodian.cluster().members() {
+        if let Some(pin) = m.tls {
+            custodian.env.admit(&m.url, pin)?;
+        }
+    }
     let listener = tls::PeerListener(listener);
     let address = listener.local_addr()?;
     tracing::info!(

@@ -116,6 +116,12 @@ impl Peers {
         }
     }
 
+    /// Whether `peer` is one of them: another member of the cluster, or (during a rotation
+    /// that brings machines in) of the new membership.
+    pub fn knows(&self, peer: u32) -> bool {
+        self.pairwise.contains_key(&peer)
+    }
+
     /// This custodian's tag on a message to `peer` (`None` for a stranger).
     pub fn tag(&self, peer: u32, session: &str, layer: u32, body: &[u8]) -> Option<String> {
         self.macs.tag(peer, session, layer, body)

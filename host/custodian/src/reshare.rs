@@ -32,9 +32,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::http::StatusCode;
+use quorumvm_core::circuit::Manifest;
 use quorumvm_core::field::Fp;
 use quorumvm_core::reshare::{self, LAYERS, ReshareError, Setup};
 use quorumvm_core::shamir::Share;
+use quorumvm_package::PackageId;
 use quorumvm_sealing::{SealedShare, ShareBinding, open_share, seal_share};
 use quorumvm_server::Lie;
 use quorumvm_wire::api::OrderResponse;
@@ -158,7 +160,12 @@ pub(crate) async fn reshare(c: &Arc<Custodian>, order: Order) -> Result<OrderRes
     drop(inbox);
 
     let next = order.epoch + 1;
-    let sealed = seal_fresh(c, &versions, &fresh, (next, me))?;
+    let sealed = seal_fresh(
+        c,
+        versions.iter().map(|v| (&v.id, &v.manifest)),
+        &fresh,
+        (next, me),
+    )?;
     drop(fresh);
     let (session, from, packages, now) = (
         order.session.clone(),
@@ -225,19 +232,19 @@ pub(crate) fn gather(c: &Custodian, packages: &[String], epoch: u64) -> Result<G
 
 /// Seals each new share, at point `index`, to this custodian's own key, bound to its version,
 /// secret, epoch and index (a rotation may move the custodian to another index).
-pub(crate) fn seal_fresh(
+pub(crate) fn seal_fresh<'a>(
     c: &Custodian,
-    versions: &[Arc<Version>],
+    versions: impl IntoIterator<Item = (&'a PackageId, &'a Manifest)>,
     fresh: &[Fp],
     (epoch, index): (u64, u32),
 ) -> Result<Vec<(String, String, Vec<u8>)>, ApiError> {
     let mut shares = fresh.iter();
     let mut sealed = Vec::with_capacity(fresh.len());
-    for version in versions {
-        for decl in &version.manifest.secrets {
+    for (id, manifest) in versions {
+        for decl in &manifest.secrets {
             let y = *shares.next().expect("one new share per secret");
             let binding = ShareBinding {
-                package: version.id,
+                package: *id,
                 custodian: index,
                 secret: &decl.name,
                 epoch,
@@ -245,7 +252,7 @@ pub(crate) fn seal_fresh(
             let bytes = seal_share(c.sealing_key.public(), &binding, &Share { x: index, y })
                 .map_err(|e| ApiError::internal(e.to_string()))?
                 .to_bytes();
-            sealed.push((version.id_hex.clone(), decl.name.clone(), bytes.to_vec()));
+            sealed.push((id.to_string(), decl.name.clone(), bytes.to_vec()));
         }
     }
     Ok(sealed)

@@ -45,9 +45,12 @@ use crate::preprocess::epoch_mismatch;
 use crate::reshare::{
     ATTESTATION_LAYER, Attested, Gathered, gather, label, open_fresh, seal_fresh,
 };
-use crate::state::{Current, Custodian};
+use crate::state::{Current, Custodian, open_stored};
 use crate::store::{self, Committed, NewMembership, Pending, StoredMembership};
 use crate::versions::parse_package_id;
+use quorumvm_core::circuit::Manifest;
+use quorumvm_package::PackageId;
+use zeroize::Zeroizing;
 
 /// What the coordinator orders.
 pub(crate) struct Order {
@@ -85,38 +88,150 @@ impl Order {
 }
 
 /// The change the order makes, checked here: a valid membership, approved by k operators of
-/// this custodian's current cluster, of a kind this build runs.
+/// this custodian's current cluster.
 fn check(c: &Custodian, order: &Order) -> Result<(Current, Change), ApiError> {
     let current = c.current();
     let change = Change::new(&current.cluster, &order.membership)
-        .map_err(|e| ApiError::bad_request("bad_membership", e.to_string()))?;
+        .map_err(|e| bad_membership(e.to_string()))?;
     approval::check_threshold(
         &current.cluster,
         &Subject::Membership(&change),
         &order.approvals,
     )
     .map_err(error::bad_approvals)?;
-    let unsupported = |what: String| {
-        ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "rotation_unsupported",
-            format!(
-                "{what}: this build rotates among the current machines only (change k, \
-                 remove or renumber custodians)"
-            ),
-        )
-    };
-    if !change.joining().is_empty() {
-        return Err(unsupported(format!(
-            "custodians {:?} would join",
-            change.joining()
-        )));
-    }
     Ok((current, change))
 }
 
-/// Deals this custodian's shares to the new set and, as a member of it, checks the dealings
-/// with the other new members and keeps its new shares aside; answers with its attestations.
+pub(crate) fn bad_membership(message: String) -> ApiError {
+    ApiError::bad_request("bad_membership", message)
+}
+
+/// The peers of a rotation's round messages. Without a joining machine, the current ones, at
+/// their current indices. With one, the new membership's: every current member is kept at its
+/// index and the joining ones take fresh indices ([`Change::new`] allows no other change with
+/// a joining machine), so one table of peers serves every layer; this custodian takes it (and
+/// pins the joining machines' TLS keys), so that it authenticates the joining machines'
+/// messages from now on.
+pub(crate) fn widen(
+    c: &Custodian,
+    current: &Current,
+    change: &Change,
+) -> Result<Arc<Peers>, ApiError> {
+    if change.joining().is_empty() {
+        return Ok(Arc::clone(&current.peers));
+    }
+    for m in change.next().members() {
+        if let Some(pin) = m.tls {
+            c.env.admit(&m.url, pin).map_err(|e| {
+                ApiError::internal(format!("pinning custodian {}'s TLS key: {e:#}", m.index))
+            })?;
+        }
+    }
+    let peers = Arc::new(Peers::new(
+        current.me,
+        &c.sealing_key,
+        change.next(),
+        c.http.clone(),
+    ));
+    c.move_to(Current {
+        peers: Arc::clone(&peers),
+        ..c.current()
+    });
+    Ok(peers)
+}
+
+/// Where the round messages of a rotation go: every machine of the change at the index it
+/// answers at now (a kept machine at its current index, a joining one at its new one), and
+/// the index in the new set of each of those that receive.
+struct Routes {
+    /// The current members', then the joining ones', each once: who attests to whom.
+    everyone: Vec<u32>,
+    /// The new members, where they answer now.
+    receivers: Vec<u32>,
+    /// Index in the new set → where it answers now.
+    peer_of: BTreeMap<u32, u32>,
+    /// Where it answers now → index in the new set.
+    party_of: BTreeMap<u32, u32>,
+}
+
+impl Routes {
+    fn new(change: &Change) -> Routes {
+        let mut peer_of = change.kept().clone();
+        peer_of.extend(change.joining().iter().map(|&x| (x, x)));
+        let party_of: BTreeMap<u32, u32> = peer_of.iter().map(|(&n, &o)| (o, n)).collect();
+        let mut everyone = change.current().indices();
+        everyone.extend_from_slice(change.joining());
+        Routes {
+            everyone,
+            receivers: peer_of.values().copied().collect(),
+            peer_of,
+            party_of,
+        }
+    }
+
+    fn as_parties(&self, opened: Vec<(u32, Vec<Fp>)>) -> Vec<(u32, Vec<Fp>)> {
+        opened
+            .into_iter()
+            .map(|(sender, values)| (self.party_of[&sender], values))
+            .collect()
+    }
+}
+
+/// The versions a rotation re-deals, as this custodian holds them: their ids and manifests in
+/// the order's order, and (for a current member) its shares of their secrets. A current member
+/// must hold exactly those versions; a joining machine must have recorded each at `Join`.
+async fn redealt(
+    c: &Custodian,
+    order: &Order,
+    dealer: bool,
+) -> Result<(Vec<(PackageId, Manifest)>, Option<Zeroizing<Vec<Fp>>>), ApiError> {
+    if dealer {
+        // A version left out would keep shares of the old cluster, which the new one cannot use.
+        let held = c.versions.held_ids();
+        let mut named = order.packages.clone();
+        named.sort();
+        if named != held {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "bad_redeal",
+                format!(
+                    "a rotation re-deals every version held here ({held:?}); the order names \
+                     {named:?}"
+                ),
+            ));
+        }
+        let Gathered { versions, shares } = gather(c, &order.packages, order.epoch())?;
+        let versions = versions
+            .iter()
+            .map(|v| (v.id, v.manifest.clone()))
+            .collect();
+        return Ok((versions, Some(shares)));
+    }
+    let packages = order.packages.clone();
+    let manifests = c
+        .writer
+        .run(move |tx| store::manifests(tx, &packages))
+        .await?;
+    let mut versions = Vec::with_capacity(manifests.len());
+    for (package, manifest) in order.packages.iter().zip(manifests) {
+        let not_joined = || {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "not_joined",
+                format!("version {package} was not recorded here by a `Join` order"),
+            )
+        };
+        let id = parse_package_id(package).ok_or_else(not_joined)?;
+        let manifest: Manifest = serde_json::from_str(&manifest.ok_or_else(not_joined)?)
+            .map_err(|e| ApiError::internal(format!("a stored manifest does not parse: {e}")))?;
+        versions.push((id, manifest));
+    }
+    Ok((versions, None))
+}
+
+/// Deals this custodian's shares to the new set (a current member) and, as a member of it,
+/// checks the dealings with the other new members and keeps its new shares aside; answers
+/// with its attestations.
 pub(crate) async fn redeal(c: &Arc<Custodian>, order: Order) -> Result<OrderResponse, ApiError> {
     let label = order.label()?;
     let from = order.epoch();
@@ -125,58 +240,41 @@ pub(crate) async fn redeal(c: &Arc<Custodian>, order: Order) -> Result<OrderResp
         return Err(epoch_mismatch(c, from, at));
     }
     let (current, change) = check(c, &order)?;
-    // A version left out would keep shares of the old cluster, which the new one cannot use.
-    let held = c.versions.held_ids();
-    let mut named = order.packages.clone();
-    named.sort();
-    if named != held {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "bad_redeal",
-            format!(
-                "a rotation re-deals every version held here ({held:?}); the order names \
-                 {named:?}"
-            ),
-        ));
-    }
-    let Gathered { versions, shares } = gather(c, &order.packages, from)?;
-    let secrets = shares.len();
+    let roles = change.roles(&c.sealing_key.public().to_bytes());
+    let (versions, shares) = redealt(c, &order, roles.old.is_some()).await?;
+    let secrets: usize = versions.iter().map(|(_, m)| m.secrets.len()).sum();
+    let peers = widen(c, &current, &change)?;
     let transition = change.transition();
     let me = current.me;
-    let me_next = change.roles(&c.sealing_key.public().to_bytes()).new;
-    let everyone: Vec<u32> = transition.old.xs().to_vec();
-    // No machine joins: every party is a current member, so messages go to and come from the
-    // current peers at their current indices, while the protocol numbers the new set by its
-    // new indices.
-    let peer_of = |x: u32| change.kept()[&x];
-    let party_of: BTreeMap<u32, u32> = change.kept().iter().map(|(&n, &o)| (o, n)).collect();
-    let as_parties = |opened: Vec<(u32, Vec<Fp>)>| -> Vec<(u32, Vec<Fp>)> {
-        opened
-            .into_iter()
-            .map(|(sender, values)| (party_of[&sender], values))
-            .collect()
-    };
+    let me_next = roles.new;
+    let routes = Routes::new(&change);
+    let dealers = transition.old.xs().to_vec();
     let inbox = c.mailbox.open(&label)?;
     tracing::info!(session = %order.session, epoch = from, secrets, "rotation started");
 
     // Layer 1: every current member deals to every new one.
-    let mut out =
-        redeal::deal(&transition, me, &shares, &mut rand::thread_rng()).map_err(refused)?;
-    drop(shares);
-    if c.env.lies(Lie::Refresh) {
-        out.shift_first(Fp::ONE);
-    }
-    let own = me_next.and_then(|x| out.take(x));
-    let sealed = seal_layer_to(&current.peers, &label, 1, &out, peer_of)?;
-    drop(out);
-    let dealers = match me_next {
-        Some(_) => c.others(&everyone),
+    let (sealed, own) = match shares {
+        Some(shares) => {
+            let mut out =
+                redeal::deal(&transition, me, &shares, &mut rand::thread_rng()).map_err(refused)?;
+            drop(shares);
+            if c.env.lies(Lie::Refresh) {
+                out.shift_first(Fp::ONE);
+            }
+            let own = me_next.and_then(|x| out.take(x));
+            let sealed = seal_layer_to(&peers, &label, 1, &out, |x| routes.peer_of[&x])?;
+            (sealed, own)
+        }
+        None => (Vec::new(), None),
+    };
+    let from_dealers = match me_next {
+        Some(_) => c.others(&dealers),
         None => Vec::new(),
     };
     let received = c
-        .exchange(&inbox, &label, 1, sealed, &dealers, c.round_timeout)
+        .exchange(&inbox, &label, 1, sealed, &from_dealers, c.round_timeout)
         .await?;
-    let (Some(me_next), Some(mut own)) = (me_next, own) else {
+    let Some(me_next) = me_next else {
         tracing::info!(session = %order.session, "rotation: dealt; this custodian leaves");
         return Ok(OrderResponse {
             status: "dealt".into(),
@@ -184,31 +282,37 @@ pub(crate) async fn redeal(c: &Arc<Custodian>, order: Order) -> Result<OrderResp
             ..Default::default()
         });
     };
-    let mut dealt = open_layer(&current.peers, &label, 1, received)?;
-    dealt.push((me, std::mem::take(&mut *own)));
+    let mut dealt = open_layer(&peers, &label, 1, received)?;
+    if let Some(mut own) = own {
+        dealt.push((me, std::mem::take(&mut *own)));
+    }
 
     // Layers 2 and 3, among the new members: the joint challenge, then the check.
-    let staying: Vec<u32> = transition.new.xs().iter().map(|&x| peer_of(x)).collect();
-    let peers = c.others(&staying);
+    let receivers = c.others(&routes.receivers);
     let (challenging, out) =
         redeal::receive(transition, me_next, secrets, dealt).map_err(refused)?;
-    let sealed = seal_layer_to(&current.peers, &label, 2, &out, peer_of)?;
+    let sealed = seal_layer_to(&peers, &label, 2, &out, |x| routes.peer_of[&x])?;
     let received = c
-        .exchange(&inbox, &label, 2, sealed, &peers, c.round_timeout)
+        .exchange(&inbox, &label, 2, sealed, &receivers, c.round_timeout)
         .await?;
     let (checking, out) = challenging
-        .check(as_parties(open_layer(&current.peers, &label, 2, received)?))
+        .check(routes.as_parties(open_layer(&peers, &label, 2, received)?))
         .map_err(refused)?;
-    let sealed = seal_layer_to(&current.peers, &label, 3, &out, peer_of)?;
+    let sealed = seal_layer_to(&peers, &label, 3, &out, |x| routes.peer_of[&x])?;
     let received = c
-        .exchange(&inbox, &label, 3, sealed, &peers, c.round_timeout)
+        .exchange(&inbox, &label, 3, sealed, &receivers, c.round_timeout)
         .await?;
     let fresh = checking
-        .finish(as_parties(open_layer(&current.peers, &label, 3, received)?))
+        .finish(routes.as_parties(open_layer(&peers, &label, 3, received)?))
         .map_err(refused)?;
     drop(inbox);
 
-    let sealed = seal_fresh(c, &versions, &fresh, (from + 1, me_next))?;
+    let sealed = seal_fresh(
+        c,
+        versions.iter().map(|(id, m)| (id, m)),
+        &fresh,
+        (from + 1, me_next),
+    )?;
     drop(fresh);
     let (session, packages, now) = (
         order.session.clone(),
@@ -230,16 +334,14 @@ pub(crate) async fn redeal(c: &Arc<Custodian>, order: Order) -> Result<OrderResp
             )
         })
         .await?;
-    // To every other custodian of the change, those that leave included: each moves only once
+    // To every other machine of the change, those that leave included: each moves only once
     // every new member holds its shares.
     let statement = order.statement(&change);
     let attestations: BTreeMap<u32, String> = c
-        .others(&everyone)
+        .others(&routes.everyone)
         .into_iter()
         .filter_map(|peer| {
-            let tag = current
-                .peers
-                .tag(peer, &label, ATTESTATION_LAYER, &statement)?;
+            let tag = peers.tag(peer, &label, ATTESTATION_LAYER, &statement)?;
             Some((peer, tag))
         })
         .collect();
@@ -283,18 +385,20 @@ pub(crate) async fn commit(
     }
     let (current, change) = check(c, &order)?;
     let statement = order.statement(&change);
-    let me = current.me;
-    let me_next = change.roles(&c.sealing_key.public().to_bytes()).new;
-    // Each other new member, at its current index: who must attest.
-    let attesters: Vec<u32> = change
-        .kept()
+    let roles = change.roles(&c.sealing_key.public().to_bytes());
+    let me_next = roles.new;
+    let routes = Routes::new(&change);
+    // Each other new member, where it answers now: who must attest.
+    let attesters: Vec<u32> = routes
+        .peer_of
         .iter()
         .filter(|&(&new, _)| Some(new) != me_next)
-        .map(|(_, &old)| old)
+        .map(|(_, &now)| now)
         .collect();
+    let peers = widen(c, &current, &change)?;
     let attested = Attested {
-        peers: &current.peers,
-        me,
+        peers: &peers,
+        me: current.me,
         session: (&label, &statement),
     };
     attested.by(
@@ -328,9 +432,14 @@ pub(crate) async fn commit(
         return Ok(committed());
     };
     let next = Arc::new(change.next().clone());
-    let fresh = match me_next {
-        Some(index) => open_fresh(c, rows, (from + 1, index))?,
-        None => Vec::new(),
+    let fresh = match (roles.old, me_next) {
+        (Some(_), Some(index)) => open_fresh(c, rows, (from + 1, index))?,
+        // A joining machine held no version until now: it opens them as at a start.
+        (None, Some(index)) => {
+            joined(c, &current, &order.packages, index).await?;
+            Vec::new()
+        }
+        (_, None) => Vec::new(),
     };
     for id in c.versions.held_ids() {
         if !stays || !order.packages.contains(&id) {
@@ -361,6 +470,39 @@ pub(crate) async fn commit(
         "membership changed"
     );
     Ok(committed())
+}
+
+/// Opens, at a joining machine's commit, the versions it recorded at `Join` with the shares
+/// the re-dealing gave it (just committed), each checked against the approvals of `current`,
+/// the cluster it joined.
+async fn joined(
+    c: &Arc<Custodian>,
+    current: &Current,
+    packages: &[String],
+    index: u32,
+) -> Result<(), ApiError> {
+    let stored = c.writer.run(|tx| store::load_versions(tx)).await?;
+    let (opening, approved, packages) = (
+        Arc::clone(c),
+        Arc::clone(&current.cluster),
+        packages.to_vec(),
+    );
+    let opened = c
+        .off_thread("opening the versions joined", move || {
+            stored
+                .iter()
+                .filter(|v| packages.contains(&v.package_id))
+                .map(|v| {
+                    open_stored(&opening.sandbox, &approved, &opening.sealing_key, index, v)
+                        .map_err(|e| ApiError::internal(format!("{}: {e:#}", v.package_id)))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await??;
+    for version in opened {
+        c.versions.insert(version, true);
+    }
+    Ok(())
 }
 
 /// The clusters this custodian has belonged to: the configured one (generation 0), then each

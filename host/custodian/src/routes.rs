@@ -35,7 +35,7 @@ use crate::peers::valid_session_id;
 use crate::preprocess::{self, Batch};
 use crate::state::Custodian;
 use crate::{
-    activation, freeze, register, reshare, retire, revoke, rotation, session, share_check,
+    activation, freeze, join, register, reshare, retire, revoke, rotation, session, share_check,
 };
 
 /// The largest round message: a preprocessing layer carries `2 · count · terms` elements to
@@ -221,6 +221,22 @@ async fn orders(
             };
             detached(async move { rotation::redeal(&c, order).await }).await
         }
+        Order::Join {
+            session,
+            rotations,
+            membership,
+            approvals,
+            versions,
+        } => {
+            let order = join::Order {
+                session,
+                rotations,
+                membership,
+                approvals,
+                versions,
+            };
+            detached(async move { join::join(&c, order).await }).await
+        }
         Order::CommitRedeal {
             session,
             membership,
@@ -306,12 +322,12 @@ async fn rounds(
         .get(SENDER_HEADER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u32>().ok())
-        .filter(|&s| s != c.me() && c.cluster().member(s).is_some())
+        .filter(|&s| c.peers().knows(s))
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "bad_sender",
-                "the sender header does not name another member of this cluster".to_string(),
+                "the sender header names none of this custodian's peers".to_string(),
             )
         })?;
     let body = body.map_err(body_error)?;

@@ -56,6 +56,9 @@ pub(crate) struct Current {
 }
 
 pub(crate) struct Custodian {
+    /// The configured cluster (generation 0): the trust root every chain of rotations is
+    /// checked from.
+    pub configured: Arc<Cluster>,
     /// Read through [`Custodian::current`] / [`Custodian::cluster`]; replaced only when a
     /// rotation commits.
     current: RwLock<Current>,
@@ -122,27 +125,9 @@ impl Custodian {
             .with_context(|| format!("the rotations recorded in {}", db.display()))?;
         let generation = generations.len() as u64 - 1;
         let cluster = Arc::clone(generations.last().expect("the configured cluster"));
-        // The configured index names this machine in the configured cluster; a rotation may
-        // have moved it since, or removed it.
-        let configured = &generations[0];
-        if configured
-            .member(config.index)
-            .is_none_or(|m| m.sealing_key != sealing_key.public())
-        {
-            bail!(
-                "the key in {} ({}) is not custodian {}'s sealing key in the configuration: \
-                 wrong data directory or wrong index",
-                data_dir.display(),
-                sealing_key.public().to_hex(),
-                config.index,
-            );
-        }
-        let Some(me) = index_of(&cluster, &sealing_key) else {
-            bail!(
-                "custodian {} left the cluster in rotation {generation} and holds no shares: its \
-                 data directory can be destroyed",
-                config.index
-            );
+        let me = match place(&generations, &sealing_key, config.index) {
+            Ok(me) => me,
+            Err(why) => bail!("{why} (the key in {})", data_dir.display()),
         };
         let at = |g: u64, what: &dyn Fn() -> String| -> anyhow::Result<&Arc<Cluster>> {
             generations
@@ -171,7 +156,14 @@ impl Custodian {
                 .with_context(loading)?;
             versions.retire_for_good(id);
         }
-        for stored in store::load_versions(&ledger)? {
+        // A machine waiting to join holds no version yet: those recorded for its rotation have
+        // no shares until it commits.
+        let stored = match me {
+            Place::Member(_) => store::load_versions(ledger.connection())?,
+            Place::Joining(_) => Vec::new(),
+        };
+        let me = me.index();
+        for stored in stored {
             let loading = || format!("version {} in {}", stored.package_id, db.display());
             let id = parse_package_id(&stored.package_id)
                 .ok_or_else(|| anyhow!("the package id is not 64 hex digits"))
@@ -185,38 +177,10 @@ impl Custodian {
                 continue;
             }
             let approved = at(stored.generation, &loading)?;
-            let checker = Checker {
-                sandbox: &sandbox,
-                cluster: approved,
-                me: index_of(approved, &sealing_key)
-                    .ok_or_else(|| anyhow!("this custodian was not a member when it was approved"))
-                    .with_context(loading)?,
-                now: me,
-                key: &sealing_key,
-            };
-            let checked = checker
-                .check(
-                    &id,
-                    &stored.package,
-                    &stored.approvals,
-                    &stored.deal,
-                    Shares {
-                        sealed: &stored.sealed,
-                        refreshed: &stored.refreshed,
-                    },
-                )
-                .with_context(loading)?;
-            versions.insert(
-                Version::new(
-                    id,
-                    checked.manifest,
-                    checked.circuit,
-                    stored.deal.digest(),
-                    checked.secrets,
-                    stored.kits,
-                ),
-                stored.shares == SharesChecked::Passed,
-            );
+            let passed = stored.shares == SharesChecked::Passed;
+            let version =
+                open_stored(&sandbox, approved, &sealing_key, me, &stored).with_context(loading)?;
+            versions.insert(version, passed);
         }
 
         let callers = Callers::default();
@@ -248,6 +212,7 @@ impl Custodian {
 
         let peers = Arc::new(Peers::new(me, &sealing_key, &cluster, http.clone()));
         Ok(Custodian {
+            configured: Arc::clone(&generations[0]),
             callers,
             freezes,
             anomalies: Anomalies::default(),
@@ -309,7 +274,7 @@ impl Custodian {
         Checker {
             sandbox: &self.sandbox,
             cluster: &current.cluster,
-            me: current.me,
+            me: Some(current.me),
             now: current.me,
             key: &self.sealing_key,
         }
@@ -383,6 +348,95 @@ impl Custodian {
 }
 
 /// The index of the member with this custodian's sealing key, if it is one.
+/// Where this machine stands in the cluster in force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Place {
+    /// A member, at this index.
+    Member(u32),
+    /// Not a member yet, waiting to join at this index (a fresh one, its config's): it serves
+    /// nothing and takes part only in the rotation that brings it in
+    /// ([`crate::rotation`]).
+    Joining(u32),
+}
+
+impl Place {
+    pub fn index(self) -> u32 {
+        match self {
+            Place::Member(i) | Place::Joining(i) => i,
+        }
+    }
+}
+
+/// This machine's place after `generations`, its key and its configured index: a member of
+/// the last; a machine that has never been a member, joining at `configured` (which no member
+/// holds); or refused, with why (a member since left, or a key that is not at the configured
+/// index of the configured cluster: the wrong data directory or index).
+pub(crate) fn place(
+    generations: &[Arc<Cluster>],
+    key: &CustodianSecretKey,
+    configured: u32,
+) -> Result<Place, String> {
+    let first = &generations[0];
+    let last = generations.last().expect("the configured cluster");
+    let last_member = generations.iter().rposition(|c| index_of(c, key).is_some());
+    match (index_of(first, key), index_of(last, key)) {
+        (Some(at), _) if at != configured => Err(format!(
+            "this machine's key is not custodian {configured}'s sealing key in the \
+             configuration (it is custodian {at}'s): wrong data directory or wrong index"
+        )),
+        (_, Some(index)) => Ok(Place::Member(index)),
+        _ if let Some(g) = last_member => Err(format!(
+            "custodian {configured} left the cluster in rotation {} and holds no shares: its \
+             data directory can be destroyed",
+            g + 1
+        )),
+        _ if last.member(configured).is_some() => Err(format!(
+            "the sealing key is not custodian {configured}'s in the cluster in force (rotation \
+             {}): wrong data directory or wrong index",
+            generations.len() - 1
+        )),
+        _ => Ok(Place::Joining(configured)),
+    }
+}
+
+/// Checks a stored version against `approved`, the cluster whose operators approved it, and
+/// opens this custodian's shares of it (at index `now`). Blocking: compiles the package.
+pub(crate) fn open_stored(
+    sandbox: &Sandbox,
+    approved: &Cluster,
+    key: &CustodianSecretKey,
+    now: u32,
+    stored: &store::StoredVersion,
+) -> anyhow::Result<Version> {
+    let id = parse_package_id(&stored.package_id)
+        .ok_or_else(|| anyhow!("the package id is not 64 hex digits"))?;
+    let checker = Checker {
+        sandbox,
+        cluster: approved,
+        me: index_of(approved, key),
+        now,
+        key,
+    };
+    let checked = checker.check(
+        &id,
+        &stored.package,
+        &stored.approvals,
+        &stored.deal,
+        Shares {
+            sealed: &stored.sealed,
+            refreshed: &stored.refreshed,
+        },
+    )?;
+    Ok(Version::new(
+        id,
+        checked.manifest,
+        checked.circuit,
+        stored.deal.digest(),
+        checked.secrets,
+        stored.kits,
+    ))
+}
+
 pub(crate) fn index_of(cluster: &Cluster, key: &CustodianSecretKey) -> Option<u32> {
     let public = key.public();
     cluster

@@ -233,8 +233,7 @@ pub(crate) struct StoredVersion {
 }
 
 /// Every stored version with its sealed shares and unused kit count.
-pub(crate) fn load_versions(ledger: &Ledger) -> Result<Vec<StoredVersion>, StoreError> {
-    let conn = ledger.connection();
+pub(crate) fn load_versions(conn: &rusqlite::Connection) -> Result<Vec<StoredVersion>, StoreError> {
     let mut versions = Vec::new();
     let mut rows = conn.prepare(
         "SELECT package_id, package, approvals, deal, retired_ms IS NOT NULL,
@@ -377,6 +376,105 @@ pub(crate) fn insert_version(tx: &Transaction<'_>, v: &NewVersion) -> Result<boo
         },
     )?;
     Ok(true)
+}
+
+/// A version a joining machine is to hold ([`crate::join`]), checked against the approvals of
+/// the cluster it joins; its shares come from the re-dealing.
+pub(crate) struct JoiningVersion {
+    pub package_id: String,
+    pub name: String,
+    pub version: u32,
+    pub package: Vec<u8>,
+    pub manifest_json: String,
+    pub approvals: Vec<ApprovalSignature>,
+    pub deal: Signed,
+}
+
+/// What [`record_joining`] records.
+pub(crate) struct Joining<'a> {
+    pub session: &'a str,
+    /// The chain of rotations from the configured cluster, checked.
+    pub rotations: &'a [StoredMembership],
+    /// The epoch the rotation moves from.
+    pub from_epoch: u64,
+    /// The generation the chain ends at, whose operators approved the versions.
+    pub generation: u64,
+    pub versions: &'a [JoiningVersion],
+}
+
+/// Records what a machine that is not a member yet checked before a rotation that brings it
+/// in: the rotations it did not know of, the epoch it starts from, and the versions it is to
+/// hold, without shares (each once, however many times it is told). `membership.joining` in
+/// the audit log.
+pub(crate) fn record_joining(
+    tx: &Transaction<'_>,
+    j: &Joining<'_>,
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    let recorded = current_generation(tx)?;
+    for m in j.rotations.iter().filter(|m| m.generation > recorded) {
+        let membership = serde_json::to_string(&m.membership)
+            .map_err(|e| StoreError::Corrupt(format!("the membership does not serialize: {e}")))?;
+        let approvals = serde_json::to_string(&m.approvals)
+            .map_err(|e| StoreError::Corrupt(format!("approvals do not serialize: {e}")))?;
+        tx.execute(
+            "INSERT INTO memberships (generation, session, membership, approvals, committed_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![m.generation, j.session, membership, approvals, now_ms],
+        )?;
+    }
+    // Epoch 0 is no row.
+    if j.from_epoch > 0 {
+        tx.execute(
+            "INSERT OR REPLACE INTO epoch (only, epoch, reshare, committed_ms)
+             VALUES (0, ?1, ?2, ?3)",
+            params![j.from_epoch, format!("join-{}", j.session), now_ms],
+        )?;
+    }
+    for v in j.versions {
+        insert_version(
+            tx,
+            &NewVersion {
+                package_id: v.package_id.clone(),
+                name: v.name.clone(),
+                version: v.version,
+                package: v.package.clone(),
+                manifest_json: v.manifest_json.clone(),
+                approvals: v.approvals.clone(),
+                deal: v.deal.clone(),
+                sealed: BTreeMap::new(),
+                generation: j.generation,
+                now_ms,
+            },
+        )?;
+    }
+    audit::append(
+        tx,
+        &NewEntry {
+            timestamp_ms: now_ms,
+            actor: COORDINATOR,
+            kind: "membership.joining",
+            details: &json!({
+                "session": j.session,
+                "generation": j.generation,
+                "from_epoch": j.from_epoch,
+                "packages": j.versions.iter().map(|v| &v.package_id).collect::<Vec<_>>(),
+            }),
+        },
+    )?;
+    Ok(())
+}
+
+/// The manifests (as stored, JSON) of `packages`, in that order; `None` for one not stored.
+pub(crate) fn manifests(
+    conn: &rusqlite::Connection,
+    packages: &[String],
+) -> Result<Vec<Option<String>>, StoreError> {
+    let mut query = conn.prepare_cached("SELECT manifest FROM versions WHERE package_id = ?1")?;
+    packages
+        .iter()
+        .map(|p| Ok(query.query_row([p], |row| row.get(0)).optional()?))
+        .collect()
 }
 
 /// A completed joint check of a version's shares ([`crate::share_check`]).
@@ -1047,7 +1145,17 @@ fn commit(
         for package in live.iter().filter(|p| !m.packages.contains(p)) {
             refused += refuse.execute(params![package, now_ms])?;
         }
-        if !m.stays {
+        if m.stays {
+            // The re-dealing checked every new share (a joining machine's versions have had
+            // no check before).
+            let mut checked = tx.prepare_cached(
+                "UPDATE versions SET shares_checked_ms = ?2
+                 WHERE package_id = ?1 AND shares_checked_ms IS NULL",
+            )?;
+            for package in m.packages {
+                checked.execute(params![package, now_ms])?;
+            }
+        } else {
             tx.execute("DELETE FROM sealed_shares", [])?;
             tx.execute("DELETE FROM refreshed_shares", [])?;
         }
@@ -1139,6 +1247,7 @@ pub(crate) fn current_generation(conn: &rusqlite::Connection) -> Result<u64, Sto
 }
 
 /// A rotation as recorded, to be checked again at start.
+#[derive(Clone)]
 pub(crate) struct StoredMembership {
     pub generation: u64,
     pub membership: Membership,
@@ -1338,7 +1447,7 @@ mod tests {
             "{clash}"
         );
 
-        let stored = load_versions(&db).unwrap();
+        let stored = load_versions(db.connection()).unwrap();
         assert_eq!(stored.len(), 1);
         assert_eq!(
             (stored[0].kits, stored[0].package.clone(), stored[0].retired),
@@ -1400,7 +1509,7 @@ mod tests {
             })
         ));
         assert_eq!(
-            load_versions(&db).unwrap()[0].kits,
+            load_versions(db.connection()).unwrap()[0].kits,
             1,
             "kit 20 is still there"
         );
@@ -1419,7 +1528,11 @@ mod tests {
                     .unwrap()
             );
         }
-        assert_eq!(load_versions(&db).unwrap()[0].kits, 1, "not retired yet");
+        assert_eq!(
+            load_versions(db.connection()).unwrap()[0].kits,
+            1,
+            "not retired yet"
+        );
         let retired = db
             .transaction(|tx| record_check(tx, &check("p2", None)))
             .unwrap();
@@ -1436,7 +1549,7 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
-        let stored = load_versions(&db).unwrap();
+        let stored = load_versions(db.connection()).unwrap();
         let shown: Vec<_> = stored
             .iter()
             .map(|v| (v.package_id.as_str(), v.retired, v.kits, v.shares))

@@ -10,11 +10,13 @@ mod common;
 
 use common::{Cluster, PROGRAM, all_refuse, all_say};
 use quorumvm_core::field::Fp;
+use quorumvm_package::SecretKey;
 use quorumvm_sealing::CustodianSecretKey;
+use quorumvm_wire::approval;
 use quorumvm_wire::approval::Subject;
 use quorumvm_wire::config::{self, CustodianEntry, Engine};
-use quorumvm_wire::membership::{Change, Membership};
-use quorumvm_wire::order::{ApprovalSignature, Attestations, Order};
+use quorumvm_wire::membership::{Approved, Change, Membership};
+use quorumvm_wire::order::{ApprovalSignature, Attestations, JoiningVersion, Order};
 
 const SECRETS: [(&str, &str); 1] = [("w", "0.35")];
 
@@ -107,8 +109,8 @@ async fn a_rotation_runs_only_as_approved_and_serves_the_same_answers() {
 
     // What the attacker's coordinator tries first deals nothing anywhere: one operator's
     // approval; approvals of the same membership from another epoch; a membership in which a
-    // machine of its own replaces custodian 5 (refused by this build in any case, but only
-    // after the approvals are checked: with them forged, `bad_approval`).
+    // machine of its own takes custodian 5's index (no change may bring a machine in at an
+    // index another leaves: a replacement is an addition, then a removal).
     let one = redeal("rotate-one", &raise, &approvals[..1], &packages);
     all_refuse(
         &cluster.order_all(&everyone, one).await,
@@ -133,19 +135,11 @@ async fn a_rotation_runs_only_as_approved_and_serves_the_same_answers() {
         threshold: 2,
         custodians: stranger,
     };
-    let unapproved = redeal("rotate-swap", &swap, &approvals, &packages);
+    let swapping = redeal("rotate-swap", &swap, &approvals, &packages);
     all_refuse(
-        &cluster.order_all(&everyone, unapproved).await,
-        403,
-        "bad_approval",
-    );
-    // Approved, the same swap is still refused: this build does not run joining machines.
-    let approved = approve(&cluster, (2, &entries), &swap, &[1, 2]);
-    let joining = redeal("rotate-swap", &swap, &approved, &packages);
-    all_refuse(
-        &cluster.order_all(&everyone, joining).await,
-        501,
-        "rotation_unsupported",
+        &cluster.order_all(&everyone, swapping).await,
+        400,
+        "bad_membership",
     );
     for i in everyone.iter().copied() {
         assert_eq!(count(&cluster, i, "pending_shares"), 0, "custodian {i}");
@@ -356,4 +350,142 @@ async fn a_rotation_runs_only_as_approved_and_serves_the_same_answers() {
             "custodian {i}"
         );
     }
+}
+
+/// A machine joining the cluster takes nothing on the coordinator's word (the test is the
+/// coordinator, and an attacker's): it starts from its configured cluster, and refuses a chain
+/// of rotations that operators of the coordinator's invention approved, a statement without k
+/// approvals of the cluster it joins, one that does not bring it in, and a version without k
+/// approvals, recording nothing. Given what k operators approved, it joins: it receives its
+/// shares from the re-dealing, serves in any quorum, and keeps serving after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_joining_custodian_checks_for_itself_and_then_serves() {
+    let mut cluster = Cluster::start([Engine::Cranelift; 3], 2_000).await;
+    let entries = cluster.node(1).config.custodians.clone();
+    let program = cluster.publish(PROGRAM, &SECRETS);
+    all_say(&cluster.activate(&program, &[1, 2]).await, "active");
+    let packages = vec![program.id_hex.clone()];
+    let four = cluster.new_machine().await;
+    let mut grown = entries.clone();
+    grown.push(cluster.entry(four));
+    let grow = Membership {
+        from_epoch: 0,
+        threshold: 2,
+        custodians: grown,
+    };
+    let approvals = approve(&cluster, (2, &entries), &grow, &[1, 2]);
+    let version = |approvers: &[u32]| JoiningVersion {
+        package_id: program.id_hex.clone(),
+        approvals: cluster.approvals(&program, approvers),
+    };
+    let join = |rotations: Vec<Approved>, approvals: &[ApprovalSignature], versions| Order::Join {
+        session: "rotate-0".into(),
+        rotations,
+        membership: grow.clone(),
+        approvals: approvals.to_vec(),
+        versions,
+    };
+
+    // A rotation the coordinator invented: the same machines, but operators of its own, who
+    // then approve the statement and the version.
+    let attackers: Vec<SecretKey> = (0..3).map(|_| SecretKey::generate()).collect();
+    let invented: Vec<CustodianEntry> = entries
+        .iter()
+        .zip(&attackers)
+        .map(|(e, key)| CustodianEntry {
+            operator_key: key.public().to_hex(),
+            ..e.clone()
+        })
+        .collect();
+    let taken = Membership {
+        from_epoch: 0,
+        threshold: 2,
+        custodians: invented.clone(),
+    };
+    let forged = |membership: &Membership, current: &[CustodianEntry]| {
+        let current = config::Cluster::new(2, current).unwrap();
+        let change = Change::new(&current, membership).unwrap();
+        attackers[..2]
+            .iter()
+            .zip(1..)
+            .map(|(key, custodian)| ApprovalSignature {
+                custodian,
+                signature: hex::encode(approval::sign(key, &Subject::Membership(&change))),
+            })
+            .collect::<Vec<_>>()
+    };
+    let chain = vec![Approved {
+        membership: taken.clone(),
+        approvals: forged(&taken, &entries),
+    }];
+    let refused = cluster
+        .order(four, join(chain, &approvals, vec![version(&[1, 2])]))
+        .await;
+    assert_eq!(
+        (refused.status.as_u16(), refused.code()),
+        (400, "bad_membership"),
+        "{}",
+        refused.body
+    );
+    // One operator's approval of the statement; a version one operator approved; a statement
+    // that brings another machine in.
+    let one = cluster
+        .order(four, join(vec![], &approvals[..1], vec![version(&[1, 2])]))
+        .await;
+    assert_eq!(one.code(), "not_enough_approvals", "{}", one.body);
+    let half = cluster
+        .order(four, join(vec![], &approvals, vec![version(&[1])]))
+        .await;
+    assert_eq!(half.code(), "not_enough_approvals", "{}", half.body);
+    let mut other = grow.clone();
+    other.custodians[3].sealing_key = CustodianSecretKey::generate().public().to_hex();
+    let not_me = Order::Join {
+        session: "rotate-0".into(),
+        rotations: vec![],
+        approvals: approve(&cluster, (2, &entries), &other, &[1, 2]),
+        membership: other,
+        versions: vec![version(&[1, 2])],
+    };
+    let not_me = cluster.order(four, not_me).await;
+    assert_eq!(not_me.code(), "not_joining", "{}", not_me.body);
+    for table in ["versions", "memberships", "pending_shares"] {
+        assert_eq!(count(&cluster, four, table), 0, "{table}");
+    }
+    // The statement alone, without `Join`, gets it nothing either: it has no version to hold.
+    let early = cluster
+        .order(four, redeal("rotate-0", &grow, &approvals, &packages))
+        .await;
+    assert_eq!(early.code(), "not_joined", "{}", early.body);
+
+    // What k operators approved: it joins, then the rotation runs with it.
+    let joined = cluster
+        .order(four, join(vec![], &approvals, vec![version(&[1, 2])]))
+        .await;
+    assert_eq!(joined.status, 200, "{}", joined.body);
+    cluster.n = 4;
+    let everyone = cluster.everyone();
+    let alice = cluster.register("alice").await;
+    let answers = cluster
+        .order_all(&everyone, redeal("rotate-0", &grow, &approvals, &packages))
+        .await;
+    all_say(&answers, "verified");
+    let attestations = Cluster::attestations(&answers);
+    let order = commit("rotate-0", &grow, &approvals, &packages, attestations);
+    all_say(&cluster.order_all(&everyone, order).await, "committed");
+    assert_eq!(epochs(&cluster, &everyone).await, [1; 4]);
+
+    cluster.epoch.store(1, std::sync::atomic::Ordering::Relaxed);
+    all_say(&cluster.preprocess(&program, 0, 10).await, "stored");
+    let inputs = [("x", "17")];
+    let want: Vec<Fp> = cluster.expected(&program, &inputs);
+    let eval = async |cluster: &Cluster, quorum: &[u32], kit: u64| {
+        cluster
+            .evaluate(&program, quorum, &inputs, kit, &alice)
+            .await
+            .map(|(values, _)| values)
+    };
+    assert_eq!(eval(&cluster, &[3, 4], 0).await.unwrap(), want);
+    assert_eq!(eval(&cluster, &[1, 4], 1).await.unwrap(), want);
+    cluster.restart(four).await;
+    assert_eq!(eval(&cluster, &[2, 4], 2).await.unwrap(), want);
 }

@@ -10,8 +10,10 @@
 use std::sync::Arc;
 
 use quorumvm_ledger::{Ledger, Writer};
+use quorumvm_wire::fingerprint::Fingerprint;
 
 use crate::http::{Dial, HttpClient, Tcp};
+use crate::tls::{Parties, TlsDial};
 
 /// Milliseconds since the Unix epoch, the clock every signed expiry is measured on.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
@@ -95,6 +97,9 @@ impl Lie {
 pub struct Env {
     clock: Clock,
     dial: Arc<dyn Dial>,
+    /// The TLS parties `dial` connects to and the listener admits, in a process of a TLS
+    /// cluster ([`Env::with_tls`]): kept here so that [`Env::admit`] can grow them.
+    tls: Option<Arc<Parties>>,
     /// Blocking work and ledger commits run in the calling task (the simulation) rather than
     /// on other threads.
     inline: bool,
@@ -113,6 +118,7 @@ impl Env {
         Env {
             clock: Arc::new(quorumvm_wire::now_ms),
             dial: Arc::new(Tcp),
+            tls: None,
             inline: false,
             #[cfg(feature = "planted-bugs")]
             planted: None,
@@ -131,12 +137,33 @@ impl Env {
         self
     }
 
+    /// This environment, its connections opened over TLS to `parties`, which its listener
+    /// shares ([`crate::tls::serving`]) and [`Env::admit`] grows.
+    pub fn with_tls(mut self, parties: Arc<Parties>) -> Env {
+        self.dial = Arc::new(TlsDial::to(Arc::clone(&parties)));
+        self.tls = Some(parties);
+        self
+    }
+
+    /// Pins `pin` for the server at `url` (replacing the pin its host and port had) and admits
+    /// `pin`'s client certificates on the listener, from the next connection on, without a
+    /// restart: how a membership rotation lets in the joining custodians, whose URLs and keys
+    /// the processes did not know at their start. In an environment without TLS (plain HTTP, a
+    /// simulation) there is nothing to pin, and this does nothing.
+    pub fn admit(&self, url: &str, pin: Fingerprint) -> anyhow::Result<()> {
+        match &self.tls {
+            Some(parties) => parties.admit(url, pin),
+            None => Ok(()),
+        }
+    }
+
     /// A host of a simulation: `clock` and `dial` are the simulation's, and nothing runs on
     /// another thread.
     pub fn simulated(clock: Clock, dial: Arc<dyn Dial>) -> Env {
         Env {
             clock,
             dial,
+            tls: None,
             inline: true,
             #[cfg(feature = "planted-bugs")]
             planted: None,

@@ -11,6 +11,11 @@
 //! freeze, a health probe): what needs a party is authenticated again by its signatures (orders
 //! by the coordinator's key, round messages by pairwise keys).
 //!
+//! The pins a process dials and admits are not fixed at its start: a membership rotation brings
+//! in custodians with new URLs and new keys while every process runs, so the pins live in one
+//! shared set ([`Parties`]) that the dialer and the listener read at each connection, and that
+//! [`crate::Env::admit`] grows.
+//!
 //! A server's key is one file, `tls.key` (PKCS#8 PEM, 0600) in its data directory; its
 //! certificate is self-signed from it at each start, since only the key is pinned. A
 //! coordinator may present a chain its organization's CA issued instead (`tls_cert`,
@@ -20,8 +25,8 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -144,27 +149,21 @@ impl Identity {
         self.fingerprint
     }
 
-    /// How this party serves: its certificate, and client certificates checked against `pins`
-    /// when one is presented.
-    pub fn server_config(&self, pins: Vec<Fingerprint>) -> anyhow::Result<Arc<ServerConfig>> {
-        let verifier = PinnedClients {
-            pins,
-            algorithms: algorithms(),
-        };
-        let mut config = ServerConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_client_cert_verifier(Arc::new(verifier))
-            .with_single_cert(self.chain.clone(), self.key.clone_key())?;
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(Arc::new(config))
-    }
-
     /// How this party connects to a server whose key is `pin`, presenting its own certificate.
     pub fn client_config(&self, pin: Fingerprint) -> anyhow::Result<Arc<ClientConfig>> {
         Ok(Arc::new(pinned_builder(pin)?.with_client_auth_cert(
             self.chain.clone(),
             self.key.clone_key(),
         )?))
+    }
+
+    /// Another handle on the same key, for a [`Parties`] that outlives its caller's.
+    fn duplicate(&self) -> Identity {
+        Identity {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+            fingerprint: self.fingerprint,
+        }
     }
 }
 
@@ -277,11 +276,11 @@ impl ServerCertVerifier for PinnedServer {
     }
 }
 
-/// Asks every client for a certificate and refuses one whose key is not pinned; a client may
-/// present none.
+/// Asks every client for a certificate and refuses one whose key is not pinned (among the
+/// parties' client pins as they are at this handshake); a client may present none.
 #[derive(Debug)]
 struct PinnedClients {
-    pins: Vec<Fingerprint>,
+    parties: Arc<Parties>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
@@ -300,7 +299,8 @@ impl ClientCertVerifier for PinnedClients {
         _intermediates: &[CertificateDer<'_>],
         _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        check_pin(end_entity, &self.pins).map(|()| ClientCertVerified::assertion())
+        check_pin(end_entity, &self.parties.read().clients)
+            .map(|()| ClientCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -334,30 +334,119 @@ pub fn host_port(url: &str) -> anyhow::Result<(String, u16)> {
     crate::http::destination(&uri).with_context(|| format!("`{url}` names no host"))
 }
 
-/// TLS connections to the servers this party knows, each checked against its own pin; a
-/// destination without a pin is refused before a byte is sent.
-pub struct TlsDial {
+/// The parties a process talks to over TLS, as `identity`: the pin of each server it dials (by
+/// the host and port of its URL) and the pins whose client certificates its listener admits.
+///
+/// One set, shared by the process's [`TlsDial`] and its listener's verifier, each reading it at
+/// every connection: a membership rotation admits the joining custodians' keys
+/// ([`Parties::admit`], through [`crate::Env::admit`]) while the process runs, without a
+/// restart.
+pub struct Parties {
+    identity: Identity,
+    known: RwLock<Known>,
+}
+
+/// What [`Parties`] guards.
+#[derive(Default)]
+struct Known {
+    /// A connector per server, checking that server's pin and presenting our certificate.
     links: HashMap<(String, u16), TlsConnector>,
+    /// The pins whose client certificates are admitted.
+    clients: Vec<Fingerprint>,
+}
+
+impl Parties {
+    /// `identity`'s parties: each `(url, pin)` is dialed, and its client certificates admitted.
+    pub fn new<'a>(
+        identity: &Identity,
+        parties: impl IntoIterator<Item = (&'a str, Fingerprint)>,
+    ) -> anyhow::Result<Parties> {
+        let set = Parties {
+            identity: identity.duplicate(),
+            known: RwLock::default(),
+        };
+        for (url, pin) in parties {
+            set.admit(url, pin)?;
+        }
+        Ok(set)
+    }
+
+    /// Pins `pin` for the server at `url`'s host and port (replacing the pin it had, if any)
+    /// and admits `pin`'s client certificates, from the next connection on: how a rotation
+    /// brings a joining custodian in without restarting anyone.
+    pub fn admit(&self, url: &str, pin: Fingerprint) -> anyhow::Result<()> {
+        let destination = host_port(url)?;
+        let connector = TlsConnector::from(self.identity.client_config(pin)?);
+        let mut known = self.known.write().unwrap_or_else(PoisonError::into_inner);
+        known.links.insert(destination, connector);
+        if !known.clients.contains(&pin) {
+            known.clients.push(pin);
+        }
+        Ok(())
+    }
+
+    /// How this party serves: its certificate, and a client certificate, when one is
+    /// presented, checked against these parties' pins as they are at its handshake.
+    pub fn server_config(self: &Arc<Self>) -> anyhow::Result<Arc<ServerConfig>> {
+        let verifier = PinnedClients {
+            parties: Arc::clone(self),
+            algorithms: algorithms(),
+        };
+        let mut config = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(Arc::new(verifier))
+            .with_single_cert(self.identity.chain.clone(), self.identity.key.clone_key())?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// The pins now, for one connection. Every write leaves the set whole, so a panic that
+    /// poisoned the lock left nothing half-done.
+    fn read(&self) -> RwLockReadGuard<'_, Known> {
+        self.known.read().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl std::fmt::Debug for Parties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let known = self.read();
+        f.debug_struct("Parties")
+            .field("servers", &known.links.keys().collect::<Vec<_>>())
+            .field("clients", &known.clients)
+            .finish()
+    }
+}
+
+/// TLS connections to the servers of [`Parties`], each checked against its own pin; a
+/// destination without a pin (yet) is refused before a byte is sent.
+pub struct TlsDial {
+    parties: Arc<Parties>,
 }
 
 impl TlsDial {
-    /// Connections from `identity` to each `(url, pin)`.
+    /// Connections from `identity` to each `(url, pin)`, and no others.
     pub fn new<'a>(
         identity: &Identity,
         servers: impl IntoIterator<Item = (&'a str, Fingerprint)>,
     ) -> anyhow::Result<TlsDial> {
-        let mut links = HashMap::new();
-        for (url, pin) in servers {
-            let connector = TlsConnector::from(identity.client_config(pin)?);
-            links.insert(host_port(url)?, connector);
-        }
-        Ok(TlsDial { links })
+        Ok(TlsDial::to(Arc::new(Parties::new(identity, servers)?)))
+    }
+
+    /// Connections to `parties` as they are at each dial, so that a server admitted later is
+    /// dialed too.
+    pub fn to(parties: Arc<Parties>) -> TlsDial {
+        TlsDial { parties }
     }
 }
 
 impl Dial for TlsDial {
     fn dial(&self, host: String, port: u16) -> Dialing {
-        let connector = self.links.get(&(host.clone(), port)).cloned();
+        let connector = self
+            .parties
+            .read()
+            .links
+            .get(&(host.clone(), port))
+            .cloned();
         Box::pin(async move {
             let connector = connector.ok_or_else(|| {
                 io::Error::new(
@@ -379,16 +468,17 @@ impl Dial for TlsDial {
 }
 
 /// A real process of a TLS cluster: its environment, whose connections go to `parties` (URL
-/// and pin), and its listener, which admits the client certificates of the same parties.
+/// and pin), and its listener, which admits the client certificates of the same parties. Both
+/// share one [`Parties`], so a party the environment admits later ([`crate::Env::admit`]) is
+/// dialed and admitted by both from the next connection on.
 pub fn serving(
     identity: &Identity,
     parties: &[(&str, Fingerprint)],
     listener: TcpListener,
 ) -> anyhow::Result<(crate::Env, TlsListener)> {
-    let dial = TlsDial::new(identity, parties.iter().copied())?;
-    let pins = parties.iter().map(|(_, pin)| *pin).collect();
-    let listener = TlsListener::new(listener, identity.server_config(pins)?)?;
-    Ok((crate::Env::system().with_dial(Arc::new(dial)), listener))
+    let parties = Arc::new(Parties::new(identity, parties.iter().copied())?);
+    let listener = TlsListener::new(listener, parties.server_config()?)?;
+    Ok((crate::Env::system().with_tls(parties), listener))
 }
 
 /// Who is at the other end of a connection, as the listener saw it (axum's `ConnectInfo`).
@@ -557,10 +647,11 @@ mod tests {
         (certificate, Issuer::new(params, key))
     }
 
-    /// Serves `identity` on the loopback with `pins` admitted; returns its address.
-    async fn serve(identity: &Identity, pins: Vec<Fingerprint>) -> SocketAddr {
+    /// Serves `identity` on the loopback, admitting no client certificate; returns its address.
+    async fn serve(identity: &Identity) -> SocketAddr {
+        let parties = Arc::new(Parties::new(identity, []).unwrap());
         let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut listener = TlsListener::new(tcp, identity.server_config(pins).unwrap()).unwrap();
+        let mut listener = TlsListener::new(tcp, parties.server_config().unwrap()).unwrap();
         let addr = match axum::serve::Listener::local_addr(&listener).unwrap() {
             Peer::Tls { addr, .. } | Peer::Plain(addr) => addr,
         };
@@ -610,7 +701,7 @@ mod tests {
             identity.fingerprint(),
             Fingerprint::of_spki(&leaf_key.subject_public_key_info())
         );
-        let addr = serve(&identity, vec![]).await;
+        let addr = serve(&identity).await;
         let with = |trust: Trust| trust.client_config().unwrap();
         handshake(with(Trust::roots_from(&ca_file).unwrap()), addr)
             .await
@@ -629,5 +720,67 @@ mod tests {
                 .await
                 .is_err()
         );
+    }
+
+    /// A process made by `serving` with `parties`, answering `GET /` over HTTP; its env and URL.
+    async fn process(identity: &Identity, parties: &[(&str, Fingerprint)]) -> (crate::Env, String) {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}", tcp.local_addr().unwrap());
+        let (env, listener) = serving(identity, parties, tcp).unwrap();
+        let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (env, url)
+    }
+
+    /// A membership rotation's joining custodian: a running process neither dials it nor
+    /// admits its client certificate until `Env::admit` pins its key, and from then on does
+    /// both, without a restart.
+    #[tokio::test]
+    async fn admit_pins_a_joining_party_without_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let identity = |name: &str| {
+            let dir = dir.path().join(name);
+            std::fs::create_dir(&dir).unwrap();
+            Identity::init(&dir).unwrap();
+            Identity::load(&dir, name).unwrap()
+        };
+        let (running, joining) = (identity("running"), identity("joining"));
+        let (env, url) = process(&running, &[]).await;
+        let (joiner, joining_url) =
+            process(&joining, &[(url.as_str(), running.fingerprint())]).await;
+        let get = |env: &crate::Env, url: &str| env.http().get(format!("{url}/")).send();
+
+        let refused = get(&env, &joining_url).await.unwrap_err();
+        assert!(
+            refused.to_string().contains("no pinned TLS key"),
+            "a server not yet admitted is not dialed: {refused}"
+        );
+        assert!(
+            get(&joiner, &url).await.is_err(),
+            "a client certificate not yet admitted is refused"
+        );
+        let anonymous = Trust::Pinned(running.fingerprint())
+            .client_config()
+            .unwrap();
+        handshake(
+            anonymous,
+            url.trim_start_matches("https://").parse().unwrap(),
+        )
+        .await
+        .expect("a client may present no certificate");
+
+        env.admit(&joining_url, joining.fingerprint()).unwrap();
+        let reply = get(&env, &joining_url)
+            .await
+            .expect("an admitted server is dialed");
+        assert_eq!(reply.status, 200);
+        let reply = get(&joiner, &url)
+            .await
+            .expect("an admitted client is served");
+        assert_eq!(reply.status, 200);
+
+        crate::Env::system()
+            .admit(&joining_url, joining.fingerprint())
+            .expect("an env without TLS has nothing to pin");
     }
 }

@@ -145,7 +145,9 @@ pub enum Engine {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CustodianConfig {
-    /// This custodian's index in `custodians`.
+    /// This custodian's index in `custodians`; for a machine that joins the cluster later (not
+    /// in `custodians`, which name the cluster it first joins from), the index the membership
+    /// statement that brings it in gives it.
     pub index: u32,
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
@@ -323,12 +325,12 @@ impl CustodianConfig {
     pub fn load(path: &Path) -> Result<CustodianConfig, ConfigError> {
         let mut config: CustodianConfig = read_toml(path)?;
         config.data_dir = relative_to(path, &config.data_dir);
-        let cluster = config.cluster()?;
-        if cluster.member(config.index).is_none() {
-            return Err(ConfigError::Cluster(format!(
-                "index {} is not among the custodians",
-                config.index
-            )));
+        config.cluster()?;
+        // An index among the configured custodians names this machine there; another is the
+        // index a machine that joins later takes (the custodian checks its key against both at
+        // start).
+        if config.index == 0 {
+            return Err(ConfigError::Cluster("custodian indices start at 1".into()));
         }
         config.coordinator_public_key()?;
         config.coordinator_exchange_key()?;

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::{Cluster, ConfigError, CustodianEntry};
+use crate::order::ApprovalSignature;
 
 /// The cluster a rotation moves to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +49,27 @@ impl Membership {
             from_epoch,
             threshold,
             custodians: current.entries(),
+        }
+    }
+
+    /// `current` and the machine `joining` at the next index, n + 1 (whatever `joining.index`
+    /// says), at threshold `threshold`: every current custodian keeps its index, as a change
+    /// that brings a machine in must.
+    pub fn with(
+        current: &Cluster,
+        from_epoch: u64,
+        joining: CustodianEntry,
+        threshold: usize,
+    ) -> Membership {
+        let mut custodians = current.entries();
+        custodians.push(CustodianEntry {
+            index: current.n() as u32 + 1,
+            ..joining
+        });
+        Membership {
+            from_epoch,
+            threshold,
+            custodians,
         }
     }
 
@@ -90,8 +112,23 @@ pub enum ChangeError {
     SharedSealingKey(Vec<u32>),
     #[error("the new custodians {0:?} have one operator key: each operator's approval counts once")]
     SharedOperatorKey(Vec<u32>),
-    #[error("the statement changes nothing: the same machines at the same indices and threshold")]
+    #[error("the statement changes nothing: the same custodians, entries and threshold")]
     Nothing,
+    #[error(
+        "custodians {0:?} would join while others leave or move: machines join only beside every \
+         current custodian at its index (to replace one, add the new machine, then remove the old)"
+    )]
+    JoinWhileMoving(Vec<u32>),
+}
+
+/// A rotation as certified: its membership and the k approvals of the cluster before it. The
+/// chain of them from the configured cluster is what a joining custodian checks (see
+/// [`crate::order::Order::Join`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Approved {
+    pub membership: Membership,
+    pub approvals: Vec<ApprovalSignature>,
 }
 
 /// A membership statement seen against the current cluster: made only by [`Change::new`], so
@@ -138,12 +175,17 @@ impl Change {
             .into_iter()
             .filter(|i| !staying.contains(i))
             .collect();
-        let unchanged = joining.is_empty()
-            && leaving.is_empty()
-            && kept.iter().all(|(new, old)| new == old)
-            && new.threshold() == current.threshold();
+        // Every entry whole: an operator's new key or a new URL is a change too.
+        let unchanged =
+            new.entries() == current.entries() && new.threshold() == current.threshold();
         if unchanged {
             return Err(ChangeError::Nothing);
+        }
+        // A joining machine and a kept one must never share an index during the rotation: the
+        // round messages of both sets are addressed by index (see the custodian's `rotation`).
+        if !joining.is_empty() && (!leaving.is_empty() || kept.iter().any(|(new, old)| new != old))
+        {
+            return Err(ChangeError::JoinWhileMoving(joining));
         }
         Ok(Change {
             from_epoch: next.from_epoch,
@@ -311,12 +353,12 @@ mod tests {
     }
 
     #[test]
-    fn a_replaced_machine_leaves_and_its_successor_joins_at_its_index() {
+    fn a_machine_joins_beside_every_current_one_at_its_index() {
         let [a, b, c, d] = [machine(), machine(), machine(), machine()];
         let now = cluster(2, &[&a, &b, &c]);
-        let change = Change::new(&now, &membership(2, &[&a, &b, &d])).expect("a change");
-        assert_eq!(change.kept(), &BTreeMap::from([(1, 1), (2, 2)]));
-        assert_eq!((change.joining(), change.leaving()), (&[3][..], &[3][..]));
+        let change = Change::new(&now, &membership(2, &[&a, &b, &c, &d])).expect("a change");
+        assert_eq!(change.kept(), &BTreeMap::from([(1, 1), (2, 2), (3, 3)]));
+        assert_eq!((change.joining(), change.leaving()), (&[4][..], &[][..]));
         let key = |m: &Machine| {
             quorumvm_sealing::CustodianPublicKey::from_file_text(&m.sealing)
                 .expect("a key")
@@ -331,21 +373,29 @@ mod tests {
             }
         );
         assert_eq!(
-            roles(&c),
-            Roles {
-                old: Some(3),
-                new: None
-            }
-        );
-        assert_eq!(
             roles(&d),
             Roles {
                 old: None,
-                new: Some(3)
+                new: Some(4)
             }
         );
         let t = change.transition();
-        assert_eq!((t.old.xs(), t.new.xs()), (&[1, 2, 3][..], &[1, 2, 3][..]));
+        assert_eq!(
+            (t.old.xs(), t.new.xs()),
+            (&[1, 2, 3][..], &[1, 2, 3, 4][..])
+        );
+        // A machine joining where another leaves, or while another moves, would share an index
+        // with it during the rotation: a replacement is an addition, then a removal.
+        for next in [
+            membership(2, &[&a, &b, &d]),
+            membership(2, &[&a, &c, &d]),
+            membership(2, &[&b, &a, &c, &d]),
+        ] {
+            assert!(matches!(
+                Change::new(&now, &next),
+                Err(ChangeError::JoinWhileMoving(_))
+            ));
+        }
     }
 
     #[test]
@@ -401,8 +451,8 @@ mod tests {
     #[test]
     fn the_statement_binds_every_field_and_not_the_spelling() {
         let [a, b, c, d] = [machine(), machine(), machine(), machine()];
-        let base = membership(2, &[&a, &b, &c]);
-        let now = cluster(2, &[&a, &b, &d]);
+        let base = membership(2, &[&a, &b, &c, &d]);
+        let now = cluster(2, &[&a, &b, &c]);
         let statement = |m: &Membership| Change::new(&now, m).expect("a change").statement();
         let mut slash = base.clone();
         slash.custodians[0].url.push('/');
@@ -411,8 +461,8 @@ mod tests {
         let mut epoch = base.clone();
         epoch.from_epoch += 1;
         variants.push(epoch);
-        variants.push(membership(1, &[&a, &b, &c]));
-        variants.push(membership(2, &[&a, &d, &c]));
+        variants.push(membership(1, &[&a, &b, &c, &d]));
+        variants.push(membership(1, &[&a, &b]));
         variants.push(membership(2, &[&b, &a, &c]));
         let mut url = base.clone();
         url.custodians[2].url = "http://127.0.0.1:9999".into();
@@ -436,7 +486,7 @@ mod tests {
         let operators: Vec<SecretKey> = (0..4).map(|_| SecretKey::generate()).collect();
         let m: Vec<Machine> = operators.iter().map(machine_of).collect();
         let now = cluster(2, &[&m[0], &m[1], &m[2]]);
-        let next = membership(2, &[&m[0], &m[1], &m[3]]);
+        let next = membership(2, &[&m[0], &m[1], &m[2], &m[3]]);
         let change = Change::new(&now, &next).expect("a change");
         let sign = |change: &Change, by: &[usize]| -> Vec<ApprovalSignature> {
             by.iter()
@@ -469,8 +519,8 @@ mod tests {
             check(&sign(&earlier, &[0, 1])),
             Err(ApprovalError::BadSignature(1))
         );
-        // The joining machine's operator is not an operator of the cluster yet: signing as the
-        // custodian it replaces does not count.
+        // The joining machine's operator is not an operator of the cluster yet: signing as a
+        // current custodian does not count.
         let mut joining = sign(&change, &[3]);
         joining[0].custodian = 3;
         assert_eq!(

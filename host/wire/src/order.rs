@@ -112,6 +112,18 @@ pub enum Order {
         approvals: Vec<ApprovalSignature>,
         packages: Vec<String>,
     },
+    /// To a machine that `membership` brings in, before [`Order::Redeal`]: check the chain of
+    /// `rotations` from the configured cluster (this machine's trust root), the statement and
+    /// its k approvals against the cluster the chain ends at, and each version against its
+    /// approvals, fetching its package and deal from the coordinator; then record them and be
+    /// ready to receive the current members' dealings.
+    Join {
+        session: String,
+        rotations: Vec<crate::membership::Approved>,
+        membership: crate::membership::Membership,
+        approvals: Vec<ApprovalSignature>,
+        versions: Vec<JoiningVersion>,
+    },
     /// Move to the membership and shares of re-dealing `session`, given every new member's
     /// attestation that it holds its own.
     CommitRedeal {
@@ -148,6 +160,14 @@ pub enum Order {
         unfreeze: crate::freeze::Unfreeze,
         approvals: Vec<ApprovalSignature>,
     },
+}
+
+/// A version a joining custodian is to hold, with the approvals that activated it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoiningVersion {
+    pub package_id: String,
+    pub approvals: Vec<ApprovalSignature>,
 }
 
 /// Every custodian's attestations of a refresh: `0[i][j]` is custodian i's tag for custodian j.

@@ -287,6 +287,45 @@ impl Cluster {
         }
     }
 
+    /// A new machine, as its operator sets one up to join the cluster: keys of its own, an
+    /// empty data directory, and the configured cluster's config (its trust root) with the next
+    /// index, which no member holds. It starts waiting to join; returns its index.
+    pub async fn new_machine(&mut self) -> u32 {
+        let index = self.nodes.len() as u32 + 1;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let data_dir = self._dir.path().join(format!("custodian-{index}"));
+        let sealing = init_key(&data_dir).unwrap();
+        let config = CustodianConfig {
+            index,
+            listen: addr,
+            data_dir,
+            ..self.node(1).config.clone()
+        };
+        let server = tokio::spawn(serve(config.clone(), listener));
+        self.nodes.push(Node {
+            addr,
+            config,
+            operator: SecretKey::generate(),
+            sealing,
+            server: Some(server),
+        });
+        self.wait_until_up(index).await;
+        index
+    }
+
+    /// Custodian `index` as a membership statement lists it.
+    pub fn entry(&self, index: u32) -> CustodianEntry {
+        let node = self.node(index);
+        CustodianEntry {
+            index,
+            url: node.url(),
+            operator_key: node.operator.public().to_hex(),
+            sealing_key: node.sealing.to_hex(),
+            tls_fingerprint: None,
+        }
+    }
+
     /// Stops a custodian as a crash would (its server future is dropped mid-flight).
     pub async fn stop(&mut self, index: u32) {
         if let Some(server) = self.nodes[index as usize - 1].server.take() {
@@ -926,8 +965,19 @@ async fn fake_coordinator(listener: TcpListener, packages: Packages) {
             .map(axum::Json)
             .ok_or(StatusCode::NOT_FOUND)
     }
+    async fn deal(
+        State(p): State<Packages>,
+        UrlPath(id): UrlPath<String>,
+    ) -> Result<axum::Json<Signed>, StatusCode> {
+        let packages = p.lock().unwrap();
+        packages
+            .get(&id)
+            .map(|(_, deal, _)| axum::Json(deal.clone()))
+            .ok_or(StatusCode::NOT_FOUND)
+    }
     let app = axum::Router::new()
         .route("/v1/packages/{id}/wasm", get(wasm))
+        .route("/v1/packages/{id}/deal", get(deal))
         .route("/v1/packages/{id}/shares/{custodian}", get(shares))
         .with_state(packages);
     axum::serve(listener, app).await.unwrap();
