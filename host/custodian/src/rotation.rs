@@ -1,26 +1,24 @@
-//! `Redeal` and `CommitRedeal`: a rotation of the cluster's membership (change k, remove
-//! custodians), re-dealing every secret of every version from the current custodians to the
-//! new set ([`quorumvm_core::redeal`], Desmedt–Jajodia with parity checks of the old sharing),
-//! then the move to the new membership once every new member holds its shares. The design, and
-//! what is not built yet, is in `docs/rotation.md`.
+//! `Redeal` and `CommitRedeal`: a rotation of the cluster's membership (change k, add machines,
+//! remove custodians and renumber the others), re-dealing every secret of every version from
+//! the current custodians to the new set ([`quorumvm_core::redeal`], Desmedt–Jajodia with
+//! parity checks of the old sharing), then the move to the new membership once every new member
+//! holds its shares. The design is in `docs/rotation.md`.
 //!
 //! Every custodian checks for itself that k operators of its **current** cluster approved the
 //! new membership, bound to its current epoch ([`Subject::Membership`]); without that a
 //! coordinator could name a set of its own and be dealt every secret. The commit is the
 //! refresh's two-phase commit ([`crate::reshare`]): each new member keeps its new shares aside,
-//! sealed to itself and bound to the next epoch, and attests so to every other custodian of the
+//! sealed to itself and bound to the next epoch, and attests so to every other machine of the
 //! change; a custodian moves (new membership, new shares, epoch up by one, kits deleted, in one
 //! transaction) only when every other new member's attestation to it verifies. A custodian that
-//! leaves only deals; at the commit it deletes every share it holds.
+//! leaves only deals; at the commit it deletes every share it holds. A machine that joins has
+//! checked the chain of rotations, the statement and its versions at `Join` ([`crate::join`]);
+//! here it only receives, and at the commit opens its versions from its ledger.
 //!
 //! The rotation becomes this custodian's state: recorded as the next *generation* of the
 //! cluster, it wins over the configuration at every start, where the chain of rotations is
 //! checked again from the configured cluster ([`history`]), and every decision recorded here is
 //! checked against the generation that approved it.
-//!
-//! **Not built yet:** machines that join (a new sealing key) and renumbering (a kept machine
-//! at another index) are refused with `rotation_unsupported`: both need round messages routed
-//! by role between two tables of peers and, for a joining machine, its bootstrap.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
