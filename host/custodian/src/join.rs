@@ -91,6 +91,15 @@ pub(crate) async fn join(c: &Arc<Custodian>, order: Order) -> Result<OrderRespon
         }
     };
     let from = change.from_epoch();
+    // A statement from before the last rotation of the chain is one of its own past.
+    if let Some(last) = stored.last()
+        && from <= last.membership.from_epoch
+    {
+        return Err(bad_membership(format!(
+            "the statement moves from epoch {from}, not after rotation {} (from epoch {})",
+            last.generation, last.membership.from_epoch
+        )));
+    }
 
     let mut versions = Vec::with_capacity(order.versions.len());
     for v in order.versions {

@@ -387,7 +387,7 @@ async fn a_joining_custodian_checks_for_itself_and_then_serves() {
     };
 
     // A rotation the coordinator invented: the same machines, but operators of its own, who
-    // then approve the statement and the version.
+    // then approve the statement (from the epoch after it) and the version.
     let attackers: Vec<SecretKey> = (0..3).map(|_| SecretKey::generate()).collect();
     let invented: Vec<CustodianEntry> = entries
         .iter()
@@ -402,25 +402,45 @@ async fn a_joining_custodian_checks_for_itself_and_then_serves() {
         threshold: 2,
         custodians: invented.clone(),
     };
-    let forged = |membership: &Membership, current: &[CustodianEntry]| {
-        let current = config::Cluster::new(2, current).unwrap();
-        let change = Change::new(&current, membership).unwrap();
+    let mut grown_there = invented.clone();
+    grown_there.push(cluster.entry(four));
+    let grow_there = Membership {
+        from_epoch: 1,
+        threshold: 2,
+        custodians: grown_there,
+    };
+    let forge = |subject: &Subject<'_>| -> Vec<ApprovalSignature> {
         attackers[..2]
             .iter()
             .zip(1..)
             .map(|(key, custodian)| ApprovalSignature {
                 custodian,
-                signature: hex::encode(approval::sign(key, &Subject::Membership(&change))),
+                signature: hex::encode(approval::sign(key, subject)),
             })
-            .collect::<Vec<_>>()
+            .collect()
     };
-    let chain = vec![Approved {
-        membership: taken.clone(),
-        approvals: forged(&taken, &entries),
-    }];
-    let refused = cluster
-        .order(four, join(chain, &approvals, vec![version(&[1, 2])]))
-        .await;
+    let configured = config::Cluster::new(2, &entries).unwrap();
+    let taking = Change::new(&configured, &taken).unwrap();
+    let there = config::Cluster::new(2, &invented).unwrap();
+    let growing_there = Change::new(&there, &grow_there).unwrap();
+    let forged = Order::Join {
+        session: "rotate-1".into(),
+        rotations: vec![Approved {
+            membership: taken.clone(),
+            approvals: forge(&Subject::Membership(&taking)),
+        }],
+        membership: grow_there.clone(),
+        approvals: forge(&Subject::Membership(&growing_there)),
+        versions: vec![JoiningVersion {
+            package_id: program.id_hex.clone(),
+            approvals: forge(&Subject::Version {
+                package: &program.id,
+                manifest: &program.manifest,
+                deal: &program.deal.digest(),
+            }),
+        }],
+    };
+    let refused = cluster.order(four, forged).await;
     assert_eq!(
         (refused.status.as_u16(), refused.code()),
         (400, "bad_membership"),
