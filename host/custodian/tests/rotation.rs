@@ -357,7 +357,8 @@ async fn a_rotation_runs_only_as_approved_and_serves_the_same_answers() {
 /// of rotations that operators of the coordinator's invention approved, a statement without k
 /// approvals of the cluster it joins, one that does not bring it in, and a version without k
 /// approvals, recording nothing. Given what k operators approved, it joins: it receives its
-/// shares from the re-dealing, serves in any quorum, and keeps serving after a restart.
+/// shares from the re-dealing, takes the commit after a crash before it, serves in any quorum,
+/// and keeps serving after a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_joining_custodian_checks_for_itself_and_then_serves() {
     let mut cluster = Cluster::start([Engine::Cranelift; 3], 2_000).await;
@@ -490,6 +491,13 @@ async fn a_joining_custodian_checks_for_itself_and_then_serves() {
         .await;
     all_say(&answers, "verified");
     let attestations = Cluster::attestations(&answers);
+    // It crashes before the commit: restarted, it is still waiting to join, with its new
+    // shares kept aside, and takes the commit late.
+    cluster.restart(four).await;
+    assert_eq!(
+        count(&cluster, four, "pending_shares"),
+        SECRETS.len() as i64
+    );
     let order = commit("rotate-0", &grow, &approvals, &packages, attestations);
     all_say(&cluster.order_all(&everyone, order).await, "committed");
     assert_eq!(epochs(&cluster, &everyone).await, [1; 4]);
