@@ -2600,18 +2600,9 @@ fn a_3_of_5_cluster_shrinks_to_2_of_3_with_the_same_answers() {
         ok(c.approve(&info.package_id, i));
     }
     let model = info.package_id;
-    let rt = runtime();
-    let answers_stay = |seeds: std::ops::RangeInclusive<u64>| {
-        for seed in seeds {
-            let answer = rt.block_on(c.eval_ready(&key, &model, &model_inputs(seed)));
-            assert_eq!(answer.outputs["y"], model_expected(&model_inputs(seed)));
-        }
-    };
+    let answers_stay = |seeds| answers_stay(&c, &key, &model, seeds);
     answers_stay(0..=2);
-    let remove = |index: u32, k: usize, operator: u32| {
-        let out = ok(remove_custodian(&c, index, k, operator));
-        serde_json::from_str::<quorumvm_wire::api::MembershipState>(&out).unwrap()
-    };
+    let remove = |index, k, operator| ok_state(remove_custodian(&c, index, k, operator));
 
     // 3-of-5 to 2-of-4: three operators of the 3-of-5 cluster.
     for operator in [1, 2] {
@@ -2634,7 +2625,7 @@ fn a_3_of_5_cluster_shrinks_to_2_of_3_with_the_same_answers() {
     assert_eq!((report.threshold, &report.members[..]), (2, &[1, 2, 3][..]));
     assert_eq!(report.epoch, 2);
     answers_stay(6..=10);
-    let cluster: quorumvm_wire::api::ClusterInfo = rt.block_on(c.get_json("/v1/cluster"));
+    let cluster: quorumvm_wire::api::ClusterInfo = runtime().block_on(c.get_json("/v1/cluster"));
     let urls: Vec<String> = cluster.custodians.iter().map(|m| m.url.clone()).collect();
     let was: Vec<String> = [1, 3, 4].iter().map(|&i| c.custodian(i).0).collect();
     assert_eq!((cluster.threshold, urls), (2, was));

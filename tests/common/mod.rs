@@ -200,7 +200,7 @@ impl Cluster {
         };
         let text = std::fs::read_to_string(self.path("custodian-1.toml")).expect("config");
         let text = text
-            .replacen("index = 1\n", &format!("index = {i}\n"), 1)
+            .replacen("index = 1\n", &format!("index = {i}\njoins = true\n"), 1)
             .replacen(
                 &format!("listen = \"{}\"", first.listen),
                 &format!("listen = \"127.0.0.1:{port}\""),

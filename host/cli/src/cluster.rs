@@ -227,6 +227,7 @@ impl Layout {
         for (i, path) in custodians.iter().enumerate() {
             let c = CustodianConfig {
                 index: i as u32 + 1,
+                joins: false,
                 listen: listen(ports[i + 1]),
                 data_dir: format!("custodian-{}", i + 1).into(),
                 coordinator_url: url(ports[0]),

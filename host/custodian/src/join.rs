@@ -15,6 +15,7 @@
 //! coordinator sends them to it as to any member that missed them, once it is a member) and
 //! the retirements (a retired version is not re-dealt, so it never holds one).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::http::StatusCode;
@@ -29,7 +30,7 @@ use crate::activation::{Checker, MAX_PACKAGE_BYTES, MAX_SHARES_BYTES, fetch};
 use crate::error::{self, ApiError};
 use crate::rotation::{self, bad_membership};
 use crate::state::{Current, Custodian};
-use crate::store::{self, JoiningVersion as Recorded, StoredMembership};
+use crate::store::{self, NewVersion, StoredMembership};
 use crate::versions::parse_package_id;
 
 /// What the coordinator orders.
@@ -103,7 +104,7 @@ pub(crate) async fn join(c: &Arc<Custodian>, order: Order) -> Result<OrderRespon
 
     let mut versions = Vec::with_capacity(order.versions.len());
     for v in order.versions {
-        versions.push(fetch_version(c, &cluster, me, v).await?);
+        versions.push(fetch_version(c, (&cluster, generation), me, v).await?);
     }
 
     let (session, now) = (order.session.clone(), c.env.now_ms());
@@ -146,13 +147,14 @@ pub(crate) async fn join(c: &Arc<Custodian>, order: Order) -> Result<OrderRespon
 }
 
 /// Fetches version `v`'s package and deal from the coordinator and checks them against the
-/// approvals of `cluster`, as an activation does (the shares aside).
+/// approvals of `cluster` (of generation `generation`), as an activation does; the version to
+/// record, without shares.
 async fn fetch_version(
     c: &Arc<Custodian>,
-    cluster: &Arc<quorumvm_wire::config::Cluster>,
+    (cluster, generation): (&Arc<quorumvm_wire::config::Cluster>, u64),
     me: u32,
     v: JoiningVersion,
-) -> Result<Recorded, ApiError> {
+) -> Result<NewVersion, ApiError> {
     let id: PackageId = parse_package_id(&v.package_id).ok_or_else(|| {
         ApiError::bad_request("bad_package_id", "a package id is 64 hexadecimal digits")
     })?;
@@ -169,7 +171,7 @@ async fn fetch_version(
             ),
         )
     })?;
-    let (checking, cluster) = (Arc::clone(c), Arc::clone(cluster));
+    let (checking, cluster, now_ms) = (Arc::clone(c), Arc::clone(cluster), c.env.now_ms());
     c.off_thread("checking a version to join with", move || {
         let checker = Checker {
             sandbox: &checking.sandbox,
@@ -181,7 +183,7 @@ async fn fetch_version(
         let approved = checker.approved(&id, &package, &v.approvals, &deal)?;
         let manifest_json = serde_json::to_string(&approved.manifest)
             .map_err(|e| ApiError::internal(format!("the manifest does not serialize: {e}")))?;
-        Ok(Recorded {
+        Ok(NewVersion {
             package_id: v.package_id,
             name: approved.manifest.name.clone(),
             version: approved.manifest.version,
@@ -189,6 +191,9 @@ async fn fetch_version(
             manifest_json,
             approvals: v.approvals,
             deal,
+            sealed: BTreeMap::new(),
+            generation,
+            now_ms,
         })
     })
     .await?

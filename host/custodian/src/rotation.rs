@@ -239,6 +239,13 @@ pub(crate) async fn redeal(c: &Arc<Custodian>, order: Order) -> Result<OrderResp
     }
     let (current, change) = check(c, &order)?;
     let roles = change.roles(&c.sealing_key.public().to_bytes());
+    if roles.old.is_none() && roles.new.is_none() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_joining",
+            "this machine is neither a member now nor in the membership this rotation moves to",
+        ));
+    }
     let (versions, shares) = redealt(c, &order, roles.old.is_some()).await?;
     let secrets: usize = versions.iter().map(|(_, m)| m.secrets.len()).sum();
     let peers = widen(c, &current, &change)?;

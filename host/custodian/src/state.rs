@@ -125,7 +125,7 @@ impl Custodian {
             .with_context(|| format!("the rotations recorded in {}", db.display()))?;
         let generation = generations.len() as u64 - 1;
         let cluster = Arc::clone(generations.last().expect("the configured cluster"));
-        let me = match place(&generations, &sealing_key, config.index) {
+        let me = match place(&generations, &sealing_key, (config.index, config.joins)) {
             Ok(me) => me,
             Err(why) => bail!("{why} (the key in {})", data_dir.display()),
         };
@@ -368,13 +368,13 @@ impl Place {
 }
 
 /// This machine's place after `generations`, its key and its configured index: a member of
-/// the last; a machine that has never been a member, joining at `configured` (which no member
-/// holds); or refused, with why (a member since left, or a key that is not at the configured
-/// index of the configured cluster: the wrong data directory or index).
+/// the last; a machine that has never been a member and `joins`, joining at `configured`; or
+/// refused, with why (a member since left, or a key that is not at the configured index: the
+/// wrong data directory or index).
 pub(crate) fn place(
     generations: &[Arc<Cluster>],
     key: &CustodianSecretKey,
-    configured: u32,
+    (configured, joins): (u32, bool),
 ) -> Result<Place, String> {
     let first = &generations[0];
     let last = generations.last().expect("the configured cluster");
@@ -390,12 +390,13 @@ pub(crate) fn place(
              data directory can be destroyed",
             g + 1
         )),
-        _ if last.member(configured).is_some() => Err(format!(
+        _ if joins => Ok(Place::Joining(configured)),
+        _ => Err(format!(
             "the sealing key is not custodian {configured}'s in the cluster in force (rotation \
-             {}): wrong data directory or wrong index",
+             {}): wrong data directory or wrong index (a machine that joins the cluster later \
+             says `joins = true`)",
             generations.len() - 1
         )),
-        _ => Ok(Place::Joining(configured)),
     }
 }
 

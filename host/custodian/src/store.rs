@@ -378,18 +378,6 @@ pub(crate) fn insert_version(tx: &Transaction<'_>, v: &NewVersion) -> Result<boo
     Ok(true)
 }
 
-/// A version a joining machine is to hold ([`crate::join`]), checked against the approvals of
-/// the cluster it joins; its shares come from the re-dealing.
-pub(crate) struct JoiningVersion {
-    pub package_id: String,
-    pub name: String,
-    pub version: u32,
-    pub package: Vec<u8>,
-    pub manifest_json: String,
-    pub approvals: Vec<ApprovalSignature>,
-    pub deal: Signed,
-}
-
 /// What [`record_joining`] records.
 pub(crate) struct Joining<'a> {
     pub session: &'a str,
@@ -397,9 +385,11 @@ pub(crate) struct Joining<'a> {
     pub rotations: &'a [StoredMembership],
     /// The epoch the rotation moves from.
     pub from_epoch: u64,
-    /// The generation the chain ends at, whose operators approved the versions.
+    /// The versions it is to hold, checked against the approvals of the cluster the chain ends
+    /// at (their generation), without shares: those come from the re-dealing.
+    pub versions: &'a [NewVersion],
+    /// The generation the chain ends at.
     pub generation: u64,
-    pub versions: &'a [JoiningVersion],
 }
 
 /// Records what a machine that is not a member yet checked before a rotation that brings it
@@ -432,21 +422,7 @@ pub(crate) fn record_joining(
         )?;
     }
     for v in j.versions {
-        insert_version(
-            tx,
-            &NewVersion {
-                package_id: v.package_id.clone(),
-                name: v.name.clone(),
-                version: v.version,
-                package: v.package.clone(),
-                manifest_json: v.manifest_json.clone(),
-                approvals: v.approvals.clone(),
-                deal: v.deal.clone(),
-                sealed: BTreeMap::new(),
-                generation: j.generation,
-                now_ms,
-            },
-        )?;
+        insert_version(tx, v)?;
     }
     audit::append(
         tx,

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{Cluster, PROGRAM, all_refuse, all_say};
+use common::{Answer, Caller, Cluster, PROGRAM, Program, all_refuse, all_say};
 use quorumvm_core::field::Fp;
 use quorumvm_package::SecretKey;
 use quorumvm_sealing::CustodianSecretKey;
@@ -19,6 +19,21 @@ use quorumvm_wire::membership::{Approved, Change, Membership};
 use quorumvm_wire::order::{ApprovalSignature, Attestations, JoiningVersion, Order};
 
 const SECRETS: [(&str, &str); 1] = [("w", "0.35")];
+const INPUTS: [(&str, &str); 1] = [("x", "17")];
+
+/// `caller`'s evaluation of `program` on [`INPUTS`] by `quorum`, with kit `kit`: its outputs,
+/// or every custodian's answer.
+async fn answer(
+    cluster: &Cluster,
+    (program, caller): (&Program, &Caller),
+    quorum: &[u32],
+    kit: u64,
+) -> Result<Vec<Fp>, Vec<Answer>> {
+    cluster
+        .evaluate(program, quorum, &INPUTS, kit, caller)
+        .await
+        .map(|(values, _)| values)
+}
 
 /// `membership` over the cluster `(k, entries)`, signed by operators `approvers`.
 fn approve(
@@ -88,13 +103,9 @@ async fn a_rotation_runs_only_as_approved_and_serves_the_same_answers() {
     let program = cluster.publish(PROGRAM, &SECRETS);
     all_say(&cluster.activate(&program, &[1, 2]).await, "active");
     all_say(&cluster.preprocess(&program, 0, 10).await, "stored");
-    let inputs = [("x", "17")];
-    let want: Vec<Fp> = cluster.expected(&program, &inputs);
+    let want: Vec<Fp> = cluster.expected(&program, &INPUTS);
     let eval = async |cluster: &Cluster, quorum: &[u32], kit: u64| {
-        cluster
-            .evaluate(&program, quorum, &inputs, kit, &alice)
-            .await
-            .map(|(values, _)| values)
+        answer(cluster, (&program, &alice), quorum, kit).await
     };
     assert_eq!(eval(&cluster, &[1, 2], 0).await.unwrap(), want);
     let packages = vec![program.id_hex.clone()];
@@ -504,13 +515,9 @@ async fn a_joining_custodian_checks_for_itself_and_then_serves() {
 
     cluster.epoch.store(1, std::sync::atomic::Ordering::Relaxed);
     all_say(&cluster.preprocess(&program, 0, 10).await, "stored");
-    let inputs = [("x", "17")];
-    let want: Vec<Fp> = cluster.expected(&program, &inputs);
+    let want: Vec<Fp> = cluster.expected(&program, &INPUTS);
     let eval = async |cluster: &Cluster, quorum: &[u32], kit: u64| {
-        cluster
-            .evaluate(&program, quorum, &inputs, kit, &alice)
-            .await
-            .map(|(values, _)| values)
+        answer(cluster, (&program, &alice), quorum, kit).await
     };
     assert_eq!(eval(&cluster, &[3, 4], 0).await.unwrap(), want);
     assert_eq!(eval(&cluster, &[1, 4], 1).await.unwrap(), want);

@@ -145,10 +145,15 @@ pub enum Engine {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CustodianConfig {
-    /// This custodian's index in `custodians`; for a machine that joins the cluster later (not
-    /// in `custodians`, which name the cluster it first joins from), the index the membership
-    /// statement that brings it in gives it.
+    /// This custodian's index in `custodians`; for a machine that joins the cluster later
+    /// (`joins`), the index the membership statement that brings it in gives it.
     pub index: u32,
+    /// This machine joins the cluster later: its key is in none of `custodians` (the
+    /// configured cluster, its trust root), and it waits at `index` for the rotation that
+    /// brings it in. Without it, a key in no membership is refused at start (the wrong data
+    /// directory or index).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub joins: bool,
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     /// The coordinator: where this custodian fetches packages and sealed shares from, and the
@@ -529,6 +534,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let config = CustodianConfig {
             index: 2,
+            joins: false,
             listen: "127.0.0.1:7102".parse().unwrap(),
             data_dir: "custodian-2".into(),
             coordinator_url: "http://127.0.0.1:7100".into(),

@@ -214,6 +214,7 @@ impl Cluster {
             let data_dir = dir.path().join(format!("custodian-{}", entry.index));
             let config = CustodianConfig {
                 index: entry.index,
+                joins: false,
                 listen: listener.local_addr().unwrap(),
                 data_dir: data_dir.clone(),
                 coordinator_url: coordinator_url.clone(),
@@ -298,6 +299,7 @@ impl Cluster {
         let sealing = init_key(&data_dir).unwrap();
         let config = CustodianConfig {
             index,
+            joins: true,
             listen: addr,
             data_dir,
             ..self.node(1).config.clone()
