@@ -2216,20 +2216,40 @@ fn add_custodian(
     k: usize,
     operator: u32,
 ) -> quorumvm_wire::api::MembershipState {
+    let mut args = vec!["add".to_string()];
+    args.extend(machine_args(machine));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok_state(change_membership(c, operator, &args, k))
+}
+
+/// `quorumvm custodian replace INDEX --url … --json`: the next step of replacing custodian
+/// `index` by `machine`, as machine `operator`'s operator.
+fn replace_custodian(
+    c: &Cluster,
+    index: u32,
+    machine: &quorumvm_wire::config::CustodianEntry,
+    operator: u32,
+) -> std::process::Output {
+    let mut args = vec!["replace".to_string(), index.to_string()];
+    args.extend(machine_args(machine));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    change_membership(c, operator, &args, 2)
+}
+
+/// How operators name a new machine to the CLI.
+fn machine_args(machine: &quorumvm_wire::config::CustodianEntry) -> Vec<String> {
     let mut args = vec![
-        "add",
-        "--url",
-        &machine.url,
-        "--operator-key",
-        &machine.operator_key,
-        "--sealing-key",
-        &machine.sealing_key,
+        "--url".to_string(),
+        machine.url.clone(),
+        "--operator-key".into(),
+        machine.operator_key.clone(),
+        "--sealing-key".into(),
+        machine.sealing_key.clone(),
     ];
-    let pin = machine.tls_fingerprint.map(|p| p.to_hex());
-    if let Some(pin) = &pin {
-        args.extend(["--tls-fingerprint", pin]);
+    if let Some(pin) = machine.tls_fingerprint {
+        args.extend(["--tls-fingerprint".to_string(), pin.to_hex()]);
     }
-    serde_json::from_str(&ok(change_membership(c, operator, &args, k))).unwrap()
+    args
 }
 
 /// `quorumvm custodian CHANGE… --threshold K --json` as machine `operator`'s operator, with its
@@ -2352,9 +2372,9 @@ fn ok_state(out: std::process::Output) -> quorumvm_wire::api::MembershipState {
     serde_json::from_str(&ok(out)).unwrap()
 }
 
-/// Custodian 3 is replaced: a new machine (new keys, new data directory) joins as custodian 4,
-/// then custodian 3 is removed and the new machine takes index 3; the old machine's data
-/// directory is destroyed. The cluster serves the right answers, and the old machine's shares
+/// Custodian 3 is replaced (`quorumvm custodian replace 3`): a new machine (new keys, new data
+/// directory) joins as custodian 4, then custodian 3 is removed and the new machine takes index
+/// 3; the old machine's data directory is destroyed. The cluster serves the right answers, and the old machine's shares
 /// (had they been stolen before) open nothing with a current custodian's: every candidate
 /// secret is as consistent with the pair as the real one.
 #[test]
@@ -2368,18 +2388,26 @@ fn operators_replace_custodian_3_and_its_old_shares_open_nothing() {
     answers_stay(&c, &key, &model, 0..=1);
     let old: Vec<Vec<[u8; 16]>> = (1..=3).map(|i| secret_shares(&c, i, &model)).collect();
 
+    // `quorumvm custodian replace 3` approves the new machine's addition first, then (run
+    // again once it has joined) custodian 3's removal.
     let new_three = c.new_machine(4);
     c.start_server("custodian-4");
-    assert!(add_custodian(&c, &new_three, 2, 1).rotation.is_none());
-    assert!(add_custodian(&c, &new_three, 2, 3).rotation.is_some());
-    assert!(ok_state(remove_custodian(&c, 3, 2, 1)).rotation.is_none());
+    let replace = |operator| ok_state(replace_custodian(&c, 3, &new_three, operator));
+    assert!(replace(1).rotation.is_none());
+    let joined = replace(3).rotation.expect("the second approval rotates");
+    assert_eq!(joined.members, [1, 2, 3, 4]);
+    assert!(replace(1).rotation.is_none());
     // The new machine's operator, at index 4 until this rotation, approves it.
-    let report = ok_state(remove_custodian(&c, 3, 2, 4))
-        .rotation
-        .expect("the second approval rotates");
+    let report = replace(4).rotation.expect("the second approval rotates");
     assert_eq!(
         (report.generation, report.epoch, &report.members[..]),
         (2, 2, &[1, 2, 3][..])
+    );
+    let done = replace_custodian(&c, 3, &new_three, 1);
+    assert!(
+        !done.status.success()
+            && String::from_utf8_lossy(&done.stderr).contains("the replacement is done"),
+        "{done:?}"
     );
     c.kill("custodian-3");
     std::fs::remove_dir_all(c.path("custodian-3")).unwrap();

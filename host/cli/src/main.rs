@@ -351,6 +351,36 @@ enum Command {
     },
 }
 
+/// A machine that joins the cluster, as its operator sent it to the others.
+#[derive(clap::Args)]
+struct NewMachine {
+    /// Where the coordinator and the custodians reach the new machine.
+    #[arg(long)]
+    url: String,
+    /// Its operator's public key (hex, as `quorumvm keygen` prints it).
+    #[arg(long)]
+    operator_key: String,
+    /// Its sealing key (hex, as `quorumvm server-keys custodian` prints it).
+    #[arg(long)]
+    sealing_key: String,
+    /// Its TLS key's pin (required unless the cluster runs `insecure_loopback`).
+    #[arg(long)]
+    tls_fingerprint: Option<quorumvm_wire::config::Fingerprint>,
+}
+
+impl NewMachine {
+    /// Its entry; the index is the statement's to give.
+    fn entry(self) -> quorumvm_wire::config::CustodianEntry {
+        quorumvm_wire::config::CustodianEntry {
+            index: 0,
+            url: self.url,
+            operator_key: self.operator_key,
+            sealing_key: self.sealing_key,
+            tls_fingerprint: self.tls_fingerprint,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum MembershipCommand {
     /// Approve bringing a new machine in as custodian n + 1, as a current custodian operator.
@@ -361,19 +391,24 @@ enum MembershipCommand {
     /// is re-dealt to the new set. To replace a custodian: add the new machine, then remove the
     /// old one.
     Add {
-        /// Where the coordinator and the custodians reach the new machine.
-        #[arg(long)]
-        url: String,
-        /// Its operator's public key (hex, as `quorumvm keygen` prints it).
-        #[arg(long)]
-        operator_key: String,
-        /// Its sealing key (hex, as `quorumvm server-keys custodian` prints it).
-        #[arg(long)]
-        sealing_key: String,
-        /// Its TLS key's pin (required unless the cluster runs `insecure_loopback`).
-        #[arg(long)]
-        tls_fingerprint: Option<quorumvm_wire::config::Fingerprint>,
+        #[command(flatten)]
+        machine: NewMachine,
         /// The threshold after the change (default: k as it is).
+        #[arg(long)]
+        threshold: Option<usize>,
+        #[command(flatten)]
+        change: operator::ChangeArgs,
+    },
+    /// Approve the next step of replacing custodian INDEX by a new machine, as a current
+    /// custodian operator: while the new machine is not a member, its addition (as `add`);
+    /// once it is, removing custodian INDEX (as `remove`), after which the new machine holds
+    /// index INDEX. Each step is a rotation of its own, at k approvals: run the command again
+    /// once the first step committed. Then stop the old machine and destroy its data.
+    Replace {
+        index: u32,
+        #[command(flatten)]
+        machine: NewMachine,
+        /// The threshold after each step (default: k as it is).
         #[arg(long)]
         threshold: Option<usize>,
         #[command(flatten)]
@@ -494,23 +529,32 @@ fn main() -> ExitCode {
         Command::Custodian {
             command:
                 Some(MembershipCommand::Add {
-                    url,
-                    operator_key,
-                    sealing_key,
-                    tls_fingerprint,
+                    machine,
                     threshold,
                     change,
                 }),
             ..
         } => {
-            let joining = quorumvm_wire::config::CustodianEntry {
-                index: 0,
-                url,
-                operator_key,
-                sealing_key,
-                tls_fingerprint,
-            };
+            let joining = machine.entry();
             servers::rotate(servers::Rotate::Add { joining, threshold }, &change)
+        }
+        Command::Custodian {
+            command:
+                Some(MembershipCommand::Replace {
+                    index,
+                    machine,
+                    threshold,
+                    change,
+                }),
+            ..
+        } => {
+            let joining = machine.entry();
+            let replace = servers::Rotate::Replace {
+                index,
+                joining,
+                threshold,
+            };
+            servers::rotate(replace, &change)
         }
         Command::Custodian {
             command: Some(MembershipCommand::Threshold { k, change }),

@@ -531,10 +531,18 @@ pub enum Rotate {
     },
     /// The same custodians at threshold k.
     Threshold(usize),
+    /// The next step of replacing custodian `index` by `joining`: its addition while it is not
+    /// a member, then the removal of `index` (at `threshold`, absent: k as it is).
+    Replace {
+        index: u32,
+        joining: quorumvm_wire::config::CustodianEntry,
+        threshold: Option<usize>,
+    },
 }
 
 pub fn rotate(rotate: Rotate, args: &crate::operator::ChangeArgs) -> Result<()> {
     use quorumvm_wire::membership::Membership;
+    let replacing = matches!(rotate, Rotate::Replace { .. });
     let build = |cluster: &quorumvm_wire::config::Cluster, epoch: u64| match rotate {
         Rotate::Add { joining, threshold } => {
             let k = threshold.unwrap_or(cluster.threshold());
@@ -545,6 +553,22 @@ pub fn rotate(rotate: Rotate, args: &crate::operator::ChangeArgs) -> Result<()> 
             Membership::without(cluster, epoch, index, k).map_err(Failure::data)
         }
         Rotate::Threshold(k) => Ok(Membership::rethreshold(cluster, epoch, k)),
+        Rotate::Replace {
+            index,
+            joining,
+            threshold,
+        } => {
+            let k = threshold.unwrap_or(cluster.threshold());
+            let key = quorumvm_sealing::CustodianPublicKey::from_file_text(&joining.sealing_key)
+                .map_err(|e| Failure::data(format!("the new machine's sealing key: {e}")))?;
+            match cluster.members().iter().find(|m| m.sealing_key == key) {
+                None => Ok(Membership::with(cluster, epoch, joining, k)),
+                Some(new) if new.index == index => Err(Failure::data(format!(
+                    "the new machine is custodian {index} already: the replacement is done"
+                ))),
+                Some(_) => Membership::without(cluster, epoch, index, k).map_err(Failure::data),
+            }
+        }
     };
     if !args.json {
         eprintln!(
@@ -571,6 +595,7 @@ pub fn rotate(rotate: Rotate, args: &crate::operator::ChangeArgs) -> Result<()> 
         state.approvals,
         state.needed
     );
+    let first_of_two = replacing && !change.joining().is_empty();
     if let Some(r) = state.rotation {
         println!(
             "rotated: generation {}, epoch {}, {}-of-{} custodians {:?}, {} version(s) re-dealt \
@@ -591,6 +616,12 @@ pub fn rotate(rotate: Rotate, args: &crate::operator::ChangeArgs) -> Result<()> 
                 r.behind
             );
         }
+    }
+    if first_of_two {
+        println!(
+            "this was the replacement's first step (the new machine joins); once it has run, the \
+             same command approves its second (the old custodian leaves)"
+        );
     }
     Ok(())
 }
