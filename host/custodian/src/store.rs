@@ -403,15 +403,8 @@ pub(crate) fn record_joining(
 ) -> Result<(), StoreError> {
     let recorded = current_generation(tx)?;
     for m in j.rotations.iter().filter(|m| m.generation > recorded) {
-        let membership = serde_json::to_string(&m.membership)
-            .map_err(|e| StoreError::Corrupt(format!("the membership does not serialize: {e}")))?;
-        let approvals = serde_json::to_string(&m.approvals)
-            .map_err(|e| StoreError::Corrupt(format!("approvals do not serialize: {e}")))?;
-        tx.execute(
-            "INSERT INTO memberships (generation, session, membership, approvals, committed_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![m.generation, j.session, membership, approvals, now_ms],
-        )?;
+        let rotation = (m.generation, j.session);
+        insert_membership(tx, rotation, (&m.membership, &m.approvals), now_ms)?;
     }
     // Epoch 0 is no row.
     if j.from_epoch > 0 {
@@ -1135,14 +1128,11 @@ fn commit(
             tx.execute("DELETE FROM sealed_shares", [])?;
             tx.execute("DELETE FROM refreshed_shares", [])?;
         }
-        let membership = serde_json::to_string(m.membership)
-            .map_err(|e| StoreError::Corrupt(format!("the membership does not serialize: {e}")))?;
-        let approvals = serde_json::to_string(m.approvals)
-            .map_err(|e| StoreError::Corrupt(format!("approvals do not serialize: {e}")))?;
-        tx.execute(
-            "INSERT INTO memberships (generation, session, membership, approvals, committed_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![m.generation, reshare, membership, approvals, now_ms],
+        insert_membership(
+            tx,
+            (m.generation, reshare),
+            (m.membership, m.approvals),
+            now_ms,
         )?;
     }
     let mut dealt =
@@ -1197,6 +1187,26 @@ fn commit(
         },
     )?;
     Ok(Committed::Now(shares))
+}
+
+/// Records rotation `generation` (made by `session`): its membership and the approvals that
+/// made it, checked again at every start.
+fn insert_membership(
+    tx: &Transaction<'_>,
+    (generation, session): (u64, &str),
+    (membership, approvals): (&Membership, &[ApprovalSignature]),
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    let membership = serde_json::to_string(membership)
+        .map_err(|e| StoreError::Corrupt(format!("the membership does not serialize: {e}")))?;
+    let approvals = serde_json::to_string(approvals)
+        .map_err(|e| StoreError::Corrupt(format!("approvals do not serialize: {e}")))?;
+    tx.execute(
+        "INSERT INTO memberships (generation, session, membership, approvals, committed_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![generation, session, membership, approvals, now_ms],
+    )?;
+    Ok(())
 }
 
 /// Whether this custodian committed refresh or rotation `session` from `from_epoch` last.
